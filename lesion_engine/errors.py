@@ -1,0 +1,115 @@
+"""Exception hierarchy of the lesion engine.
+
+Every failure that a user can act on has its own class, so that callers (the CLI, the node's workers)
+can report it clearly and decide whether retrying makes sense. All of them derive from
+:class:`LesionAIError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "CorruptInstanceError",
+    "DuplicateSlicesError",
+    "GeometryError",
+    "InconsistentSeriesError",
+    "LesionAIError",
+    "MissingSlicesError",
+    "MultipleStudiesError",
+    "NoADCError",
+    "NoDWIError",
+    "NoEligibleSeriesError",
+    "NoImagesError",
+    "NoT2WError",
+    "NonAxialError",
+    "NonUniformSpacingError",
+    "StudyError",
+    "TooFewSlicesError",
+    "WrongModalityError",
+]
+
+
+class LesionAIError(Exception):
+    """Base class of every error raised on purpose by the lesion engine."""
+
+
+class ConfigError(LesionAIError, ValueError):
+    """A configuration file or value is invalid; the message names the file, the field and the fix."""
+
+
+class CorruptInstanceError(LesionAIError):
+    """One DICOM instance cannot be read or decoded (truncated file, bad pixel data, not DICOM).
+
+    The loader records these as skipped instances and goes on with the rest of the study.
+    """
+
+
+class StudyError(LesionAIError):
+    """The study cannot be used by the engine. The message says why, in words a radiologist can act on.
+
+    Attributes
+    ----------
+    report : dict or None
+        When raised by :func:`lesion_engine.preprocess.prepare_study`: the series table and findings
+        gathered before the failure (JSON-ready), so that a user sees what the study held.
+    """
+
+    report: dict[str, Any] | None = None
+
+
+class NoImagesError(StudyError):
+    """The input holds no readable image instance at all."""
+
+
+class MultipleStudiesError(StudyError):
+    """The input holds images of more than one study; the engine reads one study at a time."""
+
+
+class WrongModalityError(StudyError):
+    """The study is not an MR study (e.g. CT), so there is nothing for a bpMRI model to read."""
+
+
+class NoEligibleSeriesError(StudyError):
+    """No series qualifies for a role that the model needs."""
+
+
+class NoT2WError(NoEligibleSeriesError):
+    """No usable axial T2-weighted series was found."""
+
+
+class NoADCError(NoEligibleSeriesError):
+    """No usable ADC map was found."""
+
+
+class NoDWIError(NoEligibleSeriesError):
+    """No usable high b-value diffusion image was found, and none could be computed."""
+
+
+class GeometryError(StudyError):
+    """A series' geometry cannot be turned into a regular 3D volume."""
+
+
+class TooFewSlicesError(GeometryError):
+    """A series has fewer slices than a volume needs."""
+
+
+class MissingSlicesError(GeometryError):
+    """Gaps along the slice normal show that slices are missing from a series."""
+
+
+class DuplicateSlicesError(GeometryError):
+    """Two or more slices of a series lie at the same position with different content."""
+
+
+class NonUniformSpacingError(GeometryError):
+    """The distance between neighbouring slices varies more than the tolerance allows."""
+
+
+class InconsistentSeriesError(GeometryError):
+    """Slices of one series differ in Rows/Columns, pixel spacing or orientation."""
+
+
+class NonAxialError(GeometryError):
+    """The T2-weighted series is not axial (within the configured tilt tolerance)."""

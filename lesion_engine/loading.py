@@ -1,0 +1,229 @@
+"""Reading a DICOM study from a folder tree, a list of files or in-memory bytes.
+
+The loader never lets one bad instance take the study down: what it cannot read is recorded as a
+:class:`SkippedInstance` with the reason, and non-image objects (SR, SEG, PR, KO, ...) are recorded as
+:class:`IgnoredObject`. Pixel data is not decoded here: files are parsed with deferred pixel data, and only
+the series that the role selection picks are decoded later.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from lesion_engine.errors import MultipleStudiesError, NoImagesError
+from lesion_engine.series import Series, build_series
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_SOP_CLASSES",
+    "IgnoredObject",
+    "LoadedStudy",
+    "SkippedInstance",
+    "Source",
+    "load_study",
+]
+
+#: Storage SOP classes the engine reads as images.
+IMAGE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+}
+
+#: One input: a path (file or folder) or the bytes of one DICOM file (Part 10, or a bare dataset).
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+
+# Pixel data (and other large values) are read from the file only when accessed.
+_DEFER_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class SkippedInstance:
+    """An input the loader could not use, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IgnoredObject:
+    """A readable DICOM object that is not an image (SR, SEG, PR, KO, ...)."""
+
+    source: str
+    sop_class_uid: str
+    sop_class_name: str
+    modality: str
+    series_instance_uid: str
+
+
+@dataclass
+class LoadedStudy:
+    """Everything read from one study's inputs.
+
+    Attributes
+    ----------
+    study_instance_uid : str
+        The study's StudyInstanceUID.
+    series : list of Series
+        Image series, in SeriesNumber order.
+    skipped : list of SkippedInstance
+        Inputs that could not be read, with the reason.
+    ignored : list of IgnoredObject
+        Non-image objects, not used.
+    """
+
+    study_instance_uid: str
+    series: list[Series]
+    skipped: list[SkippedInstance] = field(default_factory=list)
+    ignored: list[IgnoredObject] = field(default_factory=list)
+
+    def series_by_uid(self, series_instance_uid: str) -> Series:
+        """Return the series with this SeriesInstanceUID (KeyError if absent)."""
+        for series in self.series:
+            if series.series_instance_uid == series_instance_uid:
+                return series
+        raise KeyError(series_instance_uid)
+
+
+def _iter_inputs(source: Source | Iterable[Source]) -> Iterator[tuple[str, Path | bytes]]:
+    """Yield (label, path-or-bytes) for every input, walking folders recursively in sorted order."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield "<bytes #0>", bytes(source)
+        return
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield str(Path(root) / name), Path(root) / name
+        elif path.exists():
+            yield str(path), path
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        return
+    for index, item in enumerate(source):
+        if isinstance(item, bytes | bytearray | memoryview):
+            yield f"<bytes #{index}>", bytes(item)
+        else:
+            yield from _iter_inputs(item)
+
+
+def _read(label: str, item: Path | bytes) -> Dataset:
+    """Parse one input; raise InvalidDicomError (or another exception) when it is not readable DICOM."""
+    if isinstance(item, Path):
+        return pydicom.dcmread(item, defer_size=_DEFER_SIZE)
+    # Bytes without the Part 10 preamble may still be a bare dataset (as some REST APIs return it).
+    return pydicom.dcmread(io.BytesIO(item), force=item[128:132] != b"DICM")
+
+
+def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
+    """Read one DICOM study.
+
+    Parameters
+    ----------
+    source : path, bytes, or an iterable of them
+        A folder (walked recursively), a file, the bytes of one DICOM file, or a list mixing these.
+
+    Returns
+    -------
+    LoadedStudy
+        The study's image series (headers parsed, pixel data not yet decoded), the skipped inputs and the
+        ignored non-image objects.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    NoImagesError
+        Nothing readable holds an image.
+    MultipleStudiesError
+        The inputs hold images of more than one study.
+    """
+    skipped: list[SkippedInstance] = []
+    ignored: list[IgnoredObject] = []
+    by_series: dict[str, list[tuple[str, Dataset]]] = {}
+    seen_sop: set[str] = set()
+    n_inputs = 0
+    for label, item in _iter_inputs(source):
+        n_inputs += 1
+        try:
+            ds = _read(label, item)
+        except InvalidDicomError:
+            skipped.append(SkippedInstance(label, "not a DICOM file"))
+            continue
+        except Exception as exc:  # a truncated or corrupt file may raise anything from the parser
+            skipped.append(SkippedInstance(label, f"unreadable DICOM ({type(exc).__name__}: {exc})"))
+            continue
+        if "SOPClassUID" not in ds:
+            skipped.append(SkippedInstance(label, "not a DICOM object (no SOPClassUID)"))
+            continue
+        sop_class = str(ds.get("SOPClassUID", ""))
+        series_uid = str(ds.get("SeriesInstanceUID", ""))
+        sop_uid = str(ds.get("SOPInstanceUID", ""))
+        if sop_class not in IMAGE_SOP_CLASSES or "PixelData" not in ds:
+            name = pydicom.uid.UID(sop_class).name if sop_class else "no SOPClassUID"
+            ignored.append(IgnoredObject(label, sop_class, name, str(ds.get("Modality", "")), series_uid))
+            continue
+        if not series_uid or not sop_uid or "StudyInstanceUID" not in ds:
+            skipped.append(
+                SkippedInstance(label, "missing StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID")
+            )
+            continue
+        if sop_uid in seen_sop:
+            skipped.append(SkippedInstance(label, f"duplicate of SOPInstanceUID {sop_uid} already read"))
+            continue
+        seen_sop.add(sop_uid)
+        by_series.setdefault(series_uid, []).append((label, ds))
+
+    for entry in skipped:
+        logger.warning("skipped %s: %s", entry.source, entry.reason)
+    if ignored:
+        logger.info(
+            "ignored %d non-image object(s): %s",
+            len(ignored),
+            ", ".join(sorted({f"{o.sop_class_name} ({o.modality})" for o in ignored})),
+        )
+    if not by_series:
+        raise NoImagesError(
+            f"no readable DICOM image among {n_inputs} input(s)"
+            + (
+                f"; {len(skipped)} skipped (first: {skipped[0].source}: {skipped[0].reason})"
+                if skipped
+                else ""
+            )
+            + (f"; {len(ignored)} non-image object(s) ignored" if ignored else "")
+        )
+    studies = {str(ds.StudyInstanceUID) for items in by_series.values() for _, ds in items}
+    if len(studies) > 1:
+        raise MultipleStudiesError(
+            f"the input holds images of {len(studies)} studies ({', '.join(sorted(studies))}); "
+            "pass the files of one study at a time"
+        )
+    series: list[Series] = []
+    for series_uid, items in by_series.items():
+        built, bad = build_series(series_uid, items)
+        skipped.extend(SkippedInstance(label, reason) for label, reason in bad)
+        if built is not None:
+            series.append(built)
+    series.sort(
+        key=lambda s: (s.series_number if s.series_number is not None else 1 << 31, s.series_instance_uid)
+    )
+    return LoadedStudy(studies.pop(), series, skipped, ignored)

@@ -1,0 +1,48 @@
+"""Shared test fixtures: the real ProstateX study and copies of it that tests may damage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_ROOT = Path(
+    os.environ.get("LESION_AI_FIXTURE", REPO.parent / "shared" / "fixtures" / "prostatex-0001")
+)
+
+
+@pytest.fixture(scope="session")
+def prostatex() -> Path:
+    """Folder of the real ProstateX-0001 fixture (read only)."""
+    if not (FIXTURE_ROOT / "dicom").is_dir():
+        pytest.fail(
+            f"the ProstateX fixture is missing at {FIXTURE_ROOT}; put the shared fixtures beside the repository "
+            "or set LESION_AI_FIXTURE to the prostatex-0001 folder"
+        )
+    return FIXTURE_ROOT
+
+
+@pytest.fixture(scope="session")
+def prostatex_series(prostatex: Path) -> dict[int, Path]:
+    """SeriesNumber -> folder of that series in the fixture."""
+    out: dict[int, Path] = {}
+    for folder in sorted((prostatex / "dicom").glob("*/*")):
+        first = next(folder.glob("*.dcm"))
+        out[int(pydicom.dcmread(first, stop_before_pixels=True).SeriesNumber)] = folder
+    return out
+
+
+def copy_series(series: dict[int, Path], numbers: list[int], dest: Path) -> dict[int, Path]:
+    """Copy some fixture series into ``dest`` (writable); return SeriesNumber -> copied folder."""
+    out = {}
+    for number in numbers:
+        target = dest / f"s{number:02d}"
+        shutil.copytree(series[number], target)
+        for path in target.iterdir():
+            path.chmod(0o644)
+        out[number] = target
+    return out

@@ -1,0 +1,1 @@
+"""training: synthetic data, datasets, the joint training loop, evaluation and export."""
