@@ -30,7 +30,6 @@ test: setup
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 bench: setup
-	LESION_AI_EXTRAS=test scripts/setup.sh
 	$(PY) -m benchmarks --out $(BENCH_OUT)
 
 clean:

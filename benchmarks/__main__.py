@@ -1,0 +1,46 @@
+"""``python -m benchmarks --out bench.json``: run every benchmark and write one JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from benchmarks import input_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_FIXTURE = Path(
+    os.environ.get("LESION_AI_FIXTURE", REPO.parent / "shared" / "fixtures" / "prostatex-0001")
+)
+
+
+def main() -> int:
+    """Run the benchmarks; write the JSON report to ``--out`` and to standard output."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    dicom = args.fixture / "dicom"
+    if not dicom.is_dir():
+        sys.stderr.write(f"fixture study not found at {dicom}; set LESION_AI_FIXTURE or pass --fixture\n")
+        return 2
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "input_pipeline": input_pipeline.run(dicom, args.repeats),
+    }
+    text = json.dumps(report, indent=2)
+    args.out.write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
