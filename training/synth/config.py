@@ -1,0 +1,317 @@
+"""Configuration of the synthetic study generator and its per-case resolution.
+
+:class:`SynthConfig` is what a caller chooses; a field left at ``None`` is drawn per case from the seed.
+:func:`resolve_case` turns a configuration, a seed and a case index into a :class:`CasePlan` in which every
+choice is fixed, so that everything downstream is a pure function of the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "COMPRESSIONS",
+    "LESION_KINDS",
+    "PROFILES",
+    "VENDORS",
+    "CasePlan",
+    "SynthConfig",
+    "case_ids",
+    "case_rng",
+    "resolve_case",
+]
+
+VENDORS: tuple[str, ...] = ("siemens", "ge", "philips", "standard")
+"""Vendor conventions that the generator writes."""
+
+VENDOR_CHOICES: tuple[str, ...] = (*VENDORS, "mixed")
+"""Allowed values of :attr:`SynthConfig.vendor` (besides ``None``); ``mixed`` cycles by case index."""
+
+COMPRESSIONS: tuple[str, ...] = ("rle", "jpegls", "jpeg2000", "jpeg-lossless")
+"""Lossless pixel encodings (besides ``None``: uncompressed Explicit VR Little Endian)."""
+
+PROFILES: tuple[str, ...] = ("small", "full")
+"""Size profiles: ``small`` for tests, ``full`` like the real fixture."""
+
+LESION_KINDS: tuple[str, ...] = ("cspca", "indolent", "bph", "prostatitis")
+"""Lesion classes: clinically significant cancer (ISUP 2-5), indolent cancer (ISUP 1), benign mimics."""
+
+MAX_TILT_DEG = 20.0
+
+# Typical b-value sets (s/mm2) of one multi-b DWI series and of the scanner-calculated series.
+_DWI_B_SETS: tuple[tuple[int, ...], ...] = (
+    (50, 400, 800),
+    (0, 100, 500, 1000),
+    (50, 800, 1400),
+    (50, 500, 1000),
+)
+_CALC_B_SETS: tuple[tuple[int, ...], ...] = ((1400,), (1000, 1500), (1500,), (2000,))
+
+
+def _fail(name: str, value: object, allowed: str) -> None:
+    raise ValueError(f"SynthConfig.{name} = {value!r} is invalid: allowed values are {allowed}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to generate. Fields left at ``None`` are drawn per case from the seed.
+
+    Parameters
+    ----------
+    vendor
+        ``"siemens"``, ``"ge"``, ``"philips"``, ``"standard"``, ``"mixed"`` (cycles through the four by
+        case index) or ``None`` (drawn by seed).
+    enhanced
+        Write Enhanced MR Image Storage (one multi-frame object per series) instead of one classic MR
+        object per slice.
+    compress
+        ``None`` (uncompressed), ``"rle"``, ``"jpegls"``, ``"jpeg2000"`` or ``"jpeg-lossless"``; all lossless.
+    profile
+        ``"small"`` (tiny, fast, for tests) or ``"full"`` (sizes of the real fixture).
+    tilt_deg
+        Oblique tilt of the axial series about the left-right axis, in degrees (``-20..20``); ``None``:
+        drawn by seed (zero or a few degrees).
+    repeat_t2
+        Acquire the axial T2W twice (identical geometry, later repeat); ``None``: drawn by seed.
+    calc_bvalue
+        Add a scanner-calculated high-b series; ``None``: drawn by seed.
+    dce
+        Add a dynamic contrast-enhanced T1 series; ``None``: drawn by seed.
+    coil_reference
+        Add a coil sensitivity reference scan; ``None``: drawn by seed.
+    screenshot
+        Add a derived screenshot (Secondary Capture); ``None``: drawn by seed.
+    n_localizers
+        Number of localizer series, 1 or 2; ``None``: drawn by seed.
+    b_values
+        b-values (s/mm2) of the DWI series, ascending, at least two, the largest >= 800; ``None``: drawn.
+    calc_b_values
+        b-values of the calculated series, each above the largest acquired one; ``None``: drawn.
+    lesion_kinds
+        Exactly these lesions (kinds from ``cspca``, ``indolent``, ``bph``, ``prostatitis``; empty: none);
+        ``None``: 0 to 3 lesions drawn by seed.
+    noise
+        Multiplier of the noise level (``0`` gives noiseless images; at most 5).
+    """
+
+    vendor: str | None = "siemens"
+    enhanced: bool = False
+    compress: str | None = None
+    profile: str = "small"
+    tilt_deg: float | None = None
+    repeat_t2: bool | None = None
+    calc_bvalue: bool | None = None
+    dce: bool | None = None
+    coil_reference: bool | None = None
+    screenshot: bool | None = None
+    n_localizers: int | None = None
+    b_values: tuple[int, ...] | None = None
+    calc_b_values: tuple[int, ...] | None = None
+    lesion_kinds: tuple[str, ...] | None = None
+    noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.vendor is not None and self.vendor not in VENDOR_CHOICES:
+            _fail("vendor", self.vendor, f"{', '.join(VENDOR_CHOICES)} or None")
+        if not isinstance(self.enhanced, bool):
+            _fail("enhanced", self.enhanced, "True or False")
+        if self.compress is not None and self.compress not in COMPRESSIONS:
+            _fail("compress", self.compress, f"{', '.join(COMPRESSIONS)} or None")
+        if self.profile not in PROFILES:
+            _fail("profile", self.profile, ", ".join(PROFILES))
+        if self.tilt_deg is not None and (
+            isinstance(self.tilt_deg, bool)
+            or not isinstance(self.tilt_deg, int | float)
+            or not math.isfinite(self.tilt_deg)
+            or abs(self.tilt_deg) > MAX_TILT_DEG
+        ):
+            _fail(
+                "tilt_deg",
+                self.tilt_deg,
+                f"a number of degrees from -{MAX_TILT_DEG:g} to {MAX_TILT_DEG:g}, or None",
+            )
+        for name in ("repeat_t2", "calc_bvalue", "dce", "coil_reference", "screenshot"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                _fail(name, value, "True, False or None")
+        if self.n_localizers is not None and self.n_localizers not in (1, 2):
+            _fail("n_localizers", self.n_localizers, "1, 2 or None")
+        if self.b_values is not None:
+            self._check_b_values()
+        if self.calc_b_values is not None:
+            self._check_calc_b_values()
+        if self.lesion_kinds is not None:
+            kinds = self.lesion_kinds
+            if not isinstance(kinds, tuple) or any(k not in LESION_KINDS for k in kinds) or len(kinds) > 6:
+                _fail("lesion_kinds", kinds, f"a tuple of at most 6 of {', '.join(LESION_KINDS)}, or None")
+        if (
+            isinstance(self.noise, bool)
+            or not isinstance(self.noise, int | float)
+            or not 0 <= self.noise <= 5
+        ):
+            _fail("noise", self.noise, "a number from 0 to 5")
+
+    def _check_b_values(self) -> None:
+        values = self.b_values
+        ok = (
+            isinstance(values, tuple)
+            and len(values) >= 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 5000 for b in values)
+            and list(values) == sorted(set(values))
+            and max(values) >= 800
+        )
+        if not ok:
+            _fail(
+                "b_values",
+                values,
+                "a tuple of at least two ascending distinct integers 0..5000, the largest >= 800",
+            )
+
+    def _check_calc_b_values(self) -> None:
+        values = self.calc_b_values
+        top = max(self.b_values) if self.b_values else 800
+        ok = (
+            isinstance(values, tuple)
+            and 1 <= len(values) <= 3
+            and all(isinstance(b, int) and not isinstance(b, bool) and top < b <= 5000 for b in values)
+            and list(values) == sorted(set(values))
+        )
+        if not ok:
+            _fail(
+                "calc_b_values",
+                values,
+                "a tuple of 1 to 3 ascending distinct integers up to 5000, each above 800 and above the largest "
+                "of b_values",
+            )
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """Every choice of one case, fixed. Built by :func:`resolve_case`."""
+
+    seed: int
+    case_index: int
+    patient_id: str
+    study_id: str
+    vendor: str
+    enhanced: bool
+    compress: str | None
+    profile: str
+    tilt_deg: float
+    repeat_t2: bool
+    calc_b_values: tuple[int, ...]
+    dce: bool
+    coil_reference: bool
+    coil_reference_early: bool
+    screenshot: bool
+    n_localizers: int
+    second_localizer_sagittal: bool
+    b_values: tuple[int, ...]
+    lesion_kinds: tuple[str, ...] | None
+    noise: float
+    siemens_private_as_ob: bool
+
+
+def case_ids(seed: int, case_index: int) -> tuple[str, str]:
+    """Return the PI-CAI-like ``(patient_id, study_id)`` of a case, deterministic from seed and index."""
+    n = (seed % 9) * 1000 + case_index
+    return str(90001 + n % 9999), str(1900001 + n % 99999)
+
+
+def case_rng(seed: int, case_index: int, stream: int) -> np.random.Generator:
+    """Independent random stream ``stream`` of one case (so that one choice does not shift the others)."""
+    return np.random.default_rng([seed, case_index, stream])
+
+
+def _pick_bool(value: bool | None, rng: np.random.Generator, p_true: float) -> bool:
+    drawn = bool(rng.random() < p_true)
+    return drawn if value is None else value
+
+
+def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
+    """Fix every choice of case ``case_index`` of ``config`` drawn from ``seed``.
+
+    Parameters
+    ----------
+    config
+        The generator configuration.
+    seed
+        Non-negative seed of the whole data set.
+    case_index
+        Non-negative index of the case within the data set.
+
+    Returns
+    -------
+    CasePlan
+        The resolved plan; the same inputs always give the same plan.
+    """
+    if seed < 0 or case_index < 0:
+        raise ValueError(f"seed ({seed}) and case_index ({case_index}) must be non-negative integers")
+    rng = case_rng(seed, case_index, 0)
+    # Draw every value unconditionally, in a fixed order, so that fixing one field leaves the others unchanged.
+    vendor_drawn = VENDORS[int(rng.integers(len(VENDORS)))]
+    tilt_drawn = (
+        0.0 if rng.random() < 0.35 else float(np.round(rng.uniform(2.0, 9.0) * rng.choice([-1, 1]), 2))
+    )
+    repeat_t2 = _pick_bool(config.repeat_t2, rng, 0.35)
+    calc = _pick_bool(config.calc_bvalue, rng, 0.5)
+    dce = _pick_bool(config.dce, rng, 0.4)
+    coil = _pick_bool(config.coil_reference, rng, 0.5)
+    coil_early = bool(rng.random() < 0.5)
+    shot = _pick_bool(config.screenshot, rng, 0.3)
+    n_loc_drawn = 1 + int(rng.random() < 0.4)
+    second_sag = bool(rng.random() < 0.5)
+    b_drawn = _DWI_B_SETS[int(rng.integers(len(_DWI_B_SETS)))]
+    calc_drawn = _CALC_B_SETS[int(rng.integers(len(_CALC_B_SETS)))]
+    as_ob = bool(rng.random() < 0.6)
+
+    if config.vendor is None:
+        vendor = vendor_drawn
+    elif config.vendor == "mixed":
+        vendor = VENDORS[case_index % len(VENDORS)]
+    else:
+        vendor = config.vendor
+    if config.b_values is not None:
+        b_values = config.b_values
+    elif config.calc_b_values is not None and calc and max(b_drawn) >= min(config.calc_b_values):
+        b_values = (50, 400, 800)  # keep the calculated b-values above the acquired ones
+    else:
+        b_values = b_drawn
+    calc_b: tuple[int, ...] = ()
+    if calc:
+        if config.calc_b_values is not None:
+            calc_b = config.calc_b_values
+        else:
+            calc_b = tuple(b for b in calc_drawn if b > max(b_values)) or (max(b_values) + 600,)
+    patient_id, study_id = case_ids(seed, case_index)
+    plan = CasePlan(
+        seed=seed,
+        case_index=case_index,
+        patient_id=patient_id,
+        study_id=study_id,
+        vendor=vendor,
+        enhanced=config.enhanced,
+        compress=config.compress,
+        profile=config.profile,
+        tilt_deg=float(config.tilt_deg) if config.tilt_deg is not None else tilt_drawn,
+        repeat_t2=repeat_t2,
+        calc_b_values=calc_b,
+        dce=dce,
+        coil_reference=coil,
+        coil_reference_early=coil_early,
+        screenshot=shot,
+        n_localizers=config.n_localizers if config.n_localizers is not None else n_loc_drawn,
+        second_localizer_sagittal=second_sag,
+        b_values=b_values,
+        lesion_kinds=config.lesion_kinds,
+        noise=float(config.noise),
+        siemens_private_as_ob=as_ob,
+    )
+    logger.debug("case %d of seed %d resolved: %s", case_index, seed, plan)
+    return plan

@@ -1,0 +1,338 @@
+"""The study plan: which series a case has, in which order, with which numbers, times, UIDs and grids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.synth.config import CasePlan, case_rng
+from training.synth.conventions import SeriesStyle, series_style, vendor_info
+from training.synth.geometry import Grid, oblique_axes
+from training.synth.phantom import Phantom
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SeriesPlan", "StudyPlan", "plan_study", "uid_for"]
+
+UID_NAMESPACE = "lesion-ai synthetic bpMRI"
+
+
+def uid_for(plan: CasePlan, *parts: object) -> str:
+    """A UID that depends only on the seed, the case index and ``parts``.
+
+    It is the ``2.25`` form of a name-based (version 5) UUID, so that it is both deterministic and unique.
+    """
+    name = "|".join([UID_NAMESPACE, str(plan.seed), str(plan.case_index), *map(str, parts)])
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """One series of the study.
+
+    Attributes
+    ----------
+    kind
+        One of ``conventions.SERIES_KINDS``.
+    key
+        Unique name within the study (``t2w``, ``t2w_repeat``, ``localizer_2``, ...).
+    number
+        Series Number.
+    uid
+        Series Instance UID.
+    style
+        Vendor look of the series.
+    grids
+        Its slice stacks (three for a 3-plane localizer, none for a screenshot).
+    b_values
+        b-values of DWI and calculated series (fitted b-values for an ADC map).
+    times_s
+        Time points of a dynamic series (seconds after its start).
+    acquisition_time, series_time
+        Seconds after midnight of the study day.
+    duration_s
+        Acquisition duration.
+    """
+
+    kind: str
+    key: str
+    number: int
+    uid: str
+    style: SeriesStyle
+    grids: tuple[Grid, ...]
+    b_values: tuple[int, ...]
+    times_s: tuple[float, ...]
+    acquisition_time: float
+    series_time: float
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Study-level facts and the series of one case, in acquisition order."""
+
+    plan: CasePlan
+    study_uid: str
+    frame_of_reference_uid: str
+    patient_name: str
+    patient_age: int
+    patient_weight: float
+    patient_size: float
+    accession: str
+    study_date: dt.date
+    study_time: float
+    series: tuple[SeriesPlan, ...]
+
+    def by_key(self, key: str) -> SeriesPlan:
+        """The series with ``key``."""
+        for s in self.series:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    def has(self, key: str) -> bool:
+        """Whether the study has a series with ``key``."""
+        return any(s.key == key for s in self.series)
+
+
+# Sizes per profile: (columns, rows, slices or None for "enough to cover the gland"), spacing, thickness.
+_GEOMETRY: dict[str, dict[str, tuple[tuple[int, int, int | None], tuple[float, float, float], float]]] = {
+    "small": {
+        "localizer": ((48, 48, 3), (8.3333, 8.3333, 10.5), 7.0),
+        "t2_sag": ((40, 40, 6), (4.0, 4.0, 5.0), 4.0),
+        "t2_cor": ((40, 40, 6), (4.0, 4.0, 5.0), 4.0),
+        "t2w": ((96, 96, None), (1.25, 1.25, 3.0), 3.0),
+        "dwi": ((40, 48, None), (3.0, 3.0, 3.0), 3.0),
+        "coil_reference": ((32, 32, 8), (4.0, 4.0, 5.0), 5.0),
+        "dce": ((32, 32, 8), (4.0, 4.0, 4.0), 4.0),
+    },
+    "full": {
+        "localizer": ((256, 256, 5), (1.5625, 1.5625, 10.5), 7.0),
+        "t2_sag": ((320, 320, 19), (0.5625, 0.5625, 3.6), 3.0),
+        "t2_cor": ((320, 320, 15), (0.6, 0.6, 3.0), 3.0),
+        "t2w": ((384, 384, None), (0.5, 0.5, 3.0), 3.0),
+        "dwi": ((84, 128, None), (2.0, 2.0, 3.0), 3.0),
+        "coil_reference": ((128, 128, 16), (1.5, 1.5, 3.0), 3.0),
+        "dce": ((128, 128, 16), (1.5, 1.5, 3.5), 3.5),
+    },
+}
+_SLICE_LIMITS = {"small": (12, 16), "full": (19, 31)}
+_MARGIN_MM = 5.0
+_DCE_TIMES = {"small": (0.0, 45.0, 120.0), "full": (0.0, 20.0, 40.0, 60.0, 120.0, 240.0)}
+_DURATION = {
+    "localizer": 25.0,
+    "coil_reference": 20.0,
+    "t2_sag": 190.0,
+    "t2_cor": 175.0,
+    "t2w": 250.0,
+    "dwi": 290.0,
+    "dce": 300.0,
+}
+
+
+def _covering_slices(
+    ph: Phantom, normal: np.ndarray, centre: np.ndarray, spacing: float, limits: tuple[int, int]
+) -> tuple[int, float]:
+    """Slice count and spacing of a stack centred at ``centre`` that covers the gland with margin.
+
+    The spacing grows (in 0.1 mm steps) when the largest allowed count does not suffice.
+    """
+    lo, hi = ph.extent_along(normal)
+    mid = float(np.asarray(centre) @ normal)
+    half = max(mid - lo, hi - mid) + _MARGIN_MM
+    n = 2 * math.ceil(half / spacing - 1e-9) + 1
+    if n > limits[1]:
+        spacing = max(spacing, math.ceil(10.0 * 2.0 * half / (limits[1] - 1)) / 10.0)
+        n = limits[1]
+    return max(limits[0], n), spacing
+
+
+def _stack(
+    ph: Phantom,
+    profile: str,
+    kind: str,
+    axes: tuple[tuple[float, float, float], tuple[float, float, float]],
+    centre: np.ndarray,
+    offset_normal: float = 0.0,
+) -> Grid:
+    (cols, rows, n), spacing, thick = _GEOMETRY[profile][kind]
+    normal = np.cross(axes[0], axes[1])
+    normal = normal / np.linalg.norm(normal)
+    c = np.asarray(centre, dtype=np.float64) + offset_normal * normal
+    if n is None:
+        n, dz = _covering_slices(ph, normal, c, spacing[2], _SLICE_LIMITS[profile])
+        if dz != spacing[2]:
+            spacing = (spacing[0], spacing[1], dz)
+            thick = dz
+    return Grid.centred(c, (cols, rows, n), spacing, axes, thick)
+
+
+def _localizer_grids(profile: str, centre: np.ndarray, sag_only: bool) -> tuple[Grid, ...]:
+    (cols, rows, n), spacing, thick = _GEOMETRY[profile]["localizer"]
+    planes = {
+        "sag": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
+        "cor": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+        "tra": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
+    }
+    names = ("sag",) if sag_only else ("sag", "cor", "tra")
+    assert n is not None
+    return tuple(Grid.centred(centre, (cols, rows, n), spacing, planes[p], thick) for p in names)
+
+
+def _numbering(vendor: str, kinds: list[str]) -> list[int]:
+    """Series numbers in acquisition order, by vendor habit."""
+    numbers: list[int] = []
+    acquired = 0
+    last_dwi = 0
+    for kind in kinds:
+        if kind in ("adc", "calc"):
+            if vendor == "ge":
+                numbers.append(last_dwi * 100 + (0 if kind == "adc" else 1))
+            elif vendor == "philips":
+                numbers.append(last_dwi + (1 if kind == "adc" else 2))
+            else:
+                acquired += 1
+                numbers.append(acquired)
+            continue
+        if kind == "screenshot" and vendor == "ge":
+            numbers.append(999)
+            continue
+        acquired += 1
+        number = acquired * 100 + 1 if vendor == "philips" else acquired
+        numbers.append(number)
+        if kind == "dwi":
+            last_dwi = number
+    return numbers
+
+
+def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
+    """Lay out the study of a case: series list, numbering, times, UIDs and geometry.
+
+    Parameters
+    ----------
+    plan
+        The resolved case.
+    ph
+        Its phantom (the axial series are placed around the gland).
+
+    Returns
+    -------
+    StudyPlan
+        The study.
+    """
+    rng = case_rng(plan.seed, plan.case_index, 3)
+    profile = plan.profile
+    tra = oblique_axes("tra", plan.tilt_deg)
+    gc = ph.gland_centre
+    jitter = rng.uniform(-1, 1, 3)
+    t2_centre = gc + np.array([jitter[0] * 8, jitter[1] * 8, 0.0])
+    t2_off = float(jitter[2] * 2.0)
+    dwi_jit = rng.uniform(-1, 1, 3)
+    dwi_centre = gc + np.array([dwi_jit[0] * 8, dwi_jit[1] * 8, 0.0])
+    dwi_off = float(dwi_jit[2] * 3.0)
+    iso = np.round(rng.uniform(-5, 5, 3), 1)
+    loc_sag_centre = gc + rng.uniform(-5, 5, 3)
+
+    entries: list[tuple[str, str, tuple[Grid, ...]]] = []  # (kind, key, grids)
+    entries.append(("localizer", "localizer", _localizer_grids(profile, iso, False)))
+    if plan.n_localizers == 2:
+        centre = loc_sag_centre if plan.second_localizer_sagittal else iso
+        entries.append(
+            ("localizer", "localizer_2", _localizer_grids(profile, centre, plan.second_localizer_sagittal))
+        )
+    coil = ("coil_reference", "coil_reference", (_stack(ph, profile, "coil_reference", tra, gc),))
+    if plan.coil_reference and plan.coil_reference_early:
+        entries.append(coil)
+    entries.append(
+        ("t2_sag", "t2_sag", (_stack(ph, profile, "t2_sag", oblique_axes("sag", plan.tilt_deg), gc),))
+    )
+    entries.append(
+        ("t2_cor", "t2_cor", (_stack(ph, profile, "t2_cor", oblique_axes("cor", plan.tilt_deg), gc),))
+    )
+    t2_grid = _stack(ph, profile, "t2w", tra, t2_centre, t2_off)
+    entries.append(("t2w", "t2w", (t2_grid,)))
+    dwi_grid = _stack(ph, profile, "dwi", tra, dwi_centre, dwi_off)
+    entries.append(("dwi", "dwi", (dwi_grid,)))
+    entries.append(("adc", "adc", (dwi_grid,)))
+    if plan.calc_b_values:
+        entries.append(("calc", "calc", (dwi_grid,)))
+    if plan.repeat_t2:
+        entries.append(("t2w", "t2w_repeat", (t2_grid,)))
+    if plan.coil_reference and not plan.coil_reference_early:
+        entries.append(coil)
+    if plan.dce:
+        entries.append(("dce", "dce", (_stack(ph, profile, "dce", tra, gc),)))
+    if plan.screenshot:
+        entries.append(("screenshot", "screenshot", ()))
+
+    numbers = _numbering(plan.vendor, [k for k, _, _ in entries])
+    study_time = float(rng.integers(7 * 3600, 17 * 3600)) + float(np.round(rng.random(), 3))
+    clock = study_time + 60.0
+    series: list[SeriesPlan] = []
+    dwi_times = (0.0, 0.0, 0.0)  # acquisition start, duration, series time of the DWI
+    for (kind, key, grids), number in zip(entries, numbers, strict=True):
+        b_values: tuple[int, ...] = ()
+        times: tuple[float, ...] = ()
+        if kind in ("dwi", "adc"):
+            b_values = plan.b_values
+        elif kind == "calc":
+            b_values = plan.calc_b_values
+        if kind == "dce":
+            times = _DCE_TIMES[profile]
+        if kind in ("adc", "calc"):
+            start, duration, dwi_series_time = dwi_times
+            acq = start + 0.75 * duration
+            series_time = dwi_series_time + (0.2 if kind == "adc" else 0.25)
+        elif kind == "screenshot":
+            acq = clock
+            duration = 0.0
+            series_time = clock + 5.0
+        else:
+            duration = _DURATION[kind] * float(rng.uniform(0.9, 1.1))
+            acq = clock
+            series_time = clock + duration + float(rng.uniform(5, 20))
+            clock = series_time + float(rng.uniform(15, 60))
+            if kind == "dwi":
+                dwi_times = (acq, duration, series_time)
+        style = series_style(
+            plan.vendor,
+            kind,
+            plan.b_values,
+            plan.calc_b_values,
+            second_localizer=key == "localizer_2" and plan.second_localizer_sagittal,
+        )
+        series.append(
+            SeriesPlan(
+                kind=kind,
+                key=key,
+                number=number,
+                uid=uid_for(plan, "series", key),
+                style=style,
+                grids=grids,
+                b_values=b_values,
+                times_s=times,
+                acquisition_time=round(acq, 4),
+                series_time=round(series_time, 4),
+                duration_s=round(duration if kind not in ("adc", "calc") else 0.0, 3),
+            )
+        )
+    info = vendor_info(plan.vendor)
+    logger.debug("study of case %d: %d series (%s)", plan.case_index, len(series), info.manufacturer)
+    return StudyPlan(
+        plan=plan,
+        study_uid=uid_for(plan, "study"),
+        frame_of_reference_uid=uid_for(plan, "frame-of-reference"),
+        patient_name=f"SYNTH^CASE{plan.case_index + 1:04d}",
+        patient_age=int(rng.integers(50, 81)),
+        patient_weight=float(np.round(rng.uniform(65, 110), 0)),
+        patient_size=float(np.round(rng.uniform(1.65, 1.95), 2)),
+        accession=f"SYN{plan.seed % 1000:03d}{plan.case_index:06d}",
+        study_date=dt.date(2015, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3000))),
+        study_time=study_time,
+        series=tuple(series),
+    )
