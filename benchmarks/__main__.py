@@ -9,7 +9,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import input_pipeline
+from benchmarks import engine, input_pipeline, results
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FIXTURE = Path(
@@ -23,6 +23,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--model", type=Path, help="model artifact for the engine benchmark (default: the installed default)"
+    )
     args = parser.parse_args()
     dicom = args.fixture / "dicom"
     if not dicom.is_dir():
@@ -35,6 +38,8 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "input_pipeline": input_pipeline.run(dicom, args.repeats),
+        "engine": engine.run(dicom, args.model, args.repeats),
+        "results": results.run(dicom, args.repeats),
     }
     text = json.dumps(report, indent=2)
     args.out.write_text(text + "\n")

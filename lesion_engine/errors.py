@@ -17,6 +17,7 @@ __all__ = [
     "InconsistentSeriesError",
     "LesionAIError",
     "MissingSlicesError",
+    "ModelArtifactError",
     "MultipleStudiesError",
     "NoADCError",
     "NoDWIError",
@@ -37,6 +38,13 @@ class LesionAIError(Exception):
 
 class ConfigError(LesionAIError, ValueError):
     """A configuration file or value is invalid; the message names the file, the field and the fix."""
+
+
+class ModelArtifactError(LesionAIError):
+    """A model artifact is missing, invalid, changed after export or in a format that is not accepted.
+
+    The message names the file and, for an invalid model card, the field.
+    """
 
 
 class CorruptInstanceError(LesionAIError):

@@ -21,7 +21,14 @@ from lesion_engine.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttributeMatch", "ExclusionRule", "RoleRule", "SeriesRules", "load_series_rules"]
+__all__ = [
+    "AttributeMatch",
+    "ExclusionRule",
+    "RoleRule",
+    "SeriesRules",
+    "load_series_rules",
+    "series_rules_from_document",
+]
 
 _TOP_LEVEL = {
     "version",
@@ -285,3 +292,12 @@ def load_series_rules(path: str | Path | None = None) -> SeriesRules:
     rules = _build(_default_document(), override)
     logger.debug("series rules loaded from %s", rules.source)
     return rules
+
+
+def series_rules_from_document(override: YamlDocument) -> SeriesRules:
+    """Build the series-selection rules from an already parsed document of overrides.
+
+    For overrides embedded in another configuration file (e.g. a routing rule of the node), so that errors
+    still name that file's lines. See :func:`load_series_rules` for the fields and the errors raised.
+    """
+    return _build(_default_document(), override)

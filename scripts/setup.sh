@@ -6,7 +6,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk python3-venv)
+# pixelmed-apps: PixelMed's DicomSRValidator (SR template checks); default-jre-headless runs it.
+# postgresql: the server that the tests of the PostgreSQL job queue start on a free port (their own cluster).
+APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk python3-venv pixelmed-apps default-jre-headless postgresql)
 PYTHON=/usr/bin/python3
 VENV=.venv
 TORCH_SPEC="torch==2.13.0"

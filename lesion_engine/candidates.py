@@ -1,0 +1,346 @@
+"""Lesion candidates from the localization map (dynamic threshold extraction).
+
+In the spirit of PI-CAI's dynamic lesion-candidate extraction (Bosma et al., *report-guided annotation*):
+
+1. take the global maximum of what is left of the map; stop when it is below ``min_peak``;
+2. the candidate is the connected region around that maximum of voxels at or above
+   ``max(peak * dynamic_fraction, floor)``;
+3. remove the region from the map and repeat, at most ``max_lesions`` candidates;
+4. regions smaller than ``min_voxels``, and regions that touch (26-neighbourhood) a candidate already
+   accepted, are removed from the map but not reported (PI-CAI's ``remove_adjacent_lesion_candidates``:
+   such a region is usually the shoulder of a blob already found). Unlike PI-CAI, a shoulder dropped this
+   way also counts as part of its blob's neighbourhood, so that its outer rings (at lower thresholds) are
+   dropped too rather than reported as lesions of their own.
+
+So candidates never touch: two blobs are always at least one voxel apart, as PI-CAI detection maps require.
+:func:`separate_labels` enforces the same on any label map (e.g. after resampling to another grid).
+
+Arrays are (z, y, x).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Candidate",
+    "CandidateConfig",
+    "blobs_touch",
+    "extract_candidates",
+    "label_map",
+    "separate_labels",
+]
+
+Triple = tuple[int, int, int]
+Box = tuple[slice, slice, slice]
+
+_CONNECTIVITIES = (6, 26)
+_TOUCH = np.ones((3, 3, 3), dtype=bool)
+"""Two blobs touch when a voxel of one is in the 26-neighbourhood of a voxel of the other."""
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """Settings of the dynamic-threshold candidate extraction (stored in the model card).
+
+    Attributes
+    ----------
+    min_peak : float
+        Stop when the highest remaining map value is below this (0..1).
+    dynamic_fraction : float
+        A candidate holds the voxels at or above ``peak * dynamic_fraction`` (0 < f <= 1; PI-CAI uses
+        1 / 2.5 = 0.4).
+    floor : float
+        Lowest threshold whatever the peak (0..1).
+    max_lesions : int
+        At most this many candidates per study.
+    min_voxels : int
+        Regions with fewer voxels (on the model grid) are dropped.
+    connectivity : int
+        6 (faces) or 26 (faces, edges and corners) connectivity of a region.
+    """
+
+    min_peak: float = 0.1
+    dynamic_fraction: float = 0.4
+    floor: float = 0.05
+    max_lesions: int = 5
+    min_voxels: int = 10
+    connectivity: int = 26
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_peak <= 1.0:
+            raise ValueError(f"min_peak must be in (0, 1], got {self.min_peak!r}")
+        if not 0.0 < self.dynamic_fraction <= 1.0:
+            raise ValueError(f"dynamic_fraction must be in (0, 1], got {self.dynamic_fraction!r}")
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"floor must be in [0, 1], got {self.floor!r}")
+        if (
+            isinstance(self.max_lesions, bool)
+            or int(self.max_lesions) != self.max_lesions
+            or self.max_lesions < 1
+        ):
+            raise ValueError(f"max_lesions must be a positive integer, got {self.max_lesions!r}")
+        if (
+            isinstance(self.min_voxels, bool)
+            or int(self.min_voxels) != self.min_voxels
+            or self.min_voxels < 1
+        ):
+            raise ValueError(f"min_voxels must be a positive integer, got {self.min_voxels!r}")
+        if self.connectivity not in _CONNECTIVITIES:
+            raise ValueError(f"connectivity must be 6 or 26, got {self.connectivity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the model card)."""
+        return {
+            "min_peak": self.min_peak,
+            "dynamic_fraction": self.dynamic_fraction,
+            "floor": self.floor,
+            "max_lesions": self.max_lesions,
+            "min_voxels": self.min_voxels,
+            "connectivity": self.connectivity,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateConfig:
+        """Inverse of :meth:`to_dict`; ``connectivity`` defaults to 26 when absent."""
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown candidate settings: {', '.join(sorted(unknown))}")
+        return cls(
+            min_peak=float(data["min_peak"]),
+            dynamic_fraction=float(data["dynamic_fraction"]),
+            floor=float(data["floor"]),
+            max_lesions=int(data["max_lesions"]),
+            min_voxels=int(data["min_voxels"]),
+            connectivity=int(data.get("connectivity", 26)),
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One lesion candidate on the model grid.
+
+    Attributes
+    ----------
+    index : int
+        1-based order of extraction (highest peak first).
+    mask : ndarray of bool
+        (Z, Y, X) the candidate's region.
+    peak : float
+        Highest map value inside the region.
+    peak_zyx : (z, y, x)
+        Voxel of that value.
+    center_zyx : (z, y, x)
+        Centre of mass of the region, moved to the nearest voxel inside the region when it falls outside
+        (non-convex regions). The classifier's patch is centred here.
+    voxels : int
+        Number of voxels of the region.
+    """
+
+    index: int
+    mask: NDArray[np.bool_]
+    peak: float
+    peak_zyx: Triple
+    center_zyx: Triple
+    voxels: int
+
+
+def _structure(connectivity: int) -> NDArray[np.bool_]:
+    rank = 1 if connectivity == 6 else 3
+    structure: NDArray[np.bool_] = ndimage.generate_binary_structure(3, rank)
+    return structure
+
+
+def _component_at(mask: NDArray[np.bool_], seed: Triple, structure: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    labels, _ = ndimage.label(mask, structure=structure)
+    out: NDArray[np.bool_] = labels == labels[seed]
+    return out
+
+
+def _grow_component(
+    work: NDArray[np.float32], seed: Triple, threshold: float, structure: NDArray[np.bool_]
+) -> tuple[Box, NDArray[np.bool_]]:
+    """The connected region of ``work >= threshold`` around ``seed``, as (box, mask inside the box).
+
+    Labels a box around the seed, doubled until the region does not reach an inner face of the box (then
+    it is the whole region), so that small regions cost little on a large map.
+    """
+    shape = np.asarray(work.shape)
+    centre = np.asarray(seed)
+    half = np.array([4, 8, 8])
+    while True:
+        lo = np.maximum(centre - half, 0)
+        hi = np.minimum(centre + half + 1, shape)
+        box: Box = (
+            slice(int(lo[0]), int(hi[0])),
+            slice(int(lo[1]), int(hi[1])),
+            slice(int(lo[2]), int(hi[2])),
+        )
+        local_seed: Triple = (int(centre[0] - lo[0]), int(centre[1] - lo[1]), int(centre[2] - lo[2]))
+        local = _component_at(work[box] >= threshold, local_seed, structure)
+        open_faces = [
+            (lo[axis] > 0 and local.take(0, axis=axis).any())
+            or (hi[axis] < shape[axis] and local.take(-1, axis=axis).any())
+            for axis in range(3)
+        ]
+        if not any(open_faces):
+            return box, local
+        half = half * 2
+
+
+def _center_inside(mask: NDArray[np.bool_]) -> Triple:
+    points = np.argwhere(mask)
+    mean = points.mean(axis=0)
+    nearest = points[int(np.argmin(((points - mean) ** 2).sum(axis=1)))]
+    return (int(nearest[0]), int(nearest[1]), int(nearest[2]))
+
+
+def _bounding_box(mask: NDArray[np.bool_], margin: int) -> Box:
+    points = np.argwhere(mask)
+    lo = np.maximum(points.min(axis=0) - margin, 0)
+    hi = np.minimum(points.max(axis=0) + margin + 1, mask.shape)
+    return (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2])))
+
+
+def extract_candidates(
+    probability_map: NDArray[Any], config: CandidateConfig | None = None
+) -> list[Candidate]:
+    """Extract non-touching lesion candidates from a localization map.
+
+    Parameters
+    ----------
+    probability_map : ndarray
+        (Z, Y, X) lesion likelihood in [0, 1] on the model grid.
+    config : CandidateConfig, optional
+        Thresholds and limits; the defaults when None.
+
+    Returns
+    -------
+    list of Candidate
+        Highest peak first; at most ``config.max_lesions``.
+
+    Raises
+    ------
+    ValueError
+        When the map is not 3D or holds non-finite values.
+    """
+    config = config or CandidateConfig()
+    values = np.asarray(probability_map)
+    if values.ndim != 3:
+        raise ValueError(f"the localization map must be 3D (z, y, x), got shape {values.shape}")
+    if values.size == 0:
+        return []
+    if not np.all(np.isfinite(values)):
+        raise ValueError("the localization map holds NaN or infinite values")
+    work = values.astype(np.float32, copy=True)
+    structure = _structure(config.connectivity)
+    forbidden = np.zeros(work.shape, dtype=bool)  # accepted blobs and their 26-neighbourhood
+    candidates: list[Candidate] = []
+    # Each round zeroes at least the peak voxel; bound the rounds spent on dropped regions all the same.
+    rejected, max_rejected = 0, 100 * config.max_lesions + 1000
+    while len(candidates) < config.max_lesions and rejected < max_rejected:
+        flat = np.unravel_index(int(np.argmax(work)), work.shape)
+        seed: Triple = (int(flat[0]), int(flat[1]), int(flat[2]))
+        peak = float(work[seed])
+        if peak < config.min_peak:
+            break
+        threshold = max(peak * config.dynamic_fraction, config.floor)
+        box, local = _grow_component(work, seed, threshold, structure)
+        work[box][local] = 0.0
+        if np.any(local & forbidden[box]):
+            # Touches an accepted blob: the shoulder of a blob already found, dropped as in PI-CAI. Its
+            # neighbourhood joins that blob's, so that the next ring of the same shoulder is dropped too.
+            forbidden[box] |= ndimage.binary_dilation(local, structure=_TOUCH)
+            rejected += 1
+            logger.debug("candidate at %s (peak %.3f) dropped: touches an earlier candidate", seed, peak)
+            continue
+        voxels = int(local.sum())
+        if voxels < config.min_voxels:
+            rejected += 1
+            logger.debug(
+                "candidate at %s (peak %.3f) dropped: %d voxels < %d", seed, peak, voxels, config.min_voxels
+            )
+            continue
+        region = np.zeros(work.shape, dtype=bool)
+        region[box] = local
+        best = np.unravel_index(int(np.argmax(np.where(region, values, -np.inf))), values.shape)
+        best_zyx: Triple = (int(best[0]), int(best[1]), int(best[2]))
+        grown = _bounding_box(region, 1)
+        forbidden[grown] |= ndimage.binary_dilation(region[grown], structure=_TOUCH)
+        candidates.append(
+            Candidate(
+                index=len(candidates) + 1,
+                mask=region,
+                peak=float(values[best_zyx]),
+                peak_zyx=best_zyx,
+                center_zyx=_center_inside(region),
+                voxels=voxels,
+            )
+        )
+    if rejected >= max_rejected:
+        logger.info("candidate extraction stopped after dropping %d regions", rejected)
+    return candidates
+
+
+def label_map(candidates: list[Candidate], shape: Triple) -> NDArray[np.uint16]:
+    """One label image of the candidates: voxel value = candidate ``index``, 0 elsewhere."""
+    out = np.zeros(shape, dtype=np.uint16)
+    for candidate in candidates:
+        if candidate.mask.shape != tuple(shape):
+            raise ValueError(f"candidate mask shape {candidate.mask.shape} differs from {tuple(shape)}")
+        out[candidate.mask] = candidate.index
+    return out
+
+
+def blobs_touch(labels: NDArray[Any]) -> bool:
+    """Whether two different non-zero labels touch (26-neighbourhood) anywhere."""
+    values = np.asarray(labels)
+    if values.ndim != 3:
+        raise ValueError(f"labels must be 3D (z, y, x), got shape {values.shape}")
+    if not np.any(values > 0):
+        return False
+    part = values[_bounding_box(values > 0, 1)].astype(np.int64)
+    big = int(part.max()) + 1  # stands for background in the minimum filter (cval goes through a float)
+    high = ndimage.maximum_filter(part, footprint=_TOUCH, mode="constant", cval=0)
+    low = ndimage.minimum_filter(np.where(part > 0, part, big), footprint=_TOUCH, mode="constant", cval=big)
+    inside = part > 0
+    return bool(np.any(inside & ((high != part) | (low != part))))
+
+
+def separate_labels(labels: NDArray[Any]) -> NDArray[Any]:
+    """Make the blobs of a label map non-touching: a voxel next to a lower label is cleared.
+
+    Lower labels keep all their voxels, higher ones lose those in the 26-neighbourhood of a lower label, so
+    that every pair of blobs ends at least one voxel apart. One pass suffices (see the module docstring).
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        (Z, Y, X) label map, 0 = background.
+
+    Returns
+    -------
+    ndarray
+        A copy with touching voxels cleared.
+    """
+    values = np.asarray(labels)
+    if values.ndim != 3:
+        raise ValueError(f"labels must be 3D (z, y, x), got shape {values.shape}")
+    out = values.copy()
+    if not np.any(values > 0):
+        return out
+    box = _bounding_box(values > 0, 1)
+    part = values[box]
+    big = int(part.max()) + 1  # stands for background in the minimum filter (cval goes through a float)
+    masked = np.where(part > 0, part, big).astype(np.int64)
+    low = ndimage.minimum_filter(masked, footprint=_TOUCH, mode="constant", cval=big)
+    out[box][(part > 0) & (low < part)] = 0
+    return out

@@ -1,0 +1,195 @@
+"""The model grid: a fixed physical field of view, resampled and normalized for the networks.
+
+The grid has the T2W's orientation, a fixed spacing and a fixed size, and is centred on the centre of the
+T2W volume (prostate protocols centre the axial field of view on the gland). Channels, in this order:
+
+0. T2W, z-score normalized over the voxels the T2W covers;
+1. ADC, divided by ``adc_scale`` (absolute ADC values carry meaning, so no per-study normalization);
+2. HBV, z-score normalized; by default the b1400 image (the computed one when the study has no b >= 1400).
+
+Arrays are (channel, z, y, x); SimpleITK images are (x, y, z).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+
+from lesion_engine.preprocess import PreparedStudy
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelInput",
+    "PreprocessConfig",
+    "from_model_grid",
+    "model_grid",
+    "normalize_channels",
+    "resample_label",
+    "to_model_input",
+    "to_model_input_from_images",
+]
+
+_HBV_SOURCES = ("b1400", "native")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a study becomes the networks' input (stored in the model card).
+
+    Attributes
+    ----------
+    spacing_zyx : (z, y, x) mm
+        Voxel spacing of the model grid.
+    size_zyx : (z, y, x)
+        Voxels of the model grid; must suit the localization network's divisor.
+    adc_scale : float
+        ADC (10^-6 mm^2/s) is divided by this.
+    hbv_source : str
+        ``b1400``: the computed b1400 image when the study has no b >= 1400, else the study's HBV;
+        ``native``: always the study's chosen HBV.
+    """
+
+    spacing_zyx: tuple[float, float, float] = (3.0, 1.0, 1.0)
+    size_zyx: tuple[int, int, int] = (20, 128, 128)
+    adc_scale: float = 1000.0
+    hbv_source: str = "b1400"
+
+    def __post_init__(self) -> None:
+        if len(self.spacing_zyx) != 3 or any(not s > 0 for s in self.spacing_zyx):
+            raise ValueError(f"spacing_zyx must be three positive numbers (mm), got {self.spacing_zyx!r}")
+        if len(self.size_zyx) != 3 or any(int(s) < 1 for s in self.size_zyx):
+            raise ValueError(f"size_zyx must be three positive integers, got {self.size_zyx!r}")
+        if not self.adc_scale > 0:
+            raise ValueError(f"adc_scale must be positive, got {self.adc_scale}")
+        if self.hbv_source not in _HBV_SOURCES:
+            raise ValueError(f"hbv_source must be one of {_HBV_SOURCES}, got {self.hbv_source!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the model card)."""
+        return {
+            "spacing_zyx": list(self.spacing_zyx),
+            "size_zyx": list(self.size_zyx),
+            "adc_scale": self.adc_scale,
+            "hbv_source": self.hbv_source,
+            "channels": ["t2w", "adc", "hbv"],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`."""
+        sp, sz = data["spacing_zyx"], data["size_zyx"]
+        return cls(
+            spacing_zyx=(float(sp[0]), float(sp[1]), float(sp[2])),
+            size_zyx=(int(sz[0]), int(sz[1]), int(sz[2])),
+            adc_scale=float(data["adc_scale"]),
+            hbv_source=str(data["hbv_source"]),
+        )
+
+
+@dataclass
+class ModelInput:
+    """Network input of one study.
+
+    Attributes
+    ----------
+    images : ndarray
+        float32 (3, Z, Y, X): T2W, ADC, HBV on the model grid, normalized.
+    grid : SimpleITK.Image
+        An image with the model grid's geometry (its values are the T2W coverage mask, 0/1).
+    """
+
+    images: NDArray[np.float32]
+    grid: sitk.Image
+
+
+def model_grid(t2w: sitk.Image, config: PreprocessConfig) -> sitk.Image:
+    """The model grid for a T2W volume: T2W orientation, fixed spacing and size, centred on the T2W."""
+    size = t2w.GetSize()
+    centre_index = [(s - 1) / 2.0 for s in size]
+    centre = np.asarray(t2w.TransformContinuousIndexToPhysicalPoint(centre_index))
+    direction = np.asarray(t2w.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing_xyz = np.asarray(config.spacing_zyx[::-1], dtype=np.float64)
+    size_xyz = np.asarray(config.size_zyx[::-1], dtype=np.int64)
+    origin = centre - direction @ (spacing_xyz * (size_xyz - 1) / 2.0)
+    grid = sitk.Image([int(v) for v in size_xyz], sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(v) for v in spacing_xyz))
+    grid.SetOrigin(tuple(float(v) for v in origin))
+    grid.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return grid
+
+
+def _resample(image: sitk.Image, grid: sitk.Image, interpolator: int, pixel_type: int) -> sitk.Image:
+    out: sitk.Image = sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, pixel_type)
+    return out
+
+
+def resample_label(label: sitk.Image, grid: sitk.Image) -> NDArray[np.int16]:
+    """Resample a label image (masks, zones, ISUP values) onto a grid with nearest neighbour; (Z, Y, X)."""
+    out = _resample(sitk.Cast(label, sitk.sitkInt16), grid, sitk.sitkNearestNeighbor, sitk.sitkInt16)
+    return sitk.GetArrayFromImage(out).astype(np.int16)
+
+
+def _zscore(values: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray[np.float32]:
+    inside = values[mask]
+    if inside.size == 0:
+        return np.zeros_like(values)
+    mean = float(inside.mean())
+    std = float(inside.std())
+    out = (values - np.float32(mean)) / np.float32(std if std > 1e-6 else 1.0)
+    out[~mask] = 0.0
+    return out.astype(np.float32)
+
+
+def normalize_channels(
+    t2w: NDArray[np.float32],
+    adc: NDArray[np.float32],
+    hbv: NDArray[np.float32],
+    coverage: NDArray[np.bool_],
+    config: PreprocessConfig,
+) -> NDArray[np.float32]:
+    """Normalize resampled T2W, ADC and HBV arrays (Z, Y, X) into the (3, Z, Y, X) network input."""
+    adc_scaled = np.clip(adc, 0.0, None) / np.float32(config.adc_scale)
+    adc_scaled[~coverage] = 0.0
+    return np.stack([_zscore(t2w, coverage), adc_scaled.astype(np.float32), _zscore(hbv, coverage)]).astype(
+        np.float32
+    )
+
+
+def to_model_input_from_images(
+    t2w: sitk.Image, adc: sitk.Image, hbv: sitk.Image, config: PreprocessConfig
+) -> ModelInput:
+    """Network input from T2W, ADC and HBV images (any grids; resampled in physical space)."""
+    grid = model_grid(t2w, config)
+    ones = sitk.Image(t2w.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(t2w)
+    coverage_image = _resample(ones, grid, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
+    coverage = sitk.GetArrayFromImage(coverage_image).astype(bool)
+    arrays = [
+        sitk.GetArrayFromImage(_resample(image, grid, sitk.sitkLinear, sitk.sitkFloat32)).astype(np.float32)
+        for image in (t2w, adc, hbv)
+    ]
+    return ModelInput(normalize_channels(arrays[0], arrays[1], arrays[2], coverage, config), coverage_image)
+
+
+def to_model_input(prepared: PreparedStudy, config: PreprocessConfig) -> ModelInput:
+    """Network input of a prepared study (see the module docstring for the channels)."""
+    hbv = prepared.hbv
+    if config.hbv_source == "b1400" and prepared.high_b is not None:
+        hbv = prepared.high_b
+    return to_model_input_from_images(prepared.t2w, prepared.adc, hbv, config)
+
+
+def from_model_grid(
+    array: NDArray[Any], grid: sitk.Image, reference: sitk.Image, *, interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
+    """Resample a (Z, Y, X) array on the model grid back onto ``reference``'s grid (e.g. the T2W)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.CopyInformation(grid)
+    pixel_type = sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else image.GetPixelID()
+    return _resample(image, reference, interpolator, pixel_type)

@@ -1,0 +1,170 @@
+"""Failure result: objects that say the AI did not analyse a study, and why.
+
+A radiologist who sees no AI result must be able to tell "the AI found nothing" from "the AI did not run".
+For a study that could not be processed the node therefore writes a Comprehensive SR stating the reason,
+and (by default) a Secondary Capture image with the reason burned in, which every viewer shows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from lesion_engine.results.common import (
+    CAD_SUMMARY,
+    FINDING,
+    NOT_RUN,
+    UidFactory,
+    character_set_of,
+    copy_study_extras,
+    evidence_headers,
+    set_body_part,
+)
+from lesion_engine.results.drawing import text_panel
+from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.sr import observation_context
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["failure_text", "write_failure_objects"]
+
+_REPORT_TITLE = codes.LN.DiagnosticImagingReport
+_MAX_REASON = 4000
+
+
+def failure_text(reason: str) -> str:
+    """The sentence written into the failure SR and image."""
+    return (
+        f"AI analysis NOT performed: {reason.strip()}. "
+        "No AI result exists for this study: read it without AI support."
+    )
+
+
+def _reference(datasets: Sequence[Dataset]) -> Dataset:
+    for ds in datasets:
+        if "PixelData" in ds or "Rows" in ds:
+            return ds
+    return datasets[0]
+
+
+def _check(study_datasets: Sequence[Dataset], reason: str) -> None:
+    if not study_datasets:
+        raise ValueError("a failure result needs at least one dataset of the study")
+    studies = {str(ds.get("StudyInstanceUID", "")) for ds in study_datasets}
+    if len(studies) != 1 or "" in studies:
+        raise ValueError(f"the datasets must belong to one study (found {len(studies)} StudyInstanceUIDs)")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValueError("a failure result needs a reason")
+
+
+def _failure_sr(
+    reference: Dataset, text: str, settings: ResultSettings, uids: UidFactory, when: datetime.datetime
+) -> Dataset:
+    root = hd.sr.ContainerContentItem(name=_REPORT_TITLE, template_id=None)
+    content = hd.sr.ContentSequence(is_root=False)
+    content.extend(observation_context(settings))
+    content.append(
+        hd.sr.CodeContentItem(
+            name=CAD_SUMMARY, value=NOT_RUN, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
+    content.append(
+        hd.sr.TextContentItem(
+            name=FINDING, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
+    root.ContentSequence = content
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence_headers([reference]),
+        content=root,
+        series_instance_uid=uids.uid("failure-sr", "series"),
+        series_number=settings.failure_series_number,
+        sop_instance_uid=uids.uid("failure-sr", "instance"),
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        is_complete=True,
+        is_final=False,
+        record_evidence=False,
+        institution_name=settings.institution_name,
+        series_description=settings.failure_series_description,
+        manufacturer_model_name=settings.manufacturer_model_name,
+        software_versions=settings.software_versions,
+        device_serial_number=settings.device_serial_number,
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+        specific_character_set=character_set_of(reference),
+    )
+    copy_study_extras(sr, reference)
+    return sr
+
+
+def _failure_sc(
+    reference: Dataset, text: str, settings: ResultSettings, uids: UidFactory, when: datetime.datetime
+) -> Dataset:
+    pixels = text_panel(
+        [
+            ("AI ANALYSIS NOT PERFORMED", 30),
+            (text, 20),
+            (settings.caption, 16),
+            (f"{settings.manufacturer} {settings.software_versions}", 14),
+        ]
+    )
+    image = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=uids.uid("failure-sc", "series"),
+        series_number=settings.failure_sc_series_number,
+        sop_instance_uid=uids.uid("failure-sc", "instance"),
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        patient_orientation=("L", "P"),
+        transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
+        series_description=settings.failure_sc_series_description,
+        manufacturer_model_name=settings.manufacturer_model_name,
+        software_versions=settings.software_versions,
+        device_serial_number=settings.device_serial_number,
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+        specific_character_set=character_set_of(reference),
+        institution_name=settings.institution_name,
+    )
+    # A text panel has no anatomical orientation (PatientOrientation is type 2: present, empty).
+    del image.PatientOrientation
+    image.add_new("PatientOrientation", "CS", None)
+    image.BurnedInAnnotation = "NO"
+    copy_study_extras(image, reference)
+    set_body_part(image, reference)
+    return image
+
+
+def write_failure_objects(
+    study_datasets: Sequence[Dataset], reason: str, settings: ResultSettings, when: datetime.datetime
+) -> list[Dataset]:
+    """Build the failure SR (and Secondary Capture image); see :func:`lesion_engine.results.write_failure`."""
+    _check(study_datasets, reason)
+    reason = reason.strip()[:_MAX_REASON]
+    reference = _reference(study_datasets)
+    series = sorted({str(ds.get("SeriesInstanceUID", "")) for ds in study_datasets})
+    uids = UidFactory(settings, [str(reference.StudyInstanceUID), *series, "failure", reason])
+    text = failure_text(reason)
+    out = [_failure_sr(reference, text, settings, uids, when)]
+    if settings.write_failure_sc:
+        out.append(_failure_sc(reference, text, settings, uids, when))
+    logger.info(
+        "failure result for study %s: %s",
+        reference.StudyInstanceUID,
+        ", ".join(str(ds.SOPInstanceUID) for ds in out),
+    )
+    return out

@@ -1,0 +1,136 @@
+"""DICOM Segmentation of the lesions: BINARY, one segment per lesion, on the T2W series."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from lesion_engine.results.common import (
+    ABNORMAL_STRUCTURE,
+    AI_FAMILY,
+    LESION,
+    LESION_COLORS,
+    PROSTATE,
+    ZONE_CODES,
+    ModelInfo,
+    T2WGrid,
+    UidFactory,
+    algorithm_identity,
+    character_set_of,
+    contributing_equipment,
+)
+from lesion_engine.results.protocols import LesionLike
+from lesion_engine.results.settings import ResultSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["segment_label", "tracking_id", "write_seg"]
+
+
+def tracking_id(lesion: LesionLike) -> str:
+    """Human-readable tracking identifier of a lesion, shared by SEG and SR."""
+    return f"Lesion {int(lesion.id)}"
+
+
+def segment_label(lesion: LesionLike) -> str:
+    """Segment label shown by viewers: lesion number, category and probability."""
+    return f"Lesion {int(lesion.id)}: category {int(lesion.category)}, p={float(lesion.probability):.2f}"
+
+
+def write_seg(
+    lesions: Sequence[LesionLike],
+    grid: T2WGrid,
+    model: ModelInfo,
+    settings: ResultSettings,
+    uids: UidFactory,
+    when: datetime.datetime,
+) -> Dataset:
+    """Build the Segmentation of the lesions.
+
+    Parameters
+    ----------
+    lesions : sequence of LesionLike
+        At least one lesion, masks on the T2W grid (checked by the caller).
+    grid : T2WGrid
+        The T2W source instances in grid order.
+    model : ModelInfo
+        The model that found the lesions.
+    settings : ResultSettings
+        Names and numbers of the product.
+    uids : UidFactory
+        Derives the SEG's UIDs and the tracking UIDs.
+    when : datetime.datetime
+        Time of the analysis (ContentDate/ContentTime).
+
+    Returns
+    -------
+    pydicom.Dataset
+        A ``highdicom.seg.Segmentation``.
+    """
+    if not lesions:
+        raise ValueError("a Segmentation needs at least one lesion")
+    name, version = algorithm_identity(settings, model)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=name, family=AI_FAMILY, version=version, source=settings.algorithm_source
+    )
+    descriptions = []
+    for number, lesion in enumerate(lesions, start=1):
+        rgb = LESION_COLORS[(number - 1) % len(LESION_COLORS)]
+        zone = ZONE_CODES.get(lesion.zone) if lesion.zone else None
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=segment_label(lesion),
+                segmented_property_category=ABNORMAL_STRUCTURE,
+                segmented_property_type=LESION,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=uids.uid("lesion", int(lesion.id)),
+                tracking_id=tracking_id(lesion),
+                anatomic_regions=[PROSTATE],
+                primary_anatomic_structures=[zone] if zone is not None else None,
+                display_color=hd.color.CIELabColor.from_rgb(*rgb),
+            )
+        )
+    # (frames, rows, columns, segments), frames in the order of the source frames.
+    stacked = np.stack([np.asarray(lesion.mask, dtype=bool) for lesion in lesions], axis=-1)
+    pixel_array = stacked[np.asarray(grid.frame_slices)].astype(np.uint8)
+    reference = grid.datasets[0]
+    seg = hd.seg.Segmentation(
+        source_images=grid.datasets,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=uids.uid("seg", "series"),
+        series_number=settings.seg_series_number,
+        sop_instance_uid=uids.uid("seg", "instance"),
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=settings.manufacturer_model_name,
+        software_versions=settings.software_versions,
+        device_serial_number=settings.device_serial_number,
+        content_description="AI lesion segmentation, research use only",
+        content_label="AI_LESIONS",
+        content_creator_name=None,
+        omit_empty_frames=True,
+        contributing_equipment=contributing_equipment(settings, model, when),
+        series_description=settings.seg_series_description,
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+        specific_character_set=character_set_of(reference),
+        institution_name=settings.institution_name,
+    )
+    logger.info(
+        "SEG %s: %d segment(s) on T2W series %s",
+        seg.SOPInstanceUID,
+        len(descriptions),
+        grid.series_instance_uid,
+    )
+    return seg

@@ -1,0 +1,182 @@
+"""Entry points: the DICOM objects of one analysis result, or of a study that could not be processed."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+from lesion_engine.results.common import (
+    ModelInfo,
+    UidFactory,
+    check_result,
+    copy_study_extras,
+    t2w_grid,
+)
+from lesion_engine.results.failure import write_failure_objects
+from lesion_engine.results.overlay import write_overlays
+from lesion_engine.results.pmap import write_pmap
+from lesion_engine.results.protocols import ResultLike
+from lesion_engine.results.seg import write_seg
+from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.sr import write_sr
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ResultObjects", "write_failure", "write_results"]
+
+
+@dataclass
+class ResultObjects:
+    """The DICOM objects written for one result.
+
+    Attributes
+    ----------
+    seg : Dataset or None
+        The Segmentation (None for a negative study or when disabled).
+    sr : Dataset
+        The TID 1500 Measurement Report.
+    pmap : Dataset or None
+        The Parametric Map of the localization map, when enabled.
+    sc : list of Dataset
+        The Secondary Capture overlay images, when enabled.
+    timings_s : dict of str to float
+        Seconds spent per object.
+    """
+
+    seg: Dataset | None
+    sr: Dataset
+    pmap: Dataset | None = None
+    sc: list[Dataset] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def all(self) -> list[Dataset]:
+        """Every object, SEG first (the SR references it)."""
+        out = [d for d in (self.seg, self.sr, self.pmap) if d is not None]
+        return out + list(self.sc)
+
+
+@contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    # highdicom warns about person names of the source data (e.g. "ProstateX-0001"); they are copied as
+    # they are, and the warning would only repeat for every object.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        yield
+
+
+def write_results(
+    result: ResultLike,
+    source_t2w_datasets: Sequence[Dataset],
+    settings: ResultSettings | None = None,
+    *,
+    input_series_uids: Sequence[str] | None = None,
+    analysis_time: datetime.datetime | None = None,
+) -> ResultObjects:
+    """Write the DICOM objects of one analysis result.
+
+    Parameters
+    ----------
+    result : ResultLike
+        The analysis result (lesions with masks on the T2W grid, patient score, model, ...).
+    source_t2w_datasets : sequence of Dataset
+        Every instance of the T2W series the masks lie on (pixel data is read only for overlays).
+    settings : ResultSettings, optional
+        Which objects to write and the product's names; defaults to ``ResultSettings()``.
+    input_series_uids : sequence of str, optional
+        SeriesInstanceUIDs of every input series (T2W, ADC, HBV); they and the model digest determine
+        the UIDs written. Defaults to the T2W series alone.
+    analysis_time : datetime.datetime, optional
+        Time of the analysis (ContentDate/Time); defaults to now.
+
+    Returns
+    -------
+    ResultObjects
+
+    Raises
+    ------
+    ValueError
+        The result does not fit the T2W instances (other study, mask shape, values out of range), or
+        the instances are unusable as a grid.
+    """
+    settings = settings if settings is not None else ResultSettings()
+    when = analysis_time if analysis_time is not None else datetime.datetime.now()
+    model = ModelInfo.from_mapping(result.model)
+    grid = t2w_grid(source_t2w_datasets)
+    lesions = check_result(result, grid)
+    series = sorted(set(input_series_uids or []) | {grid.series_instance_uid})
+    uids = UidFactory(settings, [grid.study_instance_uid, *series, model.sha256])
+    timings: dict[str, float] = {}
+    with _quiet_highdicom():
+        seg = None
+        if lesions and settings.write_seg:
+            start = time.perf_counter()
+            seg = write_seg(lesions, grid, model, settings, uids, when)
+            timings["seg"] = time.perf_counter() - start
+        start = time.perf_counter()
+        sr = write_sr(lesions, float(result.patient_score), seg, grid, model, settings, uids, when)
+        copy_study_extras(sr, grid.datasets[0])
+        timings["sr"] = time.perf_counter() - start
+        pmap = None
+        if settings.write_pmap:
+            start = time.perf_counter()
+            pmap = write_pmap(result.localization_map, grid, model, settings, uids, when)
+            timings["pmap"] = time.perf_counter() - start
+        overlays: list[Dataset] = []
+        if settings.write_sc:
+            start = time.perf_counter()
+            overlays = write_overlays(lesions, grid, model, settings, uids, when)
+            timings["sc"] = time.perf_counter() - start
+    logger.info(
+        "results for study %s: SEG %s, SR %s, pmap %s, %d overlay image(s)",
+        grid.study_instance_uid,
+        seg.SOPInstanceUID if seg is not None else None,
+        sr.SOPInstanceUID,
+        pmap.SOPInstanceUID if pmap is not None else None,
+        len(overlays),
+    )
+    return ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
+
+
+def write_failure(
+    study_datasets: Sequence[Dataset],
+    reason: str,
+    settings: ResultSettings | None = None,
+    *,
+    analysis_time: datetime.datetime | None = None,
+) -> list[Dataset]:
+    """Write the objects that tell a radiologist the AI did not analyse a study, and why.
+
+    Parameters
+    ----------
+    study_datasets : sequence of Dataset
+        Instances of the study (any; patient and study attributes are copied from the first image, and
+        the UIDs derive from every SeriesInstanceUID).
+    reason : str
+        Why the study could not be processed, in words a radiologist can act on.
+    settings : ResultSettings, optional
+        Product names and whether a Secondary Capture image is written too.
+    analysis_time : datetime.datetime, optional
+        Time of the attempt; defaults to now.
+
+    Returns
+    -------
+    list of Dataset
+        A Comprehensive SR stating the reason, and (by default) a Secondary Capture image with the reason
+        burned in.
+
+    Raises
+    ------
+    ValueError
+        No dataset, datasets of several studies, or an empty reason.
+    """
+    settings = settings if settings is not None else ResultSettings()
+    when = analysis_time if analysis_time is not None else datetime.datetime.now()
+    with _quiet_highdicom():
+        return write_failure_objects(study_datasets, reason, settings, when)

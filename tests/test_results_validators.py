@@ -1,0 +1,206 @@
+"""The DICOM results pass the validators that viewers' makers and IHE use.
+
+Cases: the fixture's T2W series with two crafted lesions and a non-ASCII patient name (with Parametric
+Map and overlays), a negative study, a failed study, and the real fixture as the node sees it (prepared
+study, one lesion per zone of its PI-CAI zone mask). Every warning the validators print is shown in the
+test output (``-rP``) so that it can be reviewed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from lesion_engine.results import ResultSettings, write_failure, write_results
+from tests import validators
+from tests.results_cases import (
+    T2W_SERIES_NUMBER,
+    FakeResult,
+    fixture_case,
+    negative_result,
+    positive_result,
+    read_series,
+    renamed,
+    save_all,
+)
+
+pytestmark = pytest.mark.fixture
+
+WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9)
+PATIENT = "Müller^Jürgen"
+
+
+@dataclass
+class Case:
+    """One written case: its source MR files, the objects written, and the result behind them."""
+
+    name: str
+    sources: list[Path]
+    objects: list[Path]
+    result: FakeResult | None
+    t2w: list[Dataset]
+
+    def of_modality(self, modality: str) -> list[Path]:
+        return [p for p in self.objects if p.stem.endswith(f"_{modality}")]
+
+
+@pytest.fixture(scope="module")
+def cases(
+    tmp_path_factory: pytest.TempPathFactory, prostatex_series: dict[int, Path], prostatex: Path
+) -> dict[str, Case]:
+    root = tmp_path_factory.mktemp("results")
+    t2w = renamed(read_series(prostatex_series[T2W_SERIES_NUMBER]), PATIENT)
+    sources = save_all(t2w, root / "source", "mr")
+    out: dict[str, Case] = {}
+    positive = positive_result(t2w)
+    written = write_results(positive, t2w, ResultSettings(write_pmap=True, write_sc=True), analysis_time=WHEN)
+    out["positive"] = Case(
+        "positive", sources, save_all(written.all(), root / "positive", "ai"), positive, t2w
+    )
+    negative = negative_result(t2w)
+    written = write_results(negative, t2w, analysis_time=WHEN)
+    out["negative"] = Case(
+        "negative", sources, save_all(written.all(), root / "negative", "ai"), negative, t2w
+    )
+    failed = write_failure(t2w, "no ADC series found", analysis_time=WHEN)
+    out["failure"] = Case("failure", sources, save_all(failed, root / "failure", "ai"), None, t2w)
+    real = fixture_case(prostatex)
+    written = write_results(
+        real.result, real.t2w_datasets, input_series_uids=real.input_series_uids, analysis_time=WHEN
+    )
+    real_sources = save_all(real.t2w_datasets, root / "real-source", "mr")
+    out["fixture"] = Case(
+        "fixture",
+        real_sources,
+        save_all(written.all(), root / "fixture", "ai"),
+        real.result,
+        real.t2w_datasets,
+    )
+    return out
+
+
+def _show(report: validators.Report, label: str) -> None:
+    for line in report.warnings:
+        print(f"{report.tool} {label}: {line}")
+
+
+def test_dciodvfy_finds_no_error(cases: dict[str, Case]) -> None:
+    checked = 0
+    for case in cases.values():
+        for path in case.objects:
+            report = validators.dciodvfy(path)
+            _show(report, path.name)
+            assert report.errors == [], f"{path.name}:\n{report.output}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
+    srs = [p for case in cases.values() for p in case.of_modality("SR")]
+    assert len(srs) == 4
+    for path in srs:
+        report = validators.dsrdump(path)
+        assert report.returncode == 0, f"{path.name}:\n{report.output}"
+        assert "Imaging Measurement Report" in report.output or "Diagnostic Imaging Report" in report.output
+
+
+@pytest.mark.slow
+def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
+    srs = [p for case in cases.values() for p in case.of_modality("SR")]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(validators.pixelmed_sr, srs))
+    for path, report in zip(srs, reports, strict=True):
+        _show(report, path.name)
+        assert "IOD validation complete" in report.output, report.output
+        assert report.errors == [], f"{path.name}:\n{report.output}"
+    assert any("Found Root Template TID_1500" in r.output for r in reports)
+
+
+def _without_files(lines: list[str]) -> set[str]:
+    return {re.sub(r" for file <[^>]*>( versus <[^>]*>)?", "", line) for line in lines}
+
+
+def test_dcentvfy_finds_sources_and_results_consistent(cases: dict[str, Case]) -> None:
+    for case in cases.values():
+        baseline = validators.dcentvfy(case.sources)
+        report = validators.dcentvfy(case.sources + case.objects)
+        _show(report, case.name)
+        # The source itself references a study component it does not hold; only new errors count.
+        new = _without_files(report.errors) - _without_files(baseline.errors)
+        assert new == set(), f"{case.name}:\n{report.output}"
+
+
+def _reference_grid(t2w: list[Path]) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in t2w])
+    image: sitk.Image = reader.Execute()
+    return image
+
+
+@pytest.mark.parametrize("name", ["positive", "fixture"])
+def test_segimage2itkimage_reads_the_masks_back(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
+    case = cases[name]
+    assert case.result is not None
+    (seg,) = case.of_modality("SEG")
+    report, images, meta = validators.segimage2itkimage(seg, tmp_path / "seg")
+    assert report.returncode == 0, report.output
+    assert len(images) == len(case.result.lesions)
+    labels = [s["SegmentLabel"] for group in meta["segmentAttributes"] for s in group]
+    assert labels[0].startswith("Lesion 1")
+    files = sorted(case.sources, key=lambda p: p.name)
+    reference = _reference_grid(files)
+    volume = sitk.GetArrayFromImage(reference)
+    for lesion, path in zip(case.result.lesions, sorted(images, key=lambda p: int(p.stem)), strict=True):
+        on_grid = sitk.Resample(
+            sitk.ReadImage(str(path)), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0
+        )
+        mask = sitk.GetArrayFromImage(on_grid) > 0
+        assert mask.shape == volume.shape
+        # The reader's slice order along the normal is that of the engine's grid (or reversed).
+        expected = lesion.mask if _ascending(reference) else lesion.mask[::-1]
+        assert np.array_equal(mask, expected)
+
+
+def _ascending(image: sitk.Image) -> bool:
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    return bool(np.dot(direction[:, 2], normal) > 0)
+
+
+@pytest.mark.parametrize("name", ["positive", "negative", "fixture"])
+def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
+    case = cases[name]
+    assert case.result is not None
+    (sr,) = case.of_modality("SR")
+    report, data = validators.tid1500reader(sr, tmp_path / "sr.json")
+    assert report.errors == [] and "rror" not in report.output, report.output
+    groups = data["Measurements"]
+    segment_groups = [g for g in groups if "ReferencedSegment" in g]
+    if not case.result.lesions:
+        (patient,) = groups
+        (score,) = patient["measurementItems"]
+        assert float(score["value"]) == pytest.approx(case.result.patient_score)
+        return
+    assert len(segment_groups) == len(case.result.lesions)
+    for lesion, group in zip(case.result.lesions, segment_groups, strict=True):
+        assert group["ReferencedSegment"] == lesion.id
+        assert group["TrackingIdentifier"] == f"Lesion {lesion.id}"
+        values = {item["quantity"]["CodeMeaning"]: float(item["value"]) for item in group["measurementItems"]}
+        assert values == pytest.approx(
+            {
+                "Volume": lesion.volume_ml,
+                "Diameter": lesion.max_diameter_mm,
+                "Probability of cancer": lesion.probability,
+            },
+            abs=1e-3,
+        )
+        for item in group["measurementItems"]:
+            assert item["measurementAlgorithmIdentification"]["AlgorithmName"] == "lesion-net"

@@ -1,0 +1,400 @@
+"""DICOM result writers: content of SEG, SR, Parametric Map, overlays and failure objects, read back with
+highdicom and pydicom (the external validators are in test_results_validators.py)."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from lesion_engine.errors import ConfigError
+from lesion_engine.results import ResultObjects, ResultSettings, write_failure, write_results
+from lesion_engine.results.common import ASSESSMENT_CATEGORY, CATEGORY_CODES, PROBABILITY_OF_CANCER, t2w_grid
+from lesion_engine.results.contour import index_slice, outline
+from lesion_engine.results.sr import NO_LESION_TEXT, patient_score_text
+from tests.results_cases import (
+    T2W_SERIES_NUMBER,
+    FakeResult,
+    negative_result,
+    positive_result,
+    read_series,
+    renamed,
+)
+
+pytestmark = pytest.mark.fixture
+
+WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9)
+ALL_OUTPUTS = ResultSettings(write_pmap=True, write_sc=True)
+
+
+@pytest.fixture(scope="module")
+def t2w(prostatex_series: dict[int, Path]) -> list[Dataset]:
+    return read_series(prostatex_series[T2W_SERIES_NUMBER])
+
+
+@pytest.fixture(scope="module")
+def positive(t2w: list[Dataset]) -> tuple[FakeResult, ResultObjects]:
+    result = positive_result(t2w)
+    return result, write_results(result, t2w, ALL_OUTPUTS, analysis_time=WHEN)
+
+
+def roundtrip(ds: Dataset) -> Dataset:
+    """Write as a Part 10 file and read it back."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def report_of(sr: Dataset) -> hd.sr.MeasurementReport:
+    """The TID 1500 content of an SR, read back after a round trip through a file."""
+    return cast(hd.sr.MeasurementReport, hd.sr.Comprehensive3DSR.from_dataset(roundtrip(sr)).content)
+
+
+def walk(items: Iterator[Dataset] | list[Dataset]) -> Iterator[Dataset]:
+    """Every content item of an SR content tree."""
+    for item in items:
+        yield item
+        yield from walk(list(item.get("ContentSequence", [])))
+
+
+def test_seg_describes_each_lesion(t2w: list[Dataset], positive: tuple[FakeResult, ResultObjects]) -> None:
+    result, objects = positive
+    seg = objects.seg
+    assert seg is not None
+    assert seg.SegmentationType == "BINARY"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == t2w[0].SeriesInstanceUID
+    assert len(seg.SegmentSequence) == len(result.lesions)
+    first, second = seg.SegmentSequence
+    for segment in (first, second):
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmName == "lesion-net"
+        assert algorithm.AlgorithmVersion == "0.3.1"
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
+        assert len(segment.RecommendedDisplayCIELabValue) == 3
+        assert segment.AnatomicRegionSequence[0].CodeValue == "41216001"
+        assert segment.TrackingUID
+    assert first.TrackingID == "Lesion 1"
+    assert first.PrimaryAnatomicStructureSequence[0].CodeValue == "279706003"
+    assert "PrimaryAnatomicStructureSequence" not in second
+    # Frames only where a lesion is.
+    expected = sum(
+        int(np.asarray(lesion.mask).reshape(19, -1).any(axis=1).sum()) for lesion in result.lesions
+    )
+    assert int(seg.NumberOfFrames) == expected
+
+
+def test_seg_reads_back_to_the_masks(t2w: list[Dataset], positive: tuple[FakeResult, ResultObjects]) -> None:
+    result, objects = positive
+    assert objects.seg is not None
+    seg = hd.seg.Segmentation.from_dataset(roundtrip(objects.seg))
+    ordered = t2w_grid(t2w).datasets
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in ordered],
+        segment_numbers=[1, 2],
+        assert_missing_frames_are_empty=True,
+    )
+    for number, lesion in enumerate(result.lesions, start=1):
+        assert np.array_equal(pixels[..., number - 1].astype(bool), lesion.mask)
+
+
+def test_sr_measurements_and_tracking_links_read_back(positive: tuple[FakeResult, ResultObjects]) -> None:
+    result, objects = positive
+    assert objects.seg is not None
+    report = report_of(objects.sr)
+    segments = {int(s.SegmentNumber): s for s in objects.seg.SegmentSequence}
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    planar = report.get_planar_roi_measurement_groups()
+    assert len(volumetric) == len(planar) == len(result.lesions)
+    for lesion, group, outline_group in zip(result.lesions, volumetric, planar, strict=True):
+        reference = group.referenced_segment
+        assert reference is not None and reference.referenced_segment_numbers is not None
+        segment = segments[reference.referenced_segment_numbers[0]]
+        assert reference.referenced_sop_instance_uid == objects.seg.SOPInstanceUID
+        assert group.tracking_uid == segment.TrackingUID == outline_group.tracking_uid
+        assert group.tracking_identifier == segment.TrackingID == f"Lesion {lesion.id}"
+        values = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert values["Volume"] == pytest.approx(lesion.volume_ml, abs=1e-4)
+        assert values["Diameter"] == pytest.approx(lesion.max_diameter_mm, abs=0.01)
+        assert values["Probability of cancer"] == pytest.approx(lesion.probability, abs=1e-4)
+        (probability,) = group.get_measurements(name=PROBABILITY_OF_CANCER)
+        assert probability.unit.value == "1"
+        (category,) = group.get_qualitative_evaluations(name=ASSESSMENT_CATEGORY)
+        assert category.value == CATEGORY_CODES[lesion.category]
+        site = group.finding_sites[0].value
+        assert site.value == ("279706003" if lesion.zone == "pz" else "41216001")
+
+
+def test_sr_outline_is_a_closed_polyline_on_the_index_slice(
+    t2w: list[Dataset], positive: tuple[FakeResult, ResultObjects]
+) -> None:
+    result, objects = positive
+    grid = t2w_grid(t2w)
+    report = report_of(objects.sr)
+    for lesion, group in zip(result.lesions, report.get_planar_roi_measurement_groups(), strict=True):
+        roi = group.roi
+        assert roi is not None
+        assert roi.GraphicType == "POLYLINE"
+        k = index_slice(lesion.mask)
+        image = roi.ContentSequence[0].ReferencedSOPSequence[0]
+        assert image.ReferencedSOPInstanceUID == grid.datasets[k].SOPInstanceUID
+        points = np.asarray(roi.GraphicData, dtype=float).reshape(-1, 2)
+        assert np.array_equal(points[0], points[-1])
+        rows, cols = np.nonzero(lesion.mask[k])
+        assert points[:, 0].min() == cols.min() and points[:, 0].max() == cols.max() + 1
+        assert points[:, 1].min() == rows.min() and points[:, 1].max() == rows.max() + 1
+
+
+def test_every_num_item_has_children(positive: tuple[FakeResult, ResultObjects], t2w: list[Dataset]) -> None:
+    negative = write_results(negative_result(t2w), t2w, analysis_time=WHEN)
+    for sr in (positive[1].sr, negative.sr):
+        nums = [item for item in walk(list(sr.ContentSequence)) if item.ValueType == "NUM"]
+        assert nums
+        for item in nums:
+            assert len(item.get("ContentSequence", [])) > 0, item.ConceptNameCodeSequence[0].CodeMeaning
+
+
+def test_sr_header_names_product_model_and_observer(positive: tuple[FakeResult, ResultObjects]) -> None:
+    _, objects = positive
+    for ds in objects.all():
+        assert ds.Manufacturer == "Lesion AI"
+        assert str(ds.ContentDate) == "20240506"
+        models = [item.get("ManufacturerModelName") for item in ds.ContributingEquipmentSequence]
+        assert "lesion-net" in models
+    sr = objects.sr
+    assert sr.SeriesDescription == "AI lesion report (research)"
+    assert sr.ManufacturerModelName == "Lesion AI prostate bpMRI"
+    assert sr.SoftwareVersions
+    items = list(walk(list(sr.ContentSequence)))
+    names = {item.ConceptNameCodeSequence[0].CodeMeaning for item in items}
+    assert {"Device Observer UID", "Device Observer Name", "Device Observer Manufacturer"} <= names
+    assert {"Device Observer Model Name", "Image Library", "Procedure reported"} <= names
+    procedure = next(i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported")
+    assert procedure.ConceptCodeSequence[0].CodeValue == "126020"
+    texts = [str(i.TextValue) for i in items if i.ValueType == "TEXT"]
+    assert patient_score_text(0.81) in texts
+
+
+def test_negative_study_gets_an_sr_saying_no_lesion(t2w: list[Dataset]) -> None:
+    objects = write_results(negative_result(t2w), t2w, ALL_OUTPUTS, analysis_time=WHEN)
+    assert objects.seg is None
+    assert objects.sc == []
+    assert objects.pmap is not None
+    items = list(walk(list(objects.sr.ContentSequence)))
+    assert NO_LESION_TEXT in [str(i.TextValue) for i in items if i.ValueType == "TEXT"]
+    summary = [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "111017"]
+    assert summary[0].ConceptCodeSequence[0].CodeValue == "111241"
+    report = report_of(objects.sr)
+    (group,) = report.get_image_measurement_groups()
+    (score,) = group.get_measurements(name=PROBABILITY_OF_CANCER)
+    assert score.value == pytest.approx(0.04)
+
+
+def test_failure_objects_say_why(t2w: list[Dataset]) -> None:
+    sr, sc = write_failure(t2w, "no ADC series found", analysis_time=WHEN)
+    texts = [str(i.TextValue) for i in walk(list(sr.ContentSequence)) if i.ValueType == "TEXT"]
+    assert any("no ADC series found" in text and "NOT performed" in text for text in texts)
+    assert sr.SeriesDescription == "AI analysis FAILED (research)"
+    assert sc.SeriesDescription.startswith("AI analysis FAILED")
+    pixels = roundtrip(sc).pixel_array
+    assert pixels.dtype == np.uint8 and (pixels > 128).mean() > 0.01  # text burned in
+    again = write_failure(t2w, "no ADC series found", analysis_time=WHEN)
+    assert [d.SOPInstanceUID for d in again] == [sr.SOPInstanceUID, sc.SOPInstanceUID]
+    other = write_failure(t2w, "no T2W series found", analysis_time=WHEN)
+    assert other[0].SOPInstanceUID != sr.SOPInstanceUID
+    only_sr = write_failure(t2w, "x", ResultSettings(write_failure_sc=False))
+    assert len(only_sr) == 1
+    with pytest.raises(ValueError, match="reason"):
+        write_failure(t2w, "  ")
+    with pytest.raises(ValueError, match="at least one"):
+        write_failure([], "no ADC series found")
+
+
+def test_reprocessing_gives_the_same_uids(
+    t2w: list[Dataset], positive: tuple[FakeResult, ResultObjects]
+) -> None:
+    result, first = positive
+    second = write_results(result, t2w, ALL_OUTPUTS, analysis_time=WHEN + datetime.timedelta(hours=1))
+
+    def uids(objects: ResultObjects) -> list[str]:
+        out = [str(d.SOPInstanceUID) for d in objects.all()] + [
+            str(d.SeriesInstanceUID) for d in objects.all()
+        ]
+        assert objects.seg is not None
+        return out + [str(s.TrackingUID) for s in objects.seg.SegmentSequence]
+
+    assert uids(first) == uids(second)
+    other_model = FakeResult(
+        result.lesions, result.patient_score, result.localization_map, result.study_instance_uid,
+        {**result.model, "sha256": "00" * 32},
+    )  # fmt: skip
+    third = write_results(other_model, t2w, ALL_OUTPUTS, analysis_time=WHEN)
+    assert set(uids(third)).isdisjoint(uids(first))
+    more_inputs = write_results(result, t2w, input_series_uids=["1.2.3"], analysis_time=WHEN)
+    assert more_inputs.sr.SOPInstanceUID != first.sr.SOPInstanceUID
+    rooted = write_results(
+        result, t2w, ResultSettings(uid_root="1.2.826.0.1.3680043.10.1."), analysis_time=WHEN
+    )
+    assert rooted.sr.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.1.")
+
+
+@pytest.mark.parametrize("name", ["Müller^Jürgen", "山田^太郎"])
+def test_non_ascii_patient_name_survives_in_every_object(t2w: list[Dataset], name: str) -> None:
+    sources = renamed(t2w, name)
+    objects = write_results(positive_result(sources), sources, ALL_OUTPUTS).all()
+    objects += write_failure(sources, "no ADC series found")
+    for ds in objects:
+        back = roundtrip(ds)
+        assert back.SpecificCharacterSet == "ISO_IR 192"
+        assert str(back.PatientName) == name
+
+
+def test_parametric_map_holds_the_localization_map(
+    t2w: list[Dataset], positive: tuple[FakeResult, ResultObjects]
+) -> None:
+    result, objects = positive
+    assert objects.pmap is not None
+    pmap = roundtrip(objects.pmap)
+    assert pmap.SeriesDescription == "AI lesion likelihood map (research)"
+    values = pmap.pixel_array
+    ordered = [str(ds.SOPInstanceUID) for ds in t2w_grid(t2w).datasets]
+    expected = sitk.GetArrayFromImage(result.localization_map)
+    for i, frame in enumerate(pmap.PerFrameFunctionalGroupsSequence):
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert np.array_equal(values[i], expected[ordered.index(source)])
+
+
+def test_overlays_show_outlines_and_caption(positive: tuple[FakeResult, ResultObjects]) -> None:
+    result, objects = positive
+    slices = {k for lesion in result.lesions for k in np.nonzero(lesion.mask.reshape(19, -1).any(axis=1))[0]}
+    assert len(objects.sc) == len(slices)
+    image = roundtrip(objects.sc[0])
+    assert image.PhotometricInterpretation == "RGB"
+    assert image.SeriesDescription == "AI lesion overlay (research, not for diagnosis)"
+    assert image.SourceImageSequence[0].ReferencedSOPInstanceUID
+    pixels = image.pixel_array
+    caption = pixels[-40:]
+    assert ((caption[..., 0] > 200) & (caption[..., 1] > 200) & (caption[..., 2] < 80)).any()  # yellow text
+    red = (pixels[..., 0] == 255) & (pixels[..., 1] == 60) & (pixels[..., 2] == 60)
+    yellow = (pixels[..., 0] == 255) & (pixels[..., 1] == 210) & (pixels[..., 2] == 0)
+    assert red.any() or yellow.any()
+
+
+def test_multi_frame_t2w_source(t2w: list[Dataset]) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*intended person name.*")
+        enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+            t2w, series_instance_uid=hd.UID(), series_number=100, sop_instance_uid=hd.UID(), instance_number=1
+        )
+    result = positive_result(t2w)
+    objects = write_results(result, [enhanced], analysis_time=WHEN)
+    assert objects.seg is not None
+    seg = hd.seg.Segmentation.from_dataset(roundtrip(objects.seg))
+    grid = t2w_grid([enhanced])
+    frames = [grid.frame_slices.index(k) + 1 for k in range(19)]
+    pixels = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=str(enhanced.SOPInstanceUID),
+        source_frame_numbers=frames,
+        segment_numbers=[1, 2],
+        assert_missing_frames_are_empty=True,
+    )
+    for number, lesion in enumerate(result.lesions, start=1):
+        assert np.array_equal(pixels[..., number - 1].astype(bool), lesion.mask)
+
+
+def test_sr_outline_in_patient_coordinates(t2w: list[Dataset]) -> None:
+    result = positive_result(t2w)
+    objects = write_results(result, t2w, ResultSettings(sr_outline="scoord3d"), analysis_time=WHEN)
+    grid = t2w_grid(t2w)
+    report = report_of(objects.sr)
+    for lesion, group in zip(result.lesions, report.get_planar_roi_measurement_groups(), strict=True):
+        roi = group.roi
+        assert roi is not None and roi.ValueType == "SCOORD3D"
+        points = np.asarray(roi.GraphicData, dtype=float).reshape(-1, 3)
+        k = index_slice(lesion.mask)
+        distance = (points - grid.positions[k]) @ grid.normal
+        assert np.abs(distance).max() < 1e-3
+
+
+def test_writer_rejects_results_that_do_not_fit(t2w: list[Dataset]) -> None:
+    result = positive_result(t2w)
+    lesion = result.lesions[0]
+    bad_mask = FakeResult(
+        [type(lesion)(**{**lesion.__dict__, "mask": lesion.mask[:, :100]})],
+        0.5,
+        None,
+        result.study_instance_uid,
+    )
+    with pytest.raises(ValueError, match="mask shape"):
+        write_results(bad_mask, t2w)
+    bad_probability = FakeResult(
+        [type(lesion)(**{**lesion.__dict__, "probability": 1.5})], 0.5, None, result.study_instance_uid
+    )
+    with pytest.raises(ValueError, match="probability"):
+        write_results(bad_probability, t2w)
+    other_study = FakeResult(result.lesions, 0.5, None, "1.2.3.4")
+    with pytest.raises(ValueError, match="study"):
+        write_results(other_study, t2w)
+    with pytest.raises(ValueError, match="no T2W"):
+        write_results(result, [])
+    bad_model = FakeResult(result.lesions, 0.5, None, result.study_instance_uid, {"name": "x"})
+    with pytest.raises(ValueError, match="sha256"):
+        write_results(bad_model, t2w)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"uid_root": "1.2.03."}, "uid_root"),
+        ({"sr_series_number": 9901}, "each result series"),
+        ({"manufacturer": "x" * 65}, "at most 64"),
+        ({"write_sc": "yes"}, "true or false"),
+        ({"sr_outline": "polygon"}, "sr_outline"),
+        ({"colour": "red"}, "unknown key"),
+    ],
+)
+def test_settings_are_validated(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ResultSettings.from_mapping(values)
+
+
+def test_outline_follows_pixel_edges() -> None:
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[1:6, 1:6] = True
+    mask[3, 3] = False  # a hole is not part of the outer outline
+    assert outline(mask).tolist() == [[0.5, 0.5], [0.5, 5.5], [5.5, 5.5], [5.5, 0.5], [0.5, 0.5]]
+    two = np.zeros((6, 6), dtype=bool)
+    two[0, 0] = True
+    two[2:4, 2:5] = True  # the largest region is outlined
+    assert outline(two).tolist() == [[1.5, 1.5], [1.5, 4.5], [3.5, 4.5], [3.5, 1.5], [1.5, 1.5]]
+    with pytest.raises(ValueError, match="non-empty"):
+        outline(np.zeros((3, 3), dtype=bool))
+
+
+def test_single_lesion_seg_is_referenced_from_the_sr(t2w: list[Dataset]) -> None:
+    # highdicom writes the segment identification of a one-segment SEG into the shared functional groups;
+    # the SR's Referenced Segment must still find the segment's frames and source images.
+    two = positive_result(t2w)
+    one = FakeResult(two.lesions[:1], two.lesions[0].probability, two.localization_map, two.study_instance_uid)
+    objects = write_results(one, t2w)
+    assert objects.seg is not None
+    assert len(objects.seg.SegmentSequence) == 1
+    (group,) = report_of(objects.sr).get_volumetric_roi_measurement_groups()
+    reference = group.referenced_segment
+    assert reference is not None
+    assert reference.referenced_segment_numbers == [1]
+    assert reference.referenced_frame_numbers == list(range(1, int(objects.seg.NumberOfFrames) + 1))
+    assert reference.referenced_sop_instance_uid == objects.seg.SOPInstanceUID
