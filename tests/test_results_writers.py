@@ -388,7 +388,9 @@ def test_single_lesion_seg_is_referenced_from_the_sr(t2w: list[Dataset]) -> None
     # highdicom writes the segment identification of a one-segment SEG into the shared functional groups;
     # the SR's Referenced Segment must still find the segment's frames and source images.
     two = positive_result(t2w)
-    one = FakeResult(two.lesions[:1], two.lesions[0].probability, two.localization_map, two.study_instance_uid)
+    one = FakeResult(
+        two.lesions[:1], two.lesions[0].probability, two.localization_map, two.study_instance_uid
+    )
     objects = write_results(one, t2w)
     assert objects.seg is not None
     assert len(objects.seg.SegmentSequence) == 1
