@@ -398,5 +398,14 @@ def test_single_lesion_seg_is_referenced_from_the_sr(t2w: list[Dataset]) -> None
     reference = group.referenced_segment
     assert reference is not None
     assert reference.referenced_segment_numbers == [1]
-    assert reference.referenced_frame_numbers == list(range(1, int(objects.seg.NumberOfFrames) + 1))
+    assert reference.referenced_frame_numbers is None
+    # Every T2W image the segment was derived from is named as a source of the referenced segment.
+    derived_from = {
+        str(e.value)
+        for e in objects.seg.PerFrameFunctionalGroupsSequence[0].iterall()
+        if e.keyword == "ReferencedSOPInstanceUID"
+    }
+    referenced = {str(e.value) for e in objects.sr.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+    assert derived_from
+    assert derived_from <= referenced
     assert reference.referenced_sop_instance_uid == objects.seg.SOPInstanceUID

@@ -181,7 +181,7 @@ def _referenced_segment(seg: Dataset, segment_number: int) -> hd.sr.ReferencedSe
         sop_class_uid=str(seg.SOPClassUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
         segment_number=segment_number,
-        frame_numbers=[number for number, _ in frames],
+        # No ReferencedFrameNumber: with ReferencedSegmentNumber present it is not allowed (PS3.3 C.18.3).
         source_images=list(sources.values()),
     )
 
