@@ -409,3 +409,23 @@ def test_single_lesion_seg_is_referenced_from_the_sr(t2w: list[Dataset]) -> None
     assert derived_from
     assert derived_from <= referenced
     assert reference.referenced_sop_instance_uid == objects.seg.SOPInstanceUID
+
+
+def test_sources_without_specific_character_set(t2w: list[Dataset]) -> None:
+    # Much real data has no SpecificCharacterSet (default repertoire); every writer must accept it.
+    plain = []
+    for ds in t2w:
+        copy = pydicom.dcmread(io.BytesIO(_bytes_of(ds)))
+        del copy.SpecificCharacterSet
+        plain.append(copy)
+    objects = write_results(positive_result(plain), plain, ResultSettings(write_pmap=True, write_sc=True))
+    failures = write_failure(plain, "no ADC map found")
+    for ds in [*objects.all(), *failures]:
+        assert "SpecificCharacterSet" not in ds or ds.SpecificCharacterSet in ("", "ISO_IR 192", "ISO_IR 100")
+        assert roundtrip(ds).StudyInstanceUID == plain[0].StudyInstanceUID
+
+
+def _bytes_of(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -148,11 +148,11 @@ def device_observer_uid(settings: ResultSettings) -> str:
     ).uid("device")
 
 
-def character_set_of(dataset: Dataset) -> str | list[str]:
-    """SpecificCharacterSet of a source dataset (default repertoire when absent)."""
+def character_set_of(dataset: Dataset) -> str | list[str] | None:
+    """SpecificCharacterSet of a source dataset; None when absent (the default repertoire, as the source)."""
     value = dataset.get("SpecificCharacterSet")
     if value is None or value == "":
-        return "ISO_IR 6"
+        return None
     if isinstance(value, str):
         return value
     return [str(v) for v in value]
