@@ -9,7 +9,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import engine, input_pipeline, results
+from benchmarks import engine, input_pipeline, node, results
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FIXTURE = Path(
@@ -40,6 +40,7 @@ def main() -> int:
         "input_pipeline": input_pipeline.run(dicom, args.repeats),
         "engine": engine.run(dicom, args.model, args.repeats),
         "results": results.run(dicom, args.repeats),
+        "node": node.run(dicom, args.model),
     }
     text = json.dumps(report, indent=2)
     args.out.write_text(text + "\n")

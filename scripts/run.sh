@@ -1,15 +1,9 @@
 #!/usr/bin/env bash
-# Start the lesion AI node. The Orthanc node itself arrives with the node issue; until then this prints
-# what already works.
+# Start the lesion AI node in the foreground: Orthanc with the lesion AI plugin, DICOMweb and the worker
+# processes. All state lives in one data folder ($LESION_AI_HOME, default var/): Orthanc's index and
+# storage, the job queue, the routing rules, the credentials and the logs. Ports: HTTP 8142 and DICOM 4342
+# by default ($LESION_AI_HTTP_PORT, $LESION_AI_DICOM_PORT), apart from a system Orthanc on 8042/4242.
+# See README.md ("The node").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cat <<'TXT'
-The lesion AI node (Orthanc + plugin + workers) is not available yet in this version.
-What works now (inside the virtual environment, .venv/bin/lesion-ai):
-
-  .venv/bin/lesion-ai inspect DICOM_DIR [--json]     series table and chosen T2W/ADC/HBV roles of a study
-  .venv/bin/lesion-ai synth --out DIR --cases N --seed S [--vendor ...] [--enhanced] [--compress ...]
-                                                    synthetic bpMRI studies with ground truth
-
-See README.md.
-TXT
+exec .venv/bin/lesion-ai node "$@"

@@ -1,0 +1,230 @@
+"""The node end to end, on real Orthanc servers started for the run (free loopback ports, temporary folder).
+
+* ``latency``: from the last C-STORE of the fixture study to its results (SEG when lesions were found, and
+  SR) stored in the study, with the StableAge used (the node waits that long for more instances before it
+  starts), split into waiting, queueing and the worker's own time.
+* ``throughput``: ``studies`` copies of the fixture (new UIDs) sent back to back; all must be processed;
+  studies per hour from the first C-STORE to the last result.
+* ``ingestion``: C-STORE rate of the fixture into Orthanc with the node's plugin loaded (no worker running)
+  and without the plugin, alternated; the ratio shows what the plugin costs ingestion.
+
+The engine runs with the installed default model, a given artifact, or (when no trained model is installed)
+random weights with the default architecture: the time does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.presentation import build_context
+
+from orthanc_plugin.client import OrthancClient
+from orthanc_plugin.dicomsend import dicom_files, no_delay
+from tests.node_env import OrthancFleet, OrthancServer, count_by_modality, jobs, wait_for
+
+logger = logging.getLogger(__name__)
+
+STABLE_AGE = 2
+
+
+def _artifact(given: Path | None, scratch: Path) -> tuple[str | None, str]:
+    if given is not None:
+        return str(given), "given artifact"
+    from lesion_engine.artifact import save_artifact
+    from lesion_engine.candidates import CandidateConfig
+    from lesion_engine.engine import DEFAULT_ARTIFACT
+    from lesion_engine.model_input import PreprocessConfig
+    from lesion_engine.networks import JointModel
+
+    if (DEFAULT_ARTIFACT / "model.json").is_file():
+        return None, "installed default model"
+    import torch
+
+    torch.manual_seed(0)
+    path = save_artifact(
+        JointModel(),
+        scratch / "random-default",
+        name="random-default-architecture",
+        version="0",
+        preprocessing=PreprocessConfig(),
+        candidates=CandidateConfig(),
+        training={"data": "none: random weights, for timing only"},
+    )
+    return str(path), "random weights with the default architecture (no trained default model is installed)"
+
+
+def _extra(model: str | None) -> dict[str, Any]:
+    # One attempt: the benchmark times the path that works; a failing study is reported, not retried.
+    return {"MaxAttempts": 1, **({"Model": model} if model else {})}
+
+
+def _load(dicom_dir: Path) -> list[Path]:
+    return dicom_files([dicom_dir])
+
+
+def _send(files: list[Path], server: OrthancServer) -> float:
+    """C-STORE the files (as stored: no re-encoding) over one association; returns the seconds taken."""
+    ae = AE(ae_title="BENCH")
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 300
+    contexts = set()
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        contexts.add((str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    for sop_class, syntax in sorted(contexts):
+        ae.requested_contexts.append(build_context(sop_class, [syntax]))
+    start = time.perf_counter()
+    pending = list(files)
+    for attempt in range(3):  # an association lost under load is opened again for the remaining files
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+        if not assoc.is_established:
+            raise ConnectionError("no association with the node")
+        no_delay(assoc)
+        try:
+            while pending:
+                status = assoc.send_c_store(pending[0])
+                code = getattr(status, "Status", None)
+                if code is None:
+                    logger.warning("C-STORE of %s unanswered (attempt %d)", pending[0].name, attempt + 1)
+                    break
+                if code != 0:
+                    raise RuntimeError(f"C-STORE of {pending[0].name} refused: status 0x{code:04X}")
+                pending.pop(0)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if not pending:
+            return time.perf_counter() - start
+    raise RuntimeError(f"{len(pending)} instance(s) could not be sent")
+
+
+def _copy(files: list[Path], index: int, folder: Path) -> list[Path]:
+    """The study with new study, series and instance UIDs (a distinct study for the node), in ``folder``."""
+    study = str(generate_uid())
+    series: dict[str, str] = {}
+    out = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        copy = ds
+        copy.StudyInstanceUID = study
+        copy.SeriesInstanceUID = series.setdefault(str(ds.SeriesInstanceUID), str(generate_uid()))
+        copy.SOPInstanceUID = generate_uid()
+        copy.file_meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
+        copy.PatientID = f"BENCH-{index:03d}"
+        target = folder / f"{number:04d}.dcm"
+        copy.save_as(target, enforce_file_format=True)
+        out.append(target)
+    return out
+
+
+def _results(client: OrthancClient, count: int, timeout_s: float) -> list[dict[str, Any]]:
+    def finished() -> list[dict[str, Any]] | None:
+        found = [j for j in jobs(client) if j["state"] in ("done", "failed")]
+        return found if len(found) >= count else None
+
+    return wait_for(finished, timeout_s, f"{count} processed studies", interval_s=0.1)
+
+
+def _latency(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> dict[str, Any]:
+    node = fleet.node("latency", processor=None, stable_age=STABLE_AGE, extra=_extra(model))
+    node.start()
+    client = node.client()
+    wait_for(
+        lambda: client.get_json("/lesion-ai/health")["workers"]["processes"][0]["alive"], 60, "the worker"
+    )
+    time.sleep(3)  # let the worker finish importing the engine
+    send_s = _send(datasets, node)
+    last_store = time.time()
+    [job] = _results(client, 1, 600)
+    detail = client.get_json(f"/lesion-ai/jobs/{job['id']}")
+    modalities = count_by_modality(client, job["study"])
+    node.note_workers()
+    node.stop()
+    return {
+        "stable_age_s": STABLE_AGE,
+        "instances": len(datasets),
+        "send_s": round(send_s, 2),
+        "last_cstore_to_results_s": round(detail["finished_at"] - last_store, 2),
+        "last_cstore_to_job_queued_s": round(detail["created_at"] - last_store, 2),
+        "job_run_s": round(detail["finished_at"] - detail["created_at"], 2),
+        "state": detail["state"],
+        "results": {k: v for k, v in modalities.items() if k in ("SEG", "SR")},
+        "lesions": (detail["progress"].get("details") or {}).get("lesions"),
+    }
+
+
+def _throughput(fleet: OrthancFleet, datasets: list[Path], model: str | None, studies: int) -> dict[str, Any]:
+    node = fleet.node("throughput", processor=None, stable_age=STABLE_AGE, extra=_extra(model))
+    node.start()
+    client = node.client()
+    start = time.time()
+    send_s = 0.0
+    copies = fleet.root / "copies"
+    for index in range(studies):
+        files = _copy(datasets, index, copies / str(index))
+        send_s += _send(files, node)
+        shutil.rmtree(copies / str(index))
+    done = _results(client, studies, 60 + 120 * studies)
+    end = max(j["finished_at"] for j in done)
+    node.note_workers()
+    node.stop()
+    ok = sum(1 for j in done if j["state"] == "done")
+    return {
+        "studies": studies,
+        "processed": ok,
+        "failed": len(done) - ok,
+        "failures": sorted({str(j["error"])[:300] for j in done if j["state"] != "done"}),
+        "total_s": round(end - start, 1),
+        "send_s": round(send_s, 1),
+        "studies_per_hour": round(studies * 3600 / (end - start), 1),
+        "workers": 1,
+    }
+
+
+def _ingestion(fleet: OrthancFleet, datasets: list[Path], repeats: int) -> dict[str, Any]:
+    rates: dict[str, list[float]] = {"with_plugin": [], "without_plugin": []}
+    for repeat in range(repeats):
+        for label, plugin in (("with_plugin", True), ("without_plugin", False)):
+            server = fleet.node(
+                f"ingest-{label}-{repeat}", workers=0, with_plugin=plugin, stable_age=STABLE_AGE
+            )
+            server.start()
+            rates[label].append(len(datasets) / _send(datasets, server))
+            server.stop()
+    with_plugin = statistics.median(rates["with_plugin"])
+    without = statistics.median(rates["without_plugin"])
+    return {
+        "instances": len(datasets),
+        "repeats": repeats,
+        "with_plugin_instances_per_s": round(with_plugin, 1),
+        "without_plugin_instances_per_s": round(without, 1),
+        "ratio_with_to_without": round(with_plugin / without, 3),
+    }
+
+
+def run(dicom_dir: Path, model: Path | None = None, studies: int = 20, repeats: int = 3) -> dict[str, Any]:
+    """Run the node benchmarks (see the module docstring); returns the JSON-ready report."""
+    with tempfile.TemporaryDirectory(prefix="lesion-ai-bench-node-") as scratch:
+        root = Path(scratch)
+        artifact, weights = _artifact(model, root)
+        datasets = _load(dicom_dir)
+        fleet = OrthancFleet(root)
+        try:
+            report = {
+                "model": weights,
+                "latency": _latency(fleet, datasets, artifact),
+                "throughput": _throughput(fleet, datasets, artifact, studies),
+                "ingestion": _ingestion(fleet, datasets, repeats),
+            }
+        finally:
+            fleet.close()
+    return report

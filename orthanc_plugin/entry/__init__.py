@@ -1,0 +1,1 @@
+"""The script that Orthanc's Python plugin loads (``PythonScript`` / ``Python.Path``)."""

@@ -1,0 +1,51 @@
+"""Entry script of the lesion AI node, loaded by Orthanc's Python plugin.
+
+Orthanc's configuration names this file twice, for every version of the plugin: ``"PythonScript"``
+(orthanc-python 4.0, Orthanc 1.10) and ``"Python": {"Path": ...}`` (later plugins). Orthanc's embedded
+interpreter is the system Python: this script first puts the virtual environment's site-packages (named
+in the ``LesionAI`` section, ``SitePackages``) at the front of ``sys.path``, then installs the plugin.
+
+This file is part of the lesion AI node, AGPL-3.0-or-later; ``GET /lesion-ai/source`` serves its source.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import site
+import sys
+
+import orthanc
+
+
+def _site_packages() -> str | None:
+    section = json.loads(orthanc.GetConfiguration()).get("LesionAI") or {}
+    configured = section.get("SitePackages")
+    if configured:
+        return str(configured)
+    python = section.get("Python")
+    if python:
+        prefix = os.path.dirname(os.path.dirname(str(python)))
+        found = sorted(glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages")))
+        if found:
+            return found[-1]
+    return None
+
+
+def _prepend_site_packages() -> None:
+    path = _site_packages()
+    if path is None:
+        orthanc.LogWarning("lesion-ai: no SitePackages configured; using the system's Python packages")
+        return
+    before = list(sys.path)
+    site.addsitedir(path)
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + before
+
+
+_prepend_site_packages()
+
+from orthanc_plugin.plugin import install  # noqa: E402 - needs the site-packages above
+
+PLUGIN = install(orthanc)

@@ -1,0 +1,41 @@
+"""The durable job queue of the node (SQLite by default, PostgreSQL for several machines).
+
+``open_queue(url)`` opens either from a URL: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``
+(the SQLAlchemy convention), a bare file path, or ``postgresql://user@host:port/database``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orthanc_plugin.jobqueue.base import Job, JobQueue, JobState, NewJob, QueuePolicy, SqlJobQueue
+
+__all__ = ["Job", "JobQueue", "JobState", "NewJob", "QueuePolicy", "SqlJobQueue", "open_queue", "sqlite_url"]
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The queue URL of a SQLite file (absolute path)."""
+    return "sqlite:///" + str(Path(path).resolve())
+
+
+def open_queue(url: str, policy: QueuePolicy | None = None) -> JobQueue:
+    """Open the job queue named by ``url`` (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        The URL's scheme is not ``sqlite`` or ``postgresql``/``postgres``.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        from orthanc_plugin.jobqueue.postgres import PostgresJobQueue
+
+        return PostgresJobQueue(url, policy)
+    from orthanc_plugin.jobqueue.sqlite import SqliteJobQueue
+
+    if url.startswith("sqlite:///"):
+        return SqliteJobQueue(url[len("sqlite:///") :], policy)
+    if "://" in url:
+        raise ValueError(
+            f"unsupported queue URL {url.split('://')[0]}://...; use sqlite:///PATH or postgresql://..."
+        )
+    return SqliteJobQueue(url, policy)

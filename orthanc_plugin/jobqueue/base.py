@@ -1,0 +1,509 @@
+"""The durable job queue: its data model and the SQL logic shared by the SQLite and PostgreSQL back ends.
+
+A job is one unit of work for a worker: one study, processed under one routing rule, from one set of input
+series, with one model. Its ``key`` says exactly that, and is unique: enqueueing the same work twice makes
+one job (idempotent enqueue).
+
+States: ``queued`` -> ``running`` (claimed by a worker, which holds a *lease* that it renews by heartbeats)
+-> ``done`` or ``failed``. A running job whose lease expired (its worker died) is claimed again by the next
+worker. A transient failure puts the job back to ``queued`` with an exponential back-off, until
+``max_attempts`` is reached; a permanent failure ends it at once. Jobs are claimed by descending priority,
+then in order of arrival.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Job", "JobQueue", "JobState", "NewJob", "QueuePolicy", "SqlJobQueue"]
+
+
+class JobState(StrEnum):
+    """The life cycle of a job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Leases, retries and back-off.
+
+    Attributes
+    ----------
+    lease_s : float
+        How long a claim lasts without a heartbeat; a job whose worker stops heartbeating is claimed again
+        after this.
+    max_attempts : int
+        Attempts (claims) before a job that keeps failing transiently, or whose worker keeps dying, is
+        marked failed.
+    backoff_base_s, backoff_max_s : float
+        Delay before retry number n (n = 1, 2, ...): ``min(backoff_base_s * 2**(n-1), backoff_max_s)``.
+    """
+
+    lease_s: float = 120.0
+    max_attempts: int = 5
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, got {self.lease_s}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                "need 0 <= backoff_base_s <= backoff_max_s, got "
+                f"{self.backoff_base_s} and {self.backoff_max_s}"
+            )
+
+    def backoff_s(self, attempts: int) -> float:
+        """Delay before the next attempt after ``attempts`` attempts."""
+        return float(min(self.backoff_base_s * 2 ** max(attempts - 1, 0), self.backoff_max_s))
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What is needed to enqueue a job.
+
+    Attributes
+    ----------
+    key : str
+        Unique identity of the work: (study, rule, input series, model).
+    study_id : str
+        Orthanc ID of the study.
+    rule : str
+        Name of the routing rule that asked for the job.
+    model : str
+        Identity of the model that will process it.
+    priority : int
+        Higher runs first.
+    payload : dict
+        Everything a worker needs (JSON-ready): input series, outputs, destinations, series rules.
+    """
+
+    key: str
+    study_id: str
+    rule: str
+    model: str
+    priority: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored in the queue (times are seconds since the epoch)."""
+
+    id: int
+    key: str
+    study_id: str
+    rule: str
+    model: str
+    priority: int
+    state: JobState
+    attempts: int
+    max_attempts: int
+    payload: dict[str, Any]
+    progress: dict[str, Any]
+    error: str | None
+    lease_owner: str | None
+    lease_expires: float | None
+    not_before: float
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (as served by ``GET /lesion-ai/jobs/{id}``)."""
+        return {
+            "id": self.id,
+            "key": self.key,
+            "study": self.study_id,
+            "rule": self.rule,
+            "model": self.model,
+            "priority": self.priority,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "error": self.error,
+            "worker": self.lease_owner,
+            "lease_expires": self.lease_expires,
+            "not_before": self.not_before,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "payload": self.payload,
+            "progress": self.progress,
+        }
+
+
+class JobQueue(ABC):
+    """Interface of a job queue (see the module docstring for the semantics)."""
+
+    policy: QueuePolicy
+
+    @abstractmethod
+    def enqueue(self, job: NewJob, *, force: bool = False) -> tuple[int, bool]:
+        """Add a job unless one with the same key exists.
+
+        Parameters
+        ----------
+        job : NewJob
+            The job.
+        force : bool
+            When a job with the same key exists and is ``done`` or ``failed``, queue it again (with the new
+            payload and priority, attempts reset). A queued or running job is left alone.
+
+        Returns
+        -------
+        job_id : int
+            The job's ID (the existing one when the key was known).
+        created : bool
+            True when a job was added or re-queued.
+        """
+
+    @abstractmethod
+    def claim(self, owner: str) -> Job | None:
+        """Claim the next runnable job for worker ``owner`` (None when there is none)."""
+
+    @abstractmethod
+    def heartbeat(self, job_id: int, owner: str) -> bool:
+        """Renew the lease; False when ``owner`` no longer holds the job (it must stop working on it)."""
+
+    @abstractmethod
+    def set_progress(self, job_id: int, owner: str, progress: dict[str, Any]) -> bool:
+        """Record progress (JSON-ready) so that a retry can skip finished steps; renews the lease."""
+
+    @abstractmethod
+    def complete(self, job_id: int, owner: str, progress: dict[str, Any] | None = None) -> bool:
+        """Mark the job done; False when ``owner`` no longer holds it."""
+
+    @abstractmethod
+    def fail(self, job_id: int, owner: str, reason: str, *, transient: bool) -> JobState | None:
+        """Record a failure: back to ``queued`` after a back-off when transient and attempts remain, else
+        ``failed``. Returns the new state (None when ``owner`` no longer holds the job)."""
+
+    @abstractmethod
+    def release(self, job_id: int, owner: str) -> bool:
+        """Hand a running job back (queued again at once, this attempt not counted): a worker stopping.
+
+        Returns False when ``owner`` no longer holds the job."""
+
+    @abstractmethod
+    def get(self, job_id: int) -> Job | None:
+        """The job with this ID, or None."""
+
+    @abstractmethod
+    def find(self, key: str) -> Job | None:
+        """The job with this key, or None."""
+
+    @abstractmethod
+    def list(
+        self,
+        state: JobState | None = None,
+        study_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """Jobs, newest first, optionally filtered by state and study."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state (every state present, possibly 0)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+
+_COLUMNS = (
+    "id, key, study_id, rule, model, priority, state, attempts, max_attempts, payload, progress, error, "
+    "lease_owner, lease_expires, not_before, created_at, updated_at, finished_at"
+)
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=int(row[0]),
+        key=str(row[1]),
+        study_id=str(row[2]),
+        rule=str(row[3]),
+        model=str(row[4]),
+        priority=int(row[5]),
+        state=JobState(row[6]),
+        attempts=int(row[7]),
+        max_attempts=int(row[8]),
+        payload=json.loads(row[9]) if row[9] else {},
+        progress=json.loads(row[10]) if row[10] else {},
+        error=row[11],
+        lease_owner=row[12],
+        lease_expires=None if row[13] is None else float(row[13]),
+        not_before=float(row[14]),
+        created_at=float(row[15]),
+        updated_at=float(row[16]),
+        finished_at=None if row[17] is None else float(row[17]),
+    )
+
+
+class SqlJobQueue(JobQueue):
+    """The queue's logic in SQL, written once for both back ends.
+
+    Subclasses provide the connection, transactions, the placeholder style and the claim's row lock. Every
+    public method runs in one transaction under a lock (one connection per queue object; use one object
+    per thread or share it: both work).
+    """
+
+    #: Appended to the claim's candidate SELECT (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
+    claim_lock_clause = ""
+    #: Placeholder of the DB-API driver.
+    placeholder = "?"
+
+    def __init__(self, policy: QueuePolicy | None = None) -> None:
+        self.policy = policy if policy is not None else QueuePolicy()
+        self._lock = threading.RLock()
+
+    # -- back-end hooks -------------------------------------------------------------------------------
+    @abstractmethod
+    def _transaction(self) -> Any:
+        """Context manager yielding a cursor inside a write transaction."""
+
+    def _now(self, cur: Any) -> float:
+        """The queue's clock (seconds since the epoch)."""
+        return time.time()
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._lock, self._transaction() as cur:
+            yield cur
+
+    def _execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._sql(sql), tuple(params))
+        return cur
+
+    def _select_one(self, cur: Any, where: str, params: Sequence[Any]) -> Job | None:
+        row = self._execute(cur, f"SELECT {_COLUMNS} FROM lesion_ai_jobs WHERE {where}", params).fetchone()  # noqa: S608 - built from constants
+        return None if row is None else _row_to_job(row)
+
+    # -- interface ------------------------------------------------------------------------------------
+    def enqueue(self, job: NewJob, *, force: bool = False) -> tuple[int, bool]:
+        """See :meth:`JobQueue.enqueue`."""
+        payload = json.dumps(job.payload, sort_keys=True)
+        with self._tx() as cur:
+            now = self._now(cur)
+            existing = self._select_one(cur, "key = ?", (job.key,))
+            if existing is None:
+                inserted = self._execute(
+                    cur,
+                    "INSERT INTO lesion_ai_jobs (key, study_id, rule, model, priority, state, attempts, "
+                    "max_attempts, payload, progress, not_before, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, '{}', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                    (
+                        job.key,
+                        job.study_id,
+                        job.rule,
+                        job.model,
+                        job.priority,
+                        self.policy.max_attempts,
+                        payload,
+                        now,
+                        now,
+                        now,
+                    ),
+                ).rowcount
+                stored = self._select_one(cur, "key = ?", (job.key,))
+                assert stored is not None
+                return stored.id, bool(inserted == 1)
+            if force and existing.state in (JobState.DONE, JobState.FAILED):
+                self._execute(
+                    cur,
+                    "UPDATE lesion_ai_jobs SET state = 'queued', attempts = 0, max_attempts = ?, "
+                    "priority = ?, payload = ?, progress = '{}', error = NULL, lease_owner = NULL, "
+                    "lease_expires = NULL, not_before = ?, updated_at = ?, finished_at = NULL WHERE id = ?",
+                    (self.policy.max_attempts, job.priority, payload, now, now, existing.id),
+                )
+                return existing.id, True
+            return existing.id, False
+
+    def claim(self, owner: str) -> Job | None:
+        """See :meth:`JobQueue.claim`."""
+        while True:
+            with self._tx() as cur:
+                now = self._now(cur)
+                row = self._execute(
+                    cur,
+                    f"SELECT {_COLUMNS} FROM lesion_ai_jobs "  # noqa: S608 - built from constants
+                    "WHERE (state = 'queued' AND not_before <= ?) OR (state = 'running' AND lease_expires < ?) "
+                    f"ORDER BY priority DESC, id ASC LIMIT 1 {self.claim_lock_clause}",
+                    (now, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                job = _row_to_job(row)
+                if job.state is JobState.RUNNING and job.attempts >= job.max_attempts:
+                    reason = (
+                        f"the worker processing this job stopped responding (lease expired) on each of "
+                        f"{job.attempts} attempts (last worker {job.lease_owner})"
+                    )
+                    self._execute(
+                        cur,
+                        "UPDATE lesion_ai_jobs SET state = 'failed', error = ?, lease_owner = NULL, "
+                        "lease_expires = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
+                        (reason, now, now, job.id),
+                    )
+                    logger.warning("job %d failed: %s", job.id, reason)
+                    continue
+                if job.state is JobState.RUNNING:
+                    logger.warning(
+                        "job %d: lease of worker %s expired; reclaimed by %s", job.id, job.lease_owner, owner
+                    )
+                self._execute(
+                    cur,
+                    "UPDATE lesion_ai_jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, "
+                    "lease_expires = ?, updated_at = ? WHERE id = ?",
+                    (owner, now + self.policy.lease_s, now, job.id),
+                )
+                claimed = self._select_one(cur, "id = ?", (job.id,))
+                return claimed
+
+    def heartbeat(self, job_id: int, owner: str) -> bool:
+        """See :meth:`JobQueue.heartbeat`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            done = self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET lease_expires = ?, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                (now + self.policy.lease_s, now, job_id, owner),
+            )
+            return bool(done.rowcount == 1)
+
+    def set_progress(self, job_id: int, owner: str, progress: dict[str, Any]) -> bool:
+        """See :meth:`JobQueue.set_progress`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            done = self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET progress = ?, lease_expires = ?, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                (json.dumps(progress, sort_keys=True), now + self.policy.lease_s, now, job_id, owner),
+            )
+            return bool(done.rowcount == 1)
+
+    def complete(self, job_id: int, owner: str, progress: dict[str, Any] | None = None) -> bool:
+        """See :meth:`JobQueue.complete`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            sets = "state = 'done', error = NULL, lease_owner = NULL, lease_expires = NULL, updated_at = ?, "
+            sets += "finished_at = ?"
+            params: list[Any] = [now, now]
+            if progress is not None:
+                sets += ", progress = ?"
+                params.append(json.dumps(progress, sort_keys=True))
+            done = self._execute(
+                cur,
+                f"UPDATE lesion_ai_jobs SET {sets} WHERE id = ? AND lease_owner = ? AND state = 'running'",  # noqa: S608 - built from constants
+                (*params, job_id, owner),
+            )
+            return bool(done.rowcount == 1)
+
+    def fail(self, job_id: int, owner: str, reason: str, *, transient: bool) -> JobState | None:
+        """See :meth:`JobQueue.fail`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            job = self._select_one(cur, "id = ? AND lease_owner = ? AND state = 'running'", (job_id, owner))
+            if job is None:
+                return None
+            if transient and job.attempts < job.max_attempts:
+                delay = self.policy.backoff_s(job.attempts)
+                self._execute(
+                    cur,
+                    "UPDATE lesion_ai_jobs SET state = 'queued', error = ?, lease_owner = NULL, "
+                    "lease_expires = NULL, not_before = ?, updated_at = ? WHERE id = ?",
+                    (reason, now + delay, now, job_id),
+                )
+                logger.info("job %d: transient failure, retry in %.0f s: %s", job_id, delay, reason)
+                return JobState.QUEUED
+            if transient:
+                reason = f"gave up after {job.attempts} attempts; last error: {reason}"
+            self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET state = 'failed', error = ?, lease_owner = NULL, "
+                "lease_expires = NULL, updated_at = ?, finished_at = ? WHERE id = ?",
+                (reason, now, now, job_id),
+            )
+            return JobState.FAILED
+
+    def release(self, job_id: int, owner: str) -> bool:
+        """See :meth:`JobQueue.release`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            done = self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET state = 'queued', "
+                "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, lease_owner = NULL, "
+                "lease_expires = NULL, not_before = ?, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                (now, now, job_id, owner),
+            )
+            return bool(done.rowcount == 1)
+
+    def get(self, job_id: int) -> Job | None:
+        """See :meth:`JobQueue.get`."""
+        with self._tx() as cur:
+            return self._select_one(cur, "id = ?", (job_id,))
+
+    def find(self, key: str) -> Job | None:
+        """See :meth:`JobQueue.find`."""
+        with self._tx() as cur:
+            return self._select_one(cur, "key = ?", (key,))
+
+    def list(
+        self,
+        state: JobState | None = None,
+        study_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Job]:
+        """See :meth:`JobQueue.list`."""
+        where, params = ["1 = 1"], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if study_id is not None:
+            where.append("study_id = ?")
+            params.append(study_id)
+        with self._tx() as cur:
+            rows = self._execute(
+                cur,
+                f"SELECT {_COLUMNS} FROM lesion_ai_jobs WHERE {' AND '.join(where)} "  # noqa: S608 - built from constants
+                "ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*params, int(limit), int(offset)),
+            ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """See :meth:`JobQueue.counts`."""
+        out = {state.value: 0 for state in JobState}
+        with self._tx() as cur:
+            for state, count in self._execute(
+                cur, "SELECT state, COUNT(*) FROM lesion_ai_jobs GROUP BY state"
+            ).fetchall():
+                out[str(state)] = int(count)
+        return out

@@ -1,0 +1,233 @@
+"""Starting the node: Orthanc's configuration from the template in ``config/``, credentials, the data folder.
+
+Everything the node keeps lives in one data folder (``var/`` by default, ``LESION_AI_HOME``):
+
+=========================  ==================================================================
+``orthanc.json``           Orthanc's configuration, generated at every start (mode 0600)
+``orthanc-site.json``      optional site overrides merged over it (modalities, peers, DICOMweb)
+``credentials.json``       the REST API's user, generated at the first start (mode 0600)
+``rules.yaml``             routing rules in force (copied from ``config/rules.yaml`` at first start)
+``orthanc-db/``            Orthanc's SQLite index and storage
+``queue.sqlite``           the job queue
+``logs/``                  the workers' logs
+=========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from orthanc_plugin.jobqueue import sqlite_url
+from orthanc_plugin.settings import NodeSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_DICOM_PORT",
+    "DEFAULT_HTTP_PORT",
+    "NodeOptions",
+    "deep_merge",
+    "ensure_credentials",
+    "port_in_use",
+    "write_configuration",
+]
+
+DEFAULT_HTTP_PORT = 8142
+DEFAULT_DICOM_PORT = 4342
+DEFAULT_AET = "LESIONAI"
+DEFAULT_PLUGINS_DIR = "/usr/share/orthanc/plugins"
+METADATA_KEY = 1024
+REPO = Path(__file__).resolve().parent.parent
+ENTRY_SCRIPT = Path(__file__).resolve().parent / "entry" / "lesion_ai_entry.py"
+
+
+def _config_dir() -> Path:
+    return Path(os.environ.get("LESION_AI_CONFIG_DIR", REPO / "config"))
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """What ``lesion-ai node`` needs to generate Orthanc's configuration.
+
+    Defaults come from the environment: ``LESION_AI_HOME`` (``var``), ``LESION_AI_HTTP_PORT`` (8142),
+    ``LESION_AI_DICOM_PORT`` (4342), ``LESION_AI_AET`` (LESIONAI), ``LESION_AI_WORKERS`` (1),
+    ``LESION_AI_STABLE_AGE`` (30 s), ``LESION_AI_REMOTE_ACCESS`` (0: HTTP from this machine only),
+    ``LESION_AI_QUEUE`` (SQLite in the data folder), ``LESION_AI_MODEL`` (packaged default),
+    ``LESION_AI_DEVICE``, ``LESION_AI_ORTHANC_PLUGINS`` (Debian's plugin folder).
+    """
+
+    home: Path = field(default_factory=lambda: Path(os.environ.get("LESION_AI_HOME", "var")))
+    http_port: int = field(default_factory=lambda: _env_int("LESION_AI_HTTP_PORT", DEFAULT_HTTP_PORT))
+    dicom_port: int = field(default_factory=lambda: _env_int("LESION_AI_DICOM_PORT", DEFAULT_DICOM_PORT))
+    aet: str = field(default_factory=lambda: os.environ.get("LESION_AI_AET", DEFAULT_AET))
+    workers: int = field(default_factory=lambda: _env_int("LESION_AI_WORKERS", 1))
+    stable_age: int = field(default_factory=lambda: _env_int("LESION_AI_STABLE_AGE", 30))
+    remote_access: bool = field(default_factory=lambda: os.environ.get("LESION_AI_REMOTE_ACCESS", "0") == "1")
+    queue: str | None = field(default_factory=lambda: os.environ.get("LESION_AI_QUEUE") or None)
+    model: str | None = field(default_factory=lambda: os.environ.get("LESION_AI_MODEL") or None)
+    device: str | None = field(default_factory=lambda: os.environ.get("LESION_AI_DEVICE") or None)
+    plugins_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("LESION_AI_ORTHANC_PLUGINS", DEFAULT_PLUGINS_DIR))
+    )
+    name: str = "lesion-ai"
+    #: Further ``LesionAI`` section fields (e.g. ``Processor``, ``LeaseSeconds``) for tests and sites.
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Further Orthanc options merged over the generated configuration.
+    orthanc_overrides: dict[str, Any] = field(default_factory=dict)
+    #: Load the node's plugin (False: plain Orthanc with the same storage, e.g. for comparisons).
+    with_plugin: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "dicom_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name} must be a TCP port (1-65535), got {port}")
+        if self.http_port == self.dicom_port:
+            raise ValueError(f"the HTTP and DICOM ports must differ (both {self.http_port})")
+        if not 1 <= len(self.aet) <= 16 or "\\" in self.aet or not self.aet.isprintable():
+            raise ValueError(f"aet must be 1 to 16 printable characters, got {self.aet!r}")
+        if self.stable_age < 1:
+            raise ValueError(f"stable_age must be at least 1 second, got {self.stable_age}")
+
+
+def ensure_credentials(home: Path) -> tuple[dict[str, str], bool]:
+    """The REST API's credentials, generated at the first start into ``credentials.json`` (mode 0600).
+
+    Returns
+    -------
+    credentials : dict
+        ``username`` and ``password``.
+    created : bool
+        True when they were generated now (the caller shows them once).
+    """
+    path = home / "credentials.json"
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not {"username", "password"} <= set(data):
+            raise ValueError(f"{path} must hold a JSON object with 'username' and 'password'")
+        return {"username": str(data["username"]), "password": str(data["password"])}, False
+    home.mkdir(parents=True, exist_ok=True)
+    credentials = {"username": "lesion-ai", "password": secrets.token_urlsafe(18)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(credentials, handle, indent=2)
+        handle.write("\n")
+    return credentials, True
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into a copy of ``base`` (mappings merged key by key, other values replaced)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:  # noqa: S104 - Orthanc listens on all addresses
+    """True when a TCP server already listens on ``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _site_packages() -> str:
+    return sysconfig.get_paths()["purelib"]
+
+
+def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], bool]:
+    """Prepare the data folder and write Orthanc's configuration from ``config/orthanc.json.in``.
+
+    Returns
+    -------
+    config : Path
+        The generated ``orthanc.json``.
+    credentials : dict
+        ``username`` and ``password`` of the REST API.
+    created : bool
+        True when the credentials were generated now.
+    """
+    home = options.home.resolve()
+    for folder in (home, home / "orthanc-db", home / "logs"):
+        folder.mkdir(parents=True, exist_ok=True)
+    credentials, created = ensure_credentials(home)
+    rules = home / "rules.yaml"
+    if not rules.exists():
+        shutil.copyfile(_config_dir() / "rules.yaml", rules)
+    settings = NodeSettings(
+        home=home,
+        queue=options.queue or sqlite_url(home / "queue.sqlite"),
+        rules=rules,
+        workers=options.workers,
+        python=sys.executable,
+        orthanc_url=f"http://127.0.0.1:{options.http_port}",
+        credentials_file=home / "credentials.json",
+        model=str(Path(options.model).resolve()) if options.model else None,
+        device=options.device,
+        log_dir=home / "logs",
+        site_packages=_site_packages(),
+    )
+    section = deep_merge(settings.to_section(), options.extra)
+    NodeSettings.from_orthanc_configuration({"LesionAI": section})  # validate the extras too
+    plugins = [str(options.plugins_dir / "libOrthancDicomWeb.so")]
+    if options.with_plugin:
+        plugins.insert(0, str(options.plugins_dir / "libOrthancPython.so"))
+    values = {
+        "name": options.name,
+        "storage_dir": str(home / "orthanc-db"),
+        "index_dir": str(home / "orthanc-db"),
+        "http_port": options.http_port,
+        "remote_access": options.remote_access,
+        "registered_users": {credentials["username"]: credentials["password"]},
+        "aet": options.aet,
+        "dicom_port": options.dicom_port,
+        "stable_age": options.stable_age,
+        "metadata_name": settings.metadata_name,
+        "metadata_key": METADATA_KEY,
+        "plugins": plugins,
+        "entry_script": str(ENTRY_SCRIPT),
+        "lesion_ai": section,
+    }
+    template = Template((_config_dir() / "orthanc.json.in").read_text(encoding="utf-8"))
+    config = json.loads(template.substitute({k: json.dumps(v) for k, v in values.items()}))
+    if not options.with_plugin:
+        for key in ("PythonScript", "Python"):
+            config.pop(key, None)
+    site = home / "orthanc-site.json"
+    if site.exists():
+        config = deep_merge(config, json.loads(site.read_text(encoding="utf-8")))
+    config = deep_merge(config, options.orthanc_overrides)
+    path = home / "orthanc.json"
+    fd = os.open(path.with_suffix(".json.tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2)
+        handle.write("\n")
+    os.replace(path.with_suffix(".json.tmp"), path)
+    return path, credentials, created

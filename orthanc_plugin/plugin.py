@@ -1,0 +1,350 @@
+"""The node's plugin, inside Orthanc's embedded Python: thin glue between Orthanc, the rules and the queue.
+
+* Orthanc's change callback only notes events (it runs on Orthanc's single change thread and must stay
+  cheap). A daemon thread follows the change log (:mod:`orthanc_plugin.changes`), and for each stable
+  study applies the loop guard and the routing rules and enqueues the jobs they ask for (idempotent).
+* At ``ORTHANC_STARTED`` it catches up on what was missed while down and starts the worker processes;
+  at ``ORTHANC_STOPPED`` it stops them.
+* It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin`).
+
+No per-instance callback is registered (ingestion never waits for Python), torch is never imported, and
+every callback has one exception boundary: errors are logged, never raised into Orthanc.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lesion_engine.errors import ConfigError
+from orthanc_plugin.changes import ChangeFollower
+from orthanc_plugin.jobqueue import JobQueue, QueuePolicy, open_queue
+from orthanc_plugin.orthanc_api import InProcessApi, OrthancLogHandler, OrthancModule, RestOutput, answer
+from orthanc_plugin.processing import default_artifact, model_identity
+from orthanc_plugin.rules import RoutingRules, load_rules
+from orthanc_plugin.settings import NodeSettings
+from orthanc_plugin.studies import plan_study
+from orthanc_plugin.supervisor import WorkerSupervisor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NodePlugin", "guarded", "install", "worker_command"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_IDLE_POLL_S = 5.0
+
+
+def guarded(what: str) -> Callable[[F], F]:
+    """Exception boundary of a callback called by Orthanc: log the error, return None, never raise."""
+
+    def wrap(func: F) -> F:
+        @functools.wraps(func)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except Exception:
+                logger.exception("%s failed", what)
+                return None
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+class _GlobalProperty:
+    """An Orthanc global property as a :class:`orthanc_plugin.changes.PropertyStore`."""
+
+    def __init__(self, orthanc: OrthancModule, key: int) -> None:
+        self.orthanc = orthanc
+        self.key = key
+
+    def load(self) -> str | None:
+        value = self.orthanc.GetGlobalProperty(self.key, "")
+        return value or None
+
+    def save(self, value: str) -> None:
+        self.orthanc.SetGlobalProperty(self.key, value)
+
+
+def worker_command(settings: NodeSettings, parent_pid: int) -> list[str]:
+    """Command line of a worker started by the plugin (credentials travel in the environment)."""
+    command = [
+        settings.python,
+        "-m",
+        "lesion_engine.cli",
+        "worker",
+        "--orthanc-url",
+        settings.orthanc_url,
+        "--queue",
+        settings.queue,
+        "--parent-pid",
+        str(parent_pid),
+        "--lease",
+        f"{settings.lease_s:g}",
+        "--heartbeat",
+        f"{settings.heartbeat_s:g}",
+        "--poll",
+        f"{settings.poll_s:g}",
+        "--max-attempts",
+        str(settings.max_attempts),
+        "--backoff",
+        f"{settings.backoff_s:g}",
+        "--backoff-max",
+        f"{settings.backoff_max_s:g}",
+        "--forward-attempts",
+        str(settings.forward_attempts),
+        "--forward-timeout",
+        f"{settings.forward_timeout_s:g}",
+        "--metadata-name",
+        settings.metadata_name,
+    ]
+    if settings.model:
+        command += ["--model", settings.model]
+    if settings.processor:
+        command += ["--processor", settings.processor]
+    if settings.device:
+        command += ["--device", settings.device]
+    if settings.workers > 0:  # share the CPUs among the workers instead of each using all of them
+        command += ["--threads", str(max(1, (os.cpu_count() or 1) // settings.workers))]
+    if settings.result_settings:
+        command += ["--result-settings", json.dumps(settings.result_settings)]
+    return command
+
+
+class NodePlugin:
+    """The plugin's state and callbacks.
+
+    Parameters
+    ----------
+    orthanc : OrthancModule
+        The embedded ``orthanc`` module (or a fake in tests).
+    settings : NodeSettings
+        The node's settings.
+    """
+
+    def __init__(self, orthanc: OrthancModule, settings: NodeSettings) -> None:
+        self.orthanc = orthanc
+        self.api = InProcessApi(orthanc)
+        self.settings = settings
+        self.started_at = time.time()
+        self.manufacturer = str(settings.result_settings.get("manufacturer", "Lesion AI"))
+        self.queue: JobQueue = open_queue(
+            settings.queue,
+            QueuePolicy(settings.lease_s, settings.max_attempts, settings.backoff_s, settings.backoff_max_s),
+        )
+        self._rules_lock = threading.Lock()
+        self.rules: RoutingRules = load_rules(settings.rules)
+        self.follower = ChangeFollower(
+            self.api,
+            _GlobalProperty(orthanc, settings.sequence_property),
+            self.on_stable_study,
+            settings.catch_up,
+        )
+        self.supervisor: WorkerSupervisor | None = None
+        self.errors: list[str] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._model: tuple[float, str] | None = None
+        self.last_evaluation: dict[str, Any] | None = None
+        from orthanc_plugin.admin import AdminApi
+
+        self.admin = AdminApi(self)
+
+    @classmethod
+    def from_orthanc(cls, orthanc: OrthancModule) -> NodePlugin:
+        """Build from Orthanc's configuration (its ``LesionAI`` section)."""
+        configuration = json.loads(orthanc.GetConfiguration())
+        return cls(orthanc, NodeSettings.from_orthanc_configuration(configuration))
+
+    # -- registration and events ----------------------------------------------------------------------
+    def install(self) -> None:
+        """Register the change callback and the REST routes."""
+        self.orthanc.RegisterOnChangeCallback(self.on_change)
+        self.orthanc.RegisterRestCallback("/lesion-ai/(.*)", self.on_rest)
+        logger.info("plugin installed; rules from %s, queue %s", self.settings.rules, self.queue)
+
+    @guarded("change callback")
+    def on_change(self, change_type: int, level: int, resource_id: str) -> None:
+        """Orthanc's change callback: start, stop, and wake the change follower on stable studies."""
+        types = self.orthanc.ChangeType
+        if change_type == types.STABLE_STUDY:
+            self._wake.set()
+        elif change_type == types.ORTHANC_STARTED:
+            self.start()
+        elif change_type == types.ORTHANC_STOPPED:
+            self.stop()
+
+    @guarded("REST callback")
+    def on_rest(self, output: RestOutput, uri: str, **request: Any) -> None:
+        """Orthanc's REST callback for ``/lesion-ai/...``."""
+        try:
+            status, body, mime = self.admin.handle(
+                str(request.get("method", "GET")),
+                str((request.get("groups") or ("",))[0]),
+                dict(request.get("get") or {}),
+                request.get("body") or b"",
+            )
+        except Exception as exc:
+            logger.exception("REST %s failed", uri)
+            status, body, mime = 500, {"error": f"{type(exc).__name__}: {exc}"}, "application/json"
+        if status == 405:
+            output.SendMethodNotAllowed(str(body.get("allowed", "GET")) if isinstance(body, dict) else "GET")
+            return
+        answer(output, status, body, mime)
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the change follower thread and the workers (at ``ORTHANC_STARTED``)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._follow, name="lesion-ai-changes", daemon=True)
+        self._thread.start()
+        if self.settings.workers > 0:
+            try:
+                env = self.settings.worker_environment()
+            except ConfigError as exc:
+                self.errors.append(str(exc))
+                logger.error("workers not started: %s", exc)
+                return
+            self.supervisor = WorkerSupervisor(
+                worker_command(self.settings, os.getpid()), self.settings.workers, env, self.settings.log_dir
+            )
+            self.supervisor.start()
+
+    def stop(self) -> None:
+        """Stop the follower thread and the workers (at ``ORTHANC_STOPPED``)."""
+        self._stop.set()
+        self._wake.set()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.queue.close()
+
+    def _follow(self) -> None:
+        try:
+            handled = self.follower.start()
+            if handled:
+                logger.info("caught up: %d stable stud(ies) handled at start", handled)
+        except Exception:
+            logger.exception("catching up on missed changes failed")
+        while not self._stop.is_set():
+            self._wake.wait(_IDLE_POLL_S)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.follower.poll()
+            except Exception:
+                logger.exception("reading Orthanc's changes failed; retrying")
+                self._stop.wait(_IDLE_POLL_S)
+
+    # -- routing ------------------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        """Identity of the model jobs are queued for (re-read when the artifact's card changes)."""
+        s = self.settings
+        card = (Path(s.model) if s.model else default_artifact()) / "model.json"
+        stamp = card.stat().st_mtime if card.exists() else 0.0
+        if self._model is None or self._model[0] != stamp:
+            self._model = (stamp, model_identity(s.model, s.processor, s.model_identity))
+        return self._model[1]
+
+    def current_rules(self) -> RoutingRules:
+        """The routing rules in force."""
+        with self._rules_lock:
+            return self.rules
+
+    def replace_rules(self, rules: RoutingRules) -> None:
+        """Put new (validated) rules in force and save them to the rules file (atomically)."""
+        path = self.settings.rules
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(rules.text, encoding="utf-8")
+        os.replace(tmp, path)
+        with self._rules_lock:
+            self.rules = rules
+        logger.warning("routing rules replaced (%d rule(s))", len(rules.rules))
+
+    def on_stable_study(self, study_id: str) -> list[dict[str, Any]]:
+        """Evaluate a stable study and enqueue the jobs its rules ask for."""
+        return self.enqueue_study(study_id)
+
+    def enqueue_study(self, study_id: str, *, force: bool = False) -> list[dict[str, Any]]:
+        """Apply the loop guard and the rules to a study and enqueue its jobs.
+
+        Parameters
+        ----------
+        study_id : str
+            Orthanc ID of the study.
+        force : bool
+            Queue again work that was done or failed before (``POST /lesion-ai/studies/{id}/process``).
+
+        Returns
+        -------
+        list of dict
+            ``{id, key, rule, created}`` per job.
+        """
+        plan = plan_study(
+            self.api,
+            study_id,
+            self.current_rules(),
+            self.model,
+            self.settings.metadata_name,
+            self.manufacturer,
+        )
+        out: list[dict[str, Any]] = []
+        for job in plan.jobs:
+            if not force and job.key in plan.study.record.processed:
+                logger.info(
+                    "study %s: already processed under rule %s with model %s", study_id, job.rule, job.model
+                )
+                out.append({"id": None, "key": job.key, "rule": job.rule, "created": False})
+                continue
+            job_id, created = self.queue.enqueue(job, force=force)
+            if created:
+                logger.info(
+                    "study %s: job %d queued (rule %s, %d input series, model %s)",
+                    study_id,
+                    job_id,
+                    job.rule,
+                    len(job.payload["series"]),
+                    job.model,
+                )
+            out.append({"id": job_id, "key": job.key, "rule": job.rule, "created": created})
+        if not plan.jobs:
+            logger.info(
+                "study %s: no rule applies (%d input series, %d excluded)",
+                study_id,
+                len(plan.study.series),
+                len(plan.study.excluded),
+            )
+        self.last_evaluation = {"study": study_id, "time": time.time(), "jobs": out}
+        return out
+
+
+def install(orthanc: OrthancModule) -> NodePlugin | None:
+    """Set up logging into Orthanc's log and install the plugin (called by the entry script).
+
+    A configuration error is logged and leaves Orthanc running without the node (it still stores what
+    it receives; the catch-up at the next start handles those studies).
+    """
+    handler = OrthancLogHandler(orthanc)
+    for name in ("orthanc_plugin", "lesion_engine"):
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    try:
+        plugin = NodePlugin.from_orthanc(orthanc)
+    except Exception as exc:
+        logger.error("the lesion AI node is NOT running: %s", exc)
+        return None
+    plugin.install()
+    return plugin

@@ -1,0 +1,616 @@
+"""Routing rules: which studies the node processes, with which series, outputs, destinations and priority.
+
+The rules are a YAML file (``config/rules.yaml`` is the documented default), validated into frozen
+dataclasses; every error names the file, the line and the field. Rules are read top to bottom and the
+first rule that matches a study decides (``continue: true`` lets later rules match too). A rule matches
+when any of its ``match`` alternatives does; an alternative is a conjunction of:
+
+``study``
+    conditions on study-level attributes (Orthanc's main DICOM tags of the study and patient, plus
+    ``ModalitiesInStudy`` computed from the series);
+``series``
+    conditions that select the rule's *input series* (Orthanc's main DICOM tags of the series, plus
+    ``SOPClassUID``, ``NumberOfSeriesRelatedInstances`` and the instances' origin ``RemoteAET``,
+    ``RemoteIP`` and ``CalledAET``); at least one series must pass;
+``has_series``
+    a list of conditions; each must be met by at least one input series (e.g. a T2 and a diffusion series);
+``calling_aet``, ``remote_ip``
+    shortcuts for series conditions on ``RemoteAET`` and ``RemoteIP``.
+
+A condition is a regular expression (text, searched), a list of accepted values (exact), a numeric range
+``{min: a, max: b}``, a network ``{cidr: [...]}``, a regular expression ``{regex: ...}``, a list
+``{in: [...]}``, or the negation of any of those ``{not: ...}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydicom.datadict import tag_for_keyword
+
+from lesion_engine.errors import ConfigError
+from lesion_engine.series_rules import SeriesRules, series_rules_from_document
+from lesion_engine.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OUTPUTS",
+    "SERIES_PSEUDO_ATTRIBUTES",
+    "STUDY_PSEUDO_ATTRIBUTES",
+    "AlternativeMatch",
+    "Condition",
+    "Destinations",
+    "RoutingRule",
+    "RoutingRules",
+    "RuleMatch",
+    "SeriesView",
+    "StudyView",
+    "check_destinations",
+    "load_rules",
+    "parse_rules",
+]
+
+#: Result objects a rule may ask for.
+OUTPUTS = ("seg", "sr", "pmap", "sc")
+#: Attributes computed by the node rather than read from DICOM headers.
+STUDY_PSEUDO_ATTRIBUTES = frozenset({"ModalitiesInStudy"})
+SERIES_PSEUDO_ATTRIBUTES = frozenset(
+    {"RemoteAET", "RemoteIP", "CalledAET", "SOPClassUID", "NumberOfSeriesRelatedInstances"}
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_RULE_FIELDS = {
+    "name",
+    "description",
+    "enabled",
+    "action",
+    "priority",
+    "continue",
+    "match",
+    "outputs",
+    "destinations",
+    "series_rules",
+}
+_ALTERNATIVE_FIELDS = {"study", "series", "has_series", "calling_aet", "remote_ip"}
+_DESTINATION_KINDS = ("modalities", "dicomweb", "peers")
+
+
+class StudyView(Protocol):
+    """What rule evaluation reads of a study (the node implements it over Orthanc's REST API)."""
+
+    def study_attribute(self, keyword: str) -> str | None:
+        """Text of a study-level attribute (multi-valued joined by a backslash), None when absent."""
+        ...
+
+    @property
+    def series(self) -> Sequence[SeriesView]:
+        """The study's candidate input series (the node's own results already left out)."""
+        ...
+
+
+class SeriesView(Protocol):
+    """What rule evaluation reads of a series."""
+
+    @property
+    def series_id(self) -> str:
+        """Orthanc ID of the series."""
+        ...
+
+    def attribute(self, keyword: str) -> str | None:
+        """Text of a series-level attribute, None when absent."""
+        ...
+
+
+def _values(text: str | None) -> list[str]:
+    return [] if text is None else [v.strip() for v in text.split("\\")]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test of an attribute's text.
+
+    Attributes
+    ----------
+    kind : str
+        ``regex`` (searched in the whole text), ``in`` (one of the values equals one of ``values``),
+        ``range`` (one of the values is a number within ``low``..``high``), ``cidr`` (the value is an IP
+        address within one of ``networks``) or ``not`` (``inner`` does not hold).
+    """
+
+    kind: Literal["regex", "in", "range", "cidr", "not"]
+    pattern: re.Pattern[str] | None = None
+    values: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    inner: Condition | None = None
+
+    def test(self, text: str | None) -> bool:
+        """True when the attribute's text (None: absent) meets the condition."""
+        if self.kind == "not":
+            assert self.inner is not None
+            return not self.inner.test(text)
+        if self.kind == "regex":
+            assert self.pattern is not None
+            return self.pattern.search(text or "") is not None
+        values = _values(text)
+        if self.kind == "in":
+            return any(v in self.values for v in values) or (not values and "" in self.values)
+        if self.kind == "range":
+            for v in values:
+                try:
+                    number = float(v)
+                except ValueError:
+                    continue
+                if (self.low is None or number >= self.low) and (self.high is None or number <= self.high):
+                    return True
+            return False
+        for v in values:
+            try:
+                address = ipaddress.ip_address(v)
+            except ValueError:
+                continue
+            if any(address in network for network in self.networks):
+                return True
+        return False
+
+    def describe(self) -> str:
+        """Readable form, e.g. ``~/(?i)prostat/`` or ``in [MR]``."""
+        if self.kind == "not":
+            assert self.inner is not None
+            return f"not ({self.inner.describe()})"
+        if self.kind == "regex":
+            assert self.pattern is not None
+            return f"~/{self.pattern.pattern}/"
+        if self.kind == "in":
+            return f"in [{', '.join(self.values)}]"
+        if self.kind == "range":
+            return f"in range [{'' if self.low is None else f'{self.low:g}'}, {'' if self.high is None else f'{self.high:g}'}]"
+        return f"in networks [{', '.join(str(n) for n in self.networks)}]"
+
+
+Conditions = tuple[tuple[str, Condition], ...]
+
+
+def _all_hold(conditions: Conditions, get: Callable[[str], str | None]) -> bool:
+    return all(condition.test(get(keyword)) for keyword, condition in conditions)
+
+
+@dataclass(frozen=True)
+class AlternativeMatch:
+    """One way a rule can match (every part must hold)."""
+
+    study: Conditions = ()
+    series: Conditions = ()
+    has_series: tuple[Conditions, ...] = ()
+
+    def input_series(self, study: StudyView) -> list[SeriesView] | None:
+        """The input series when this alternative matches ``study``, else None."""
+        if not _all_hold(self.study, study.study_attribute):
+            return None
+        inputs = [s for s in study.series if _all_hold(self.series, s.attribute)]
+        if not inputs:
+            return None
+        for required in self.has_series:
+            if not any(_all_hold(required, s.attribute) for s in inputs):
+                return None
+        return inputs
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "study": {k: c.describe() for k, c in self.study},
+            "series": {k: c.describe() for k, c in self.series},
+            "has_series": [{k: c.describe() for k, c in entry} for entry in self.has_series],
+        }
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where results are forwarded (names defined in Orthanc's configuration)."""
+
+    modalities: tuple[str, ...] = ()
+    dicomweb: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """JSON-ready form."""
+        return {
+            "modalities": list(self.modalities),
+            "dicomweb": list(self.dicomweb),
+            "peers": list(self.peers),
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.modalities or self.dicomweb or self.peers)
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """One validated routing rule (see ``config/rules.yaml`` for each field)."""
+
+    name: str
+    action: Literal["process", "ignore"]
+    match: tuple[AlternativeMatch, ...]
+    priority: int = 0
+    enabled: bool = True
+    continue_: bool = False
+    description: str = ""
+    outputs: tuple[str, ...] = ("seg", "sr")
+    destinations: Destinations = field(default_factory=Destinations)
+    #: Raw series-rules overrides (JSON-ready) and where they came from; None: the engine's defaults.
+    series_rules_data: dict[str, Any] | None = None
+    series_rules_source: str | None = None
+    #: The validated series-selection rules of this rule (the engine's defaults when no override).
+    series_rules: SeriesRules | None = field(default=None, compare=False, repr=False)
+    line: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (``GET /lesion-ai/rules``)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "enabled": self.enabled,
+            "action": self.action,
+            "priority": self.priority,
+            "continue": self.continue_,
+            "outputs": list(self.outputs),
+            "destinations": self.destinations.to_dict(),
+            "series_rules": self.series_rules_source,
+            "match": [alt.describe() for alt in self.match],
+            "line": self.line,
+        }
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """A rule that matched a study, with the input series it selected."""
+
+    rule: RoutingRule
+    series: tuple[SeriesView, ...]
+
+
+@dataclass(frozen=True)
+class RoutingRules:
+    """The validated rules of one file, in order."""
+
+    rules: tuple[RoutingRule, ...]
+    source: str
+    text: str
+
+    def evaluate(self, study: StudyView) -> list[RuleMatch]:
+        """The ``process`` rules that apply to ``study``: the first match, and more after ``continue: true``.
+
+        An ``ignore`` rule that matches ends the evaluation (rules matched before it still apply).
+        """
+        out: list[RuleMatch] = []
+        for rule in self.rules:
+            if not rule.enabled:
+                continue
+            inputs = next(
+                (found for alt in rule.match if (found := alt.input_series(study)) is not None), None
+            )
+            if inputs is None:
+                continue
+            if rule.action == "ignore":
+                break
+            out.append(RuleMatch(rule, tuple(inputs)))
+            if not rule.continue_:
+                break
+        return out
+
+    def get(self, name: str) -> RoutingRule | None:
+        """The rule called ``name``."""
+        return next((r for r in self.rules if r.name == name), None)
+
+    @property
+    def destinations(self) -> Destinations:
+        """Every destination named by any rule."""
+        m: set[str] = set()
+        d: set[str] = set()
+        p: set[str] = set()
+        for rule in self.rules:
+            m.update(rule.destinations.modalities)
+            d.update(rule.destinations.dicomweb)
+            p.update(rule.destinations.peers)
+        return Destinations(tuple(sorted(m)), tuple(sorted(d)), tuple(sorted(p)))
+
+
+# -- parsing ------------------------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, doc: YamlDocument, base_dir: Path | None) -> None:
+        self.doc = doc
+        self.base_dir = base_dir
+
+    def fail(self, path: PathKey, message: str) -> ConfigError:
+        return self.doc.error(path, message)
+
+    def mapping(self, value: Any, path: PathKey, allowed: set[str], what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"{what} must be a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail((*path, key), f"unknown field; {what} has {', '.join(sorted(allowed))}")
+        return value
+
+    def condition(self, value: Any, path: PathKey) -> Condition:
+        if isinstance(value, str):
+            return Condition("regex", pattern=self.regex(value, path))
+        if isinstance(value, bool) or value is None:
+            raise self.fail(path, f"a condition is a pattern, a list or a mapping, got {value!r}")
+        if isinstance(value, int | float):
+            return Condition("in", values=(f"{value:g}",))
+        if isinstance(value, list):
+            return Condition("in", values=self.scalars(value, path))
+        if not isinstance(value, dict) or not value:
+            raise self.fail(path, f"a condition is a pattern, a list or a mapping, got {value!r}")
+        keys = set(value)
+        if keys <= {"min", "max"}:
+            bounds = []
+            for key in ("min", "max"):
+                bound = value.get(key)
+                if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)):
+                    raise self.fail((*path, key), f"must be a number, got {bound!r}")
+                bounds.append(None if bound is None else float(bound))
+            low, high = bounds
+            if low is not None and high is not None and low > high:
+                raise self.fail(path, f"min ({low:g}) is greater than max ({high:g})")
+            return Condition("range", low=low, high=high)
+        if len(keys) != 1:
+            raise self.fail(
+                path, f"a condition mapping has one of min/max, regex, in, cidr, not; got {sorted(keys)}"
+            )
+        (key,) = keys
+        inner = value[key]
+        if key == "regex":
+            if not isinstance(inner, str):
+                raise self.fail((*path, key), f"must be a regular expression (text), got {inner!r}")
+            return Condition("regex", pattern=self.regex(inner, (*path, key)))
+        if key == "in":
+            if not isinstance(inner, list):
+                raise self.fail((*path, key), f"must be a list of values, got {inner!r}")
+            return Condition("in", values=self.scalars(inner, (*path, key)))
+        if key == "cidr":
+            items = inner if isinstance(inner, list) else [inner]
+            networks = []
+            for i, item in enumerate(items):
+                where = (*path, key, i) if isinstance(inner, list) else (*path, key)
+                try:
+                    networks.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError as exc:
+                    raise self.fail(where, f"not an IP network: {exc}") from exc
+            return Condition("cidr", networks=tuple(networks))
+        if key == "not":
+            return Condition("not", inner=self.condition(inner, (*path, key)))
+        raise self.fail((*path, key), "unknown condition; use min/max, regex, in, cidr or not")
+
+    def regex(self, text: str, path: PathKey) -> re.Pattern[str]:
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            raise self.fail(path, f"invalid regular expression {text!r}: {exc}") from exc
+
+    def scalars(self, items: list[Any], path: PathKey) -> tuple[str, ...]:
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                raise self.fail((*path, i), f"values must be text or numbers, got {item!r}")
+            out.append(item.strip() if isinstance(item, str) else f"{item:g}")
+        return tuple(out)
+
+    def conditions(self, value: Any, path: PathKey, pseudo: frozenset[str]) -> Conditions:
+        if not isinstance(value, dict) or not value:
+            raise self.fail(path, f"must map DICOM keywords to conditions, got {value!r}")
+        out = []
+        for keyword, cond in value.items():
+            if keyword not in pseudo and tag_for_keyword(keyword) is None:
+                extra = f" or one of {', '.join(sorted(pseudo))}" if pseudo else ""
+                raise self.fail(
+                    (*path, keyword), f"{keyword!r} is not a DICOM keyword (e.g. StudyDescription){extra}"
+                )
+            out.append((keyword, self.condition(cond, (*path, keyword))))
+        return tuple(out)
+
+    def alternative(self, value: Any, path: PathKey) -> AlternativeMatch:
+        data = self.mapping(value, path, _ALTERNATIVE_FIELDS, "a match")
+        if not data:
+            raise self.fail(path, "an empty match would accept every study; say what to match")
+        study = (
+            self.conditions(data["study"], (*path, "study"), STUDY_PSEUDO_ATTRIBUTES)
+            if "study" in data
+            else ()
+        )
+        series = (
+            self.conditions(data["series"], (*path, "series"), SERIES_PSEUDO_ATTRIBUTES)
+            if "series" in data
+            else ()
+        )
+        for key, keyword in (("calling_aet", "RemoteAET"), ("remote_ip", "RemoteIP")):
+            if key in data:
+                series = (*series, (keyword, self.condition(data[key], (*path, key))))
+        has: list[Conditions] = []
+        if "has_series" in data:
+            items = data["has_series"]
+            if not isinstance(items, list) or not items:
+                raise self.fail((*path, "has_series"), "must be a non-empty list of series conditions")
+            for i, item in enumerate(items):
+                has.append(self.conditions(item, (*path, "has_series", i), SERIES_PSEUDO_ATTRIBUTES))
+        return AlternativeMatch(study, series, tuple(has))
+
+    def destinations(self, value: Any, path: PathKey) -> Destinations:
+        data = self.mapping(value, path, set(_DESTINATION_KINDS), "destinations")
+        lists: dict[str, tuple[str, ...]] = {}
+        for kind in _DESTINATION_KINDS:
+            items = data.get(kind) or []
+            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+                raise self.fail((*path, kind), f"must be a list of names defined in Orthanc, got {items!r}")
+            lists[kind] = tuple(items)
+        return Destinations(lists["modalities"], lists["dicomweb"], lists["peers"])
+
+    def series_rules(self, value: Any, path: PathKey) -> tuple[dict[str, Any], str, SeriesRules]:
+        if isinstance(value, str):
+            file = Path(value)
+            if not file.is_absolute() and self.base_dir is not None:
+                file = self.base_dir / file
+            try:
+                sub = read_yaml_file(file)
+            except ConfigError as exc:
+                raise self.fail(path, str(exc)) from exc
+            return dict(sub.data or {}), str(file), series_rules_from_document(sub)
+        if not isinstance(value, dict):
+            raise self.fail(path, "must be a path to a series-rules YAML file or a mapping of overrides")
+        prefix = len(path)
+        lines = {p[prefix:]: line for p, line in self.doc.lines.items() if p[:prefix] == path}
+        field_name = self.doc.where(path).rsplit(", field ", 1)[-1]
+        sub = YamlDocument(f"{self.doc.source} ({field_name})", value, lines)
+        return value, sub.source, series_rules_from_document(sub)
+
+    def rule(self, value: Any, path: PathKey) -> RoutingRule:
+        data = self.mapping(value, path, _RULE_FIELDS, "a rule")
+        name = data.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise self.fail(
+                (*path, "name"),
+                f"each rule needs a name of letters, digits, '_', '.' or '-' (at most 64), got {name!r}",
+            )
+        action = data.get("action", "process")
+        if action not in ("process", "ignore"):
+            raise self.fail((*path, "action"), f"must be 'process' or 'ignore', got {action!r}")
+        priority = data.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+            raise self.fail((*path, "priority"), f"must be an integer from -1000 to 1000, got {priority!r}")
+        flags = {}
+        for key, default in (("enabled", True), ("continue", False)):
+            flag = data.get(key, default)
+            if not isinstance(flag, bool):
+                raise self.fail((*path, key), f"must be true or false, got {flag!r}")
+            flags[key] = flag
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise self.fail((*path, "description"), "must be text")
+        if "match" not in data:
+            raise self.fail(path, f"rule {name!r} has no 'match'")
+        alternatives = data["match"]
+        matches: tuple[AlternativeMatch, ...]
+        if isinstance(alternatives, dict):
+            matches = (self.alternative(alternatives, (*path, "match")),)
+        elif isinstance(alternatives, list) and alternatives:
+            matches = tuple(self.alternative(a, (*path, "match", i)) for i, a in enumerate(alternatives))
+        else:
+            raise self.fail((*path, "match"), "must be a match or a non-empty list of alternative matches")
+        outputs = data.get("outputs", ["seg", "sr"])
+        if (
+            not isinstance(outputs, list)
+            or not outputs
+            or any(o not in OUTPUTS for o in outputs)
+            or len(set(outputs)) != len(outputs)
+        ):
+            raise self.fail(
+                (*path, "outputs"), f"must be a non-empty list of {', '.join(OUTPUTS)}, got {outputs!r}"
+            )
+        destinations = (
+            self.destinations(data["destinations"], (*path, "destinations"))
+            if "destinations" in data
+            else Destinations()
+        )
+        sr_data: dict[str, Any] | None = None
+        sr_source: str | None = None
+        series_rules: SeriesRules | None = None
+        if data.get("series_rules") is not None:
+            sr_data, sr_source, series_rules = self.series_rules(
+                data["series_rules"], (*path, "series_rules")
+            )
+        return RoutingRule(
+            name=name,
+            action=action,
+            match=matches,
+            priority=priority,
+            enabled=flags["enabled"],
+            continue_=flags["continue"],
+            description=description,
+            outputs=tuple(outputs),
+            destinations=destinations,
+            series_rules_data=sr_data,
+            series_rules_source=sr_source,
+            series_rules=series_rules,
+            line=self.doc.lines.get(path),
+        )
+
+    def rules(self) -> tuple[RoutingRule, ...]:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            raise self.fail((), "the rules file must be a mapping with 'version' and 'rules'")
+        for key in data:
+            if key not in ("version", "rules"):
+                raise self.fail((key,), "unknown field; the rules file has 'version' and 'rules'")
+        if data.get("version", 1) != 1:
+            raise self.fail(("version",), f"unsupported version {data.get('version')!r}; this node reads 1")
+        items = data.get("rules")
+        if not isinstance(items, list):
+            raise self.fail(("rules",), "must be a list of rules (it may be empty: [])")
+        rules = tuple(self.rule(item, ("rules", i)) for i, item in enumerate(items))
+        seen: dict[str, int] = {}
+        for i, rule in enumerate(rules):
+            if rule.name in seen:
+                raise self.fail(("rules", i, "name"), f"rule name {rule.name!r} is used twice")
+            seen[rule.name] = i
+        return rules
+
+
+def parse_rules(text: str, source: str = "<rules>", base_dir: str | Path | None = None) -> RoutingRules:
+    """Validate routing rules given as YAML text.
+
+    Parameters
+    ----------
+    text : str
+        The YAML text.
+    source : str
+        Name used in error messages.
+    base_dir : str or Path, optional
+        Folder against which relative ``series_rules`` paths are resolved.
+
+    Raises
+    ------
+    ConfigError
+        The text is not valid YAML or a field is invalid; the message names the line and the field.
+    """
+    doc = read_yaml(text, source)
+    parser = _Parser(doc, Path(base_dir) if base_dir is not None else None)
+    return RoutingRules(parser.rules(), source, text)
+
+
+def load_rules(path: str | Path) -> RoutingRules:
+    """Read and validate a routing-rules file (see :func:`parse_rules`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the routing rules {path}: {exc.strerror}") from exc
+    return parse_rules(text, str(path), path.parent)
+
+
+def check_destinations(rules: RoutingRules, known: Mapping[str, Sequence[str]]) -> list[str]:
+    """Destinations named by the rules that Orthanc does not know (empty when all exist).
+
+    Parameters
+    ----------
+    rules : RoutingRules
+        The rules.
+    known : mapping
+        ``modalities``, ``dicomweb`` and ``peers`` to the names Orthanc knows.
+    """
+    missing = []
+    for rule in rules.rules:
+        for kind in _DESTINATION_KINDS:
+            for name in getattr(rule.destinations, kind):
+                if name not in known.get(kind, ()):
+                    missing.append(f"rule {rule.name!r}: {kind} {name!r} is not defined in Orthanc")
+    return missing

@@ -1,0 +1,333 @@
+"""A study as Orthanc stores it: the loop guard, rule evaluation and the jobs it asks for.
+
+The loop guard keeps the node from processing its own results (which re-trigger Orthanc's stable-study
+event when they are stored into the study): a series is never an input when its SOP class is a result or
+non-image class (SEG, SR, Parametric Map, Secondary Capture, presentation states, ...), when its
+Manufacturer is the node's own, or when the study's record (metadata) lists it as a result of the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from orthanc_plugin.jobqueue import NewJob
+from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
+from orthanc_plugin.rules import RoutingRules, RuleMatch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NON_INPUT_SOP_CLASS_PREFIXES",
+    "OrthancSeries",
+    "OrthancStudy",
+    "StudyPlan",
+    "StudyRecord",
+    "job_for",
+    "plan_study",
+]
+
+#: SOP classes that are never inputs (results of this or another AI, reports, screenshots, ...).
+NON_INPUT_SOP_CLASS_PREFIXES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.66": "segmentation or raw data",
+    "1.2.840.10008.5.1.4.1.1.88.": "structured report",
+    "1.2.840.10008.5.1.4.1.1.30": "parametric map",
+    "1.2.840.10008.5.1.4.1.1.7": "secondary capture",
+    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+}
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return "\\".join(_text(v) or "" for v in value if not isinstance(v, dict))
+    if isinstance(value, dict):
+        return None
+    return str(value)
+
+
+@dataclass
+class StudyRecord:
+    """What the node recorded on a study (study metadata): jobs finished and the result series it stored.
+
+    Attributes
+    ----------
+    processed : dict
+        Job key -> ``{rule, model, status, job, time, reason}``.
+    result_series : list of str
+        Orthanc IDs of the series the node stored into the study.
+    """
+
+    processed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    result_series: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_text(cls, text: str | bytes | None) -> StudyRecord:
+        """Parse the metadata value (an empty record when absent or unreadable)."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            logger.warning("ignoring an unreadable study record")
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        processed = data.get("processed")
+        result_series = data.get("result_series")
+        return cls(
+            processed=dict(processed) if isinstance(processed, dict) else {},
+            result_series=[str(s) for s in result_series] if isinstance(result_series, list) else [],
+        )
+
+    def to_text(self) -> str:
+        """Serialized form stored as the metadata value."""
+        return json.dumps(
+            {"version": 1, "processed": self.processed, "result_series": sorted(set(self.result_series))},
+            sort_keys=True,
+        )
+
+
+class OrthancSeries:
+    """A series read from Orthanc (:class:`orthanc_plugin.rules.SeriesView`).
+
+    Main DICOM tags come with ``/series/{id}``; other attributes are read lazily from the first
+    instance's tags, and the origin (``RemoteAET``, ``RemoteIP``, ``CalledAET``) and SOP class from its
+    metadata.
+    """
+
+    def __init__(self, api: RestApi, data: dict[str, Any]) -> None:
+        self.api = api
+        self.series_id: str = data["ID"]
+        self.main: dict[str, Any] = data.get("MainDicomTags", {})
+        self.instances: list[str] = list(data.get("Instances", []))
+        self._metadata: dict[str, str] | None = None
+        self._tags: dict[str, Any] | None = None
+
+    def metadata(self) -> dict[str, str]:
+        """Metadata of the first instance (empty when the series has none)."""
+        if self._metadata is None:
+            self._metadata = {}
+            if self.instances:
+                try:
+                    got = self.api.get_json(f"/instances/{quote_id(self.instances[0])}/metadata?expand")
+                    self._metadata = {str(k): str(v) for k, v in got.items()}
+                except NotFoundError:
+                    pass
+        return self._metadata
+
+    def tags(self) -> dict[str, Any]:
+        """Simplified tags of the first instance (empty when the series has none)."""
+        if self._tags is None:
+            self._tags = {}
+            if self.instances:
+                with contextlib.suppress(NotFoundError):
+                    self._tags = dict(
+                        self.api.get_json(f"/instances/{quote_id(self.instances[0])}/simplified-tags")
+                    )
+        return self._tags
+
+    @property
+    def sop_class_uid(self) -> str:
+        """SOP Class UID of the first instance."""
+        return self.metadata().get("SopClassUid") or _text(self.tags().get("SOPClassUID")) or ""
+
+    @property
+    def series_instance_uid(self) -> str:
+        """SeriesInstanceUID."""
+        return str(self.main.get("SeriesInstanceUID", ""))
+
+    def attribute(self, keyword: str) -> str | None:
+        """Text of a series-level attribute (see :mod:`orthanc_plugin.rules`)."""
+        if keyword == "NumberOfSeriesRelatedInstances":
+            return str(len(self.instances))
+        if keyword in ("RemoteAET", "RemoteIP", "CalledAET"):
+            return self.metadata().get(keyword)
+        if keyword == "SOPClassUID":
+            return self.sop_class_uid
+        if keyword in self.main:
+            return _text(self.main[keyword])
+        return _text(self.tags().get(keyword))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identification (no patient data)."""
+        return {
+            "id": self.series_id,
+            "series_instance_uid": self.series_instance_uid,
+            "series_number": self.main.get("SeriesNumber"),
+            "description": self.main.get("SeriesDescription", ""),
+            "modality": self.main.get("Modality", ""),
+            "instances": len(self.instances),
+        }
+
+
+class OrthancStudy:
+    """A study read from Orthanc (:class:`orthanc_plugin.rules.StudyView`), with the loop guard applied.
+
+    Parameters
+    ----------
+    api : RestApi
+        Orthanc's REST API.
+    study_id : str
+        Orthanc ID of the study.
+    metadata_name : str
+        Name of the study metadata holding the node's record.
+    manufacturer : str
+        The node's own Manufacturer (written into every result object).
+
+    Raises
+    ------
+    NotFoundError
+        The study does not exist (any more).
+    """
+
+    def __init__(self, api: RestApi, study_id: str, metadata_name: str, manufacturer: str) -> None:
+        self.api = api
+        self.study_id = study_id
+        data = api.get_json(f"/studies/{quote_id(study_id)}")
+        self.main: dict[str, Any] = dict(data.get("MainDicomTags", {}))
+        self.patient: dict[str, Any] = dict(data.get("PatientMainDicomTags", {}))
+        self.is_stable = bool(data.get("IsStable", True))
+        self.record = StudyRecord()
+        try:
+            raw = api.get_bytes(f"/studies/{quote_id(study_id)}/metadata/{quote_id(metadata_name)}")
+            self.record = StudyRecord.from_text(raw)
+        except NotFoundError:
+            pass
+        self.all_series: list[OrthancSeries] = []
+        self.excluded: dict[str, str] = {}
+        for series_id in data.get("Series", []):
+            try:
+                series = OrthancSeries(api, api.get_json(f"/series/{quote_id(series_id)}"))
+            except NotFoundError:
+                continue
+            self.all_series.append(series)
+            reason = self._exclusion(series, manufacturer)
+            if reason is not None:
+                self.excluded[series.series_id] = reason
+        self._inputs = [s for s in self.all_series if s.series_id not in self.excluded]
+
+    def _exclusion(self, series: OrthancSeries, manufacturer: str) -> str | None:
+        if series.series_id in self.record.result_series:
+            return "a result of this node (study record)"
+        if manufacturer and str(series.main.get("Manufacturer", "")).strip() == manufacturer:
+            return f"a result of this node (Manufacturer {manufacturer!r})"
+        if not series.instances:
+            return "no instances"
+        sop = series.sop_class_uid
+        for prefix, what in NON_INPUT_SOP_CLASS_PREFIXES.items():
+            if sop.startswith(prefix):
+                return f"not an image input ({what}, SOP class {sop})"
+        return None
+
+    @property
+    def study_instance_uid(self) -> str:
+        """StudyInstanceUID."""
+        return str(self.main.get("StudyInstanceUID", ""))
+
+    @property
+    def series(self) -> Sequence[OrthancSeries]:
+        """Candidate input series (loop guard applied)."""
+        return self._inputs
+
+    def study_attribute(self, keyword: str) -> str | None:
+        """Text of a study-level attribute (see :mod:`orthanc_plugin.rules`)."""
+        if keyword == "ModalitiesInStudy":
+            return "\\".join(sorted({str(s.main.get("Modality", "")) for s in self.all_series} - {""}))
+        if keyword in self.main:
+            return _text(self.main[keyword])
+        if keyword in self.patient:
+            return _text(self.patient[keyword])
+        for series in self.all_series:
+            if series.instances:
+                return _text(series.tags().get(keyword))
+        return None
+
+
+def job_for(study: OrthancStudy, match: RuleMatch, model: str) -> NewJob:
+    """The job asked for by one rule match: keyed by (study, rule, input series, model)."""
+    series = sorted(match.series, key=lambda s: s.series_id)
+    inputs = [(s.series_id, len(s.instances) if isinstance(s, OrthancSeries) else 0) for s in series]
+    identity = json.dumps(
+        {"study": study.study_id, "rule": match.rule.name, "inputs": inputs, "model": model}, sort_keys=True
+    )
+    fingerprint = hashlib.sha256(identity.encode("utf-8")).hexdigest()
+    rule = match.rule
+    payload = {
+        "study": study.study_id,
+        "study_uid": study.study_instance_uid,
+        "rule": rule.name,
+        "series": [s.series_id for s in series],
+        "series_uids": [s.series_instance_uid for s in series if isinstance(s, OrthancSeries)],
+        "outputs": list(rule.outputs),
+        "destinations": rule.destinations.to_dict(),
+        "series_rules": rule.series_rules_data,
+        "series_rules_source": rule.series_rules_source,
+        "model": model,
+        "fingerprint": fingerprint,
+    }
+    return NewJob(
+        key=f"{rule.name}:{study.study_id}:{fingerprint[:32]}",
+        study_id=study.study_id,
+        rule=rule.name,
+        model=model,
+        priority=rule.priority,
+        payload=payload,
+    )
+
+
+@dataclass
+class StudyPlan:
+    """What the node makes of a study: the guard's exclusions, the rules that match, the jobs."""
+
+    study: OrthancStudy
+    matches: list[RuleMatch]
+    jobs: list[NewJob]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (``POST /lesion-ai/rules/test``)."""
+        return {
+            "study": self.study.study_id,
+            "study_instance_uid": self.study.study_instance_uid,
+            "excluded_series": [
+                {**s.describe(), "reason": self.study.excluded[s.series_id]}
+                for s in self.study.all_series
+                if s.series_id in self.study.excluded
+            ],
+            "matches": [
+                {
+                    "rule": m.rule.name,
+                    "priority": m.rule.priority,
+                    "outputs": list(m.rule.outputs),
+                    "destinations": m.rule.destinations.to_dict(),
+                    "input_series": [s.describe() for s in m.series if isinstance(s, OrthancSeries)],
+                    "job_key": job.key,
+                }
+                for m, job in zip(self.matches, self.jobs, strict=True)
+            ],
+            "already_processed": sorted(
+                k for k in (j.key for j in self.jobs) if k in self.study.record.processed
+            ),
+        }
+
+
+def plan_study(
+    api: RestApi, study_id: str, rules: RoutingRules, model: str, metadata_name: str, manufacturer: str
+) -> StudyPlan:
+    """Read a study, apply the loop guard and the rules, and build the jobs they ask for.
+
+    Raises
+    ------
+    NotFoundError
+        The study does not exist.
+    """
+    study = OrthancStudy(api, study_id, metadata_name, manufacturer)
+    matches = rules.evaluate(study) if study.series else []
+    return StudyPlan(study, matches, [job_for(study, m, model) for m in matches])

@@ -1,0 +1,445 @@
+"""The worker: claims jobs, fetches the input series from Orthanc, runs the processor, stores and forwards
+the results, and records on the study what was done.
+
+A worker runs outside Orthanc (started by the plugin, or by hand on another machine). It renews its job's
+lease by heartbeats from a daemon thread; when Orthanc (its parent) dies, it hands its job back to the
+queue and exits. Each step's outcome is saved in the job's progress, so that a retry skips what is done:
+results already stored are not computed again, destinations already served are not sent to again.
+
+Logs name Orthanc IDs and UIDs only, never patient data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Protocol
+
+from orthanc_plugin.client import OrthancUnavailableError
+from orthanc_plugin.jobqueue import Job, JobQueue, JobState
+from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
+from orthanc_plugin.processing import ProcessingRequest, Processor
+from orthanc_plugin.studies import StudyRecord
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OrthancRest", "PermanentJobError", "Worker", "WorkerOptions"]
+
+_FINAL_ORTHANC_JOB_STATES = ("Success", "Failure")
+
+
+class OrthancRest(Protocol):
+    """What a worker uses of Orthanc's REST API (:class:`orthanc_plugin.client.OrthancClient`)."""
+
+    def get_json(self, path: str) -> Any:
+        """GET, decoded as JSON."""
+        ...
+
+    def get_bytes(self, path: str) -> bytes:
+        """GET, raw body."""
+        ...
+
+    def post_json(self, path: str, body: Any) -> Any:
+        """POST a JSON body."""
+        ...
+
+    def post_bytes(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
+        """POST raw bytes."""
+        ...
+
+    def put_text(self, path: str, text: str) -> bytes:
+        """PUT a text body."""
+        ...
+
+
+class PermanentJobError(Exception):
+    """The job cannot succeed by retrying (e.g. its study was deleted)."""
+
+
+class _StopJobError(Exception):
+    """The worker was asked to stop (SIGTERM) or lost its lease."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker behaves (see ``lesion-ai worker --help``)."""
+
+    name: str = "worker"
+    heartbeat_s: float = 10.0
+    poll_s: float = 1.0
+    forward_attempts: int = 3
+    forward_timeout_s: float = 600.0
+    forward_backoff_s: float = 2.0
+    metadata_name: str = "LesionAI"
+    parent_pid: int | None = None
+    max_jobs: int | None = None
+    exit_when_idle: bool = False
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+
+
+class _Heartbeat:
+    """Renews a job's lease on a daemon thread; notices a lost lease and a dead parent."""
+
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.worker = worker
+        self.job = job
+        self.lost = threading.Event()
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        options = self.worker.options
+        while not self._stop.wait(
+            min(options.heartbeat_s, 1.0 if options.parent_pid else options.heartbeat_s)
+        ):
+            if self.worker.parent_gone():
+                logger.warning(
+                    "job %d: Orthanc (the parent process) is gone; handing the job back", self.job.id
+                )
+                try:
+                    self.worker.queue.release(self.job.id, options.owner)
+                finally:
+                    os._exit(3)
+            if time.monotonic() - self._last < options.heartbeat_s:
+                continue
+            try:
+                if not self.worker.queue.heartbeat(self.job.id, options.owner):
+                    logger.warning("job %d: lease lost (another worker took it over)", self.job.id)
+                    self.lost.set()
+                    return
+                self._last = time.monotonic()
+            except Exception:
+                logger.exception("job %d: heartbeat failed", self.job.id)
+
+
+class Worker:
+    """Runs jobs from a queue (see the module docstring).
+
+    Parameters
+    ----------
+    queue : JobQueue
+        The job queue.
+    client : OrthancRest
+        Orthanc's REST API.
+    processor : Processor
+        Turns input instances into result objects.
+    options : WorkerOptions
+        Behaviour.
+    """
+
+    def __init__(
+        self, queue: JobQueue, client: OrthancRest, processor: Processor, options: WorkerOptions
+    ) -> None:
+        self.queue = queue
+        self.client = client
+        self.processor = processor
+        self.options = options
+        self._stop = threading.Event()
+        self._heartbeat: _Heartbeat | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------------
+    def parent_gone(self) -> bool:
+        """True when started with a parent PID and that process is no longer the parent."""
+        return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Stop after the current step (SIGTERM handler)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop cleanly on SIGTERM and SIGINT."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Claim and run jobs until stopped; returns the number of jobs run."""
+        logger.info("worker %s (%s) started", self.options.name, self.options.owner)
+        done = 0
+        while not self._stop.is_set():
+            if self.parent_gone():
+                logger.warning("Orthanc (the parent process) is gone; worker exits")
+                break
+            try:
+                job = self.queue.claim(self.options.owner)
+            except Exception:
+                logger.exception("cannot claim a job; retrying")
+                self._stop.wait(max(self.options.poll_s, 2.0))
+                continue
+            if job is None:
+                if self.options.exit_when_idle:
+                    break
+                self._stop.wait(self.options.poll_s)
+                continue
+            self.run_job(job)
+            done += 1
+            if self.options.max_jobs is not None and done >= self.options.max_jobs:
+                break
+        logger.info("worker %s stopped after %d job(s)", self.options.name, done)
+        return done
+
+    # -- one job -------------------------------------------------------------------------------------
+    def run_job(self, job: Job) -> JobState | None:
+        """Run one claimed job to its next state; returns that state (None when the lease was lost)."""
+        owner = self.options.owner
+        logger.info(
+            "job %d: study %s, rule %s, attempt %d/%d",
+            job.id,
+            job.study_id,
+            job.rule,
+            job.attempts,
+            job.max_attempts,
+        )
+        started = time.monotonic()
+        progress = dict(job.progress)
+        with _Heartbeat(self, job) as heartbeat:
+            self._heartbeat = heartbeat
+            try:
+                state = self._execute(job, progress)
+            except _StopJobError as exc:
+                logger.warning("job %d: %s", job.id, exc)
+                if not heartbeat.lost.is_set():
+                    self.queue.release(job.id, owner)
+                return None
+            except PermanentJobError as exc:
+                logger.error("job %d failed: %s", job.id, exc)
+                return self.queue.fail(job.id, owner, str(exc), transient=False)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                final = job.attempts >= job.max_attempts
+                logger.warning(
+                    "job %d: attempt %d failed: %s",
+                    job.id,
+                    job.attempts,
+                    reason,
+                    exc_info=not isinstance(exc, RestApiError),
+                )
+                if final and "stored" not in progress:
+                    self._send_failure_report(job, progress, f"the analysis failed repeatedly ({reason})")
+                return self.queue.fail(job.id, owner, reason, transient=True)
+            finally:
+                self._heartbeat = None
+        logger.info(
+            "job %d: %s in %.1f s", job.id, state.value if state else "lease lost", time.monotonic() - started
+        )
+        return state
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise _StopJobError("stopping on request; job handed back to the queue")
+        if self._heartbeat is not None and self._heartbeat.lost.is_set():
+            raise _StopJobError("lease lost; another worker has the job")
+
+    def _save(self, job: Job, progress: dict[str, Any]) -> None:
+        if not self.queue.set_progress(job.id, self.options.owner, progress):
+            raise _StopJobError("lease lost; another worker has the job")
+
+    def _execute(self, job: Job, progress: dict[str, Any]) -> JobState | None:
+        payload = job.payload
+        study = str(payload.get("study", job.study_id))
+        try:
+            self.client.get_json(f"/studies/{quote_id(study)}")
+        except NotFoundError as exc:
+            raise PermanentJobError(f"study {study} no longer exists in Orthanc") from exc
+        if "stored" not in progress or not self._still_stored(progress["stored"]):
+            instances = self._fetch(payload)
+            self._check()
+            request = ProcessingRequest.from_payload(job.id, payload)
+            outcome = self.processor(instances, request)
+            self._check()
+            if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
+                raise _StopJobError("lease lost; another worker has the job")
+            stored = self._store(outcome.objects)
+            progress.update(
+                stored=[s["ID"] for s in stored],
+                result_series=sorted({s["ParentSeries"] for s in stored if s.get("ParentSeries")}),
+                status="failed" if outcome.failed else "done",
+                reason=outcome.reason,
+                model=outcome.model,
+                details=outcome.details,
+                forwarded={},
+            )
+            self._save(job, progress)
+            if outcome.failed:
+                logger.warning("job %d: study %s cannot be analysed: %s", job.id, study, outcome.reason)
+            else:
+                logger.info("job %d: %d result object(s) stored into study %s", job.id, len(stored), study)
+        self._forward(job, progress)
+        self._record(job, progress)
+        if progress.get("status") == "failed":
+            return self.queue.fail(job.id, self.options.owner, str(progress.get("reason")), transient=False)
+        if not self.queue.complete(job.id, self.options.owner, progress):
+            raise _StopJobError("lease lost before completion; another worker has the job")
+        return JobState.DONE
+
+    def _still_stored(self, ids: list[str]) -> bool:
+        for instance in ids:
+            try:
+                self.client.get_json(f"/instances/{quote_id(instance)}")
+            except NotFoundError:
+                return False
+        return True
+
+    def _fetch(self, payload: dict[str, Any]) -> list[bytes]:
+        instances: list[bytes] = []
+        missing = []
+        for series in payload.get("series", []):
+            try:
+                ids = self.client.get_json(f"/series/{quote_id(series)}").get("Instances", [])
+            except NotFoundError:
+                missing.append(series)
+                continue
+            for instance in ids:
+                try:
+                    instances.append(self.client.get_bytes(f"/instances/{quote_id(instance)}/file"))
+                except NotFoundError:
+                    continue
+            self._check()
+        if missing:
+            logger.warning("series %s no longer exist in Orthanc", ", ".join(missing))
+        if not instances:
+            raise PermanentJobError("none of the job's input series exists any more in Orthanc")
+        return instances
+
+    def _store(self, objects: list[bytes]) -> list[dict[str, Any]]:
+        stored = []
+        for data in objects:
+            answer = self.client.post_bytes("/instances", data)
+            if not isinstance(answer, dict) or "ID" not in answer:
+                raise RestApiError(f"unexpected answer of POST /instances: {answer!r}")
+            stored.append(answer)
+        return stored
+
+    def _send_failure_report(self, job: Job, progress: dict[str, Any], reason: str) -> None:
+        """Last attempt failed: store and forward a failure report so that the failure is visible."""
+        try:
+            instances = self._fetch(job.payload)
+            stored = self._store(self.processor.failure(instances, reason))
+            progress.update(stored=[s["ID"] for s in stored], status="failed", reason=reason, forwarded={})
+            self._forward(job, progress)
+            self._record(job, progress)
+        except Exception as exc:
+            logger.error("job %d: the failure report could not be sent either: %s", job.id, exc)
+
+    # -- forwarding ----------------------------------------------------------------------------------
+    def _forward(self, job: Job, progress: dict[str, Any]) -> None:
+        ids = list(progress.get("stored") or [])
+        destinations = job.payload.get("destinations") or {}
+        forwarded: dict[str, str] = dict(progress.get("forwarded") or {})
+        if not ids:
+            return
+        failed = []
+        for kind, names in sorted(destinations.items()):
+            for name in names:
+                key = f"{kind}:{name}"
+                if forwarded.get(key) == "done":
+                    continue
+                ok = self._send(job, kind, name, ids)
+                forwarded[key] = "done" if ok else "failed"
+                progress["forwarded"] = forwarded
+                self._save(job, progress)
+        failed = [k for k, v in forwarded.items() if v != "done"]
+        if failed:
+            raise OrthancUnavailableError(f"forwarding failed to {', '.join(failed)}; the job will retry")
+
+    def _send(self, job: Job, kind: str, name: str, ids: list[str]) -> bool:
+        path = {
+            "modalities": f"/modalities/{quote_id(name)}/store",
+            "dicomweb": f"/dicom-web/servers/{quote_id(name)}/stow",
+            "peers": f"/peers/{quote_id(name)}/store",
+        }.get(kind)
+        if path is None:
+            logger.error("job %d: unknown destination kind %r", job.id, kind)
+            return False
+        for attempt in range(1, self.options.forward_attempts + 1):
+            self._check()
+            try:
+                answer = self.client.post_json(path, {"Resources": ids, "Asynchronous": True})
+                state, details = self._follow(str(answer["ID"]))
+                if state == "Success":
+                    logger.info("job %d: results sent to %s %s", job.id, kind, name)
+                    return True
+                logger.warning(
+                    "job %d: sending to %s %s failed (attempt %d/%d): %s",
+                    job.id,
+                    kind,
+                    name,
+                    attempt,
+                    self.options.forward_attempts,
+                    details,
+                )
+            except (RestApiError, KeyError, TypeError) as exc:
+                logger.warning(
+                    "job %d: sending to %s %s failed (attempt %d/%d): %s",
+                    job.id,
+                    kind,
+                    name,
+                    attempt,
+                    self.options.forward_attempts,
+                    exc,
+                )
+            if attempt < self.options.forward_attempts:
+                self._stop.wait(self.options.forward_backoff_s * 2 ** (attempt - 1))
+        return False
+
+    def _follow(self, orthanc_job: str) -> tuple[str, str]:
+        """Wait for an Orthanc job to end; returns its state and error details."""
+        deadline = time.monotonic() + self.options.forward_timeout_s
+        delay = 0.1
+        while True:
+            info = self.client.get_json(f"/jobs/{quote_id(orthanc_job)}")
+            state = str(info.get("State"))
+            if state in _FINAL_ORTHANC_JOB_STATES:
+                details = "; ".join(
+                    str(info.get(k)) for k in ("ErrorDescription", "ErrorDetails") if info.get(k)
+                )
+                return state, details
+            if time.monotonic() > deadline:
+                with contextlib.suppress(RestApiError):
+                    self.client.post_json(f"/jobs/{quote_id(orthanc_job)}/cancel", {})
+                return (
+                    "Timeout",
+                    f"Orthanc job {orthanc_job} still {state} after {self.options.forward_timeout_s:.0f} s",
+                )
+            self._check()
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    # -- study record -------------------------------------------------------------------------------
+    def _record(self, job: Job, progress: dict[str, Any]) -> None:
+        """Record on the study (metadata) which model processed it under which rule, and its results."""
+        study = quote_id(job.study_id)
+        name = quote_id(self.options.metadata_name)
+        try:
+            current = self.client.get_bytes(f"/studies/{study}/metadata/{name}")
+        except NotFoundError:
+            current = b""
+        record = StudyRecord.from_text(current)
+        record.processed[job.key] = {
+            "rule": job.rule,
+            "model": job.model,
+            "model_info": progress.get("model") or {},
+            "status": progress.get("status"),
+            "reason": progress.get("reason"),
+            "job": job.id,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        record.result_series = sorted(set(record.result_series) | set(progress.get("result_series") or []))
+        self.client.put_text(f"/studies/{study}/metadata/{name}", record.to_text())

@@ -1,0 +1,356 @@
+"""The node end to end with real Orthanc servers on free loopback ports: studies arrive by C-STORE
+(pynetdicom and dcmtk) and STOW-RS, SEG and SR appear in the study and reach a destination PACS; other
+studies are left alone; results never re-trigger jobs; the node survives killed processes and downtime;
+rules are replaced at run time; a PostgreSQL queue shared by two workers runs each job once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orthanc_plugin.client import OrthancClient
+from orthanc_plugin.dicomsend import dicom_files, send_files
+from orthanc_plugin.orthanc_api import RestApiError
+from tests.node_env import (
+    REPO,
+    OrthancFleet,
+    OrthancServer,
+    count_by_modality,
+    find_study,
+    jobs,
+    make_study,
+    wait_for,
+)
+from tests.pg_env import PostgresServer, running_postgres
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
+
+RULES_TO_PACS = (
+    (REPO / "config" / "rules.yaml").read_text().replace("      modalities: []", "      modalities: [pacs]")
+)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[OrthancFleet]:
+    servers = OrthancFleet(tmp_path)
+    yield servers
+    servers.close()
+
+
+def _send(server: OrthancServer, folder: Path, calling_aet: str = "SCANNER") -> None:
+    report = send_files(dicom_files([folder]), "127.0.0.1", server.dicom_port, calling_aet, server.aet)
+    assert report.sent > 0 and not report.failed, report.failed
+
+
+def _stow(client: OrthancClient, folder: Path) -> None:
+    boundary = "lesion-ai-test-boundary"
+    parts = [
+        b"--"
+        + boundary.encode()
+        + b"\r\nContent-Type: application/dicom\r\n\r\n"
+        + path.read_bytes()
+        + b"\r\n"
+        for path in dicom_files([folder])
+    ]
+    body = b"".join(parts) + b"--" + boundary.encode() + b"--\r\n"
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    answer = json.loads(client.request("POST", "/dicom-web/studies", body, content_type))
+    assert not answer.get("00081198", {}).get("Value")  # FailedSOPSequence
+    assert len(answer["00081199"]["Value"]) == len(parts)  # ReferencedSOPSequence
+
+
+def _settle(client: OrthancClient, timeout_s: float = 40.0) -> None:
+    """Wait until every study is stable, the plugin has read the whole change log and no job is pending."""
+
+    def quiet() -> bool:
+        last = client.get_json("/changes?last")["Last"]
+        studies = client.get_json("/studies?expand")
+        health = client.get_json("/lesion-ai/health")
+        counts = health["queue"]["counts"]
+        return (
+            all(s["IsStable"] for s in studies)
+            and health["changes"]["last_sequence"] >= last
+            and counts["queued"] == 0
+            and counts["running"] == 0
+        )
+
+    wait_for(quiet, timeout_s, "the node to settle")
+
+
+def _settle_changes(client: OrthancClient, timeout_s: float = 40.0) -> None:
+    """Wait until every study is stable and the plugin has read the whole change log."""
+
+    def read() -> bool:
+        last = client.get_json("/changes?last")["Last"]
+        stable = all(s["IsStable"] for s in client.get_json("/studies?expand"))
+        return stable and client.get_json("/lesion-ai/health")["changes"]["last_sequence"] >= last
+
+    wait_for(read, timeout_s, "the plugin to read every change")
+
+
+def _done(client: OrthancClient, count: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    def finished() -> list[dict[str, Any]] | None:
+        found = jobs(client)
+        if any(j["state"] == "failed" for j in found):
+            raise AssertionError(f"a job failed: {found}")
+        done = [j for j in found if j["state"] == "done"]
+        return done if len(done) >= count else None
+
+    return wait_for(finished, timeout_s, f"{count} job(s) done")
+
+
+def test_studies_by_cstore_storescu_and_stow_are_processed_and_forwarded(
+    fleet: OrthancFleet, tmp_path: Path
+) -> None:
+    pacs = fleet.pacs().start()
+    node = fleet.node(
+        site={"DicomModalities": {"pacs": [pacs.aet, "127.0.0.1", pacs.dicom_port]}}, rules=RULES_TO_PACS
+    ).start()
+    client = node.client()
+    with pytest.raises(RestApiError) as unauthenticated:
+        OrthancClient(node.url).get_json("/lesion-ai/health")
+    assert unauthenticated.value.status == 401
+
+    by_cli = make_study(tmp_path / "in" / "cli", study_description="MR PROSTATE")
+    by_storescu = make_study(tmp_path / "in" / "storescu", study_description="MRT Prostata")
+    by_stow = make_study(tmp_path / "in" / "stow", study_description="prostate mpMRI")
+    ct = make_study(
+        tmp_path / "in" / "ct", modality="CT", study_description="CT ABDOMEN", body_part="ABDOMEN"
+    )
+    brain = make_study(
+        tmp_path / "in" / "brain",
+        study_description="MRI BRAIN",
+        body_part="BRAIN",
+        series=("t2_tse_tra", "ep2d_diff_tra"),
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lesion_engine.cli",
+            "send",
+            str(tmp_path / "in" / "cli"),
+            "--port",
+            str(node.dicom_port),
+            "--aet",
+            "MODALITY1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "sent 6 file(s), 0 failed" in cli.stdout
+    storescu = subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "SCANNER2",
+            "-aec",
+            "LESIONAI",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(node.dicom_port),
+            str(tmp_path / "in" / "storescu"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    assert storescu.returncode == 0, storescu.stderr
+    _stow(client, tmp_path / "in" / "stow")
+    _send(node, tmp_path / "in" / "ct")
+    _send(node, tmp_path / "in" / "brain")
+
+    done = _done(client, 3)
+    studies = {uid: str(find_study(client, uid)) for uid in (by_cli, by_storescu, by_stow, ct, brain)}
+    assert sorted(j["study"] for j in done) == sorted(studies[u] for u in (by_cli, by_storescu, by_stow))
+    for uid in (by_cli, by_storescu, by_stow):
+        study = studies[uid]
+        assert study is not None
+        assert count_by_modality(client, study) == {"MR": 6, "SEG": 1, "SR": 1}
+        record = client.get_json(f"/studies/{study}/metadata/LesionAI")
+        [entry] = record["processed"].values()
+        assert entry["status"] == "done" and entry["model"] == "processor:tests.node_fakes:factory"
+        # The destination PACS received the results of this study.
+        pacs_client = pacs.client()
+        pacs_study = wait_for(partial(find_study, pacs_client, uid), 20, "the results at the PACS")
+        assert count_by_modality(pacs_client, pacs_study) == {"SEG": 1, "SR": 1}
+    for uid in (ct, brain):
+        assert count_by_modality(client, str(studies[uid])).keys() <= {"CT", "MR"}
+
+    # Our results made the studies unstable again; once all is stable and read, no new job appeared.
+    _settle(client)
+    after = jobs(client)
+    assert len(after) == 3 and all(j["attempts"] == 1 for j in after)
+    health = client.get_json("/lesion-ai/health")
+    assert health["status"] == "ok" and health["queue"]["counts"]["done"] == 3
+    node.note_workers()
+
+
+def test_real_fixture_study_with_the_engine(fleet: OrthancFleet, prostatex: Path, tmp_path: Path) -> None:
+    from tests.model_helpers import write_tiny_artifact
+
+    artifact = write_tiny_artifact(tmp_path / "model")
+    pacs = fleet.pacs().start()
+    node = fleet.node(
+        processor=None,
+        extra={"Model": str(artifact), "Device": "cpu"},
+        site={"DicomModalities": {"pacs": [pacs.aet, "127.0.0.1", pacs.dicom_port]}},
+        rules=RULES_TO_PACS,
+    ).start()
+    client = node.client()
+    _send(node, prostatex / "dicom")
+    [job] = _done(client, 1, timeout_s=180)
+    detail = client.get_json(f"/lesion-ai/jobs/{job['id']}")
+    assert detail["progress"]["model"]["name"] == "tiny-random"
+    assert detail["model"].startswith("tiny-random:0.0.1:")
+    study = job["study"]
+    modalities = count_by_modality(client, study)
+    assert modalities["SEG"] == 1 and modalities["SR"] == 1
+    pacs_client = pacs.client()
+    uid = client.get_json(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+    wait_for(lambda: find_study(pacs_client, uid), 30, "the results at the PACS")
+    assert count_by_modality(pacs_client, str(find_study(pacs_client, uid))) == {"SEG": 1, "SR": 1}
+    _settle(client)
+    assert len(jobs(client)) == 1
+    node.note_workers()
+
+
+def test_orthanc_killed_mid_job_then_restarted(fleet: OrthancFleet, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.log"
+    node = fleet.node(env={"LESION_AI_FAKE_DELAY": "4", "LESION_AI_FAKE_LOG": str(runs)}).start()
+    client = node.client()
+    make_study(tmp_path / "in")
+    _send(node, tmp_path / "in")
+    wait_for(lambda: runs.exists() and runs.read_text(), 30, "the processing to start")
+    node.kill()
+    # The worker notices that Orthanc died, hands the job back and exits.
+    node.start()
+    client = node.client()
+    [job] = _done(client, 1)
+    assert count_by_modality(client, job["study"]) == {"MR": 6, "SEG": 1, "SR": 1}
+    _settle(client)
+    assert len(jobs(client)) == 1
+    assert len(runs.read_text().splitlines()) == 2  # interrupted once, then completed
+    node.note_workers()
+
+
+def test_worker_killed_mid_job_is_restarted_and_job_completes(fleet: OrthancFleet, tmp_path: Path) -> None:
+    node = fleet.node(env={"LESION_AI_FAKE_DELAY": "3"}).start()
+    client = node.client()
+    make_study(tmp_path / "in")
+    _send(node, tmp_path / "in")
+    [running] = wait_for(lambda: jobs(client, "running"), 30, "the job to start")
+    [worker] = client.get_json("/lesion-ai/health")["workers"]["processes"]
+    node.worker_pids.add(worker["pid"])
+    os.kill(worker["pid"], signal.SIGKILL)
+    [job] = _done(client, 1)
+    assert job["id"] == running["id"] and job["attempts"] == 2  # reclaimed after the lease expired
+    assert count_by_modality(client, job["study"]) == {"MR": 6, "SEG": 1, "SR": 1}
+    [restarted] = client.get_json("/lesion-ai/health")["workers"]["processes"]
+    assert restarted["alive"] and restarted["pid"] != worker["pid"] and restarted["restarts"] == 1
+    node.note_workers()
+
+
+def test_study_received_while_the_node_was_down_is_processed_at_start(
+    fleet: OrthancFleet, tmp_path: Path
+) -> None:
+    home = tmp_path / "node"
+    first = fleet.node("node", home=home).start()
+    first.stop()
+    plain = fleet.node("plain", home=home, with_plugin=False).start()  # Orthanc without the node
+    uid = make_study(tmp_path / "in")
+    _send(plain, tmp_path / "in")
+    plain_client = plain.client()
+    wait_for(lambda: all(s["IsStable"] for s in plain_client.get_json("/studies?expand")), 30, "stable study")
+    plain.stop()
+    node = fleet.node("node", home=home).start()
+    client = node.client()
+    [job] = _done(client, 1)
+    assert job["study"] == find_study(client, uid)
+    node.note_workers()
+
+
+BAD_RULE = """\
+version: 1
+rules:
+  - name: everything
+    priorty: 1
+    match: {series: {Modality: [CT], SOPClassUID: [1.2.840.10008.5.1.4.1.1.2]}, calling_aet: [SCANNER]}
+"""
+
+
+def test_put_rules_at_run_time(fleet: OrthancFleet, tmp_path: Path) -> None:
+    node = fleet.node(workers=0).start()
+    client = node.client()
+    before = client.get_json("/lesion-ai/rules")
+    with pytest.raises(RestApiError) as bad:
+        client.request("PUT", "/lesion-ai/rules", BAD_RULE.encode(), "application/x-yaml")
+    assert bad.value.status == 400
+    assert "line 4, field rules[0].priorty: unknown field" in str(bad.value)
+    assert client.get_json("/lesion-ai/rules") == before
+    good = BAD_RULE.replace("priorty", "priority")
+    assert b'"status" : "ok"' in client.request("PUT", "/lesion-ai/rules", good.encode()).replace(
+        b'": "', b'" : "'
+    )
+    assert client.get_json("/lesion-ai/rules")["text"] == good
+    make_study(tmp_path / "ct", modality="CT", study_description="CT", body_part="CHEST")
+    _send(node, tmp_path / "ct")
+    [job] = wait_for(lambda: jobs(client), 30, "a job for the CT study under the new rule")
+    assert (job["rule"], job["priority"], job["state"]) == ("everything", 1, "queued")
+    test = client.post_json("/lesion-ai/rules/test", {"study": job["study"], "roles": False})
+    assert [m["rule"] for m in test["matches"]] == ["everything"]
+    again = client.post_json(f"/lesion-ai/studies/{job['study']}/process", {})
+    assert again["message"] == "already queued or running"
+    # Same kind of study from another sender: the rule (calling_aet: [SCANNER]) does not match.
+    make_study(tmp_path / "ct2", modality="CT", study_description="CT", body_part="CHEST")
+    _send(node, tmp_path / "ct2", calling_aet="OTHER")
+    _settle_changes(client)
+    assert len(jobs(client)) == 1
+
+
+@pytest.mark.postgres
+def test_postgres_queue_two_workers_each_job_once(
+    fleet: OrthancFleet, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs.log"
+    node = fleet.node(
+        workers=2,
+        extra={"Queue": postgres.database()},
+        env={"LESION_AI_FAKE_DELAY": "1", "LESION_AI_FAKE_LOG": str(runs)},
+    ).start()
+    client = node.client()
+    uids = [make_study(tmp_path / f"in{i}", patient_id=f"P{i}") for i in range(4)]
+    for i in range(4):
+        _send(node, tmp_path / f"in{i}")
+    done = _done(client, 4, timeout_s=90)
+    assert len(done) == 4
+    health = client.get_json("/lesion-ai/health")
+    assert health["queue"]["backend"] == "PostgresJobQueue"
+    lines = runs.read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(uids)  # each study processed exactly once
+    for uid in uids:
+        assert count_by_modality(client, str(find_study(client, uid)))["SEG"] == 1
+    node.note_workers()

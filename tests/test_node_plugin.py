@@ -1,0 +1,438 @@
+"""The plugin's logic against a fake ``orthanc`` module: loop guard, rules, idempotent jobs, catch-up,
+exception boundaries and the admin REST API."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orthanc_plugin.jobqueue import JobState, sqlite_url
+from orthanc_plugin.plugin import NodePlugin, install, worker_command
+from orthanc_plugin.settings import NodeSettings
+from orthanc_plugin.supervisor import WorkerSupervisor
+from tests.fake_orthanc import ChangeType, FakeOrthanc, OrthancException, ResourceType
+
+REPO = Path(__file__).resolve().parent.parent
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+SR = "1.2.840.10008.5.1.4.1.1.88.34"
+PROSTATE: list[dict[str, Any]] = [
+    {"SeriesDescription": "t2_tse_tra"},
+    {"SeriesDescription": "ep2d_diff_tra_ADC"},
+    {"SeriesDescription": "t2_localizer", "instances": 1},
+]
+
+
+def _settings(tmp_path: Path, **changes: object) -> NodeSettings:
+    rules = tmp_path / "rules.yaml"
+    if not rules.exists():
+        shutil.copyfile(REPO / "config" / "rules.yaml", rules)
+    values: dict[str, object] = {
+        "home": tmp_path,
+        "queue": sqlite_url(tmp_path / "queue.sqlite"),
+        "rules": rules,
+        "workers": 0,
+        "processor": "tests.node_fakes:factory",
+        "catch_up": "all",
+    }
+    values.update(changes)
+    return NodeSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
+    settings = _settings(tmp_path)
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.install()
+    yield fake, plugin
+    plugin.stop()
+
+
+def test_stable_prostate_study_gives_one_job_with_its_mr_series(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    fake.stabilize(study, notify=False)
+    assert plugin.follower.start() == 1
+    jobs = plugin.queue.list()
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert (job.state, job.rule, job.study_id, job.priority) == (JobState.QUEUED, "prostate-mr", study, 0)
+    assert sorted(job.payload["series"]) == sorted(fake.studies[study].series)
+    assert job.payload["outputs"] == ["seg", "sr"]
+    assert job.model == "processor:tests.node_fakes:factory"
+
+
+def test_ct_and_non_prostate_mr_studies_are_ignored(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    ct = fake.add_study(
+        description="CT THORAX",
+        series=[
+            {
+                "Modality": "CT",
+                "SeriesDescription": "thorax 1.0",
+                "BodyPartExamined": "CHEST",
+                "sop_class": "1.2.840.10008.5.1.4.1.1.2",
+            }
+        ],
+    )
+    brain = fake.add_study(
+        description="MRI BRAIN",
+        series=[
+            {"SeriesDescription": "t2_tse_tra", "BodyPartExamined": "BRAIN"},
+            {"SeriesDescription": "ep2d_diff_tra", "BodyPartExamined": "BRAIN"},
+        ],
+    )
+    knee = fake.add_study(
+        description="MR KNEE", series=[{"SeriesDescription": "pd_tse_sag", "BodyPartExamined": "KNEE"}]
+    )
+    for study in (ct, brain, knee):
+        fake.stabilize(study, notify=False)
+    plugin.follower.start()
+    assert plugin.queue.list() == []
+
+
+def test_mr_without_body_part_but_t2_and_diffusion_is_processed(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(
+        description="MR BECKEN",
+        series=[
+            {"SeriesDescription": "t2_tse_tra", "BodyPartExamined": None},
+            {"SeriesDescription": "ep2d_diff_b50_800", "BodyPartExamined": None},
+        ],
+    )
+    plugin.enqueue_study(study)
+    assert len(plugin.queue.list()) == 1
+
+
+def test_own_results_never_trigger_a_new_job(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    first = plugin.enqueue_study(study)
+    assert [j["created"] for j in first] == [True]
+    # The worker stores a SEG and an SR (the node's Manufacturer) and a foreign SR into the study.
+    fake.add_series(
+        study, Modality="SEG", SeriesDescription="AI lesions", Manufacturer="Lesion AI", sop_class=SEG
+    )
+    fake.add_series(
+        study, Modality="SR", SeriesDescription="AI report", Manufacturer="Lesion AI", sop_class=SR
+    )
+    fake.add_series(study, Modality="MR", SeriesDescription="t2 overlay", Manufacturer="Lesion AI")
+    second = plugin.enqueue_study(study)
+    assert [j["created"] for j in second] == [False]
+    assert second[0]["key"] == first[0]["key"]
+    assert len(plugin.queue.list()) == 1
+
+
+def test_study_with_only_results_gives_no_job(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=[{"Modality": "SR", "SeriesDescription": "report", "sop_class": SR}])
+    assert plugin.enqueue_study(study) == []
+
+
+def test_a_new_input_series_makes_a_new_job(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    plugin.enqueue_study(study)
+    fake.add_series(study, SeriesDescription="t2_tse_tra repeated")
+    created = plugin.enqueue_study(study)
+    assert [j["created"] for j in created] == [True]
+    assert len(plugin.queue.list()) == 2
+
+
+def test_study_recorded_as_processed_is_not_queued_again(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    key = plugin.enqueue_study(study)[0]["key"]
+    plugin.queue.close()
+    (plugin.settings.home / "queue.sqlite").unlink()  # the queue is lost ...
+    from orthanc_plugin.jobqueue import open_queue
+
+    plugin.queue = open_queue(plugin.settings.queue)
+    fake.studies[study].metadata["LesionAI"] = json.dumps({"processed": {key: {"status": "done"}}})
+    assert plugin.enqueue_study(study) == [{"id": None, "key": key, "rule": "prostate-mr", "created": False}]
+    assert plugin.queue.list() == []  # ... but the study's record says it was done
+
+
+def test_catch_up_handles_changes_missed_while_down(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, catch_up="none")
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    old = fake.add_study(series=PROSTATE)
+    fake.stabilize(old, notify=False)
+    plugin = NodePlugin(fake, settings)
+    assert plugin.follower.start() == 0  # first start: history is not processed
+    stored = json.loads(fake.properties[settings.sequence_property])
+    assert stored["seq"] == len(fake.changes)
+    plugin.stop()
+    # Down: a study arrives and becomes stable; another arrives but Orthanc dies before it is stable.
+    missed = fake.add_study(series=PROSTATE, patient_id="P2")
+    fake.stabilize(missed, notify=False)
+    interrupted = fake.add_study(series=PROSTATE, patient_id="P3")
+    fake.studies[interrupted].stable = True  # after a restart Orthanc reports it stable, without an event
+    plugin = NodePlugin(fake, settings)
+    assert plugin.follower.start() == 2
+    assert sorted(j.study_id for j in plugin.queue.list()) == sorted([missed, interrupted])
+    plugin.stop()
+
+
+def test_pending_study_survives_a_restart(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.start()
+    study = fake.add_study(series=PROSTATE)  # arriving, not stable yet: no job
+    plugin.follower.poll()
+    assert plugin.queue.list() == []
+    assert study in json.loads(fake.properties[settings.sequence_property])["pending"]
+    plugin.stop()
+    fake.studies[study].stable = True  # Orthanc restarted: the study is stable, no event will come
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.start()
+    assert [j.study_id for j in plugin.queue.list()] == [study]
+    plugin.stop()
+
+
+def test_started_event_runs_the_follower_thread(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    assert fake.on_change is not None
+    fake.on_change(ChangeType.ORTHANC_STARTED, ResourceType.NONE, "")
+    study = fake.add_study(series=PROSTATE)
+    fake.stabilize(study)
+    deadline = time.monotonic() + 10
+    while not plugin.queue.list() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(plugin.queue.list()) == 1
+    fake.on_change(ChangeType.ORTHANC_STOPPED, ResourceType.NONE, "")
+    assert plugin._thread is not None and not plugin._thread.is_alive()
+
+
+def test_callbacks_never_raise_into_orthanc(
+    node: tuple[FakeOrthanc, NodePlugin], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, plugin = node
+
+    def broken_stop() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plugin, "stop", broken_stop)
+    with caplog.at_level(logging.ERROR):
+        assert fake.on_change is not None
+        fake.on_change(ChangeType.ORTHANC_STOPPED, ResourceType.NONE, "")
+    assert "change callback failed" in caplog.text
+    fake.fail_next_get = OrthancException(1, "Internal error")
+    out = fake.rest("GET", "/lesion-ai/health")
+    assert out.status == 200  # health does not read Orthanc
+    fake.fail_next_get = OrthancException(1, "Internal error")
+    study = fake.add_study(series=PROSTATE)
+    out = fake.rest("POST", f"/lesion-ai/studies/{study}/process")
+    assert out.status == 500 and "Internal error" in out.json()["error"]
+
+
+def test_evaluation_errors_do_not_stop_the_follower(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    broken = fake.add_study(series=PROSTATE)
+    fake.stabilize(broken, notify=False)
+    good = fake.add_study(series=PROSTATE, patient_id="P2")
+    fake.stabilize(good, notify=False)
+    fake.series[fake.studies[broken].series[0]].instances = []  # evaluation of `broken` still works ...
+    del fake.studies[broken]  # ... and a deleted study is skipped
+    plugin.follower.start()
+    assert [j.study_id for j in plugin.queue.list()] == [good]
+
+
+def test_install_with_a_bad_configuration_logs_and_keeps_orthanc_running() -> None:
+    fake = FakeOrthanc(
+        {"LesionAI": {"Home": "/nonexistent", "Queue": "mysql://x", "Rules": "/nonexistent.yaml"}}
+    )
+    assert install(fake) is None
+    assert any(level == "error" and "NOT running" in message for level, message in fake.logs)
+    assert fake.rest_callbacks == []
+    for name in ("orthanc_plugin", "lesion_engine"):  # undo the logging set-up for the other tests
+        log = logging.getLogger(name)
+        log.handlers.clear()
+        log.propagate = True
+
+
+def test_settings_errors_name_the_field(tmp_path: Path) -> None:
+    from lesion_engine.errors import ConfigError
+
+    section = _settings(tmp_path).to_section()
+    with pytest.raises(ConfigError, match="field Workers"):
+        NodeSettings.from_orthanc_configuration({"LesionAI": {**section, "Workers": -1}})
+    with pytest.raises(ConfigError, match=r"unknown field.*Wrokers"):
+        NodeSettings.from_orthanc_configuration({"LesionAI": {**section, "Wrokers": 2}})
+    with pytest.raises(ConfigError, match="field LeaseSeconds: expected float"):
+        NodeSettings.from_orthanc_configuration({"LesionAI": {**section, "LeaseSeconds": "long"}})
+    with pytest.raises(ConfigError, match="SequenceProperty"):
+        NodeSettings.from_orthanc_configuration({"LesionAI": {**section, "SequenceProperty": 99}})
+    with pytest.raises(ConfigError, match="no LesionAI section"):
+        NodeSettings.from_orthanc_configuration({})
+
+
+# -- admin REST ---------------------------------------------------------------------------------------
+def test_health_and_jobs_routes(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    job_id = plugin.enqueue_study(study)[0]["id"]
+    health = fake.rest("GET", "/lesion-ai/health").json()
+    assert health["status"] == "ok"
+    assert health["queue"]["counts"]["queued"] == 1
+    assert health["rules"]["names"] == ["prostate-mr"]
+    listed = fake.rest("GET", "/lesion-ai/jobs", get={"state": "queued"}).json()
+    assert [j["id"] for j in listed["jobs"]] == [job_id] and "payload" not in listed["jobs"][0]
+    assert fake.rest("GET", "/lesion-ai/jobs", get={"state": "done"}).json()["jobs"] == []
+    bad = fake.rest("GET", "/lesion-ai/jobs", get={"state": "finished"})
+    assert bad.status == 400 and "state must be one of" in bad.json()["error"]
+    one = fake.rest("GET", f"/lesion-ai/jobs/{job_id}").json()
+    assert one["payload"]["study"] == study and one["state"] == "queued"
+    assert fake.rest("GET", "/lesion-ai/jobs/999").status == 404
+    assert fake.rest("DELETE", "/lesion-ai/jobs").status == 405
+    assert fake.rest("GET", "/lesion-ai/nothing").status == 404
+
+
+def test_process_route_requeues_a_finished_study(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    plugin.enqueue_study(study)
+    job = plugin.queue.claim("w")
+    assert job is not None
+    plugin.queue.complete(job.id, "w")
+    answer = fake.rest("POST", f"/lesion-ai/studies/{study}/process").json()
+    assert answer["message"] == "queued" and answer["jobs"][0]["id"] == job.id
+    assert plugin.queue.get(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
+    again = fake.rest("POST", f"/lesion-ai/studies/{study}/process").json()
+    assert again["message"] == "already queued or running"
+    assert fake.rest("POST", "/lesion-ai/studies/unknown/process").status == 404
+    ct = fake.add_study(description="CT", series=[{"Modality": "CT", "BodyPartExamined": "CHEST"}])
+    assert (
+        fake.rest("POST", f"/lesion-ai/studies/{ct}/process").json()["message"]
+        == "no rule applies to this study"
+    )
+
+
+GOOD_RULES = """\
+version: 1
+rules:
+  - name: from-scanner
+    priority: 5
+    outputs: [seg, sr, pmap]
+    destinations: {modalities: [pacs]}
+    match:
+      calling_aet: [SCANNER]
+      series: {Modality: [MR]}
+"""
+
+
+def test_put_rules_validates_and_keeps_old_rules_on_error(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    before = fake.rest("GET", "/lesion-ai/rules").json()
+    bad = GOOD_RULES.replace("priority: 5", "priority: high")
+    out = fake.rest("PUT", "/lesion-ai/rules", bad.encode())
+    assert out.status == 400
+    message = out.json()["error"]
+    assert "line 4" in message and "rules[0].priority" in message
+    assert fake.rest("GET", "/lesion-ai/rules").json() == before
+    unknown_destination = GOOD_RULES.replace("[pacs]", "[elsewhere]")
+    out = fake.rest("PUT", "/lesion-ai/rules", unknown_destination.encode())
+    assert out.status == 400 and "'elsewhere' is not defined in Orthanc" in out.json()["error"]
+    out = fake.rest("PUT", "/lesion-ai/rules", GOOD_RULES.encode())
+    assert out.status == 200
+    assert plugin.settings.rules.read_text() == GOOD_RULES  # saved for the next start
+    study = fake.add_study(series=PROSTATE)
+    plugin.enqueue_study(study)
+    [job] = plugin.queue.list()
+    assert (job.rule, job.priority, job.payload["outputs"]) == ("from-scanner", 5, ["seg", "sr", "pmap"])
+    assert job.payload["destinations"]["modalities"] == ["pacs"]
+
+
+def test_rules_test_route_shows_matches_and_roles(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, _ = node
+    study = fake.add_study(
+        series=[
+            {"SeriesDescription": "t2_tse_tra", "instances": 3},
+            {"SeriesDescription": "t2_tse_sag", "instances": 3},
+            {"Modality": "SR", "SeriesDescription": "old report", "sop_class": SR},
+        ]
+    )
+    out = fake.rest("POST", "/lesion-ai/rules/test", json.dumps({"study": study}).encode())
+    assert out.status == 200, out.body
+    result = out.json()
+    [match] = result["matches"]
+    assert match["rule"] == "prostate-mr" and len(match["input_series"]) == 2
+    assert [s["reason"] for s in result["excluded_series"]] == [
+        "not an image input (structured report, SOP class 1.2.840.10008.5.1.4.1.1.88.34)"
+    ]
+    roles = match["roles"]
+    assert roles["roles"]["t2w"]["preferred"]["description"] == "t2_tse_tra"
+    sagittal = next(s for s in roles["series"] if s["description"] == "t2_tse_sag")
+    assert sagittal["ignored"] == "t2_sagittal"
+    # Candidate rules can be tried without putting them in force.
+    other = fake.rest(
+        "POST",
+        "/lesion-ai/rules/test",
+        json.dumps(
+            {"study": study, "rules": GOOD_RULES.replace("SCANNER", "OTHER"), "roles": False}
+        ).encode(),
+    ).json()
+    assert other["matches"] == []
+    bad = fake.rest(
+        "POST", "/lesion-ai/rules/test", json.dumps({"study": study, "rules": "rules: 3"}).encode()
+    )
+    assert bad.status == 400 and "field rules" in bad.json()["error"]
+    assert fake.rest("POST", "/lesion-ai/rules/test", b"{}").status == 400
+    assert fake.rest("POST", "/lesion-ai/rules/test", b"[1]").status == 400
+
+
+def test_source_route_serves_the_plugin_source(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, _ = node
+    out = fake.rest("GET", "/lesion-ai/source")
+    assert out.status == 200 and out.mime == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(out.body)) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("orthanc_plugin/plugin.py") for n in names)
+    assert any(n.endswith("orthanc_plugin/entry/lesion_ai_entry.py") for n in names)
+    assert any(n.endswith("config/orthanc.json.in") for n in names)
+
+
+# -- workers ------------------------------------------------------------------------------------------
+def test_worker_command_uses_the_configured_interpreter(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, python="/opt/venv/bin/python", model="/models/m1", workers=2)
+    command = worker_command(settings, 1234)
+    assert command[:4] == ["/opt/venv/bin/python", "-m", "lesion_engine.cli", "worker"]
+    assert command[command.index("--parent-pid") + 1] == "1234"
+    assert command[command.index("--model") + 1] == "/models/m1"
+    assert "--orthanc-password" not in " ".join(command)  # credentials travel in the environment
+
+
+def test_supervisor_restarts_a_dead_worker_and_stops_all(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    supervisor = WorkerSupervisor(command, 2, {}, tmp_path / "logs", check_s=0.1)
+    supervisor.start()
+    try:
+        first = supervisor.pids()
+        assert all(first)
+        import os
+        import signal
+
+        os.kill(first[0], signal.SIGKILL)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = supervisor.pids()
+            if pids[0] is not None and pids[0] != first[0]:
+                break
+            time.sleep(0.05)
+        assert pids[0] not in (None, first[0]) and pids[1] == first[1]
+        assert supervisor.status()[0]["restarts"] == 1
+    finally:
+        supervisor.stop(timeout_s=5)
+    assert supervisor.pids() == [None, None]
+    assert (tmp_path / "logs" / "worker-0.log").exists()
