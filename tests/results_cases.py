@@ -203,3 +203,26 @@ def save_all(objects: Sequence[Dataset], folder: Path, stem: str) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def synthetic_case(folder: Path) -> FixtureCase:
+    """A generated study (Philips conventions, one csPCa lesion), its lesion taken from the ground truth.
+
+    One lesion means one segment: highdicom then writes the segment identification into the SEG's shared
+    functional groups, a layout that the SR's Referenced Segment must handle too.
+    """
+    from training.synth import SynthConfig, generate_case
+
+    case = generate_case(folder, 0, 31, SynthConfig(vendor="philips", lesion_kinds=("cspca",), noise=0.5))
+    prepared = prepare_study(case / "dicom")
+    t2w_uid = prepared.roles["t2w"].series_instance_uid
+    datasets = _ordered([instance.dataset for instance in prepared.loaded.series_by_uid(t2w_uid).instances])
+    label = sitk.ReadImage(str(next((case / "labels").glob("*_lesion.nii.gz"))))
+    mask = sitk.GetArrayFromImage(label) > 0
+    dz, dy, dx = (float(v) for v in reversed(prepared.t2w.GetSpacing()))
+    lesions = [make_lesion(1, mask, (dz, dy, dx), 0.88, 5, "pz")]
+    localization = likelihood_map(lesions, mask.shape)
+    localization.CopyInformation(prepared.t2w)
+    result = FakeResult(lesions, 0.88, localization, prepared.study_instance_uid)
+    inputs = [choice.series_instance_uid for choice in prepared.roles.values()]
+    return FixtureCase(datasets, inputs, result)

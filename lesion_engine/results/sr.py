@@ -154,35 +154,31 @@ Groups = tuple[
 
 
 def _referenced_segment(seg: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
-    """The Referenced Segment item of one segment, with its frames and source images.
+    """The Referenced Segment item of one segment (TID 1411 rows: segment, then its source series).
 
-    highdicom's ``ReferencedSegment.from_segmentation`` looks for SegmentIdentificationSequence in every
-    per-frame item; for a one-segment SEG highdicom itself writes it into the shared functional groups, so
-    the frames are found here in either place.
+    Built here rather than with highdicom's ``ReferencedSegment.from_segmentation``: that method looks for
+    SegmentIdentificationSequence in every per-frame item, but for a one-segment SEG highdicom itself writes
+    it into the shared functional groups; and it lists source images, which TID 1411 has no row for
+    (PixelMed then validates the group as TID 1410), where TID 1411 names the source series.
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
-    frames = []
-    for number, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+    found = False
+    for item in seg.PerFrameFunctionalGroupsSequence:
         identification = item.get("SegmentIdentificationSequence") or shared.get(
             "SegmentIdentificationSequence"
         )
         if identification and int(identification[0].ReferencedSegmentNumber) == segment_number:
-            frames.append((number, item))
-    if not frames:
+            found = True
+            break
+    if not found:
         raise ValueError(f"the SEG has no frame of segment {segment_number}")
-    sources: dict[str, hd.sr.SourceImageForSegmentation] = {}
-    for _, item in frames:
-        for derivation in item.get("DerivationImageSequence", []):
-            for source in derivation.get("SourceImageSequence", []):
-                uid = str(source.ReferencedSOPInstanceUID)
-                if uid not in sources:
-                    sources[uid] = hd.sr.SourceImageForSegmentation(str(source.ReferencedSOPClassUID), uid)
     return hd.sr.ReferencedSegment(
         sop_class_uid=str(seg.SOPClassUID),
         sop_instance_uid=str(seg.SOPInstanceUID),
         segment_number=segment_number,
-        # No ReferencedFrameNumber: with ReferencedSegmentNumber present it is not allowed (PS3.3 C.18.3).
-        source_images=list(sources.values()),
+        source_series=hd.sr.SourceSeriesForSegmentation(
+            str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        ),
     )
 
 
