@@ -142,8 +142,9 @@ def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known defect: with exactly one lesion, PixelMed validates the TID 1411 volumetric group against "
-    "TID 1410 (planar) and reports a missing Image Region; reports with two or more lesions pass",
+    reason="known defect: PixelMed (2022) applies TID 1410 to every measurement group when exactly one "
+    "group holds an Image Region SCOORD (its XSL tests count(...scoord[111030]) = 1), so a one-lesion report's "
+    "TID 1411 volumetric group fails; reports with two or more lesions pass",
 )
 def test_pixelmed_sr_validator_on_a_single_lesion_report(cases: dict[str, Case]) -> None:
     (sr,) = cases["synthetic"].of_modality("SR")
