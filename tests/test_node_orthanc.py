@@ -20,6 +20,7 @@ import pytest
 from orthanc_plugin.client import OrthancClient
 from orthanc_plugin.dicomsend import dicom_files, send_files
 from orthanc_plugin.orthanc_api import RestApiError
+from tests import validators
 from tests.node_env import (
     REPO,
     OrthancFleet,
@@ -236,6 +237,21 @@ def test_real_fixture_study_with_the_engine(fleet: OrthancFleet, prostatex: Path
     _settle(client)
     assert len(jobs(client)) == 1
     node.note_workers()
+    # What the node stored is valid by the result validators.
+    validated = []
+    for series in client.get_json(f"/studies/{study}/series"):
+        modality = series["MainDicomTags"].get("Modality", "")
+        if modality not in ("SEG", "SR"):
+            continue
+        for instance in series["Instances"]:
+            path = tmp_path / f"{modality}-{instance}.dcm"
+            path.write_bytes(client.get_bytes(f"/instances/{instance}/file"))
+            report = validators.dciodvfy(path)
+            assert report.errors == [], report.output
+            if modality == "SR":
+                assert validators.dsrdump(path).returncode == 0
+            validated.append(modality)
+    assert sorted(validated) == ["SEG", "SR"]
 
 
 def test_orthanc_killed_mid_job_then_restarted(fleet: OrthancFleet, tmp_path: Path) -> None:
