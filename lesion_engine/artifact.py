@@ -311,12 +311,20 @@ def _check_label_map(
     return dict(value)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write: Any) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        # mkstemp creates 0600; an artifact is meant to be read by other users (the node's service account).
+        tmp_path.chmod(0o644 & ~_current_umask())
         tmp_path.replace(path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,14 @@ def test_missing_default_model_says_how_to_get_one(tmp_path: Path, monkeypatch: 
         Engine.from_artifact(None, "cpu")
     assert "make train-default" in str(info.value)
     assert "--model" in str(info.value)
+
+
+def test_saved_files_follow_the_umask_not_mkstemp(tmp_path: Path) -> None:
+    # The node's service account reads artifacts that a researcher exported: 0644 under umask 022.
+    previous = os.umask(0o022)
+    try:
+        folder = write_tiny_artifact(tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes

@@ -1,0 +1,701 @@
+"""Joint training of the localization and classification networks.
+
+Per step (:func:`train_step`):
+
+1. a batch of random, augmented crops of the cached cases (:class:`training.dataset.CropDataset`);
+2. the ground-truth lesion centres of every kind and a few random background centres go through
+   :meth:`JointModel.forward <lesion_engine.networks.JointModel.forward>` with the images, which localizes
+   and classifies them from the images plus the localization map;
+3. candidates of the current map (extracted from the detached map as at inference) are classified from the
+   same map tensor with :meth:`JointModel.classify <lesion_engine.networks.JointModel.classify>`, so their
+   gradients also reach the localization network through the map (the rule that labels them is in
+   :mod:`training.candidate_sampling`);
+4. loss = localization + zones + lambda x classification (:mod:`training.losses`); during the first
+   ``warmup_epochs`` the classification weight is 0 and the map yields no candidates (localization-only
+   warm-up); the final model is always trained jointly. With ``detach_map`` the model is built with
+   ``JointModel(detach_map=True)``: the ablation in which classification gradients stop at the map.
+
+The learning rate is a function of the global step only (linear ramp, then cosine decay), and every random
+choice derives from ``(seed, epoch, sample)`` or ``(seed, step, rank)``, so a resumed run continues exactly
+where the checkpoint left it. Checkpoints hold no pickles (:mod:`training.checkpoint`). With ``torchrun``
+the model is wrapped in DistributedDataParallel, the data split by :class:`DistributedSampler`, and only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from lesion_engine.candidates import CandidateConfig
+from lesion_engine.model_input import PreprocessConfig
+from lesion_engine.networks import ClassificationNetConfig, JointModel, LocalizationNetConfig
+from training.augment import AugmentConfig
+from training.candidate_sampling import SamplingConfig, concatenate, ground_truth_and_random, map_candidates
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.dataset import Batch, CropDataset, DataSpec, build_cache, cached_files, collate
+from training.distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup, teardown
+from training.logs import CsvLog, plot_losses
+from training.losses import LossConfig, joint_loss
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainResult", "build_model", "train", "train_step"]
+
+Triple = tuple[int, int, int]
+LOSS_TERMS: tuple[str, ...] = ("loss", "loc_bce", "loc_dice", "zone", "cls_bce", "cls_ce")
+STEP_FIELDS: tuple[str, ...] = ("step", "epoch", *LOSS_TERMS, "candidates", "map_candidates", "lr", "seconds")
+EPOCH_FIELDS: tuple[str, ...] = ("epoch", "steps", *LOSS_TERMS, "seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (written to ``<out_dir>/config.json``).
+
+    Attributes
+    ----------
+    data : DataSpec
+        The training data.
+    out_dir : Path
+        Run folder: ``config.json``, ``checkpoints/``, ``steps.csv``, ``epochs.csv``, ``loss.png``,
+        ``artifact/``.
+    epochs : int
+        Epochs (including the warm-up).
+    samples_per_epoch : int or None
+        Crops per epoch over all processes; the number of cases when None.
+    batch_size : int
+        Crops per step and process.
+    lr, min_lr_fraction, lr_ramp_steps, weight_decay, grad_clip
+        AdamW learning rate, the cosine floor as a fraction of ``lr``, steps of the linear ramp, weight
+        decay, gradient-norm clip (0: none).
+    lambda_cls : float
+        Weight of the classification loss.
+    zone_weight : float
+        Weight of the zonal loss.
+    detach_map : bool
+        Train the ablation in which classification gradients stop at the map.
+    warmup_epochs : int
+        Localization-only epochs at the start (must be fewer than ``epochs``).
+    seed : int
+        Seed of weights, crops, augmentation and candidates.
+    crop_size : (z, y, x)
+        Training crop (multiple of the localization network's divisor, at most the model grid).
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    workers : int
+        DataLoader worker processes (0: in the training process).
+    cache_dir : Path or None
+        Case cache; ``<out_dir>/cache`` when None.
+    cache_workers : int
+        Processes that build the cache.
+    augment : bool
+        Use :class:`~training.augment.AugmentConfig` defaults (else no augmentation).
+    foreground_prob : float
+        Probability that a crop is centred on a lesion.
+    preload : bool
+        Keep every cached case in memory (about 4 MB each on the default grid); else read per sample.
+    random_negatives, max_map_candidates : int
+        Classifier candidates per item (see :mod:`training.candidate_sampling`).
+    loc_channels, cls_channels : tuple of int
+        Feature channels of the two networks.
+    preprocess : PreprocessConfig
+        The model grid.
+    candidates : CandidateConfig
+        Candidate extraction at inference (written into the model card).
+    checkpoint_every_steps : int
+        Also checkpoint every this many steps (0: at the end of every epoch only).
+    max_steps : int or None
+        Stop after this many optimizer steps in total.
+    time_limit_s : float or None
+        Stop (checkpoint and export) after the first step past this many seconds of training.
+    threads : int or None
+        CPU threads of torch (all when None).
+    progress : bool
+        Show a tqdm progress bar on rank 0.
+    name, version : str
+        Name and version of the exported model.
+    """
+
+    data: DataSpec
+    out_dir: Path
+    epochs: int = 20
+    samples_per_epoch: int | None = None
+    batch_size: int = 2
+    lr: float = 2e-3
+    min_lr_fraction: float = 0.05
+    lr_ramp_steps: int = 20
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    lambda_cls: float = 1.0
+    zone_weight: float = 0.5
+    detach_map: bool = False
+    warmup_epochs: int = 1
+    seed: int = 0
+    crop_size: Triple = (16, 96, 96)
+    device: str = "auto"
+    workers: int = 0
+    cache_dir: Path | None = None
+    cache_workers: int = 1
+    augment: bool = True
+    foreground_prob: float = 0.7
+    preload: bool = True
+    random_negatives: int = 2
+    max_map_candidates: int = 3
+    loc_channels: tuple[int, ...] = (16, 32, 64, 128)
+    cls_channels: tuple[int, ...] = (16, 32, 64)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    checkpoint_every_steps: int = 0
+    max_steps: int | None = None
+    time_limit_s: float | None = None
+    threads: int | None = None
+    progress: bool = True
+    name: str = "lesion-ai-joint"
+    version: str = "0.1.0"
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+
+        for name in ("epochs", "batch_size", "cache_workers"):
+            positive(name)
+        if self.samples_per_epoch is not None:
+            positive("samples_per_epoch")
+        if self.max_steps is not None:
+            positive("max_steps")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"TrainConfig.warmup_epochs must be in [0, epochs - 1] so that the final model is trained jointly, "
+                f"got {self.warmup_epochs} with epochs = {self.epochs}"
+            )
+        for name in ("lr", "lambda_cls", "zone_weight", "weight_decay", "grad_clip", "min_lr_fraction"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.workers < 0 or self.lr_ramp_steps < 0 or self.checkpoint_every_steps < 0:
+            raise ValueError("TrainConfig.workers, lr_ramp_steps and checkpoint_every_steps must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"TrainConfig.time_limit_s must be > 0, got {self.time_limit_s}")
+        divisor = self.loc_config().divisor
+        if len(self.crop_size) != 3 or any(
+            c < 1 or c % d or c > g
+            for c, d, g in zip(self.crop_size, divisor, self.preprocess.size_zyx, strict=True)
+        ):
+            raise ValueError(
+                f"TrainConfig.crop_size {self.crop_size} must be a multiple of the network's divisor {divisor} "
+                f"and at most the model grid {self.preprocess.size_zyx}"
+            )
+        if any(s % d for s, d in zip(self.preprocess.size_zyx, divisor, strict=True)):
+            raise ValueError(
+                f"TrainConfig.preprocess.size_zyx {self.preprocess.size_zyx} must be a multiple of {divisor}"
+            )
+
+    def loc_config(self) -> LocalizationNetConfig:
+        """The localization network's architecture."""
+        return LocalizationNetConfig(channels=tuple(self.loc_channels), num_zones=3)
+
+    def cls_config(self) -> ClassificationNetConfig:
+        """The classification network's architecture."""
+        return ClassificationNetConfig(channels=tuple(self.cls_channels))
+
+    def loss_config(self) -> LossConfig:
+        """The loss weights."""
+        return LossConfig(lambda_cls=self.lambda_cls, zone_weight=self.zone_weight)
+
+    def sampling_config(self) -> SamplingConfig:
+        """Candidate sampling settings."""
+        return SamplingConfig(
+            random_negatives=self.random_negatives, max_map_candidates=self.max_map_candidates
+        )
+
+    @property
+    def cache_path(self) -> Path:
+        """The case cache folder."""
+        return self.cache_dir or self.out_dir / "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out: dict[str, Any] = {}
+        for key in self.__dataclass_fields__:
+            value = getattr(self, key)
+            if isinstance(value, DataSpec | PreprocessConfig | CandidateConfig):
+                out[key] = value.to_dict()
+            elif isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+            else:
+                out[key] = value
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    artifact: Path | None
+    global_step: int
+    epochs_done: int
+    seconds: float
+    last_losses: dict[str, float]
+
+
+LESION_PRIOR = 0.01
+"""Initial localization-map value: the lesion logit's bias starts at logit(0.01), as lesions are rare voxels."""
+
+
+def build_model(config: TrainConfig) -> JointModel:
+    """A freshly initialized joint model for ``config`` (weights from ``torch.manual_seed(config.seed)``).
+
+    The lesion logit's bias starts at the prior :data:`LESION_PRIOR` instead of 0 (a map of 0.5 everywhere),
+    which spares the first hundreds of steps of unlearning the background.
+    """
+    torch.manual_seed(config.seed)
+    model = JointModel(config.loc_config(), config.cls_config(), detach_map=config.detach_map)
+    bias = model.loc.head.bias
+    if bias is not None:
+        with torch.no_grad():
+            bias[0] = math.log(LESION_PRIOR / (1.0 - LESION_PRIOR))
+    return model
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Learning rate at a global step: linear ramp over ``lr_ramp_steps``, then cosine to the floor."""
+    if config.lr_ramp_steps and step < config.lr_ramp_steps:
+        return config.lr * (step + 1) / config.lr_ramp_steps
+    span = max(total - config.lr_ramp_steps, 1)
+    progress = min(max(step - config.lr_ramp_steps, 0) / span, 1.0)
+    floor = config.lr * config.min_lr_fraction
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of torch's generator for one step of one rank."""
+    return int(np.random.default_rng([seed, step, rank, 1]).integers(2**62))
+
+
+def train_step(
+    model: nn.Module,
+    joint: JointModel,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    loss_config: LossConfig,
+    sampling: SamplingConfig,
+    rng: np.random.Generator,
+    joint_phase: bool,
+    device: torch.device,
+    grad_clip: float = 0.0,
+) -> dict[str, float]:
+    """One optimizer step on a batch (see the module docstring); returns the loss terms and counts.
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``joint`` itself or its DistributedDataParallel wrapper (whose forward runs the joint model).
+    joint : JointModel
+        The underlying model (used to classify the map candidates on the same map tensor).
+    batch : Batch
+        The crops.
+    optimizer : torch.optim.Optimizer
+        Its optimizer.
+    loss_config, sampling
+        Loss weights and candidate settings.
+    rng : numpy.random.Generator
+        Source of the random negatives.
+    joint_phase : bool
+        False during the localization-only warm-up.
+    device : torch.device
+        Where the model is.
+    grad_clip : float
+        Gradient-norm clip (0: none).
+    """
+    model.train()
+    on_device = batch.to(device)
+    images_np = batch.images.numpy()
+    first = ground_truth_and_random(
+        batch.lesions, batch.lesion_index, images_np, sampling.random_negatives, rng
+    )
+    centers = torch.from_numpy(first.centers).to(device)
+    batch_index = torch.from_numpy(first.batch_index).to(device)
+    out = model(on_device.images, centers, batch_index)
+    cancer_logits, category_logits, candidates = out.cancer_logits, out.category_logits, first
+    n_map = 0
+    if joint_phase and sampling.max_map_candidates > 0:
+        probability = out.localization_map.detach()[:, 0].float().cpu().numpy()
+        from_map = map_candidates(probability, batch.lesions, batch.lesion_index, sampling)
+        n_map = len(from_map)
+        if n_map:
+            seen = out.localization_map.detach() if joint.detach_map else out.localization_map
+            more_cancer, more_category = joint.classify(
+                on_device.images,
+                seen,
+                torch.from_numpy(from_map.centers).to(device),
+                torch.from_numpy(from_map.batch_index).to(device),
+            )
+            cancer_logits = torch.cat([cancer_logits, more_cancer])
+            category_logits = torch.cat([category_logits, more_category])
+            candidates = concatenate(first, from_map)
+    terms = joint_loss(
+        out.loc_logits,
+        out.zone_logits,
+        cancer_logits,
+        category_logits,
+        cspca=on_device.cspca,
+        zones=on_device.zones,
+        has_zones=on_device.has_zones,
+        cancer_target=torch.from_numpy(candidates.cancer).to(device),
+        category_target=torch.from_numpy(candidates.category).to(device),
+        config=loss_config,
+        cls_scale=1.0 if joint_phase else 0.0,
+    )
+    if not torch.isfinite(terms.total):
+        raise FloatingPointError(f"the loss is not finite ({terms.as_dict()}); lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()  # type: ignore[no-untyped-call]
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(joint.parameters(), grad_clip)
+    optimizer.step()
+    values = terms.as_dict()
+    values["candidates"] = float(len(candidates))
+    values["map_candidates"] = float(n_map)
+    return values
+
+
+class _SkipSampler(Sampler[int]):
+    """The indices of a sampler, less the first ``skip`` (to resume in the middle of an epoch)."""
+
+    def __init__(self, sampler: Sampler[Any], skip: int) -> None:
+        self.sampler = sampler
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.sampler)[self.skip :])
+
+    def __len__(self) -> int:
+        return max(len(list(self.sampler)) - self.skip, 0)
+
+
+def _sampler(dataset: CropDataset, info: DistInfo, seed: int, epoch: int, skip: int) -> Sampler[int]:
+    base: DistributedSampler[dict[str, Any]] = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
+    )
+    base.set_epoch(epoch)
+    return _SkipSampler(base, skip)
+
+
+def _write_config(config: TrainConfig, info: DistInfo, argv: Sequence[str]) -> None:
+    path = config.out_dir / "config.json"
+    record: dict[str, Any] = {
+        "config": config.to_dict(),
+        "command": list(argv),
+        "world_size": info.world_size,
+        "device": str(info.device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if path.is_file():
+        previous_record = json.loads(path.read_text(encoding="utf-8"))
+        previous = previous_record.get("config", {})
+        for key in ("loc_channels", "cls_channels", "preprocess", "detach_map"):
+            if previous.get(key) != record["config"][key]:
+                raise ValueError(
+                    f"{config.out_dir} holds a run with another {key} ({previous.get(key)!r}); "
+                    "resume with the same settings or use a new --out"
+                )
+        record["previous_commands"] = [
+            *previous_record.get("previous_commands", []),
+            previous_record.get("command"),
+        ]
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    argv: Sequence[str] | None = None,
+    export: Path | None = None,
+    metrics: dict[str, Any] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) training; export the model artifact to ``<out_dir>/artifact`` (and ``export``).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run.
+    resume : bool
+        Continue from ``<out_dir>/checkpoints/last`` (an error when there is none).
+    argv : sequence of str, optional
+        The command line, for the records; ``sys.argv`` when None.
+    export : Path, optional
+        A second artifact folder to write (e.g. a model store).
+    metrics : dict, optional
+        Metrics to write into the card (evaluation adds its own later).
+    on_step : callable, optional
+        Called on rank 0 with (global step, loss terms) after each step.
+
+    Returns
+    -------
+    TrainResult
+    """
+    info = setup(config.device)
+    threads = torch.get_num_threads()
+    try:
+        if info.device.type == "cpu" and config.threads:
+            torch.set_num_threads(config.threads)
+        return _train(
+            config, info, resume, list(argv if argv is not None else sys.argv), export, metrics, on_step
+        )
+    finally:
+        torch.set_num_threads(threads)
+        teardown(info)
+
+
+def _train(
+    config: TrainConfig,
+    info: DistInfo,
+    resume: bool,
+    argv: list[str],
+    export: Path | None,
+    metrics: dict[str, Any] | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    if info.is_main:
+        _write_config(config, info, argv)
+    barrier(info)
+    files = build_cache(
+        config.data,
+        config.preprocess,
+        config.cache_path,
+        workers=config.cache_workers,
+        shard=(info.rank, info.world_size),
+    )
+    barrier(info)
+    if info.distributed:
+        files = cached_files(config.data, config.preprocess, config.cache_path)
+    if not files:
+        raise ValueError(f"no usable case in {config.data.root}")
+    dataset = CropDataset(
+        files,
+        config.crop_size,
+        augment=AugmentConfig() if config.augment else None,
+        seed=config.seed,
+        samples_per_epoch=config.samples_per_epoch,
+        foreground_prob=config.foreground_prob,
+        preload=config.preload,
+    )
+    per_rank = math.ceil(len(dataset) / info.world_size)
+    steps_per_epoch = math.ceil(per_rank / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+
+    joint = build_model(config).to(info.device)
+    model: nn.Module = joint
+    if info.distributed:
+        model = DistributedDataParallel(
+            joint, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(joint.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    checkpoints = config.out_dir / "checkpoints"
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if resume:
+        state = load_checkpoint(checkpoints, joint, optimizer, device=info.device)
+        epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
+        if step_in_epoch >= steps_per_epoch:
+            epoch, step_in_epoch = epoch + 1, 0
+        logger.info("resuming at epoch %d, step %d (global step %d)", epoch, step_in_epoch, global_step)
+    steps_log = CsvLog(config.out_dir / "steps.csv", STEP_FIELDS) if info.is_main else None
+    epochs_log = CsvLog(config.out_dir / "epochs.csv", EPOCH_FIELDS) if info.is_main else None
+    if steps_log is not None and epochs_log is not None:
+        steps_log.truncate("step", global_step)
+        epochs_log.truncate("epoch", epoch - 1)
+
+    progress = None
+    if info.is_main and config.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
+    loss_config, sampling = config.loss_config(), config.sampling_config()
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    stop = global_step >= total_steps
+
+    def checkpoint(epoch_: int, step_: int) -> None:
+        if info.is_main:
+            save_checkpoint(
+                checkpoints,
+                joint,
+                optimizer,
+                epoch=epoch_,
+                step_in_epoch=step_,
+                global_step=global_step,
+                extra={"steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
+            )
+        barrier(info)
+
+    while epoch < config.epochs and not stop:
+        dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=_sampler(dataset, info, config.seed, epoch, step_in_epoch * config.batch_size),
+            num_workers=config.workers,
+            collate_fn=collate,
+            pin_memory=info.device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed + epoch),  # leaves the global RNG alone
+        )
+        for batch in loader:
+            joint_phase = epoch >= config.warmup_epochs
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(global_step, total_steps, config)
+            step_started = time.perf_counter()
+            torch.manual_seed(_step_seed(config.seed, global_step, info.rank))  # dropout: same after a resume
+            values = train_step(
+                model,
+                joint,
+                batch,
+                optimizer,
+                loss_config=loss_config,
+                sampling=sampling,
+                rng=np.random.default_rng([config.seed, global_step, info.rank]),
+                joint_phase=joint_phase,
+                device=info.device,
+                grad_clip=config.grad_clip,
+            )
+            values = all_reduce_mean(values, info)
+            global_step += 1
+            step_in_epoch += 1
+            last = values
+            if steps_log is not None:
+                steps_log.append(
+                    {
+                        "step": global_step,
+                        "epoch": epoch,
+                        **{k: round(values[k], 6) for k in LOSS_TERMS},
+                        "candidates": int(values["candidates"]),
+                        "map_candidates": int(values["map_candidates"]),
+                        "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
+                        "seconds": round(time.perf_counter() - step_started, 3),
+                    }
+                )
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(epoch=epoch, loss=f"{values['loss']:.3f}", joint=joint_phase)
+            if on_step is not None and info.is_main:
+                on_step(global_step, values)
+            out_of_time = config.time_limit_s is not None and any_rank(
+                time.perf_counter() - started > config.time_limit_s, info
+            )
+            stop = global_step >= total_steps or out_of_time
+            if (
+                config.checkpoint_every_steps
+                and global_step % config.checkpoint_every_steps == 0
+                and not stop
+            ):
+                checkpoint(epoch, step_in_epoch)
+            if stop:
+                break
+        if epochs_log is not None and steps_log is not None and step_in_epoch >= steps_per_epoch:
+            _log_epoch(epochs_log, steps_log, epoch)
+        checkpoint(epoch, step_in_epoch)
+        if step_in_epoch >= steps_per_epoch:
+            epoch, step_in_epoch = epoch + 1, 0
+    if progress is not None:
+        progress.close()
+    seconds = time.perf_counter() - started
+    artifact: Path | None = None
+    if info.is_main:
+        plot_losses(
+            config.out_dir / "steps.csv",
+            config.out_dir / "epochs.csv",
+            config.out_dir / "loss.png",
+            LOSS_TERMS,
+        )
+        from training.export import export_run
+
+        record = training_record(config, info, argv, global_step, epoch, seconds, len(files))
+        artifact = export_run(joint, config, config.out_dir / "artifact", record, metrics or {})
+        if export is not None:
+            export_run(joint, config, export, record, metrics or {})
+    barrier(info)
+    return TrainResult(config.out_dir, artifact, global_step, epoch, seconds, last)
+
+
+def _log_epoch(epochs_log: CsvLog, steps_log: CsvLog, epoch: int) -> None:
+    """Append the means of a finished epoch, from its rows in ``steps.csv`` (so a resume does not split it)."""
+    rows = [r for r in steps_log.rows() if r.get("epoch") == str(epoch)]
+    if not rows:
+        return
+    epochs_log.append(
+        {
+            "epoch": epoch,
+            "steps": len(rows),
+            **{k: round(float(np.mean([float(r[k]) for r in rows])), 6) for k in LOSS_TERMS},
+            "seconds": round(sum(float(r["seconds"]) for r in rows), 2),
+        }
+    )
+
+
+def training_record(
+    config: TrainConfig,
+    info: DistInfo,
+    argv: Sequence[str],
+    steps: int,
+    epochs: int,
+    seconds: float,
+    cases: int,
+) -> dict[str, Any]:
+    """The ``training`` record of the model card."""
+    cfg = config.to_dict()
+    return {
+        "data": config.data.to_dict(),
+        "cases": cases,
+        "command": " ".join(argv),
+        "seed": config.seed,
+        "lambda_cls": config.lambda_cls,
+        "detach_map": config.detach_map,
+        "warmup_epochs": config.warmup_epochs,
+        "epochs": config.epochs,
+        "steps": steps,
+        "epochs_done": epochs,
+        "batch_size": config.batch_size,
+        "world_size": info.world_size,
+        "device": str(info.device),
+        "crop_size": list(config.crop_size),
+        "lr": config.lr,
+        "augment": AugmentConfig().to_dict() if config.augment else None,
+        "sampling": {
+            "random_negatives": config.random_negatives,
+            "max_map_candidates": config.max_map_candidates,
+        },
+        "seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "config": {k: cfg[k] for k in cfg if k not in ("data", "out_dir", "cache_dir", "progress")},
+    }
