@@ -140,13 +140,9 @@ def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
     assert any("Found Root Template TID_1500" in r.output for r in reports)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: PixelMed (2022) applies TID 1410 to every measurement group when exactly one "
-    "group holds an Image Region SCOORD (its XSL tests count(...scoord[111030]) = 1), so a one-lesion report's "
-    "TID 1411 volumetric group fails; reports with two or more lesions pass",
-)
 def test_pixelmed_sr_validator_on_a_single_lesion_report(cases: dict[str, Case]) -> None:
+    # PixelMed (2022) applies TID 1410 to every group when exactly one group holds an Image Region SCOORD;
+    # each lesion has two planar groups (outline, long axis), so a one-lesion report must pass as well.
     (sr,) = cases["synthetic"].of_modality("SR")
     report = validators.pixelmed_sr(sr)
     _show(report, sr.name)

@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from lesion_engine.errors import ConfigError
 from lesion_engine.results import ResultObjects, ResultSettings, write_failure, write_results
 from lesion_engine.results.common import ASSESSMENT_CATEGORY, CATEGORY_CODES, PROBABILITY_OF_CANCER, t2w_grid
-from lesion_engine.results.contour import index_slice, outline
-from lesion_engine.results.sr import NO_LESION_TEXT, patient_score_text
+from lesion_engine.results.contour import index_slice, long_axis, outline
+from lesion_engine.results.sr import LONG_AXIS, NO_LESION_TEXT, patient_score_text
 from tests.results_cases import (
     T2W_SERIES_NUMBER,
     FakeResult,
@@ -118,8 +118,10 @@ def test_sr_measurements_and_tracking_links_read_back(positive: tuple[FakeResult
     segments = {int(s.SegmentNumber): s for s in objects.seg.SegmentSequence}
     volumetric = report.get_volumetric_roi_measurement_groups()
     planar = report.get_planar_roi_measurement_groups()
-    assert len(volumetric) == len(planar) == len(result.lesions)
-    for lesion, group, outline_group in zip(result.lesions, volumetric, planar, strict=True):
+    assert len(volumetric) == len(result.lesions) and len(planar) == 2 * len(result.lesions)
+    for n, (lesion, group) in enumerate(zip(result.lesions, volumetric, strict=True)):
+        outline_group, axis_group = planar[2 * n], planar[2 * n + 1]
+        assert axis_group.tracking_uid == outline_group.tracking_uid
         reference = group.referenced_segment
         assert reference is not None and reference.referenced_segment_numbers is not None
         segment = segments[reference.referenced_segment_numbers[0]]
@@ -144,7 +146,8 @@ def test_sr_outline_is_a_closed_polyline_on_the_index_slice(
     result, objects = positive
     grid = t2w_grid(t2w)
     report = report_of(objects.sr)
-    for lesion, group in zip(result.lesions, report.get_planar_roi_measurement_groups(), strict=True):
+    outlines = report.get_planar_roi_measurement_groups()[::2]
+    for lesion, group in zip(result.lesions, outlines, strict=True):
         roi = group.roi
         assert roi is not None
         assert roi.GraphicType == "POLYLINE"
@@ -156,6 +159,34 @@ def test_sr_outline_is_a_closed_polyline_on_the_index_slice(
         rows, cols = np.nonzero(lesion.mask[k])
         assert points[:, 0].min() == cols.min() and points[:, 0].max() == cols.max() + 1
         assert points[:, 1].min() == rows.min() and points[:, 1].max() == rows.max() + 1
+
+
+def test_sr_long_axis_is_the_longest_in_plane_chord_on_the_index_slice(
+    t2w: list[Dataset], positive: tuple[FakeResult, ResultObjects]
+) -> None:
+    result, objects = positive
+    grid = t2w_grid(t2w)
+    row_mm, col_mm = grid.spacing
+    axes = report_of(objects.sr).get_planar_roi_measurement_groups()[1::2]
+    for lesion, group in zip(result.lesions, axes, strict=True):
+        roi = group.roi
+        assert roi is not None and roi.GraphicType == "POLYLINE"
+        k = index_slice(lesion.mask)
+        image = roi.ContentSequence[0].ReferencedSOPSequence[0]
+        assert image.ReferencedSOPInstanceUID == grid.datasets[k].SOPInstanceUID
+        points = np.asarray(roi.GraphicData, dtype=float).reshape(-1, 2)  # (column, row)
+        assert points.shape == (2, 2)
+        length = float(np.hypot(*((points[1] - points[0]) * (col_mm, row_mm))))
+        (axis,) = group.get_measurements()
+        assert axis.name == LONG_AXIS and axis.unit.value == "mm"
+        assert axis.value == pytest.approx(length, abs=0.01)
+        # brute force over the pixel corners of the lesion on that slice: no chord is longer
+        rows, cols = np.nonzero(lesion.mask[k])
+        corners = np.concatenate([np.stack([rows + dr, cols + dc], axis=1) for dr in (0, 1) for dc in (0, 1)])
+        mm = corners * (row_mm, col_mm)
+        longest = np.sqrt(((mm[:, None, :] - mm[None, :, :]) ** 2).sum(-1)).max()
+        assert axis.value == pytest.approx(longest, abs=0.01)
+        assert axis.value <= lesion.max_diameter_mm + 2 * max(row_mm, col_mm)
 
 
 def test_every_num_item_has_children(positive: tuple[FakeResult, ResultObjects], t2w: list[Dataset]) -> None:
@@ -320,7 +351,10 @@ def test_sr_outline_in_patient_coordinates(t2w: list[Dataset]) -> None:
     objects = write_results(result, t2w, ResultSettings(sr_outline="scoord3d"), analysis_time=WHEN)
     grid = t2w_grid(t2w)
     report = report_of(objects.sr)
-    for lesion, group in zip(result.lesions, report.get_planar_roi_measurement_groups(), strict=True):
+    planar = report.get_planar_roi_measurement_groups()
+    assert len(planar) == 2 * len(result.lesions)
+    for n, group in enumerate(planar):
+        lesion = result.lesions[n // 2]
         roi = group.roi
         assert roi is not None and roi.ValueType == "SCOORD3D"
         points = np.asarray(roi.GraphicData, dtype=float).reshape(-1, 3)
@@ -382,6 +416,20 @@ def test_outline_follows_pixel_edges() -> None:
     assert outline(two).tolist() == [[1.5, 1.5], [1.5, 4.5], [3.5, 4.5], [3.5, 1.5], [1.5, 1.5]]
     with pytest.raises(ValueError, match="non-empty"):
         outline(np.zeros((3, 3), dtype=bool))
+
+
+def test_long_axis_is_measured_in_mm_across_pixel_corners() -> None:
+    pixel = np.zeros((3, 3), dtype=bool)
+    pixel[1, 1] = True
+    ends, length = long_axis(pixel, (1.0, 1.0))
+    assert length == pytest.approx(np.sqrt(2.0))
+    assert sorted(map(tuple, ends.tolist())) in ([(0.5, 0.5), (1.5, 1.5)], [(0.5, 1.5), (1.5, 0.5)])
+    bar = np.zeros((8, 8), dtype=bool)
+    bar[2:5, 1:5] = True  # 3 rows x 4 columns, rows 1 mm apart, columns 2 mm apart
+    _, length = long_axis(bar, (1.0, 2.0))
+    assert length == pytest.approx(np.hypot(3 * 1.0, 4 * 2.0))
+    with pytest.raises(ValueError, match="positive"):
+        long_axis(bar, (0.0, 1.0))
 
 
 def test_single_lesion_seg_is_referenced_from_the_sr(t2w: list[Dataset]) -> None:

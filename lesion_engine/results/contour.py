@@ -93,6 +93,37 @@ def outline(mask2d: NDArray[np.bool_]) -> NDArray[np.float64]:
     return points
 
 
+def long_axis(mask2d: NDArray[np.bool_], spacing: tuple[float, float]) -> tuple[NDArray[np.float64], float]:
+    """The longest chord of a lesion's outline in one slice: its in-plane maximum diameter.
+
+    PI-RADS reports a lesion's size as its largest diameter on the axial image where it is largest; this is
+    that measurement, taken across the outer pixel corners of the largest region (the outline of
+    :func:`outline`).
+
+    Parameters
+    ----------
+    mask2d : ndarray of bool, shape (rows, columns)
+    spacing : tuple of 2 float
+        Pixel spacing in mm between rows and between columns (DICOM PixelSpacing order).
+
+    Returns
+    -------
+    endpoints : ndarray, shape (2, 2)
+        (row, column) of both ends, in the continuous pixel indices of :func:`outline`.
+    length_mm : float
+        The distance between them in mm.
+    """
+    row_mm, col_mm = (float(v) for v in spacing)
+    if row_mm <= 0 or col_mm <= 0:
+        raise ValueError(f"pixel spacing must be positive, got {spacing!r}")
+    vertices = outline(mask2d)[:-1]
+    scaled = vertices * np.asarray([row_mm, col_mm])
+    distances = np.linalg.norm(scaled[:, np.newaxis, :] - scaled[np.newaxis, :, :], axis=-1)
+    i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
+    first, second = sorted((int(i), int(j)))
+    return vertices[[first, second]], float(distances[first, second])
+
+
 def _area(loop: list[tuple[int, int]]) -> float:
     pts = np.asarray(loop, dtype=np.float64)
     r, c = pts[:, 0], pts[:, 1]

@@ -1,12 +1,14 @@
 """Comprehensive 3D SR, TID 1500 Measurement Report, of the lesions (or of their absence).
 
-Per lesion the report holds two measurement groups with the SEG segment's tracking identifier and UID:
+Per lesion the report holds three measurement groups with the SEG segment's tracking identifier and UID:
 
 * TID 1410 (planar): a closed POLYLINE outlining the lesion on its index slice (the slice of largest area),
   so that viewers that draw planar ROIs (OHIF) show it. By default a SCOORD on that T2W image; with the
   setting ``sr_outline="scoord3d"`` a SCOORD3D in patient coordinates (PixelMed's validator of 2022 knows
   no SCOORD3D in TID 1410 and then reports errors).
-* TID 1411 (volumetric): the Referenced Segment, volume, maximum diameter, probability of cancer, the
+* TID 1410 (planar): the lesion's long axis on the same slice, a two-point POLYLINE (viewers draw it as a
+  length) with its NUM "Long axis" in mm: the in-plane maximum diameter that PI-RADS reports as lesion size.
+* TID 1411 (volumetric): the Referenced Segment, volume, maximum (3D) diameter, probability of cancer, the
   PI-RADS-like category and the zone as finding site.
 
 Without a SEG (disabled by the settings) the planar group carries the measurements. The document-level
@@ -57,7 +59,7 @@ from lesion_engine.results.common import (
     device_observer_uid,
     evidence_headers,
 )
-from lesion_engine.results.contour import index_slice, outline
+from lesion_engine.results.contour import index_slice, long_axis, outline
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.seg import tracking_id
 from lesion_engine.results.settings import ResultSettings
@@ -76,7 +78,11 @@ __all__ = [
 PATIENT_TRACKING_ID = "Patient-level finding"
 MR = Code("MR", "DCM", "Magnetic Resonance")
 SOURCE = Code("260753009", "SCT", "Source")
-_TEMPLATE_MEANINGS = {("121233", "DCM"): "Source image for segmentation"}
+LONG_AXIS = Code("103339001", "SCT", "Long axis")
+_TEMPLATE_MEANINGS = {
+    ("121233", "DCM"): "Source image for segmentation",
+    ("121232", "DCM"): "Source series for segmentation",
+}
 NO_LESION_TEXT = "No lesion detected by the AI (research use only)"
 PATIENT_SCORE_PREFIX = "Patient-level probability of clinically significant cancer: "
 
@@ -126,7 +132,22 @@ def _outline_region(lesion: LesionLike, grid: T2WGrid, kind: str) -> hd.sr.Image
     """Closed polyline around the lesion on its index slice: on that image (SCOORD) or in patient
     coordinates (SCOORD3D)."""
     k = index_slice(np.asarray(lesion.mask, dtype=bool))
-    vertices = outline(np.asarray(lesion.mask[k], dtype=bool))
+    return _region(outline(np.asarray(lesion.mask[k], dtype=bool)), k, grid, kind)
+
+
+def _long_axis(
+    lesion: LesionLike, grid: T2WGrid, kind: str
+) -> tuple[hd.sr.ImageRegion | hd.sr.ImageRegion3D, float]:
+    """The in-plane maximum diameter on the index slice, as a two-point polyline, and its length in mm."""
+    k = index_slice(np.asarray(lesion.mask, dtype=bool))
+    ends, length = long_axis(np.asarray(lesion.mask[k], dtype=bool), grid.spacing)
+    return _region(ends, k, grid, kind), length
+
+
+def _region(
+    vertices: np.ndarray, k: int, grid: T2WGrid, kind: str
+) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    """A POLYLINE through (row, column) ``vertices`` of slice ``k``, as SCOORD or SCOORD3D."""
     if kind == "scoord3d":
         return hd.sr.ImageRegion3D(
             graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
@@ -148,7 +169,7 @@ def _outline_region(lesion: LesionLike, grid: T2WGrid, kind: str) -> hd.sr.Image
 
 
 Groups = tuple[
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+    list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | None,
 ]
 
@@ -191,7 +212,7 @@ def _lesion_groups(
     algorithm: hd.sr.AlgorithmIdentification,
     outline_kind: str,
 ) -> Groups:
-    """The planar (outline) group and, with a SEG, the volumetric (segment) group of one lesion."""
+    """The planar groups (outline, long axis) and, with a SEG, the volumetric (segment) group of a lesion."""
     tracking_uid = uids.uid("lesion", int(lesion.id))
     site = hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)
     category = hd.sr.QualitativeEvaluation(ASSESSMENT_CATEGORY, CATEGORY_CODES[int(lesion.category)])
@@ -214,7 +235,22 @@ def _lesion_groups(
         measurements=_measurements(lesion, algorithm) if seg is None else None,
         qualitative_evaluations=[category] if seg is None else None,
     )
-    return planar, volumetric
+    axis_region, axis_mm = _long_axis(lesion, grid, outline_kind)
+    axis = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_id(lesion)),
+        referenced_region=axis_region,
+        finding_type=LESION,
+        finding_sites=[site],
+        measurements=[
+            hd.sr.Measurement(
+                name=LONG_AXIS,
+                value=round(axis_mm, 2),
+                unit=MILLIMETRE,
+                algorithm_id=algorithm,
+            )
+        ],
+    )
+    return [planar, axis], volumetric
 
 
 def _image_library(grid: T2WGrid) -> hd.sr.ContainerContentItem:
@@ -365,10 +401,10 @@ def write_sr(
     planar: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
     volumetric: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for number, lesion in enumerate(lesions, start=1):
-        outline_group, segment_group = _lesion_groups(
+        planar_groups, segment_group = _lesion_groups(
             lesion, number, seg, grid, uids, algorithm, settings.sr_outline
         )
-        planar.append(outline_group)
+        planar.extend(planar_groups)
         if segment_group is not None:
             volumetric.append(segment_group)
     # In the order of TID 1500's rows (1410, 1411, 1501): validators match groups to rows in order.
