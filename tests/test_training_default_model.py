@@ -73,7 +73,12 @@ def test_install_writes_card_metrics_and_markdown(tmp_path: Path) -> None:
             "train_command": "lesion-ai train --data d --detach-map",
         },
     }
+    # the held-out ROC exists, the other figures do not: the card links only what was installed
+    (work / "eval" / "joint").mkdir(parents=True)
+    (work / "eval" / "joint" / "roc.png").write_bytes(b"\x89PNG roc")
     folder = install(args, work, runs)
+    assert (folder / "heldout_roc.png").read_bytes() == b"\x89PNG roc"
+    assert not (folder / "heldout_froc.png").exists()
     _model, card = load_artifact(folder)
     assert card.metrics["held_out"]["auroc"] == 0.99
     assert card.metrics["ablation_detach_map"]["held_out"]["AP"] == 0.8
@@ -84,4 +89,5 @@ def test_install_writes_card_metrics_and_markdown(tmp_path: Path) -> None:
     assert "| joint (this model) | 0.990 | 0.900 | 0.945 |" in text
     assert "| ablation: --detach-map | 0.990 | 0.800 |" in text
     assert "--data-format picai" in text and "make train-default" in text
+    assert "(heldout_roc.png)" in text and "heldout_froc.png" not in text
     assert json.loads((folder / "model.json").read_text())["intended_use"].startswith("research")

@@ -204,6 +204,17 @@ def install(args: argparse.Namespace, work: Path, runs: dict[str, dict[str, Any]
         training=training,
         metrics=metrics,
     )
+    figures = {
+        "heldout_roc.png": work / "eval" / "joint" / "roc.png",
+        "heldout_froc.png": work / "eval" / "joint" / "froc.png",
+        "heldout_pr.png": work / "eval" / "joint" / "pr.png",
+        "training_loss.png": work / "runs" / "joint" / "loss.png",
+    }
+    for name, source in figures.items():
+        if source.is_file():
+            shutil.copyfile(source, out / name)
+        else:
+            logger.warning("figure %s not found; the model card goes without it", source)
     write_model_card(out, runs, training)
     for path in out.iterdir():
         path.chmod(0o644)  # readable by the service that runs the engine

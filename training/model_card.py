@@ -70,6 +70,22 @@ def _confusion_lines(confusion: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+FIGURES: dict[str, str] = {
+    "heldout_roc.png": "ROC (patient level, held-out set)",
+    "heldout_froc.png": "FROC (lesion level, held-out set)",
+    "heldout_pr.png": "precision-recall (lesion level, held-out set)",
+    "training_loss.png": "loss curves of the joint training run",
+}
+"""Figure files installed beside the model (see ``training.default_model.install``) and their captions."""
+
+
+def _figure_lines(folder: Path) -> list[str]:
+    present = [(name, caption) for name, caption in FIGURES.items() if (folder / name).is_file()]
+    if not present:
+        return []
+    return ["Figures (joint model):", "", *[f"- [{caption}]({name})" for name, caption in present], ""]
+
+
 def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: dict[str, Any]) -> Path:
     """Write ``MODEL_CARD.md`` into an installed artifact folder.
 
@@ -149,6 +165,7 @@ def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: di
         *_kind_rows(held.get("per_kind", {})),
         "",
         *_confusion_lines(held.get("category_confusion")),
+        *_figure_lines(folder),
         "## Reproduce",
         "",
         f"Training took {joint['train_seconds'] / 60:.1f} min for {joint['steps']} steps on the CPU of the build "
