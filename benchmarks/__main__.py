@@ -9,12 +9,7 @@ import platform
 import sys
 from pathlib import Path
 
-from benchmarks import engine, input_pipeline, node, results
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_FIXTURE = Path(
-    os.environ.get("LESION_AI_FIXTURE", REPO.parent / "shared" / "fixtures" / "prostatex-0001")
-)
+from benchmarks import DEFAULT_FIXTURE, engine, engine_cuda, input_pipeline, node, results, training
 
 
 def main() -> int:
@@ -39,6 +34,8 @@ def main() -> int:
         },
         "input_pipeline": input_pipeline.run(dicom, args.repeats),
         "engine": engine.run(dicom, args.model, args.repeats),
+        "engine_cuda": engine_cuda.run(dicom, args.model, args.repeats),
+        "training": training.run(),
         "results": results.run(dicom, args.repeats),
         "node": node.run(dicom, args.model),
     }

@@ -66,6 +66,21 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
     # uninterrupted reference run: 3 epochs of 2 steps
     full = train(_config(spec, cache, tmp_path / "full"), argv=["test"])
     assert full.global_step == 6
+    # ... run twice: on some machines CPU kernels are not bit-reproducible from run to run (seen with torch
+    # 2.11 on a 16-core host: 1e-3 in the loss after 6 steps, even on one thread). A resumed run must then
+    # be as close to the reference as a repeat is, and exact where repeats are exact (as on the CI machine).
+    again = train(_config(spec, cache, tmp_path / "again"), argv=["test"])
+    assert again.global_step == 6
+    loss_noise = max(
+        abs(float(a["loss"]) - float(b["loss"])) / abs(float(a["loss"]))
+        for a, b in zip(_steps(tmp_path / "full"), _steps(tmp_path / "again"), strict=True)
+    )
+    reference, _ = load_artifact(tmp_path / "full" / "artifact")
+    repeat, _ = load_artifact(tmp_path / "again" / "artifact")
+    weight_noise = max(
+        float((a - b).abs().max())
+        for a, b in zip(reference.state_dict().values(), repeat.state_dict().values(), strict=True)
+    )
     # the same run, stopped after 3 steps (in the middle of epoch 1), then resumed
     part = train(_config(spec, cache, tmp_path / "part", max_steps=3), argv=["test"])
     assert part.global_step == 3
@@ -77,7 +92,7 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
     full_rows, part_rows = _steps(tmp_path / "full"), _steps(tmp_path / "part")
     assert [int(r["step"]) for r in part_rows] == [1, 2, 3, 4, 5, 6]  # no step repeated or lost
     for a, b in zip(full_rows, part_rows, strict=True):
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4, abs=1e-5)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=max(1e-5, 5 * loss_noise), abs=1e-6)
     assert all(np.isfinite(float(r["loss"])) for r in part_rows)
     # warm-up: no classification candidates from the map in epoch 0, some later
     assert all(int(r["map_candidates"]) == 0 for r in part_rows if r["epoch"] == "0")
@@ -93,9 +108,8 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
     tensors = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
     assert any(k.startswith("optim/") for k in tensors) and "rng/torch" in tensors
     model, card = load_artifact(tmp_path / "part" / "artifact")
-    reference, _ = load_artifact(tmp_path / "full" / "artifact")
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+        assert torch.allclose(a, b, rtol=0.0, atol=max(1e-6, 5 * weight_noise)), name
     assert card.training["detach_map"] is False and card.training["seed"] == 5
     assert card.training["lambda_cls"] == 1.0 and card.training["steps"] == 6
     assert card.preprocessing == TINY_GRID
