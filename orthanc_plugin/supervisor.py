@@ -5,12 +5,18 @@ sockets to the children; so each worker is a fresh process of the virtual enviro
 (``subprocess`` with ``close_fds``), in its own process group (a Ctrl-C on Orthanc's terminal reaches Orthanc
 only, which then stops the workers). A daemon thread restarts a worker that exits, with a growing delay
 when one keeps crashing. Workers also stop by themselves when Orthanc dies (they watch their parent).
+
+Each worker's output goes to ``worker-N.log``. A log that grows past ``max_log_bytes`` is rotated in place
+(``worker-N.log.1`` .. ``.K``): copied, then truncated. The worker keeps writing to the same file, opened in
+append mode, so its next line lands at the start of the emptied file; a line written between the copy and
+the truncation can be lost.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -48,7 +54,11 @@ class WorkerSupervisor:
     log_dir : Path
         Each worker appends its output to ``worker-N.log`` here.
     check_s : float
-        How often the monitor thread looks at the workers.
+        How often the monitor thread looks at the workers (and at the size of their logs).
+    max_log_bytes : int
+        Rotate a worker's log once it is larger than this.
+    log_backups : int
+        Rotated logs kept per worker (``worker-N.log.1`` is the newest).
     """
 
     def __init__(
@@ -58,7 +68,15 @@ class WorkerSupervisor:
         env: Mapping[str, str],
         log_dir: Path,
         check_s: float = 1.0,
+        max_log_bytes: int = 20 * 2**20,
+        log_backups: int = 3,
     ) -> None:
+        if max_log_bytes < 1024:
+            raise ValueError(f"max_log_bytes must be at least 1024, got {max_log_bytes}")
+        if log_backups < 1:
+            raise ValueError(f"log_backups must be at least 1, got {log_backups}")
+        self.max_log_bytes = max_log_bytes
+        self.log_backups = log_backups
         self.command = list(command)
         self.count = count
         self.env = {**os.environ, **env}
@@ -81,9 +99,27 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._monitor, name="lesion-ai-workers", daemon=True)
         self._thread.start()
 
+    def _log_path(self, slot: _Slot) -> Path:
+        return self.log_dir / f"worker-{slot.index}.log"
+
+    def _rotate_if_large(self, slot: _Slot) -> None:
+        path = self._log_path(slot)
+        try:
+            if path.stat().st_size <= self.max_log_bytes:
+                return
+        except FileNotFoundError:
+            return
+        for n in range(self.log_backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{n + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        os.truncate(path, 0)
+        logger.info("worker %d log rotated (over %d bytes)", slot.index, self.max_log_bytes)
+
     def _spawn(self, slot: _Slot) -> None:
         if slot.log is None:
-            slot.log = open(self.log_dir / f"worker-{slot.index}.log", "ab")  # noqa: SIM115 - kept open
+            slot.log = open(self._log_path(slot), "ab")  # noqa: SIM115 - kept open
         command = [*self.command, "--name", f"w{slot.index}"]
         slot.process = subprocess.Popen(
             command,
@@ -110,6 +146,7 @@ class WorkerSupervisor:
                 return
             now = time.monotonic()
             for slot in self._slots:
+                self._rotate_if_large(slot)
                 process = slot.process
                 if process is not None and process.poll() is None:
                     if now - slot.started_at > 60:

@@ -436,3 +436,33 @@ def test_supervisor_restarts_a_dead_worker_and_stops_all(tmp_path: Path) -> None
         supervisor.stop(timeout_s=5)
     assert supervisor.pids() == [None, None]
     assert (tmp_path / "logs" / "worker-0.log").exists()
+
+
+def test_supervisor_rotates_a_growing_worker_log(tmp_path: Path) -> None:
+    # a chatty worker: 200 lines of 100 bytes every 0.05 s
+    chatty = "import sys, time\nwhile True:\n    sys.stdout.write(('x' * 99 + '\\n') * 200); sys.stdout.flush(); time.sleep(0.05)\n"
+    supervisor = WorkerSupervisor(
+        [sys.executable, "-c", chatty],
+        1,
+        {},
+        tmp_path / "logs",
+        check_s=0.05,
+        max_log_bytes=50_000,
+        log_backups=2,
+    )
+    log = tmp_path / "logs" / "worker-0.log"
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not log.with_name("worker-0.log.2").exists():
+            time.sleep(0.05)
+    finally:
+        supervisor.stop(timeout_s=5)
+    assert log.with_name("worker-0.log.1").stat().st_size > 50_000
+    assert log.with_name("worker-0.log.2").stat().st_size > 50_000
+    assert not log.with_name("worker-0.log.3").exists()  # only log_backups are kept
+    # the worker kept writing to the emptied file, from its start (append mode), not past a hole
+    data = log.read_bytes()
+    assert b"\0" not in data and log.stat().st_size < 10 * 50_000
+    with pytest.raises(ValueError, match="max_log_bytes"):
+        WorkerSupervisor(["true"], 1, {}, tmp_path, max_log_bytes=10)
