@@ -171,6 +171,8 @@ class AdminApi:
         rules = p.current_rules()
         workers = p.supervisor.status() if p.supervisor is not None else []
         problems = list(p.errors)
+        if p.rules_error:
+            problems.append(p.rules_error)
         if p.settings.workers and sum(1 for w in workers if w["alive"]) < p.settings.workers:
             problems.append("not every worker process is running")
         try:

@@ -118,6 +118,15 @@ def worker_command(settings: NodeSettings, parent_pid: int) -> list[str]:
     return command
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is edited or replaced: (inode, size, mtime in ns); None when it is missing."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 class NodePlugin:
     """The plugin's state and callbacks.
 
@@ -140,7 +149,9 @@ class NodePlugin:
             QueuePolicy(settings.lease_s, settings.max_attempts, settings.backoff_s, settings.backoff_max_s),
         )
         self._rules_lock = threading.Lock()
+        self._rules_stamp = _stamp(settings.rules)
         self.rules: RoutingRules = load_rules(settings.rules)
+        self.rules_error: str | None = None
         self.follower = ChangeFollower(
             self.api,
             _GlobalProperty(orthanc, settings.sequence_property),
@@ -258,8 +269,26 @@ class NodePlugin:
         return self._model[1]
 
     def current_rules(self) -> RoutingRules:
-        """The routing rules in force."""
+        """The routing rules in force; re-read from the rules file when an admin edited it.
+
+        An edited file that does not validate leaves the rules in force unchanged; the error is logged once
+        and shown by ``GET /lesion-ai/health`` until the file is fixed.
+        """
+        path = self.settings.rules
+        stamp = _stamp(path)
         with self._rules_lock:
+            if stamp == self._rules_stamp:
+                return self.rules
+            self._rules_stamp = stamp
+            try:
+                rules = load_rules(path)
+            except ConfigError as exc:
+                self.rules_error = f"edited rules file not applied, the previous rules stay in force: {exc}"
+                logger.error("%s", self.rules_error)
+                return self.rules
+            self.rules = rules
+            self.rules_error = None
+            logger.warning("routing rules re-read from %s (%d rule(s))", path, len(rules.rules))
             return self.rules
 
     def replace_rules(self, rules: RoutingRules) -> None:
@@ -267,9 +296,11 @@ class NodePlugin:
         path = self.settings.rules
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(rules.text, encoding="utf-8")
-        os.replace(tmp, path)
         with self._rules_lock:
+            os.replace(tmp, path)
+            self._rules_stamp = _stamp(path)
             self.rules = rules
+            self.rules_error = None
         logger.warning("routing rules replaced (%d rule(s))", len(rules.rules))
 
     def on_stable_study(self, study_id: str) -> list[dict[str, Any]]:

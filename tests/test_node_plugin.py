@@ -354,6 +354,27 @@ def test_put_rules_validates_and_keeps_old_rules_on_error(node: tuple[FakeOrthan
     assert job.payload["destinations"]["modalities"] == ["pacs"]
 
 
+def test_hand_edited_rules_file_is_applied_without_restart(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    path = plugin.settings.rules
+    # a broken edit: the rules in force stay, health names the problem
+    before = fake.rest("GET", "/lesion-ai/rules").json()
+    path.write_text(GOOD_RULES.replace("priority: 5", "priority: high"), encoding="utf-8")
+    assert fake.rest("GET", "/lesion-ai/rules").json() == before
+    health = fake.rest("GET", "/lesion-ai/health").json()
+    assert health["status"] == "degraded"
+    assert any("rules[0].priority" in problem for problem in health["problems"])
+    # the fixed file is taken at the next event, without a restart
+    path.write_text(GOOD_RULES, encoding="utf-8")
+    study = fake.add_study(series=PROSTATE)
+    plugin.enqueue_study(study)
+    [job] = plugin.queue.list()
+    assert (job.rule, job.priority) == ("from-scanner", 5)
+    health = fake.rest("GET", "/lesion-ai/health").json()
+    assert not any("rules" in problem for problem in health["problems"])
+    assert health["rules"]["names"] == ["from-scanner"]
+
+
 def test_rules_test_route_shows_matches_and_roles(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     fake, _ = node
     study = fake.add_study(
