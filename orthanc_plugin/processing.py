@@ -185,7 +185,8 @@ def _wanted(dataset: Dataset, outputs: Sequence[str]) -> bool:
     return True
 
 
-def _series_rules(request: ProcessingRequest) -> SeriesRules | None:
+def series_rules_of(request: ProcessingRequest) -> SeriesRules | None:
+    """The job's series-selection rules (its rule's overrides), or None for the engine's defaults."""
     if not request.series_rules:
         return None
     from lesion_engine.series_rules import series_rules_from_document
@@ -254,7 +255,7 @@ class EngineProcessor:
         from lesion_engine.results import write_results
 
         try:
-            prepared = prepare_study(list(instances), _series_rules(request))
+            prepared = prepare_study(list(instances), series_rules_of(request))
         except StudyError as exc:
             reason = str(exc)
             return ProcessingOutcome(self.failure(instances, reason), failed=True, reason=reason)

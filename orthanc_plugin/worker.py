@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from orthanc_plugin.client import OrthancUnavailableError
 from orthanc_plugin.jobqueue import Job, JobQueue, JobState
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
-from orthanc_plugin.processing import ProcessingRequest, Processor
+from orthanc_plugin.prefetch import skippable_series
+from orthanc_plugin.processing import ProcessingRequest, Processor, series_rules_of
 from orthanc_plugin.studies import StudyRecord
 
 logger = logging.getLogger(__name__)
@@ -259,9 +260,9 @@ class Worker:
         except NotFoundError as exc:
             raise PermanentJobError(f"study {study} no longer exists in Orthanc") from exc
         if "stored" not in progress or not self._still_stored(progress["stored"]):
-            instances = self._fetch(payload)
-            self._check()
             request = ProcessingRequest.from_payload(job.id, payload)
+            instances = self._fetch(payload, request)
+            self._check()
             outcome = self.processor(instances, request)
             self._check()
             if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
@@ -297,7 +298,10 @@ class Worker:
                 return False
         return True
 
-    def _fetch(self, payload: dict[str, Any]) -> list[bytes]:
+    def _fetch(self, payload: dict[str, Any], request: ProcessingRequest | None = None) -> list[bytes]:
+        """The input series' instances; of a series the engine will ignore (see
+        :mod:`orthanc_plugin.prefetch`) only the first."""
+        rules = series_rules_of(request) if request is not None else None
         instances: list[bytes] = []
         missing = []
         for series in payload.get("series", []):
@@ -306,11 +310,23 @@ class Worker:
             except NotFoundError:
                 missing.append(series)
                 continue
-            for instance in ids:
+            for n, instance in enumerate(ids):
                 try:
-                    instances.append(self.client.get_bytes(f"/instances/{quote_id(instance)}/file"))
+                    data = self.client.get_bytes(f"/instances/{quote_id(instance)}/file")
                 except NotFoundError:
                     continue
+                instances.append(data)
+                if n == 0 and len(ids) > 1:
+                    skipped = skippable_series(data, rules)
+                    if skipped is not None:
+                        logger.info(
+                            "series %s: %s; %d of its %d instances not fetched",
+                            series,
+                            skipped,
+                            len(ids) - 1,
+                            len(ids),
+                        )
+                        break
             self._check()
         if missing:
             logger.warning("series %s no longer exist in Orthanc", ", ".join(missing))

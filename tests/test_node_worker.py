@@ -225,3 +225,61 @@ def test_worker_runs_until_the_queue_is_empty(queue: JobQueue) -> None:
     options = WorkerOptions(owner="w3", exit_when_idle=True)
     assert Worker(queue, rest, Scripted(), options).run() == 2
     assert queue.counts()["done"] == 2
+
+
+@pytest.mark.slow
+def test_series_the_engine_ignores_are_fetched_by_their_first_instance_only(
+    queue: JobQueue, tmp_path: Path
+) -> None:
+    import pydicom
+
+    from training.synth import SynthConfig, generate_case
+
+    case = generate_case(
+        tmp_path,
+        0,
+        5,
+        SynthConfig(vendor="siemens", dce=True, coil_reference=True, n_localizers=1, lesion_kinds=()),
+    )
+    by_series: dict[str, list[Path]] = {}
+    descriptions: dict[str, str] = {}
+    for path in sorted((case / "dicom").rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(path)
+        descriptions[str(ds.SeriesInstanceUID)] = str(ds.get("SeriesDescription", ""))
+    rest = FakeRest()
+    rest.studies = {"st1": sorted(by_series)}
+    rest.series = {uid: [f"{uid}-{n}" for n in range(len(paths))] for uid, paths in by_series.items()}
+    rest.files = {
+        f"{uid}-{n}": path.read_bytes() for uid, paths in by_series.items() for n, path in enumerate(paths)
+    }
+    requested: list[str] = []
+    original = rest.get_bytes
+
+    def get_bytes(path: str) -> bytes:
+        requested.append(path.split("/")[2])
+        return original(path)
+
+    rest.get_bytes = get_bytes  # type: ignore[method-assign]
+    payload = {"study": "st1", "series": sorted(by_series), "outputs": ["seg", "sr"], "model": "m:1"}
+    worker = _worker(queue, rest, Scripted())
+    request = ProcessingRequest.from_payload(1, payload)
+    instances = worker._fetch(payload, request)
+
+    fetched = {uid: sum(1 for r in requested if r.rsplit("-", 1)[0] == uid) for uid in by_series}
+    dce = [uid for uid, text in descriptions.items() if "dyn" in text.lower() or "dce" in text.lower()]
+    t2_axial = [uid for uid, text in descriptions.items() if "tra" in text.lower() and "t2" in text.lower()]
+    assert dce and t2_axial, descriptions
+    for uid in dce:  # DCE: many instances, only the first fetched
+        assert len(by_series[uid]) > 1 and fetched[uid] == 1, (descriptions[uid], fetched[uid])
+    for uid in t2_axial:  # what the engine may use is fetched whole
+        assert fetched[uid] == len(by_series[uid])
+    assert len(instances) == len(requested) < len(rest.files)
+    # the processor still sees every series (the skipped ones by one instance) and chooses the same roles
+    from lesion_engine.preprocess import prepare_study
+
+    everything = prepare_study(list(rest.files.values()))
+    fetched_only = prepare_study(instances)
+    assert {r: c.series_instance_uid for r, c in fetched_only.roles.items()} == {
+        r: c.series_instance_uid for r, c in everything.roles.items()
+    }
