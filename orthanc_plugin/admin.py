@@ -8,7 +8,7 @@ POST     studies/{orthanc-id}/process   (re)queue a study's jobs now, even if do
 GET      rules                          the routing rules in force (text and summary)
 PUT      rules                          replace the rules (YAML body); 400 with the message if invalid
 POST     rules/test                     which rule matches a study and which series get which role
-GET      source                         the plugin's source code (AGPL), as a .tar.gz
+GET      source                         the node's complete source (AGPL), as a .tar.gz
 =======  =============================  ==========================================================
 
 Handlers return ``(status, body, mime type)``; the plugin turns that into Orthanc's answer.
@@ -126,6 +126,20 @@ def classify_roles(api: Any, series: list[OrthancSeries], rules: Any) -> dict[st
             roles[role] = None
     roles["dwi"] = [{**c[1].describe(), "b_values": c[2].b_values} for c in candidates["dwi"]] or None
     return {"series": rows, "roles": roles}
+
+
+_SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE", "Makefile")
+_SOURCE_FOLDERS = (
+    "lesion_engine",
+    "orthanc_plugin",
+    "training",
+    "config",
+    "scripts",
+    "benchmarks",
+    "tests",
+    ".ci",
+)
+_SKIPPED_IN_SOURCE = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 
 
 class AdminApi:
@@ -313,15 +327,26 @@ class AdminApi:
         return 200, out, _JSON
 
     def source(self) -> Answer:
-        """``GET source``: the plugin's source (AGPL-3.0-or-later) as a gzip-compressed tar archive."""
-        package = Path(__file__).resolve().parent
+        """``GET source``: the node's source (AGPL-3.0-or-later) as a gzip-compressed tar archive.
+
+        Everything needed to build, install and run the node as it runs here: the packages (the model
+        artifacts they ship included), configuration templates, set-up scripts and build files, from the
+        installed tree. Caches and build outputs are left out.
+        """
+        root = Path(__file__).resolve().parent.parent
+        prefix = f"lesion-ai-{__version__}"
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for path in sorted(package.rglob("*.py")):
-                tar.add(path, arcname=f"lesion-ai-{__version__}/orthanc_plugin/{path.relative_to(package)}")
-            config = package.parent / "config"
-            if config.is_dir():
-                for path in sorted(config.iterdir()):
-                    if path.is_file():
-                        tar.add(path, arcname=f"lesion-ai-{__version__}/config/{path.name}")
+            for name in _SOURCE_FILES:
+                if (root / name).is_file():
+                    tar.add(root / name, arcname=f"{prefix}/{name}")
+            for folder in _SOURCE_FOLDERS:
+                for path in sorted((root / folder).rglob("*")):
+                    relative = path.relative_to(root)
+                    if (
+                        path.is_file()
+                        and not _SKIPPED_IN_SOURCE.intersection(relative.parts)
+                        and path.suffix != ".pyc"
+                    ):
+                        tar.add(path, arcname=f"{prefix}/{relative}")
         return 200, buffer.getvalue(), "application/gzip"

@@ -413,7 +413,7 @@ def test_rules_test_route_shows_matches_and_roles(node: tuple[FakeOrthanc, NodeP
     assert fake.rest("POST", "/lesion-ai/rules/test", b"[1]").status == 400
 
 
-def test_source_route_serves_the_plugin_source(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+def test_source_route_serves_the_complete_source(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     fake, _ = node
     out = fake.rest("GET", "/lesion-ai/source")
     assert out.status == 200 and out.mime == "application/gzip"
@@ -422,6 +422,16 @@ def test_source_route_serves_the_plugin_source(node: tuple[FakeOrthanc, NodePlug
     assert any(n.endswith("orthanc_plugin/plugin.py") for n in names)
     assert any(n.endswith("orthanc_plugin/entry/lesion_ai_entry.py") for n in names)
     assert any(n.endswith("config/orthanc.json.in") for n in names)
+    # the whole node, not only the plugin: engine, training, set-up and build files
+    for wanted in (
+        "lesion_engine/engine.py",
+        "training/train.py",
+        "scripts/setup.sh",
+        "pyproject.toml",
+        "Makefile",
+    ):
+        assert any(n.endswith(wanted) for n in names), wanted
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 
 # -- workers ------------------------------------------------------------------------------------------
