@@ -3,10 +3,10 @@
 Writes into ``--out``:
 
 ``lesions.json``
-    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.0``)::
+    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.1``)::
 
         {
-          "schema_version": "1.0",
+          "schema_version": "1.1",
           "study_instance_uid": "1.2.3...",
           "model": {"name": "...", "version": "...", "sha256": "<weights sha256>"},
           "series": {"t2w": "<SeriesInstanceUID>", "adc": "...", "hbv": "..."},
@@ -16,6 +16,7 @@ Writes into ``--out``:
              "center_lps_mm": [x, y, z],          # centre of mass, DICOM patient coordinates (LPS), mm
              "volume_ml": 0.52,
              "max_diameter_mm": 12.3,             # largest distance between two mask voxel centres
+             "axial_diameter_mm": 10.5,           # in-plane on the index slice (PI-RADS size; SR Long axis)
              "probability": 0.83,                 # of clinically significant cancer (ISUP >= 2)
              "category": 4,                       # suspicion category 2..5 (PI-RADS-like)
              "zone": "pz"}                        # "pz", "tz" or null

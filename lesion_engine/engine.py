@@ -47,6 +47,7 @@ from scipy.spatial.distance import pdist
 
 from lesion_engine.artifact import ModelCard, load_artifact
 from lesion_engine.candidates import Candidate, extract_candidates, label_map, separate_labels
+from lesion_engine.contour import index_slice, long_axis
 from lesion_engine.errors import ConfigError, ModelArtifactError
 from lesion_engine.model_input import ModelInput, from_model_grid, to_model_input
 from lesion_engine.networks import JointModel
@@ -60,6 +61,7 @@ __all__ = [
     "Engine",
     "EngineResult",
     "Lesion",
+    "axial_diameter_mm",
     "configure_cpu_threads",
     "max_diameter_mm",
     "resolve_device",
@@ -68,7 +70,7 @@ __all__ = [
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "data" / "models" / "default"
 """Where the packaged default model artifact lives."""
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
 
 _ZONE_CODES = {"peripheral zone": "pz", "pz": "pz", "transition zone": "tz", "tz": "tz"}
@@ -91,6 +93,9 @@ class Lesion:
         Mask volume.
     max_diameter_mm : float
         Largest distance between the centres of two mask voxels.
+    axial_diameter_mm : float
+        Largest in-plane diameter on the index slice (the T2W slice where the lesion is largest), across
+        the outer pixel edges: the lesion size PI-RADS reports, and the SR's "Long axis".
     probability : float
         Probability of clinically significant cancer (ISUP >= 2).
     category : int
@@ -107,6 +112,7 @@ class Lesion:
     mask: NDArray[np.bool_]
     volume_ml: float
     max_diameter_mm: float
+    axial_diameter_mm: float
     probability: float
     category: int
     zone: str | None
@@ -119,6 +125,7 @@ class Lesion:
             "center_lps_mm": [round(v, 3) for v in self.center_lps_mm],
             "volume_ml": round(self.volume_ml, 5),
             "max_diameter_mm": round(self.max_diameter_mm, 3),
+            "axial_diameter_mm": round(self.axial_diameter_mm, 3),
             "probability": round(self.probability, 6),
             "category": self.category,
             "zone": self.zone,
@@ -273,6 +280,23 @@ def max_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image) -> float:
         chunk = points[start : start + 512]
         best = max(best, float(np.sqrt(((chunk[:, None, :] - points[None, :, :]) ** 2).sum(-1)).max()))
     return best
+
+
+def axial_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image) -> float:
+    """Largest in-plane diameter of a (Z, Y, X) mask on its index slice, across the outer pixel edges, mm.
+
+    The slice of largest area is the index slice; on it, the longest chord of the largest region's outline
+    (:func:`lesion_engine.contour.long_axis`). 0 for an empty mask.
+    """
+    if mask.shape != tuple(reversed(image.GetSize())):
+        raise ValueError(
+            f"mask shape {mask.shape} differs from the image's {tuple(reversed(image.GetSize()))}"
+        )
+    if not mask.any():
+        return 0.0
+    column_mm, row_mm = (float(v) for v in image.GetSpacing()[:2])
+    _, length = long_axis(mask[index_slice(mask)], (row_mm, column_mm))
+    return length
 
 
 @dataclass
@@ -509,6 +533,7 @@ class Engine:
                     mask=mask,
                     volume_ml=len(indices) * voxel_ml,
                     max_diameter_mm=max_diameter_mm(mask, t2w),
+                    axial_diameter_mm=axial_diameter_mm(mask, t2w),
                     probability=probability,
                     category=study.categories[k],
                     zone=self._zone(zone_logits, candidate.mask),

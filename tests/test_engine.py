@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import highdicom as hd
 import jsonschema
 import numpy as np
 import pydicom
@@ -18,11 +19,18 @@ from torch import Tensor, nn
 
 from lesion_engine.candidates import blobs_touch
 from lesion_engine.cli import main
-from lesion_engine.cli_infer import DETECTION_MAP, LESIONS_JSON, LOCALIZATION_MAP, SCHEMA_PATH
+from lesion_engine.cli_infer import (
+    DETECTION_MAP,
+    LESIONS_JSON,
+    LOCALIZATION_MAP,
+    SCHEMA_PATH,
+    write_dicom_results,
+)
 from lesion_engine.engine import Engine, EngineResult, max_diameter_mm, resolve_device
 from lesion_engine.errors import ConfigError
 from lesion_engine.model_input import model_grid
 from lesion_engine.preprocess import PreparedStudy, prepare_study
+from lesion_engine.results import ResultSettings
 from tests.model_helpers import write_tiny_artifact
 
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
@@ -148,6 +156,9 @@ def test_crafted_map_gives_the_expected_lesion(
     assert np.allclose(lesion.center_lps_mm, points.mean(axis=0), atol=1e-6)
     assert lesion.max_diameter_mm == pytest.approx(float(pdist(points).max()), abs=1e-6)
     assert 13.0 <= lesion.max_diameter_mm <= 18.0  # 9.5 x 9.5 mm in-plane, 6 to 12 mm through-plane
+    # in plane, the blob is about 10 x 10 mm on the T2W: its diagonal across the pixel edges
+    assert 12.0 <= lesion.axial_diameter_mm <= 16.0
+    assert lesion.axial_diameter_mm <= lesion.max_diameter_mm + 2 * max(t2w.GetSpacing()[:2])
     assert lesion.zone == "pz"
     assert lesion.category in (2, 3, 4, 5)
     assert 0.0 < lesion.probability < 1.0
@@ -156,7 +167,7 @@ def test_crafted_map_gives_the_expected_lesion(
 
 @pytest.mark.fixture
 def test_crafted_map_with_two_blobs(
-    engine: Engine, prepared: PreparedStudy, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, prepared: PreparedStudy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(
         engine.model, "loc", CraftedLocalization([((6, 40, 40), (10, 50, 50)), ((9, 75, 70), (13, 85, 82))])
@@ -165,6 +176,15 @@ def test_crafted_map_with_two_blobs(
     check_consistency(result, prepared)
     assert len(result.lesions) == 2
     assert {lesion.zone for lesion in result.lesions} == {"pz"}
+    # lesions.json's axial diameter is the SR's long axis of the same lesion
+    written = write_dicom_results(result, prepared, tmp_path, ResultSettings())
+    sr = hd.sr.srread(next(p for p in written if p.name == "sr.dcm"))
+    assert isinstance(sr.content, hd.sr.MeasurementReport)
+    groups = sr.content.get_planar_roi_measurement_groups()
+    axes = {g.tracking_identifier: g.get_measurements()[0].value for g in groups if g.get_measurements()}
+    assert axes == {
+        f"Lesion {lesion.id}": pytest.approx(round(lesion.axial_diameter_mm, 2)) for lesion in result.lesions
+    }
 
 
 @pytest.mark.fixture
@@ -240,7 +260,7 @@ def test_cli_infer_writes_results(
     assert "patient score" in capsys.readouterr().out
     document = json.loads((out / LESIONS_JSON).read_text())
     jsonschema.validate(document, schema)
-    assert document["schema_version"] == "1.0"
+    assert document["schema_version"] == "1.1"
     assert document["roles"]["t2w"]["series_instance_uid"] == document["series"]["t2w"]
     detection = sitk.ReadImage(str(out / DETECTION_MAP))
     localization = sitk.ReadImage(str(out / LOCALIZATION_MAP))

@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from lesion_engine.contour import index_slice, long_axis, outline
 from lesion_engine.errors import ConfigError
 from lesion_engine.results import ResultObjects, ResultSettings, write_failure, write_results
 from lesion_engine.results.common import ASSESSMENT_CATEGORY, CATEGORY_CODES, PROBABILITY_OF_CANCER, t2w_grid
-from lesion_engine.results.contour import index_slice, long_axis, outline
 from lesion_engine.results.sr import LONG_AXIS, NO_LESION_TEXT, patient_score_text
 from tests.results_cases import (
     T2W_SERIES_NUMBER,

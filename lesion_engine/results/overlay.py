@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from lesion_engine.contour import outline_pixels
 from lesion_engine.results.common import (
     LESION_COLORS,
     ModelInfo,
@@ -26,7 +27,6 @@ from lesion_engine.results.common import (
     copy_study_extras,
     set_body_part,
 )
-from lesion_engine.results.contour import outline_pixels
 from lesion_engine.results.drawing import draw_lines, font, wrap
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings

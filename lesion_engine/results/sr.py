@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from lesion_engine.contour import index_slice, long_axis, outline
 from lesion_engine.results.common import (
     ASSESSMENT_CATEGORY,
     CAD_SUMMARY,
@@ -59,7 +60,6 @@ from lesion_engine.results.common import (
     device_observer_uid,
     evidence_headers,
 )
-from lesion_engine.results.contour import index_slice, long_axis, outline
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.seg import tracking_id
 from lesion_engine.results.settings import ResultSettings

@@ -1,4 +1,5 @@
-"""Outlines of lesion masks: the index slice of a lesion and the closed outline of its pixels there."""
+"""Outlines of lesion masks: the index slice of a lesion, the closed outline of its pixels there and its
+long axis (used by the engine for lesions.json and by the DICOM result writers)."""
 
 from __future__ import annotations
 
