@@ -49,6 +49,7 @@ from lesion_engine.artifact import ModelCard, load_artifact
 from lesion_engine.candidates import Candidate, extract_candidates, label_map, separate_labels
 from lesion_engine.contour import index_slice, long_axis
 from lesion_engine.errors import ConfigError, ModelArtifactError
+from lesion_engine.grid_resample import grid_map, resample_linear
 from lesion_engine.model_input import ModelInput, from_model_grid, to_model_input
 from lesion_engine.networks import JointModel
 from lesion_engine.preprocess import PreparedStudy
@@ -247,20 +248,30 @@ def _physical_points(indices_zyx: NDArray[Any], image: sitk.Image) -> NDArray[np
     return points
 
 
-def max_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image) -> float:
-    """Largest distance (mm) between the centres of two voxels of ``mask`` on ``image``'s grid.
+Box = tuple[slice, slice, slice]
 
-    Only boundary voxels can be the ends of the longest chord, and only the vertices of their convex hull,
-    so the pairwise search runs on those.
-    """
+
+def _bounding_box(mask: NDArray[np.bool_], image: sitk.Image, box: Box | None) -> Box | None:
     if mask.shape != image.GetSize()[::-1]:
         raise ValueError(
             f"mask shape {mask.shape} differs from the image's (z, y, x) size {image.GetSize()[::-1]}"
         )
+    if box is not None:
+        return box
     found = ndimage.find_objects(mask.astype(np.uint8, copy=False))
-    if not found or found[0] is None:
+    return found[0] if found and found[0] is not None else None
+
+
+def max_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image, box: Box | None = None) -> float:
+    """Largest distance (mm) between the centres of two voxels of ``mask`` on ``image``'s grid.
+
+    Only boundary voxels can be the ends of the longest chord, and only the vertices of their convex hull,
+    so the pairwise search runs on those. ``box``, when given, is a bounding box of the mask (it saves a
+    search of the whole grid).
+    """
+    box = _bounding_box(mask, image, box)
+    if box is None:
         return 0.0
-    box = found[0]
     padded = np.pad(mask[box], 1)
     boundary = padded & ~ndimage.binary_erosion(padded)
     points = _physical_points(np.argwhere(boundary[1:-1, 1:-1, 1:-1]) + [b.start for b in box], image)
@@ -282,20 +293,20 @@ def max_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image) -> float:
     return best
 
 
-def axial_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image) -> float:
+def axial_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image, box: Box | None = None) -> float:
     """Largest in-plane diameter of a (Z, Y, X) mask on its index slice, across the outer pixel edges, mm.
 
     The slice of largest area is the index slice; on it, the longest chord of the largest region's outline
-    (:func:`lesion_engine.contour.long_axis`). 0 for an empty mask.
+    (:func:`lesion_engine.contour.long_axis`). 0 for an empty mask. ``box`` as for :func:`max_diameter_mm`.
     """
-    if mask.shape != tuple(reversed(image.GetSize())):
-        raise ValueError(
-            f"mask shape {mask.shape} differs from the image's {tuple(reversed(image.GetSize()))}"
-        )
-    if not mask.any():
+    box = _bounding_box(mask, image, box)
+    if box is None:
+        return 0.0
+    part = mask[box]
+    if not part.any():
         return 0.0
     column_mm, row_mm = (float(v) for v in image.GetSpacing()[:2])
-    _, length = long_axis(mask[index_slice(mask)], (row_mm, column_mm))
+    _, length = long_axis(part[index_slice(part)], (row_mm, column_mm))
     return length
 
 
@@ -340,6 +351,7 @@ class Engine:
             configure_cpu_threads(threads)
         self.model = model.to(self.device).eval()
         self.card = card
+        self._maps_on_device = self.device.type == "cuda"
         self.amp_dtype: torch.dtype | None = None
         if self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -450,7 +462,11 @@ class Engine:
             study.timings["localization"] = localization_s
             study.timings["classification"] = classification_s
             zone_logits = zone_maps[i] if zone_maps is not None else None
-            results.append(self._result(study, maps[i], zone_logits))
+            # On a GPU the map goes onto the T2W grid there (the map is already on the device).
+            on_device: torch.Tensor | None = None
+            if self._maps_on_device:
+                on_device = loc_map[i, 0] * torch.from_numpy(study.coverage).to(self.device)
+            results.append(self._result(study, maps[i], zone_logits, on_device))
         return results
 
     def _classify(self, work: list[_Study], images: torch.Tensor, loc_map: torch.Tensor) -> None:
@@ -488,13 +504,22 @@ class Engine:
         return best[1] if best else None
 
     def _result(
-        self, study: _Study, loc_map: NDArray[np.float32], zone_logits: NDArray[np.float32] | None
+        self,
+        study: _Study,
+        loc_map: NDArray[np.float32],
+        zone_logits: NDArray[np.float32] | None,
+        loc_map_on_device: torch.Tensor | None = None,
     ) -> EngineResult:
         start = time.perf_counter()
         prepared, grid = study.prepared, study.model_input.grid
         t2w = prepared.t2w
         warnings = list(prepared.warnings)
-        localization = from_model_grid(loc_map.astype(np.float32), grid, t2w)
+        if loc_map_on_device is not None:
+            values = resample_linear(loc_map_on_device, grid_map(grid, t2w))
+            localization = sitk.GetImageFromArray(values.cpu().numpy())
+            localization.CopyInformation(t2w)
+        else:
+            localization = from_model_grid(loc_map.astype(np.float32), grid, t2w)
 
         # Rank by probability; label = rank on the T2W grid, so that a more probable blob wins where two touch.
         order = sorted(range(len(study.candidates)), key=lambda k: -study.probabilities[k])
@@ -532,8 +557,8 @@ class Engine:
                     center_lps_mm=(float(centre[0]), float(centre[1]), float(centre[2])),
                     mask=mask,
                     volume_ml=len(indices) * voxel_ml,
-                    max_diameter_mm=max_diameter_mm(mask, t2w),
-                    axial_diameter_mm=axial_diameter_mm(mask, t2w),
+                    max_diameter_mm=max_diameter_mm(mask, t2w, box),
+                    axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
                     probability=probability,
                     category=study.categories[k],
                     zone=self._zone(zone_logits, candidate.mask),

@@ -26,7 +26,7 @@ from lesion_engine.cli_infer import (
     SCHEMA_PATH,
     write_dicom_results,
 )
-from lesion_engine.engine import Engine, EngineResult, max_diameter_mm, resolve_device
+from lesion_engine.engine import Engine, EngineResult, axial_diameter_mm, max_diameter_mm, resolve_device
 from lesion_engine.errors import ConfigError
 from lesion_engine.model_input import model_grid
 from lesion_engine.preprocess import PreparedStudy, prepare_study
@@ -185,6 +185,41 @@ def test_crafted_map_with_two_blobs(
     assert axes == {
         f"Lesion {lesion.id}": pytest.approx(round(lesion.axial_diameter_mm, 2)) for lesion in result.lesions
     }
+
+
+@pytest.mark.fixture
+def test_maps_resampled_on_the_device_equal_the_cpu_path(
+    engine: Engine, prepared: PreparedStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On CUDA the localization map is resampled onto the T2W grid on the GPU (torch); the same code runs
+    # on the CPU here and must give what the SimpleITK path gives.
+    monkeypatch.setattr(
+        engine.model, "loc", CraftedLocalization([((6, 40, 40), (10, 50, 50)), ((9, 75, 70), (13, 85, 82))])
+    )
+    reference = engine.run(prepared)
+    monkeypatch.setattr(engine, "_maps_on_device", True)
+    on_device = engine.run(prepared)
+    a = sitk.GetArrayFromImage(reference.localization_map)
+    b = sitk.GetArrayFromImage(on_device.localization_map)
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+    assert same_grid(reference.localization_map, on_device.localization_map)
+    assert [lesion.to_dict() for lesion in on_device.lesions] == [
+        lesion.to_dict() for lesion in reference.lesions
+    ]
+
+
+def test_diameters_with_a_given_box_equal_those_without() -> None:
+    image = sitk.Image(40, 30, 8, sitk.sitkUInt8)
+    image.SetSpacing((0.5, 0.7, 3.0))
+    mask: NDArray[np.bool_] = np.zeros((8, 30, 40), dtype=bool)
+    mask[2:5, 10:20, 5:30] = True
+    mask[3, 8:22, 12:14] = True
+    box = (slice(2, 5), slice(8, 22), slice(5, 30))
+    assert max_diameter_mm(mask, image, box) == max_diameter_mm(mask, image)
+    assert axial_diameter_mm(mask, image, box) == axial_diameter_mm(mask, image)
+    # index slice 3: the 10 x 25 rectangle plus a bar; the longest chord is the rectangle's diagonal
+    assert axial_diameter_mm(mask, image) == pytest.approx(float(np.hypot(10 * 0.7, 25 * 0.5)))
+    assert axial_diameter_mm(np.zeros_like(mask), image) == 0.0
 
 
 @pytest.mark.fixture
