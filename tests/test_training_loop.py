@@ -67,8 +67,9 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
     full = train(_config(spec, cache, tmp_path / "full"), argv=["test"])
     assert full.global_step == 6
     # ... run twice: on some machines CPU kernels are not bit-reproducible from run to run (seen with torch
-    # 2.11 on a 16-core host: 1e-3 in the loss after 6 steps, even on one thread). A resumed run must then
-    # be as close to the reference as a repeat is, and exact where repeats are exact (as on the CI machine).
+    # 2.11 on 16-core hosts: up to 1e-3 in the loss after 6 steps, even on one thread). A resumed run must be
+    # exact where repeats are exact (as on the CI machine); elsewhere within 3e-3 of the reference loss, or
+    # five times a repeat's spread. A resume that loses the optimizer state is off by 1e-2 at steps 5 and 6.
     again = train(_config(spec, cache, tmp_path / "again"), argv=["test"])
     assert again.global_step == 6
     loss_noise = max(
@@ -91,8 +92,9 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
 
     full_rows, part_rows = _steps(tmp_path / "full"), _steps(tmp_path / "part")
     assert [int(r["step"]) for r in part_rows] == [1, 2, 3, 4, 5, 6]  # no step repeated or lost
+    loss_tolerance = max(3e-3, 5 * loss_noise) if loss_noise > 0 else 1e-5
     for a, b in zip(full_rows, part_rows, strict=True):
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=max(1e-5, 5 * loss_noise), abs=1e-6)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=loss_tolerance, abs=1e-6)
     assert all(np.isfinite(float(r["loss"])) for r in part_rows)
     # warm-up: no classification candidates from the map in epoch 0, some later
     assert all(int(r["map_candidates"]) == 0 for r in part_rows if r["epoch"] == "0")
@@ -109,7 +111,9 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
     assert any(k.startswith("optim/") for k in tensors) and "rng/torch" in tensors
     model, card = load_artifact(tmp_path / "part" / "artifact")
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
-        assert torch.allclose(a, b, rtol=0.0, atol=max(1e-6, 5 * weight_noise)), name
+        assert torch.allclose(
+            a, b, rtol=0.0, atol=max(3e-2, 5 * weight_noise) if weight_noise > 0 else 1e-6
+        ), name
     assert card.training["detach_map"] is False and card.training["seed"] == 5
     assert card.training["lambda_cls"] == 1.0 and card.training["steps"] == 6
     assert card.preprocessing == TINY_GRID
