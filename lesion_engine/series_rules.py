@@ -6,6 +6,7 @@ package (``lesion_engine/data/series_rules.yaml``); a site overrides fields in i
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -288,10 +289,17 @@ def load_series_rules(path: str | Path | None = None) -> SeriesRules:
         The file cannot be read, is not valid YAML, or a field is invalid; the message names the file, the
         line and the field.
     """
-    override = read_yaml_file(path) if path is not None else None
-    rules = _build(_default_document(), override)
+    if path is None:
+        return _default_rules()
+    rules = _build(_default_document(), read_yaml_file(path))
     logger.debug("series rules loaded from %s", rules.source)
     return rules
+
+
+@functools.lru_cache(maxsize=1)
+def _default_rules() -> SeriesRules:
+    """The packaged defaults, parsed once per process (every study needs them; they never change)."""
+    return _build(_default_document(), None)
 
 
 def series_rules_from_document(override: YamlDocument) -> SeriesRules:
