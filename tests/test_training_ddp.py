@@ -16,7 +16,7 @@ import torch.distributed as dist
 from lesion_engine.networks import ClassificationNetConfig, JointModel, LocalizationNetConfig
 from training.candidate_sampling import SamplingConfig
 from training.dataset import Batch
-from training.distributed import DistInfo, all_reduce_mean, any_rank, setup, teardown
+from training.distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup, teardown
 from training.losses import LossConfig
 from training.train import _sampler, train_step
 
@@ -91,6 +91,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 "any_rank": stop_somewhere,
             }
             Path(out).write_text(json.dumps(record))
+        barrier(info)  # leave together: a rank that destroys the group while another still talks aborts
     finally:
         teardown(info)
 
