@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 from pathlib import Path
 
-from benchmarks import DEFAULT_FIXTURE, engine, engine_cuda, input_pipeline, node, results, training
+from benchmarks import (
+    DEFAULT_FIXTURE,
+    engine,
+    engine_cuda,
+    input_pipeline,
+    node,
+    results,
+    training,
+    write_report,
+)
 
 
 def main() -> int:
@@ -39,9 +47,7 @@ def main() -> int:
         "results": results.run(dicom, args.repeats),
         "node": node.run(dicom, args.model),
     }
-    text = json.dumps(report, indent=2)
-    args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    write_report(report, args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ with ``python -m benchmarks.engine_cuda --out FILE``. What is measured, all on t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from benchmarks import DEFAULT_FIXTURE
+from benchmarks import DEFAULT_FIXTURE, write_report
 from benchmarks.picai_baseline import FOLDS, INPUT_SHAPE, BaselineUNet
 from lesion_engine.engine import DEFAULT_ARTIFACT, Engine, EngineResult, configure_cpu_threads
 from lesion_engine.loading import load_study
@@ -166,11 +165,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    report = run(args.fixture / "dicom", args.model, args.repeats)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    write_report(run(args.fixture / "dicom", args.model, args.repeats), args.out)
     return 0
 
 

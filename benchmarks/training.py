@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import statistics
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import write_report
 from lesion_engine.model_input import PreprocessConfig
 from training.dataset import DataSpec, build_cache
 from training.default_model import DEFAULTS
@@ -88,10 +88,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    text = json.dumps(run(args.steps), indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+    write_report(run(args.steps), args.out)
     return 0
 
 

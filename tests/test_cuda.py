@@ -18,7 +18,7 @@ import torch
 
 from lesion_engine.engine import DEFAULT_ARTIFACT, Engine
 from lesion_engine.preprocess import PreparedStudy, prepare_study
-from tests.training_support import TINY_GRID, make_synthetic
+from tests.training_support import TINY_GRID, make_synthetic, tiny_train_config
 from training.dataset import DataSpec, build_cache
 from training.train import TrainConfig, train
 
@@ -76,24 +76,7 @@ def test_training_steps_on_cuda_resume_and_export(synthetic: list[Path], tmp_pat
     build_cache(spec, TINY_GRID, cache)
 
     def config(**changes: object) -> TrainConfig:
-        settings: dict[str, object] = {
-            "data": spec,
-            "out_dir": tmp_path / "run",
-            "cache_dir": cache,
-            "preprocess": TINY_GRID,
-            "epochs": 2,
-            "warmup_epochs": 1,
-            "samples_per_epoch": 4,
-            "batch_size": 2,
-            "crop_size": (8, 32, 32),
-            "loc_channels": (4, 8, 8, 8),
-            "cls_channels": (4, 8),
-            "device": "cuda",
-            "progress": False,
-            "seed": 5,
-        }
-        settings.update(changes)
-        return TrainConfig(**settings)  # type: ignore[arg-type]
+        return tiny_train_config(spec, cache, tmp_path / "run", epochs=2, device="cuda", **changes)
 
     first = train(config(max_steps=2), argv=["test"])
     assert first.global_step == 2

@@ -12,18 +12,10 @@ import SimpleITK as sitk
 from lesion_engine.cli import build_parser, main
 from tests.training_support import make_picai_layout, make_synthetic, tiny_artifact
 from training.dataset import DataSpec
-from training.evaluate import evaluate_model, prepared_from_images
+from training.evaluate import HEADLINE_KEYS, evaluate_model, prepared_from_images
 from training.export import update_card_metrics
 
-PICAI_KEYS = (
-    "auroc",
-    "AP",
-    "ranking_score",
-    "sensitivity_at_0.5_fp",
-    "sensitivity_at_1_fp",
-    "num_cases",
-    "num_lesions",
-)
+PICAI_KEYS = HEADLINE_KEYS
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lesion_engine.artifact import load_artifact
 from lesion_engine.networks import ClassificationNetConfig, JointModel, LocalizationNetConfig
-from tests.training_support import TINY_GRID, make_synthetic
+from tests.training_support import TINY_GRID, make_synthetic, tiny_train_config
 from training.candidate_sampling import SamplingConfig, ground_truth_and_random, map_candidates
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.dataset import DataSpec, build_cache
@@ -32,29 +32,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataSpec, Path]:
     return spec, cache
 
 
-def _config(spec: DataSpec, cache: Path, out: Path, **changes: object) -> TrainConfig:
-    settings: dict[str, object] = {
-        "data": spec,
-        "out_dir": out,
-        "cache_dir": cache,
-        "preprocess": TINY_GRID,
-        "epochs": 3,
-        "warmup_epochs": 1,
-        "samples_per_epoch": 4,
-        "batch_size": 2,
-        "crop_size": (8, 32, 32),
-        "loc_channels": (4, 8, 8, 8),
-        "cls_channels": (4, 8),
-        "lr": 3e-3,
-        "lr_ramp_steps": 2,
-        "threads": 1,
-        "progress": False,
-        "seed": 5,
-    }
-    settings.update(changes)
-    return TrainConfig(**settings)  # type: ignore[arg-type]
-
-
 def _steps(out: Path) -> list[dict[str, str]]:
     with (out / "steps.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -64,13 +41,13 @@ def _steps(out: Path) -> list[dict[str, str]]:
 def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) -> None:
     spec, cache = data
     # uninterrupted reference run: 3 epochs of 2 steps
-    full = train(_config(spec, cache, tmp_path / "full"), argv=["test"])
+    full = train(tiny_train_config(spec, cache, tmp_path / "full"), argv=["test"])
     assert full.global_step == 6
     # ... run twice: on some machines CPU kernels are not bit-reproducible from run to run (seen with torch
     # 2.11 on 16-core hosts: up to 1e-3 in the loss after 6 steps, even on one thread). A resumed run must be
     # exact where repeats are exact (as on the CI machine); elsewhere within 3e-3 of the reference loss, or
     # five times a repeat's spread. A resume that loses the optimizer state is off by 1e-2 at steps 5 and 6.
-    again = train(_config(spec, cache, tmp_path / "again"), argv=["test"])
+    again = train(tiny_train_config(spec, cache, tmp_path / "again"), argv=["test"])
     assert again.global_step == 6
     loss_noise = max(
         abs(float(a["loss"]) - float(b["loss"])) / abs(float(a["loss"]))
@@ -83,11 +60,11 @@ def test_train_resume_and_export(data: tuple[DataSpec, Path], tmp_path: Path) ->
         for a, b in zip(reference.state_dict().values(), repeat.state_dict().values(), strict=True)
     )
     # the same run, stopped after 3 steps (in the middle of epoch 1), then resumed
-    part = train(_config(spec, cache, tmp_path / "part", max_steps=3), argv=["test"])
+    part = train(tiny_train_config(spec, cache, tmp_path / "part", max_steps=3), argv=["test"])
     assert part.global_step == 3
     record = json.loads((tmp_path / "part" / "checkpoints" / "last.json").read_text())
     assert (record["epoch"], record["step_in_epoch"], record["global_step"]) == (1, 1, 3)
-    resumed = train(_config(spec, cache, tmp_path / "part"), resume=True, argv=["test", "--resume"])
+    resumed = train(tiny_train_config(spec, cache, tmp_path / "part"), resume=True, argv=["test", "--resume"])
     assert resumed.global_step == 6
 
     full_rows, part_rows = _steps(tmp_path / "full"), _steps(tmp_path / "part")

@@ -15,8 +15,10 @@ from lesion_engine.candidates import CandidateConfig
 from lesion_engine.model_input import PreprocessConfig
 from lesion_engine.networks import ClassificationNetConfig, JointModel, LocalizationNetConfig
 from lesion_engine.preprocess import prepare_study
+from training.dataset import DataSpec
 from training.synth import SynthConfig, generate_case
 from training.synth.truth import MARKSHEET_COLUMNS, write_marksheet
+from training.train import TrainConfig
 
 # Case 0: csPCa + BPH nodule; case 1: no lesion; case 2: indolent cancer + prostatitis.
 KINDS: tuple[tuple[str, ...], ...] = (("cspca", "bph"), (), ("indolent", "prostatitis"))
@@ -116,3 +118,28 @@ def tiny_artifact(folder: Path, grid: PreprocessConfig = TINY_GRID, seed: int = 
         candidates=CandidateConfig(),
         training={"data": "none (random weights)"},
     )
+
+
+def tiny_train_config(spec: DataSpec, cache: Path, out: Path, **changes: object) -> TrainConfig:
+    """A few-step training run of a tiny model on :data:`TINY_GRID` (3 epochs of 2 steps); ``changes``
+    override any field."""
+    settings: dict[str, object] = {
+        "data": spec,
+        "out_dir": out,
+        "cache_dir": cache,
+        "preprocess": TINY_GRID,
+        "epochs": 3,
+        "warmup_epochs": 1,
+        "samples_per_epoch": 4,
+        "batch_size": 2,
+        "crop_size": (8, 32, 32),
+        "loc_channels": (4, 8, 8, 8),
+        "cls_channels": (4, 8),
+        "lr": 3e-3,
+        "lr_ramp_steps": 2,
+        "threads": 1,
+        "progress": False,
+        "seed": 5,
+    }
+    settings.update(changes)
+    return TrainConfig(**settings)  # type: ignore[arg-type]

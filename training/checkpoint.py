@@ -14,7 +14,6 @@ whose JSON points at other tensors. Nothing is ever read with ``torch.load``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from lesion_engine.artifact import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,6 @@ class Checkpoint:
 def checkpoint_paths(folder: Path, name: str = "last") -> tuple[Path, Path]:
     """(tensor file, JSON file) of checkpoint ``name`` in ``folder``."""
     return folder / f"{name}.safetensors", folder / f"{name}.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _replace_atomic(tmp: Path, final: Path) -> None:
@@ -107,7 +100,7 @@ def save_checkpoint(
         "step_in_epoch": step_in_epoch,
         "global_step": global_step,
         "param_groups": state["param_groups"],
-        "tensors_sha256": _sha256(tmp_tensors),
+        "tensors_sha256": file_sha256(tmp_tensors),
         "extra": extra or {},
     }
     tmp_json = json_path.with_name(json_path.name + f".tmp{os.getpid()}")
@@ -141,7 +134,7 @@ def load_checkpoint(
     record = json.loads(json_path.read_text(encoding="utf-8"))
     if record.get("format") != FORMAT or record.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{json_path} is not a {FORMAT} version {FORMAT_VERSION} file")
-    if _sha256(tensor_path) != record["tensors_sha256"]:
+    if file_sha256(tensor_path) != record["tensors_sha256"]:
         raise ValueError(
             f"{tensor_path} does not match {json_path} (sha256 differs); the checkpoint is damaged"
         )

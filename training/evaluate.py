@@ -43,7 +43,13 @@ from training.dataset import DataSpec, list_cases
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelledStudy", "evaluate_model", "iter_labelled_studies", "prepared_from_images"]
+__all__ = [
+    "HEADLINE_KEYS",
+    "LabelledStudy",
+    "evaluate_model",
+    "iter_labelled_studies",
+    "prepared_from_images",
+]
 
 MIN_IOU = 0.10
 THRESHOLD = 0.5
@@ -440,18 +446,21 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+HEADLINE_KEYS = (
+    "auroc",
+    "AP",
+    "ranking_score",
+    "sensitivity_at_0.5_fp",
+    "sensitivity_at_1_fp",
+    "num_cases",
+    "num_lesions",
+)
+"""PI-CAI's headline metrics and the counts they rest on, as :func:`headline` and ``metrics.json`` hold them."""
+
+
 def headline(record: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of an evaluation (for model cards and tables)."""
-    keys = (
-        "auroc",
-        "AP",
-        "ranking_score",
-        "sensitivity_at_0.5_fp",
-        "sensitivity_at_1_fp",
-        "num_cases",
-        "num_lesions",
-    )
-    out: dict[str, Any] = {k: _json_ready(record[k]) for k in keys}
+    out: dict[str, Any] = {k: _json_ready(record[k]) for k in HEADLINE_KEYS}
     out["per_kind"] = record["per_kind"]
     out["category_confusion"] = record["category_confusion"]
     out["patient_level_at_0.5"] = record["patient_level_at_0.5"]
