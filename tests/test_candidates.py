@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from lesion_engine.candidates import (
     CandidateConfig,
@@ -191,3 +192,69 @@ def test_blobs_touch_ignores_single_blobs_and_gaps() -> None:
     assert not blobs_touch(labels)
     labels[1, 3, 3] = 2  # diagonal contact with label 1
     assert blobs_touch(labels)
+
+
+def reference_extraction(values: NDArray[np.float32], config: CandidateConfig) -> list[dict[str, Any]]:
+    """The algorithm of the module docstring, written plainly on the whole map (slow, obviously right)."""
+    structure = ndimage.generate_binary_structure(3, 1 if config.connectivity == 6 else 3)
+    work = values.astype(np.float32, copy=True)
+    forbidden = np.zeros(work.shape, dtype=bool)
+    found: list[dict[str, Any]] = []
+    rejected = 0
+    while len(found) < config.max_lesions and rejected < 100 * config.max_lesions + 1000:
+        seed = np.unravel_index(int(np.argmax(work)), work.shape)
+        peak = float(work[seed])
+        if peak < config.min_peak:
+            break
+        labels, _ = ndimage.label(work >= max(peak * config.dynamic_fraction, config.floor), structure)
+        region = labels == labels[seed]
+        work[region] = 0.0
+        touch = ndimage.binary_dilation(region, structure=np.ones((3, 3, 3), dtype=bool))
+        if (region & forbidden).any():
+            forbidden |= touch
+            rejected += 1
+            continue
+        if region.sum() < config.min_voxels:
+            rejected += 1
+            continue
+        forbidden |= touch
+        points = np.argwhere(region)
+        nearest = points[np.argmin(((points - points.mean(axis=0)) ** 2).sum(axis=1))]
+        best = np.unravel_index(int(np.argmax(np.where(region, values, -np.inf))), values.shape)
+        found.append(
+            {
+                "mask": region,
+                "peak": float(values[best]),
+                "peak_zyx": tuple(int(v) for v in best),
+                "center_zyx": tuple(int(v) for v in nearest),
+            }
+        )
+    return found
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_extraction_equals_the_plain_reference_on_random_maps(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(4, 16)), int(rng.integers(8, 48)), int(rng.integers(8, 48)))
+    smooth = ndimage.gaussian_filter(rng.random(shape), sigma=float(rng.uniform(0.6, 2.5)))
+    values = ((smooth - smooth.min()) / (np.ptp(smooth) + 1e-9)).astype(np.float32)
+    if seed % 3 == 0:
+        values = np.round(values, 1)  # plateaus: ties between seeds and peaks
+    config = CandidateConfig(
+        min_peak=float(rng.uniform(0.1, 0.6)),
+        dynamic_fraction=float(rng.uniform(0.3, 0.9)),
+        max_lesions=int(rng.integers(1, 8)),
+        min_voxels=int(rng.integers(1, 15)),
+        connectivity=int(rng.choice([6, 26])),
+    )
+    ours = extract_candidates(values, config)
+    expected = reference_extraction(values, config)
+    assert len(ours) == len(expected)
+    for candidate, reference in zip(ours, expected, strict=True):
+        np.testing.assert_array_equal(candidate.mask, reference["mask"])
+        assert candidate.voxels == int(reference["mask"].sum())
+        assert (candidate.peak, candidate.peak_zyx, candidate.center_zyx) == (
+            reference["peak"],
+            reference["peak_zyx"],
+            reference["center_zyx"],
+        )
