@@ -3,7 +3,8 @@
 Run by ``make bench`` (key ``engine_cuda``; reports ``available: false`` on a machine without CUDA) or alone
 with ``python -m benchmarks.engine_cuda --out FILE``. What is measured, all on the fixture:
 
-* loaded study -> result on the CPU and on the GPU (mixed precision), medians of interleaved runs;
+* loaded study -> result on the CPU and on the GPU (mixed precision), medians of interleaved runs, and the
+  GPU's per stage (``prepare``: choosing the series and building the volumes; then the engine's stages);
 * the PI-CAI baseline recipe's forward passes (5 folds x 2 flips, 3 x 20 x 256 x 256) on the same GPU, in
   the same mixed precision, for the speed ratio;
 * ``Engine.run_batch`` with several studies at once: studies per second against single runs;
@@ -90,10 +91,12 @@ def run(dicom_dir: Path, artifact: Path | None = None, repeats: int = 5) -> dict
         cpu_s.append(time.perf_counter() - start)
         _sync()
         start = time.perf_counter()
-        gpu_result = gpu_engine.run(prepare_loaded_study(loaded))
+        prepared_study = prepare_loaded_study(loaded)
+        prepared_s = time.perf_counter() - start
+        gpu_result = gpu_engine.run(prepared_study)
         _sync()
         gpu_s.append(time.perf_counter() - start)
-        gpu_stages.append(gpu_result.timings_s)
+        gpu_stages.append({"prepare": prepared_s, **gpu_result.timings_s})
     if cpu_result is None or gpu_result is None:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
 

@@ -4,7 +4,9 @@
 seconds are in :attr:`EngineResult.timings_s`):
 
 ``model_input``
-    resample and normalize onto the model grid (:func:`lesion_engine.model_input.to_model_input`);
+    resample and normalize onto the model grid: with SimpleITK on the CPU
+    (:func:`lesion_engine.model_input.to_model_input`), with torch on the device on a GPU
+    (:func:`~lesion_engine.model_input.to_model_input_tensor`; same values within float rounding);
 ``localization``
     the localization network: map = sigmoid of the lesion logit; zones = argmax of the zonal logits;
 ``candidates``
@@ -13,7 +15,8 @@ seconds are in :attr:`EngineResult.timings_s`):
     the classification network on a patch of images + map around each candidate: probability of
     csPCa = sigmoid of the cancer logit; category = the card's category of the argmax output;
 ``outputs``
-    lesion masks, measurements, localization and detection maps on the T2W grid;
+    lesion masks, measurements, localization and detection maps on the T2W grid (on a GPU the
+    localization map is resampled there);
 ``total``
     all of the above.
 
@@ -49,10 +52,10 @@ from lesion_engine.artifact import ModelCard, load_artifact
 from lesion_engine.candidates import Candidate, extract_candidates, label_map, separate_labels
 from lesion_engine.contour import index_slice, long_axis
 from lesion_engine.errors import ConfigError, ModelArtifactError
-from lesion_engine.grid_resample import grid_map, resample_linear
-from lesion_engine.model_input import ModelInput, from_model_grid, to_model_input
+from lesion_engine.grid_resample import grid_map, resample_linear, resample_nearest
+from lesion_engine.model_input import from_model_grid, to_model_input, to_model_input_tensor
 from lesion_engine.networks import JointModel
-from lesion_engine.preprocess import PreparedStudy
+from lesion_engine.preprocess import PreparedStudy, role_report
 
 logger = logging.getLogger(__name__)
 
@@ -310,13 +313,20 @@ def axial_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image, box: Box | Non
     return length
 
 
+def _shifted(box: tuple[slice, ...], within: Box) -> Box:
+    """``box``, found inside the part ``within`` of an array, in the whole array's indices."""
+    z, y, x = (slice(b.start + w.start, b.stop + w.start) for b, w in zip(box, within, strict=True))
+    return (z, y, x)
+
+
 @dataclass
 class _Study:
     """Intermediate state of one study in a batch."""
 
     prepared: PreparedStudy
-    model_input: ModelInput
-    coverage: NDArray[np.bool_]
+    grid: sitk.Image
+    images: torch.Tensor
+    coverage: torch.Tensor
     timings: dict[str, float]
     candidates: list[Candidate] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
@@ -336,6 +346,10 @@ class Engine:
         ``cuda`` when available, else ``cpu``, when None.
     threads : int, optional
         CPU intra-op threads; all CPUs this process may use when None.
+    resample_on_device : bool, optional
+        Build the network input and the localization map on the T2W grid with torch on ``device`` rather
+        than with SimpleITK on the CPU (same values within float rounding). Default: on CUDA only (on a
+        CPU, SimpleITK is the faster of the two).
     """
 
     def __init__(
@@ -345,13 +359,16 @@ class Engine:
         device: str | torch.device | None = None,
         *,
         threads: int | None = None,
+        resample_on_device: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             configure_cpu_threads(threads)
         self.model = model.to(self.device).eval()
         self.card = card
-        self._maps_on_device = self.device.type == "cuda"
+        self.resample_on_device = (
+            self.device.type == "cuda" if resample_on_device is None else resample_on_device
+        )
         self.amp_dtype: torch.dtype | None = None
         if self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -427,29 +444,24 @@ class Engine:
         for item in studies:
             if not isinstance(item, PreparedStudy):
                 raise TypeError(f"expected PreparedStudy objects, got {type(item).__name__}")
-        work: list[_Study] = []
-        for prepared in studies:
-            start = time.perf_counter()
-            model_input = to_model_input(prepared, self.card.preprocessing)
-            coverage = sitk.GetArrayFromImage(model_input.grid).astype(bool)
-            work.append(_Study(prepared, model_input, coverage, {"model_input": time.perf_counter() - start}))
+        work = [self._model_input(prepared) for prepared in studies]
 
         start = time.perf_counter()
-        images = torch.from_numpy(np.stack([s.model_input.images for s in work])).to(self.device)
+        images = torch.stack([s.images for s in work]).to(self.device)
+        coverage = torch.stack([s.coverage for s in work]).to(self.device)
         num_zones = self.card.localization.num_zones
         with self._inference():
             logits = self.model.loc(images)
             loc_map = torch.sigmoid(logits[:, :1].float())
             zones = logits[:, 1 : 1 + num_zones].float() if num_zones else None
-        # A copy: on the CPU .numpy() shares memory, and the classifier must read the unmasked map.
-        maps = loc_map[:, 0].cpu().numpy().copy()
+        # A new tensor (the classifier reads the unmasked map): 0 outside the T2W's coverage.
+        maps = (loc_map[:, 0] * coverage).cpu().numpy()
         # Zonal logits stay logits: the argmax is taken only under the lesions (cheaper than everywhere).
         zone_maps = zones.cpu().numpy() if zones is not None else None
         localization_s = time.perf_counter() - start
 
         for i, study in enumerate(work):
             start = time.perf_counter()
-            maps[i] *= study.coverage
             study.candidates = extract_candidates(maps[i], self.card.candidates)
             study.timings["candidates"] = time.perf_counter() - start
 
@@ -464,10 +476,22 @@ class Engine:
             zone_logits = zone_maps[i] if zone_maps is not None else None
             # On a GPU the map goes onto the T2W grid there (the map is already on the device).
             on_device: torch.Tensor | None = None
-            if self._maps_on_device:
-                on_device = loc_map[i, 0] * torch.from_numpy(study.coverage).to(self.device)
+            if self.resample_on_device:
+                on_device = loc_map[i, 0] * coverage[i]
             results.append(self._result(study, maps[i], zone_logits, on_device))
         return results
+
+    def _model_input(self, prepared: PreparedStudy) -> _Study:
+        start = time.perf_counter()
+        if self.resample_on_device:
+            tensors = to_model_input_tensor(prepared, self.card.preprocessing, self.device)
+            study = _Study(prepared, tensors.grid, tensors.images, tensors.coverage, {})
+        else:
+            arrays = to_model_input(prepared, self.card.preprocessing)
+            coverage = torch.from_numpy(sitk.GetArrayFromImage(arrays.grid).astype(bool))
+            study = _Study(prepared, arrays.grid, torch.from_numpy(arrays.images), coverage, {})
+        study.timings["model_input"] = time.perf_counter() - start
+        return study
 
     def _classify(self, work: list[_Study], images: torch.Tensor, loc_map: torch.Tensor) -> None:
         centers = [c.center_zyx for s in work for c in s.candidates]
@@ -511,11 +535,12 @@ class Engine:
         loc_map_on_device: torch.Tensor | None = None,
     ) -> EngineResult:
         start = time.perf_counter()
-        prepared, grid = study.prepared, study.model_input.grid
+        prepared, grid = study.prepared, study.grid
         t2w = prepared.t2w
         warnings = list(prepared.warnings)
+        mapping = grid_map(grid, t2w)
         if loc_map_on_device is not None:
-            values = resample_linear(loc_map_on_device, grid_map(grid, t2w))
+            values = resample_linear(loc_map_on_device, mapping)
             localization = sitk.GetImageFromArray(values.cpu().numpy())
             localization.CopyInformation(t2w)
         else:
@@ -526,15 +551,21 @@ class Engine:
         ranked = np.zeros(len(study.candidates) + 1, dtype=np.uint16)
         for rank, k in enumerate(order, start=1):
             ranked[study.candidates[k].index] = rank
-        model_labels = ranked[label_map(study.candidates, study.coverage.shape)]
-        on_t2w = from_model_grid(model_labels, grid, t2w, interpolator=sitk.sitkNearestNeighbor)
-        labels = separate_labels(sitk.GetArrayFromImage(on_t2w))
+        shape_zyx = study.coverage.shape
+        model_labels = ranked[label_map(study.candidates, (shape_zyx[0], shape_zyx[1], shape_zyx[2]))]
+        # Nearest neighbour onto the T2W grid, computed only where the blobs can land (a small box).
+        labels, blob_box = resample_nearest(model_labels, mapping)
+        boxes: list[Box | None] = [None] * len(order)
+        if blob_box is not None:
+            labels[blob_box] = separate_labels(labels[blob_box])
+            for n, found in enumerate(ndimage.find_objects(labels[blob_box], max_label=len(order))):
+                if found is not None:
+                    boxes[n] = _shifted(found, blob_box)
 
         spacing = np.asarray(t2w.GetSpacing(), dtype=np.float64)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         lesions: list[Lesion] = []
         fill = np.zeros(len(order) + 1, dtype=np.float32)
-        boxes = ndimage.find_objects(labels, max_label=len(order))
         for rank, k in enumerate(order, start=1):
             candidate = study.candidates[k]
             box = boxes[rank - 1]
@@ -565,7 +596,10 @@ class Engine:
                     peak=candidate.peak,
                 )
             )
-        detection = sitk.GetImageFromArray(fill[labels])
+        detection_values = np.zeros(labels.shape, dtype=np.float32)
+        if blob_box is not None:
+            detection_values[blob_box] = fill[labels[blob_box]]
+        detection = sitk.GetImageFromArray(detection_values)
         detection.CopyInformation(t2w)
         study.timings["outputs"] = time.perf_counter() - start
         timings = {
@@ -573,7 +607,7 @@ class Engine:
             for key in ("model_input", "localization", "candidates", "classification", "outputs")
         }
         timings["total"] = sum(timings.values())
-        roles = prepared.report()["roles"]
+        roles = role_report(prepared.roles, prepared.computed)
         return EngineResult(
             study_instance_uid=prepared.study_instance_uid,
             lesions=lesions,

@@ -8,6 +8,12 @@ T2W volume (prostate protocols centre the axial field of view on the gland). Cha
 2. HBV, z-score normalized; by default the b1400 image (the computed one when the study has no b >= 1400).
 
 Arrays are (channel, z, y, x); SimpleITK images are (x, y, z).
+
+:func:`to_model_input` resamples with SimpleITK on the CPU. :func:`to_model_input_tensor` computes the same
+values with torch on any device (the engine uses it on a GPU): the diffusion images go onto the T2W grid
+(:func:`~lesion_engine.grid_resample.resample_affine_linear`), then everything onto the model grid
+(:func:`~lesion_engine.grid_resample.resample_linear`); both follow SimpleITK's linear interpolation, so the
+two paths agree within float32 rounding.
 """
 
 from __future__ import annotations
@@ -18,21 +24,26 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from numpy.typing import NDArray
 
+from lesion_engine.grid_resample import coverage_mask, grid_map, resample_affine_linear, resample_linear
 from lesion_engine.preprocess import PreparedStudy
+from lesion_engine.volumes import geometry_of
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ModelInput",
     "PreprocessConfig",
+    "TensorInput",
     "from_model_grid",
     "model_grid",
     "normalize_channels",
     "resample_label",
     "to_model_input",
     "to_model_input_from_images",
+    "to_model_input_tensor",
 ]
 
 _HBV_SOURCES = ("b1400", "native")
@@ -108,6 +119,25 @@ class ModelInput:
     grid: sitk.Image
 
 
+@dataclass(frozen=True)
+class TensorInput:
+    """Network input of one study as tensors on a device (:func:`to_model_input_tensor`).
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        float32 (3, Z, Y, X): T2W, ADC, HBV on the model grid, normalized.
+    coverage : torch.Tensor
+        bool (Z, Y, X): the model-grid voxels inside the T2W volume.
+    grid : SimpleITK.Image
+        An image with the model grid's geometry (its pixel values are not used).
+    """
+
+    images: torch.Tensor
+    coverage: torch.Tensor
+    grid: sitk.Image
+
+
 def model_grid(t2w: sitk.Image, config: PreprocessConfig) -> sitk.Image:
     """The model grid for a T2W volume: T2W orientation, fixed spacing and size, centred on the T2W."""
     size = t2w.GetSize()
@@ -179,10 +209,57 @@ def to_model_input_from_images(
 
 def to_model_input(prepared: PreparedStudy, config: PreprocessConfig) -> ModelInput:
     """Network input of a prepared study (see the module docstring for the channels)."""
-    hbv = prepared.hbv
-    if config.hbv_source == "b1400" and prepared.high_b is not None:
-        hbv = prepared.high_b
+    # The T2W-grid images of a prepared study are resampled when first read: read only those needed.
+    computed = prepared.high_b if config.hbv_source == "b1400" else None
+    hbv = computed if computed is not None else prepared.hbv
     return to_model_input_from_images(prepared.t2w, prepared.adc, hbv, config)
+
+
+def _zscore_tensor(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.float()
+    count = weights.sum().clamp(min=1.0)
+    mean = (values * weights).sum() / count
+    std = torch.sqrt((((values - mean) * weights) ** 2).sum() / count)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (values - mean) / std * weights
+
+
+def _tensor(image: sitk.Image, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False)).to(device)
+
+
+def to_model_input_tensor(
+    prepared: PreparedStudy, config: PreprocessConfig, device: torch.device | str
+) -> TensorInput:
+    """Network input of a prepared study, computed with torch on ``device`` (see the module docstring).
+
+    Reads the T2W and the native diffusion volumes only; the T2W-grid images of ``prepared`` are not used
+    (nor computed).
+    """
+    device = torch.device(device)
+    t2w = prepared.t2w
+    native_hbv = prepared.native.get("hbv")
+    computed = prepared.native.get("high_b")
+    if computed is not None and (config.hbv_source == "b1400" or native_hbv is None):
+        hbv = computed
+    elif native_hbv is not None:
+        hbv = native_hbv
+    else:
+        raise ValueError("the prepared study holds no high b-value volume (native 'hbv' or 'high_b')")
+    on_t2w = [_tensor(t2w, device)]
+    for image in (prepared.native["adc"], hbv):
+        values = _tensor(image, device)
+        if geometry_of(image).close_to(geometry_of(t2w), 1e-4):  # as volumes.resample_to: no resampling
+            on_t2w.append(values)
+        else:
+            on_t2w.append(resample_affine_linear(values, image, t2w))
+    grid = model_grid(t2w, config)
+    mapping = grid_map(t2w, grid)
+    coverage = coverage_mask(mapping, device)
+    t2w_m, adc_m, hbv_m = (resample_linear(values, mapping) for values in on_t2w)
+    adc_scaled = adc_m.clamp(min=0.0) / config.adc_scale * coverage
+    images = torch.stack([_zscore_tensor(t2w_m, coverage), adc_scaled, _zscore_tensor(hbv_m, coverage)])
+    return TensorInput(images=images, coverage=coverage, grid=grid)
 
 
 def from_model_grid(

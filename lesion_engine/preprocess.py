@@ -1,8 +1,9 @@
 """From a DICOM study to co-registered T2W, ADC and high b-value volumes on the T2W grid.
 
 :func:`prepare_study` loads the study, classifies every series (:mod:`lesion_engine.roles`), chooses one
-series per role, builds the volumes (:mod:`lesion_engine.volumes`) and resamples ADC and HBV onto the T2W
-grid in physical space. A candidate whose volume cannot be built (missing slices, corrupt instance, ...) is
+series per role and builds the volumes (:mod:`lesion_engine.volumes`). ADC and HBV on the T2W grid
+(resampled in physical space) are computed when first read, so that a caller that needs them only on
+another grid (the engine on a GPU, which resamples on the device) does not pay for them. A candidate whose volume cannot be built (missing slices, corrupt instance, ...) is
 rejected with the reason and the next candidate is tried. When the study holds no image at or above
 ``computed_b_value`` (1400 by default), such an image is also computed from the lowest b-value image and
 the ADC map, and the report says so.
@@ -10,6 +11,7 @@ the ADC map, and the report says so.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -38,7 +40,14 @@ from lesion_engine.volumes import build_volume, compute_high_b, resample_to
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ComputedImage", "PreparedStudy", "RoleChoice", "prepare_loaded_study", "prepare_study"]
+__all__ = [
+    "ComputedImage",
+    "PreparedStudy",
+    "RoleChoice",
+    "prepare_loaded_study",
+    "prepare_study",
+    "role_report",
+]
 
 
 def _label(series: Series) -> str:
@@ -118,12 +127,12 @@ class PreparedStudy:
     ----------
     study_instance_uid : str
         The study's UID.
-    t2w, adc, hbv : SimpleITK.Image
-        float32 volumes on the T2W grid; ADC in 10^-6 mm^2/s; HBV = the chosen high b-value image.
-    high_b : SimpleITK.Image or None
-        The computed image at ``computed_b_value`` on the T2W grid, when the study had none that high.
+    t2w : SimpleITK.Image
+        float32 T2W volume (its grid is the study's reference grid).
     native : dict of str to SimpleITK.Image
-        The chosen volumes on their own grids (``t2w``, ``adc``, ``hbv``, and ``low_b`` when used).
+        The chosen volumes on their own grids: ``t2w``, ``adc`` (10^-6 mm^2/s), ``hbv`` (the measured high
+        b-value image, when one was chosen), and, when the study had no image at ``computed_b_value``,
+        ``low_b`` and the computed ``high_b``.
     roles : dict of str to RoleChoice
         The choice per role.
     computed : ComputedImage or None
@@ -140,9 +149,6 @@ class PreparedStudy:
 
     study_instance_uid: str
     t2w: sitk.Image
-    adc: sitk.Image
-    hbv: sitk.Image
-    high_b: sitk.Image | None
     native: dict[str, sitk.Image]
     roles: dict[str, RoleChoice]
     computed: ComputedImage | None
@@ -150,6 +156,38 @@ class PreparedStudy:
     verdicts: dict[str, SeriesVerdict]
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role in ("t2w", "adc"):
+            if role not in self.native:
+                raise ValueError(
+                    f"a PreparedStudy needs the native {role!r} volume; native holds {sorted(self.native)}"
+                )
+        if "hbv" not in self.native and "high_b" not in self.native:
+            raise ValueError(
+                "a PreparedStudy needs a high b-value volume: native 'hbv' or a computed 'high_b'"
+            )
+
+    @functools.cached_property
+    def adc(self) -> sitk.Image:
+        """float32 ADC (10^-6 mm^2/s) on the T2W grid (resampled on first use)."""
+        return resample_to(self.native["adc"], self.t2w)
+
+    @functools.cached_property
+    def high_b(self) -> sitk.Image | None:
+        """The computed image at ``computed_b_value`` on the T2W grid; None when the study had one that high."""
+        computed = self.native.get("high_b")
+        return resample_to(computed, self.t2w) if computed is not None else None
+
+    @functools.cached_property
+    def hbv(self) -> sitk.Image:
+        """float32 chosen high b-value image on the T2W grid (the computed one when none was measured)."""
+        if "hbv" in self.native:
+            return resample_to(self.native["hbv"], self.t2w)
+        high_b = self.high_b
+        if high_b is None:  # excluded by __post_init__
+            raise ValueError("no high b-value volume")
+        return high_b
 
     def report(self) -> dict[str, Any]:
         """JSON-ready report: series table, roles, skipped and ignored inputs, warnings."""
@@ -182,6 +220,14 @@ def series_row(series: Series, verdict: SeriesVerdict | None) -> dict[str, Any]:
     }
 
 
+def role_report(roles: dict[str, RoleChoice], computed: ComputedImage | None) -> dict[str, Any]:
+    """The ``roles`` part of the study report (JSON-ready): the choice per role, and the computed image."""
+    role_dict: dict[str, Any] = {name: choice.to_dict() for name, choice in roles.items()}
+    if computed is not None:
+        role_dict[f"hbv_b{computed.b_value:g}"] = computed.to_dict()
+    return role_dict
+
+
 def build_report(
     loaded: LoadedStudy,
     verdicts: dict[str, SeriesVerdict],
@@ -190,13 +236,10 @@ def build_report(
     warnings: list[str],
 ) -> dict[str, Any]:
     """Assemble the JSON-ready study report (also used for unusable studies)."""
-    role_dict: dict[str, Any] = {name: choice.to_dict() for name, choice in roles.items()}
-    if computed is not None:
-        role_dict[f"hbv_b{computed.b_value:g}"] = computed.to_dict()
     return {
         "study_instance_uid": loaded.study_instance_uid,
         "series": [series_row(s, verdicts.get(s.series_instance_uid)) for s in loaded.series],
-        "roles": role_dict,
+        "roles": role_report(roles, computed),
         "skipped_instances": [{"source": s.source, "reason": s.reason} for s in loaded.skipped],
         "ignored_objects": [
             {"source": o.source, "sop_class": o.sop_class_name, "modality": o.modality}
@@ -450,17 +493,12 @@ def prepare_loaded_study(loaded: LoadedStudy, rules: SeriesRules | None = None) 
     chosen = time.perf_counter()
     native = selector.native
     t2w = sitk.Cast(native["t2w"], sitk.sitkFloat32)
-    adc = resample_to(native["adc"], t2w)
-    high_b = None
     if selector.computed is not None:
-        computed = compute_high_b(
+        native["high_b"] = compute_high_b(
             native["low_b"], selector.computed.low_b_value, native["adc"], rules.computed_b_value
         )
-        native["high_b"] = computed
-        high_b = resample_to(computed, t2w)
     # choose_hbv either chose a measured HBV or computed one (else it raised).
-    hbv = resample_to(native["hbv"], t2w) if "hbv" in native else high_b
-    if hbv is None:
+    if "hbv" not in native and "high_b" not in native:
         raise NoDWIError("internal error: no high b-value image was chosen or computed")
     done = time.perf_counter()
     for entry in loaded.skipped:
@@ -476,16 +514,13 @@ def prepare_loaded_study(loaded: LoadedStudy, rules: SeriesRules | None = None) 
     return PreparedStudy(
         study_instance_uid=loaded.study_instance_uid,
         t2w=t2w,
-        adc=adc,
-        hbv=hbv,
-        high_b=high_b,
         native=native,
         roles=selector.roles,
         computed=selector.computed,
         loaded=loaded,
         verdicts=selector.verdicts,
         warnings=selector.warnings,
-        timings_s={"select_and_build": chosen - started, "resample": done - chosen},
+        timings_s={"select_and_build": chosen - started, "compute_high_b": done - chosen},
     )
 
 

@@ -188,24 +188,48 @@ def test_crafted_map_with_two_blobs(
 
 
 @pytest.mark.fixture
-def test_maps_resampled_on_the_device_equal_the_cpu_path(
-    engine: Engine, prepared: PreparedStudy, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("crafted", [True, False], ids=["crafted-map", "network"])
+def test_resampling_on_the_device_equals_the_simpleitk_path(
+    engine: Engine, prepared: PreparedStudy, monkeypatch: pytest.MonkeyPatch, crafted: bool
 ) -> None:
-    # On CUDA the localization map is resampled onto the T2W grid on the GPU (torch); the same code runs
-    # on the CPU here and must give what the SimpleITK path gives.
-    monkeypatch.setattr(
-        engine.model, "loc", CraftedLocalization([((6, 40, 40), (10, 50, 50)), ((9, 75, 70), (13, 85, 82))])
-    )
+    # On CUDA the network input and the localization map on the T2W grid are computed with torch on the
+    # GPU; the same code runs on the CPU here and must give what the SimpleITK path gives.
+    if crafted:
+        boxes = [((6, 40, 40), (10, 50, 50)), ((9, 75, 70), (13, 85, 82))]
+        monkeypatch.setattr(engine.model, "loc", CraftedLocalization(boxes))
+    assert engine.resample_on_device is False  # the default on a CPU
     reference = engine.run(prepared)
-    monkeypatch.setattr(engine, "_maps_on_device", True)
+    monkeypatch.setattr(engine, "resample_on_device", True)
     on_device = engine.run(prepared)
     a = sitk.GetArrayFromImage(reference.localization_map)
     b = sitk.GetArrayFromImage(on_device.localization_map)
-    assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
     assert same_grid(reference.localization_map, on_device.localization_map)
-    assert [lesion.to_dict() for lesion in on_device.lesions] == [
-        lesion.to_dict() for lesion in reference.lesions
-    ]
+    check_consistency(on_device, prepared)
+    assert len(on_device.lesions) == len(reference.lesions)
+    if crafted:
+        assert len(reference.lesions) == 2
+    for ours, theirs in zip(on_device.lesions, reference.lesions, strict=True):
+        np.testing.assert_array_equal(ours.mask, theirs.mask)
+        assert ours.probability == pytest.approx(theirs.probability, abs=1e-4)
+        assert (ours.category, ours.zone, ours.volume_ml) == (theirs.category, theirs.zone, theirs.volume_ml)
+
+
+@pytest.mark.fixture
+def test_diffusion_images_on_the_t2w_grid_are_computed_only_when_read(
+    engine: Engine, prostatex: Path
+) -> None:
+    fresh = prepare_study(prostatex / "dicom")
+    lazy = ("adc", "hbv", "high_b")
+    assert not any(name in vars(fresh) for name in lazy)  # preparing does not resample
+    engine.resample_on_device = True
+    engine.run(fresh)
+    assert not any(name in vars(fresh) for name in lazy)  # nor does the device path
+    engine.resample_on_device = False
+    engine.run(fresh)
+    assert "adc" in vars(fresh) and "high_b" in vars(fresh)  # the SimpleITK path reads ADC and b1400
+    assert "hbv" not in vars(fresh)  # the measured b800 is not an input of this model
+    assert fresh.hbv.GetSize() == fresh.t2w.GetSize()
 
 
 def test_diameters_with_a_given_box_equal_those_without() -> None:

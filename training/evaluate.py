@@ -88,9 +88,7 @@ class LabelledStudy:
 
 
 def prepared_from_images(case_id: str, t2w: sitk.Image, adc: sitk.Image, hbv: sitk.Image) -> PreparedStudy:
-    """A :class:`PreparedStudy` from image files (ADC and HBV resampled onto the T2W grid)."""
-    from lesion_engine.volumes import resample_to
-
+    """A :class:`PreparedStudy` from image files (ADC and HBV are resampled onto the T2W grid when read)."""
     t2w = sitk.Cast(t2w, sitk.sitkFloat32)
     roles = {
         role: RoleChoice(
@@ -107,9 +105,6 @@ def prepared_from_images(case_id: str, t2w: sitk.Image, adc: sitk.Image, hbv: si
     return PreparedStudy(
         study_instance_uid=case_id,
         t2w=t2w,
-        adc=resample_to(adc, t2w),
-        hbv=resample_to(hbv, t2w),
-        high_b=None,
         native={"t2w": t2w, "adc": adc, "hbv": hbv},
         roles=roles,
         computed=None,
