@@ -52,7 +52,13 @@ from lesion_engine.artifact import ModelCard, load_artifact
 from lesion_engine.candidates import Candidate, extract_candidates, label_map, separate_labels
 from lesion_engine.contour import index_slice, long_axis
 from lesion_engine.errors import ConfigError, ModelArtifactError
-from lesion_engine.grid_resample import grid_map, resample_linear, resample_nearest
+from lesion_engine.grid_resample import (
+    coverage_mask,
+    grid_map,
+    resample_affine_linear,
+    resample_linear,
+    resample_nearest,
+)
 from lesion_engine.model_input import from_model_grid, to_model_input, to_model_input_tensor
 from lesion_engine.networks import JointModel
 from lesion_engine.preprocess import PreparedStudy, role_report
@@ -415,7 +421,8 @@ class Engine:
                 yield
 
     def warm_up(self) -> float:
-        """Run both networks once on zeros, so that the first study does not pay one-off set-up costs.
+        """Run both networks once on zeros (and, when resampling on the device, the resampling kernels on a
+        small grid), so that the first study does not pay one-off set-up costs.
 
         Returns
         -------
@@ -429,6 +436,13 @@ class Engine:
         with self._inference():
             loc_map = torch.sigmoid(self.model.loc(images)[:, :1].float())
             self.model.classify(images, loc_map, centre, torch.zeros(1, dtype=torch.long, device=self.device))
+        if self.resample_on_device:
+            target = sitk.Image([8, 8, 4], sitk.sitkUInt8)
+            source = sitk.Image([6, 6, 3], sitk.sitkUInt8)
+            source.SetDirection((1.0, 0.0, 0.0, 0.0, 0.8, -0.6, 0.0, 0.6, 0.8))
+            on_target = resample_affine_linear(torch.zeros((3, 6, 6), device=self.device), source, target)
+            mapping = grid_map(target, target)
+            resample_linear(on_target, mapping) * coverage_mask(mapping, self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start

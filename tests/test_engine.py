@@ -273,6 +273,8 @@ def test_batch_matches_single_runs(
         ]
     assert engine.run_batch([]) == []
     assert engine.warm_up() > 0.0
+    engine.resample_on_device = True  # as on a GPU: the resampling kernels are warmed up too
+    assert engine.warm_up() > 0.0
 
 
 def test_max_diameter_of_simple_masks() -> None:
