@@ -31,12 +31,14 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Box",
     "Candidate",
     "CandidateConfig",
     "blobs_touch",
     "extract_candidates",
     "label_map",
     "separate_labels",
+    "shift_box",
 ]
 
 Triple = tuple[int, int, int]
@@ -222,6 +224,12 @@ def _center_inside(mask: NDArray[np.bool_], offset: Triple = (0, 0, 0)) -> Tripl
     return (int(nearest[0]) + offset[0], int(nearest[1]) + offset[1], int(nearest[2]) + offset[2])
 
 
+def shift_box(box: tuple[slice, ...], within: Box) -> Box:
+    """``box``, found inside the part ``within`` of an array, in the whole array's indices."""
+    z, y, x = (slice(b.start + w.start, b.stop + w.start) for b, w in zip(box, within, strict=True))
+    return (z, y, x)
+
+
 def _bounding_box(mask: NDArray[np.bool_], margin: int) -> Box:
     points = np.argwhere(mask)
     lo = np.maximum(points.min(axis=0) - margin, 0)
@@ -304,11 +312,7 @@ def extract_candidates(
         )
         starts: Triple = (box[0].start, box[1].start, box[2].start)
         tight = _bounding_box(local, 1)
-        grown: Box = (
-            slice(tight[0].start + starts[0], tight[0].stop + starts[0]),
-            slice(tight[1].start + starts[1], tight[1].stop + starts[1]),
-            slice(tight[2].start + starts[2], tight[2].stop + starts[2]),
-        )
+        grown = shift_box(tight, box)
         forbidden[grown] |= _dilate_touch(region[grown])
         candidates.append(
             Candidate(

@@ -49,7 +49,14 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from lesion_engine.artifact import ModelCard, load_artifact
-from lesion_engine.candidates import Candidate, extract_candidates, label_map, separate_labels
+from lesion_engine.candidates import (
+    Box,
+    Candidate,
+    extract_candidates,
+    label_map,
+    separate_labels,
+    shift_box,
+)
 from lesion_engine.contour import index_slice, long_axis
 from lesion_engine.errors import ConfigError, ModelArtifactError
 from lesion_engine.grid_resample import (
@@ -257,9 +264,6 @@ def _physical_points(indices_zyx: NDArray[Any], image: sitk.Image) -> NDArray[np
     return points
 
 
-Box = tuple[slice, slice, slice]
-
-
 def _bounding_box(mask: NDArray[np.bool_], image: sitk.Image, box: Box | None) -> Box | None:
     if mask.shape != image.GetSize()[::-1]:
         raise ValueError(
@@ -317,12 +321,6 @@ def axial_diameter_mm(mask: NDArray[np.bool_], image: sitk.Image, box: Box | Non
     column_mm, row_mm = (float(v) for v in image.GetSpacing()[:2])
     _, length = long_axis(part[index_slice(part)], (row_mm, column_mm))
     return length
-
-
-def _shifted(box: tuple[slice, ...], within: Box) -> Box:
-    """``box``, found inside the part ``within`` of an array, in the whole array's indices."""
-    z, y, x = (slice(b.start + w.start, b.stop + w.start) for b, w in zip(box, within, strict=True))
-    return (z, y, x)
 
 
 @dataclass
@@ -469,7 +467,8 @@ class Engine:
             loc_map = torch.sigmoid(logits[:, :1].float())
             zones = logits[:, 1 : 1 + num_zones].float() if num_zones else None
         # A new tensor (the classifier reads the unmasked map): 0 outside the T2W's coverage.
-        maps = (loc_map[:, 0] * coverage).cpu().numpy()
+        masked = loc_map[:, 0] * coverage
+        maps = masked.cpu().numpy()
         # Zonal logits stay logits: the argmax is taken only under the lesions (cheaper than everywhere).
         zone_maps = zones.cpu().numpy() if zones is not None else None
         localization_s = time.perf_counter() - start
@@ -489,9 +488,7 @@ class Engine:
             study.timings["classification"] = classification_s
             zone_logits = zone_maps[i] if zone_maps is not None else None
             # On a GPU the map goes onto the T2W grid there (the map is already on the device).
-            on_device: torch.Tensor | None = None
-            if self.resample_on_device:
-                on_device = loc_map[i, 0] * coverage[i]
+            on_device = masked[i] if self.resample_on_device else None
             results.append(self._result(study, maps[i], zone_logits, on_device))
         return results
 
@@ -574,7 +571,7 @@ class Engine:
             labels[blob_box] = separate_labels(labels[blob_box])
             for n, found in enumerate(ndimage.find_objects(labels[blob_box], max_label=len(order))):
                 if found is not None:
-                    boxes[n] = _shifted(found, blob_box)
+                    boxes[n] = shift_box(found, blob_box)
 
         spacing = np.asarray(t2w.GetSpacing(), dtype=np.float64)
         voxel_ml = float(np.prod(spacing)) / 1000.0

@@ -33,6 +33,8 @@ import SimpleITK as sitk
 import torch
 from numpy.typing import NDArray
 
+from lesion_engine.candidates import Box
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -79,16 +81,25 @@ class GridMap:
     shape: tuple[int, int, int]
 
 
-def _axis_map(start: float, step: float, target_size: int, source_size: int) -> AxisMap:
-    position = np.round(start + step * np.arange(target_size, dtype=np.float64), _TIE_DECIMALS)
+def _edges(
+    position: torch.Tensor, source_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For continuous source indices along one axis (float64, any shape): ``valid``, ``lower``, ``upper``,
+    ``weight`` (of ``upper``) and ``nearest``, with the edge rules of the module docstring."""
+    position = torch.round(position, decimals=_TIE_DECIMALS)
     valid = (position >= -0.5) & (position < source_size - 0.5)
-    clamped = np.clip(position, 0.0, source_size - 1.0)
-    lower = np.floor(clamped).astype(np.int64)
-    lower = np.minimum(lower, max(source_size - 2, 0))
-    upper = np.minimum(lower + 1, source_size - 1)
-    weight = np.where(upper > lower, clamped - lower, 0.0)
-    nearest = np.clip(np.floor(position + 0.5), 0, source_size - 1).astype(np.int64)
-    return AxisMap(lower, upper, weight, valid, nearest)
+    clamped = position.clamp(0.0, source_size - 1.0)
+    lower = clamped.floor().clamp(max=max(source_size - 2, 0))
+    upper = (lower + 1).clamp(max=source_size - 1)
+    weight = torch.where(upper > lower, clamped - lower, torch.zeros_like(clamped))
+    nearest = torch.floor(position + 0.5).clamp(0, source_size - 1)
+    return valid, lower.long(), upper.long(), weight, nearest.long()
+
+
+def _axis_map(start: float, step: float, target_size: int, source_size: int) -> AxisMap:
+    position = torch.from_numpy(start + step * np.arange(target_size, dtype=np.float64))
+    valid, lower, upper, weight, nearest = _edges(position, source_size)
+    return AxisMap(lower.numpy(), upper.numpy(), weight.numpy(), valid.numpy(), nearest.numpy())
 
 
 def grid_map(source: sitk.Image, target: sitk.Image) -> GridMap:
@@ -127,9 +138,8 @@ def resample_linear(values: torch.Tensor, mapping: GridMap) -> torch.Tensor:
     if values.ndim != 3:
         raise ValueError(f"expected a (Z, Y, X) tensor, got shape {tuple(values.shape)}")
     out = values.float()
-    valid = torch.ones((1, 1, 1), dtype=torch.bool, device=values.device)
+    device = out.device
     for dim, axis in enumerate(mapping.axes):
-        device = out.device
         lower = torch.as_tensor(axis.lower, device=device)
         upper = torch.as_tensor(axis.upper, device=device)
         shape = [1, 1, 1]
@@ -137,8 +147,7 @@ def resample_linear(values: torch.Tensor, mapping: GridMap) -> torch.Tensor:
         weight = torch.as_tensor(axis.weight, dtype=torch.float32, device=device).reshape(shape)
         low = out.index_select(dim, lower)
         out = low + (out.index_select(dim, upper) - low) * weight
-        valid = valid & torch.as_tensor(axis.valid, device=device).reshape(shape)
-    return out * valid
+    return out * coverage_mask(mapping, device)
 
 
 def coverage_mask(mapping: GridMap, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -149,9 +158,6 @@ def coverage_mask(mapping: GridMap, device: torch.device | str = "cpu") -> torch
         shape[dim] = -1
         out = out & torch.as_tensor(axis.valid, device=device).reshape(shape)
     return out.expand(mapping.shape).contiguous()
-
-
-Box = tuple[slice, slice, slice]
 
 
 def resample_nearest(labels: NDArray[Any], mapping: GridMap) -> tuple[NDArray[Any], Box | None]:
@@ -227,13 +233,9 @@ def resample_affine_linear(values: torch.Tensor, source: sitk.Image, target: sit
     corners: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for k, source_size in enumerate(source.GetSize()):  # source axes x, y, z
         position = offset[k] + matrix[k, 0] * x + matrix[k, 1] * y + matrix[k, 2] * z
-        position = torch.round(position, decimals=_TIE_DECIMALS)
-        valid &= (position >= -0.5) & (position < source_size - 0.5)
-        clamped = position.clamp(0.0, source_size - 1.0)
-        lower = clamped.floor().clamp(max=max(source_size - 2, 0))
-        upper = (lower + 1).clamp(max=source_size - 1)
-        weight = torch.where(upper > lower, clamped - lower, torch.zeros_like(clamped)).float()
-        corners.append((lower.long(), upper.long(), weight))
+        inside, lower, upper, weight, _ = _edges(position, source_size)
+        valid &= inside
+        corners.append((lower, upper, weight.float()))
     (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = corners
     flat = values.float().reshape(-1)
     row, plane = source_zyx[2], source_zyx[1] * source_zyx[2]

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from lesion_engine.grid_resample import coverage_mask, grid_map, resample_affine_linear, resample_linear
 from lesion_engine.preprocess import PreparedStudy
-from lesion_engine.volumes import geometry_of
+from lesion_engine.volumes import same_grid
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +210,19 @@ def to_model_input_from_images(
 def to_model_input(prepared: PreparedStudy, config: PreprocessConfig) -> ModelInput:
     """Network input of a prepared study (see the module docstring for the channels)."""
     # The T2W-grid images of a prepared study are resampled when first read: read only those needed.
-    computed = prepared.high_b if config.hbv_source == "b1400" else None
-    hbv = computed if computed is not None else prepared.hbv
+    hbv = prepared.high_b if _hbv_volume(prepared, config) == "high_b" else prepared.hbv
+    if hbv is None:  # _hbv_volume chose high_b only where there is one
+        raise ValueError("the prepared study holds no computed high b-value volume")
     return to_model_input_from_images(prepared.t2w, prepared.adc, hbv, config)
+
+
+def _hbv_volume(prepared: PreparedStudy, config: PreprocessConfig) -> str:
+    """Which native volume is the HBV channel: ``high_b`` (computed) or ``hbv`` (measured)."""
+    # A PreparedStudy holds at least one of the two.
+    measured = "hbv" in prepared.native
+    if "high_b" in prepared.native and (config.hbv_source == "b1400" or not measured):
+        return "high_b"
+    return "hbv"
 
 
 def _zscore_tensor(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -238,18 +248,10 @@ def to_model_input_tensor(
     """
     device = torch.device(device)
     t2w = prepared.t2w
-    native_hbv = prepared.native.get("hbv")
-    computed = prepared.native.get("high_b")
-    if computed is not None and (config.hbv_source == "b1400" or native_hbv is None):
-        hbv = computed
-    elif native_hbv is not None:
-        hbv = native_hbv
-    else:
-        raise ValueError("the prepared study holds no high b-value volume (native 'hbv' or 'high_b')")
     on_t2w = [_tensor(t2w, device)]
-    for image in (prepared.native["adc"], hbv):
+    for image in (prepared.native["adc"], prepared.native[_hbv_volume(prepared, config)]):
         values = _tensor(image, device)
-        if geometry_of(image).close_to(geometry_of(t2w), 1e-4):  # as volumes.resample_to: no resampling
+        if same_grid(image, t2w):  # as volumes.resample_to: no resampling
             on_t2w.append(values)
         else:
             on_t2w.append(resample_affine_linear(values, image, t2w))

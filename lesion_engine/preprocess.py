@@ -3,10 +3,11 @@
 :func:`prepare_study` loads the study, classifies every series (:mod:`lesion_engine.roles`), chooses one
 series per role and builds the volumes (:mod:`lesion_engine.volumes`). ADC and HBV on the T2W grid
 (resampled in physical space) are computed when first read, so that a caller that needs them only on
-another grid (the engine on a GPU, which resamples on the device) does not pay for them. A candidate whose volume cannot be built (missing slices, corrupt instance, ...) is
-rejected with the reason and the next candidate is tried. When the study holds no image at or above
-``computed_b_value`` (1400 by default), such an image is also computed from the lowest b-value image and
-the ADC map, and the report says so.
+another grid (the engine on a GPU, which resamples on the device) does not pay for them. A candidate
+whose volume cannot be built (missing slices, corrupt instance, ...) is rejected with the reason and the
+next candidate is tried. When the study holds no image at or above ``computed_b_value`` (1400 by
+default), such an image is also computed from the lowest b-value image and the ADC map, and the report
+says so.
 """
 
 from __future__ import annotations

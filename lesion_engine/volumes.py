@@ -25,7 +25,15 @@ from lesion_engine.series import Frame, Series
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Geometry", "build_volume", "compute_high_b", "geometry_of", "resample_to", "tilt_from_axial_deg"]
+__all__ = [
+    "Geometry",
+    "build_volume",
+    "compute_high_b",
+    "geometry_of",
+    "resample_to",
+    "same_grid",
+    "tilt_from_axial_deg",
+]
 
 _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE = 1e-3
@@ -213,12 +221,17 @@ def build_volume(
     return image
 
 
+def same_grid(image: sitk.Image, reference: sitk.Image) -> bool:
+    """Whether ``image`` lies on ``reference``'s grid (within 1e-4), so that resampling is a no-op."""
+    return geometry_of(image).close_to(geometry_of(reference), 1e-4)
+
+
 def resample_to(
     image: sitk.Image, reference: sitk.Image, *, interpolator: int = sitk.sitkLinear
 ) -> sitk.Image:
     """Resample ``image`` onto the grid of ``reference`` in physical space (outside: 0), as float32."""
     out: sitk.Image
-    if geometry_of(image).close_to(geometry_of(reference), 1e-4):
+    if same_grid(image, reference):
         out = sitk.Cast(image, sitk.sitkFloat32)
     else:
         out = sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)

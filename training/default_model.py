@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
-from lesion_engine.artifact import load_artifact, save_artifact
+from lesion_engine.artifact import read_card
 from training.dataset import DataSpec
 from training.evaluate import evaluate_model, headline
+from training.export import update_card_metrics
 from training.model_card import write_model_card
 from training.synthetic_sets import generate_mixed
 from training.train import TrainConfig, train
@@ -166,27 +167,23 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
 def install(args: argparse.Namespace, work: Path, runs: dict[str, dict[str, Any]]) -> Path:
     """Write the joint model into the model folder with its full record, and ``MODEL_CARD.md``."""
     joint = runs["joint"]
-    model, card = load_artifact(work / "runs" / "joint" / "artifact")
-    training = dict(card.training)
-    training.update(
-        {
-            "data": {
-                "kind": "synthetic phantoms only",
-                "generator": "training.synth, profile small",
-                "train": {"cases": args.train_cases, "seed": args.train_seed},
-                "test": {"cases": args.test_cases, "seed": args.test_seed},
-                "mix": "vendor cycles siemens, ge, philips, standard by case; classic and Enhanced MR alternate "
-                "in blocks of four cases",
-            },
-            "commands": {
-                "reproduce": "make train-default",
-                "train": joint["train_command"],
-                "evaluate": joint["evaluate_command"],
-            },
-            "train_seconds": joint["train_seconds"],
-            "time_limit_hit": joint["time_limit_hit"],
-        }
-    )
+    training = {
+        "data": {
+            "kind": "synthetic phantoms only",
+            "generator": "training.synth, profile small",
+            "train": {"cases": args.train_cases, "seed": args.train_seed},
+            "test": {"cases": args.test_cases, "seed": args.test_seed},
+            "mix": "vendor cycles siemens, ge, philips, standard by case; classic and Enhanced MR alternate "
+            "in blocks of four cases",
+        },
+        "commands": {
+            "reproduce": "make train-default",
+            "train": joint["train_command"],
+            "evaluate": joint["evaluate_command"],
+        },
+        "train_seconds": joint["train_seconds"],
+        "time_limit_hit": joint["time_limit_hit"],
+    }
     metrics: dict[str, Any] = {"held_out": joint["held_out"]}
     if "detached_map" in runs:
         metrics["ablation_detach_map"] = {
@@ -194,15 +191,8 @@ def install(args: argparse.Namespace, work: Path, runs: dict[str, dict[str, Any]
             "train_seconds": runs["detached_map"]["train_seconds"],
             "train_command": runs["detached_map"]["train_command"],
         }
-    out = save_artifact(
-        model,
-        args.model_dir,
-        name=card.name,
-        version=card.version,
-        preprocessing=card.preprocessing,
-        candidates=card.candidates,
-        training=training,
-        metrics=metrics,
+    out = update_card_metrics(
+        work / "runs" / "joint" / "artifact", metrics, training=training, out=args.model_dir
     )
     figures = {
         "heldout_roc.png": work / "eval" / "joint" / "roc.png",
@@ -215,7 +205,7 @@ def install(args: argparse.Namespace, work: Path, runs: dict[str, dict[str, Any]
             shutil.copyfile(source, out / name)
         else:
             logger.warning("figure %s not found; the model card goes without it", source)
-    write_model_card(out, runs, training)
+    write_model_card(out, runs, dict(read_card(out).training))
     for path in out.iterdir():
         path.chmod(0o644)  # readable by the service that runs the engine
     return out

@@ -60,12 +60,17 @@ def export_run(
 
 
 def update_card_metrics(
-    folder: Path, metrics: Mapping[str, Any], *, training: Mapping[str, Any] | None = None
+    folder: Path,
+    metrics: Mapping[str, Any],
+    *,
+    training: Mapping[str, Any] | None = None,
+    out: Path | None = None,
 ) -> Path:
     """Rewrite an artifact with ``metrics`` (and optionally extra ``training`` entries) in its card.
 
     The weights are loaded (checking their sha256) and saved again through
-    :func:`~lesion_engine.artifact.save_artifact`, so the card stays valid and its checksum right.
+    :func:`~lesion_engine.artifact.save_artifact`, so the card stays valid and its checksum right. The
+    result goes to ``out`` when given (``folder`` is then left as it is), else back into ``folder``.
     """
     model, card = load_artifact(folder)
     merged_training = dict(card.training)
@@ -73,7 +78,7 @@ def update_card_metrics(
         merged_training.update(training)
     return save_artifact(
         model,
-        folder,
+        out if out is not None else folder,
         name=card.name,
         version=card.version,
         preprocessing=card.preprocessing,

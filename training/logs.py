@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.plots import save_figure
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CsvLog", "plot_losses"]
@@ -100,8 +102,6 @@ def plot_losses(steps_csv: Path, epochs_csv: Path, out: Path, terms: Sequence[st
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
     return out

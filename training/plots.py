@@ -10,7 +10,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "save_figure"]
 
 
 def plot_curves(metrics: Any, out_dir: Path, title: str = "") -> dict[str, Path]:
@@ -50,9 +50,7 @@ def plot_curves(metrics: Any, out_dir: Path, title: str = "") -> dict[str, Path]
     ax.set_title(f"{prefix}ROC")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(paths["roc"], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths["roc"])
 
     fig, ax = plt.subplots(figsize=(5, 5))
     fpr = np.asarray(metrics.lesion_FPR, dtype=float)
@@ -69,9 +67,7 @@ def plot_curves(metrics: Any, out_dir: Path, title: str = "") -> dict[str, Path]
     ax.set_ylabel("sensitivity (lesion level)")
     ax.set_title(f"{prefix}FROC")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(paths["froc"], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths["froc"])
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot(metrics.recall, metrics.precision, label=f"AP = {metrics.AP:.3f}")
@@ -82,7 +78,14 @@ def plot_curves(metrics: Any, out_dir: Path, title: str = "") -> dict[str, Path]
     ax.set_title(f"{prefix}precision-recall")
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(paths["pr"], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths["pr"])
     return paths
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write as PNG (100 dpi) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
