@@ -1,15 +1,24 @@
 """Diffusion b-values, wherever a vendor put them.
 
-Order of precedence (the first source that yields a number wins):
+The tags and conventions are those dcm2niix reads (its source is the most trusted record of them):
 
-1. DiffusionBValue (0018,9087), top level or in the Enhanced MR diffusion functional group
-   (MRDiffusionSequence) of the frame;
-2. Siemens: private (0019,xx0C) under creator ``SIEMENS MR HEADER``, then SequenceName such as
-   ``*ep_b800t``;
-3. GE: private (0043,xx39) under creator ``GEMS_PARM_01``, first value, stored as b + 10^9 on many scanners;
-4. Philips: private (2001,xx03) under creator ``Philips Imaging DD 001``.
+- Enhanced MR: DiffusionBValue in the frame's MR Diffusion functional group (MRDiffusionSequence, per-frame
+  or shared); Philips also keeps the frame's b-value in its private (2001,xx03), directly in the per-frame
+  item or in its private per-frame sequence (2005,xx0F), read when the standard group holds none;
+- GE: private (0043,xx39) under creator ``GEMS_PARM_01``, first value, modulo 10^9 (multi-b and synthetic-b
+  series store b + 10^9 there, issue 602 of dcm2niix). It is read before the standard DiffusionBValue,
+  which GE leaves out on b = 0 images, and only on EPI series (ScanningSequence EP): GE writes the group on
+  every MR series, and non-EPI series may carry any value there;
+- DiffusionBValue (0018,9087) at the top level: Philips, Canon/Toshiba (which omit it on b = 0 images),
+  Siemens XA, GE RX27+;
+- Siemens: private (0019,xx0C) under creator ``SIEMENS MR HEADER``, then SequenceName such as ``*ep_b800t``
+  or ``ep_b1000#1``;
+- Philips: private (2001,xx03) under creator ``Philips Imaging DD 001`` (FL);
+- UIH: private (0065,xx09) under creator ``Image Private Header`` (FD, "BActualValue").
 
 Private elements are always read through their private creator, never by a fixed element number.
+Whether a b-value means diffusion weighting (a b-value of 0 does not) is decided per series, in
+:mod:`lesion_engine.diffusion`.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ __all__ = ["BValue", "b_value_of"]
 BValue = tuple[float, str]
 
 _GE_OFFSET = 1_000_000_000
-_SIEMENS_SEQUENCE_NAME = re.compile(r"ep_b(\d+)t?$", re.IGNORECASE)
+_SIEMENS_SEQUENCE_NAME = re.compile(r"ep_b(\d+)(t|#\d+)?$", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?")
 
 
@@ -84,12 +93,20 @@ def _siemens(ds: Dataset) -> BValue | None:
     return None
 
 
+def _is_epi(ds: Dataset) -> bool:
+    value = ds.get("ScanningSequence")
+    if value is None:
+        return False
+    items = [value] if isinstance(value, str) else list(value)
+    return any("EP" in str(v).upper().split("\\") for v in items)
+
+
 def _ge(ds: Dataset) -> BValue | None:
     value = _number(_private(ds, 0x0043, "GEMS_PARM_01", 0x39))
-    if value is None:
+    if value is None or not _is_epi(ds):
         return None
-    if value >= _GE_OFFSET:
-        value -= _GE_OFFSET
+    if value >= 0:
+        value = float(int(value) % _GE_OFFSET)
     return value, "ge-private(0043,xx39)"
 
 
@@ -98,6 +115,28 @@ def _philips(ds: Dataset) -> BValue | None:
     if value is None:
         return None
     return value, "philips-private(2001,xx03)"
+
+
+def _philips_frame(frame_group: Dataset) -> BValue | None:
+    """Philips Enhanced: (2001,xx03) in the per-frame item, or in its private per-frame sequence."""
+    found = _philips(frame_group)
+    if found is not None:
+        return found
+    try:
+        block = frame_group.private_block(0x2005, "Philips MR Imaging DD 005")
+    except KeyError:
+        return None
+    tag = block.get_tag(0x0F)
+    if tag not in frame_group or frame_group[tag].VR != "SQ" or not frame_group[tag].value:
+        return None
+    return _philips(frame_group[tag].value[0])
+
+
+def _uih(ds: Dataset) -> BValue | None:
+    value = _number(_private(ds, 0x0065, "Image Private Header", 0x09))
+    if value is None:
+        return None
+    return value, "uih-private(0065,xx09)"
 
 
 def b_value_of(
@@ -124,10 +163,17 @@ def b_value_of(
             value = _standard(group)
             if value is not None:
                 return value, "MRDiffusionSequence"
+    if frame_group is not None:
+        philips = _philips_frame(frame_group)
+        if philips is not None and philips[0] >= 0:
+            return philips
+    ge = _ge(ds)
+    if ge is not None and ge[0] >= 0:
+        return ge
     value = _standard(ds)
     if value is not None:
         return value, "DiffusionBValue"
-    for reader in (_siemens, _ge, _philips):
+    for reader in (_siemens, _philips, _uih):
         found = reader(ds)
         if found is not None:
             if found[0] < 0:

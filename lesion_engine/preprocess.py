@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from lesion_engine.acquisitions import DiffusionAcquisition, group_acquisitions
 from lesion_engine.errors import (
     CorruptInstanceError,
     GeometryError,
@@ -53,6 +54,11 @@ __all__ = [
 
 def _label(series: Series) -> str:
     return f"series {series.series_number} '{series.description}'"
+
+
+def _trace_b_values(series: Series) -> list[float]:
+    """Distinct b-values of the series' trace (non-directional) images, ascending."""
+    return sorted({f.b_value for f in series.frames if f.b_value is not None and not f.directional})
 
 
 @dataclass(frozen=True)
@@ -261,12 +267,38 @@ class _Selector:
         self.native: dict[str, sitk.Image] = {}
         self.computed: ComputedImage | None = None
         self.warnings: list[str] = []
+        self._volumes: dict[tuple[str, float | None], sitk.Image | GeometryError] = {}
 
     def candidates(self, role: str) -> list[Series]:
         found = [s for s in self.loaded.series if role in self.verdicts[s.series_instance_uid].candidate_for]
         return sorted(found, key=preference_key, reverse=True)
 
     def _volume(self, series: Series, b_value: float | None = None) -> sitk.Image:
+        """The volume of a series (of one b-value), built once; a GeometryError is remembered too."""
+        key = (series.series_instance_uid, b_value)
+        cached = self._volumes.get(key)
+        if cached is None:
+            try:
+                cached = self._build(series, b_value)
+            except GeometryError as exc:
+                cached = exc
+            self._volumes[key] = cached
+        if isinstance(cached, GeometryError):
+            raise cached
+        return cached
+
+    def _buildable(self, options: list[tuple[Series, float | None]]) -> bool:
+        """True when one of the options makes a volume (failures are recorded as rejections)."""
+        for series, b_value in options:
+            try:
+                self._volume(series, b_value)
+            except GeometryError as exc:
+                self._reject(series, exc)
+                continue
+            return True
+        return False
+
+    def _build(self, series: Series, b_value: float | None) -> sitk.Image:
         frames = [
             f
             for f in series.frames
@@ -286,8 +318,10 @@ class _Selector:
 
     def _reject(self, series: Series, exc: LesionAIError) -> str:
         text = f"{_label(series)}: rejected: {exc}"
-        self.verdicts[series.series_instance_uid].reasons.append(f"rejected: {exc}")
-        logger.info("%s", text)
+        reasons = self.verdicts[series.series_instance_uid].reasons
+        if f"rejected: {exc}" not in reasons:
+            reasons.append(f"rejected: {exc}")
+            logger.info("%s", text)
         return text
 
     def _choose(
@@ -361,12 +395,80 @@ class _Selector:
         except GeometryError as exc:
             raise type(exc)(f"no usable axial T2W series: {exc}") from exc
 
-    def _dwi_options(self) -> list[tuple[Series, float]]:
-        options = [(s, b) for s in self.candidates("dwi") for b in s.b_values]
+    def _dwi_options(self, series: Iterable[Series] | None = None) -> list[tuple[Series, float]]:
+        chosen = self.candidates("dwi") if series is None else list(series)
+        options = [(s, b) for s in chosen for b in _trace_b_values(s)]
         return sorted(options, key=lambda o: (o[1], *preference_key(o[0])), reverse=True)
 
-    def choose_adc(self) -> None:
-        candidates = self.candidates("adc")
+    def choose_diffusion(self) -> None:
+        """Choose the ADC map and the high b-value image, from one acquisition when the rules say so."""
+        if self.rules.diffusion_source == "same_acquisition" and self._choose_one_acquisition():
+            return
+        self.choose_adc()
+        self.choose_hbv()
+
+    def _choose_one_acquisition(self) -> bool:
+        """ADC and high b-value image of the best acquisition that supplies both; False when none does."""
+        acquisitions = group_acquisitions(self.candidates("dwi"), self.candidates("adc"))
+        complete = [a for a in acquisitions if a.adc and a.trace_b_values()]
+        if not complete:
+            if len(acquisitions) > 1:
+                self.warnings.append(
+                    "no diffusion acquisition supplies both an ADC map and a trace image: ADC and high "
+                    "b-value image chosen independently"
+                )
+            return False
+        t2w = self.loaded.series_by_uid(self.roles["t2w"].series_instance_uid)
+        frame_of_reference = str(t2w.header.get("FrameOfReferenceUID", ""))
+        rules = self.rules
+
+        def rank(acq: DiffusionAcquisition) -> tuple[Any, ...]:
+            top = max(acq.trace_b_values())
+            same_frame = str(acq.adc[0].header.get("FrameOfReferenceUID", "")) == frame_of_reference
+            return (
+                same_frame,
+                top >= rules.computed_b_value,
+                top >= rules.hbv_min_b_value,
+                top,
+                *preference_key(acq.root),
+            )
+
+        ranked = sorted(complete, key=rank, reverse=True)
+        for position, acq in enumerate(ranked):
+            options = self._dwi_options(acq.dwi)
+            high = [o for o in options if o[1] >= rules.hbv_min_b_value]
+            low = [o for o in sorted(options, key=lambda o: o[1]) if o[1] < rules.hbv_min_b_value]
+            if not self._buildable([(s, None) for s in acq.adc]):
+                continue
+            if not (self._buildable(list(high)) or self._buildable(list(low))):
+                continue
+            others = [a.label() for a in ranked if a is not acq]
+            why = (
+                f"from the {acq.label()}, which "
+                + ("gives the highest b-value image" if position == 0 else "is the best usable one")
+                + (f" (other acquisitions: {'; '.join(others)})" if others else "")
+            )
+            adc_reason = f"ADC map {why}" + self._link_note(acq, acq.adc)
+            self.choose_adc(list(acq.adc), adc_reason)
+            self.choose_hbv(options, f"; same acquisition as the ADC map ({acq.label()})")
+            return True
+        self.warnings.append(
+            "no diffusion acquisition gives a usable ADC map and trace image together: ADC and high b-value "
+            "image chosen independently"
+        )
+        return False
+
+    @staticmethod
+    def _link_note(acq: DiffusionAcquisition, members: tuple[Series, ...]) -> str:
+        notes = [
+            f"series {s.series_number}: {acq.links[s.series_instance_uid]}"
+            for s in members
+            if s.series_instance_uid in acq.links
+        ]
+        return f" [linked to the acquisition: {'; '.join(notes)}]" if notes else ""
+
+    def choose_adc(self, candidates: list[Series] | None = None, reason: str | None = None) -> None:
+        candidates = list(candidates) if candidates is not None else self.candidates("adc")
         if not candidates:
             raise NoADCError(
                 "no ADC map found (no series with ADC in ImageType or SeriesDescription). Send the ADC series, "
@@ -384,7 +486,7 @@ class _Selector:
         )
         try:
             options: list[tuple[Series, float | None]] = [(s, None) for s in candidates]
-            self._choose("adc", options, "ADC map; most recent acquisition")
+            self._choose("adc", options, reason or "ADC map; most recent acquisition")
         except GeometryError as exc:
             raise NoADCError(f"no usable ADC map: {exc}") from exc
         self._check_adc_units()
@@ -403,8 +505,8 @@ class _Selector:
                 logger.warning("%s", message)
                 return
 
-    def choose_hbv(self) -> None:
-        options = self._dwi_options()
+    def choose_hbv(self, options: list[tuple[Series, float]] | None = None, note: str = "") -> None:
+        options = options if options is not None else self._dwi_options()
         high = [(s, b) for s, b in options if b >= self.rules.hbv_min_b_value]
         # Lowest b-value first; among equal b-values the documented preference order is kept (stable sort).
         low = sorted(options, key=lambda o: o[1])
@@ -413,7 +515,7 @@ class _Selector:
                 self._choose(
                     "hbv",
                     list(high),
-                    f"highest b-value trace image at or above b={self.rules.hbv_min_b_value:g}",
+                    f"highest b-value trace image at or above b={self.rules.hbv_min_b_value:g}{note}",
                     "lower b-value or earlier acquisition",
                 )
             except GeometryError as exc:
@@ -454,7 +556,8 @@ class _Selector:
                 series.description,
                 self.rules.computed_b_value,
                 True,
-                f"no trace image at or above b={self.rules.hbv_min_b_value:g}: computed from b={b_low:g} and ADC",
+                f"no trace image at or above b={self.rules.hbv_min_b_value:g}: computed from b={b_low:g} and ADC"
+                + note,
             )
 
     def _low_b(self, options: list[tuple[Series, float]]) -> tuple[Series, float, sitk.Image] | None:
@@ -484,8 +587,7 @@ def prepare_loaded_study(loaded: LoadedStudy, rules: SeriesRules | None = None) 
                 "the model reads biparametric prostate MR"
             )
         selector.choose_t2w()
-        selector.choose_adc()
-        selector.choose_hbv()
+        selector.choose_diffusion()
     except StudyError as exc:
         exc.report = build_report(
             loaded, selector.verdicts, selector.roles, selector.computed, selector.warnings

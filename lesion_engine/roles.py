@@ -98,17 +98,10 @@ def classify_series(series: Series, rules: SeriesRules) -> SeriesVerdict:
         verdict.reasons.append(f"ADC map ({adc_match.explain(ds)})")
         return verdict
 
-    trace_b = sorted({f.b_value for f in series.frames if f.b_value is not None and not f.directional})
-    if trace_b:
-        excluded = rules.dwi.excluded_by(ds)
-        included = not rules.dwi.include or rules.dwi.included_by(ds) is not None
-        if excluded is None and included:
-            verdict.candidate_for.add("dwi")
-            sources = sorted({f.b_value_source for f in series.frames if f.b_value_source})
-            verdict.reasons.append(
-                f"diffusion, b = {', '.join(f'{b:g}' for b in trace_b)} (from {', '.join(sources)})"
-            )
-            return verdict
+    if series.diffusion.weighted:
+        return _classify_diffusion(series, rules, verdict)
+    if series.diffusion.ignored_b_values:
+        verdict.reasons.append(series.diffusion.ignored_b_values)
 
     t2_match = rules.t2w.included_by(ds)
     if t2_match is not None and rules.t2w.excluded_by(ds) is None:
@@ -131,4 +124,43 @@ def classify_series(series: Series, rules: SeriesRules) -> SeriesVerdict:
 
     verdict.ignored = "no_role"
     verdict.reasons.append("matches no role (not T2W, ADC or diffusion by the series rules)")
+    return verdict
+
+
+def _classify_diffusion(series: Series, rules: SeriesRules, verdict: SeriesVerdict) -> SeriesVerdict:
+    """A diffusion-weighted series that is not an ADC map: a DWI candidate, or ignored with the reason."""
+    ds = series.header
+    evidence = series.diffusion.describe()
+    excluded = rules.dwi.excluded_by(ds)
+    if excluded is not None:
+        verdict.ignored = "diffusion_map"
+        verdict.reasons.append(
+            f"diffusion-derived map, not a trace image ({excluded.explain(ds)} matches the dwi exclude rule)"
+        )
+        return verdict
+    if rules.dwi.include and rules.dwi.included_by(ds) is None:
+        verdict.ignored = "diffusion_not_included"
+        verdict.reasons.append(
+            f"diffusion-weighted ({evidence}) but matches none of the dwi include rules of the series rules"
+        )
+        return verdict
+    trace_b = sorted({f.b_value for f in series.frames if f.b_value is not None and not f.directional})
+    if not trace_b:
+        verdict.ignored = "diffusion_directional"
+        verdict.reasons.append(
+            f"diffusion-weighted ({evidence}) but no trace image with a b-value: only directional images"
+        )
+        return verdict
+    verdict.candidate_for.add("dwi")
+    sources = sorted({f.b_value_source for f in series.frames if f.b_value_source})
+    directional = sorted({f.b_value for f in series.frames if f.directional and f.b_value is not None})
+    verdict.reasons.append(
+        f"diffusion, trace b = {', '.join(f'{b:g}' for b in trace_b)} (from {', '.join(sources)}; "
+        f"evidence: {evidence})"
+        + (
+            f"; directional images at b = {', '.join(f'{b:g}' for b in directional)} not used"
+            if directional
+            else ""
+        )
+    )
     return verdict

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from lesion_engine.bvalues import b_value_of
+from lesion_engine.diffusion import DiffusionEvidence, apply_evidence, assess_diffusion, is_directional
 from lesion_engine.errors import CorruptInstanceError
 
 logger = logging.getLogger(__name__)
@@ -118,11 +119,24 @@ class Instance:
 
 @dataclass
 class Series:
-    """An image series: its instances, its frames, and the header attributes used to choose roles."""
+    """An image series: its instances, its frames, and the header attributes used to choose roles.
+
+    Attributes
+    ----------
+    series_instance_uid : str
+        The series' UID.
+    instances : list of Instance
+        Its instances.
+    frames : list of Frame
+        Its 2D images, with b-values as the diffusion evidence reads them (none outside diffusion series).
+    diffusion : DiffusionEvidence
+        Whether the series is diffusion-weighted, and why (see :mod:`lesion_engine.diffusion`).
+    """
 
     series_instance_uid: str
     instances: list[Instance]
     frames: list[Frame]
+    diffusion: DiffusionEvidence = field(default_factory=lambda: DiffusionEvidence(False))
 
     @property
     def header(self) -> Dataset:
@@ -184,7 +198,7 @@ class Series:
 
     @property
     def b_values(self) -> list[float]:
-        """Sorted distinct b-values of the series' frames (empty when none has one)."""
+        """Sorted distinct b-values of the series' frames (empty when the series is not diffusion-weighted)."""
         return sorted({f.b_value for f in self.frames if f.b_value is not None})
 
     @property
@@ -249,13 +263,6 @@ def _from_groups(per_frame: Dataset | None, shared: Dataset | None, sequence: st
     return _item(per_frame, sequence) or _item(shared, sequence)
 
 
-def _directional(ds: Dataset | None) -> bool:
-    if ds is None:
-        return False
-    value = str(ds.get("DiffusionDirectionality", "") or "").upper()
-    return value in ("DIRECTIONAL", "BMATRIX")
-
-
 def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
     shared = _item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -288,7 +295,7 @@ def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
                 b_value=b[0] if b else None,
                 b_value_source=b[1] if b else None,
                 temporal_index=int(temporal) if temporal not in (None, "") else None,
-                directional=_directional(diffusion),
+                directional=is_directional(ds, diffusion, b[0] if b else None),
             )
         )
     return frames
@@ -310,7 +317,7 @@ def _frame_of_classic(index: int, ds: Dataset) -> Frame:
         b_value=b[0] if b else None,
         b_value_source=b[1] if b else None,
         temporal_index=int(temporal) if temporal not in (None, "") else None,
-        directional=_directional(ds),
+        directional=is_directional(ds, None, b[0] if b else None),
     )
 
 
@@ -353,4 +360,6 @@ def build_series(
         frames.extend(new)
     if not instances:
         return None, bad
-    return Series(series_instance_uid, instances, frames), bad
+    evidence = assess_diffusion([i.dataset for i in instances], frames)
+    frames, evidence = apply_evidence(frames, evidence)
+    return Series(series_instance_uid, instances, frames, evidence), bad

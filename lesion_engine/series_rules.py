@@ -38,10 +38,13 @@ _TOP_LEVEL = {
     "slice_spacing_tolerance",
     "hbv_min_b_value",
     "computed_b_value",
+    "diffusion_source",
     "exclude",
     "roles",
 }
 _ROLES = ("t2w", "adc", "dwi")
+#: Allowed values of ``diffusion_source``.
+DIFFUSION_SOURCES = ("same_acquisition", "independent")
 
 
 def attribute_text(ds: Dataset, keyword: str) -> str:
@@ -119,6 +122,7 @@ class SeriesRules:
     t2w: RoleRule
     adc: RoleRule
     dwi: RoleRule
+    diffusion_source: str = "same_acquisition"
     source: str = "<defaults>"
 
     def __post_init__(self) -> None:
@@ -129,6 +133,10 @@ class SeriesRules:
         if not 0 < self.slice_spacing_tolerance < 0.5:
             raise ValueError(
                 f"slice_spacing_tolerance must be in (0, 0.5), got {self.slice_spacing_tolerance}"
+            )
+        if self.diffusion_source not in DIFFUSION_SOURCES:
+            raise ValueError(
+                f"diffusion_source must be one of {', '.join(DIFFUSION_SOURCES)}, got {self.diffusion_source!r}"
             )
         if self.hbv_min_b_value <= 0 or self.computed_b_value < self.hbv_min_b_value:
             raise ValueError(
@@ -146,6 +154,13 @@ def _number(doc: YamlDocument, data: dict[str, Any], key: str, kind: type) -> An
     ):
         raise doc.error((key,), f"must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     return kind(value)
+
+
+def _choice(doc: YamlDocument, data: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = data[key]
+    if not isinstance(value, str) or value not in allowed:
+        raise doc.error((key,), f"must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _match(doc: YamlDocument, value: Any, path: PathKey) -> AttributeMatch:
@@ -255,6 +270,7 @@ def _build(default: YamlDocument, override: YamlDocument | None) -> SeriesRules:
             t2w=role("t2w"),
             adc=role("adc"),
             dwi=role("dwi"),
+            diffusion_source=_choice(origin["diffusion_source"], data, "diffusion_source", DIFFUSION_SOURCES),
             source=override.source if override is not None else default.source,
         )
     except ConfigError:

@@ -4,7 +4,9 @@ The default routing rule hands the worker every MR series of a study, DCE among 
 than all other series together). The engine ignores such series from their headers alone (localizers, coil
 reference scans, DCE, screenshots, non-MR objects, sagittal, coronal and oblique T2), so the worker fetches
 their first instance, classifies it with the job's series rules, and skips the rest. Series whose role
-depends on all their instances (diffusion b-values, for one) are always fetched whole.
+depends on all their instances (diffusion b-values, for one) are always fetched whole; so is a tilted
+series whose first header carries a b-value tag: one image with b = 0 cannot show that the series is no
+diffusion series (the b > 0 images may follow), and an oblique diffusion series is still usable.
 """
 
 from __future__ import annotations
@@ -65,5 +67,7 @@ def skippable_series(first_instance: bytes, rules: SeriesRules | None = None) ->
         verdict = classify_series(built, rules if rules is not None else load_series_rules())
     except Exception as exc:  # an unreadable header: fetch it all and let the engine say what is wrong
         logger.debug("first instance not classified: %s", exc)
+        return None
+    if verdict.ignored == "t2_oblique" and built.diffusion.ignored_b_values is not None:
         return None
     return verdict.ignored if verdict.ignored in HEADER_DECIDED else None

@@ -46,3 +46,19 @@ def copy_series(series: dict[int, Path], numbers: list[int], dest: Path) -> dict
             path.chmod(0o644)
         out[number] = target
     return out
+
+
+VENDOR_MR_ROOT = Path(
+    os.environ.get("LESION_AI_VENDOR_MR", REPO.parent / "shared" / "fixtures" / "vendor-mr")
+)
+
+
+@pytest.fixture(scope="session")
+def vendor_mr() -> Path:
+    """Folder of the real vendor MR fixtures (GE, Philips, Siemens; classic and Enhanced; read only)."""
+    if not (VENDOR_MR_ROOT / "truth.json").is_file():
+        pytest.fail(
+            f"the vendor MR fixtures are missing at {VENDOR_MR_ROOT}; put the shared fixtures beside the "
+            "repository or set LESION_AI_VENDOR_MR to the vendor-mr folder"
+        )
+    return VENDOR_MR_ROOT

@@ -77,6 +77,7 @@ def test_standard_attribute_wins_over_private() -> None:
 @pytest.mark.parametrize(("stored", "expected"), [("1000001400\\8\\0\\0", 1400.0), ("800\\8\\0\\0", 800.0)])
 def test_ge_private_first_value_with_offset(stored: str, expected: float) -> None:
     ds = Dataset()
+    ds.ScanningSequence = ["EP", "SE"]
     block = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
     block.add_new(0x39, "IS", stored)
     assert b_value_of(ds) == (expected, "ge-private(0043,xx39)")

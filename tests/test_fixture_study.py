@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -116,3 +118,53 @@ def test_inspect_table_in_a_subprocess(prostatex: Path) -> None:
     assert "t2w: series 10" in result.stdout
     assert "series 6 't2_tse_tra'" in result.stdout
     assert "coil_reference" in result.stdout
+
+
+def _tag_philips_b0(ds: pydicom.Dataset) -> None:
+    """What Philips writes on every non-diffusion series: b = 0, directionality NONE, private b = 0."""
+    ds.DiffusionBValue = 0.0
+    ds.DiffusionDirectionality = "NONE"
+    ds.private_block(0x2001, "Philips Imaging DD 001", create=True).add_new(0x03, "FL", 0.0)
+
+
+def _tag_ge_b0(ds: pydicom.Dataset) -> None:
+    """What GE writes on every MR series: its private (0043,xx39) group, first value 0 outside diffusion."""
+    ds.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x39, "IS", ["0", "0", "0", "0"])
+
+
+@pytest.mark.parametrize("convention", ["philips", "ge", "both"])
+def test_b0_tags_on_t2_series_keep_them_t2(
+    prostatex: Path, tmp_path: Path, convention: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's reproduction: b = 0 tags on every T2 series (axial twice, sagittal, coronal)."""
+    copy = tmp_path / "study"
+    shutil.copytree(prostatex / "dicom", copy)
+    tagged = 0
+    for path in copy.rglob("*.dcm"):
+        path.chmod(0o644)
+        ds = pydicom.dcmread(path)
+        if str(ds.SeriesDescription).startswith("t2_tse"):
+            if convention in ("philips", "both"):
+                _tag_philips_b0(ds)
+            if convention in ("ge", "both"):
+                _tag_ge_b0(ds)
+            ds.save_as(path)
+            tagged += 1
+    assert tagged == 19 * 3 + 15
+    status = main(["inspect", str(copy), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0, report.get("error")
+    roles = report["roles"]
+    assert (roles["t2w"]["series_number"], roles["adc"]["series_number"], roles["hbv"]["series_number"]) == (
+        10,
+        8,
+        9,
+    )
+    rows = {r["series_number"]: r for r in report["series"]}
+    assert (rows[4]["ignored"], rows[5]["ignored"]) == ("t2_sagittal", "t2_coronal")
+    for number in (4, 5, 6, 10):
+        assert rows[number]["b_values"] == []
+        # GE's group is read as a b-value on EPI series only; Philips' b = 0 is read and said to be ignored.
+        ignored = "ignored: a b-value of 0 alone is no diffusion weighting" in rows[number]["reason"]
+        assert ignored is (convention != "ge")
+    assert rows[7]["b_values"] == [50.0, 400.0, 800.0]

@@ -69,6 +69,13 @@ def test_shipped_site_example_overrides_t2w(tmp_path: Path) -> None:
     assert rules.adc == load_series_rules().adc
 
 
+def test_diffusion_source_default_and_override(tmp_path: Path) -> None:
+    assert load_series_rules().diffusion_source == "same_acquisition"
+    path = tmp_path / "rules.yaml"
+    path.write_text("diffusion_source: independent\n")
+    assert load_series_rules(path).diffusion_source == "independent"
+
+
 def test_numeric_override(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("computed_b_value: 2000\n")
@@ -95,6 +102,13 @@ def test_numeric_override(tmp_path: Path) -> None:
         ("roles:\n  flair: {include: []}\n", 2, "roles.flair", "unknown role"),
         ("exclude:\n  - kind: x\n", 2, "exclude[0]", "needs exactly 'kind'"),
         ("hbv_min_b_value: 2000\n", 1, "(top level)", "hbv_min_b_value <= computed_b_value"),
+        (
+            "version: 1\ndiffusion_source: same_scan\n",
+            2,
+            "diffusion_source",
+            "must be one of same_acquisition",
+        ),
+        ("diffusion_source: [independent]\n", 1, "diffusion_source", "must be one of"),
     ],
 )
 def test_errors_name_file_line_and_field(
