@@ -67,9 +67,7 @@ class DiffusionAcquisition:
 
     def trace_b_values(self) -> list[float]:
         """Distinct b-values of the acquisition's trace images, ascending."""
-        return sorted(
-            {f.b_value for s in self.dwi for f in s.frames if f.b_value is not None and not f.directional}
-        )
+        return sorted({f.b_value for s in self.dwi for f in s.frames if f.is_trace and f.b_value is not None})
 
     def label(self) -> str:
         """The acquisition in words, e.g. ``acquisition of series 7 'ep2d_diff_tra'``."""
@@ -205,7 +203,7 @@ def group_acquisitions(dwi: Sequence[Series], adc: Sequence[Series]) -> list[Dif
     """
     parent: dict[str, tuple[Series, str]] = {}
     for series in dwi:
-        trace_b = {f.b_value for f in series.frames if f.b_value is not None and not f.directional}
+        trace_b = {f.b_value for f in series.frames if f.is_trace}
         if len(trace_b) != 1 or not _looks_calculated(series):
             continue
         best = _best_source(series, [s for s in dwi if s is not series], is_adc=False, strongest=2)

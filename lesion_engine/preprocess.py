@@ -58,7 +58,7 @@ def _label(series: Series) -> str:
 
 def _trace_b_values(series: Series) -> list[float]:
     """Distinct b-values of the series' trace (non-directional) images, ascending."""
-    return sorted({f.b_value for f in series.frames if f.b_value is not None and not f.directional})
+    return sorted({f.b_value for f in series.frames if f.is_trace and f.b_value is not None})
 
 
 @dataclass(frozen=True)
@@ -302,8 +302,7 @@ class _Selector:
         frames = [
             f
             for f in series.frames
-            if b_value is None
-            or (f.b_value is not None and abs(f.b_value - b_value) < 1e-3 and not f.directional)
+            if b_value is None or (f.is_trace and f.b_value is not None and abs(f.b_value - b_value) < 1e-3)
         ]
         try:
             return build_volume(

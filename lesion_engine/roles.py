@@ -144,16 +144,18 @@ def _classify_diffusion(series: Series, rules: SeriesRules, verdict: SeriesVerdi
             f"diffusion-weighted ({evidence}) but matches none of the dwi include rules of the series rules"
         )
         return verdict
-    trace_b = sorted({f.b_value for f in series.frames if f.b_value is not None and not f.directional})
+    trace_b = sorted({f.b_value for f in series.frames if f.is_trace and f.b_value is not None})
     if not trace_b:
         verdict.ignored = "diffusion_directional"
         verdict.reasons.append(
-            f"diffusion-weighted ({evidence}) but no trace image with a b-value: only directional images"
+            f"diffusion-weighted ({evidence}) but no trace image with a b-value: only directional images "
+            "or derived maps"
         )
         return verdict
     verdict.candidate_for.add("dwi")
     sources = sorted({f.b_value_source for f in series.frames if f.b_value_source})
     directional = sorted({f.b_value for f in series.frames if f.directional and f.b_value is not None})
+    maps = sum(1 for f in series.frames if f.derived_map)
     verdict.reasons.append(
         f"diffusion, trace b = {', '.join(f'{b:g}' for b in trace_b)} (from {', '.join(sources)}; "
         f"evidence: {evidence})"
@@ -162,5 +164,6 @@ def _classify_diffusion(series: Series, rules: SeriesRules, verdict: SeriesVerdi
             if directional
             else ""
         )
+        + (f"; {maps} derived map image(s) (ADC/FA) inside the series not used" if maps else "")
     )
     return verdict

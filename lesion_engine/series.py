@@ -51,6 +51,9 @@ class Frame:
         Temporal position, for dynamic series.
     directional : bool
         True for a diffusion image along one gradient direction (not a trace/isotropic image).
+    derived_map : bool
+        True for an ADC, exponential ADC or FA map image (ImageType or frame type), e.g. one that a Philips
+        scanner embeds in its DWI series; never a trace image.
     """
 
     instance: int
@@ -66,6 +69,12 @@ class Frame:
     b_value_source: str | None = None
     temporal_index: int | None = None
     directional: bool = False
+    derived_map: bool = False
+
+    @property
+    def is_trace(self) -> bool:
+        """True for a trace (isotropic or b = 0) diffusion image with a b-value: what the model may read."""
+        return self.b_value is not None and not self.directional and not self.derived_map
 
     @property
     def normal(self) -> NDArray[np.float64] | None:
@@ -263,6 +272,21 @@ def _from_groups(per_frame: Dataset | None, shared: Dataset | None, sequence: st
     return _item(per_frame, sequence) or _item(shared, sequence)
 
 
+_DERIVED_MAP_TYPES = frozenset({"ADC", "EADC", "EXP", "FA", "COLFA"})
+
+
+def _is_derived_map(image_type: Any) -> bool:
+    if image_type is None:
+        return False
+    values = image_type.split("\\") if isinstance(image_type, str) else list(image_type)
+    return any(str(v).strip().upper() in _DERIVED_MAP_TYPES for v in values)
+
+
+def _frame_type(group: Dataset | None, shared: Dataset | None) -> Any:
+    item = _from_groups(group, shared, "MRImageFrameTypeSequence")
+    return item.get("FrameType") if item is not None else None
+
+
 def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
     shared = _item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
@@ -296,6 +320,7 @@ def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
                 b_value_source=b[1] if b else None,
                 temporal_index=int(temporal) if temporal not in (None, "") else None,
                 directional=is_directional(ds, diffusion, b[0] if b else None),
+                derived_map=_is_derived_map(_frame_type(group, shared) or ds.get("ImageType")),
             )
         )
     return frames
@@ -318,6 +343,7 @@ def _frame_of_classic(index: int, ds: Dataset) -> Frame:
         b_value_source=b[1] if b else None,
         temporal_index=int(temporal) if temporal not in (None, "") else None,
         directional=is_directional(ds, None, b[0] if b else None),
+        derived_map=_is_derived_map(ds.get("ImageType")),
     )
 
 

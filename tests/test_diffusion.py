@@ -311,3 +311,20 @@ def test_adc_on_another_grid_is_an_acquisition_of_its_own() -> None:
     groups = group_acquisitions([dwi], [adc])
     assert len(groups) == 2
     assert next(g for g in groups if g.root is adc).dwi == ()
+
+
+def test_adc_image_embedded_in_a_philips_dwi_series_is_not_a_trace_image() -> None:
+    """Philips may put derived ADC/trace images into the DWI series; only trace images build volumes."""
+
+    def tag(ds: Dataset, k: int, b: float | None) -> None:
+        philips(ds, k, b)
+        if k == 2:  # the third "volume" is the scanner's ADC map, carrying the top b-value
+            ds.ImageType = ["DERIVED", "PRIMARY", "ADC", "ADC"]
+
+    dwi = _series("DWI_b0_1000", 601, [0.0, 1000.0, 1000.0], tag, scanning=("SE",))
+    assert dwi.diffusion.weighted
+    assert sum(f.is_trace for f in dwi.frames) == 6
+    assert sum(f.derived_map for f in dwi.frames) == 3
+    verdict = classify_series(dwi, load_series_rules())
+    assert verdict.candidate_for == {"dwi"}
+    assert "3 derived map image(s)" in verdict.reasons[0]
