@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     EnhancedMRImageStorage,
@@ -27,155 +25,26 @@ from pydicom.uid import (
 )
 
 from lesion_engine.cli import main
+from tests.synth_support import (
+    B_TAGS,
+    CREATORS,
+    FULL_OPTIONS,
+    GE_B,
+    NON_DIFFUSION,
+    SMALL_STUDY,
+    STANDARD_B,
+    Volume,
+    all_datasets,
+    classic_b_value,
+    labels_of,
+    read_volume,
+    series_folder,
+    truth_of,
+)
 from training.synth import SynthConfig, generate, generate_case
 from training.synth import encoding as synth_encoding
+from training.synth.config import resolve_case
 from training.synth.truth import MARKSHEET_COLUMNS
-
-SIEMENS_B = (0x0019, 0x100C)
-GE_B = (0x0043, 0x1039)
-PHILIPS_B = (0x2001, 0x1003)
-STANDARD_B = (0x0018, 0x9087)
-B_TAGS = {"siemens": SIEMENS_B, "ge": GE_B, "philips": PHILIPS_B, "standard": STANDARD_B}
-CREATORS = {"siemens": "SIEMENS MR HEADER", "ge": "GEMS_PARM_01", "philips": "Philips Imaging DD 001"}
-
-FULL_OPTIONS: dict[str, Any] = {
-    "repeat_t2": True,
-    "calc_bvalue": True,
-    "dce": True,
-    "coil_reference": True,
-    "screenshot": True,
-    "n_localizers": 2,
-}
-SMALL_STUDY: dict[str, Any] = {
-    "repeat_t2": False,
-    "calc_bvalue": False,
-    "dce": False,
-    "coil_reference": False,
-    "screenshot": True,
-    "n_localizers": 1,
-}
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-@dataclass
-class Frame:
-    """One image plane read back from DICOM, in real-world values."""
-
-    position: NDArray[np.float64]
-    orientation: NDArray[np.float64]
-    pixels: NDArray[np.float64]
-    b_value: float | None
-
-
-@dataclass
-class Volume:
-    """A series (or one b-value of it) as a volume sorted along the slice normal."""
-
-    array: NDArray[np.float64]  # (slices, rows, columns)
-    origin: NDArray[np.float64]
-    spacing: NDArray[np.float64]  # column, row, slice spacing
-    direction: NDArray[np.float64]  # 3x3, columns = row dir, column dir, normal
-
-    def sitk_image(self) -> sitk.Image:
-        img = sitk.GetImageFromArray(self.array.astype(np.float32))
-        img.SetOrigin(tuple(float(v) for v in self.origin))
-        img.SetSpacing(tuple(float(v) for v in self.spacing))
-        img.SetDirection(tuple(float(v) for v in self.direction.reshape(-1)))
-        return img
-
-
-def classic_b_value(ds: Dataset) -> float | None:
-    """b-value of a classic object, wherever a vendor keeps it."""
-    if SIEMENS_B in ds:
-        value = ds[SIEMENS_B].value
-        return float(value.decode().strip() if isinstance(value, bytes) else value)
-    if GE_B in ds:
-        return float(ds[GE_B].value[0]) - 1_000_000_000
-    if PHILIPS_B in ds:
-        return float(ds[PHILIPS_B].value)
-    if STANDARD_B in ds:
-        return float(ds[STANDARD_B].value)
-    return None
-
-
-def read_frames(folder: Path) -> list[Frame]:
-    frames: list[Frame] = []
-    for path in sorted(folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        if "PerFrameFunctionalGroupsSequence" in ds:
-            shared = ds.SharedFunctionalGroupsSequence[0]
-            pvt = shared.PixelValueTransformationSequence[0]
-            arr = ds.pixel_array.astype(np.float64) * float(pvt.RescaleSlope) + float(pvt.RescaleIntercept)
-            for i, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-                orient = group if "PlaneOrientationSequence" in group else shared
-                iop = np.array(orient.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
-                ipp = np.array(group.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
-                b = (
-                    float(group.MRDiffusionSequence[0].DiffusionBValue)
-                    if "MRDiffusionSequence" in group
-                    else None
-                )
-                frames.append(Frame(ipp, iop, arr[i], b))
-            continue
-        real = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1)) + float(
-            ds.get("RescaleIntercept", 0)
-        )
-        frames.append(
-            Frame(
-                np.array(ds.ImagePositionPatient, dtype=float),
-                np.array(ds.ImageOrientationPatient, dtype=float),
-                real,
-                classic_b_value(ds),
-            )
-        )
-    return frames
-
-
-def spacing_of(folder: Path) -> tuple[float, float]:
-    ds = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
-    if "SharedFunctionalGroupsSequence" in ds:
-        ps = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-    else:
-        ps = ds.PixelSpacing
-    return float(ps[1]), float(ps[0])
-
-
-def read_volume(folder: Path, b_value: float | None = None) -> Volume:
-    """Read a series as a volume, sorted by position along the normal (never by file name)."""
-    frames = [f for f in read_frames(folder) if b_value is None or f.b_value == b_value]
-    assert frames, f"no frame with b={b_value} in {folder}"
-    iop = frames[0].orientation
-    normal = np.cross(iop[:3], iop[3:])
-    frames.sort(key=lambda f: float(f.position @ normal))
-    proj = np.array([f.position @ normal for f in frames])
-    dz = float(np.median(np.diff(proj))) if len(frames) > 1 else 1.0
-    col_spacing, row_spacing = spacing_of(folder)
-    return Volume(
-        np.stack([f.pixels for f in frames]),
-        frames[0].position,
-        np.array([col_spacing, row_spacing, dz]),
-        np.stack([iop[:3], iop[3:], normal], axis=1),
-    )
-
-
-def truth_of(case: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((case / "truth.json").read_text())
-    return data
-
-
-def series_folder(case: Path, truth: dict[str, Any], number: int) -> Path:
-    for s in truth["series"]:
-        if s["series_number"] == number:
-            return case / str(s["folder"])
-    raise KeyError(number)
-
-
-def all_datasets(case: Path) -> list[Dataset]:
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((case / "dicom").rglob("*.dcm"))]
-
-
-def labels_of(case: Path, truth: dict[str, Any], name: str) -> sitk.Image:
-    return sitk.ReadImage(str(case / truth["labels"][name]))
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -215,6 +84,8 @@ def enhanced_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         ("calc_b_values", (100,)),
         ("lesion_kinds", ("tumour",)),
         ("noise", -1.0),
+        ("extra_dwi", "tensor"),
+        ("extra_dwi", True),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field: str, value: Any) -> None:
@@ -223,8 +94,64 @@ def test_config_rejects_bad_values_naming_the_field(field: str, value: Any) -> N
 
 
 def test_config_accepts_none_as_random() -> None:
-    config = SynthConfig(vendor=None, tilt_deg=None, repeat_t2=None, dce=None)
-    assert config.vendor is None
+    config = SynthConfig(vendor=None, tilt_deg=None, repeat_t2=None, dce=None, extra_dwi=None)
+    assert config.vendor is None and config.extra_dwi is None
+
+
+def test_extra_dwi_is_none_by_default_and_drawn_by_seed_when_none() -> None:
+    assert SynthConfig().extra_dwi == "none"
+    assert resolve_case(SynthConfig(), 3, 0).extra_dwi == "none"
+    drawn = [resolve_case(SynthConfig(extra_dwi=None), seed, 0) for seed in range(30)]
+    assert {p.extra_dwi for p in drawn} == {"none", "high_b", "dti"}
+    assert drawn == [resolve_case(SynthConfig(extra_dwi=None), seed, 0) for seed in range(30)]
+    for plan in drawn:
+        assert bool(plan.extra_b_values) == (plan.extra_dwi != "none")
+        # Fixing the option leaves every other choice of the case as it was.
+        fixed = resolve_case(SynthConfig(extra_dwi="none"), plan.seed, 0)
+        assert replace(fixed, extra_dwi=plan.extra_dwi, extra_b_values=plan.extra_b_values) == plan
+
+
+@pytest.mark.parametrize(
+    ("options", "extra", "expected"),
+    [
+        ({"b_values": (50, 400, 800), "calc_bvalue": False}, "dti", (0, 600)),
+        ({"b_values": (0, 500, 1000), "calc_bvalue": False}, "dti", (0, 800)),
+        ({"b_values": (50, 400, 800), "calc_b_values": (1500,), "calc_bvalue": True}, "dti", (0, 1000)),
+        (
+            {"b_values": (50, 400, 1000), "calc_b_values": (2000,), "calc_bvalue": True},
+            "high_b",
+            (None, 2500),
+        ),
+        ({"b_values": (50, 800, 1400), "calc_bvalue": False}, "high_b", (None, None)),
+    ],
+)
+def test_extra_b_values_keep_the_expected_roles_unambiguous(
+    options: dict[str, Any], extra: str, expected: tuple[int | None, int | None]
+) -> None:
+    for seed in range(6):
+        plan = resolve_case(SynthConfig(extra_dwi=extra, **options), seed, 0)
+        low, high = plan.extra_b_values
+        top = max((*plan.b_values, *plan.calc_b_values))
+        if extra == "dti":
+            assert (low, high) == expected and high < top
+        else:
+            assert low in (0, 50) and high > top and (high in (1500, 2000) or high == expected[1])
+            if expected[1] is not None:
+                assert high == expected[1]
+
+
+def test_standard_convention_acquires_b0_in_most_drawn_cases() -> None:
+    plans = [resolve_case(SynthConfig(vendor="standard"), seed, 0) for seed in range(20)]
+    with_b0 = [p for p in plans if p.b_values[0] == 0]
+    assert len(with_b0) >= 10
+    # Given b-values and the other vendors are left as they are.
+    assert resolve_case(SynthConfig(vendor="standard", b_values=(50, 400, 800)), 1, 0).b_values == (
+        50,
+        400,
+        800,
+    )
+    siemens = [resolve_case(SynthConfig(vendor="siemens"), seed, 0).b_values for seed in range(20)]
+    assert {b[0] for b in siemens} <= {0, 50} and any(b[0] == 50 for b in siemens)
 
 
 # ----------------------------------------------------------------------------------------------- determinism
@@ -233,7 +160,7 @@ def _tree_bytes(case: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
-    config = SynthConfig(vendor="ge", **FULL_OPTIONS)
+    config = SynthConfig(vendor="ge", extra_dwi="dti", **FULL_OPTIONS)
     a = generate_case(tmp_path / "a", 4, 21, config)
     b = generate_case(tmp_path / "b", 4, 21, config)
     files_a, files_b = _tree_bytes(a), _tree_bytes(b)
@@ -282,6 +209,10 @@ def test_truth_json_has_the_documented_keys(siemens_case: Path) -> None:
         "b_values",
         "lesions",
         "profile",
+        "extra_dwi",
+        "diffusion_acquisitions",
+        "fa_series",
+        "directional_series",
     ):
         assert key in truth, key
     assert truth["patient_id"].isdigit() and truth["study_id"].isdigit()
@@ -312,6 +243,12 @@ def test_truth_json_has_the_documented_keys(siemens_case: Path) -> None:
         }
     kinds = {entry["kind"] for entry in truth["ignored_series"]}
     assert kinds == {"localizer", "t2_sag", "t2_cor", "coil_reference", "dce", "screenshot"}
+    assert truth["extra_dwi"] == "none" and truth["fa_series"] == [] and truth["directional_series"] == []
+    (acquisition,) = truth["diffusion_acquisitions"]
+    assert acquisition["type"] == "standard" and acquisition["chosen"] is True
+    assert acquisition["series"]["dwi"] == roles["dwi"]["series_number"]
+    assert acquisition["series"]["adc"] == roles["adc"]["series_number"]
+    assert acquisition["top_b_value"] == roles["hbv"]["b_value"]
 
 
 def test_roles_match_the_dicom_headers(siemens_case: Path) -> None:
@@ -414,27 +351,40 @@ def test_localizer_has_three_planes(siemens_case: Path) -> None:
 def test_vendor_keeps_b_value_where_its_convention_says(vendor_case: Path) -> None:
     truth = truth_of(vendor_case)
     vendor = truth["vendor"]
+    kinds = {s["series_number"]: s["kind"] for s in truth["series"]}
     dwi_number = truth["roles"]["dwi"]["series_number"]
     seen: dict[int, set[float]] = {}
+    untagged = 0
     for ds in all_datasets(vendor_case):
+        number = int(ds.SeriesNumber)
+        kind = kinds[number]
         for other, tag in B_TAGS.items():
-            if other != vendor:
-                assert tag not in ds, f"{vendor} study has {other}'s b-value tag in series {ds.SeriesNumber}"
+            # Philips writes the standard DiffusionBValue = 0 on series that are not diffusion-weighted.
+            if other != vendor and not (
+                vendor == "philips" and other == "standard" and kind in NON_DIFFUSION
+            ):
+                assert tag not in ds, f"{vendor} study has {other}'s b-value tag in series {number}"
         for other, creator in CREATORS.items():
             if other != vendor:
                 with pytest.raises(KeyError):
                     ds.private_block(B_TAGS[other][0], creator)
-        number = int(ds.SeriesNumber)
+        b = classic_b_value(ds)
         if str(number) in truth["b_values"]:
-            assert B_TAGS[vendor] in ds
-            b = classic_b_value(ds)
-            assert b is not None
+            if b is None:  # the standard convention writes no b-value tag on b = 0 images
+                assert vendor == "standard"
+                untagged += 1
+                b = 0.0
+            else:
+                assert B_TAGS[vendor] in ds
             seen.setdefault(number, set()).add(b)
             if vendor == "siemens" and number == dwi_number:
                 assert ds.SequenceName == f"*ep_b{round(b)}t"
+        elif kind in NON_DIFFUSION:
+            assert b == (0.0 if vendor in ("ge", "philips") else None), (number, kind)
     assert {n: sorted(v) for n, v in seen.items()} == {
         int(n): [float(b) for b in bs] for n, bs in truth["b_values"].items()
     }
+    assert (untagged > 0) == (vendor == "standard" and 0 in truth["b_values"][str(dwi_number)])
     manufacturer = {ds.Manufacturer for ds in all_datasets(vendor_case)}
     expected = {"siemens": "SIEMENS", "ge": "GE MEDICAL SYSTEMS", "philips": "Philips Medical Systems"}
     assert manufacturer == {expected.get(vendor, "ACME")}
@@ -444,20 +394,73 @@ def test_vendor_b_value_elements_have_the_vendor_encoding(vendor_case: Path) -> 
     truth = truth_of(vendor_case)
     vendor = truth["vendor"]
     folder = series_folder(vendor_case, truth, truth["roles"]["dwi"]["series_number"])
-    ds = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
+    ds = next(d for d in datasets if classic_b_value(d))  # an image with b > 0
     if vendor == "standard":
         assert ds[STANDARD_B].VR == "FD"
-        assert not any(elem.tag.is_private for elem in ds)
+        assert ds.DiffusionDirectionality == "ISOTROPIC"
+        assert not any(elem.tag.is_private for d in datasets for elem in d)
         return
     block = ds.private_block(B_TAGS[vendor][0], CREATORS[vendor])
     element = block[B_TAGS[vendor][1] & 0xFF]
     if vendor == "ge":
-        values = [int(v) for v in element.value]
-        assert element.VR == "IS" and len(values) == 4 and values[0] >= 1_000_000_000
+        # Multi-b DWI: b + 10^9, the bias added to b = 0 too.
+        values = [[int(v) for v in d[GE_B].value] for d in datasets]
+        assert element.VR == "IS" and all(len(v) == 4 and v[0] >= 1_000_000_000 for v in values)
     elif vendor == "philips":
         assert element.VR == "FL"
+        assert block[0x04].value == "I"  # isotropic
+        assert "DiffusionBValue" not in ds
     else:
         assert element.VR in ("OB", "IS")
+
+
+def test_non_diffusion_series_carry_the_vendors_b0_tags(vendor_case: Path) -> None:
+    """Philips: DiffusionBValue 0 / NONE and (2001,xx03) 0; GE: (0043,xx39) first value 0; others: none."""
+    truth = truth_of(vendor_case)
+    vendor = truth["vendor"]
+    kinds = {s["series_number"]: s["kind"] for s in truth["series"]}
+    checked = set()
+    for ds in all_datasets(vendor_case):
+        kind = kinds[int(ds.SeriesNumber)]
+        if ds.SOPClassUID != MRImageStorage:
+            continue
+        if vendor == "ge":  # on every MR series
+            element = ds[ds.private_block(0x0043, CREATORS["ge"]).get_tag(0x39)]
+            assert element.VR == "IS" and len(element.value) == 4
+            if kind in NON_DIFFUSION:
+                assert [int(v) for v in element.value] == [0, 0, 0, 0]
+        if kind not in NON_DIFFUSION:
+            continue
+        checked.add(kind)
+        if vendor == "philips":
+            assert ds[STANDARD_B].VR == "FD" and ds.DiffusionBValue == 0.0
+            assert ds.DiffusionDirectionality == "NONE"
+            element = ds[ds.private_block(0x2001, CREATORS["philips"]).get_tag(0x03)]
+            assert element.VR == "FL" and element.value == 0.0
+        elif vendor in ("siemens", "standard"):
+            assert STANDARD_B not in ds and "DiffusionDirectionality" not in ds
+            assert classic_b_value(ds) is None
+    assert {"localizer", "t2_sag", "t2_cor", "t2w"} <= checked
+
+
+def test_standard_b0_images_carry_no_b_value_tag(tmp_path: Path) -> None:
+    config = SynthConfig(vendor="standard", b_values=(0, 500, 1000), **SMALL_STUDY)
+    case = generate_case(tmp_path, 0, 6, config)
+    truth = truth_of(case)
+    folder = series_folder(case, truth, truth["roles"]["dwi"]["series_number"])
+    by_b: dict[float | None, int] = {}
+    for path in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        b = float(ds.DiffusionBValue) if STANDARD_B in ds else None
+        by_b[b] = by_b.get(b, 0) + 1
+        if b is None:
+            assert "DiffusionDirectionality" not in ds and not any(e.tag.is_private for e in ds)
+        else:
+            assert ds.DiffusionDirectionality == "ISOTROPIC"
+    assert set(by_b) == {None, 500.0, 1000.0}
+    assert len(set(by_b.values())) == 1  # as many b = 0 images as of every other b-value
+    assert truth["b_values"][str(truth["roles"]["dwi"]["series_number"])] == [0, 500, 1000]
 
 
 def test_adc_descriptions_and_rescale(vendor_case: Path) -> None:
@@ -688,15 +691,19 @@ def test_generate_writes_marksheet_and_mixed_vendors(tmp_path: Path) -> None:
 
 def test_cli_generates_a_data_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
-    status = main(
-        ["synth", "--out", str(out), "--cases", "1", "--seed", "3", "--vendor", "ge", "--compress", "rle"]
-    )
+    args = ["--cases", "1", "--seed", "3", "--vendor", "ge", "--compress", "rle", "--extra-dwi", "high_b"]
+    status = main(["synth", "--out", str(out), *args])
     assert status == 0
     assert "generated 1 case(s)" in capsys.readouterr().out
     cases = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(cases) == 1
     truth = truth_of(cases[0])
-    assert (truth["vendor"], truth["compress"], truth["seed"]) == ("ge", "rle", 3)
+    assert (truth["vendor"], truth["compress"], truth["seed"], truth["extra_dwi"]) == (
+        "ge",
+        "rle",
+        3,
+        "high_b",
+    )
     assert (out / "marksheet.csv").is_file()
 
 

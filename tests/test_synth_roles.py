@@ -1,4 +1,11 @@
-"""Generated studies of every vendor convention, classic and Enhanced, each compression: roles as the truth says."""
+"""Generated studies of every vendor convention, classic and Enhanced, each compression: roles as the truth says.
+
+The generator always writes the vendors' real b-value habits (Philips and GE b = 0 tags on series that are
+not diffusion-weighted, Enhanced b = 0 diffusion groups on every frame, untagged b = 0 images in the
+standard convention), so every case here exercises them. Studies with a second diffusion acquisition (a
+separate high-b scan, or a DTI scan with TRACEW, ADC and FA) check that ADC and HBV come from one
+acquisition and that FA maps and directional images get no role.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,21 @@ ALL_SERIES: dict[str, Any] = {
     "screenshot": True,
     "n_localizers": 2,
 }
+
+# Light studies for the extra-acquisition cases (they are many): no DCE, coil reference or screenshot.
+EXTRA_SERIES: dict[str, Any] = {
+    "repeat_t2": False,
+    "dce": False,
+    "coil_reference": False,
+    "screenshot": False,
+    "n_localizers": 1,
+}
+EXTRA_CASES = [
+    (vendor, enhanced, extra)
+    for vendor in ("siemens", "ge", "philips", "standard")
+    for enhanced in (False, True)
+    for extra in ("high_b", "dti")
+]
 
 CASES = [
     *[
@@ -60,6 +82,14 @@ def _check_roles(prepared: PreparedStudy, truth: dict[str, Any]) -> None:
         if verdict is not None:  # a screenshot is an image of another SOP class; still listed
             assert verdict.role is None, ignored
             assert verdict.ignored is not None, ignored
+    # FA maps and directional (DTI) series never get a role.
+    for number in [*truth["fa_series"], *truth["directional_series"]]:
+        assert by_number[number].role is None, number
+    # Roles go to the chosen series only: T2W, and ADC, HBV and low-b image of one diffusion acquisition.
+    allowed = {roles[role]["series_number"] for role in ("t2w", "adc", "hbv", "dwi")}
+    chosen = [a for a in truth["diffusion_acquisitions"] if a["chosen"]]
+    assert len(chosen) == 1 and roles["adc"]["series_number"] == chosen[0]["series"]["adc"]
+    assert {n for n, v in by_number.items() if v.role is not None} <= allowed
 
 
 @pytest.mark.parametrize(("vendor", "enhanced", "compress"), CASES)
@@ -75,6 +105,30 @@ def test_roles_as_truth_says(tmp_path: Path, vendor: str, enhanced: bool, compre
             for p in (case / "dicom").rglob("*.dcm")
         }
         assert len(syntaxes - {pydicom.uid.ExplicitVRLittleEndian}) >= 1
+
+
+@pytest.mark.parametrize(("vendor", "enhanced", "extra"), EXTRA_CASES)
+def test_roles_with_two_diffusion_acquisitions(
+    tmp_path: Path, vendor: str, enhanced: bool, extra: str
+) -> None:
+    """A separate high-b scan gives both HBV and ADC; a DTI scan gives neither (its b-value is lower)."""
+    # Classic cases with a calculated high-b series, Enhanced ones without (then a b1400 is computed
+    # beside the DTI case, from the standard acquisition).
+    config = SynthConfig(
+        vendor=vendor, enhanced=enhanced, extra_dwi=extra, calc_bvalue=not enhanced, **EXTRA_SERIES
+    )
+    case = generate_case(tmp_path, 0, seed=11, config=config)
+    truth = json.loads((case / "truth.json").read_text())
+    acquisitions = {a["type"]: a for a in truth["diffusion_acquisitions"]}
+    expected = acquisitions["high_b" if extra == "high_b" else "standard"]
+    assert expected["chosen"]
+    prepared = prepare_study(case / "dicom")
+    _check_roles(prepared, truth)
+    assert prepared.roles["adc"].series_number == expected["series"]["adc"]
+    assert prepared.roles["hbv"].series_number in (expected["series"]["dwi"], expected["series"].get("calc"))
+    if extra == "dti":
+        assert truth["fa_series"] == [acquisitions["dti"]["series"]["fa"]]
+        assert truth["directional_series"] == [acquisitions["dti"]["series"]["dti"]]
 
 
 def test_labels_lie_on_the_chosen_t2w_grid(tmp_path: Path) -> None:

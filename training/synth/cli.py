@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.synth.config import COMPRESSIONS, PROFILES, VENDOR_CHOICES, SynthConfig
+from training.synth.config import COMPRESSIONS, EXTRA_DWI, PROFILES, VENDOR_CHOICES, SynthConfig
 from training.synth.encoding import DcmtkMissingError
 from training.synth.generator import generate
 
@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--profile", choices=PROFILES, default="small", help="image sizes (default small)")
     parser.add_argument(
+        "--extra-dwi",
+        choices=(*EXTRA_DWI, "random"),
+        default="none",
+        help="a second diffusion acquisition: a separate high-b scan, a DTI scan, none (default) or drawn "
+        "per case (random)",
+    )
+    parser.add_argument(
         "--tilt",
         type=float,
         default=None,
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             compress=None if args.compress == "none" else args.compress,
             profile=args.profile,
             tilt_deg=args.tilt,
+            extra_dwi=None if args.extra_dwi == "random" else args.extra_dwi,
         )
     except ValueError as exc:
         return _usage_error(str(exc).replace("SynthConfig.tilt_deg", "--tilt"))

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "COMPRESSIONS",
+    "EXTRA_DWI",
     "LESION_KINDS",
     "PROFILES",
     "VENDORS",
@@ -39,6 +40,9 @@ COMPRESSIONS: tuple[str, ...] = ("rle", "jpegls", "jpeg2000", "jpeg-lossless")
 PROFILES: tuple[str, ...] = ("small", "full")
 """Size profiles: ``small`` for tests, ``full`` like the real fixture."""
 
+EXTRA_DWI: tuple[str, ...] = ("none", "high_b", "dti")
+"""Extra diffusion acquisitions of a study: none, a separate high-b scan, or a multi-direction (DTI) scan."""
+
 LESION_KINDS: tuple[str, ...] = ("cspca", "indolent", "bph", "prostatitis")
 """Lesion classes: clinically significant cancer (ISUP 2-5), indolent cancer (ISUP 1), benign mimics."""
 
@@ -52,6 +56,14 @@ _DWI_B_SETS: tuple[tuple[int, ...], ...] = (
     (50, 500, 1000),
 )
 _CALC_B_SETS: tuple[tuple[int, ...], ...] = ((1400,), (1000, 1500), (1500,), (2000,))
+# Drawn extra acquisition (when SynthConfig.extra_dwi is None) and its probabilities.
+_EXTRA_DWI_P: tuple[float, ...] = (0.5, 0.25, 0.25)
+# Lowest and highest b-values of a separate high-b acquisition (the high one above every other b-value).
+_HIGH_B_LOW: tuple[int, ...] = (0, 50)
+_HIGH_B_HIGH: tuple[int, ...] = (1500, 2000)
+# b-value of a DTI scan: 1000 when the standard acquisition reaches higher, else this much below its top.
+_DTI_B = 1000
+_DTI_B_BELOW_TOP = 200
 
 
 def _fail(name: str, value: object, allowed: str) -> None:
@@ -90,7 +102,9 @@ class SynthConfig:
     n_localizers
         Number of localizer series, 1 or 2; ``None``: drawn by seed.
     b_values
-        b-values (s/mm2) of the DWI series, ascending, at least two, the largest >= 800; ``None``: drawn.
+        b-values (s/mm2) of the DWI series, ascending, at least two, the largest >= 800; ``None``: drawn (for
+        the ``standard`` vendor, which writes no b-value tag on b = 0 images, most drawn sets acquire b = 0
+        instead of their lowest b-value, so that this convention shows).
     calc_b_values
         b-values of the calculated series, each above the largest acquired one; ``None``: drawn.
     lesion_kinds
@@ -98,6 +112,11 @@ class SynthConfig:
         ``None``: 0 to 3 lesions drawn by seed.
     noise
         Multiplier of the noise level (``0`` gives noiseless images; at most 5).
+    extra_dwi
+        A second diffusion acquisition after the standard DWI, on its grid: ``"none"`` (the default),
+        ``"high_b"`` (a separate scan at b = 0 or 50 and a high b of 1500 or 2000 above every other b-value
+        of the study, with its own ADC map), ``"dti"`` (a multi-direction scan with its TRACEW, ADC and FA
+        series, at a b-value below the standard acquisition's highest) or ``None`` (drawn by seed).
     """
 
     vendor: str | None = "siemens"
@@ -115,6 +134,7 @@ class SynthConfig:
     calc_b_values: tuple[int, ...] | None = None
     lesion_kinds: tuple[str, ...] | None = None
     noise: float = 1.0
+    extra_dwi: str | None = "none"
 
     def __post_init__(self) -> None:
         if self.vendor is not None and self.vendor not in VENDOR_CHOICES:
@@ -156,6 +176,8 @@ class SynthConfig:
             or not 0 <= self.noise <= 5
         ):
             _fail("noise", self.noise, "a number from 0 to 5")
+        if self.extra_dwi is not None and self.extra_dwi not in EXTRA_DWI:
+            _fail("extra_dwi", self.extra_dwi, f"{', '.join(EXTRA_DWI)} or None")
 
     def _check_b_values(self) -> None:
         values = self.b_values
@@ -193,7 +215,12 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class CasePlan:
-    """Every choice of one case, fixed. Built by :func:`resolve_case`."""
+    """Every choice of one case, fixed. Built by :func:`resolve_case`.
+
+    ``b_values`` and ``calc_b_values`` are those of the standard DWI acquisition; ``extra_dwi`` is ``none``,
+    ``high_b`` or ``dti`` and ``extra_b_values`` the b-values of that extra acquisition (empty for ``none``;
+    ``(low, high)`` for ``high_b``; ``(0, b)`` for ``dti``, whose ``b`` is measured in several directions).
+    """
 
     seed: int
     case_index: int
@@ -216,6 +243,8 @@ class CasePlan:
     lesion_kinds: tuple[str, ...] | None
     noise: float
     siemens_private_as_ob: bool
+    extra_dwi: str
+    extra_b_values: tuple[int, ...]
 
 
 def case_ids(seed: int, case_index: int) -> tuple[str, str]:
@@ -232,6 +261,22 @@ def case_rng(seed: int, case_index: int, stream: int) -> np.random.Generator:
 def _pick_bool(value: bool | None, rng: np.random.Generator, p_true: float) -> bool:
     drawn = bool(rng.random() < p_true)
     return drawn if value is None else value
+
+
+def _extra_b_values(extra: str, top: int, high_low: int, high_first: int) -> tuple[int, ...]:
+    """b-values of the extra acquisition ``extra`` of a study whose standard acquisition reaches ``top``.
+
+    A high-b scan goes above every other b-value of the study (the drawn one of 1500 and 2000 when it is
+    above ``top``, else the other, else the next multiple of 500); a DTI scan stays below ``top``, so that
+    which acquisition gives the high b-value image is never in doubt.
+    """
+    if extra == "high_b":
+        ordered = (_HIGH_B_HIGH[high_first], *(b for b in _HIGH_B_HIGH if b != _HIGH_B_HIGH[high_first]))
+        high = next((b for b in ordered if b > top), 500 * (top // 500 + 1))
+        return (high_low, high)
+    if extra == "dti":
+        return (0, _DTI_B if top > _DTI_B else top - _DTI_B_BELOW_TOP)
+    return ()
 
 
 def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
@@ -270,6 +315,11 @@ def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
     b_drawn = _DWI_B_SETS[int(rng.integers(len(_DWI_B_SETS)))]
     calc_drawn = _CALC_B_SETS[int(rng.integers(len(_CALC_B_SETS)))]
     as_ob = bool(rng.random() < 0.6)
+    # Later additions: drawn after the values above, so that those stay what they were for a seed.
+    extra_drawn = EXTRA_DWI[int(rng.choice(len(EXTRA_DWI), p=_EXTRA_DWI_P))]
+    b0_first = bool(rng.random() < 0.7)
+    high_low = _HIGH_B_LOW[int(rng.integers(len(_HIGH_B_LOW)))]
+    high_first = int(rng.integers(len(_HIGH_B_HIGH)))
 
     if config.vendor is None:
         vendor = vendor_drawn
@@ -283,12 +333,17 @@ def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
         b_values = (50, 400, 800)  # keep the calculated b-values above the acquired ones
     else:
         b_values = b_drawn
+    if vendor == "standard" and config.b_values is None and b_values[0] > 0 and b0_first:
+        # This convention writes no b-value tag on b = 0 images: acquire b = 0 so that it shows.
+        b_values = (0, *b_values[1:])
     calc_b: tuple[int, ...] = ()
     if calc:
         if config.calc_b_values is not None:
             calc_b = config.calc_b_values
         else:
             calc_b = tuple(b for b in calc_drawn if b > max(b_values)) or (max(b_values) + 600,)
+    extra = config.extra_dwi if config.extra_dwi is not None else extra_drawn
+    extra_b = _extra_b_values(extra, max((*b_values, *calc_b)), high_low, high_first)
     patient_id, study_id = case_ids(seed, case_index)
     plan = CasePlan(
         seed=seed,
@@ -312,6 +367,8 @@ def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
         lesion_kinds=config.lesion_kinds,
         noise=float(config.noise),
         siemens_private_as_ob=as_ob,
+        extra_dwi=extra,
+        extra_b_values=extra_b,
     )
     logger.debug("case %d of seed %d resolved: %s", case_index, seed, plan)
     return plan

@@ -11,6 +11,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 from pydicom.valuerep import format_number_as_ds
 
 from training.synth.conventions import vendor_info
+from training.synth.diffusion_tags import DiffusionImage, image_class
 from training.synth.geometry import Grid
 from training.synth.imaging import FrameInfo, SeriesImages
 from training.synth.protocol import SeriesPlan, StudyPlan
@@ -19,6 +20,7 @@ __all__ = [
     "block_of",
     "code",
     "da_str",
+    "diffusion_image",
     "ds_str",
     "file_meta",
     "frame_time",
@@ -189,9 +191,31 @@ def frame_time(series: SeriesPlan, frame: FrameInfo, n_blocks: int, n_slices: in
 
 
 def block_of(frame: FrameInfo, series: SeriesPlan) -> int:
-    """Index of the frame's block: its b-value, time point or stack."""
+    """Index of the frame's block: its b-value (and gradient direction in a DTI series), time point or stack."""
     if frame.b_value is not None and series.b_values:
-        return series.b_values.index(frame.b_value)
+        return series.b_values.index(frame.b_value) + (frame.direction_index or 0)
     if frame.temporal_index is not None:
         return frame.temporal_index
     return frame.grid_index
+
+
+def diffusion_image(series: SeriesPlan, frame: FrameInfo) -> DiffusionImage | None:
+    """What ``frame`` of ``series`` is as far as diffusion goes (None for a screenshot).
+
+    ADC maps carry the largest fitted b-value: Siemens and GE keep it on the map too (a trap for naive
+    readers); the other vendors write nothing about diffusion on maps.
+    """
+    directional = frame.direction_index is not None
+    image = image_class(series.kind, directional)
+    if image is None:
+        return None
+    if image == "adc_map":
+        b = max(series.b_values)
+    else:
+        b = frame.b_value if frame.b_value is not None and image != "fa_map" else 0
+    return DiffusionImage(
+        image,
+        b,
+        direction=series.directions[frame.direction_index] if frame.direction_index is not None else None,
+        dti=series.acquisition == "dti",
+    )

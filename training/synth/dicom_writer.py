@@ -18,10 +18,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, SecondaryCaptureImageStorage
 
 from training.synth.config import case_rng
-from training.synth.conventions import add_classic_b_value, siemens_sequence_name, vendor_info
+from training.synth.conventions import siemens_sequence_name, vendor_info
 from training.synth.dicom_common import (
     block_of,
     da_str,
+    diffusion_image,
     ds_str,
     file_meta,
     frame_time,
@@ -31,6 +32,7 @@ from training.synth.dicom_common import (
     tm_str,
     window,
 )
+from training.synth.diffusion_tags import add_classic_diffusion
 from training.synth.encoding import encode_frames_dcmtk, set_pixel_data
 from training.synth.enhanced import enhanced_dataset
 from training.synth.imaging import SeriesImages
@@ -136,13 +138,14 @@ def _write_classic(study: StudyPlan, series: SeriesPlan, images: SeriesImages, f
         ds.ImagePositionPatient = [ds_str(v) for v in pos]
         ds.ImageOrientationPatient = [ds_str(v) for v in grid.image_orientation]
         ds.SliceLocation = ds_str(round(float(np.asarray(pos) @ grid.normal), 4))
-        if frame.b_value is not None:
-            add_classic_b_value(ds, plan.vendor, frame.b_value, plan.siemens_private_as_ob)
-            if plan.vendor == "siemens" and series.kind == "dwi":
-                ds.SequenceName = siemens_sequence_name(frame.b_value)
-        elif series.kind == "adc" and plan.vendor in ("siemens", "ge"):
-            # These vendors keep the largest fitted b-value on the ADC map too (a trap for naive readers).
-            add_classic_b_value(ds, plan.vendor, max(series.b_values), plan.siemens_private_as_ob)
+        diffusion = diffusion_image(series, frame)
+        if diffusion is not None:
+            add_classic_diffusion(ds, plan.vendor, diffusion, plan.siemens_private_as_ob)
+        if plan.vendor == "siemens" and series.kind in ("dwi", "dti") and frame.b_value is not None:
+            direction = None if frame.direction_index is None else frame.direction_index + 1
+            if series.kind == "dti" and direction is None:
+                direction = 0  # the b = 0 image of a DTI scan: *ep_b0
+            ds.SequenceName = siemens_sequence_name(frame.b_value, direction)
         if frame.temporal_index is not None:
             ds.TemporalPositionIdentifier = frame.temporal_index + 1
             ds.NumberOfTemporalPositions = len(series.times_s)

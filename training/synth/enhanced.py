@@ -1,8 +1,11 @@
 """Enhanced MR Image Storage: one multi-frame object per series with shared and per-frame functional groups.
 
-Frames are grouped by block (stack, b-value or time point) and, within a block, ordered by position
-(ascending or descending along the slice normal, chosen per series). The b-value of diffusion frames is in
-the MR Diffusion functional group only; geometry is in the Plane Position / Plane Orientation groups.
+Frames are grouped by block (stack, b-value and gradient direction, or time point) and, within a block,
+ordered by position (ascending or descending along the slice normal, chosen per series). The b-value of a
+frame is in the MR Diffusion functional group (per frame; for series that are not diffusion-weighted a b = 0
+group, per frame or shared as the vendor does it, see :mod:`training.synth.conventions`), and for Philips
+also in its private (2001,xx03) in the frame's group; geometry is in the Plane Position / Plane Orientation
+groups.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedMRImageStorage
 
 from training.synth.config import case_rng
-from training.synth.conventions import SeriesStyle, vendor_info
+from training.synth.conventions import NON_DIFFUSION_KINDS, SeriesStyle, vendor_info
 from training.synth.dicom_common import (
     block_of,
     code,
     da_str,
+    diffusion_image,
     ds_str,
     file_meta,
     frame_time,
@@ -28,6 +32,12 @@ from training.synth.dicom_common import (
     study_attrs,
     tm_str,
     window,
+)
+from training.synth.diffusion_tags import (
+    ENHANCED_SHARED_B0_VENDORS,
+    DiffusionImage,
+    add_enhanced_frame_private,
+    enhanced_diffusion_item,
 )
 from training.synth.encoding import encode_frames_dcmtk, set_pixel_data
 from training.synth.geometry import Grid
@@ -43,6 +53,7 @@ _DIM_STACK = (0x00209056, 0x00209111, "Stack ID")
 _DIM_IN_STACK = (0x00209057, 0x00209111, "In-Stack Position Number")
 _DIM_BVALUE = (0x00189087, 0x00189117, "Diffusion b-value")
 _DIM_TEMPORAL = (0x00209128, 0x00209111, "Temporal Position Index")
+_DIM_GRADIENT = (0x00189089, 0x00189076, "Diffusion Gradient Orientation")
 
 
 def _dt(study: StudyPlan, seconds: float) -> str:
@@ -186,6 +197,10 @@ def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, g
         ]
     )
     shared.MRAveragesSequence = Sequence([item(NumberOfAverages=ds_str(style.averages))])
+    if series.kind in NON_DIFFUSION_KINDS and study.plan.vendor in ENHANCED_SHARED_B0_VENDORS:
+        b0 = enhanced_diffusion_item(study.plan.vendor, DiffusionImage("none"))
+        if b0 is not None:
+            shared.MRDiffusionSequence = Sequence([b0])
     if series.kind == "adc":
         mapping = item(
             RealWorldValueFirstValueMapped=0,
@@ -209,7 +224,7 @@ def _frame_order(images: SeriesImages, series: SeriesPlan, descending: bool) -> 
 
 
 def _per_frame(
-    study: StudyPlan, series: SeriesPlan, frame: FrameInfo, n_blocks: int, n_slices: int
+    study: StudyPlan, series: SeriesPlan, frame: FrameInfo, n_blocks: int, n_slices: int, directional: bool
 ) -> Dataset:
     grid = series.grids[frame.grid_index]
     group = Dataset()
@@ -226,6 +241,8 @@ def _per_frame(
     dims = [frame.grid_index + 1, frame.slice_index + 1]
     if frame.b_value is not None:
         dims.append(series.b_values.index(frame.b_value) + 1)
+    if directional:
+        dims.append(frame.direction_index + 1 if frame.direction_index is not None else 1)
     if frame.temporal_index is not None:
         content.TemporalPositionIndex = frame.temporal_index + 1
         dims.append(frame.temporal_index + 1)
@@ -238,15 +255,14 @@ def _per_frame(
         group.PlaneOrientationSequence = Sequence(
             [item(ImageOrientationPatient=[ds_str(v) for v in grid.image_orientation])]
         )
-    if frame.b_value is not None:
-        group.MRDiffusionSequence = Sequence(
-            [
-                item(
-                    DiffusionBValue=float(frame.b_value),
-                    DiffusionDirectionality="ISOTROPIC" if frame.b_value > 0 else "NONE",
-                )
-            ]
-        )
+    vendor = study.plan.vendor
+    diffusion = diffusion_image(series, frame)
+    if diffusion is not None:
+        in_shared = diffusion.image == "none" and vendor in ENHANCED_SHARED_B0_VENDORS
+        diffusion_item = None if in_shared else enhanced_diffusion_item(vendor, diffusion)
+        if diffusion_item is not None:
+            group.MRDiffusionSequence = Sequence([diffusion_item])
+        add_enhanced_frame_private(group, vendor, diffusion)
     if frame.temporal_index is not None:
         group.TemporalPositionSequence = Sequence(
             [item(TemporalPositionTimeOffset=float(frame.time_offset_s))]
@@ -258,6 +274,8 @@ def _dimensions(ds: Dataset, series: SeriesPlan, images: SeriesImages, dim_uid: 
     dims = [_DIM_STACK, _DIM_IN_STACK]
     if any(f.b_value is not None for f in images.frames):
         dims.append(_DIM_BVALUE)
+    if any(f.direction_index is not None for f in images.frames):
+        dims.append(_DIM_GRADIENT)
     if any(f.temporal_index is not None for f in images.frames):
         dims.append(_DIM_TEMPORAL)
     ds.DimensionOrganizationSequence = Sequence([item(DimensionOrganizationUID=dim_uid)])
@@ -301,6 +319,7 @@ def enhanced_dataset(study: StudyPlan, series: SeriesPlan, images: SeriesImages)
     n = len(order)
     n_slices = max(f.slice_index for f in images.frames) + 1
     n_blocks = n // n_slices
+    directional = any(f.direction_index is not None for f in images.frames)
 
     ds = Dataset()
     for key, value in study_attrs(study, series):
@@ -353,7 +372,7 @@ def enhanced_dataset(study: StudyPlan, series: SeriesPlan, images: SeriesImages)
     _dimensions(ds, series, images, uid_for(plan, "dimensions", series.key))
     ds.SharedFunctionalGroupsSequence = Sequence([_shared_groups(study, series, images, grid)])
     ds.PerFrameFunctionalGroupsSequence = Sequence(
-        [_per_frame(study, series, images.frames[i], n_blocks, n_slices) for i in order]
+        [_per_frame(study, series, images.frames[i], n_blocks, n_slices, directional) for i in order]
     )
     if series.kind == "dce":
         for group in ds.PerFrameFunctionalGroupsSequence:

@@ -14,7 +14,9 @@ from training.synth.mr_signal import (
     BiasField,
     adc_fit,
     dce_contrast,
+    dti_contrast,
     dwi_contrast,
+    fractional_anisotropy,
     pd_contrast,
     rician,
     sample_grid,
@@ -33,17 +35,20 @@ _T2_SCALE = 1000.0
 _DWI_SCALE = 800.0
 _DCE_SCALE = 900.0
 _PD_SCALE = 1200.0
+_FA_SCALE = 1000.0  # FA maps store FA x 1000, as scanners write them
 
 
 @dataclass(frozen=True)
 class FrameInfo:
-    """Where one frame belongs: stack (grid index), slice in the stack, b-value, time point."""
+    """Where one frame belongs: stack (grid index), slice in the stack, b-value, time point, and for a
+    directional DTI image the (0-based) index of its gradient direction in ``SeriesPlan.directions``."""
 
     grid_index: int
     slice_index: int
     b_value: int | None = None
     temporal_index: int | None = None
     time_offset_s: float = 0.0
+    direction_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,24 +138,53 @@ class _Synth:
             frames += [FrameInfo(gi, k) for k in range(grid.size[2])]
         return self.finish(series, real, frames)
 
+    def acquired(self, root: SeriesPlan) -> FloatArray:
+        """Noisy magnitudes of an acquired diffusion series, one volume per b-value (or direction)."""
+        if root.key not in self.cache:
+            grid = root.grids[0]
+            if root.kind == "dti":
+                contrast = dti_contrast(root.b_values[-1], root.directions)
+            else:
+                contrast = dwi_contrast(root.b_values)
+            clean = sample_grid(self.ph, grid, contrast)
+            field = self.bias(root).on_grid(grid)
+            self.cache[root.key] = rician(
+                clean * field[None] * _DWI_SCALE, 6.0 * self.noise, self.rng(root, 0)
+            )
+        return self.cache[root.key]
+
     def diffusion(self, series: SeriesPlan) -> SeriesImages:
-        dwi = self.study.by_key("dwi")
-        grid = dwi.grids[0]
-        if "dwi" not in self.cache:
-            clean = sample_grid(self.ph, grid, dwi_contrast(dwi.b_values))
-            field = self.bias(dwi).on_grid(grid)
-            noisy = rician(clean * field[None] * _DWI_SCALE, 6.0 * self.noise, self.rng(dwi, 0))
-            self.cache["dwi"] = noisy
-        noisy = self.cache["dwi"]
+        root = self.study.by_key(series.acquisition)
+        noisy = self.acquired(root)
+        if root.kind == "dti":
+            return self.tensor(series, root, noisy)
         if series.kind == "dwi":
             vols = [noisy[i] for i in range(noisy.shape[0])]
-            return self.finish(series, vols, _frames_for(vols, dwi.b_values))
-        adc, ln_s0, fg = adc_fit(noisy, dwi.b_values, background=0.1 * _DWI_SCALE)
+            return self.finish(series, vols, _frames_for(vols, root.b_values))
+        adc, ln_s0, fg = adc_fit(noisy, root.b_values, background=0.1 * _DWI_SCALE)
         if series.kind == "adc":
             return self.finish(series, [adc], _frames_for([adc]))
         adc_mm = adc * 1e-6
         vols = [np.where(fg, np.exp(ln_s0 - b * adc_mm), 0.0) for b in series.b_values]
         return self.finish(series, vols, _frames_for(vols, series.b_values))
+
+    def tensor(self, series: SeriesPlan, root: SeriesPlan, noisy: FloatArray) -> SeriesImages:
+        """A DTI series (b = 0 volume, then one per direction) or its TRACEW, ADC or FA map."""
+        b = root.b_values[-1]
+        if series.kind == "dti":
+            vols = [noisy[i] for i in range(noisy.shape[0])]
+            frames = [FrameInfo(0, k, b_value=0) for k in range(noisy.shape[1])]
+            for d in range(len(root.directions)):
+                frames += [FrameInfo(0, k, b_value=b, direction_index=d) for k in range(noisy.shape[1])]
+            return self.finish(series, vols, frames)
+        trace = np.exp(np.log(np.maximum(noisy[1:], 1.0)).mean(axis=0))
+        if series.kind == "trace":
+            return self.finish(series, [trace], _frames_for([trace], (b,)))
+        adc, _, fg = adc_fit(np.stack([noisy[0], trace]), (0, b), background=0.1 * _DWI_SCALE)
+        if series.kind == "adc":
+            return self.finish(series, [adc], _frames_for([adc]))
+        fa = fractional_anisotropy(noisy[0], noisy[1:], float(b), root.directions)
+        return self.finish(series, [np.where(fg, fa * _FA_SCALE, 0.0)], _frames_for([fa]))
 
     def dynamic(self, series: SeriesPlan) -> SeriesImages:
         grid = series.grids[0]
@@ -208,7 +242,7 @@ def synthesize(study: StudyPlan, ph: Phantom) -> dict[str, SeriesImages]:
             )
         elif series.kind == "coil_reference":
             out[series.key] = s.structural(series, _PD_SCALE, 10.0, bias_strength=2.5)
-        elif series.kind in ("dwi", "adc", "calc"):
+        elif series.kind in ("dwi", "adc", "calc", "dti", "trace", "fa"):
             out[series.key] = s.diffusion(series)
         elif series.kind == "dce":
             out[series.key] = s.dynamic(series)

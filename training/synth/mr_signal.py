@@ -24,7 +24,10 @@ __all__ = [
     "Contrast",
     "adc_fit",
     "dce_contrast",
+    "dti_b_values",
+    "dti_contrast",
     "dwi_contrast",
+    "fractional_anisotropy",
     "oversample_for",
     "pd_contrast",
     "rician",
@@ -87,6 +90,74 @@ def dwi_contrast(b_values: Sequence[float]) -> Contrast:
         return np.asarray(props.s0[None] * np.exp(-bs.reshape((-1,) + (1,) * adc.ndim) * adc[None]))
 
     return contrast
+
+
+DTI_AXIS: tuple[float, float, float] = (0.0, 0.0, 1.0)
+"""Principal diffusion axis of the phantom's (mildly anisotropic) tissue: head-feet, along the urethra."""
+DTI_ANISOTROPY = 0.3
+"""Relative excess diffusivity along :data:`DTI_AXIS` (eigenvalues ``ADC (1 + a)`` and ``ADC (1 - a / 2)``)."""
+
+
+def dti_b_values(b_value: float, directions: Sequence[Sequence[float]]) -> NDArray[np.float64]:
+    """Effective isotropic b-values of a DTI scan: b = 0, then ``b_value`` along each gradient direction.
+
+    Diffusivity along unit direction ``g`` is ``ADC (1 + a P2(g . axis))`` with ``P2(x) = (3 x^2 - 1) / 2``,
+    whose mean over a balanced direction set is 0: the geometric mean of the directional images is the trace
+    image ``S0 exp(-b ADC)``.
+    """
+    g = np.asarray(directions, dtype=np.float64)
+    axis = np.asarray(DTI_AXIS, dtype=np.float64)
+    p2 = (3.0 * (g @ axis) ** 2 - 1.0) / 2.0
+    return np.concatenate([[0.0], b_value * (1.0 + DTI_ANISOTROPY * p2)])
+
+
+def dti_contrast(b_value: float, directions: Sequence[Sequence[float]]) -> Contrast:
+    """DTI signal: the b = 0 image, then one image per gradient direction (see :func:`dti_b_values`)."""
+    return dwi_contrast([float(b) for b in dti_b_values(b_value, directions)])
+
+
+def fractional_anisotropy(
+    b0: FloatArray, directional: FloatArray, b_value: float, directions: Sequence[Sequence[float]]
+) -> FloatArray:
+    """Fractional anisotropy (0..1) from a b = 0 image and six or more directional images.
+
+    Least-squares fit of the diffusion tensor to the apparent diffusivities ``-ln(S_g / S_0) / b``, then
+    ``FA = sqrt(1/2) sqrt((l1-l2)^2 + (l2-l3)^2 + (l3-l1)^2) / sqrt(l1^2 + l2^2 + l3^2)``.
+
+    Parameters
+    ----------
+    b0
+        b = 0 magnitudes, shape ``S``.
+    directional
+        Magnitudes along each direction, shape ``(n, *S)``.
+    b_value
+        Their b-value (s/mm2).
+    directions
+        The ``n`` unit gradient directions.
+    """
+    g = np.asarray(directions, dtype=np.float64)
+    design = np.stack(
+        [
+            g[:, 0] ** 2,
+            g[:, 1] ** 2,
+            g[:, 2] ** 2,
+            2 * g[:, 0] * g[:, 1],
+            2 * g[:, 0] * g[:, 2],
+            2 * g[:, 1] * g[:, 2],
+        ],
+        axis=1,
+    )
+    d_app = (np.log(np.maximum(b0, 1.0))[None] - np.log(np.maximum(directional, 1.0))) / b_value
+    coef = np.linalg.pinv(design) @ d_app.reshape(len(g), -1)  # (6, voxels)
+    xx, yy, zz, xy, xz, yz = coef
+    tensor = np.stack(
+        [np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1), np.stack([xz, yz, zz], -1)], -2
+    )
+    lam = np.linalg.eigvalsh(tensor)  # (voxels, 3)
+    num = (lam[:, 0] - lam[:, 1]) ** 2 + (lam[:, 1] - lam[:, 2]) ** 2 + (lam[:, 2] - lam[:, 0]) ** 2
+    den = np.maximum((lam**2).sum(axis=1), 1e-30)
+    fa = np.clip(np.sqrt(0.5 * num / den), 0.0, 1.0)
+    return np.asarray(fa.reshape(b0.shape), dtype=np.float64)
 
 
 def dce_contrast(times_s: Sequence[float], injection_s: float = 15.0) -> Contrast:

@@ -1,4 +1,10 @@
-"""The study plan: which series a case has, in which order, with which numbers, times, UIDs and grids."""
+"""The study plan: which series a case has, in which order, with which numbers, times, UIDs and grids.
+
+Diffusion series come in acquisitions: the standard DWI (key ``dwi``) with its ADC map and, optionally, a
+calculated high-b series; optionally an extra acquisition after it on the same grid, a separate high-b scan
+(``dwi_high_b`` with ``adc_high_b``) or a multi-direction scan (``dti`` with ``dti_trace``, ``dti_adc`` and
+``dti_fa``). Every diffusion series names its acquisition (:attr:`SeriesPlan.acquisition`).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +23,25 @@ from training.synth.phantom import Phantom
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SeriesPlan", "StudyPlan", "plan_study", "uid_for"]
+__all__ = ["ACQUISITION_VARIANTS", "DTI_DIRECTIONS", "SeriesPlan", "StudyPlan", "plan_study", "uid_for"]
 
 UID_NAMESPACE = "lesion-ai synthetic bpMRI"
+
+Vec3 = tuple[float, float, float]
+
+_S = 0.5**0.5
+DTI_DIRECTIONS: tuple[Vec3, ...] = (
+    (_S, 0.0, _S),
+    (-_S, 0.0, _S),
+    (0.0, _S, _S),
+    (0.0, _S, -_S),
+    (_S, _S, 0.0),
+    (-_S, _S, 0.0),
+)
+"""Gradient directions (LPS unit vectors) of a DTI scan: the classic six-direction scheme."""
+
+ACQUISITION_VARIANTS: dict[str, str] = {"dwi": "", "dwi_high_b": "high_b", "dti": "dti"}
+"""Key of the acquired series of each diffusion acquisition -> its naming variant (see ``series_style``)."""
 
 
 def uid_for(plan: CasePlan, *parts: object) -> str:
@@ -57,6 +79,11 @@ class SeriesPlan:
         Seconds after midnight of the study day.
     duration_s
         Acquisition duration.
+    acquisition
+        For diffusion series and maps: the key of the acquired series of their diffusion acquisition
+        (``dwi``, ``dwi_high_b`` or ``dti``); empty for other series.
+    directions
+        Gradient directions of a DTI series (its b > 0 images, one volume per direction).
     """
 
     kind: str
@@ -70,6 +97,8 @@ class SeriesPlan:
     acquisition_time: float
     series_time: float
     duration_s: float
+    acquisition: str = ""
+    directions: tuple[Vec3, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,10 @@ class StudyPlan:
     def has(self, key: str) -> bool:
         """Whether the study has a series with ``key``."""
         return any(s.key == key for s in self.series)
+
+    def of_acquisition(self, acquisition: str, kind: str) -> SeriesPlan | None:
+        """The series of ``kind`` of diffusion acquisition ``acquisition``, if it has one."""
+        return next((s for s in self.series if s.acquisition == acquisition and s.kind == kind), None)
 
 
 # Sizes per profile: (columns, rows, slices or None for "enough to cover the gland"), spacing, thickness.
@@ -131,8 +164,13 @@ _DURATION = {
     "t2_cor": 175.0,
     "t2w": 250.0,
     "dwi": 290.0,
+    "dti": 420.0,
     "dce": 300.0,
 }
+# Derived diffusion series: offset of the series time after the source's, and series number offsets.
+_DERIVED_SERIES_TIME = {"trace": 0.15, "adc": 0.2, "calc": 0.25, "fa": 0.3}
+_GE_DERIVED_NUMBER = {"adc": 0, "calc": 1, "trace": 1, "fa": 2}
+_PHILIPS_DERIVED_NUMBER = {"adc": 1, "calc": 2, "trace": 2, "fa": 3}
 
 
 def _covering_slices(
@@ -185,16 +223,21 @@ def _localizer_grids(profile: str, centre: np.ndarray, sag_only: bool) -> tuple[
 
 
 def _numbering(vendor: str, kinds: list[str]) -> list[int]:
-    """Series numbers in acquisition order, by vendor habit."""
+    """Series numbers in acquisition order, by vendor habit.
+
+    Siemens and the standard convention number every series in order; GE numbers the series derived from
+    a diffusion scan ``100 x`` its number plus an index; Philips numbers acquisitions ``100 x n + 1`` and
+    their derived series just after.
+    """
     numbers: list[int] = []
     acquired = 0
     last_dwi = 0
     for kind in kinds:
-        if kind in ("adc", "calc"):
+        if kind in _DERIVED_SERIES_TIME:
             if vendor == "ge":
-                numbers.append(last_dwi * 100 + (0 if kind == "adc" else 1))
+                numbers.append(last_dwi * 100 + _GE_DERIVED_NUMBER[kind])
             elif vendor == "philips":
-                numbers.append(last_dwi + (1 if kind == "adc" else 2))
+                numbers.append(last_dwi + _PHILIPS_DERIVED_NUMBER[kind])
             else:
                 acquired += 1
                 numbers.append(acquired)
@@ -205,9 +248,34 @@ def _numbering(vendor: str, kinds: list[str]) -> list[int]:
         acquired += 1
         number = acquired * 100 + 1 if vendor == "philips" else acquired
         numbers.append(number)
-        if kind == "dwi":
+        if kind in ("dwi", "dti"):
             last_dwi = number
     return numbers
+
+
+def _extra_diffusion(extra: str, grids: tuple[Grid, ...]) -> list[tuple[str, str, tuple[Grid, ...], str]]:
+    """Series of the extra diffusion acquisition ``extra`` (on the standard DWI's ``grids``), in order."""
+    if extra == "high_b":
+        return [("dwi", "dwi_high_b", grids, "dwi_high_b"), ("adc", "adc_high_b", grids, "dwi_high_b")]
+    if extra == "dti":
+        return [
+            ("dti", "dti", grids, "dti"),
+            ("trace", "dti_trace", grids, "dti"),
+            ("adc", "dti_adc", grids, "dti"),
+            ("fa", "dti_fa", grids, "dti"),
+        ]
+    return []
+
+
+def _series_b_values(plan: CasePlan, kind: str, acquisition: str) -> tuple[int, ...]:
+    """b-values of a series: its images' (DWI, calculated, DTI, TRACEW) or those fitted (ADC, FA maps)."""
+    if not acquisition:
+        return ()
+    if acquisition == "dwi":
+        return plan.calc_b_values if kind == "calc" else plan.b_values
+    if kind == "trace":
+        return plan.extra_b_values[-1:]
+    return plan.extra_b_values
 
 
 def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
@@ -238,56 +306,56 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
     iso = np.round(rng.uniform(-5, 5, 3), 1)
     loc_sag_centre = gc + rng.uniform(-5, 5, 3)
 
-    entries: list[tuple[str, str, tuple[Grid, ...]]] = []  # (kind, key, grids)
-    entries.append(("localizer", "localizer", _localizer_grids(profile, iso, False)))
+    entries: list[tuple[str, str, tuple[Grid, ...], str]] = []  # (kind, key, grids, acquisition)
+    entries.append(("localizer", "localizer", _localizer_grids(profile, iso, False), ""))
     if plan.n_localizers == 2:
         centre = loc_sag_centre if plan.second_localizer_sagittal else iso
         entries.append(
-            ("localizer", "localizer_2", _localizer_grids(profile, centre, plan.second_localizer_sagittal))
+            (
+                "localizer",
+                "localizer_2",
+                _localizer_grids(profile, centre, plan.second_localizer_sagittal),
+                "",
+            )
         )
-    coil = ("coil_reference", "coil_reference", (_stack(ph, profile, "coil_reference", tra, gc),))
+    coil = ("coil_reference", "coil_reference", (_stack(ph, profile, "coil_reference", tra, gc),), "")
     if plan.coil_reference and plan.coil_reference_early:
         entries.append(coil)
     entries.append(
-        ("t2_sag", "t2_sag", (_stack(ph, profile, "t2_sag", oblique_axes("sag", plan.tilt_deg), gc),))
+        ("t2_sag", "t2_sag", (_stack(ph, profile, "t2_sag", oblique_axes("sag", plan.tilt_deg), gc),), "")
     )
     entries.append(
-        ("t2_cor", "t2_cor", (_stack(ph, profile, "t2_cor", oblique_axes("cor", plan.tilt_deg), gc),))
+        ("t2_cor", "t2_cor", (_stack(ph, profile, "t2_cor", oblique_axes("cor", plan.tilt_deg), gc),), "")
     )
     t2_grid = _stack(ph, profile, "t2w", tra, t2_centre, t2_off)
-    entries.append(("t2w", "t2w", (t2_grid,)))
-    dwi_grid = _stack(ph, profile, "dwi", tra, dwi_centre, dwi_off)
-    entries.append(("dwi", "dwi", (dwi_grid,)))
-    entries.append(("adc", "adc", (dwi_grid,)))
+    entries.append(("t2w", "t2w", (t2_grid,), ""))
+    dwi_grid = (_stack(ph, profile, "dwi", tra, dwi_centre, dwi_off),)
+    entries.append(("dwi", "dwi", dwi_grid, "dwi"))
+    entries.append(("adc", "adc", dwi_grid, "dwi"))
     if plan.calc_b_values:
-        entries.append(("calc", "calc", (dwi_grid,)))
+        entries.append(("calc", "calc", dwi_grid, "dwi"))
+    entries += _extra_diffusion(plan.extra_dwi, dwi_grid)
     if plan.repeat_t2:
-        entries.append(("t2w", "t2w_repeat", (t2_grid,)))
+        entries.append(("t2w", "t2w_repeat", (t2_grid,), ""))
     if plan.coil_reference and not plan.coil_reference_early:
         entries.append(coil)
     if plan.dce:
-        entries.append(("dce", "dce", (_stack(ph, profile, "dce", tra, gc),)))
+        entries.append(("dce", "dce", (_stack(ph, profile, "dce", tra, gc),), ""))
     if plan.screenshot:
-        entries.append(("screenshot", "screenshot", ()))
+        entries.append(("screenshot", "screenshot", (), ""))
 
-    numbers = _numbering(plan.vendor, [k for k, _, _ in entries])
+    numbers = _numbering(plan.vendor, [k for k, _, _, _ in entries])
     study_time = float(rng.integers(7 * 3600, 17 * 3600)) + float(np.round(rng.random(), 3))
     clock = study_time + 60.0
     series: list[SeriesPlan] = []
-    dwi_times = (0.0, 0.0, 0.0)  # acquisition start, duration, series time of the DWI
-    for (kind, key, grids), number in zip(entries, numbers, strict=True):
-        b_values: tuple[int, ...] = ()
-        times: tuple[float, ...] = ()
-        if kind in ("dwi", "adc"):
-            b_values = plan.b_values
-        elif kind == "calc":
-            b_values = plan.calc_b_values
-        if kind == "dce":
-            times = _DCE_TIMES[profile]
-        if kind in ("adc", "calc"):
-            start, duration, dwi_series_time = dwi_times
+    source_times: dict[str, tuple[float, float, float]] = {}  # acquisition -> start, duration, series time
+    for (kind, key, grids, acquisition), number in zip(entries, numbers, strict=True):
+        b_values = _series_b_values(plan, kind, acquisition)
+        times: tuple[float, ...] = _DCE_TIMES[profile] if kind == "dce" else ()
+        if kind in _DERIVED_SERIES_TIME:
+            start, duration, source_series_time = source_times[acquisition]
             acq = start + 0.75 * duration
-            series_time = dwi_series_time + (0.2 if kind == "adc" else 0.25)
+            series_time = source_series_time + _DERIVED_SERIES_TIME[kind]
         elif kind == "screenshot":
             acq = clock
             duration = 0.0
@@ -297,14 +365,18 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
             acq = clock
             series_time = clock + duration + float(rng.uniform(5, 20))
             clock = series_time + float(rng.uniform(15, 60))
-            if kind == "dwi":
-                dwi_times = (acq, duration, series_time)
+            if acquisition:
+                source_times[acquisition] = (acq, duration, series_time)
+        variant = ACQUISITION_VARIANTS.get(acquisition, "")
+        directions = DTI_DIRECTIONS if variant == "dti" else ()
         style = series_style(
             plan.vendor,
             kind,
-            plan.b_values,
+            b_values if kind != "trace" else plan.extra_b_values,
             plan.calc_b_values,
             second_localizer=key == "localizer_2" and plan.second_localizer_sagittal,
+            variant=variant,
+            n_directions=len(directions),
         )
         series.append(
             SeriesPlan(
@@ -318,7 +390,9 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
                 times_s=times,
                 acquisition_time=round(acq, 4),
                 series_time=round(series_time, 4),
-                duration_s=round(duration if kind not in ("adc", "calc") else 0.0, 3),
+                duration_s=round(duration if kind not in _DERIVED_SERIES_TIME else 0.0, 3),
+                acquisition=acquisition,
+                directions=directions if kind == "dti" else (),
             )
         )
     info = vendor_info(plan.vendor)

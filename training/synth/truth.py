@@ -1,5 +1,10 @@
 """Ground truth of a synthetic case in PI-CAI conventions: label images on the T2W grid, the marksheet row
 and ``truth.json`` (expected series roles, lesions, geometry).
+
+Expected diffusion roles: the high b-value image (HBV) is the highest-b trace image of the study (an
+acquired DWI, a scanner-calculated series or a DTI scan's TRACEW; a b = 1400 image is computed only when no
+trace image reaches 1400), and the ADC map is that of the same diffusion acquisition as the HBV image. FA
+maps, directional DTI images and the DTI scan's b = 0 images are never chosen.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "IGNORED_KINDS",
     "MARKSHEET_COLUMNS",
+    "TRACE_KINDS",
     "LabelVolumes",
+    "expected_diffusion",
     "expected_t2w",
     "label_volumes",
     "marksheet_row",
@@ -54,6 +61,12 @@ MARKSHEET_COLUMNS: tuple[str, ...] = (
 IGNORED_KINDS: tuple[str, ...] = ("localizer", "t2_sag", "t2_cor", "coil_reference", "dce", "screenshot")
 """Series kinds that a T2W/ADC/HBV selector must ignore (the names used in ``ignored_series``)."""
 
+TRACE_KINDS: tuple[str, ...] = ("dwi", "calc", "trace")
+"""Series kinds of isotropic (trace) diffusion images, the candidates for the high b-value image."""
+
+_B_VALUE_KINDS: tuple[str, ...] = ("dwi", "calc", "dti", "trace")
+_ACQUISITION_TYPES = {"dwi": "standard", "dwi_high_b": "high_b", "dti": "dti"}
+
 CENTER = "SYNTH"
 
 
@@ -79,6 +92,44 @@ def expected_t2w(study: StudyPlan) -> SeriesPlan:
     """The T2W series a selector should choose: the later acquisition when it was repeated."""
     t2 = [s for s in study.series if s.kind == "t2w"]
     return max(t2, key=lambda s: (s.acquisition_time, s.series_time, s.number))
+
+
+def expected_diffusion(study: StudyPlan) -> tuple[SeriesPlan, SeriesPlan, SeriesPlan]:
+    """The HBV series, the ADC map and the acquired DWI series a selector should choose.
+
+    The HBV series holds the highest-b trace image of the study (a calculated series wins a tie with the
+    acquired one, which cannot happen with the b-values the generator draws); the ADC map and the DWI
+    series are those of its diffusion acquisition.
+    """
+    candidates = [s for s in study.series if s.kind in TRACE_KINDS]
+    hbv = max(candidates, key=lambda s: (max(s.b_values), s.kind != "dwi"))
+    adc = study.of_acquisition(hbv.acquisition, "adc")
+    if adc is None:
+        raise ValueError(f"diffusion acquisition {hbv.acquisition!r} has no ADC map")
+    return hbv, adc, study.by_key(hbv.acquisition)
+
+
+def _acquisitions(study: StudyPlan, chosen: str) -> list[dict[str, Any]]:
+    """One entry per diffusion acquisition: its series by kind, b-values and whether it is the chosen one."""
+    out: list[dict[str, Any]] = []
+    for key, kind in _ACQUISITION_TYPES.items():
+        members = [s for s in study.series if s.acquisition == key]
+        if not members:
+            continue
+        root = study.by_key(key)
+        trace_b = [b for s in members if s.kind in TRACE_KINDS for b in s.b_values]
+        out.append(
+            {
+                "key": key,
+                "type": kind,
+                "b_values": list(root.b_values),
+                "top_b_value": max(trace_b),
+                "series": {s.kind: s.number for s in members},
+                "directions": len(root.directions),
+                "chosen": key == chosen,
+            }
+        )
+    return out
 
 
 def label_volumes(ph: Phantom, grid: Grid) -> LabelVolumes:
@@ -188,11 +239,9 @@ def truth_record(
     """
     plan = study.plan
     t2w = expected_t2w(study)
-    dwi = study.by_key("dwi")
-    candidates = [s for s in study.series if s.kind in ("dwi", "calc")]
-    hbv = max(candidates, key=lambda s: (max(s.b_values), s.kind == "calc"))
+    hbv, adc, dwi = expected_diffusion(study)
     hbv_b = max(hbv.b_values)
-    all_b = [b for s in candidates for b in s.b_values]
+    all_b = [b for s in study.series if s.kind in TRACE_KINDS for b in s.b_values]
     voxel_ml = float(np.prod(labels.grid.spacing)) / 1000.0
     lesions = []
     for les, count in zip(ph.lesions, labels.counts, strict=True):
@@ -228,9 +277,10 @@ def truth_record(
         "compress": plan.compress,
         "profile": plan.profile,
         "tilt_deg": plan.tilt_deg,
+        "extra_dwi": plan.extra_dwi,
         "roles": {
             "t2w": _role(t2w),
-            "adc": _role(study.by_key("adc")),
+            "adc": _role(adc),
             "hbv": {**_role(hbv), "b_value": hbv_b, "computed": False},
             "dwi": _role(dwi),
             "b1400_computed": not any(b >= 1400 for b in all_b),
@@ -241,7 +291,10 @@ def truth_record(
             for s in study.series
             if s.kind in IGNORED_KINDS
         ],
-        "b_values": {str(s.number): list(s.b_values) for s in candidates},
+        "b_values": {str(s.number): list(s.b_values) for s in study.series if s.kind in _B_VALUE_KINDS},
+        "diffusion_acquisitions": _acquisitions(study, dwi.key),
+        "fa_series": [s.number for s in study.series if s.kind == "fa"],
+        "directional_series": [s.number for s in study.series if s.directions],
         "lesions": lesions,
         "case_isup": max((les.isup for les in ph.lesions), default=0),
         "gland_volume_ml": round(float(labels.gland.sum()) * voxel_ml, 3),
