@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -71,6 +72,27 @@ def _quiet_highdicom() -> Iterator[None]:
         yield
 
 
+def _make_reproducible(dataset: Dataset, when: datetime.datetime) -> None:
+    # The same analysis written twice gives the same bytes: instance creation, contribution and capture
+    # times are the analysis time, not the moment of encoding, and the Dimension Organization UID that
+    # highdicom draws at random derives from the object's own SOP Instance UID.
+    dataset.InstanceCreationDate = when.strftime("%Y%m%d")
+    dataset.InstanceCreationTime = when.strftime("%H%M%S.%f")
+    for item in dataset.get("ContributingEquipmentSequence", []):  # highdicom adds its own, stamped now
+        item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S.%f")
+    if "DimensionOrganizationSequence" in dataset:
+        uid = (
+            f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{dataset.SOPInstanceUID}|DimensionOrganizationUID').int}"
+        )
+        for item in dataset.DimensionOrganizationSequence:
+            item.DimensionOrganizationUID = uid
+        for item in dataset.get("DimensionIndexSequence", []):
+            item.DimensionOrganizationUID = uid
+    if "TimeOfSecondaryCapture" in dataset:
+        dataset.DateOfSecondaryCapture = when.strftime("%Y%m%d")
+        dataset.TimeOfSecondaryCapture = when.strftime("%H%M%S.%f")
+
+
 def write_results(
     result: ResultLike,
     source_t2w_datasets: Sequence[Dataset],
@@ -133,6 +155,9 @@ def write_results(
             start = time.perf_counter()
             overlays = write_overlays(lesions, grid, model, settings, uids, when)
             timings["sc"] = time.perf_counter() - start
+    objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
+    for dataset in objects.all():
+        _make_reproducible(dataset, when)
     logger.info(
         "results for study %s: SEG %s, SR %s, pmap %s, %d overlay image(s)",
         grid.study_instance_uid,
@@ -141,7 +166,7 @@ def write_results(
         pmap.SOPInstanceUID if pmap is not None else None,
         len(overlays),
     )
-    return ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
+    return objects
 
 
 def write_failure(
@@ -179,4 +204,7 @@ def write_failure(
     settings = settings if settings is not None else ResultSettings()
     when = analysis_time if analysis_time is not None else datetime.datetime.now()
     with _quiet_highdicom():
-        return write_failure_objects(study_datasets, reason, settings, when)
+        objects = write_failure_objects(study_datasets, reason, settings, when)
+    for dataset in objects:
+        _make_reproducible(dataset, when)
+    return objects
