@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -18,10 +19,12 @@ from benchmarks import (
     training,
     write_report,
 )
+from lesion_engine.logsetup import configure_cli_logging
 
 
 def main() -> int:
     """Run the benchmarks; write the JSON report to ``--out`` and to standard output."""
+    configure_cli_logging(logging.WARNING)
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)

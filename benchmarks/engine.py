@@ -31,7 +31,8 @@ import torch
 from benchmarks.picai_baseline import FOLDS, INPUT_SHAPE, BaselineUNet
 from lesion_engine.artifact import save_artifact
 from lesion_engine.candidates import CandidateConfig
-from lesion_engine.engine import DEFAULT_ARTIFACT, Engine, configure_cpu_threads
+from lesion_engine.devices import configure_cpu_threads
+from lesion_engine.engine import DEFAULT_ARTIFACT, Engine
 from lesion_engine.loading import load_study
 from lesion_engine.model_input import PreprocessConfig
 from lesion_engine.networks import JointModel

@@ -28,9 +28,12 @@ import torch
 
 from benchmarks import DEFAULT_FIXTURE, write_report
 from benchmarks.picai_baseline import FOLDS, INPUT_SHAPE, BaselineUNet
-from lesion_engine.engine import DEFAULT_ARTIFACT, Engine, EngineResult, configure_cpu_threads
+from lesion_engine.devices import configure_cpu_threads
+from lesion_engine.engine import DEFAULT_ARTIFACT, Engine
 from lesion_engine.loading import load_study
+from lesion_engine.logsetup import configure_cli_logging
 from lesion_engine.preprocess import prepare_loaded_study
+from lesion_engine.result_types import EngineResult
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +164,7 @@ def run(dicom_dir: Path, artifact: Path | None = None, repeats: int = 5) -> dict
 
 def main() -> int:
     """``python -m benchmarks.engine_cuda --fixture DIR --out FILE``."""
-    logging.basicConfig(level=logging.WARNING)
+    configure_cli_logging(logging.WARNING)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.engine_cuda")
     parser.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE)
     parser.add_argument("--model", type=Path)

@@ -41,11 +41,11 @@ def _artifact(given: Path | None, scratch: Path) -> tuple[str | None, str]:
         return str(given), "given artifact"
     from lesion_engine.artifact import save_artifact
     from lesion_engine.candidates import CandidateConfig
-    from lesion_engine.engine import DEFAULT_ARTIFACT
+    from lesion_engine.model_card import default_artifact
     from lesion_engine.model_input import PreprocessConfig
     from lesion_engine.networks import JointModel
 
-    if (DEFAULT_ARTIFACT / "model.json").is_file():
+    if (default_artifact() / "model.json").is_file():
         return None, "installed default model"
     import torch
 

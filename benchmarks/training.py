@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks import write_report
+from lesion_engine.logsetup import configure_cli_logging
 from lesion_engine.model_input import PreprocessConfig
 from training.dataset import DataSpec, build_cache
 from training.default_model import DEFAULTS
@@ -83,7 +84,7 @@ def run(steps: int = 20, devices: tuple[str, ...] | None = None) -> dict[str, An
 
 def main() -> int:
     """``python -m benchmarks.training [--steps N] [--out FILE]``."""
-    logging.basicConfig(level=logging.WARNING)
+    configure_cli_logging(logging.WARNING)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path)

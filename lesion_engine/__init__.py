@@ -6,7 +6,12 @@ runs the jointly trained networks and writes DICOM results.
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
+
+# A library configures no log output (the application does); without this, records would go to
+# logging's last-resort handler when nothing is configured.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 try:
     __version__ = version("lesion-ai")

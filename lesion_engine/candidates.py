@@ -28,6 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from lesion_engine.model_config import CandidateConfig
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -44,86 +46,8 @@ __all__ = [
 Triple = tuple[int, int, int]
 Box = tuple[slice, slice, slice]
 
-_CONNECTIVITIES = (6, 26)
 _TOUCH = np.ones((3, 3, 3), dtype=bool)
 """Two blobs touch when a voxel of one is in the 26-neighbourhood of a voxel of the other."""
-
-
-@dataclass(frozen=True)
-class CandidateConfig:
-    """Settings of the dynamic-threshold candidate extraction (stored in the model card).
-
-    Attributes
-    ----------
-    min_peak : float
-        Stop when the highest remaining map value is below this (0..1).
-    dynamic_fraction : float
-        A candidate holds the voxels at or above ``peak * dynamic_fraction`` (0 < f <= 1; PI-CAI uses
-        1 / 2.5 = 0.4).
-    floor : float
-        Lowest threshold whatever the peak (0..1).
-    max_lesions : int
-        At most this many candidates per study.
-    min_voxels : int
-        Regions with fewer voxels (on the model grid) are dropped.
-    connectivity : int
-        6 (faces) or 26 (faces, edges and corners) connectivity of a region.
-    """
-
-    min_peak: float = 0.1
-    dynamic_fraction: float = 0.4
-    floor: float = 0.05
-    max_lesions: int = 5
-    min_voxels: int = 10
-    connectivity: int = 26
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.min_peak <= 1.0:
-            raise ValueError(f"min_peak must be in (0, 1], got {self.min_peak!r}")
-        if not 0.0 < self.dynamic_fraction <= 1.0:
-            raise ValueError(f"dynamic_fraction must be in (0, 1], got {self.dynamic_fraction!r}")
-        if not 0.0 <= self.floor <= 1.0:
-            raise ValueError(f"floor must be in [0, 1], got {self.floor!r}")
-        if (
-            isinstance(self.max_lesions, bool)
-            or int(self.max_lesions) != self.max_lesions
-            or self.max_lesions < 1
-        ):
-            raise ValueError(f"max_lesions must be a positive integer, got {self.max_lesions!r}")
-        if (
-            isinstance(self.min_voxels, bool)
-            or int(self.min_voxels) != self.min_voxels
-            or self.min_voxels < 1
-        ):
-            raise ValueError(f"min_voxels must be a positive integer, got {self.min_voxels!r}")
-        if self.connectivity not in _CONNECTIVITIES:
-            raise ValueError(f"connectivity must be 6 or 26, got {self.connectivity!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the model card)."""
-        return {
-            "min_peak": self.min_peak,
-            "dynamic_fraction": self.dynamic_fraction,
-            "floor": self.floor,
-            "max_lesions": self.max_lesions,
-            "min_voxels": self.min_voxels,
-            "connectivity": self.connectivity,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CandidateConfig:
-        """Inverse of :meth:`to_dict`; ``connectivity`` defaults to 26 when absent."""
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"unknown candidate settings: {', '.join(sorted(unknown))}")
-        return cls(
-            min_peak=float(data["min_peak"]),
-            dynamic_fraction=float(data["dynamic_fraction"]),
-            floor=float(data["floor"]),
-            max_lesions=int(data["max_lesions"]),
-            min_voxels=int(data["min_voxels"]),
-            connectivity=int(data.get("connectivity", 26)),
-        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ Sub-commands are discovered through the ``lesion_ai.commands`` entry-point group
 own CLI), so that ``training`` and ``orthanc_plugin`` can add theirs without the engine importing them.
 Each entry point names a function ``register(subparsers)`` that adds one sub-parser and sets its
 ``func`` default to a callable taking the parsed arguments and returning the exit status.
+
+Log records of the project's packages go to standard error (:func:`lesion_engine.logsetup.configure_cli_logging`):
+warnings and errors, with ``-v`` also information, with ``-vv`` debugging.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from lesion_engine import __version__
+from lesion_engine.logsetup import configure_cli_logging
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lesion-ai`` command line and return its exit status."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_cli_logging(logging.WARNING)  # sub-commands that fail to load are reported
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else (logging.INFO if args.verbose == 1 else logging.DEBUG)
-    logging.getLogger().setLevel(level)
+    configure_cli_logging(level)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

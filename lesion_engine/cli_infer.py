@@ -49,15 +49,19 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from lesion_engine.engine import Engine, EngineResult
+from lesion_engine.dicom_outputs import write_outputs
+from lesion_engine.engine import Engine
 from lesion_engine.errors import LesionAIError, ModelArtifactError, StudyError
 from lesion_engine.loading import load_study
+from lesion_engine.outputs import Output
 from lesion_engine.preprocess import PreparedStudy, prepare_study
-from lesion_engine.results import ResultSettings, write_failure, write_results
+from lesion_engine.result_types import EngineResult
+from lesion_engine.results import ResultSettings, write_failure
 from lesion_engine.series_rules import load_series_rules
 
 logger = logging.getLogger(__name__)
@@ -120,23 +124,51 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def write_dicom_results(
-    result: EngineResult, prepared: PreparedStudy, out: Path, settings: ResultSettings
+    result: EngineResult,
+    prepared: PreparedStudy,
+    out: Path,
+    settings: ResultSettings,
+    outputs: Collection[Output] | None = None,
 ) -> list[Path]:
-    """Write the DICOM objects of a result (``seg.dcm``, ``sr.dcm`` and the optional ones) into ``out``."""
-    t2w = prepared.loaded.series_by_uid(prepared.roles["t2w"].series_instance_uid)
-    objects = write_results(
-        result,
-        [instance.dataset for instance in t2w.instances],
-        settings,
-        input_series_uids=[prepared.roles[r].series_instance_uid for r in ("t2w", "adc", "hbv")],
-    )
+    """Write the DICOM objects of a result (``seg.dcm``, ``sr.dcm`` and the optional ones) into ``out``.
+
+    Parameters
+    ----------
+    result, prepared
+        The engine's result and the study it was computed from.
+    out : Path
+        The folder (it must exist).
+    settings : ResultSettings
+        Names and numbers of the objects.
+    outputs : collection of Output, optional
+        The outputs to write; None: the SR, and the Segmentation, Parametric Map and Secondary Capture
+        images that ``settings`` switches on.
+
+    Returns
+    -------
+    list of Path
+        The files written: ``seg.dcm`` (not for a negative study), ``sr.dcm``, ``pmap.dcm``,
+        ``sc_NNN.dcm``.
+    """
+    if outputs is None:
+        switches = {
+            Output.SEG: settings.write_seg,
+            Output.SR: True,
+            Output.PMAP: settings.write_pmap,
+            Output.SC: settings.write_sc,
+        }
+        outputs = [output for output, wanted in switches.items() if wanted]
+    objects = write_outputs(prepared, result, outputs, settings)
+    named = [
+        (f"{output.value}.dcm", ds)
+        for output in (Output.SEG, Output.SR, Output.PMAP)
+        for ds in objects.get(output, [])
+    ]
+    named += [(f"sc_{i + 1:03d}.dcm", ds) for i, ds in enumerate(objects.get(Output.SC, []))]
     written = []
-    named = [("seg.dcm", objects.seg), ("sr.dcm", objects.sr), ("pmap.dcm", objects.pmap)]
-    named += [(f"sc_{i + 1:03d}.dcm", ds) for i, ds in enumerate(objects.sc)]
     for name, dataset in named:
-        if dataset is not None:
-            dataset.save_as(out / name, enforce_file_format=True)
-            written.append(out / name)
+        dataset.save_as(out / name, enforce_file_format=True)
+        written.append(out / name)
     return written
 
 
@@ -194,7 +226,13 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"model: {exc}")
     except LesionAIError as exc:
         return _usage(f"{type(exc).__name__}: {exc}")
-    settings = ResultSettings(write_pmap=args.pmap, write_sc=args.sc)
+    settings = ResultSettings()
+    outputs = [
+        Output.SEG,
+        Output.SR,
+        *([Output.PMAP] if args.pmap else []),
+        *([Output.SC] if args.sc else []),
+    ]
     started = time.perf_counter()
     try:
         prepared = prepare_study(args.dicom_dir, rules)
@@ -211,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     result.timings_s["study_to_result"] = time.perf_counter() - started
     try:
         paths = write_result(result, args.out)
-        dicom = [] if args.no_dicom else write_dicom_results(result, prepared, args.out, settings)
+        dicom = [] if args.no_dicom else write_dicom_results(result, prepared, args.out, settings, outputs)
     except OSError as exc:
         return _usage(f"cannot write the results into {args.out}: {exc}")
     lesions = ", ".join(

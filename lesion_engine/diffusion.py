@@ -27,13 +27,25 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-if TYPE_CHECKING:
-    from lesion_engine.series import Frame
+
+class FrameHeader(Protocol):
+    """What the evidence reads of one image (:class:`lesion_engine.series.Frame` is one)."""
+
+    @property
+    def b_value(self) -> float | None:
+        """Diffusion b-value from the headers, or None."""
+        ...
+
+    @property
+    def b_value_source(self) -> str | None:
+        """Where the b-value was found."""
+        ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +53,6 @@ __all__ = [
     "DIFFUSION_IMAGE_TYPES",
     "NO_B_VALUE_TAG",
     "DiffusionEvidence",
-    "apply_evidence",
     "assess_diffusion",
     "is_directional",
 ]
@@ -250,7 +261,7 @@ def _fmt(values: Iterable[float]) -> str:
     return ", ".join(f"{v:g}" for v in sorted(values))
 
 
-def assess_diffusion(headers: Sequence[Dataset], frames: Sequence[Frame]) -> DiffusionEvidence:
+def assess_diffusion(headers: Sequence[Dataset], frames: Sequence[FrameHeader]) -> DiffusionEvidence:
     """Decide from the headers whether a series is diffusion-weighted (see the module docstring).
 
     Parameters
@@ -314,39 +325,3 @@ def assess_diffusion(headers: Sequence[Dataset], frames: Sequence[Frame]) -> Dif
             ),
         )
     return DiffusionEvidence(False)
-
-
-def apply_evidence(frames: list[Frame], evidence: DiffusionEvidence) -> tuple[list[Frame], DiffusionEvidence]:
-    """Frames as the evidence reads them: b-values dropped outside diffusion, untagged b = 0 filled in.
-
-    Parameters
-    ----------
-    frames : list of Frame
-        The series' frames as read from the headers.
-    evidence : DiffusionEvidence
-        The verdict of :func:`assess_diffusion` on them.
-
-    Returns
-    -------
-    frames : list of Frame
-        The frames with their b-values as the engine uses them.
-    evidence : DiffusionEvidence
-        The evidence, with the count of untagged b = 0 frames.
-    """
-    if not evidence.weighted:
-        if any(f.b_value is not None for f in frames):
-            return [replace(f, b_value=None, b_value_source=None) for f in frames], evidence
-        return frames, evidence
-    tagged_positive = any(f.b_value is not None and f.b_value > 0 for f in frames)
-    untagged = sum(1 for f in frames if f.b_value is None)
-    if not tagged_positive or untagged == 0 or untagged == len(frames):
-        return frames, evidence
-    filled = [
-        replace(f, b_value=0.0, b_value_source=NO_B_VALUE_TAG) if f.b_value is None else f for f in frames
-    ]
-    logger.debug("%d untagged frame(s) of a diffusion series taken as b = 0", untagged)
-    return filled, replace(
-        evidence,
-        reasons=(*evidence.reasons, f"{untagged} image(s) without b-value tag taken as b = 0"),
-        untagged_b0_frames=untagged,
-    )

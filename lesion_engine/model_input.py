@@ -28,6 +28,7 @@ import torch
 from numpy.typing import NDArray
 
 from lesion_engine.grid_resample import coverage_mask, grid_map, resample_affine_linear, resample_linear
+from lesion_engine.model_config import PreprocessConfig
 from lesion_engine.preprocess import PreparedStudy
 from lesion_engine.volumes import same_grid
 
@@ -45,62 +46,6 @@ __all__ = [
     "to_model_input_from_images",
     "to_model_input_tensor",
 ]
-
-_HBV_SOURCES = ("b1400", "native")
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How a study becomes the networks' input (stored in the model card).
-
-    Attributes
-    ----------
-    spacing_zyx : (z, y, x) mm
-        Voxel spacing of the model grid.
-    size_zyx : (z, y, x)
-        Voxels of the model grid; must suit the localization network's divisor.
-    adc_scale : float
-        ADC (10^-6 mm^2/s) is divided by this.
-    hbv_source : str
-        ``b1400``: the computed b1400 image when the study has no b >= 1400, else the study's HBV;
-        ``native``: always the study's chosen HBV.
-    """
-
-    spacing_zyx: tuple[float, float, float] = (3.0, 1.0, 1.0)
-    size_zyx: tuple[int, int, int] = (20, 128, 128)
-    adc_scale: float = 1000.0
-    hbv_source: str = "b1400"
-
-    def __post_init__(self) -> None:
-        if len(self.spacing_zyx) != 3 or any(not s > 0 for s in self.spacing_zyx):
-            raise ValueError(f"spacing_zyx must be three positive numbers (mm), got {self.spacing_zyx!r}")
-        if len(self.size_zyx) != 3 or any(int(s) < 1 for s in self.size_zyx):
-            raise ValueError(f"size_zyx must be three positive integers, got {self.size_zyx!r}")
-        if not self.adc_scale > 0:
-            raise ValueError(f"adc_scale must be positive, got {self.adc_scale}")
-        if self.hbv_source not in _HBV_SOURCES:
-            raise ValueError(f"hbv_source must be one of {_HBV_SOURCES}, got {self.hbv_source!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the model card)."""
-        return {
-            "spacing_zyx": list(self.spacing_zyx),
-            "size_zyx": list(self.size_zyx),
-            "adc_scale": self.adc_scale,
-            "hbv_source": self.hbv_source,
-            "channels": ["t2w", "adc", "hbv"],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`."""
-        sp, sz = data["spacing_zyx"], data["size_zyx"]
-        return cls(
-            spacing_zyx=(float(sp[0]), float(sp[1]), float(sp[2])),
-            size_zyx=(int(sz[0]), int(sz[1]), int(sz[2])),
-            adc_scale=float(data["adc_scale"]),
-            hbv_source=str(data["hbv_source"]),
-        )
 
 
 @dataclass

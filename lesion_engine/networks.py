@@ -15,12 +15,13 @@ Tensor layout is (batch, channel, z, y, x) throughout; voxel coordinates are (z,
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
+
+from lesion_engine.model_config import ClassificationNetConfig, LocalizationNetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,126 +36,6 @@ __all__ = [
 ]
 
 Triple = tuple[int, int, int]
-
-
-def _check_positive(name: str, values: tuple[int, ...]) -> None:
-    if not values or any(int(v) < 1 for v in values):
-        raise ValueError(f"{name} must be a non-empty tuple of positive integers, got {values!r}")
-
-
-@dataclass(frozen=True)
-class LocalizationNetConfig:
-    """Architecture arguments of :class:`LocalizationNet`.
-
-    Attributes
-    ----------
-    in_channels : int
-        Image channels (3: T2W, ADC, HBV).
-    channels : tuple of int
-        Feature channels per resolution level, finest first.
-    strides : tuple of (z, y, x)
-        Down-sampling stride between consecutive levels; ``len(strides) == len(channels) - 1``.
-    num_zones : int
-        Classes of the optional zonal head (3: background, peripheral zone, transition zone; 0: no head).
-    """
-
-    in_channels: int = 3
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[Triple, ...] = ((1, 2, 2), (2, 2, 2), (1, 2, 2))
-    num_zones: int = 3
-
-    def __post_init__(self) -> None:
-        _check_positive("channels", self.channels)
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.num_zones == 1 or self.num_zones < 0:
-            raise ValueError(f"num_zones must be 0 (no zonal head) or >= 2, got {self.num_zones}")
-        if len(self.strides) != len(self.channels) - 1:
-            raise ValueError(
-                f"need one stride per level transition: {len(self.channels) - 1} for channels {self.channels}, "
-                f"got {len(self.strides)}"
-            )
-        for stride in self.strides:
-            if len(stride) != 3:
-                raise ValueError(f"each stride is (z, y, x), got {stride!r}")
-            _check_positive("stride", tuple(stride))
-
-    @property
-    def divisor(self) -> Triple:
-        """Input sizes (z, y, x) must be multiples of this."""
-        out = [1, 1, 1]
-        for stride in self.strides:
-            out = [o * s for o, s in zip(out, stride, strict=True)]
-        return (out[0], out[1], out[2])
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the model card)."""
-        return {
-            "in_channels": self.in_channels,
-            "channels": list(self.channels),
-            "strides": [list(s) for s in self.strides],
-            "num_zones": self.num_zones,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LocalizationNetConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            in_channels=int(data["in_channels"]),
-            channels=tuple(int(c) for c in data["channels"]),
-            strides=tuple((int(s[0]), int(s[1]), int(s[2])) for s in data["strides"]),
-            num_zones=int(data.get("num_zones", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class ClassificationNetConfig:
-    """Architecture arguments of :class:`ClassificationNet`.
-
-    Attributes
-    ----------
-    in_channels : int
-        Image channels plus the localization map (4).
-    channels : tuple of int
-        Feature channels of the convolution stages.
-    patch_size : (z, y, x)
-        Patch around each candidate, in model-grid voxels.
-    num_categories : int
-        Number of suspicion categories (4: PI-RADS-like 2, 3, 4, 5).
-    """
-
-    in_channels: int = 4
-    channels: tuple[int, ...] = (16, 32, 64)
-    patch_size: Triple = (8, 32, 32)
-    num_categories: int = 4
-
-    def __post_init__(self) -> None:
-        _check_positive("channels", self.channels)
-        _check_positive("patch_size", tuple(self.patch_size))
-        if len(self.patch_size) != 3:
-            raise ValueError(f"patch_size is (z, y, x), got {self.patch_size!r}")
-        if self.in_channels < 2:
-            raise ValueError(f"in_channels must be >= 2 (images + map), got {self.in_channels}")
-        if self.num_categories < 2:
-            raise ValueError(f"num_categories must be >= 2, got {self.num_categories}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the model card)."""
-        data = asdict(self)
-        data["channels"] = list(self.channels)
-        data["patch_size"] = list(self.patch_size)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassificationNetConfig:
-        """Inverse of :meth:`to_dict`."""
-        patch = data["patch_size"]
-        return cls(
-            in_channels=int(data["in_channels"]),
-            channels=tuple(int(c) for c in data["channels"]),
-            patch_size=(int(patch[0]), int(patch[1]), int(patch[2])),
-            num_categories=int(data["num_categories"]),
-        )
 
 
 def _block(in_channels: int, out_channels: int, stride: Triple = (1, 1, 1)) -> nn.Sequential:

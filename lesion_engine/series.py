@@ -7,7 +7,7 @@ per frame, with geometry, rescale and diffusion read from the per-frame and shar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from lesion_engine.bvalues import b_value_of
-from lesion_engine.diffusion import DiffusionEvidence, apply_evidence, assess_diffusion, is_directional
+from lesion_engine.diffusion import NO_B_VALUE_TAG, DiffusionEvidence, assess_diffusion, is_directional
 from lesion_engine.errors import CorruptInstanceError
 
 logger = logging.getLogger(__name__)
@@ -389,3 +389,39 @@ def build_series(
     evidence = assess_diffusion([i.dataset for i in instances], frames)
     frames, evidence = apply_evidence(frames, evidence)
     return Series(series_instance_uid, instances, frames, evidence), bad
+
+
+def apply_evidence(frames: list[Frame], evidence: DiffusionEvidence) -> tuple[list[Frame], DiffusionEvidence]:
+    """Frames as the evidence reads them: b-values dropped outside diffusion, untagged b = 0 filled in.
+
+    Parameters
+    ----------
+    frames : list of Frame
+        The series' frames as read from the headers.
+    evidence : DiffusionEvidence
+        The verdict of :func:`assess_diffusion` on them.
+
+    Returns
+    -------
+    frames : list of Frame
+        The frames with their b-values as the engine uses them.
+    evidence : DiffusionEvidence
+        The evidence, with the count of untagged b = 0 frames.
+    """
+    if not evidence.weighted:
+        if any(f.b_value is not None for f in frames):
+            return [replace(f, b_value=None, b_value_source=None) for f in frames], evidence
+        return frames, evidence
+    tagged_positive = any(f.b_value is not None and f.b_value > 0 for f in frames)
+    untagged = sum(1 for f in frames if f.b_value is None)
+    if not tagged_positive or untagged == 0 or untagged == len(frames):
+        return frames, evidence
+    filled = [
+        replace(f, b_value=0.0, b_value_source=NO_B_VALUE_TAG) if f.b_value is None else f for f in frames
+    ]
+    logger.debug("%d untagged frame(s) of a diffusion series taken as b = 0", untagged)
+    return filled, replace(
+        evidence,
+        reasons=(*evidence.reasons, f"{untagged} image(s) without b-value tag taken as b = 0"),
+        untagged_b0_frames=untagged,
+    )

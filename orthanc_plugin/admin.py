@@ -16,27 +16,23 @@ Handlers return ``(status, body, mime type)``; the plugin turns that into Orthan
 
 from __future__ import annotations
 
-import io
+import json
 import logging
 import re
-import tarfile
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lesion_engine import __version__
 from lesion_engine.errors import ConfigError
-from orthanc_plugin.jobqueue import JobState
-from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
-from orthanc_plugin.rules import RoutingRules, check_destinations, parse_rules
-from orthanc_plugin.studies import OrthancSeries, plan_study
-
-if TYPE_CHECKING:
-    from orthanc_plugin.plugin import NodePlugin
+from orthanc_plugin.jobqueue import Job, JobDocumentError, JobPayload, JobProgress, JobState
+from orthanc_plugin.node_protocol import AdminNode
+from orthanc_plugin.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
+from orthanc_plugin.rules import RoutingRules, check_destinations
+from orthanc_plugin.source_archive import source_archive
+from orthanc_plugin.studies import OrthancSeries
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdminApi", "classify_roles"]
+__all__ = ["AdminApi", "describe_roles"]
 
 Answer = tuple[int, Any, str]
 _JSON = "application/json"
@@ -49,8 +45,6 @@ def _error(status: int, message: str) -> Answer:
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
-    import json
-
     if not body.strip():
         return {}
     try:
@@ -62,13 +56,25 @@ def _json_body(body: bytes) -> dict[str, Any]:
     return data
 
 
-def classify_roles(api: Any, series: list[OrthancSeries], rules: Any) -> dict[str, Any]:
-    """Header-only role classification of series (what ``lesion-ai inspect`` would say before reading pixels).
+def _job_json(job: Job) -> dict[str, Any]:
+    """A job with its payload and progress, read as this node's documents (as stored, with the reason,
+    when this node cannot read them)."""
+    out = job.to_dict()
+    try:
+        out["payload"] = JobPayload.from_json(job.payload).to_json()
+        out["progress"] = JobProgress.from_json(job.progress).to_json()
+    except JobDocumentError as exc:
+        out["document_error"] = str(exc)
+    return out
+
+
+def describe_roles(api: RestApi, series: list[OrthancSeries], rules: Any) -> dict[str, Any]:
+    """Header-only roles of series (what ``lesion-ai inspect`` would say before reading pixels).
 
     Parameters
     ----------
     api : RestApi
-        Orthanc's REST API (instances are read without pixel data decoding).
+        Orthanc's REST API (every instance's header is read, pixel data is not decoded).
     series : list of OrthancSeries
         The input series.
     rules : SeriesRules or None
@@ -81,72 +87,56 @@ def classify_roles(api: Any, series: list[OrthancSeries], rules: Any) -> dict[st
         preferred candidate, for ``dwi`` the candidates with their b-values (the final choice also needs
         the volumes to be buildable, which only processing checks).
     """
+    import io
+
     import pydicom
-    from pydicom.dataset import Dataset
 
-    from lesion_engine.roles import classify_series, preference_key
-    from lesion_engine.series import build_series
-    from lesion_engine.series_rules import load_series_rules
+    from lesion_engine.header_roles import UNREADABLE, SeriesHeaders, rank_roles
 
-    rules = rules if rules is not None else load_series_rules()
-    rows = []
-    candidates: dict[str, list[Any]] = {"t2w": [], "adc": [], "dwi": []}
+    items = []
     for item in series:
-        datasets: list[tuple[str, Dataset]] = []
+        headers = []
         for instance in item.instances:
             data = api.get_bytes(f"/instances/{quote_id(instance)}/file")
-            datasets.append(
-                (instance, pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True))
-            )
-        built, bad = build_series(item.series_instance_uid, datasets)
-        row: dict[str, Any] = {**item.describe(), "candidate_for": [], "ignored": None, "reasons": []}
-        if built is None:
-            row["ignored"] = "unreadable"
-            row["reasons"] = [reason for _, reason in bad][:3]
-        else:
-            verdict = classify_series(built, rules)
-            row.update(
-                candidate_for=sorted(verdict.candidate_for),
-                ignored=verdict.ignored,
-                reasons=list(verdict.reasons),
-                b_values=built.b_values,
-            )
-            for role in verdict.candidate_for:
-                candidates[role].append((preference_key(built), item, built))
+            headers.append((instance, pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)))
+        items.append(SeriesHeaders(item, item.series_instance_uid, headers))
+    ranked = rank_roles(items, rules)
+    rows = []
+    for item, verdict in ranked.verdicts:
+        row: dict[str, Any] = {
+            **item.describe(),
+            "candidate_for": sorted(verdict.candidate_for),
+            "ignored": verdict.ignored,
+            "reasons": list(verdict.reasons),
+        }
+        if verdict.ignored != UNREADABLE and verdict.series is not None:
+            row["b_values"] = verdict.series.b_values
         rows.append(row)
     roles: dict[str, Any] = {}
-    for role in ("t2w", "adc"):
-        ranked = sorted(candidates[role], key=lambda c: c[0], reverse=True)
-        if ranked:
-            roles[role] = {
-                "preferred": ranked[0][1].describe(),
-                "alternatives": [c[1].describe() for c in ranked[1:]],
+    for role, ranked_role in (("t2w", ranked.t2w), ("adc", ranked.adc)):
+        roles[role] = (
+            {
+                "preferred": ranked_role[0][0].describe(),
+                "alternatives": [candidate.describe() for candidate, _ in ranked_role[1:]],
             }
-        else:
-            roles[role] = None
-    roles["dwi"] = [{**c[1].describe(), "b_values": c[2].b_values} for c in candidates["dwi"]] or None
+            if ranked_role
+            else None
+        )
+    roles["dwi"] = [{**item.describe(), "b_values": built.b_values} for item, built in ranked.dwi] or None
     return {"series": rows, "roles": roles}
 
 
-_SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE", "Makefile")
-_SOURCE_FOLDERS = (
-    "lesion_engine",
-    "orthanc_plugin",
-    "training",
-    "config",
-    "scripts",
-    "benchmarks",
-    "tests",
-    ".ci",
-)
-_SKIPPED_IN_SOURCE = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
-
-
 class AdminApi:
-    """Handlers of the admin routes (see the module docstring)."""
+    """Handlers of the admin routes (see the module docstring).
 
-    def __init__(self, plugin: NodePlugin) -> None:
-        self.plugin = plugin
+    Parameters
+    ----------
+    node : AdminNode
+        The running node (:class:`~orthanc_plugin.plugin.NodePlugin`).
+    """
+
+    def __init__(self, node: AdminNode) -> None:
+        self.node = node
 
     def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> Answer:
         """Dispatch one request; ``path`` is relative to ``/lesion-ai/``."""
@@ -181,16 +171,15 @@ class AdminApi:
     # -- routes ---------------------------------------------------------------------------------------
     def health(self) -> Answer:
         """``GET health``."""
-        p = self.plugin
-        rules = p.current_rules()
-        workers = p.supervisor.status() if p.supervisor is not None else []
-        problems = list(p.errors)
-        if p.rules_error:
-            problems.append(p.rules_error)
-        if p.settings.workers and sum(1 for w in workers if w["alive"]) < p.settings.workers:
+        rules = self.node.current_rules()
+        figures = self.node.health_figures()
+        workers = list(figures.worker_processes)
+        problems = list(figures.problems)
+        if figures.workers_configured and sum(1 for w in workers if w["alive"]) < figures.workers_configured:
             problems.append("not every worker process is running")
+        queue = self.node.queue
         try:
-            counts: dict[str, int] | None = p.queue.counts()
+            counts: dict[str, int] | None = queue.counts()
         except Exception as exc:
             counts = None
             problems.append(f"job queue unavailable: {exc}")
@@ -198,17 +187,17 @@ class AdminApi:
             "status": "ok" if not problems else "degraded",
             "problems": problems,
             "version": __version__,
-            "uptime_s": round(time.time() - p.started_at, 1),
-            "model": p.model,
-            "queue": {"backend": repr(p.queue).split("(")[0], "counts": counts},
-            "workers": {"configured": p.settings.workers, "processes": workers},
+            "uptime_s": round(figures.uptime_s, 1),
+            "model": figures.model,
+            "queue": {"backend": type(queue).__name__, "counts": counts},
+            "workers": {"configured": figures.workers_configured, "processes": workers},
             "rules": {
-                "source": str(p.settings.rules),
+                "source": str(figures.rules_source),
                 "count": len(rules.rules),
                 "names": [r.name for r in rules.rules],
             },
-            "changes": {"last_sequence": p.follower.last, "pending_studies": len(p.follower.pending)},
-            "last_evaluation": p.last_evaluation,
+            "changes": {"last_sequence": figures.last_sequence, "pending_studies": figures.pending_studies},
+            "last_evaluation": figures.last_evaluation.to_json() if figures.last_evaluation else None,
         }
         return 200, body, _JSON
 
@@ -224,41 +213,40 @@ class AdminApi:
             offset = int(query.get("offset", "0"))
         except ValueError:
             return _error(400, "limit and offset must be integers")
-        jobs = self.plugin.queue.list(
-            wanted, query.get("study") or None, max(1, min(limit, 1000)), max(offset, 0)
-        )
+        queue = self.node.queue
+        jobs = queue.list(wanted, query.get("study") or None, max(1, min(limit, 1000)), max(offset, 0))
         items = []
         for job in jobs:
             item = job.to_dict()
             item.pop("payload")
             item.pop("progress")
             items.append(item)
-        return 200, {"jobs": items, "counts": self.plugin.queue.counts()}, _JSON
+        return 200, {"jobs": items, "counts": queue.counts()}, _JSON
 
     def job(self, job_id: int) -> Answer:
         """``GET jobs/{id}``."""
-        job = self.plugin.queue.get(job_id)
+        job = self.node.queue.get(job_id)
         if job is None:
             return _error(404, f"no job {job_id}")
-        return 200, job.to_dict(), _JSON
+        return 200, _job_json(job), _JSON
 
     def process(self, study_id: str, body: dict[str, Any]) -> Answer:
         """``POST studies/{id}/process``: queue the study's jobs again now."""
         try:
-            jobs = self.plugin.enqueue_study(study_id, force=True)
+            jobs = self.node.enqueue_study(study_id, force=True)
         except NotFoundError:
             return _error(404, f"no study {study_id} in Orthanc")
         if not jobs:
             message = "no rule applies to this study"
-        elif any(j["created"] for j in jobs):
+        elif any(j.created for j in jobs):
             message = "queued"
         else:
             message = "already queued or running"
-        return 200, {"study": study_id, "jobs": jobs, "message": message}, _JSON
+        return 200, {"study": study_id, "jobs": [j.to_json() for j in jobs], "message": message}, _JSON
 
     def get_rules(self) -> Answer:
         """``GET rules``."""
-        rules = self.plugin.current_rules()
+        rules = self.node.current_rules()
         return (
             200,
             {"source": rules.source, "text": rules.text, "rules": [r.summary() for r in rules.rules]},
@@ -266,7 +254,7 @@ class AdminApi:
         )
 
     def _destinations_known(self) -> dict[str, list[str]]:
-        api = self.plugin.api
+        api = self.node.api
         known: dict[str, list[str]] = {}
         for kind, uri, plugins in (
             ("modalities", "/modalities", False),
@@ -279,9 +267,6 @@ class AdminApi:
                 known[kind] = []
         return known
 
-    def _parse(self, text: str, source: str) -> RoutingRules:
-        return parse_rules(text, source, self.plugin.settings.rules.parent)
-
     def put_rules(self, body: bytes) -> Answer:
         """``PUT rules``: validate, check destinations, save and apply; old rules stay on error."""
         try:
@@ -289,13 +274,13 @@ class AdminApi:
         except UnicodeDecodeError:
             return _error(400, "the rules must be UTF-8 text (YAML)")
         try:
-            rules = self._parse(text, "PUT /lesion-ai/rules")
+            rules = self.node.rules_from_text(text, "PUT /lesion-ai/rules")
         except ConfigError as exc:
             return _error(400, str(exc))
         missing = check_destinations(rules, self._destinations_known())
         if missing:
             return _error(400, "PUT /lesion-ai/rules: " + "; ".join(missing))
-        self.plugin.replace_rules(rules)
+        self.node.replace_rules(rules)
         return 200, {"status": "ok", "rules": [r.summary() for r in rules.rules]}, _JSON
 
     def test_rules(self, body: dict[str, Any]) -> Answer:
@@ -303,17 +288,16 @@ class AdminApi:
         study_id = body.get("study")
         if not isinstance(study_id, str) or not study_id:
             return _error(400, "the body needs 'study': an Orthanc study ID")
-        rules = self.plugin.current_rules()
+        rules: RoutingRules = self.node.current_rules()
         if body.get("rules") is not None:
             if not isinstance(body["rules"], str):
                 return _error(400, "'rules' must be YAML text")
             try:
-                rules = self._parse(body["rules"], "POST /lesion-ai/rules/test (rules)")
+                rules = self.node.rules_from_text(body["rules"], "POST /lesion-ai/rules/test (rules)")
             except ConfigError as exc:
                 return _error(400, str(exc))
-        p = self.plugin
         try:
-            plan = plan_study(p.api, study_id, rules, p.model, p.settings.metadata_name, p.manufacturer)
+            plan = self.node.plan_study(study_id, rules)
         except NotFoundError:
             return _error(404, f"no study {study_id} in Orthanc")
         out = plan.describe()
@@ -321,32 +305,11 @@ class AdminApi:
             for entry, match in zip(out["matches"], plan.matches, strict=True):
                 series = [s for s in match.series if isinstance(s, OrthancSeries)]
                 try:
-                    entry["roles"] = classify_roles(p.api, series, match.rule.series_rules)
+                    entry["roles"] = describe_roles(self.node.api, series, match.rule.series_rules)
                 except Exception as exc:
                     entry["roles"] = {"error": f"{type(exc).__name__}: {exc}"}
         return 200, out, _JSON
 
     def source(self) -> Answer:
-        """``GET source``: the node's source (AGPL-3.0-or-later) as a gzip-compressed tar archive.
-
-        Everything needed to build, install and run the node as it runs here: the packages (the model
-        artifacts they ship included), configuration templates, set-up scripts and build files, from the
-        installed tree. Caches and build outputs are left out.
-        """
-        root = Path(__file__).resolve().parent.parent
-        prefix = f"lesion-ai-{__version__}"
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for name in _SOURCE_FILES:
-                if (root / name).is_file():
-                    tar.add(root / name, arcname=f"{prefix}/{name}")
-            for folder in _SOURCE_FOLDERS:
-                for path in sorted((root / folder).rglob("*")):
-                    relative = path.relative_to(root)
-                    if (
-                        path.is_file()
-                        and not _SKIPPED_IN_SOURCE.intersection(relative.parts)
-                        and path.suffix != ".pyc"
-                    ):
-                        tar.add(path, arcname=f"{prefix}/{relative}")
-        return 200, buffer.getvalue(), "application/gzip"
+        """``GET source``: the node's source (AGPL-3.0-or-later) as a gzip-compressed tar archive."""
+        return 200, source_archive(), "application/gzip"

@@ -20,6 +20,9 @@ __all__ = ["register_node", "register_send", "register_worker", "run_node", "run
 # -- node ---------------------------------------------------------------------------------------------
 def register_node(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``node`` sub-command."""
+    from orthanc_plugin.launch import DEFAULT_AET, DEFAULT_DICOM_PORT, DEFAULT_HTTP_PORT
+    from orthanc_plugin.settings import setting_default
+
     parser = subparsers.add_parser(
         "node",
         help="start the node: Orthanc with the lesion AI plugin, DICOMweb and workers",
@@ -28,10 +31,18 @@ def register_node(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         "options override them.",
     )
     parser.add_argument("--home", type=Path, help="data folder (LESION_AI_HOME, default var)")
-    parser.add_argument("--http-port", type=int, help="HTTP port (LESION_AI_HTTP_PORT, default 8142)")
-    parser.add_argument("--dicom-port", type=int, help="DICOM port (LESION_AI_DICOM_PORT, default 4342)")
-    parser.add_argument("--aet", help="the node's AE title (LESION_AI_AET, default LESIONAI)")
-    parser.add_argument("--workers", type=int, help="worker processes (LESION_AI_WORKERS, default 1)")
+    parser.add_argument(
+        "--http-port", type=int, help=f"HTTP port (LESION_AI_HTTP_PORT, default {DEFAULT_HTTP_PORT})"
+    )
+    parser.add_argument(
+        "--dicom-port", type=int, help=f"DICOM port (LESION_AI_DICOM_PORT, default {DEFAULT_DICOM_PORT})"
+    )
+    parser.add_argument("--aet", help=f"the node's AE title (LESION_AI_AET, default {DEFAULT_AET})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"worker processes (LESION_AI_WORKERS, default {setting_default('workers')})",
+    )
     parser.add_argument("--config-only", action="store_true", help="write the configuration and exit")
     parser.set_defaults(func=run_node)
 
@@ -99,95 +110,100 @@ def run_node(args: argparse.Namespace) -> int:
 
 
 # -- worker -------------------------------------------------------------------------------------------
+#: Options of ``lesion-ai worker`` that set a settings field: (option, field). Defaults and help come from
+#: the field (:mod:`orthanc_plugin.settings`), so that no default is written twice.
+_WORKER_SETTING_OPTIONS = (
+    ("--lease", "lease_s"),
+    ("--heartbeat", "heartbeat_s"),
+    ("--poll", "poll_s"),
+    ("--max-attempts", "max_attempts"),
+    ("--backoff", "backoff_s"),
+    ("--backoff-max", "backoff_max_s"),
+    ("--forward-attempts", "forward_attempts"),
+    ("--forward-timeout", "forward_timeout_s"),
+    ("--metadata-name", "metadata_name"),
+    ("--model", "model"),
+    ("--device", "device"),
+    ("--threads", "threads"),
+    ("--processor", "processor"),
+)
+
+
 def register_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``worker`` sub-command."""
+    from orthanc_plugin.settings import PASSWORD_ENV, USERNAME_ENV, setting_default, setting_doc, setting_type
+
     parser = subparsers.add_parser(
         "worker",
         help="run a worker: claim jobs from the queue, process studies, store and forward results",
         description="Claims jobs from the node's queue, fetches the studies from Orthanc's REST API, runs the "
         "lesion engine, stores the results into Orthanc and forwards them. Orthanc's credentials come from "
-        "LESION_AI_ORTHANC_USERNAME / LESION_AI_ORTHANC_PASSWORD or --credentials.",
+        f"{USERNAME_ENV} / {PASSWORD_ENV} or --credentials.",
     )
     parser.add_argument("--orthanc-url", required=True, help="Orthanc's REST API, e.g. http://node:8142")
-    parser.add_argument("--queue", required=True, help="sqlite:///PATH or postgresql://user@host/db")
+    parser.add_argument("--queue", required=True, help=setting_doc("queue"))
     parser.add_argument("--credentials", type=Path, help="JSON file with username and password")
     parser.add_argument("--name", default="worker", help="name in the logs")
     parser.add_argument("--parent-pid", type=int, help="exit (handing the job back) when this parent dies")
-    parser.add_argument("--lease", type=float, default=120.0, help="job lease, seconds (default 120)")
-    parser.add_argument("--heartbeat", type=float, default=10.0, help="lease renewal period (default 10)")
-    parser.add_argument("--poll", type=float, default=1.0, help="idle polling period (default 1)")
-    parser.add_argument("--max-attempts", type=int, default=5, help="attempts before a job fails (default 5)")
-    parser.add_argument("--backoff", type=float, default=10.0, help="first retry delay, seconds (default 10)")
-    parser.add_argument("--backoff-max", type=float, default=900.0, help="longest retry delay (default 900)")
-    parser.add_argument("--forward-attempts", type=int, default=3, help="sends per destination (default 3)")
-    parser.add_argument(
-        "--forward-timeout", type=float, default=600.0, help="wait for one send (default 600)"
-    )
-    parser.add_argument("--metadata-name", default="LesionAI", help="study metadata of the node's record")
-    parser.add_argument("--model", help="model artifact folder (default: the packaged model)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: automatic)")
-    parser.add_argument("--threads", type=int, help="CPU threads of the engine (default: all)")
-    parser.add_argument("--processor", help="alternative processor module:factory (tests, demos)")
-    parser.add_argument("--result-settings", help="JSON object of ResultSettings fields")
+    for option, name in _WORKER_SETTING_OPTIONS:
+        default = setting_default(name)
+        shown = (
+            ""
+            if default is None
+            else f" (default {default:g})"
+            if isinstance(default, float)
+            else f" (default {default})"
+        )
+        parser.add_argument(
+            option, dest=name, type=setting_type(name), default=default, help=setting_doc(name) + shown
+        )
+    parser.add_argument("--result-settings", help="JSON object: " + setting_doc("result_settings"))
     parser.add_argument("--once", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
     parser.set_defaults(func=run_worker)
 
 
 def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    from orthanc_plugin.settings import PASSWORD_ENV, USERNAME_ENV
+
     if args.credentials is not None:
         data = json.loads(args.credentials.read_text(encoding="utf-8"))
         return str(data["username"]), str(data["password"])
-    return os.environ.get("LESION_AI_ORTHANC_USERNAME"), os.environ.get("LESION_AI_ORTHANC_PASSWORD")
+    return os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run a worker until stopped (SIGTERM / Ctrl-C) or, with --once, until the queue is empty."""
-    from orthanc_plugin.client import OrthancClient
-    from orthanc_plugin.jobqueue import QueuePolicy, open_queue
-    from orthanc_plugin.processing import ProcessorSettings, load_processor
-    from orthanc_plugin.worker import Worker, WorkerOptions
+    from orthanc_plugin.logsetup import configure_node_logging
+    from orthanc_plugin.settings import WorkerSettings
+    from orthanc_plugin.worker_main import run_worker as run
 
-    root = logging.getLogger()
-    if root.level > logging.INFO:  # the node's and the engine's own messages at INFO, others' at WARNING
-        for name in ("orthanc_plugin", "lesion_engine"):
-            logging.getLogger(name).setLevel(logging.INFO)
-    for handler in root.handlers:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s [{args.name}] %(name)s: %(message)s")
-        )
+    # the node's and the engine's own messages at INFO (or more with -vv), with the worker's name
+    level = min(logging.INFO, logging.getLogger("orthanc_plugin").getEffectiveLevel())
+    configure_node_logging(worker=args.name, level=level)
     try:
         result_settings = json.loads(args.result_settings) if args.result_settings else {}
         if not isinstance(result_settings, dict):
             raise ValueError("--result-settings must be a JSON object")
-        username, password = _credentials(args)
-        policy = QueuePolicy(args.lease, args.max_attempts, args.backoff, args.backoff_max)
-        queue = open_queue(args.queue, policy)
-        client = OrthancClient(args.orthanc_url, username, password)
-        processor = load_processor(
-            args.processor, ProcessorSettings(args.model, args.device, args.threads, result_settings)
+        settings = WorkerSettings(
+            queue=args.queue,
+            orthanc_url=args.orthanc_url,
+            result_settings=result_settings,
+            **{name: getattr(args, name) for _, name in _WORKER_SETTING_OPTIONS},
         )
-    except (ValueError, OSError, ImportError, KeyError, ConfigError) as exc:
+        username, password = _credentials(args)
+    except (ValueError, OSError, KeyError, ConfigError) as exc:
         sys.stderr.write(f"lesion-ai worker: {exc}\n")
         return 2
-    options = WorkerOptions(
+    return run(
+        settings,
         name=args.name,
-        heartbeat_s=args.heartbeat,
-        poll_s=args.poll,
-        forward_attempts=args.forward_attempts,
-        forward_timeout_s=args.forward_timeout,
-        metadata_name=args.metadata_name,
         parent_pid=args.parent_pid,
+        username=username,
+        password=password,
+        once=args.once,
         max_jobs=args.max_jobs,
-        exit_when_idle=args.once,
     )
-    worker = Worker(queue, client, processor, options)
-    worker.install_signal_handlers()
-    try:
-        worker.run()
-    finally:
-        queue.close()
-    return 0
 
 
 # -- send ---------------------------------------------------------------------------------------------

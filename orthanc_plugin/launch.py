@@ -1,4 +1,4 @@
-"""Starting the node: Orthanc's configuration from the template in ``config/``, credentials, the data folder.
+"""Starting the node: Orthanc's configuration from its packaged template, credentials, the data folder.
 
 Everything the node keeps lives in one data folder (``var/`` by default, ``LESION_AI_HOME``):
 
@@ -6,9 +6,10 @@ Everything the node keeps lives in one data folder (``var/`` by default, ``LESIO
 ``orthanc.json``           Orthanc's configuration, generated at every start (mode 0600)
 ``orthanc-site.json``      optional site overrides merged over it (modalities, peers, DICOMweb)
 ``credentials.json``       the REST API's user, generated at the first start (mode 0600)
-``rules.yaml``             routing rules in force (copied from ``config/rules.yaml`` at first start)
+``rules.yaml``             routing rules in force (from ``orthanc_plugin/data/rules.yaml`` at first start)
 ``orthanc-db/``            Orthanc's SQLite index and storage
 ``queue.sqlite``           the job queue
+``worker-settings.json``   the workers' settings, written by the plugin at each start (no credentials)
 ``logs/``                  the workers' logs
 =========================  ==================================================================
 """
@@ -19,17 +20,17 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import sys
 import sysconfig
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from orthanc_plugin.jobqueue import sqlite_url
-from orthanc_plugin.settings import NodeSettings
+from orthanc_plugin.settings import DEFAULT_HTTP_PORT, SECTION, NodeSettings, setting_default
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,19 @@ __all__ = [
     "write_configuration",
 ]
 
-DEFAULT_HTTP_PORT = 8142
 DEFAULT_DICOM_PORT = 4342
 DEFAULT_AET = "LESIONAI"
 DEFAULT_PLUGINS_DIR = "/usr/share/orthanc/plugins"
 METADATA_KEY = 1024
-REPO = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = Path(__file__).resolve().parent / "entry" / "lesion_ai_entry.py"
 
 
-def _config_dir() -> Path:
-    return Path(os.environ.get("LESION_AI_CONFIG_DIR", REPO / "config"))
+def packaged_file(name: str) -> str:
+    """Text of one of the node's packaged files (``orthanc_plugin/data``: ``orthanc.json.in``, ``rules.yaml``).
+
+    Read through :mod:`importlib.resources`, so that an installed wheel finds them as a checkout does.
+    """
+    return files("orthanc_plugin").joinpath("data", name).read_text(encoding="utf-8")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -81,7 +84,7 @@ class NodeOptions:
     http_port: int = field(default_factory=lambda: _env_int("LESION_AI_HTTP_PORT", DEFAULT_HTTP_PORT))
     dicom_port: int = field(default_factory=lambda: _env_int("LESION_AI_DICOM_PORT", DEFAULT_DICOM_PORT))
     aet: str = field(default_factory=lambda: os.environ.get("LESION_AI_AET", DEFAULT_AET))
-    workers: int = field(default_factory=lambda: _env_int("LESION_AI_WORKERS", 1))
+    workers: int = field(default_factory=lambda: _env_int("LESION_AI_WORKERS", setting_default("workers")))
     stable_age: int = field(default_factory=lambda: _env_int("LESION_AI_STABLE_AGE", 30))
     remote_access: bool = field(default_factory=lambda: os.environ.get("LESION_AI_REMOTE_ACCESS", "0") == "1")
     queue: str | None = field(default_factory=lambda: os.environ.get("LESION_AI_QUEUE") or None)
@@ -163,7 +166,7 @@ def _site_packages() -> str:
 
 
 def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], bool]:
-    """Prepare the data folder and write Orthanc's configuration from ``config/orthanc.json.in``.
+    """Prepare the data folder and write Orthanc's configuration from ``orthanc_plugin/data/orthanc.json.in``.
 
     Returns
     -------
@@ -180,7 +183,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
     credentials, created = ensure_credentials(home)
     rules = home / "rules.yaml"
     if not rules.exists():
-        shutil.copyfile(_config_dir() / "rules.yaml", rules)
+        rules.write_text(packaged_file("rules.yaml"), encoding="utf-8")
     settings = NodeSettings(
         home=home,
         queue=options.queue or sqlite_url(home / "queue.sqlite"),
@@ -195,7 +198,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
         site_packages=_site_packages(),
     )
     section = deep_merge(settings.to_section(), options.extra)
-    NodeSettings.from_orthanc_configuration({"LesionAI": section})  # validate the extras too
+    NodeSettings.from_orthanc_configuration({SECTION: section})  # validate the extras too
     plugins = [str(options.plugins_dir / "libOrthancDicomWeb.so")]
     if options.with_plugin:
         plugins.insert(0, str(options.plugins_dir / "libOrthancPython.so"))
@@ -215,7 +218,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
         "entry_script": str(ENTRY_SCRIPT),
         "lesion_ai": section,
     }
-    template = Template((_config_dir() / "orthanc.json.in").read_text(encoding="utf-8"))
+    template = Template(packaged_file("orthanc.json.in"))
     config = json.loads(template.substitute({k: json.dumps(v) for k, v in values.items()}))
     if not options.with_plugin:
         for key in ("PythonScript", "Python"):

@@ -5,7 +5,11 @@
   study applies the loop guard and the routing rules and enqueues the jobs they ask for (idempotent).
 * At ``ORTHANC_STARTED`` it catches up on what was missed while down and starts the worker processes;
   at ``ORTHANC_STOPPED`` it stops them.
-* It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin`).
+* It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin`), to which it is an
+  :class:`~orthanc_plugin.node_protocol.AdminNode`.
+* Workers are processes of the virtual environment's interpreter (:mod:`orthanc_plugin.worker_main`),
+  started with their settings in a JSON file of the data folder and Orthanc's credentials in their
+  environment.
 
 No per-instance callback is registered (ingestion never waits for Python), torch is never imported, and
 every callback has one exception boundary: errors are logged, never raised into Orthanc.
@@ -24,13 +28,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
+from lesion_engine.model_card import CARD_FILE, default_artifact, model_identity
+from orthanc_plugin.admin import AdminApi
 from orthanc_plugin.changes import ChangeFollower
 from orthanc_plugin.jobqueue import JobQueue, QueuePolicy, open_queue
-from orthanc_plugin.orthanc_api import InProcessApi, OrthancLogHandler, OrthancModule, RestOutput, answer
-from orthanc_plugin.processing import default_artifact, model_identity
-from orthanc_plugin.rules import RoutingRules, load_rules
+from orthanc_plugin.logsetup import configure_node_logging
+from orthanc_plugin.node_protocol import EnqueuedJob, Evaluation, HealthFigures
+from orthanc_plugin.orthanc_api import InProcessApi, OrthancModule, RestOutput, answer
+from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
 from orthanc_plugin.settings import NodeSettings
-from orthanc_plugin.studies import plan_study
+from orthanc_plugin.studies import StudyPlan, plan_study
 from orthanc_plugin.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
@@ -73,49 +80,17 @@ class _GlobalProperty:
         self.orthanc.SetGlobalProperty(self.key, value)
 
 
-def worker_command(settings: NodeSettings, parent_pid: int) -> list[str]:
-    """Command line of a worker started by the plugin (credentials travel in the environment)."""
-    command = [
+def worker_command(settings: NodeSettings) -> list[str]:
+    """Command line of a worker started by the plugin: the interpreter, the worker module and the settings
+    file (:meth:`NodeSettings.write_worker_settings`); credentials and the parent's PID travel in the
+    environment (:meth:`NodeSettings.worker_environment`)."""
+    return [
         settings.python,
         "-m",
-        "lesion_engine.cli",
-        "worker",
-        "--orthanc-url",
-        settings.orthanc_url,
-        "--queue",
-        settings.queue,
-        "--parent-pid",
-        str(parent_pid),
-        "--lease",
-        f"{settings.lease_s:g}",
-        "--heartbeat",
-        f"{settings.heartbeat_s:g}",
-        "--poll",
-        f"{settings.poll_s:g}",
-        "--max-attempts",
-        str(settings.max_attempts),
-        "--backoff",
-        f"{settings.backoff_s:g}",
-        "--backoff-max",
-        f"{settings.backoff_max_s:g}",
-        "--forward-attempts",
-        str(settings.forward_attempts),
-        "--forward-timeout",
-        f"{settings.forward_timeout_s:g}",
-        "--metadata-name",
-        settings.metadata_name,
+        "orthanc_plugin.worker_main",
+        "--settings",
+        str(settings.worker_settings_file),
     ]
-    if settings.model:
-        command += ["--model", settings.model]
-    if settings.processor:
-        command += ["--processor", settings.processor]
-    if settings.device:
-        command += ["--device", settings.device]
-    if settings.workers > 0:  # share the CPUs among the workers instead of each using all of them
-        command += ["--threads", str(max(1, (os.cpu_count() or 1) // settings.workers))]
-    if settings.result_settings:
-        command += ["--result-settings", json.dumps(settings.result_settings)]
-    return command
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -144,10 +119,7 @@ class NodePlugin:
         self.settings = settings
         self.started_at = time.time()
         self.manufacturer = str(settings.result_settings.get("manufacturer", "Lesion AI"))
-        self.queue: JobQueue = open_queue(
-            settings.queue,
-            QueuePolicy(settings.lease_s, settings.max_attempts, settings.backoff_s, settings.backoff_max_s),
-        )
+        self.queue: JobQueue = open_queue(settings.queue, QueuePolicy.from_settings(settings))
         self._rules_lock = threading.Lock()
         self._rules_stamp = _stamp(settings.rules)
         self.rules: RoutingRules = load_rules(settings.rules)
@@ -164,9 +136,7 @@ class NodePlugin:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._model: tuple[float, str] | None = None
-        self.last_evaluation: dict[str, Any] | None = None
-        from orthanc_plugin.admin import AdminApi
-
+        self.last_evaluation: Evaluation | None = None
         self.admin = AdminApi(self)
 
     @classmethod
@@ -219,13 +189,14 @@ class NodePlugin:
         self._thread.start()
         if self.settings.workers > 0:
             try:
-                env = self.settings.worker_environment()
-            except ConfigError as exc:
-                self.errors.append(str(exc))
+                env = self.settings.worker_environment(os.getpid())
+                self.settings.write_worker_settings()
+            except (ConfigError, OSError) as exc:
+                self.errors.append(f"workers not started: {exc}")
                 logger.error("workers not started: %s", exc)
                 return
             self.supervisor = WorkerSupervisor(
-                worker_command(self.settings, os.getpid()), self.settings.workers, env, self.settings.log_dir
+                worker_command(self.settings), self.settings.workers, env, self.settings.logs
             )
             self.supervisor.start()
 
@@ -262,7 +233,7 @@ class NodePlugin:
     def model(self) -> str:
         """Identity of the model jobs are queued for (re-read when the artifact's card changes)."""
         s = self.settings
-        card = (Path(s.model) if s.model else default_artifact()) / "model.json"
+        card = (Path(s.model) if s.model else default_artifact()) / CARD_FILE
         stamp = card.stat().st_mtime if card.exists() else 0.0
         if self._model is None or self._model[0] != stamp:
             self._model = (stamp, model_identity(s.model, s.processor, s.model_identity))
@@ -303,11 +274,36 @@ class NodePlugin:
             self.rules_error = None
         logger.warning("routing rules replaced (%d rule(s))", len(rules.rules))
 
-    def on_stable_study(self, study_id: str) -> list[dict[str, Any]]:
+    def rules_from_text(self, text: str, source: str) -> RoutingRules:
+        """Validate rules given as YAML text (relative ``series_rules`` files: beside the rules file)."""
+        return parse_rules(text, source, self.settings.rules.parent)
+
+    def health_figures(self) -> HealthFigures:
+        """The node's state (``GET /lesion-ai/health``)."""
+        problems = [*self.errors, *([self.rules_error] if self.rules_error else [])]
+        return HealthFigures(
+            problems=tuple(problems),
+            uptime_s=time.time() - self.started_at,
+            model=self.model,
+            workers_configured=self.settings.workers,
+            worker_processes=tuple(self.supervisor.status()) if self.supervisor is not None else (),
+            rules_source=self.settings.rules,
+            last_sequence=self.follower.last or 0,
+            pending_studies=len(self.follower.pending),
+            last_evaluation=self.last_evaluation,
+        )
+
+    def plan_study(self, study_id: str, rules: RoutingRules) -> StudyPlan:
+        """What ``rules`` make of a study (loop guard, matches, jobs), without queueing anything."""
+        return plan_study(
+            self.api, study_id, rules, self.model, self.settings.metadata_name, self.manufacturer
+        )
+
+    def on_stable_study(self, study_id: str) -> list[EnqueuedJob]:
         """Evaluate a stable study and enqueue the jobs its rules ask for."""
         return self.enqueue_study(study_id)
 
-    def enqueue_study(self, study_id: str, *, force: bool = False) -> list[dict[str, Any]]:
+    def enqueue_study(self, study_id: str, *, force: bool = False) -> list[EnqueuedJob]:
         """Apply the loop guard and the rules to a study and enqueue its jobs.
 
         Parameters
@@ -319,24 +315,17 @@ class NodePlugin:
 
         Returns
         -------
-        list of dict
-            ``{id, key, rule, created}`` per job.
+        list of EnqueuedJob
+            What happened to each job the rules ask for.
         """
-        plan = plan_study(
-            self.api,
-            study_id,
-            self.current_rules(),
-            self.model,
-            self.settings.metadata_name,
-            self.manufacturer,
-        )
-        out: list[dict[str, Any]] = []
-        for job in plan.jobs:
+        plan = self.plan_study(study_id, self.current_rules())
+        out: list[EnqueuedJob] = []
+        for job, payload in zip(plan.jobs, plan.payloads, strict=True):
             if not force and job.key in plan.study.record.processed:
                 logger.info(
                     "study %s: already processed under rule %s with model %s", study_id, job.rule, job.model
                 )
-                out.append({"id": None, "key": job.key, "rule": job.rule, "created": False})
+                out.append(EnqueuedJob(None, job.key, job.rule, created=False))
                 continue
             job_id, created = self.queue.enqueue(job, force=force)
             if created:
@@ -345,10 +334,10 @@ class NodePlugin:
                     study_id,
                     job_id,
                     job.rule,
-                    len(job.payload["series"]),
+                    len(payload.series),
                     job.model,
                 )
-            out.append({"id": job_id, "key": job.key, "rule": job.rule, "created": created})
+            out.append(EnqueuedJob(job_id, job.key, job.rule, created))
         if not plan.jobs:
             logger.info(
                 "study %s: no rule applies (%d input series, %d excluded)",
@@ -356,7 +345,7 @@ class NodePlugin:
                 len(plan.study.series),
                 len(plan.study.excluded),
             )
-        self.last_evaluation = {"study": study_id, "time": time.time(), "jobs": out}
+        self.last_evaluation = Evaluation(study_id, time.time(), tuple(out))
         return out
 
 
@@ -366,12 +355,7 @@ def install(orthanc: OrthancModule) -> NodePlugin | None:
     A configuration error is logged and leaves Orthanc running without the node (it still stores what
     it receives; the catch-up at the next start handles those studies).
     """
-    handler = OrthancLogHandler(orthanc)
-    for name in ("orthanc_plugin", "lesion_engine"):
-        log = logging.getLogger(name)
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    configure_node_logging(orthanc=orthanc)
     try:
         plugin = NodePlugin.from_orthanc(orthanc)
     except Exception as exc:

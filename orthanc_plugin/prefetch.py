@@ -14,6 +14,9 @@ from __future__ import annotations
 import io
 import logging
 
+import pydicom
+
+from lesion_engine.header_roles import classify_headers
 from lesion_engine.series_rules import SeriesRules
 
 logger = logging.getLogger(__name__)
@@ -53,21 +56,14 @@ def skippable_series(first_instance: bytes, rules: SeriesRules | None = None) ->
         series may be used, or when the instance cannot be read (then everything is fetched and the engine
         reports the problem).
     """
-    import pydicom
-
-    from lesion_engine.roles import classify_series
-    from lesion_engine.series import build_series
-    from lesion_engine.series_rules import load_series_rules
-
     try:
         dataset = pydicom.dcmread(io.BytesIO(first_instance), stop_before_pixels=True)
-        built, _ = build_series(str(dataset.get("SeriesInstanceUID", "")), [("first", dataset)])
-        if built is None:
-            return None
-        verdict = classify_series(built, rules if rules is not None else load_series_rules())
+        verdict = classify_headers(str(dataset.get("SeriesInstanceUID", "")), [("first", dataset)], rules)
     except Exception as exc:  # an unreadable header: fetch it all and let the engine say what is wrong
         logger.debug("first instance not classified: %s", exc)
         return None
-    if verdict.ignored == "t2_oblique" and built.diffusion.ignored_b_values is not None:
+    if verdict.series is None:
+        return None
+    if verdict.ignored == "t2_oblique" and verdict.series.diffusion.ignored_b_values is not None:
         return None
     return verdict.ignored if verdict.ignored in HEADER_DECIDED else None

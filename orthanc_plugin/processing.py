@@ -4,8 +4,9 @@ Workers call a *processor*: by default :class:`EngineProcessor` (the engine and 
 imported lazily so that the plugin inside Orthanc never imports torch); a site or a test may name another
 one (``module:factory``). A processor turns a job's input instances into result objects:
 
-* the study was analysed: SEG (when lesions were found), SR, and the optional Parametric Map and
-  Secondary Capture series the rule asks for;
+* the study was analysed: the result objects of each output the rule asks for
+  (:class:`~lesion_engine.outputs.Output`: SEG when lesions were found, SR, Parametric Map, Secondary
+  Capture), written by :func:`lesion_engine.dicom_outputs.write_outputs`, the call the CLI makes too;
 * the study cannot be analysed (no T2W, wrong modality, no model, ...): a failure SR (and Secondary Capture
   image) saying why, and ``failed=True`` with the reason, a permanent failure of the job.
 
@@ -16,21 +17,22 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.resources import files
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pydicom
 from pydicom.dataset import Dataset
 
+from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
+from orthanc_plugin.jobqueue import JobPayload
+
 if TYPE_CHECKING:
     from lesion_engine.engine import Engine
     from lesion_engine.series_rules import SeriesRules
+    from orthanc_plugin.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +42,12 @@ __all__ = [
     "ProcessingRequest",
     "Processor",
     "ProcessorSettings",
-    "default_artifact",
     "encode",
     "headers_of",
     "load_processor",
-    "model_identity",
     "process_study",
+    "series_rules_of",
 ]
-
-_SOP_PREFIXES = {
-    "seg": ("1.2.840.10008.5.1.4.1.1.66.4",),
-    "sr": ("1.2.840.10008.5.1.4.1.1.88.",),
-    "pmap": ("1.2.840.10008.5.1.4.1.1.30",),
-    "sc": ("1.2.840.10008.5.1.4.1.1.7",),
-}
 
 
 @dataclass(frozen=True)
@@ -68,8 +62,8 @@ class ProcessingRequest:
         Orthanc ID of the study.
     rule : str
         The routing rule.
-    outputs : tuple of str
-        Result objects wanted: ``seg``, ``sr``, ``pmap``, ``sc``.
+    outputs : tuple of Output
+        Result objects wanted.
     series_rules : dict or None
         The rule's series-selection overrides (None: the engine's defaults).
     series_rules_source : str or None
@@ -81,48 +75,93 @@ class ProcessingRequest:
     job_id: int
     study_id: str
     rule: str
-    outputs: tuple[str, ...] = ("seg", "sr")
+    outputs: tuple[Output, ...] = DEFAULT_OUTPUTS
     series_rules: dict[str, Any] | None = None
     series_rules_source: str | None = None
     model: str = ""
 
+    def __post_init__(self) -> None:
+        if not all(isinstance(output, Output) for output in self.outputs):
+            raise TypeError(
+                f"ProcessingRequest.outputs must be Output members, got {self.outputs!r}; convert names "
+                "with lesion_engine.outputs.parse_outputs"
+            )
+
     @classmethod
-    def from_payload(cls, job_id: int, payload: dict[str, Any]) -> ProcessingRequest:
+    def from_payload(cls, job_id: int, payload: JobPayload) -> ProcessingRequest:
         """Build from a job's payload."""
         return cls(
             job_id=job_id,
-            study_id=str(payload.get("study", "")),
-            rule=str(payload.get("rule", "")),
-            outputs=tuple(payload.get("outputs") or ("seg", "sr")),
-            series_rules=payload.get("series_rules"),
-            series_rules_source=payload.get("series_rules_source"),
-            model=str(payload.get("model", "")),
+            study_id=payload.study,
+            rule=payload.rule,
+            outputs=payload.outputs,
+            series_rules=payload.series_rules,
+            series_rules_source=payload.series_rules_source,
+            model=payload.model,
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProcessingOutcome:
-    """What a processor made of a study.
+    """What a processor made of a study: its results by output, or the report of why it could not be
+    analysed.
+
+    Build with :meth:`analysed` or :meth:`could_not_analyse`.
 
     Attributes
     ----------
-    objects : list of bytes
-        DICOM Part 10 files to store into the study (and forward).
+    objects : mapping of Output to tuple of bytes
+        The results (DICOM Part 10 files) of each output asked for (a negative study has no SEG object).
     failed : bool
-        True when the study could not be analysed; ``objects`` then holds the failure report.
+        True when the study could not be analysed.
     reason : str or None
-        Why it failed.
+        Why it could not be analysed.
+    report : tuple of bytes
+        The failure report (DICOM Part 10 files) saying why; empty when none could be written.
     model : dict
         ``name``, ``version``, ``sha256`` of the model used (empty when none was).
     details : dict
         JSON-ready summary for the job record (lesion count, patient score, timings, roles).
     """
 
-    objects: list[bytes]
+    objects: Mapping[Output, tuple[bytes, ...]] = field(default_factory=dict)
     failed: bool = False
     reason: str | None = None
+    report: tuple[bytes, ...] = ()
     model: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.failed and (not self.reason or self.objects):
+            raise ValueError("a failed ProcessingOutcome needs a reason and has no result objects")
+        if not self.failed and (self.reason or self.report):
+            raise ValueError("a ProcessingOutcome with a reason or a failure report must be failed")
+        if not all(isinstance(output, Output) for output in self.objects):
+            raise TypeError(f"ProcessingOutcome.objects must be keyed by Output, got {list(self.objects)!r}")
+
+    @classmethod
+    def analysed(
+        cls,
+        objects: Mapping[Output, Sequence[bytes]],
+        model: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> ProcessingOutcome:
+        """The study was analysed: its result objects per output."""
+        return cls(
+            objects={output: tuple(items) for output, items in objects.items()},
+            model=dict(model or {}),
+            details=dict(details or {}),
+        )
+
+    @classmethod
+    def could_not_analyse(cls, reason: str, report: Sequence[bytes]) -> ProcessingOutcome:
+        """The study cannot be analysed (a permanent failure of the job): why, and the report saying so."""
+        return cls(failed=True, reason=reason, report=tuple(report))
+
+    def to_store(self) -> list[bytes]:
+        """Every object to store into the study (and forward): the results in the order of
+        :class:`~lesion_engine.outputs.Output`, or the failure report."""
+        return [data for output in Output for data in self.objects.get(output, ())] + list(self.report)
 
 
 class Processor(Protocol):
@@ -139,7 +178,7 @@ class Processor(Protocol):
 
 @dataclass(frozen=True)
 class ProcessorSettings:
-    """How a worker builds its processor.
+    """How a worker builds its processor (the node's: :meth:`from_settings`).
 
     Attributes
     ----------
@@ -158,6 +197,17 @@ class ProcessorSettings:
     threads: int | None = None
     result_settings: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> ProcessorSettings:
+        """The processor settings of the node's settings (``Model``, ``Device``, ``Threads``,
+        ``ResultSettings``)."""
+        return cls(
+            model=settings.model,
+            device=settings.device,
+            threads=settings.threads,
+            result_settings=dict(settings.result_settings),
+        )
+
 
 def encode(dataset: Dataset) -> bytes:
     """A dataset as DICOM Part 10 bytes."""
@@ -175,14 +225,6 @@ def headers_of(instances: Sequence[bytes]) -> list[Dataset]:
         except Exception as exc:  # a corrupt instance: skipped, the engine reports it
             logger.debug("unreadable instance skipped: %s", exc)
     return [ds for ds in out if "StudyInstanceUID" in ds]
-
-
-def _wanted(dataset: Dataset, outputs: Sequence[str]) -> bool:
-    sop = str(dataset.get("SOPClassUID", ""))
-    for output, prefixes in _SOP_PREFIXES.items():
-        if sop.startswith(prefixes):
-            return output in outputs
-    return True
 
 
 def series_rules_of(request: ProcessingRequest) -> SeriesRules | None:
@@ -250,33 +292,28 @@ class EngineProcessor:
 
     def __call__(self, instances: Sequence[bytes], request: ProcessingRequest) -> ProcessingOutcome:
         """Analyse one study (see the module docstring)."""
+        from lesion_engine.dicom_outputs import write_outputs
         from lesion_engine.errors import ConfigError, ModelArtifactError, StudyError
         from lesion_engine.preprocess import prepare_study
-        from lesion_engine.results import write_results
+        from lesion_engine.results import ResultSettings
 
         try:
             prepared = prepare_study(list(instances), series_rules_of(request))
         except StudyError as exc:
             reason = str(exc)
-            return ProcessingOutcome(self.failure(instances, reason), failed=True, reason=reason)
+            return ProcessingOutcome.could_not_analyse(reason, self.failure(instances, reason))
         try:
             engine = self.engine()
         except (ModelArtifactError, ConfigError) as exc:
             reason = f"the AI model is not available on this node: {exc}"
-            return ProcessingOutcome(self.failure(instances, reason), failed=True, reason=reason)
+            return ProcessingOutcome.could_not_analyse(reason, self.failure(instances, reason))
         result = engine.run(prepared)
-        t2w_uid = prepared.roles["t2w"].series_instance_uid
-        t2w = [instance.dataset for instance in prepared.loaded.series_by_uid(t2w_uid).instances]
-        objects = write_results(
-            result,
-            t2w,
-            self._result_settings(request.outputs),
-            input_series_uids=sorted(set(result.series.values())),
+        written = write_outputs(
+            prepared, result, request.outputs, ResultSettings.from_mapping(self.settings.result_settings)
         )
-        datasets = [ds for ds in objects.all() if _wanted(ds, request.outputs)]
-        return ProcessingOutcome(
-            [encode(ds) for ds in datasets],
-            model=dict(result.model),
+        return ProcessingOutcome.analysed(
+            {output: [encode(ds) for ds in datasets] for output, datasets in written.items()},
+            model=result.model,
             details={
                 "lesions": len(result.lesions),
                 "patient_score": round(float(result.patient_score), 4),
@@ -305,38 +342,3 @@ def process_study(
 ) -> ProcessingOutcome:
     """Process one study with ``processor`` (the engine with default settings when None)."""
     return (processor if processor is not None else EngineProcessor(ProcessorSettings()))(instances, request)
-
-
-def default_artifact() -> Path:
-    """Folder of the engine's packaged default model (found without importing the engine)."""
-    return Path(str(files("lesion_engine").joinpath("data/models/default")))
-
-
-def model_identity(model: str | None, processor: str | None = None, override: str | None = None) -> str:
-    """Identity of the model a job will use, without loading it (no torch): part of each job's key.
-
-    Parameters
-    ----------
-    model : str or None
-        Model artifact folder (None: the packaged default).
-    processor : str or None
-        A non-default processor: its name is the identity.
-    override : str or None
-        An explicit identity (configuration ``ModelIdentity``).
-
-    Returns
-    -------
-    str
-        ``name:version:sha256-prefix`` from the artifact's card, or ``none`` when no model is installed.
-    """
-    if override:
-        return override
-    if processor:
-        return f"processor:{processor}"
-    folder = Path(model) if model else default_artifact()
-    card = folder / "model.json" if folder.is_dir() else folder
-    try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "none"
-    return f"{data.get('name', '?')}:{data.get('version', '?')}:{str(data.get('weights_sha256', ''))[:16]}"

@@ -1,133 +1,314 @@
-"""Settings of the node, read from the ``LesionAI`` section of Orthanc's configuration.
+"""Settings of the node, read from the ``LesionAI`` section of Orthanc's configuration: the one place where
+each of them, its default and its configuration key are written.
 
 ``lesion-ai node`` writes that section when it generates Orthanc's configuration; a site that writes its
 own Orthanc configuration adds it by hand (see the README). Every field is validated, and errors name it.
+
+:class:`WorkerSettings` holds what a worker needs (queue, Orthanc's URL, leases, retries, model, ...);
+:class:`NodeSettings` adds what the plugin inside Orthanc needs (data folder, rules, worker processes, ...).
+What the parts of the node are configured with is derived from them, never written again:
+``QueuePolicy.from_settings`` (:mod:`orthanc_plugin.jobqueue`), ``WorkerOptions.from_settings``
+(:mod:`orthanc_plugin.worker`) and ``ProcessorSettings.from_settings`` (:mod:`orthanc_plugin.processing`). The plugin hands its workers their settings as a JSON
+file (:meth:`NodeSettings.write_worker_settings`); ``lesion-ai worker`` (workers on other machines) takes
+its options' defaults from the fields below. Credentials never travel in settings: workers read them from
+the environment (:meth:`NodeSettings.worker_environment`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, fields
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SECTION", "NodeSettings"]
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "PARENT_PID_ENV",
+    "PASSWORD_ENV",
+    "SECTION",
+    "USERNAME_ENV",
+    "NodeSettings",
+    "WorkerSettings",
+    "setting_default",
+    "setting_doc",
+    "setting_type",
+]
 
+#: Name of the node's section in Orthanc's configuration.
 SECTION = "LesionAI"
+#: Orthanc's HTTP port unless configured otherwise (``lesion-ai node`` and the default ``OrthancUrl``).
+DEFAULT_HTTP_PORT = 8142
+#: Environment variables of a worker: Orthanc's credentials, and the process to watch (Orthanc).
+USERNAME_ENV = "LESION_AI_ORTHANC_USERNAME"
+PASSWORD_ENV = "LESION_AI_ORTHANC_PASSWORD"  # noqa: S105 - the variable's name, not a password
+PARENT_PID_ENV = "LESION_AI_PARENT_PID"
+
+S = TypeVar("S", bound="WorkerSettings")
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """The node's settings (names as in the ``LesionAI`` configuration section).
+def _meta(key: str, doc: str) -> dict[str, str]:
+    """A settings field's metadata: its configuration key and its documentation."""
+    return {"key": key, "doc": doc}
 
-    Attributes
-    ----------
-    home : Path
-        The data folder (queue, rules, logs, credentials).
-    queue : str
-        Job queue URL (``sqlite:///...`` or ``postgresql://...``).
-    rules : Path
-        The routing-rules file in use; ``PUT /lesion-ai/rules`` rewrites it.
-    workers : int
-        Worker processes the plugin starts (0: workers run elsewhere).
-    python : str
-        The interpreter that runs workers (the virtual environment's, not ``sys.executable``).
-    orthanc_url : str
-        How workers reach Orthanc's REST API.
-    credentials_file : Path or None
-        JSON file with ``username`` and ``password`` that workers use.
-    metadata_name : str
-        Study metadata (declared under ``UserMetadata``, key >= 1024) recording what was processed.
-    sequence_property : int
-        Global property (>= 1024) holding the last change sequence number handled.
-    model : str or None
-        Model artifact folder; None: the engine's packaged default.
-    model_identity : str or None
-        Overrides the model identity used in job keys (else derived from the artifact's card).
-    processor : str or None
-        ``module:function`` of an alternative processor (tests, demos); None: the engine.
-    device : str or None
-        ``cpu``, ``cuda`` ... for the engine; None: automatic.
-    lease_s, heartbeat_s, poll_s : float
-        Job lease, heartbeat period and the idle workers' polling period.
-    max_attempts : int
-        Attempts before a job is marked failed.
-    backoff_s, backoff_max_s : float
-        Retry back-off (doubling from ``backoff_s`` up to ``backoff_max_s``).
-    forward_attempts : int
-        Attempts per destination before a send counts as failed (the job is then retried).
-    forward_timeout_s : float
-        How long a worker waits for one Orthanc send job.
-    catch_up : str
-        At the first start with an existing database: ``none`` (only changes from now on) or ``all``.
-    result_settings : dict
-        Fields of :class:`lesion_engine.results.ResultSettings` (manufacturer, series numbers, ...).
-    log_dir : Path
-        Where the workers' logs go.
-    site_packages : str or None
-        The virtual environment's site-packages, put first on ``sys.path`` by the entry script.
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    """What a worker needs: where the queue and Orthanc are, how it leases and retries jobs, which model.
+
+    Each field's configuration key (in the ``LesionAI`` section) and meaning are written beside it (and
+    served by :func:`setting_doc`); :meth:`to_section` and :meth:`from_section` convert to and from that
+    section's form.
     """
 
-    home: Path
-    queue: str
-    rules: Path
-    workers: int = 1
-    python: str = "python3"
-    orthanc_url: str = "http://127.0.0.1:8142"
-    credentials_file: Path | None = None
-    metadata_name: str = "LesionAI"
-    sequence_property: int = 5871
-    model: str | None = None
-    model_identity: str | None = None
-    processor: str | None = None
-    device: str | None = None
-    lease_s: float = 120.0
-    heartbeat_s: float = 10.0
-    poll_s: float = 1.0
-    max_attempts: int = 5
-    backoff_s: float = 10.0
-    backoff_max_s: float = 900.0
-    forward_attempts: int = 3
-    forward_timeout_s: float = 600.0
-    catch_up: str = "none"
-    result_settings: dict[str, Any] = field(default_factory=dict)
-    log_dir: Path = Path("logs")
-    site_packages: str | None = None
+    queue: str = field(metadata=_meta("Queue", "job queue URL (sqlite:///PATH or postgresql://user@host/db)"))
+    orthanc_url: str = field(
+        default=f"http://127.0.0.1:{DEFAULT_HTTP_PORT}",
+        metadata=_meta("OrthancUrl", "how workers reach Orthanc's REST API"),
+    )
+    metadata_name: str = field(
+        default="LesionAI",
+        metadata=_meta(
+            "MetadataName",
+            "study metadata (declared under UserMetadata, key >= 1024) recording what was processed",
+        ),
+    )
+    model: str | None = field(
+        default=None, metadata=_meta("Model", "model artifact folder; none: the engine's packaged default")
+    )
+    processor: str | None = field(
+        default=None,
+        metadata=_meta(
+            "Processor", "module:function of an alternative processor (tests, demos); none: the engine"
+        ),
+    )
+    device: str | None = field(
+        default=None, metadata=_meta("Device", "cpu, cuda, ... for the engine; none: automatic")
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=_meta(
+            "Threads",
+            "CPU threads of the engine in each worker; none: the plugin shares the CPUs among its workers, "
+            "a worker started by hand uses all",
+        ),
+    )
+    lease_s: float = field(
+        default=120.0,
+        metadata=_meta(
+            "LeaseSeconds",
+            "job lease, seconds: a job whose worker stops renewing it is claimed again after this",
+        ),
+    )
+    heartbeat_s: float = field(
+        default=10.0, metadata=_meta("HeartbeatSeconds", "how often a worker renews its job's lease, seconds")
+    )
+    poll_s: float = field(
+        default=1.0, metadata=_meta("PollSeconds", "how often an idle worker looks for a job, seconds")
+    )
+    max_attempts: int = field(
+        default=5, metadata=_meta("MaxAttempts", "attempts before a job is marked failed")
+    )
+    backoff_s: float = field(
+        default=10.0,
+        metadata=_meta(
+            "BackoffSeconds", "delay before the first retry of a job, seconds (doubling at each retry)"
+        ),
+    )
+    backoff_max_s: float = field(
+        default=900.0, metadata=_meta("BackoffMaxSeconds", "longest delay between retries, seconds")
+    )
+    forward_attempts: int = field(
+        default=3,
+        metadata=_meta(
+            "ForwardAttempts", "sends per destination before a send counts as failed (the job then retries)"
+        ),
+    )
+    forward_timeout_s: float = field(
+        default=600.0,
+        metadata=_meta("ForwardTimeoutSeconds", "how long a worker waits for one Orthanc send job, seconds"),
+    )
+    result_settings: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "ResultSettings",
+            "fields of lesion_engine.results.ResultSettings (manufacturer, series numbers, ...)",
+        ),
+    )
 
     def __post_init__(self) -> None:
-        def bad(name: str, message: str) -> ConfigError:
-            return ConfigError(f"Orthanc configuration, section {SECTION}, field {_KEYS[name]}: {message}")
-
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
-            raise bad("workers", f"must be an integer from 0 to 64, got {self.workers!r}")
-        if not 1024 <= self.sequence_property <= 65535:
-            raise bad("sequence_property", "plugins may use global properties from 1024 to 65535")
+        if not self.queue:
+            raise self._bad("queue", "must name the job queue (sqlite:///PATH or postgresql://...)")
         for name in ("lease_s", "heartbeat_s", "poll_s", "forward_timeout_s"):
             if not getattr(self, name) > 0:
-                raise bad(name, f"must be positive, got {getattr(self, name)!r}")
+                raise self._bad(name, f"must be positive, got {getattr(self, name)!r}")
         if self.heartbeat_s * 2 > self.lease_s:
-            raise bad("heartbeat_s", f"must be at most half of {_KEYS['lease_s']} ({self.lease_s})")
-        if self.max_attempts < 1 or self.forward_attempts < 1:
-            raise bad("max_attempts", "attempt counts must be at least 1")
+            raise self._bad("heartbeat_s", f"must be at most half of {_key('lease_s')} ({self.lease_s})")
+        for name in ("max_attempts", "forward_attempts"):
+            if getattr(self, name) < 1:
+                raise self._bad(name, f"must be at least 1, got {getattr(self, name)!r}")
         if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
-            raise bad("backoff_max_s", "need 0 <= BackoffSeconds <= BackoffMaxSeconds")
-        if self.catch_up not in ("none", "all"):
-            raise bad("catch_up", f"must be 'none' or 'all', got {self.catch_up!r}")
+            raise self._bad("backoff_max_s", f"need 0 <= {_key('backoff_s')} <= {_key('backoff_max_s')}")
+        if self.threads is not None and self.threads < 1:
+            raise self._bad("threads", f"must be at least 1, got {self.threads!r}")
         if not self.metadata_name or not self.metadata_name.isidentifier():
-            raise bad(
+            raise self._bad(
                 "metadata_name",
                 f"must be a metadata name declared under UserMetadata, got {self.metadata_name!r}",
             )
         if self.processor is not None and ":" not in self.processor:
-            raise bad("processor", f"must be 'module:function', got {self.processor!r}")
+            raise self._bad("processor", f"must be 'module:function', got {self.processor!r}")
+
+    @staticmethod
+    def _bad(name: str, message: str) -> ConfigError:
+        return ConfigError(f"{SECTION} settings, field {_key(name)}: {message}")
+
+    # -- the configuration section's form --------------------------------------------------------------
+    def to_section(self) -> dict[str, Any]:
+        """These settings as configuration keys and JSON values (the ``LesionAI`` section's form)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[_key(f.name)] = str(value) if isinstance(value, Path) else value
+        return out
 
     @classmethod
-    def from_orthanc_configuration(cls, configuration: dict[str, Any]) -> NodeSettings:
+    def from_section(cls: type[S], section: Mapping[str, Any], where: str = f"section {SECTION}") -> S:
+        """Read settings from configuration keys (the ``LesionAI`` section's form).
+
+        Parameters
+        ----------
+        section : mapping
+            Configuration key -> JSON value; a null value means the field's default.
+        where : str
+            Where the section comes from, for messages.
+
+        Raises
+        ------
+        ConfigError
+            A key is unknown, a required key is missing, or a value is invalid (the message names the key).
+        """
+        by_key = {_key(f.name): f for f in fields(cls)}
+        unknown = sorted(set(section) - set(by_key))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(by_key))}"
+            )
+        for key, f in by_key.items():
+            if _required(f) and key not in section:
+                raise ConfigError(f"{where}: field {key} is missing")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for key, value in section.items():
+            f = by_key[key]
+            if value is None:
+                continue
+            kind = _base_type(hints[f.name])
+            try:
+                values[f.name] = _convert(value, kind)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}, field {key}: expected {kind.__name__}, got {value!r}") from exc
+        return cls(**values)
+
+    @staticmethod
+    def read(path: Path) -> WorkerSettings:
+        """Read worker settings written by :meth:`NodeSettings.write_worker_settings`.
+
+        Raises
+        ------
+        ConfigError
+            The file cannot be read, is not JSON, or holds invalid settings.
+        """
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the worker settings {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"worker settings {path}: expected a JSON object of {SECTION} fields")
+        return WorkerSettings.from_section(data, f"worker settings {path}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings(WorkerSettings):
+    """The node's settings: a worker's (:class:`WorkerSettings`) and the plugin's own.
+
+    ``home``, ``queue`` and ``rules`` are required; every other field has its default beside it.
+    """
+
+    home: Path = field(metadata=_meta("Home", "the data folder (queue, rules, logs, credentials)"))
+    rules: Path = field(
+        metadata=_meta("Rules", "the routing-rules file in use; PUT /lesion-ai/rules rewrites it")
+    )
+    workers: int = field(
+        default=1, metadata=_meta("Workers", "worker processes the plugin starts (0: workers run elsewhere)")
+    )
+    python: str = field(
+        default="python3",
+        metadata=_meta(
+            "Python", "the interpreter that runs workers (the virtual environment's, not Orthanc's)"
+        ),
+    )
+    credentials_file: Path | None = field(
+        default=None,
+        metadata=_meta("CredentialsFile", "JSON file with the username and password that workers use"),
+    )
+    sequence_property: int = field(
+        default=5871,
+        metadata=_meta(
+            "SequenceProperty", "global property (>= 1024) holding the last change sequence number handled"
+        ),
+    )
+    model_identity: str | None = field(
+        default=None,
+        metadata=_meta(
+            "ModelIdentity", "overrides the model identity in job keys (else from the artifact's card)"
+        ),
+    )
+    catch_up: str = field(
+        default="none",
+        metadata=_meta(
+            "CatchUp", "at the first start with an existing database: none (only changes from now on) or all"
+        ),
+    )
+    log_dir: Path | None = field(
+        default=None, metadata=_meta("LogDir", "where the workers' logs go; none: the logs folder of Home")
+    )
+    site_packages: str | None = field(
+        default=None,
+        metadata=_meta(
+            "SitePackages",
+            "the virtual environment's site-packages, put first on sys.path by the entry script",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
+            raise self._bad("workers", f"must be an integer from 0 to 64, got {self.workers!r}")
+        if not 1024 <= self.sequence_property <= 65535:
+            raise self._bad("sequence_property", "plugins may use global properties from 1024 to 65535")
+        if self.catch_up not in ("none", "all"):
+            raise self._bad("catch_up", f"must be 'none' or 'all', got {self.catch_up!r}")
+
+    @property
+    def logs(self) -> Path:
+        """Where the workers' logs go (``log_dir``, else ``home/logs``)."""
+        return self.log_dir if self.log_dir is not None else self.home / "logs"
+
+    @property
+    def worker_settings_file(self) -> Path:
+        """The file the plugin writes its workers' settings to (in the data folder)."""
+        return self.home / "worker-settings.json"
+
+    @classmethod
+    def from_orthanc_configuration(cls, configuration: Mapping[str, Any]) -> NodeSettings:
         """Read the ``LesionAI`` section of Orthanc's configuration (as ``orthanc.GetConfiguration()``).
 
         Raises
@@ -141,51 +322,94 @@ class NodeSettings:
                 f"Orthanc configuration has no {SECTION} section; generate the configuration with "
                 "`lesion-ai node` or add the section as the README shows"
             )
-        unknown = sorted(set(section) - set(_FIELDS))
-        if unknown:
-            raise ConfigError(
-                f"Orthanc configuration, section {SECTION}: unknown field(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(_FIELDS))}"
-            )
-        for required in ("Home", "Queue", "Rules"):
-            if required not in section:
-                raise ConfigError(f"Orthanc configuration, section {SECTION}: field {required} is missing")
-        values: dict[str, Any] = {}
-        for key, value in section.items():
-            name, kind = _FIELDS[key]
-            if value is None:
-                continue
-            try:
-                values[name] = _convert(value, kind)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(
-                    f"Orthanc configuration, section {SECTION}, field {key}: expected {kind.__name__}, "
-                    f"got {value!r}"
-                ) from exc
-        home = values["home"]
-        values.setdefault("log_dir", home / "logs")
-        return cls(**values)
+        return cls.from_section(section, f"Orthanc configuration, section {SECTION}")
 
-    def to_section(self) -> dict[str, Any]:
-        """The ``LesionAI`` configuration section for these settings (JSON-ready)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[_KEYS[f.name]] = str(value) if isinstance(value, Path) else value
-        return out
+    def worker_settings(self) -> WorkerSettings:
+        """The settings of the workers the plugin starts: this node's, the CPUs shared among the workers
+        unless ``Threads`` is set."""
+        values = {f.name: getattr(self, f.name) for f in fields(WorkerSettings)}
+        if self.threads is None and self.workers > 0:
+            values["threads"] = max(1, (os.cpu_count() or 1) // self.workers)
+        return WorkerSettings(**values)
 
-    def worker_environment(self) -> dict[str, str]:
-        """Environment variables that pass Orthanc's credentials to the workers."""
+    def write_worker_settings(self) -> Path:
+        """Write :meth:`worker_settings` to :attr:`worker_settings_file` (atomically); returns the file.
+
+        The file holds no credentials (workers read them from the environment).
+        """
+        path = self.worker_settings_file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.worker_settings().to_section(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def worker_environment(self, parent_pid: int | None = None) -> dict[str, str]:
+        """Environment variables of the workers the plugin starts: Orthanc's credentials (read from
+        ``credentials_file``) and the PID of the process they watch (Orthanc).
+
+        Raises
+        ------
+        ConfigError
+            The credentials file cannot be read.
+        """
+        env = {PARENT_PID_ENV: str(parent_pid)} if parent_pid is not None else {}
         if self.credentials_file is None:
-            return {}
+            return env
         try:
             data = json.loads(self.credentials_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            env.update({USERNAME_ENV: str(data["username"]), PASSWORD_ENV: str(data["password"])})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read the credentials file {self.credentials_file}: {exc}") from exc
-        return {
-            "LESION_AI_ORTHANC_USERNAME": str(data["username"]),
-            "LESION_AI_ORTHANC_PASSWORD": str(data["password"]),
-        }
+        return env
+
+
+def setting_default(name: str) -> Any:
+    """The default of the settings field ``name`` (e.g. ``lease_s``); for command-line options."""
+    f = _field(name)
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    if f.default is MISSING:
+        raise KeyError(f"settings field {name} has no default")
+    return f.default
+
+
+def setting_type(name: str) -> type:
+    """The type of the settings field ``name`` (``float``, ``int``, ``str``, ``Path``, ``dict``; without
+    ``None``); for command-line options."""
+    return _base_type(typing.get_type_hints(NodeSettings)[_field(name).name])
+
+
+def setting_doc(name: str) -> str:
+    """The documentation of the settings field ``name``, with its configuration key."""
+    f = _field(name)
+    return f"{f.metadata['doc']} ({SECTION} field {f.metadata['key']})"
+
+
+def _field(name: str) -> Field[Any]:
+    for f in fields(NodeSettings):
+        if f.name == name:
+            return f
+    raise KeyError(f"no settings field {name}")
+
+
+def _key(name: str) -> str:
+    return str(_field(name).metadata["key"])
+
+
+def _required(f: Field[Any]) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _base_type(hint: Any) -> type:
+    """``float`` of ``float``, ``Path`` of ``Path | None``, ``dict`` of ``dict[str, Any]``."""
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    kind = origin if origin is not None else hint
+    if not isinstance(kind, type):
+        raise TypeError(f"settings field of unsupported type {hint!r}")
+    return kind
 
 
 def _convert(value: Any, kind: type) -> Any:
@@ -208,34 +432,3 @@ def _convert(value: Any, kind: type) -> Any:
     if not isinstance(value, str):
         raise TypeError("text expected")
     return value
-
-
-# Configuration key -> (field name, type).
-_FIELDS: dict[str, tuple[str, type]] = {
-    "Home": ("home", Path),
-    "Queue": ("queue", str),
-    "Rules": ("rules", Path),
-    "Workers": ("workers", int),
-    "Python": ("python", str),
-    "OrthancUrl": ("orthanc_url", str),
-    "CredentialsFile": ("credentials_file", Path),
-    "MetadataName": ("metadata_name", str),
-    "SequenceProperty": ("sequence_property", int),
-    "Model": ("model", str),
-    "ModelIdentity": ("model_identity", str),
-    "Processor": ("processor", str),
-    "Device": ("device", str),
-    "LeaseSeconds": ("lease_s", float),
-    "HeartbeatSeconds": ("heartbeat_s", float),
-    "PollSeconds": ("poll_s", float),
-    "MaxAttempts": ("max_attempts", int),
-    "BackoffSeconds": ("backoff_s", float),
-    "BackoffMaxSeconds": ("backoff_max_s", float),
-    "ForwardAttempts": ("forward_attempts", int),
-    "ForwardTimeoutSeconds": ("forward_timeout_s", float),
-    "CatchUp": ("catch_up", str),
-    "ResultSettings": ("result_settings", dict),
-    "LogDir": ("log_dir", Path),
-    "SitePackages": ("site_packages", str),
-}
-_KEYS = {name: key for key, (name, _) in _FIELDS.items()}

@@ -9,14 +9,13 @@ Manufacturer is the node's own, or when the study's record (metadata) lists it a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orthanc_plugin.jobqueue import NewJob
+from orthanc_plugin.jobqueue import JobPayload, NewJob, job_fingerprint
 from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
 from orthanc_plugin.rules import RoutingRules, RuleMatch
 
@@ -29,10 +28,15 @@ __all__ = [
     "StudyPlan",
     "StudyRecord",
     "job_for",
+    "payload_for",
     "plan_study",
 ]
 
 #: SOP classes that are never inputs (results of this or another AI, reports, screenshots, ...).
+#: A different concept from :data:`lesion_engine.outputs.SOP_CLASS_UIDS` (the exact classes this node's
+#: engine writes): these prefixes cover whole families, whoever wrote the object (surface segmentations,
+#: every kind of SR, key object selections, presentation states, encapsulated PDFs of other AIs and
+#: reporting systems), so that nothing but an image series reaches the rules.
 NON_INPUT_SOP_CLASS_PREFIXES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.66": "segmentation or raw data",
     "1.2.840.10008.5.1.4.1.1.88.": "structured report",
@@ -251,45 +255,44 @@ class OrthancStudy:
         return None
 
 
-def job_for(study: OrthancStudy, match: RuleMatch, model: str) -> NewJob:
-    """The job asked for by one rule match: keyed by (study, rule, input series, model)."""
+def payload_for(study: OrthancStudy, match: RuleMatch, model: str) -> JobPayload:
+    """The payload of the job asked for by one rule match (its key: study, rule, input series, model)."""
     series = sorted(match.series, key=lambda s: s.series_id)
     inputs = [(s.series_id, len(s.instances) if isinstance(s, OrthancSeries) else 0) for s in series]
-    identity = json.dumps(
-        {"study": study.study_id, "rule": match.rule.name, "inputs": inputs, "model": model}, sort_keys=True
-    )
-    fingerprint = hashlib.sha256(identity.encode("utf-8")).hexdigest()
     rule = match.rule
-    payload = {
-        "study": study.study_id,
-        "study_uid": study.study_instance_uid,
-        "rule": rule.name,
-        "series": [s.series_id for s in series],
-        "series_uids": [s.series_instance_uid for s in series if isinstance(s, OrthancSeries)],
-        "outputs": list(rule.outputs),
-        "destinations": rule.destinations.to_dict(),
-        "series_rules": rule.series_rules_data,
-        "series_rules_source": rule.series_rules_source,
-        "model": model,
-        "fingerprint": fingerprint,
-    }
-    return NewJob(
-        key=f"{rule.name}:{study.study_id}:{fingerprint[:32]}",
-        study_id=study.study_id,
+    return JobPayload(
+        study=study.study_id,
+        study_uid=study.study_instance_uid,
         rule=rule.name,
+        series=tuple(s.series_id for s in series),
+        series_uids=tuple(s.series_instance_uid for s in series if isinstance(s, OrthancSeries)),
+        outputs=rule.outputs,
+        destinations=rule.destinations,
+        series_rules=rule.series_rules_data,
+        series_rules_source=rule.series_rules_source,
         model=model,
-        priority=rule.priority,
-        payload=payload,
+        fingerprint=job_fingerprint(study.study_id, rule.name, inputs, model),
     )
+
+
+def job_for(study: OrthancStudy, match: RuleMatch, model: str) -> NewJob:
+    """The job asked for by one rule match (see :func:`payload_for`), with the rule's priority."""
+    return payload_for(study, match, model).new_job(match.rule.priority)
 
 
 @dataclass
 class StudyPlan:
-    """What the node makes of a study: the guard's exclusions, the rules that match, the jobs."""
+    """What the node makes of a study: the guard's exclusions, the rules that match, the jobs' payloads
+    (one per match)."""
 
     study: OrthancStudy
     matches: list[RuleMatch]
-    jobs: list[NewJob]
+    payloads: list[JobPayload]
+
+    @property
+    def jobs(self) -> list[NewJob]:
+        """The queue entries of the payloads, with their rules' priorities."""
+        return [p.new_job(m.rule.priority) for m, p in zip(self.matches, self.payloads, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (``POST /lesion-ai/rules/test``)."""
@@ -305,15 +308,15 @@ class StudyPlan:
                 {
                     "rule": m.rule.name,
                     "priority": m.rule.priority,
-                    "outputs": list(m.rule.outputs),
+                    "outputs": [output.value for output in m.rule.outputs],
                     "destinations": m.rule.destinations.to_dict(),
                     "input_series": [s.describe() for s in m.series if isinstance(s, OrthancSeries)],
-                    "job_key": job.key,
+                    "job_key": payload.key,
                 }
-                for m, job in zip(self.matches, self.jobs, strict=True)
+                for m, payload in zip(self.matches, self.payloads, strict=True)
             ],
             "already_processed": sorted(
-                k for k in (j.key for j in self.jobs) if k in self.study.record.processed
+                k for k in (p.key for p in self.payloads) if k in self.study.record.processed
             ),
         }
 
@@ -330,4 +333,4 @@ def plan_study(
     """
     study = OrthancStudy(api, study_id, metadata_name, manufacturer)
     matches = rules.evaluate(study) if study.series else []
-    return StudyPlan(study, matches, [job_for(study, m, model) for m in matches])
+    return StudyPlan(study, matches, [payload_for(study, m, model) for m in matches])

@@ -19,16 +19,25 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
 
 from orthanc_plugin.client import OrthancUnavailableError
-from orthanc_plugin.jobqueue import Job, JobQueue, JobState
+from orthanc_plugin.jobqueue import (
+    Job,
+    JobDocumentError,
+    JobPayload,
+    JobProgress,
+    JobQueue,
+    JobState,
+    UnknownSchemaVersionError,
+)
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.prefetch import skippable_series
 from orthanc_plugin.processing import ProcessingRequest, Processor, series_rules_of
+from orthanc_plugin.settings import WorkerSettings
 from orthanc_plugin.studies import StudyRecord
 
 logger = logging.getLogger(__name__)
@@ -70,21 +79,62 @@ class _StopJobError(Exception):
     """The worker was asked to stop (SIGTERM) or lost its lease."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerOptions:
-    """How a worker behaves (see ``lesion-ai worker --help``)."""
+    """How a worker behaves: the node's settings (:meth:`from_settings`) and what varies per process.
 
+    Attributes
+    ----------
+    heartbeat_s, poll_s, forward_attempts, forward_timeout_s, metadata_name
+        From the node's settings (:class:`~orthanc_plugin.settings.WorkerSettings`).
+    name : str
+        The worker's name in the logs.
+    forward_backoff_s : float
+        Delay before the second send to a destination (doubling for later ones).
+    parent_pid : int or None
+        Exit (handing the job back) when this process (Orthanc) is no longer the parent.
+    max_jobs : int or None
+        Exit after this many jobs.
+    exit_when_idle : bool
+        Exit when the queue is empty.
+    owner : str
+        The worker's identity in the queue's leases (host, PID and a random suffix by default).
+    """
+
+    heartbeat_s: float
+    poll_s: float
+    forward_attempts: int
+    forward_timeout_s: float
+    metadata_name: str
     name: str = "worker"
-    heartbeat_s: float = 10.0
-    poll_s: float = 1.0
-    forward_attempts: int = 3
-    forward_timeout_s: float = 600.0
     forward_backoff_s: float = 2.0
-    metadata_name: str = "LesionAI"
     parent_pid: int | None = None
     max_jobs: int | None = None
     exit_when_idle: bool = False
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, **per_process: Any) -> WorkerOptions:
+        """The options of the node's settings (``HeartbeatSeconds``, ``PollSeconds``, ``ForwardAttempts``,
+        ``ForwardTimeoutSeconds``, ``MetadataName``), with ``per_process`` fields (``name``,
+        ``parent_pid``, ``max_jobs``, ``exit_when_idle``, ``owner``, ``forward_backoff_s``)."""
+        return cls(
+            heartbeat_s=settings.heartbeat_s,
+            poll_s=settings.poll_s,
+            forward_attempts=settings.forward_attempts,
+            forward_timeout_s=settings.forward_timeout_s,
+            metadata_name=settings.metadata_name,
+            **per_process,
+        )
+
+
+@dataclass
+class _Run:
+    """One job being run: its documents, the progress updated step by step."""
+
+    job: Job
+    payload: JobPayload
+    progress: JobProgress
 
 
 class _Heartbeat:
@@ -209,11 +259,12 @@ class Worker:
             job.max_attempts,
         )
         started = time.monotonic()
-        progress = dict(job.progress)
+        run: _Run | None = None
         with _Heartbeat(self, job) as heartbeat:
             self._heartbeat = heartbeat
             try:
-                state = self._execute(job, progress)
+                run = self._read(job)
+                state = self._execute(run)
             except _StopJobError as exc:
                 logger.warning("job %d: %s", job.id, exc)
                 if not heartbeat.lost.is_set():
@@ -230,10 +281,10 @@ class Worker:
                     job.id,
                     job.attempts,
                     reason,
-                    exc_info=not isinstance(exc, RestApiError),
+                    exc_info=not isinstance(exc, RestApiError | JobDocumentError),
                 )
-                if final and "stored" not in progress:
-                    self._send_failure_report(job, progress, f"the analysis failed repeatedly ({reason})")
+                if final and run is not None and not run.progress.processed:
+                    self._send_failure_report(run, f"the analysis failed repeatedly ({reason})")
                 return self.queue.fail(job.id, owner, reason, transient=True)
             finally:
                 self._heartbeat = None
@@ -242,24 +293,37 @@ class Worker:
         )
         return state
 
+    @staticmethod
+    def _read(job: Job) -> _Run:
+        """The job's documents. A payload of a newer node is a transient failure (a newer worker sharing the
+        queue may run it); one that cannot be read at all is permanent."""
+        try:
+            return _Run(job, JobPayload.from_json(job.payload), JobProgress.from_json(job.progress))
+        except UnknownSchemaVersionError:
+            raise
+        except JobDocumentError as exc:
+            raise PermanentJobError(str(exc)) from exc
+
     def _check(self) -> None:
         if self._stop.is_set():
             raise _StopJobError("stopping on request; job handed back to the queue")
         if self._heartbeat is not None and self._heartbeat.lost.is_set():
             raise _StopJobError("lease lost; another worker has the job")
 
-    def _save(self, job: Job, progress: dict[str, Any]) -> None:
-        if not self.queue.set_progress(job.id, self.options.owner, progress):
+    def _save(self, run: _Run, progress: JobProgress) -> None:
+        """Record the job's progress (and renew its lease)."""
+        run.progress = progress
+        if not self.queue.set_progress(run.job.id, self.options.owner, progress.to_json()):
             raise _StopJobError("lease lost; another worker has the job")
 
-    def _execute(self, job: Job, progress: dict[str, Any]) -> JobState | None:
-        payload = job.payload
-        study = str(payload.get("study", job.study_id))
+    def _execute(self, run: _Run) -> JobState | None:
+        job, payload = run.job, run.payload
+        study = payload.study
         try:
             self.client.get_json(f"/studies/{quote_id(study)}")
         except NotFoundError as exc:
             raise PermanentJobError(f"study {study} no longer exists in Orthanc") from exc
-        if "stored" not in progress or not self._still_stored(progress["stored"]):
+        if run.progress.stored is None or not self._still_stored(run.progress.stored):
             request = ProcessingRequest.from_payload(job.id, payload)
             instances = self._fetch(payload, request)
             self._check()
@@ -267,30 +331,33 @@ class Worker:
             self._check()
             if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
                 raise _StopJobError("lease lost; another worker has the job")
-            stored = self._store(outcome.objects)
-            progress.update(
-                stored=[s["ID"] for s in stored],
-                result_series=sorted({s["ParentSeries"] for s in stored if s.get("ParentSeries")}),
-                status="failed" if outcome.failed else "done",
-                reason=outcome.reason,
-                model=outcome.model,
-                details=outcome.details,
-                forwarded={},
+            stored = self._store(outcome.to_store())
+            self._save(
+                run,
+                replace(
+                    run.progress,
+                    stored=tuple(s["ID"] for s in stored),
+                    result_series=tuple(sorted({s["ParentSeries"] for s in stored if s.get("ParentSeries")})),
+                    status="failed" if outcome.failed else "done",
+                    reason=outcome.reason,
+                    model=outcome.model,
+                    details=outcome.details,
+                    forwarded={},
+                ),
             )
-            self._save(job, progress)
             if outcome.failed:
                 logger.warning("job %d: study %s cannot be analysed: %s", job.id, study, outcome.reason)
             else:
                 logger.info("job %d: %d result object(s) stored into study %s", job.id, len(stored), study)
-        self._forward(job, progress)
-        self._record(job, progress)
-        if progress.get("status") == "failed":
-            return self.queue.fail(job.id, self.options.owner, str(progress.get("reason")), transient=False)
-        if not self.queue.complete(job.id, self.options.owner, progress):
+        self._forward(run)
+        self._record(run)
+        if run.progress.status == "failed":
+            return self.queue.fail(job.id, self.options.owner, str(run.progress.reason), transient=False)
+        if not self.queue.complete(job.id, self.options.owner, run.progress.to_json()):
             raise _StopJobError("lease lost before completion; another worker has the job")
         return JobState.DONE
 
-    def _still_stored(self, ids: list[str]) -> bool:
+    def _still_stored(self, ids: tuple[str, ...]) -> bool:
         for instance in ids:
             try:
                 self.client.get_json(f"/instances/{quote_id(instance)}")
@@ -298,13 +365,13 @@ class Worker:
                 return False
         return True
 
-    def _fetch(self, payload: dict[str, Any], request: ProcessingRequest | None = None) -> list[bytes]:
+    def _fetch(self, payload: JobPayload, request: ProcessingRequest | None = None) -> list[bytes]:
         """The input series' instances; of a series the engine will ignore (see
         :mod:`orthanc_plugin.prefetch`) only the first."""
         rules = series_rules_of(request) if request is not None else None
         instances: list[bytes] = []
         missing = []
-        for series in payload.get("series", []):
+        for series in payload.series:
             try:
                 ids = self.client.get_json(f"/series/{quote_id(series)}").get("Instances", [])
             except NotFoundError:
@@ -343,35 +410,36 @@ class Worker:
             stored.append(answer)
         return stored
 
-    def _send_failure_report(self, job: Job, progress: dict[str, Any], reason: str) -> None:
+    def _send_failure_report(self, run: _Run, reason: str) -> None:
         """Last attempt failed: store and forward a failure report so that the failure is visible."""
         try:
-            instances = self._fetch(job.payload)
+            instances = self._fetch(run.payload)
             stored = self._store(self.processor.failure(instances, reason))
-            progress.update(stored=[s["ID"] for s in stored], status="failed", reason=reason, forwarded={})
-            self._forward(job, progress)
-            self._record(job, progress)
+            run.progress = replace(
+                run.progress,
+                stored=tuple(s["ID"] for s in stored),
+                status="failed",
+                reason=reason,
+                forwarded={},
+            )
+            self._forward(run)
+            self._record(run)
         except Exception as exc:
-            logger.error("job %d: the failure report could not be sent either: %s", job.id, exc)
+            logger.error("job %d: the failure report could not be sent either: %s", run.job.id, exc)
 
     # -- forwarding ----------------------------------------------------------------------------------
-    def _forward(self, job: Job, progress: dict[str, Any]) -> None:
-        ids = list(progress.get("stored") or [])
-        destinations = job.payload.get("destinations") or {}
-        forwarded: dict[str, str] = dict(progress.get("forwarded") or {})
+    def _forward(self, run: _Run) -> None:
+        ids = list(run.progress.stored or ())
         if not ids:
             return
-        failed = []
-        for kind, names in sorted(destinations.items()):
+        for kind, names in run.payload.destinations.items():
             for name in names:
                 key = f"{kind}:{name}"
-                if forwarded.get(key) == "done":
+                if run.progress.forwarded.get(key) == "done":
                     continue
-                ok = self._send(job, kind, name, ids)
-                forwarded[key] = "done" if ok else "failed"
-                progress["forwarded"] = forwarded
-                self._save(job, progress)
-        failed = [k for k, v in forwarded.items() if v != "done"]
+                ok = self._send(run.job, kind, name, ids)
+                self._save(run, run.progress.forwarded_to(key, "done" if ok else "failed"))
+        failed = [k for k, v in run.progress.forwarded.items() if v != "done"]
         if failed:
             raise OrthancUnavailableError(f"forwarding failed to {', '.join(failed)}; the job will retry")
 
@@ -439,8 +507,9 @@ class Worker:
             delay = min(delay * 1.5, 2.0)
 
     # -- study record -------------------------------------------------------------------------------
-    def _record(self, job: Job, progress: dict[str, Any]) -> None:
+    def _record(self, run: _Run) -> None:
         """Record on the study (metadata) which model processed it under which rule, and its results."""
+        job, progress = run.job, run.progress
         study = quote_id(job.study_id)
         name = quote_id(self.options.metadata_name)
         try:
@@ -451,11 +520,11 @@ class Worker:
         record.processed[job.key] = {
             "rule": job.rule,
             "model": job.model,
-            "model_info": progress.get("model") or {},
-            "status": progress.get("status"),
-            "reason": progress.get("reason"),
+            "model_info": dict(progress.model),
+            "status": progress.status,
+            "reason": progress.reason,
             "job": job.id,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        record.result_series = sorted(set(record.result_series) | set(progress.get("result_series") or []))
+        record.result_series = sorted(set(record.result_series) | set(progress.result_series))
         self.client.put_text(f"/studies/{study}/metadata/{name}", record.to_text())

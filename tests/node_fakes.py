@@ -1,4 +1,5 @@
-"""A fake processor for the node's tests: small SEG and SR objects with deterministic UIDs, no engine.
+"""Fakes for the node's tests: a processor making small SEG and SR objects with deterministic UIDs (no
+engine), and, for a worker run in process, Orthanc's REST API in memory and a scripted processor.
 
 Behaviour is steered by environment variables (inherited by the workers that the plugin starts):
 
@@ -11,10 +12,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
+from lesion_engine.outputs import Output
+from orthanc_plugin.orthanc_api import NotFoundError, RestApiError
 from orthanc_plugin.processing import (
     ProcessingOutcome,
     ProcessingRequest,
@@ -79,7 +83,7 @@ class FakeProcessor:
     def __call__(self, instances: Sequence[bytes], request: ProcessingRequest) -> ProcessingOutcome:
         reference = self._reference(instances)
         if reference is None:
-            return ProcessingOutcome([], failed=True, reason="no readable instance")
+            return ProcessingOutcome.could_not_analyse("no readable instance", [])
         if self.log:
             with open(self.log, "a", encoding="utf-8") as handle:
                 handle.write(f"{reference.StudyInstanceUID} {os.getpid()}\n")
@@ -87,16 +91,16 @@ class FakeProcessor:
         while time.monotonic() < deadline:
             time.sleep(0.05)
         if reference.get("Modality") != "MR":
-            return ProcessingOutcome(
-                self.failure(instances, "not an MR study"), failed=True, reason="not an MR study"
+            return ProcessingOutcome.could_not_analyse(
+                "not an MR study", self.failure(instances, "not an MR study")
             )
         key = request.model
-        objects = []
-        if "seg" in request.outputs:
-            objects.append(encode(_object(reference, SEG_CLASS, "SEG", "seg", key, 9901)))
-        if "sr" in request.outputs:
-            objects.append(encode(_object(reference, SR_CLASS, "SR", "sr", key, 9902)))
-        return ProcessingOutcome(
+        objects: dict[Output, list[bytes]] = {}
+        if Output.SEG in request.outputs:
+            objects[Output.SEG] = [encode(_object(reference, SEG_CLASS, "SEG", "seg", key, 9901))]
+        if Output.SR in request.outputs:
+            objects[Output.SR] = [encode(_object(reference, SR_CLASS, "SR", "sr", key, 9902))]
+        return ProcessingOutcome.analysed(
             objects, model={"name": "fake", "version": "1", "sha256": "0" * 64}, details={"lesions": 1}
         )
 
@@ -110,3 +114,85 @@ class FakeProcessor:
 def factory(settings: ProcessorSettings) -> FakeProcessor:
     """The ``module:factory`` named in the node's ``Processor`` setting."""
     return FakeProcessor(settings)
+
+
+# -- a worker's surroundings, in memory --------------------------------------------------------------
+class FakeRest:
+    """Just enough of Orthanc's REST API for a worker."""
+
+    def __init__(self) -> None:
+        self.studies = {"st1": ["se1", "se2"]}
+        self.series = {"se1": ["i1", "i2"], "se2": ["i3"]}
+        self.files = {i: f"DICOM {i}".encode() for i in ("i1", "i2", "i3")}
+        self.stored: list[bytes] = []
+        self.metadata: dict[str, str] = {}
+        self.sends: list[tuple[str, list[str]]] = []
+        self.send_outcomes: list[str] = []  # "Success" / "Failure" per Orthanc job, in order
+        self.jobs: dict[str, str] = {}
+
+    def get_json(self, path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[0] == "studies" and len(parts) == 2 and parts[1] in self.studies:
+            return {"ID": parts[1], "Series": self.studies[parts[1]]}
+        if parts[0] == "series" and parts[1] in self.series:
+            return {"ID": parts[1], "Instances": self.series[parts[1]]}
+        if parts[0] == "instances" and parts[1].startswith("r"):
+            return {"ID": parts[1]}
+        if parts[0] == "jobs" and parts[1] in self.jobs:
+            state = self.jobs[parts[1]]
+            return {
+                "State": state,
+                "ErrorDescription": "Error in the network protocol" if state == "Failure" else "",
+            }
+        raise NotFoundError(f"GET {path}", 404)
+
+    def get_bytes(self, path: str) -> bytes:
+        parts = path.strip("/").split("/")
+        if parts[0] == "instances" and parts[-1] == "file" and parts[1] in self.files:
+            return self.files[parts[1]]
+        if parts[0] == "studies" and parts[2] == "metadata" and parts[3] in self.metadata:
+            return self.metadata[parts[3]].encode()
+        raise NotFoundError(f"GET {path}", 404)
+
+    def post_json(self, path: str, body: Any) -> Any:
+        if path.endswith("/store") or path.endswith("/stow"):
+            self.sends.append((path, list(body["Resources"])))
+            assert body["Asynchronous"] is True
+            job = f"job{len(self.jobs)}"
+            self.jobs[job] = self.send_outcomes.pop(0) if self.send_outcomes else "Success"
+            return {"ID": job}
+        raise RestApiError(f"POST {path}", 400)
+
+    def post_bytes(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
+        assert path == "/instances"
+        self.stored.append(body)
+        return {"ID": f"r{len(self.stored)}", "ParentSeries": f"rs-{body.decode()[:6]}", "Status": "Success"}
+
+    def put_text(self, path: str, text: str) -> bytes:
+        self.metadata[path.rsplit("/", 1)[-1]] = text
+        return b""
+
+
+class Scripted:
+    """A processor whose outcomes are scripted: 'ok', 'failed', or an exception to raise."""
+
+    def __init__(self, *script: str | Exception) -> None:
+        self.script = list(script)
+        self.calls: list[int] = []
+
+    def __call__(self, instances: Sequence[bytes], request: ProcessingRequest) -> ProcessingOutcome:
+        self.calls.append(len(instances))
+        step = self.script.pop(0) if self.script else "ok"
+        if isinstance(step, Exception):
+            raise step
+        if step == "failed":
+            return ProcessingOutcome.could_not_analyse(
+                "no axial T2W", self.failure(instances, "no axial T2W")
+            )
+        return ProcessingOutcome.analysed(
+            {Output.SEG: [b"SEG..."], Output.SR: [b"SR...."]},
+            model={"name": "m", "version": "1", "sha256": "0"},
+        )
+
+    def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
+        return [b"FAIL-SR"]

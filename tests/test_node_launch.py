@@ -62,7 +62,7 @@ def test_configuration_credentials_and_site_overrides(
     section = config["LesionAI"]
     assert section["Queue"] == f"sqlite:///{home.resolve() / 'queue.sqlite'}"
     assert section["Python"] == sys.executable and Path(section["SitePackages"]).is_dir()
-    assert (home / "rules.yaml").read_text() == (REPO / "config" / "rules.yaml").read_text()
+    assert (home / "rules.yaml").read_text() == (REPO / "orthanc_plugin" / "data" / "rules.yaml").read_text()
 
     # Second start: same credentials, not shown again; site overrides are merged in.
     (home / "orthanc-site.json").write_text(

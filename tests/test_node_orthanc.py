@@ -36,7 +36,9 @@ from tests.pg_env import PostgresServer, running_postgres
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 
 RULES_TO_PACS = (
-    (REPO / "config" / "rules.yaml").read_text().replace("      modalities: []", "      modalities: [pacs]")
+    (REPO / "orthanc_plugin" / "data" / "rules.yaml")
+    .read_text()
+    .replace("      modalities: []", "      modalities: [pacs]")
 )
 
 

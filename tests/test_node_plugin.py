@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 
-from orthanc_plugin.jobqueue import JobState, sqlite_url
+from orthanc_plugin.jobqueue import JobState, NewJob, sqlite_url
+from orthanc_plugin.logsetup import remove_orthanc_logging
+from orthanc_plugin.node_protocol import EnqueuedJob
+from orthanc_plugin.orthanc_api import OrthancLogHandler
 from orthanc_plugin.plugin import NodePlugin, install, worker_command
 from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.supervisor import WorkerSupervisor
@@ -35,7 +38,7 @@ PROSTATE: list[dict[str, Any]] = [
 def _settings(tmp_path: Path, **changes: object) -> NodeSettings:
     rules = tmp_path / "rules.yaml"
     if not rules.exists():
-        shutil.copyfile(REPO / "config" / "rules.yaml", rules)
+        shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
     values: dict[str, object] = {
         "home": tmp_path,
         "queue": sqlite_url(tmp_path / "queue.sqlite"),
@@ -118,7 +121,7 @@ def test_own_results_never_trigger_a_new_job(node: tuple[FakeOrthanc, NodePlugin
     fake, plugin = node
     study = fake.add_study(series=PROSTATE)
     first = plugin.enqueue_study(study)
-    assert [j["created"] for j in first] == [True]
+    assert [j.created for j in first] == [True]
     # The worker stores a SEG and an SR (the node's Manufacturer) and a foreign SR into the study.
     fake.add_series(
         study, Modality="SEG", SeriesDescription="AI lesions", Manufacturer="Lesion AI", sop_class=SEG
@@ -128,8 +131,8 @@ def test_own_results_never_trigger_a_new_job(node: tuple[FakeOrthanc, NodePlugin
     )
     fake.add_series(study, Modality="MR", SeriesDescription="t2 overlay", Manufacturer="Lesion AI")
     second = plugin.enqueue_study(study)
-    assert [j["created"] for j in second] == [False]
-    assert second[0]["key"] == first[0]["key"]
+    assert [j.created for j in second] == [False]
+    assert second[0].key == first[0].key
     assert len(plugin.queue.list()) == 1
 
 
@@ -145,21 +148,21 @@ def test_a_new_input_series_makes_a_new_job(node: tuple[FakeOrthanc, NodePlugin]
     plugin.enqueue_study(study)
     fake.add_series(study, SeriesDescription="t2_tse_tra repeated")
     created = plugin.enqueue_study(study)
-    assert [j["created"] for j in created] == [True]
+    assert [j.created for j in created] == [True]
     assert len(plugin.queue.list()) == 2
 
 
 def test_study_recorded_as_processed_is_not_queued_again(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     fake, plugin = node
     study = fake.add_study(series=PROSTATE)
-    key = plugin.enqueue_study(study)[0]["key"]
+    key = plugin.enqueue_study(study)[0].key
     plugin.queue.close()
     (plugin.settings.home / "queue.sqlite").unlink()  # the queue is lost ...
-    from orthanc_plugin.jobqueue import open_queue
+    from orthanc_plugin.jobqueue import QueuePolicy, open_queue
 
-    plugin.queue = open_queue(plugin.settings.queue)
+    plugin.queue = open_queue(plugin.settings.queue, QueuePolicy.from_settings(plugin.settings))
     fake.studies[study].metadata["LesionAI"] = json.dumps({"processed": {key: {"status": "done"}}})
-    assert plugin.enqueue_study(study) == [{"id": None, "key": key, "rule": "prostate-mr", "created": False}]
+    assert plugin.enqueue_study(study) == [EnqueuedJob(None, key, "prostate-mr", created=False)]
     assert plugin.queue.list() == []  # ... but the study's record says it was done
 
 
@@ -256,10 +259,9 @@ def test_install_with_a_bad_configuration_logs_and_keeps_orthanc_running() -> No
     assert install(fake) is None
     assert any(level == "error" and "NOT running" in message for level, message in fake.logs)
     assert fake.rest_callbacks == []
-    for name in ("orthanc_plugin", "lesion_engine"):  # undo the logging set-up for the other tests
-        log = logging.getLogger(name)
-        log.handlers.clear()
-        log.propagate = True
+    assert any(isinstance(h, OrthancLogHandler) for h in logging.getLogger("lesion_engine").handlers)
+    remove_orthanc_logging()  # undo the logging set-up for the other tests
+    assert not any(isinstance(h, OrthancLogHandler) for h in logging.getLogger("orthanc_plugin").handlers)
 
 
 def test_settings_errors_name_the_field(tmp_path: Path) -> None:
@@ -282,7 +284,7 @@ def test_settings_errors_name_the_field(tmp_path: Path) -> None:
 def test_health_and_jobs_routes(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     fake, plugin = node
     study = fake.add_study(series=PROSTATE)
-    job_id = plugin.enqueue_study(study)[0]["id"]
+    job_id = plugin.enqueue_study(study)[0].id
     health = fake.rest("GET", "/lesion-ai/health").json()
     assert health["status"] == "ok"
     assert health["queue"]["counts"]["queued"] == 1
@@ -297,6 +299,31 @@ def test_health_and_jobs_routes(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     assert fake.rest("GET", "/lesion-ai/jobs/999").status == 404
     assert fake.rest("DELETE", "/lesion-ai/jobs").status == 405
     assert fake.rest("GET", "/lesion-ai/nothing").status == 404
+
+
+def test_job_route_shows_documents_of_every_version(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    old_payload = {"study": "st-old", "rule": "prostate-mr", "series": ["se1"], "outputs": ["seg", "sr"]}
+    old, _ = plugin.queue.enqueue(NewJob("old", "st-old", "prostate-mr", "m", 0, old_payload))
+    shown = fake.rest("GET", f"/lesion-ai/jobs/{old}").json()
+    assert shown["payload"]["series"] == ["se1"] and shown["payload"]["schema_version"] == 1
+    assert set(shown["progress"]) == {
+        "schema_version",
+        "stored",
+        "result_series",
+        "status",
+        "reason",
+        "model",
+        "details",
+        "forwarded",
+    }
+    assert "document_error" not in shown
+    newer, _ = plugin.queue.enqueue(
+        NewJob("new", "st-new", "r", "m", 0, {**old_payload, "schema_version": 9})
+    )
+    shown = fake.rest("GET", f"/lesion-ai/jobs/{newer}").json()
+    assert shown["payload"]["schema_version"] == 9  # as stored
+    assert "newer than this node reads" in shown["document_error"]
 
 
 def test_process_route_requeues_a_finished_study(node: tuple[FakeOrthanc, NodePlugin]) -> None:
@@ -421,7 +448,7 @@ def test_source_route_serves_the_complete_source(node: tuple[FakeOrthanc, NodePl
         names = tar.getnames()
     assert any(n.endswith("orthanc_plugin/plugin.py") for n in names)
     assert any(n.endswith("orthanc_plugin/entry/lesion_ai_entry.py") for n in names)
-    assert any(n.endswith("config/orthanc.json.in") for n in names)
+    assert any(n.endswith("orthanc_plugin/data/orthanc.json.in") for n in names)
     # the whole node, not only the plugin: engine, training, set-up and build files
     for wanted in (
         "lesion_engine/engine.py",
@@ -435,13 +462,36 @@ def test_source_route_serves_the_complete_source(node: tuple[FakeOrthanc, NodePl
 
 
 # -- workers ------------------------------------------------------------------------------------------
-def test_worker_command_uses_the_configured_interpreter(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, python="/opt/venv/bin/python", model="/models/m1", workers=2)
-    command = worker_command(settings, 1234)
-    assert command[:4] == ["/opt/venv/bin/python", "-m", "lesion_engine.cli", "worker"]
-    assert command[command.index("--parent-pid") + 1] == "1234"
-    assert command[command.index("--model") + 1] == "/models/m1"
-    assert "--orthanc-password" not in " ".join(command)  # credentials travel in the environment
+def test_worker_command_carries_no_settings_and_no_credentials(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text(json.dumps({"username": "node-user-7", "password": "s3cret-pw"}))
+    settings = _settings(
+        tmp_path, python="/opt/venv/bin/python", model="/models/m1", workers=2, credentials_file=credentials
+    )
+    command = worker_command(settings)
+    assert command == [
+        "/opt/venv/bin/python",
+        "-m",
+        "orthanc_plugin.worker_main",
+        "--settings",
+        str(tmp_path / "worker-settings.json"),
+    ]
+
+    def is_number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    assert not [arg for arg in command if is_number(arg)]  # no number: the settings are in the file
+    written = json.loads(settings.write_worker_settings().read_text())
+    assert written["Model"] == "/models/m1" and written["LeaseSeconds"] == settings.lease_s
+    assert written["Threads"] >= 1  # the CPUs shared among the workers
+    env = settings.worker_environment(4321)
+    assert env["LESION_AI_PARENT_PID"] == "4321" and env["LESION_AI_ORTHANC_PASSWORD"] == "s3cret-pw"
+    for text in (" ".join(command), json.dumps(written)):  # credentials travel in the environment only
+        assert "s3cret-pw" not in text and "node-user-7" not in text
 
 
 def test_supervisor_restarts_a_dead_worker_and_stops_all(tmp_path: Path) -> None:

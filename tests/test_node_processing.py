@@ -1,5 +1,5 @@
 """The node's processing module: model identity without torch, the engine processor's failure reports,
-output filtering, and loading an alternative processor."""
+outcomes keyed by output, and loading an alternative processor."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from lesion_engine.model_card import model_identity
+from lesion_engine.outputs import Output
 from orthanc_plugin.processing import (
     EngineProcessor,
+    ProcessingOutcome,
     ProcessingRequest,
     ProcessorSettings,
-    _wanted,
     encode,
     headers_of,
     load_processor,
-    model_identity,
 )
 from tests.node_env import make_study
 from tests.node_fakes import FakeProcessor
@@ -47,7 +48,7 @@ def test_missing_model_gives_a_failure_report(prostatex: Path, tmp_path: Path) -
     outcome = processor(instances, ProcessingRequest(job_id=1, study_id="s", rule="r"))
     assert outcome.failed and outcome.reason is not None
     assert outcome.reason.startswith("the AI model is not available on this node")
-    objects = [_read(o) for o in outcome.objects]
+    objects = [_read(o) for o in outcome.report]
     assert objects and any(str(o.SOPClassUID).startswith(SR_PREFIX) for o in objects)
     study_uid = headers_of(instances[:1])[0].StudyInstanceUID
     assert {o.StudyInstanceUID for o in objects} == {study_uid}
@@ -60,7 +61,7 @@ def test_unusable_study_gives_a_failure_report(tmp_path: Path) -> None:
         instances, ProcessingRequest(job_id=1, study_id="s", rule="r")
     )
     assert outcome.failed and outcome.reason
-    assert outcome.objects and str(_read(outcome.objects[0]).SOPClassUID).startswith(SR_PREFIX)
+    assert outcome.report and str(_read(outcome.report[0]).SOPClassUID).startswith(SR_PREFIX)
 
 
 def test_non_mr_study_gives_a_failure_report(tmp_path: Path) -> None:
@@ -70,22 +71,36 @@ def test_non_mr_study_gives_a_failure_report(tmp_path: Path) -> None:
         instances, ProcessingRequest(job_id=1, study_id="s", rule="r")
     )
     assert outcome.failed and outcome.reason is not None and "not an MR study" in outcome.reason
-    assert outcome.objects
+    assert outcome.report and not outcome.objects
 
 
 def test_failure_report_needs_a_readable_instance() -> None:
     assert EngineProcessor(ProcessorSettings()).failure([b"not dicom"], "reason") == []
 
 
-def test_output_filter(tmp_path: Path) -> None:
+def test_outcomes_are_keyed_by_output(tmp_path: Path) -> None:
     fake = FakeProcessor(ProcessorSettings())
     make_study(tmp_path / "mr")
     instances = [p.read_bytes() for p in sorted((tmp_path / "mr").iterdir())]
-    outcome = fake(instances, ProcessingRequest(job_id=1, study_id="s", rule="r", outputs=("seg", "sr")))
-    seg, sr = (_read(o) for o in outcome.objects)
-    assert _wanted(seg, ("seg",)) and not _wanted(sr, ("seg",))
-    assert _wanted(sr, ("sr",)) and not _wanted(seg, ("sr", "pmap"))
-    assert encode(seg)[128:132] == b"DICM"
+    outcome = fake(instances, ProcessingRequest(job_id=1, study_id="s", rule="r", outputs=(Output.SR,)))
+    assert list(outcome.objects) == [Output.SR]
+    both = fake(instances, ProcessingRequest(job_id=1, study_id="s", rule="r"))  # the default outputs
+    assert list(both.objects) == [Output.SEG, Output.SR]
+    [seg], [sr] = (both.objects[o] for o in (Output.SEG, Output.SR))
+    assert both.to_store() == [seg, sr] and not both.failed
+    assert str(_read(seg).Modality) == "SEG" and str(_read(sr).Modality) == "SR"
+    assert encode(_read(seg))[128:132] == b"DICM"
+    with pytest.raises(TypeError, match="parse_outputs"):
+        ProcessingRequest(job_id=1, study_id="s", rule="r", outputs=("seg",))  # type: ignore[arg-type]
+
+
+def test_outcome_of_a_study_that_cannot_be_analysed() -> None:
+    failed = ProcessingOutcome.could_not_analyse("no axial T2W", [b"FAIL-SR"])
+    assert failed.failed and failed.to_store() == [b"FAIL-SR"] and failed.objects == {}
+    with pytest.raises(ValueError, match="needs a reason"):
+        ProcessingOutcome(failed=True)
+    with pytest.raises(ValueError, match="must be failed"):
+        ProcessingOutcome(report=(b"x",))
 
 
 def test_load_processor() -> None:
@@ -109,4 +124,4 @@ def test_a_failing_report_writer_does_not_turn_a_failure_into_retries(
     outcome = EngineProcessor(ProcessorSettings())(
         instances, ProcessingRequest(job_id=1, study_id="s", rule="r")
     )
-    assert outcome.failed and outcome.objects == []
+    assert outcome.failed and outcome.report == () and outcome.to_store() == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from orthanc_plugin.jobqueue.base import SqlJobQueue
 from tests.pg_env import PostgresServer, running_postgres
 
 FAST = QueuePolicy(lease_s=0.4, max_attempts=3, backoff_base_s=0.2, backoff_max_s=0.3)
+SLOW_LEASE = replace(FAST, lease_s=60)
 
 
 def job(key: str, priority: int = 0, study: str = "s1") -> NewJob:
@@ -73,7 +75,7 @@ def test_claims_by_priority_then_arrival(queue: JobQueue) -> None:
 
 
 def test_claim_is_exclusive_under_contention(queue_url: str) -> None:
-    setup = open_queue(queue_url, QueuePolicy(lease_s=60))
+    setup = open_queue(queue_url, SLOW_LEASE)
     for i in range(40):
         setup.enqueue(job(f"j{i}"))
     setup.close()
@@ -81,7 +83,7 @@ def test_claim_is_exclusive_under_contention(queue_url: str) -> None:
     lock = threading.Lock()
 
     def worker(name: str) -> None:
-        q = open_queue(queue_url, QueuePolicy(lease_s=60))  # own connection, like a worker process
+        q = open_queue(queue_url, SLOW_LEASE)  # own connection, like a worker process
         try:
             while (got := q.claim(name)) is not None:
                 with lock:
@@ -132,7 +134,8 @@ def test_job_whose_workers_keep_dying_fails(queue: JobQueue) -> None:
 def test_transient_failures_retry_with_exponential_backoff(queue: JobQueue) -> None:
     policy = QueuePolicy(lease_s=10, max_attempts=3, backoff_base_s=0.3, backoff_max_s=0.5)
     assert [policy.backoff_s(n) for n in (1, 2, 3)] == [0.3, 0.5, 0.5]
-    assert [QueuePolicy(backoff_base_s=10, backoff_max_s=900).backoff_s(n) for n in (1, 2, 3, 9)] == [
+    slow = replace(policy, backoff_base_s=10, backoff_max_s=900)
+    assert [slow.backoff_s(n) for n in (1, 2, 3, 9)] == [
         10,
         20,
         40,
@@ -202,10 +205,10 @@ def test_list_filters_and_json_form(queue: JobQueue) -> None:
 
 def test_queue_survives_reopening(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "q.sqlite")
-    q = open_queue(url)
+    q = open_queue(url, FAST)
     q.enqueue(job("a"))
     q.close()
-    q = open_queue(url)
+    q = open_queue(url, FAST)
     try:
         assert [j.key for j in q.list()] == ["a"]
     finally:
@@ -214,13 +217,13 @@ def test_queue_survives_reopening(tmp_path: Path) -> None:
 
 def test_queue_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    relative = open_queue("sqlite:///sub/q.sqlite")
+    relative = open_queue("sqlite:///sub/q.sqlite", FAST)
     assert isinstance(relative, SqlJobQueue) and (tmp_path / "sub" / "q.sqlite").exists()
     relative.close()
-    bare = open_queue(str(tmp_path / "bare.sqlite"))
+    bare = open_queue(str(tmp_path / "bare.sqlite"), FAST)
     bare.close()
     assert sqlite_url(tmp_path / "x.db") == f"sqlite:///{tmp_path}/x.db"
     with pytest.raises(ValueError, match="unsupported queue URL mysql"):
-        open_queue("mysql://host/db")
+        open_queue("mysql://host/db", FAST)
     with pytest.raises(ValueError, match="lease_s"):
-        QueuePolicy(lease_s=0)
+        replace(FAST, lease_s=0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lesion_engine.errors import ConfigError
+from lesion_engine.outputs import Output
 from orthanc_plugin.rules import Destinations, RoutingRules, load_rules, parse_rules
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def mr(series_id: str, description: str, body: str | None = None, **more: str) -
 
 @pytest.fixture(scope="module")
 def defaults() -> RoutingRules:
-    return load_rules(REPO / "config" / "rules.yaml")
+    return load_rules(REPO / "orthanc_plugin" / "data" / "rules.yaml")
 
 
 def names(rules: RoutingRules, study: Study) -> list[tuple[str, list[str]]]:
@@ -124,7 +125,7 @@ def test_rule_matching() -> None:
     urgent = Study({"AccessionNumber": "URG123"}, series)
     assert names(rules, urgent) == [("urgent", ["t2"]), ("everything-mr", ["t2", "dwi"])]
     [first, _] = rules.evaluate(urgent)
-    assert (first.rule.priority, first.rule.outputs) == (10, ("sr",))
+    assert (first.rule.priority, first.rule.outputs) == (10, (Output.SR,))
     assert first.rule.destinations == Destinations(("pacs",), ("cloud",), ("backup",))
     routine = Study({"AccessionNumber": "A1"}, series)
     assert names(rules, routine) == [("everything-mr", ["t2", "dwi"])]

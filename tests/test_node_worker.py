@@ -7,92 +7,26 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from orthanc_plugin.jobqueue import Job, JobQueue, JobState, NewJob, QueuePolicy, open_queue, sqlite_url
-from orthanc_plugin.orthanc_api import NotFoundError, RestApiError
+from orthanc_plugin.jobqueue import (
+    Job,
+    JobPayload,
+    JobQueue,
+    JobState,
+    NewJob,
+    QueuePolicy,
+    open_queue,
+    sqlite_url,
+)
 from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest
+from orthanc_plugin.rules import Destinations
+from orthanc_plugin.settings import WorkerSettings
 from orthanc_plugin.worker import Worker, WorkerOptions
+from tests.node_fakes import FakeRest, Scripted
 
-
-class FakeRest:
-    """Just enough of Orthanc's REST API for a worker."""
-
-    def __init__(self) -> None:
-        self.studies = {"st1": ["se1", "se2"]}
-        self.series = {"se1": ["i1", "i2"], "se2": ["i3"]}
-        self.files = {i: f"DICOM {i}".encode() for i in ("i1", "i2", "i3")}
-        self.stored: list[bytes] = []
-        self.metadata: dict[str, str] = {}
-        self.sends: list[tuple[str, list[str]]] = []
-        self.send_outcomes: list[str] = []  # "Success" / "Failure" per Orthanc job, in order
-        self.jobs: dict[str, str] = {}
-
-    def get_json(self, path: str) -> Any:
-        parts = path.strip("/").split("/")
-        if parts[0] == "studies" and len(parts) == 2 and parts[1] in self.studies:
-            return {"ID": parts[1], "Series": self.studies[parts[1]]}
-        if parts[0] == "series" and parts[1] in self.series:
-            return {"ID": parts[1], "Instances": self.series[parts[1]]}
-        if parts[0] == "instances" and parts[1].startswith("r"):
-            return {"ID": parts[1]}
-        if parts[0] == "jobs" and parts[1] in self.jobs:
-            state = self.jobs[parts[1]]
-            return {
-                "State": state,
-                "ErrorDescription": "Error in the network protocol" if state == "Failure" else "",
-            }
-        raise NotFoundError(f"GET {path}", 404)
-
-    def get_bytes(self, path: str) -> bytes:
-        parts = path.strip("/").split("/")
-        if parts[0] == "instances" and parts[-1] == "file" and parts[1] in self.files:
-            return self.files[parts[1]]
-        if parts[0] == "studies" and parts[2] == "metadata" and parts[3] in self.metadata:
-            return self.metadata[parts[3]].encode()
-        raise NotFoundError(f"GET {path}", 404)
-
-    def post_json(self, path: str, body: Any) -> Any:
-        if path.endswith("/store") or path.endswith("/stow"):
-            self.sends.append((path, list(body["Resources"])))
-            assert body["Asynchronous"] is True
-            job = f"job{len(self.jobs)}"
-            self.jobs[job] = self.send_outcomes.pop(0) if self.send_outcomes else "Success"
-            return {"ID": job}
-        raise RestApiError(f"POST {path}", 400)
-
-    def post_bytes(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
-        assert path == "/instances"
-        self.stored.append(body)
-        return {"ID": f"r{len(self.stored)}", "ParentSeries": f"rs-{body.decode()[:6]}", "Status": "Success"}
-
-    def put_text(self, path: str, text: str) -> bytes:
-        self.metadata[path.rsplit("/", 1)[-1]] = text
-        return b""
-
-
-class Scripted:
-    """A processor whose outcomes are scripted: 'ok', 'failed', or an exception to raise."""
-
-    def __init__(self, *script: str | Exception) -> None:
-        self.script = list(script)
-        self.calls: list[int] = []
-
-    def __call__(self, instances: Sequence[bytes], request: ProcessingRequest) -> ProcessingOutcome:
-        self.calls.append(len(instances))
-        step = self.script.pop(0) if self.script else "ok"
-        if isinstance(step, Exception):
-            raise step
-        if step == "failed":
-            return ProcessingOutcome(
-                self.failure(instances, "no axial T2W"), failed=True, reason="no axial T2W"
-            )
-        return ProcessingOutcome([b"SEG...", b"SR...."], model={"name": "m", "version": "1", "sha256": "0"})
-
-    def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
-        return [b"FAIL-SR"]
+SETTINGS = WorkerSettings(queue="sqlite:///unused", heartbeat_s=5)
 
 
 @pytest.fixture
@@ -105,28 +39,28 @@ def queue(tmp_path: Path) -> Iterator[JobQueue]:
     q.close()
 
 
-def _job(queue: JobQueue, destinations: dict[str, list[str]] | None = None) -> Job:
-    payload = {
-        "study": "st1",
-        "series": ["se1", "se2"],
-        "outputs": ["seg", "sr"],
-        "model": "m:1",
-        "destinations": destinations or {},
-    }
-    queue.enqueue(NewJob("k1", "st1", "prostate-mr", "m:1", 0, payload))
+def _job(queue: JobQueue, destinations: Destinations | None = None) -> Job:
+    payload = JobPayload(
+        study="st1",
+        rule="prostate-mr",
+        series=("se1", "se2"),
+        model="m:1",
+        destinations=destinations or Destinations(),
+    )
+    queue.enqueue(NewJob("k1", "st1", "prostate-mr", "m:1", 0, payload.to_json()))
     claimed = queue.claim("w")
     assert claimed is not None
     return claimed
 
 
 def _worker(queue: JobQueue, rest: FakeRest, processor: Scripted) -> Worker:
-    options = WorkerOptions(owner="w", forward_backoff_s=0.0, heartbeat_s=5)
+    options = WorkerOptions.from_settings(SETTINGS, owner="w", forward_backoff_s=0.0)
     return Worker(queue, rest, processor, options)
 
 
 def test_success_stores_forwards_and_records(queue: JobQueue) -> None:
     rest, processor = FakeRest(), Scripted("ok")
-    job = _job(queue, {"modalities": ["pacs"], "dicomweb": ["cloud"], "peers": []})
+    job = _job(queue, Destinations(modalities=("pacs",), dicomweb=("cloud",)))
     assert _worker(queue, rest, processor).run_job(job) is JobState.DONE
     assert processor.calls == [3] and rest.stored == [b"SEG...", b"SR...."]
     assert rest.sends == [
@@ -145,7 +79,7 @@ def test_success_stores_forwards_and_records(queue: JobQueue) -> None:
 
 def test_study_that_cannot_be_analysed_gets_a_failure_report(queue: JobQueue) -> None:
     rest = FakeRest()
-    job = _job(queue, {"modalities": ["pacs"]})
+    job = _job(queue, Destinations(modalities=("pacs",)))
     assert _worker(queue, rest, Scripted("failed")).run_job(job) is JobState.FAILED
     assert rest.stored == [b"FAIL-SR"] and rest.sends == [("/modalities/pacs/store", ["r1"])]
     failed = queue.get(job.id)
@@ -175,7 +109,7 @@ def test_forward_retries_and_a_retried_job_only_forwards(queue: JobQueue) -> Non
     rest, processor = FakeRest(), Scripted("ok")
     rest.send_outcomes = ["Failure", "Failure", "Failure"]  # all three sends of the first attempt fail
     worker = _worker(queue, rest, processor)
-    job = _job(queue, {"modalities": ["pacs"]})
+    job = _job(queue, Destinations(modalities=("pacs",)))
     assert worker.run_job(job) is JobState.QUEUED
     waiting = queue.get(job.id)
     assert waiting is not None and "forwarding failed to modalities:pacs" in str(waiting.error)
@@ -214,15 +148,15 @@ def test_lost_lease_leaves_the_job_to_the_new_owner(queue: JobQueue) -> None:
 
 def test_worker_exits_when_its_parent_is_gone(queue: JobQueue) -> None:
     _job(queue)
-    options = WorkerOptions(owner="w2", parent_pid=os.getpid() + 10_000_000)
+    options = WorkerOptions.from_settings(SETTINGS, owner="w2", parent_pid=os.getpid() + 10_000_000)
     assert Worker(queue, FakeRest(), Scripted(), options).run() == 0
 
 
 def test_worker_runs_until_the_queue_is_empty(queue: JobQueue) -> None:
     rest = FakeRest()
-    queue.enqueue(NewJob("a", "st1", "r", "m", 0, {"study": "st1", "series": ["se1"]}))
-    queue.enqueue(NewJob("b", "st1", "r", "m", 0, {"study": "st1", "series": ["se2"]}))
-    options = WorkerOptions(owner="w3", exit_when_idle=True)
+    queue.enqueue(NewJob("a", "st1", "r", "m", 0, {"study": "st1", "rule": "r", "series": ["se1"]}))
+    queue.enqueue(NewJob("b", "st1", "r", "m", 0, {"study": "st1", "rule": "r", "series": ["se2"]}))
+    options = WorkerOptions.from_settings(SETTINGS, owner="w3", exit_when_idle=True)
     assert Worker(queue, rest, Scripted(), options).run() == 2
     assert queue.counts()["done"] == 2
 
@@ -261,7 +195,7 @@ def test_series_the_engine_ignores_are_fetched_by_their_first_instance_only(
         return original(path)
 
     rest.get_bytes = get_bytes  # type: ignore[method-assign]
-    payload = {"study": "st1", "series": sorted(by_series), "outputs": ["seg", "sr"], "model": "m:1"}
+    payload = JobPayload(study="st1", rule="r", series=tuple(sorted(by_series)), model="m:1")
     worker = _worker(queue, rest, Scripted())
     request = ProcessingRequest.from_payload(1, payload)
     instances = worker._fetch(payload, request)

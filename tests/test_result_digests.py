@@ -24,9 +24,10 @@ import pytest
 import torch
 from pydicom.dataset import Dataset
 
+from lesion_engine.dicom_outputs import write_outputs
 from lesion_engine.engine import Engine
+from lesion_engine.outputs import Output
 from lesion_engine.preprocess import prepare_study
-from lesion_engine.results import ResultSettings, write_results
 
 pytestmark = [pytest.mark.fixture, pytest.mark.slow]
 
@@ -76,16 +77,10 @@ def _node_results(prostatex: Path) -> dict[str, Any]:
     prepared = prepare_study(prostatex / "dicom")
     engine = Engine.from_artifact(None, "cpu")
     result = engine.run(prepared)
-    t2w_uid = prepared.roles["t2w"].series_instance_uid
-    t2w = [instance.dataset for instance in prepared.loaded.series_by_uid(t2w_uid).instances]
-    objects = write_results(
-        result,
-        t2w,
-        ResultSettings(write_pmap=True, write_sc=True),
-        input_series_uids=sorted(set(result.series.values())),
-        analysis_time=ANALYSIS_TIME,
-    )
-    encoded = [_encode(ds) for ds in objects.all()]
+    objects = write_outputs(prepared, result, list(Output), analysis_time=ANALYSIS_TIME)
+    # SEG first (the SR references it), then SR, Parametric Map and the overlay images.
+    in_order = [ds for output in (Output.SEG, Output.SR, Output.PMAP, Output.SC) for ds in objects[output]]
+    encoded = [_encode(ds) for ds in in_order]
     return {
         "torch": torch.__version__,
         "lesions": [
@@ -118,3 +113,17 @@ def test_fixture_results_are_pinned(prostatex: Path) -> None:
             assert ours["pixels"]["above_half"] == theirs["pixels"]["above_half"]
             for key in ("mean", "max"):
                 assert abs(ours["pixels"][key] - theirs["pixels"][key]) <= 1e-4, key
+
+
+def test_infer_writes_the_nodes_seg_and_sr(prostatex: Path, tmp_path: Path) -> None:
+    """``lesion-ai infer`` derives its result UIDs as the node does: same SEG and SR instances."""
+    from lesion_engine.cli import main
+
+    out = tmp_path / "out"
+    assert main(["infer", str(prostatex / "dicom"), "--out", str(out), "--device", "cpu"]) == 0
+    pinned = json.loads(DIGESTS.read_text(encoding="utf-8"))
+    pinned_uids = {o["sop_class_uid"]: o["sop_instance_uid"] for o in pinned["objects"][:2]}
+    written = {name: pydicom.dcmread(out / name, stop_before_pixels=True) for name in ("seg.dcm", "sr.dcm")}
+    assert {str(ds.SOPClassUID): str(ds.SOPInstanceUID) for ds in written.values()} == pinned_uids
+    assert str(written["seg.dcm"].SOPClassUID) == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert not list(out.glob("pmap.dcm")) and not list(out.glob("sc_*.dcm"))

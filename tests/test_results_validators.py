@@ -140,6 +140,7 @@ def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
     assert any("Found Root Template TID_1500" in r.output for r in reports)
 
 
+@pytest.mark.slow
 def test_pixelmed_sr_validator_on_a_single_lesion_report(cases: dict[str, Case]) -> None:
     # PixelMed (2022) applies TID 1410 to every group when exactly one group holds an Image Region SCOORD;
     # each lesion has two planar groups (outline, long axis), so a one-lesion report must pass as well.

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from lesion_engine.artifact import read_card
+from lesion_engine.logsetup import TIMESTAMPED_FORMAT, configure_cli_logging
 from training.dataset import DataSpec
 from training.evaluate import evaluate_model, headline
 from training.export import update_card_metrics
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m training.default_model``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging(logging.INFO, fmt=TIMESTAMPED_FORMAT)
     args = build_parser().parse_args(argv)
     summary = reproduce(args)
     for key, run in summary["runs"].items():

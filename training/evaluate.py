@@ -35,9 +35,11 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from lesion_engine.engine import Engine, EngineResult
+from lesion_engine.engine import Engine
 from lesion_engine.loading import LoadedStudy
-from lesion_engine.preprocess import PreparedStudy, RoleChoice, prepare_study
+from lesion_engine.preprocess import PreparedStudy, prepare_study
+from lesion_engine.result_types import EngineResult
+from lesion_engine.study_report import RoleChoice
 from training.cases import components_as_lesions, grid_points_lps, target_category
 from training.dataset import DataSpec, list_cases
 

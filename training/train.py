@@ -17,7 +17,8 @@ Per step (:func:`train_step`):
 
 The learning rate is a function of the global step only (linear ramp, then cosine decay), and every random
 choice derives from ``(seed, epoch, sample)`` or ``(seed, step, rank)``, so a resumed run continues exactly
-where the checkpoint left it. Checkpoints hold no pickles (:mod:`training.checkpoint`). With ``torchrun``
+where the checkpoint left it. Checkpoints hold no pickles (:mod:`training.checkpoint`). The run's settings are a
+:class:`~training.train_config.TrainConfig` (importable from here too). With ``torchrun``
 the model is wrapped in DistributedDataParallel, the data split by :class:`DistributedSampler`, and only
 rank 0 writes files.
 """
@@ -31,7 +32,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,214 +42,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from lesion_engine.candidates import CandidateConfig
-from lesion_engine.model_input import PreprocessConfig
-from lesion_engine.networks import ClassificationNetConfig, JointModel, LocalizationNetConfig
+from lesion_engine.networks import JointModel
 from training.augment import AugmentConfig
 from training.candidate_sampling import SamplingConfig, concatenate, ground_truth_and_random, map_candidates
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.dataset import Batch, CropDataset, DataSpec, build_cache, cached_files, collate
+from training.dataset import Batch, CropDataset, build_cache, cached_files, collate
 from training.distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup, teardown
 from training.logs import CsvLog, plot_losses
 from training.losses import LossConfig, joint_loss
+from training.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "TrainResult", "build_model", "train", "train_step"]
 
-Triple = tuple[int, int, int]
 LOSS_TERMS: tuple[str, ...] = ("loss", "loc_bce", "loc_dice", "zone", "cls_bce", "cls_ce")
 STEP_FIELDS: tuple[str, ...] = ("step", "epoch", *LOSS_TERMS, "candidates", "map_candidates", "lr", "seconds")
 EPOCH_FIELDS: tuple[str, ...] = ("epoch", "steps", *LOSS_TERMS, "seconds")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run (written to ``<out_dir>/config.json``).
-
-    Attributes
-    ----------
-    data : DataSpec
-        The training data.
-    out_dir : Path
-        Run folder: ``config.json``, ``checkpoints/``, ``steps.csv``, ``epochs.csv``, ``loss.png``,
-        ``artifact/``.
-    epochs : int
-        Epochs (including the warm-up).
-    samples_per_epoch : int or None
-        Crops per epoch over all processes; the number of cases when None.
-    batch_size : int
-        Crops per step and process.
-    lr, min_lr_fraction, lr_ramp_steps, weight_decay, grad_clip
-        AdamW learning rate, the cosine floor as a fraction of ``lr``, steps of the linear ramp, weight
-        decay, gradient-norm clip (0: none).
-    lambda_cls : float
-        Weight of the classification loss.
-    zone_weight : float
-        Weight of the zonal loss.
-    detach_map : bool
-        Train the ablation in which classification gradients stop at the map.
-    warmup_epochs : int
-        Localization-only epochs at the start (must be fewer than ``epochs``).
-    seed : int
-        Seed of weights, crops, augmentation and candidates.
-    crop_size : (z, y, x)
-        Training crop (multiple of the localization network's divisor, at most the model grid).
-    device : str
-        ``auto``, ``cpu`` or ``cuda``.
-    workers : int
-        DataLoader worker processes (0: in the training process).
-    cache_dir : Path or None
-        Case cache; ``<out_dir>/cache`` when None.
-    cache_workers : int
-        Processes that build the cache.
-    augment : bool
-        Use :class:`~training.augment.AugmentConfig` defaults (else no augmentation).
-    foreground_prob : float
-        Probability that a crop is centred on a lesion.
-    preload : bool
-        Keep every cached case in memory (about 4 MB each on the default grid); else read per sample.
-    random_negatives, max_map_candidates : int
-        Classifier candidates per item (see :mod:`training.candidate_sampling`).
-    loc_channels, cls_channels : tuple of int
-        Feature channels of the two networks.
-    preprocess : PreprocessConfig
-        The model grid.
-    candidates : CandidateConfig
-        Candidate extraction at inference (written into the model card).
-    checkpoint_every_steps : int
-        Also checkpoint every this many steps (0: at the end of every epoch only).
-    max_steps : int or None
-        Stop after this many optimizer steps in total.
-    time_limit_s : float or None
-        Stop (checkpoint and export) after the first step past this many seconds of training.
-    threads : int or None
-        CPU threads of torch (all when None).
-    progress : bool
-        Show a tqdm progress bar on rank 0.
-    name, version : str
-        Name and version of the exported model.
-    """
-
-    data: DataSpec
-    out_dir: Path
-    epochs: int = 20
-    samples_per_epoch: int | None = None
-    batch_size: int = 2
-    lr: float = 2e-3
-    min_lr_fraction: float = 0.05
-    lr_ramp_steps: int = 20
-    weight_decay: float = 1e-4
-    grad_clip: float = 5.0
-    lambda_cls: float = 1.0
-    zone_weight: float = 0.5
-    detach_map: bool = False
-    warmup_epochs: int = 1
-    seed: int = 0
-    crop_size: Triple = (16, 96, 96)
-    device: str = "auto"
-    workers: int = 0
-    cache_dir: Path | None = None
-    cache_workers: int = 1
-    augment: bool = True
-    foreground_prob: float = 0.7
-    preload: bool = True
-    random_negatives: int = 2
-    max_map_candidates: int = 3
-    loc_channels: tuple[int, ...] = (16, 32, 64, 128)
-    cls_channels: tuple[int, ...] = (16, 32, 64)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    checkpoint_every_steps: int = 0
-    max_steps: int | None = None
-    time_limit_s: float | None = None
-    threads: int | None = None
-    progress: bool = True
-    name: str = "lesion-ai-joint"
-    version: str = "0.1.0"
-
-    def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-
-        for name in ("epochs", "batch_size", "cache_workers"):
-            positive(name)
-        if self.samples_per_epoch is not None:
-            positive("samples_per_epoch")
-        if self.max_steps is not None:
-            positive("max_steps")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(
-                f"TrainConfig.warmup_epochs must be in [0, epochs - 1] so that the final model is trained jointly, "
-                f"got {self.warmup_epochs} with epochs = {self.epochs}"
-            )
-        for name in ("lr", "lambda_cls", "zone_weight", "weight_decay", "grad_clip", "min_lr_fraction"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if self.workers < 0 or self.lr_ramp_steps < 0 or self.checkpoint_every_steps < 0:
-            raise ValueError("TrainConfig.workers, lr_ramp_steps and checkpoint_every_steps must be >= 0")
-        if self.seed < 0:
-            raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ValueError(f"TrainConfig.time_limit_s must be > 0, got {self.time_limit_s}")
-        divisor = self.loc_config().divisor
-        if len(self.crop_size) != 3 or any(
-            c < 1 or c % d or c > g
-            for c, d, g in zip(self.crop_size, divisor, self.preprocess.size_zyx, strict=True)
-        ):
-            raise ValueError(
-                f"TrainConfig.crop_size {self.crop_size} must be a multiple of the network's divisor {divisor} "
-                f"and at most the model grid {self.preprocess.size_zyx}"
-            )
-        if any(s % d for s, d in zip(self.preprocess.size_zyx, divisor, strict=True)):
-            raise ValueError(
-                f"TrainConfig.preprocess.size_zyx {self.preprocess.size_zyx} must be a multiple of {divisor}"
-            )
-
-    def loc_config(self) -> LocalizationNetConfig:
-        """The localization network's architecture."""
-        return LocalizationNetConfig(channels=tuple(self.loc_channels), num_zones=3)
-
-    def cls_config(self) -> ClassificationNetConfig:
-        """The classification network's architecture."""
-        return ClassificationNetConfig(channels=tuple(self.cls_channels))
-
-    def loss_config(self) -> LossConfig:
-        """The loss weights."""
-        return LossConfig(lambda_cls=self.lambda_cls, zone_weight=self.zone_weight)
-
-    def sampling_config(self) -> SamplingConfig:
-        """Candidate sampling settings."""
-        return SamplingConfig(
-            random_negatives=self.random_negatives, max_map_candidates=self.max_map_candidates
-        )
-
-    @property
-    def cache_path(self) -> Path:
-        """The case cache folder."""
-        return self.cache_dir or self.out_dir / "cache"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out: dict[str, Any] = {}
-        for key in self.__dataclass_fields__:
-            value = getattr(self, key)
-            if isinstance(value, DataSpec | PreprocessConfig | CandidateConfig):
-                out[key] = value.to_dict()
-            elif isinstance(value, Path):
-                out[key] = str(value)
-            elif isinstance(value, tuple):
-                out[key] = list(value)
-            else:
-                out[key] = value
-        return out
 
 
 @dataclass

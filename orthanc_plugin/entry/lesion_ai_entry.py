@@ -18,13 +18,20 @@ import sys
 
 import orthanc
 
+# The node's configuration section and its keys, as orthanc_plugin.settings names them: this script runs
+# before the package can be imported (it puts it on sys.path), so they are written here too; a test checks
+# that they agree.
+SECTION = "LesionAI"
+SITE_PACKAGES_KEY = "SitePackages"
+PYTHON_KEY = "Python"
+
 
 def _site_packages() -> str | None:
-    section = json.loads(orthanc.GetConfiguration()).get("LesionAI") or {}
-    configured = section.get("SitePackages")
+    section = json.loads(orthanc.GetConfiguration()).get(SECTION) or {}
+    configured = section.get(SITE_PACKAGES_KEY)
     if configured:
         return str(configured)
-    python = section.get("Python")
+    python = section.get(PYTHON_KEY)
     if python:
         prefix = os.path.dirname(os.path.dirname(str(python)))
         found = sorted(glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages")))

@@ -1,7 +1,9 @@
 """The durable job queue of the node (SQLite by default, PostgreSQL for several machines).
 
-``open_queue(url)`` opens either from a URL: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``
-(the SQLAlchemy convention), a bare file path, or ``postgresql://user@host:port/database``.
+``open_queue(url, policy)`` opens either from a URL: ``sqlite:///relative/path.db``,
+``sqlite:////absolute/path.db`` (the SQLAlchemy convention), a bare file path, or
+``postgresql://user@host:port/database``. The queue stores JSON objects; what the node puts in them is
+defined by :mod:`orthanc_plugin.jobqueue.documents` (:class:`JobPayload`, :class:`JobProgress`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from orthanc_plugin.jobqueue.base import Job, JobQueue, JobState, NewJob, QueuePolicy, SqlJobQueue
+from orthanc_plugin.jobqueue.documents import (
+    JobDocumentError,
+    JobPayload,
+    JobProgress,
+    UnknownSchemaVersionError,
+    job_fingerprint,
+)
 
-__all__ = ["Job", "JobQueue", "JobState", "NewJob", "QueuePolicy", "SqlJobQueue", "open_queue", "sqlite_url"]
+__all__ = [
+    "Job",
+    "JobDocumentError",
+    "JobPayload",
+    "JobProgress",
+    "JobQueue",
+    "JobState",
+    "NewJob",
+    "QueuePolicy",
+    "SqlJobQueue",
+    "UnknownSchemaVersionError",
+    "job_fingerprint",
+    "open_queue",
+    "sqlite_url",
+]
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -18,8 +41,15 @@ def sqlite_url(path: str | Path) -> str:
     return "sqlite:///" + str(Path(path).resolve())
 
 
-def open_queue(url: str, policy: QueuePolicy | None = None) -> JobQueue:
+def open_queue(url: str, policy: QueuePolicy) -> JobQueue:
     """Open the job queue named by ``url`` (see the module docstring).
+
+    Parameters
+    ----------
+    url : str
+        The queue's URL.
+    policy : QueuePolicy
+        Leases, retries and back-off (the node's: :meth:`QueuePolicy.from_settings`).
 
     Raises
     ------

@@ -22,7 +22,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orthanc_plugin.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class JobState(StrEnum):
 
 @dataclass(frozen=True)
 class QueuePolicy:
-    """Leases, retries and back-off.
+    """Leases, retries and back-off (the node's: :meth:`from_settings`).
 
     Attributes
     ----------
@@ -54,10 +57,10 @@ class QueuePolicy:
         Delay before retry number n (n = 1, 2, ...): ``min(backoff_base_s * 2**(n-1), backoff_max_s)``.
     """
 
-    lease_s: float = 120.0
-    max_attempts: int = 5
-    backoff_base_s: float = 10.0
-    backoff_max_s: float = 900.0
+    lease_s: float
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
 
     def __post_init__(self) -> None:
         if self.lease_s <= 0:
@@ -69,6 +72,16 @@ class QueuePolicy:
                 "need 0 <= backoff_base_s <= backoff_max_s, got "
                 f"{self.backoff_base_s} and {self.backoff_max_s}"
             )
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> QueuePolicy:
+        """The policy of the node's settings (``LeaseSeconds``, ``MaxAttempts``, ``BackoffSeconds``, ...)."""
+        return cls(
+            lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts,
+            backoff_base_s=settings.backoff_s,
+            backoff_max_s=settings.backoff_max_s,
+        )
 
     def backoff_s(self, attempts: int) -> float:
         """Delay before the next attempt after ``attempts`` attempts."""
@@ -92,7 +105,8 @@ class NewJob:
     priority : int
         Higher runs first.
     payload : dict
-        Everything a worker needs (JSON-ready): input series, outputs, destinations, series rules.
+        Everything a worker needs, as a JSON object (the node writes
+        :meth:`orthanc_plugin.jobqueue.documents.JobPayload.to_json`; the queue stores any JSON object).
     """
 
     key: str
@@ -105,7 +119,11 @@ class NewJob:
 
 @dataclass(frozen=True)
 class Job:
-    """A job as stored in the queue (times are seconds since the epoch)."""
+    """A job as stored in the queue (times are seconds since the epoch).
+
+    ``payload`` and ``progress`` are the stored JSON objects; the node reads them with
+    :mod:`orthanc_plugin.jobqueue.documents` (``JobPayload.from_json``, ``JobProgress.from_json``).
+    """
 
     id: int
     key: str
@@ -127,7 +145,7 @@ class Job:
     finished_at: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (as served by ``GET /lesion-ai/jobs/{id}``)."""
+        """JSON-ready form of the stored record (payload and progress as stored)."""
         return {
             "id": self.id,
             "key": self.key,
@@ -271,8 +289,8 @@ class SqlJobQueue(JobQueue):
     #: Placeholder of the DB-API driver.
     placeholder = "?"
 
-    def __init__(self, policy: QueuePolicy | None = None) -> None:
-        self.policy = policy if policy is not None else QueuePolicy()
+    def __init__(self, policy: QueuePolicy) -> None:
+        self.policy = policy
         self._lock = threading.RLock()
 
     # -- back-end hooks -------------------------------------------------------------------------------

@@ -55,14 +55,14 @@ class PostgresJobQueue(SqlJobQueue):
     url : str
         A libpq connection URL, e.g. ``postgresql://lesion@dbhost:5432/lesion_ai``; the password may come
         from ``PGPASSWORD`` or ``~/.pgpass``.
-    policy : QueuePolicy, optional
+    policy : QueuePolicy
         Leases, retries and back-off.
     """
 
     claim_lock_clause = "FOR UPDATE SKIP LOCKED"
     placeholder = "%s"
 
-    def __init__(self, url: str, policy: QueuePolicy | None = None) -> None:
+    def __init__(self, url: str, policy: QueuePolicy) -> None:
         super().__init__(policy)
         try:
             import psycopg

@@ -52,15 +52,13 @@ class SqliteJobQueue(SqlJobQueue):
     ----------
     path : str or Path
         The database file.
-    policy : QueuePolicy, optional
+    policy : QueuePolicy
         Leases, retries and back-off.
     busy_timeout_s : float
         How long a writer waits for another one before giving up.
     """
 
-    def __init__(
-        self, path: str | Path, policy: QueuePolicy | None = None, busy_timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, path: str | Path, policy: QueuePolicy, busy_timeout_s: float = 30.0) -> None:
         super().__init__(policy)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

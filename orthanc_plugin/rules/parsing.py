@@ -1,25 +1,6 @@
-"""Routing rules: which studies the node processes, with which series, outputs, destinations and priority.
+"""Reading routing rules: YAML text or file -> validated :class:`~orthanc_plugin.rules.model.RoutingRules`.
 
-The rules are a YAML file (``config/rules.yaml`` is the documented default), validated into frozen
-dataclasses; every error names the file, the line and the field. Rules are read top to bottom and the
-first rule that matches a study decides (``continue: true`` lets later rules match too). A rule matches
-when any of its ``match`` alternatives does; an alternative is a conjunction of:
-
-``study``
-    conditions on study-level attributes (Orthanc's main DICOM tags of the study and patient, plus
-    ``ModalitiesInStudy`` computed from the series);
-``series``
-    conditions that select the rule's *input series* (Orthanc's main DICOM tags of the series, plus
-    ``SOPClassUID``, ``NumberOfSeriesRelatedInstances`` and the instances' origin ``RemoteAET``,
-    ``RemoteIP`` and ``CalledAET``); at least one series must pass;
-``has_series``
-    a list of conditions; each must be met by at least one input series (e.g. a T2 and a diffusion series);
-``calling_aet``, ``remote_ip``
-    shortcuts for series conditions on ``RemoteAET`` and ``RemoteIP``.
-
-A condition is a regular expression (text, searched), a list of accepted values (exact), a numeric range
-``{min: a, max: b}``, a network ``{cidr: [...]}``, a regular expression ``{regex: ...}``, a list
-``{in: [...]}``, or the negation of any of those ``{not: ...}``.
+Every error names the source, the line and the field (``rules[0].priority``), and says what is expected.
 """
 
 from __future__ import annotations
@@ -27,43 +8,29 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
 from lesion_engine.errors import ConfigError
+from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
 from lesion_engine.series_rules import SeriesRules, series_rules_from_document
 from lesion_engine.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml_file
+from orthanc_plugin.rules.conditions import (
+    SERIES_PSEUDO_ATTRIBUTES,
+    STUDY_PSEUDO_ATTRIBUTES,
+    AlternativeMatch,
+    Condition,
+    Conditions,
+)
+from orthanc_plugin.rules.model import DESTINATION_KINDS, OUTPUTS, Destinations, RoutingRule, RoutingRules
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "OUTPUTS",
-    "SERIES_PSEUDO_ATTRIBUTES",
-    "STUDY_PSEUDO_ATTRIBUTES",
-    "AlternativeMatch",
-    "Condition",
-    "Destinations",
-    "RoutingRule",
-    "RoutingRules",
-    "RuleMatch",
-    "SeriesView",
-    "StudyView",
-    "check_destinations",
-    "load_rules",
-    "parse_rules",
-]
+__all__ = ["check_destinations", "load_rules", "parse_rules"]
 
-#: Result objects a rule may ask for.
-OUTPUTS = ("seg", "sr", "pmap", "sc")
-#: Attributes computed by the node rather than read from DICOM headers.
-STUDY_PSEUDO_ATTRIBUTES = frozenset({"ModalitiesInStudy"})
-SERIES_PSEUDO_ATTRIBUTES = frozenset(
-    {"RemoteAET", "RemoteIP", "CalledAET", "SOPClassUID", "NumberOfSeriesRelatedInstances"}
-)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RULE_FIELDS = {
     "name",
@@ -78,251 +45,6 @@ _RULE_FIELDS = {
     "series_rules",
 }
 _ALTERNATIVE_FIELDS = {"study", "series", "has_series", "calling_aet", "remote_ip"}
-_DESTINATION_KINDS = ("modalities", "dicomweb", "peers")
-
-
-class StudyView(Protocol):
-    """What rule evaluation reads of a study (the node implements it over Orthanc's REST API)."""
-
-    def study_attribute(self, keyword: str) -> str | None:
-        """Text of a study-level attribute (multi-valued joined by a backslash), None when absent."""
-        ...
-
-    @property
-    def series(self) -> Sequence[SeriesView]:
-        """The study's candidate input series (the node's own results already left out)."""
-        ...
-
-
-class SeriesView(Protocol):
-    """What rule evaluation reads of a series."""
-
-    @property
-    def series_id(self) -> str:
-        """Orthanc ID of the series."""
-        ...
-
-    def attribute(self, keyword: str) -> str | None:
-        """Text of a series-level attribute, None when absent."""
-        ...
-
-
-def _values(text: str | None) -> list[str]:
-    return [] if text is None else [v.strip() for v in text.split("\\")]
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One test of an attribute's text.
-
-    Attributes
-    ----------
-    kind : str
-        ``regex`` (searched in the whole text), ``in`` (one of the values equals one of ``values``),
-        ``range`` (one of the values is a number within ``low``..``high``), ``cidr`` (the value is an IP
-        address within one of ``networks``) or ``not`` (``inner`` does not hold).
-    """
-
-    kind: Literal["regex", "in", "range", "cidr", "not"]
-    pattern: re.Pattern[str] | None = None
-    values: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    inner: Condition | None = None
-
-    def test(self, text: str | None) -> bool:
-        """True when the attribute's text (None: absent) meets the condition."""
-        if self.kind == "not":
-            assert self.inner is not None
-            return not self.inner.test(text)
-        if self.kind == "regex":
-            assert self.pattern is not None
-            return self.pattern.search(text or "") is not None
-        values = _values(text)
-        if self.kind == "in":
-            return any(v in self.values for v in values) or (not values and "" in self.values)
-        if self.kind == "range":
-            for v in values:
-                try:
-                    number = float(v)
-                except ValueError:
-                    continue
-                if (self.low is None or number >= self.low) and (self.high is None or number <= self.high):
-                    return True
-            return False
-        for v in values:
-            try:
-                address = ipaddress.ip_address(v)
-            except ValueError:
-                continue
-            if any(address in network for network in self.networks):
-                return True
-        return False
-
-    def describe(self) -> str:
-        """Readable form, e.g. ``~/(?i)prostat/`` or ``in [MR]``."""
-        if self.kind == "not":
-            assert self.inner is not None
-            return f"not ({self.inner.describe()})"
-        if self.kind == "regex":
-            assert self.pattern is not None
-            return f"~/{self.pattern.pattern}/"
-        if self.kind == "in":
-            return f"in [{', '.join(self.values)}]"
-        if self.kind == "range":
-            return f"in range [{'' if self.low is None else f'{self.low:g}'}, {'' if self.high is None else f'{self.high:g}'}]"
-        return f"in networks [{', '.join(str(n) for n in self.networks)}]"
-
-
-Conditions = tuple[tuple[str, Condition], ...]
-
-
-def _all_hold(conditions: Conditions, get: Callable[[str], str | None]) -> bool:
-    return all(condition.test(get(keyword)) for keyword, condition in conditions)
-
-
-@dataclass(frozen=True)
-class AlternativeMatch:
-    """One way a rule can match (every part must hold)."""
-
-    study: Conditions = ()
-    series: Conditions = ()
-    has_series: tuple[Conditions, ...] = ()
-
-    def input_series(self, study: StudyView) -> list[SeriesView] | None:
-        """The input series when this alternative matches ``study``, else None."""
-        if not _all_hold(self.study, study.study_attribute):
-            return None
-        inputs = [s for s in study.series if _all_hold(self.series, s.attribute)]
-        if not inputs:
-            return None
-        for required in self.has_series:
-            if not any(_all_hold(required, s.attribute) for s in inputs):
-                return None
-        return inputs
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready summary."""
-        return {
-            "study": {k: c.describe() for k, c in self.study},
-            "series": {k: c.describe() for k, c in self.series},
-            "has_series": [{k: c.describe() for k, c in entry} for entry in self.has_series],
-        }
-
-
-@dataclass(frozen=True)
-class Destinations:
-    """Where results are forwarded (names defined in Orthanc's configuration)."""
-
-    modalities: tuple[str, ...] = ()
-    dicomweb: tuple[str, ...] = ()
-    peers: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, list[str]]:
-        """JSON-ready form."""
-        return {
-            "modalities": list(self.modalities),
-            "dicomweb": list(self.dicomweb),
-            "peers": list(self.peers),
-        }
-
-    def __bool__(self) -> bool:
-        return bool(self.modalities or self.dicomweb or self.peers)
-
-
-@dataclass(frozen=True)
-class RoutingRule:
-    """One validated routing rule (see ``config/rules.yaml`` for each field)."""
-
-    name: str
-    action: Literal["process", "ignore"]
-    match: tuple[AlternativeMatch, ...]
-    priority: int = 0
-    enabled: bool = True
-    continue_: bool = False
-    description: str = ""
-    outputs: tuple[str, ...] = ("seg", "sr")
-    destinations: Destinations = field(default_factory=Destinations)
-    #: Raw series-rules overrides (JSON-ready) and where they came from; None: the engine's defaults.
-    series_rules_data: dict[str, Any] | None = None
-    series_rules_source: str | None = None
-    #: The validated series-selection rules of this rule (the engine's defaults when no override).
-    series_rules: SeriesRules | None = field(default=None, compare=False, repr=False)
-    line: int | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready summary (``GET /lesion-ai/rules``)."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "enabled": self.enabled,
-            "action": self.action,
-            "priority": self.priority,
-            "continue": self.continue_,
-            "outputs": list(self.outputs),
-            "destinations": self.destinations.to_dict(),
-            "series_rules": self.series_rules_source,
-            "match": [alt.describe() for alt in self.match],
-            "line": self.line,
-        }
-
-
-@dataclass(frozen=True)
-class RuleMatch:
-    """A rule that matched a study, with the input series it selected."""
-
-    rule: RoutingRule
-    series: tuple[SeriesView, ...]
-
-
-@dataclass(frozen=True)
-class RoutingRules:
-    """The validated rules of one file, in order."""
-
-    rules: tuple[RoutingRule, ...]
-    source: str
-    text: str
-
-    def evaluate(self, study: StudyView) -> list[RuleMatch]:
-        """The ``process`` rules that apply to ``study``: the first match, and more after ``continue: true``.
-
-        An ``ignore`` rule that matches ends the evaluation (rules matched before it still apply).
-        """
-        out: list[RuleMatch] = []
-        for rule in self.rules:
-            if not rule.enabled:
-                continue
-            inputs = next(
-                (found for alt in rule.match if (found := alt.input_series(study)) is not None), None
-            )
-            if inputs is None:
-                continue
-            if rule.action == "ignore":
-                break
-            out.append(RuleMatch(rule, tuple(inputs)))
-            if not rule.continue_:
-                break
-        return out
-
-    def get(self, name: str) -> RoutingRule | None:
-        """The rule called ``name``."""
-        return next((r for r in self.rules if r.name == name), None)
-
-    @property
-    def destinations(self) -> Destinations:
-        """Every destination named by any rule."""
-        m: set[str] = set()
-        d: set[str] = set()
-        p: set[str] = set()
-        for rule in self.rules:
-            m.update(rule.destinations.modalities)
-            d.update(rule.destinations.dicomweb)
-            p.update(rule.destinations.peers)
-        return Destinations(tuple(sorted(m)), tuple(sorted(d)), tuple(sorted(p)))
-
-
-# -- parsing ------------------------------------------------------------------------------------------
 
 
 class _Parser:
@@ -446,14 +168,24 @@ class _Parser:
         return AlternativeMatch(study, series, tuple(has))
 
     def destinations(self, value: Any, path: PathKey) -> Destinations:
-        data = self.mapping(value, path, set(_DESTINATION_KINDS), "destinations")
+        data = self.mapping(value, path, set(DESTINATION_KINDS), "destinations")
         lists: dict[str, tuple[str, ...]] = {}
-        for kind in _DESTINATION_KINDS:
+        for kind in DESTINATION_KINDS:
             items = data.get(kind) or []
             if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
                 raise self.fail((*path, kind), f"must be a list of names defined in Orthanc, got {items!r}")
             lists[kind] = tuple(items)
         return Destinations(lists["modalities"], lists["dicomweb"], lists["peers"])
+
+    def outputs(self, value: Any, path: PathKey) -> tuple[Output, ...]:
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(o not in OUTPUTS for o in value)
+            or len(set(value)) != len(value)
+        ):
+            raise self.fail(path, f"must be a non-empty list of {', '.join(OUTPUTS)}, got {value!r}")
+        return tuple(Output(name) for name in value)
 
     def series_rules(self, value: Any, path: PathKey) -> tuple[dict[str, Any], str, SeriesRules]:
         if isinstance(value, str):
@@ -506,16 +238,7 @@ class _Parser:
             matches = tuple(self.alternative(a, (*path, "match", i)) for i, a in enumerate(alternatives))
         else:
             raise self.fail((*path, "match"), "must be a match or a non-empty list of alternative matches")
-        outputs = data.get("outputs", ["seg", "sr"])
-        if (
-            not isinstance(outputs, list)
-            or not outputs
-            or any(o not in OUTPUTS for o in outputs)
-            or len(set(outputs)) != len(outputs)
-        ):
-            raise self.fail(
-                (*path, "outputs"), f"must be a non-empty list of {', '.join(OUTPUTS)}, got {outputs!r}"
-            )
+        outputs = self.outputs(data["outputs"], (*path, "outputs")) if "outputs" in data else DEFAULT_OUTPUTS
         destinations = (
             self.destinations(data["destinations"], (*path, "destinations"))
             if "destinations" in data
@@ -536,7 +259,7 @@ class _Parser:
             enabled=flags["enabled"],
             continue_=flags["continue"],
             description=description,
-            outputs=tuple(outputs),
+            outputs=outputs,
             destinations=destinations,
             series_rules_data=sr_data,
             series_rules_source=sr_source,
@@ -609,7 +332,7 @@ def check_destinations(rules: RoutingRules, known: Mapping[str, Sequence[str]]) 
     """
     missing = []
     for rule in rules.rules:
-        for kind in _DESTINATION_KINDS:
+        for kind in DESTINATION_KINDS:
             for name in getattr(rule.destinations, kind):
                 if name not in known.get(kind, ()):
                     missing.append(f"rule {rule.name!r}: {kind} {name!r} is not defined in Orthanc")

@@ -1,0 +1,218 @@
+"""From the networks' outputs of one study to its :class:`~lesion_engine.result_types.EngineResult`.
+
+The ``outputs`` stage of the engine: lesions are numbered 1..n by decreasing probability. A lesion's mask
+is its blob of the detection map: the candidate's region resampled (nearest neighbour) onto the T2W grid,
+with blobs kept non-touching (a more probable lesion keeps its voxels where two would touch). Each
+lesion is measured on the T2W grid (:mod:`lesion_engine.measurements`) and given the zone most of its
+voxels are predicted in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from lesion_engine.candidates import Box, Candidate, label_map, separate_labels, shift_box
+from lesion_engine.grid_resample import GridMap, grid_map, resample_linear, resample_nearest
+from lesion_engine.measurements import axial_diameter_mm, center_lps_mm, max_diameter_mm, volume_ml
+from lesion_engine.model_input import from_model_grid
+from lesion_engine.preprocess import PreparedStudy
+from lesion_engine.result_types import EngineResult, Lesion
+from lesion_engine.study_report import role_report
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StudyWork", "assemble_result", "zone_of"]
+
+_ZONE_CODES = {"peripheral zone": "pz", "pz": "pz", "transition zone": "tz", "tz": "tz"}
+_STAGES = ("model_input", "localization", "candidates", "classification", "outputs")
+
+
+@dataclass
+class StudyWork:
+    """Intermediate state of one study in a batch run of the engine.
+
+    Attributes
+    ----------
+    prepared : PreparedStudy
+        The study.
+    grid : SimpleITK.Image
+        The model grid (its pixels: the T2W's coverage on that grid).
+    images : torch.Tensor
+        The network input (C, Z, Y, X).
+    coverage : torch.Tensor
+        bool (Z, Y, X): where the T2W covers the model grid.
+    timings : dict of str to float
+        Seconds per stage so far.
+    candidates : list of Candidate
+        Candidates found on the localization map.
+    probabilities, categories : list
+        The classification of each candidate, in the order of ``candidates``.
+    """
+
+    prepared: PreparedStudy
+    grid: sitk.Image
+    images: torch.Tensor
+    coverage: torch.Tensor
+    timings: dict[str, float]
+    candidates: list[Candidate] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    categories: list[int] = field(default_factory=list)
+
+
+def zone_of(
+    zone_logits: NDArray[np.float32] | None, mask: NDArray[np.bool_], zone_names: Sequence[str]
+) -> str | None:
+    """``pz`` or ``tz``: the zone most voxels under ``mask`` are predicted in.
+
+    Parameters
+    ----------
+    zone_logits : ndarray or None
+        (K, Z, Y, X) zonal logits on the model grid; None when the model has no zonal head.
+    mask : ndarray of bool
+        (Z, Y, X) on the model grid.
+    zone_names : sequence of str
+        The name of each zonal output (the model card's ``label_map["zones"]``).
+
+    Returns
+    -------
+    str or None
+        None without zonal logits, or when no voxel under the mask is predicted in a known zone.
+    """
+    if zone_logits is None:
+        return None
+    chosen = zone_logits[:, mask].argmax(axis=0)
+    counts = np.bincount(chosen, minlength=len(zone_names))
+    best: tuple[int, str] | None = None
+    for index, name in enumerate(zone_names):
+        code = _ZONE_CODES.get(str(name).strip().lower())
+        if code is not None and counts[index] > 0 and (best is None or counts[index] > best[0]):
+            best = (int(counts[index]), code)
+    return best[1] if best else None
+
+
+def _localization_on_t2w(
+    loc_map: NDArray[np.float32],
+    grid: sitk.Image,
+    t2w: sitk.Image,
+    mapping: GridMap,
+    loc_map_on_device: torch.Tensor | None,
+) -> sitk.Image:
+    if loc_map_on_device is not None:
+        values = resample_linear(loc_map_on_device, mapping)
+        localization = sitk.GetImageFromArray(values.cpu().numpy())
+        localization.CopyInformation(t2w)
+        return localization
+    return from_model_grid(loc_map.astype(np.float32), grid, t2w)
+
+
+def assemble_result(
+    study: StudyWork,
+    loc_map: NDArray[np.float32],
+    zone_logits: NDArray[np.float32] | None,
+    *,
+    zone_names: Sequence[str],
+    model: Mapping[str, str],
+    loc_map_on_device: torch.Tensor | None = None,
+) -> EngineResult:
+    """The result of one study whose candidates are classified.
+
+    Parameters
+    ----------
+    study : StudyWork
+        The study with its candidates, their probabilities and categories, and its timings so far (the
+        ``outputs`` stage is added).
+    loc_map : ndarray
+        float32 (Z, Y, X) localization map on the model grid, 0 outside the T2W's coverage.
+    zone_logits : ndarray or None
+        (K, Z, Y, X) zonal logits on the model grid, or None.
+    zone_names : sequence of str
+        The name of each zonal output.
+    model : mapping of str to str
+        ``name``, ``version`` and ``sha256`` of the model.
+    loc_map_on_device : torch.Tensor, optional
+        The same map on the device: resampled onto the T2W grid there instead of with SimpleITK.
+
+    Returns
+    -------
+    EngineResult
+    """
+    start = time.perf_counter()
+    prepared, grid = study.prepared, study.grid
+    t2w = prepared.t2w
+    warnings = list(prepared.warnings)
+    mapping = grid_map(grid, t2w)
+    localization = _localization_on_t2w(loc_map, grid, t2w, mapping, loc_map_on_device)
+
+    # Rank by probability; label = rank on the T2W grid, so that a more probable blob wins where two touch.
+    order = sorted(range(len(study.candidates)), key=lambda k: -study.probabilities[k])
+    ranked = np.zeros(len(study.candidates) + 1, dtype=np.uint16)
+    for rank, k in enumerate(order, start=1):
+        ranked[study.candidates[k].index] = rank
+    shape_zyx = study.coverage.shape
+    model_labels = ranked[label_map(study.candidates, (shape_zyx[0], shape_zyx[1], shape_zyx[2]))]
+    # Nearest neighbour onto the T2W grid, computed only where the blobs can land (a small box).
+    labels, blob_box = resample_nearest(model_labels, mapping)
+    boxes: list[Box | None] = [None] * len(order)
+    if blob_box is not None:
+        labels[blob_box] = separate_labels(labels[blob_box])
+        for n, found in enumerate(ndimage.find_objects(labels[blob_box], max_label=len(order))):
+            if found is not None:
+                boxes[n] = shift_box(found, blob_box)
+
+    lesions: list[Lesion] = []
+    fill = np.zeros(len(order) + 1, dtype=np.float32)
+    for rank, k in enumerate(order, start=1):
+        candidate = study.candidates[k]
+        box = boxes[rank - 1]
+        if box is None:
+            warnings.append(
+                f"a candidate (peak {candidate.peak:.3f}) vanished when resampled to the T2W grid and is not reported"
+            )
+            continue
+        mask = np.zeros(labels.shape, dtype=bool)
+        mask[box] = labels[box] == rank
+        probability = study.probabilities[k]
+        fill[rank] = probability
+        lesions.append(
+            Lesion(
+                id=len(lesions) + 1,
+                center_lps_mm=center_lps_mm(mask, t2w, box),
+                mask=mask,
+                volume_ml=volume_ml(mask, t2w, box),
+                max_diameter_mm=max_diameter_mm(mask, t2w, box),
+                axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
+                probability=probability,
+                category=study.categories[k],
+                zone=zone_of(zone_logits, candidate.mask, zone_names),
+                peak=candidate.peak,
+            )
+        )
+    detection_values = np.zeros(labels.shape, dtype=np.float32)
+    if blob_box is not None:
+        detection_values[blob_box] = fill[labels[blob_box]]
+    detection = sitk.GetImageFromArray(detection_values)
+    detection.CopyInformation(t2w)
+    study.timings["outputs"] = time.perf_counter() - start
+    timings = {key: study.timings[key] for key in _STAGES}
+    timings["total"] = sum(timings.values())
+    return EngineResult(
+        study_instance_uid=prepared.study_instance_uid,
+        lesions=lesions,
+        patient_score=max((lesion.probability for lesion in lesions), default=0.0),
+        localization_map=localization,
+        detection_map=detection,
+        timings_s=timings,
+        model=dict(model),
+        series={role: prepared.roles[role].series_instance_uid for role in ("t2w", "adc", "hbv")},
+        roles=role_report(prepared.roles, prepared.computed),
+        warnings=warnings,
+    )

@@ -1,0 +1,132 @@
+"""What the engine found in one study: the lesions and the maps, on the T2W grid.
+
+:class:`EngineResult` is what :meth:`lesion_engine.engine.Engine.run` returns; its :meth:`~EngineResult.to_json`
+is the ``lesions.json`` document of ``lesion-ai infer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCHEMA_VERSION", "EngineResult", "Lesion"]
+
+SCHEMA_VERSION = "1.1"
+"""Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One detected lesion, on the T2W grid.
+
+    Attributes
+    ----------
+    id : int
+        1..n by decreasing probability.
+    center_lps_mm : (x, y, z)
+        Centre of mass of the mask in patient coordinates (DICOM LPS), mm.
+    mask : ndarray of bool
+        (Z, Y, X) on the T2W grid; the lesion's blob of the detection map.
+    volume_ml : float
+        Mask volume.
+    max_diameter_mm : float
+        Largest distance between the centres of two mask voxels.
+    axial_diameter_mm : float
+        Largest in-plane diameter on the index slice (the T2W slice where the lesion is largest), across
+        the outer pixel edges: the lesion size PI-RADS reports, and the SR's "Long axis".
+    probability : float
+        Probability of clinically significant cancer (ISUP >= 2).
+    category : int
+        Suspicion category (PI-RADS-like, 2..5).
+    zone : str or None
+        ``pz`` or ``tz`` by majority of the zonal prediction under the lesion; None without a zonal head or
+        when no voxel under the lesion is predicted in either zone.
+    peak : float
+        Highest localization-map value of the candidate.
+    """
+
+    id: int
+    center_lps_mm: tuple[float, float, float]
+    mask: NDArray[np.bool_]
+    volume_ml: float
+    max_diameter_mm: float
+    axial_diameter_mm: float
+    probability: float
+    category: int
+    zone: str | None
+    peak: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (without the mask), as in ``lesions.json``."""
+        return {
+            "id": self.id,
+            "center_lps_mm": [round(v, 3) for v in self.center_lps_mm],
+            "volume_ml": round(self.volume_ml, 5),
+            "max_diameter_mm": round(self.max_diameter_mm, 3),
+            "axial_diameter_mm": round(self.axial_diameter_mm, 3),
+            "probability": round(self.probability, 6),
+            "category": self.category,
+            "zone": self.zone,
+        }
+
+
+@dataclass
+class EngineResult:
+    """What the engine found in one study.
+
+    Attributes
+    ----------
+    study_instance_uid : str
+        The study.
+    lesions : list of Lesion
+        By decreasing probability.
+    patient_score : float
+        Highest lesion probability; 0 when there is no lesion.
+    localization_map : SimpleITK.Image
+        float32 lesion likelihood on the T2W grid (0 outside the model's field of view).
+    detection_map : SimpleITK.Image
+        float32 on the T2W grid: each lesion's blob holds its probability, 0 elsewhere; blobs do not touch
+        (PI-CAI detection map).
+    timings_s : dict of str to float
+        Seconds per stage (see the module docstring).
+    model : dict of str to str
+        ``name``, ``version`` and ``sha256`` of the model's weights.
+    series : dict of str to str
+        SeriesInstanceUID read for ``t2w``, ``adc`` and ``hbv``.
+    roles : dict
+        The role choices with their reasons (as ``lesion-ai inspect`` reports them).
+    warnings : list of str
+        Things a user should know (from preparing the study and from the engine).
+    """
+
+    study_instance_uid: str
+    lesions: list[Lesion]
+    patient_score: float
+    localization_map: sitk.Image
+    detection_map: sitk.Image
+    timings_s: dict[str, float]
+    model: dict[str, str]
+    series: dict[str, str]
+    roles: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``lesions.json`` document (schema in ``lesion_engine/data/lesions.schema.json``)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "study_instance_uid": self.study_instance_uid,
+            "model": dict(self.model),
+            "series": dict(self.series),
+            "patient_score": round(self.patient_score, 6),
+            "lesions": [lesion.to_dict() for lesion in self.lesions],
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+            "roles": self.roles,
+            "warnings": list(self.warnings),
+        }

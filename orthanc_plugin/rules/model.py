@@ -1,0 +1,136 @@
+"""The validated routing rules: what each rule asks for (outputs, destinations, series rules, priority), and
+their evaluation against a study (first match wins unless ``continue: true``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
+from lesion_engine.series_rules import SeriesRules
+from orthanc_plugin.rules.conditions import AlternativeMatch, SeriesView, StudyView
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DESTINATION_KINDS", "OUTPUTS", "Destinations", "RoutingRule", "RoutingRules", "RuleMatch"]
+
+#: Names of the result objects a rule may ask for (see :class:`lesion_engine.outputs.Output`).
+OUTPUTS = tuple(output.value for output in Output)
+#: Kinds of destination, as Orthanc names them in its configuration and REST API.
+DESTINATION_KINDS = ("modalities", "dicomweb", "peers")
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where results are forwarded (names defined in Orthanc's configuration)."""
+
+    modalities: tuple[str, ...] = ()
+    dicomweb: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """JSON-ready form."""
+        return {
+            "modalities": list(self.modalities),
+            "dicomweb": list(self.dicomweb),
+            "peers": list(self.peers),
+        }
+
+    def items(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``(kind, names)`` for each kind of :data:`DESTINATION_KINDS`, in sorted order of kind."""
+        return sorted((kind, getattr(self, kind)) for kind in DESTINATION_KINDS)
+
+    def __bool__(self) -> bool:
+        return bool(self.modalities or self.dicomweb or self.peers)
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """One validated routing rule (see ``rules.yaml`` for each field)."""
+
+    name: str
+    action: Literal["process", "ignore"]
+    match: tuple[AlternativeMatch, ...]
+    priority: int = 0
+    enabled: bool = True
+    continue_: bool = False
+    description: str = ""
+    outputs: tuple[Output, ...] = DEFAULT_OUTPUTS
+    destinations: Destinations = field(default_factory=Destinations)
+    #: Raw series-rules overrides (JSON-ready) and where they came from; None: the engine's defaults.
+    series_rules_data: dict[str, Any] | None = None
+    series_rules_source: str | None = None
+    #: The validated series-selection rules of this rule (the engine's defaults when no override).
+    series_rules: SeriesRules | None = field(default=None, compare=False, repr=False)
+    line: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (``GET /lesion-ai/rules``)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "enabled": self.enabled,
+            "action": self.action,
+            "priority": self.priority,
+            "continue": self.continue_,
+            "outputs": [output.value for output in self.outputs],
+            "destinations": self.destinations.to_dict(),
+            "series_rules": self.series_rules_source,
+            "match": [alt.describe() for alt in self.match],
+            "line": self.line,
+        }
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """A rule that matched a study, with the input series it selected."""
+
+    rule: RoutingRule
+    series: tuple[SeriesView, ...]
+
+
+@dataclass(frozen=True)
+class RoutingRules:
+    """The validated rules of one file, in order."""
+
+    rules: tuple[RoutingRule, ...]
+    source: str
+    text: str
+
+    def evaluate(self, study: StudyView) -> list[RuleMatch]:
+        """The ``process`` rules that apply to ``study``: the first match, and more after ``continue: true``.
+
+        An ``ignore`` rule that matches ends the evaluation (rules matched before it still apply).
+        """
+        out: list[RuleMatch] = []
+        for rule in self.rules:
+            if not rule.enabled:
+                continue
+            inputs = next(
+                (found for alt in rule.match if (found := alt.input_series(study)) is not None), None
+            )
+            if inputs is None:
+                continue
+            if rule.action == "ignore":
+                break
+            out.append(RuleMatch(rule, tuple(inputs)))
+            if not rule.continue_:
+                break
+        return out
+
+    def get(self, name: str) -> RoutingRule | None:
+        """The rule called ``name``."""
+        return next((r for r in self.rules if r.name == name), None)
+
+    @property
+    def destinations(self) -> Destinations:
+        """Every destination named by any rule."""
+        m: set[str] = set()
+        d: set[str] = set()
+        p: set[str] = set()
+        for rule in self.rules:
+            m.update(rule.destinations.modalities)
+            d.update(rule.destinations.dicomweb)
+            p.update(rule.destinations.peers)
+        return Destinations(tuple(sorted(m)), tuple(sorted(d)), tuple(sorted(p)))
