@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_OUT ?= bench.json
 
-.PHONY: setup run test lint typecheck pytest bench clean train-default
+.PHONY: setup run test test-fast lint typecheck pytest bench clean train-default
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,14 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+
+# Unit and fake-Orthanc tests only (no real Orthanc, PostgreSQL, wheel build, real fixture or full-size study): the
+# quick check while editing. `make test` stays the whole suite.
+FAST_MARKERS := not slow and not orthanc and not postgres and not fixture
+
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -n 2 -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks --out $(BENCH_OUT)

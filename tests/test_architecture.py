@@ -1,0 +1,155 @@
+"""The shape of the code: no import cycle, the layers import only downwards, no torch inside Orthanc.
+
+Every import statement counts, module-level, inside functions and under ``TYPE_CHECKING`` alike: a cycle
+that only lazy imports hide is still two modules that cannot be understood apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("lesion_engine", "orthanc_plugin", "training", "benchmarks")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules that ``name`` imports (the most specific known module of each import)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def resolve(target: str) -> str | None:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for target in targets:
+            module = resolve(target)
+            if module is not None and module != name:
+                found.add(module)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            # A package's own __init__ importing one of its modules is no cycle with that module's parent link.
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_walk_sees_the_imports() -> None:
+    graph = import_graph()
+    assert "lesion_engine.errors" in graph["orthanc_plugin.settings"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycle() -> None:
+    cycles = _cycles(import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("lesion_engine", ("orthanc_plugin", "training", "benchmarks")),
+        ("orthanc_plugin", ("training", "benchmarks")),
+        ("training", ("orthanc_plugin", "benchmarks")),
+    ],
+)
+def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:
+    graph = import_graph()
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module.split(".")[0] == package
+        for target in targets
+        if target.split(".")[0] in forbidden
+    )
+    assert not wrong, wrong
+
+
+# The modules Orthanc's embedded Python loads: the plugin, its REST API, change follower, queue, rules.
+IN_ORTHANC = (
+    "orthanc_plugin.plugin",
+    "orthanc_plugin.admin",
+    "orthanc_plugin.changes",
+    "orthanc_plugin.rules",
+    "orthanc_plugin.studies",
+    "orthanc_plugin.settings",
+    "orthanc_plugin.jobqueue",
+)
+
+
+def test_the_modules_inside_orthanc_import_no_torch() -> None:
+    code = (
+        "import sys\n"
+        f"for name in {IN_ORTHANC!r}:\n"
+        "    __import__(name)\n"
+        "heavy = sorted(m for m in ('torch', 'highdicom', 'SimpleITK', 'scipy') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"imported inside Orthanc: {done.stdout.strip()}"
