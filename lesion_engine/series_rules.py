@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from lesion_engine.errors import ConfigError
+from lesion_engine.safe_regex import SafePattern, UnsafePatternError, compile_pattern
 from lesion_engine.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class AttributeMatch:
         DICOM keyword and the regular expression searched in its text.
     """
 
-    patterns: tuple[tuple[str, re.Pattern[str]], ...]
+    patterns: tuple[tuple[str, SafePattern], ...]
 
     def matches(self, ds: Dataset) -> bool:
         """True when all patterns match the dataset's attributes."""
@@ -173,9 +173,9 @@ def _match(doc: YamlDocument, value: Any, path: PathKey) -> AttributeMatch:
         if not isinstance(pattern, str):
             raise doc.error((*path, keyword), f"the pattern must be text, got {pattern!r}")
         try:
-            patterns.append((keyword, re.compile(pattern)))
-        except re.error as exc:
-            raise doc.error((*path, keyword), f"invalid regular expression {pattern!r}: {exc}") from exc
+            patterns.append((keyword, compile_pattern(pattern)))
+        except UnsafePatternError as exc:
+            raise doc.error((*path, keyword), str(exc)) from exc
     return AttributeMatch(tuple(patterns))
 
 

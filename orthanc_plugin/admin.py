@@ -36,7 +36,9 @@ __all__ = ["AdminApi", "describe_roles"]
 
 Answer = tuple[int, Any, str]
 _JSON = "application/json"
-_JOB = re.compile(r"^jobs/(\d+)$")
+_JOB = re.compile(r"^jobs/([0-9]{1,30})$")
+#: Job IDs and offsets are SQL integers (64-bit signed): a larger number names no job.
+_MAX_SQL_INT = 2**63 - 1
 _PROCESS = re.compile(r"^studies/([^/]+)/process$")
 
 
@@ -213,6 +215,8 @@ class AdminApi:
             offset = int(query.get("offset", "0"))
         except ValueError:
             return _error(400, "limit and offset must be integers")
+        if not 0 <= offset <= _MAX_SQL_INT:
+            return _error(400, f"offset must be from 0 to {_MAX_SQL_INT}, got {offset}")
         queue = self.node.queue
         jobs = queue.list(wanted, query.get("study") or None, max(1, min(limit, 1000)), max(offset, 0))
         items = []
@@ -225,6 +229,8 @@ class AdminApi:
 
     def job(self, job_id: int) -> Answer:
         """``GET jobs/{id}``."""
+        if job_id > _MAX_SQL_INT:
+            return _error(404, f"no job {job_id}")
         job = self.node.queue.get(job_id)
         if job is None:
             return _error(404, f"no job {job_id}")

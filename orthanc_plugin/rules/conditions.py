@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from lesion_engine.safe_regex import SafePattern
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Condition:
     """
 
     kind: Literal["regex", "in", "range", "cidr", "not"]
-    pattern: re.Pattern[str] | None = None
+    pattern: SafePattern | None = None
     values: tuple[str, ...] = ()
     low: float | None = None
     high: float | None = None
@@ -90,7 +91,7 @@ class Condition:
             return not self.inner.test(text)
         if self.kind == "regex":
             assert self.pattern is not None
-            return self.pattern.search(text or "") is not None
+            return self.pattern.search(text or "")
         values = _values(text)
         if self.kind == "in":
             return any(v in self.values for v in values) or (not values and "" in self.values)

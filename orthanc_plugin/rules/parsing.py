@@ -16,6 +16,7 @@ from pydicom.datadict import tag_for_keyword
 
 from lesion_engine.errors import ConfigError
 from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
+from lesion_engine.safe_regex import SafePattern, UnsafePatternError, compile_pattern
 from lesion_engine.series_rules import SeriesRules, series_rules_from_document
 from lesion_engine.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml_file
 from orthanc_plugin.rules.conditions import (
@@ -114,11 +115,11 @@ class _Parser:
             return Condition("not", inner=self.condition(inner, (*path, key)))
         raise self.fail((*path, key), "unknown condition; use min/max, regex, in, cidr or not")
 
-    def regex(self, text: str, path: PathKey) -> re.Pattern[str]:
+    def regex(self, text: str, path: PathKey) -> SafePattern:
         try:
-            return re.compile(text)
-        except re.error as exc:
-            raise self.fail(path, f"invalid regular expression {text!r}: {exc}") from exc
+            return compile_pattern(text)
+        except UnsafePatternError as exc:
+            raise self.fail(path, str(exc)) from exc
 
     def scalars(self, items: list[Any], path: PathKey) -> tuple[str, ...]:
         out = []
@@ -189,9 +190,7 @@ class _Parser:
 
     def series_rules(self, value: Any, path: PathKey) -> tuple[dict[str, Any], str, SeriesRules]:
         if isinstance(value, str):
-            file = Path(value)
-            if not file.is_absolute() and self.base_dir is not None:
-                file = self.base_dir / file
+            file = self.series_rules_file(value, path)
             try:
                 sub = read_yaml_file(file)
             except ConfigError as exc:
@@ -204,6 +203,28 @@ class _Parser:
         field_name = self.doc.where(path).rsplit(", field ", 1)[-1]
         sub = YamlDocument(f"{self.doc.source} ({field_name})", value, lines)
         return value, sub.source, series_rules_from_document(sub)
+
+    def series_rules_file(self, value: str, path: PathKey) -> Path:
+        """The series-rules file named by a rule: a ``.yaml``/``.yml`` file inside the rules' folder.
+
+        The node reads it as root and a REST request may name it, so nothing else is opened: no path
+        outside the folder of the routing rules (symbolic links resolved), no other kind of file.
+        """
+        if self.base_dir is None:
+            raise self.fail(
+                path, "a series_rules file needs a rules folder; give the overrides inline instead"
+            )
+        base = self.base_dir.resolve()
+        file = (base / value).resolve()
+        if not file.is_relative_to(base):
+            raise self.fail(
+                path,
+                f"series_rules files must lie in the folder of the routing rules ({base}); "
+                "put the file there or give the overrides inline",
+            )
+        if file.suffix.lower() not in (".yaml", ".yml"):
+            raise self.fail(path, "a series_rules file must be a .yaml or .yml file")
+        return file
 
     def rule(self, value: Any, path: PathKey) -> RoutingRule:
         data = self.mapping(value, path, _RULE_FIELDS, "a rule")

@@ -1,0 +1,181 @@
+"""Rules and requests that must not hurt the node: catastrophic regular expressions, YAML bombs and tags,
+files outside the configuration folder, devices, huge IDs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lesion_engine.errors import ConfigError
+from lesion_engine.safe_regex import UnsafePatternError, compile_pattern
+from lesion_engine.series_rules import load_series_rules
+from lesion_engine.yamlconfig import MAX_YAML_BYTES, read_yaml, read_yaml_file
+from orthanc_plugin.jobqueue import sqlite_url
+from orthanc_plugin.plugin import NodePlugin
+from orthanc_plugin.rules import parse_rules
+from orthanc_plugin.settings import NodeSettings
+from tests.fake_orthanc import FakeOrthanc
+
+REDOS = "^(a+)+$"
+# 28 'a' and a '!': Python's backtracking engine needs about 2^28 steps (minutes) to say "no match".
+EVIL_VALUE = "a" * 28 + "!"
+
+ALIAS_BOMB = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['x'] * 9)}]\n"
+    for prev, name in zip([None, *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+def _rules(pattern_rule: str) -> str:
+    return f"""version: 1
+rules:
+  - name: evil
+    match:
+      - study: {{StudyDescription: '{pattern_rule}'}}
+        series: {{Modality: [MR]}}
+"""
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_rules(REDOS))
+    settings = NodeSettings(
+        home=tmp_path,
+        queue=sqlite_url(tmp_path / "queue.sqlite"),
+        rules=rules,
+        workers=0,
+        processor="tests.node_fakes:factory",
+        catch_up="all",
+    )
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.install()
+    yield fake, plugin
+    plugin.stop()
+
+
+def test_catastrophic_pattern_is_matched_in_linear_time() -> None:
+    pattern = compile_pattern(REDOS)
+    started = time.perf_counter()
+    assert not pattern.search("a" * 100_000 + "!")
+    assert pattern.search("aaaa")
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("pattern", "words"), [("(?=a)b", "look-arounds"), (r"(a)\1", "back-references"), ("(", "missing")]
+)
+def test_patterns_that_cannot_be_bounded_are_refused_at_validation(pattern: str, words: str) -> None:
+    with pytest.raises(UnsafePatternError, match=words):
+        compile_pattern(pattern)
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.match\[0\]\.study\.StudyDescription"):
+        parse_rules(_rules(pattern))
+
+
+def test_the_node_answers_health_while_a_redos_rule_meets_a_hostile_study(
+    node: tuple[FakeOrthanc, NodePlugin],
+) -> None:
+    fake, plugin = node
+    study = fake.add_study(description=EVIL_VALUE, series=[{"SeriesDescription": "t2_tse_tra"}])
+    evaluation = threading.Thread(target=plugin.on_stable_study, args=(study,), daemon=True)
+    evaluation.start()
+    time.sleep(0.05)
+    started = time.perf_counter()
+    health = fake.rest("GET", "/lesion-ai/health")
+    answered = time.perf_counter() - started
+    evaluation.join(timeout=5)
+    assert health.status == 200
+    assert answered < 1.0, f"health took {answered:.1f} s"
+    assert not evaluation.is_alive(), "the rule evaluation is still running after 5 s"
+
+
+def test_alias_bomb_is_refused_within_a_second() -> None:
+    assert len(ALIAS_BOMB) < 400
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases"):
+        parse_rules(ALIAS_BOMB)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "text", ["a: !!python/object/apply:os.system ['true']\n", "a: !custom 1\n", "a: !!str 1\n"]
+)
+def test_yaml_tags_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="tags"):
+        read_yaml(text)
+
+
+def test_oversized_and_deeply_nested_yaml_is_refused() -> None:
+    with pytest.raises(ConfigError, match="limited to"):
+        read_yaml("a: " + "x" * (MAX_YAML_BYTES + 1))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_yaml("[" * 200_000)  # PyYAML's scanner alone would take minutes
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_yaml("".join(" " * i + "k:\n" for i in range(600)))
+    assert time.perf_counter() - started < 1.0
+
+
+def test_series_rules_from_a_device_is_refused(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_yaml_file("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_series_rules("/dev/zero")
+    assert time.perf_counter() - started < 1.0
+
+
+def _rule_with_series_rules(path: str) -> str:
+    return f"version: 1\nrules:\n  - name: r\n    match: {{series: {{Modality: [MR]}}}}\n    series_rules: {path}\n"
+
+
+@pytest.mark.parametrize("where", ["/dev/zero", "outside", "../secret.yaml", "link.yaml", "secret.txt"])
+def test_series_rules_files_outside_the_rules_folder_are_refused_without_their_contents(
+    tmp_path: Path, where: str
+) -> None:
+    rules_dir = tmp_path / "home"
+    rules_dir.mkdir()
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("t2w_max_tilt_deg: 'TOP-SECRET-VALUE'\n")
+    (rules_dir / "secret.txt").write_text("t2w_max_tilt_deg: 'TOP-SECRET-VALUE'\n")
+    (rules_dir / "link.yaml").symlink_to(secret)
+    path = str(secret) if where == "outside" else where
+    with pytest.raises(ConfigError) as caught:
+        parse_rules(_rule_with_series_rules(path), "PUT /lesion-ai/rules", rules_dir)
+    assert "TOP-SECRET-VALUE" not in str(caught.value)
+    assert "series_rules" in str(caught.value)
+
+
+def test_series_rules_file_inside_the_rules_folder_is_read(tmp_path: Path) -> None:
+    (tmp_path / "site-series.yaml").write_text("t2w_max_tilt_deg: 20\n")
+    rules = parse_rules(_rule_with_series_rules("site-series.yaml"), "rules", tmp_path)
+    assert rules.rules[0].series_rules is not None
+    assert rules.rules[0].series_rules.t2w_max_tilt_deg == 20
+
+
+def test_put_rules_with_a_file_outside_is_refused_and_the_old_rules_stay(
+    node: tuple[FakeOrthanc, NodePlugin], tmp_path: Path
+) -> None:
+    fake, _ = node
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.yaml"
+    secret.write_text("password: TOP-SECRET-VALUE\n")
+    answer = fake.rest("PUT", "/lesion-ai/rules", _rule_with_series_rules(str(secret)).encode())
+    assert answer.status == 400
+    assert "TOP-SECRET-VALUE" not in answer.body.decode()
+    assert fake.rest("GET", "/lesion-ai/rules").json()["rules"][0]["name"] == "evil"
+
+
+@pytest.mark.parametrize("job_id", ["99999999999999999999999", "9223372036854775808", "1" * 40])
+def test_huge_job_ids_are_a_client_error(node: tuple[FakeOrthanc, NodePlugin], job_id: str) -> None:
+    fake, _ = node
+    assert fake.rest("GET", f"/lesion-ai/jobs/{job_id}").status == 404
+
+
+def test_huge_offsets_are_a_client_error(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, _ = node
+    assert fake.rest("GET", "/lesion-ai/jobs", get={"offset": "9" * 30}).status == 400
