@@ -75,6 +75,11 @@ class MultipleStudiesError(StudyError):
     """The input holds images of more than one study; the engine reads one study at a time."""
 
 
+class MixedPatientsError(StudyError):
+    """The study's images belong to more than one patient (one StudyInstanceUID shared by two patients, or
+    instances of another patient filed into the study): the study is not analysed, whatever its series."""
+
+
 class WrongModalityError(StudyError):
     """The study is not an MR study (e.g. CT), so there is nothing for a bpMRI model to read."""
 

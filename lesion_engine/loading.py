@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from lesion_engine.errors import MultipleStudiesError, NoImagesError
+from lesion_engine.errors import MixedPatientsError, MultipleStudiesError, NoImagesError
 from lesion_engine.series import Series, build_series
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,37 @@ def _read(label: str, item: Path | bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(item), force=item[128:132] != b"DICM")
 
 
+def _patient_key(ds: Dataset) -> tuple[str, str]:
+    """Who an instance belongs to: PatientID and its issuer (PatientName is not compared: the same patient's
+    name is often written differently by different systems)."""
+    return str(ds.get("PatientID", "") or "").strip(), str(ds.get("IssuerOfPatientID", "") or "").strip()
+
+
+def _check_one_patient(by_series: dict[str, list[tuple[str, Dataset]]]) -> None:
+    """Raise :class:`MixedPatientsError` when the images belong to more than one patient.
+
+    The message names the series by number and UID, never the patients' identifiers (logs and job records
+    carry no PHI); the failure report in the study lets the radiologist see both.
+    """
+    patients: dict[tuple[str, str], list[str]] = {}
+    for series_uid, items in by_series.items():
+        for _, ds in items:
+            number = ds.get("SeriesNumber")
+            where = f"series {number}" if number not in (None, "") else f"series {series_uid}"
+            found = patients.setdefault(_patient_key(ds), [])
+            if where not in found:
+                found.append(where)
+    if len(patients) > 1:
+        parts = "; ".join(
+            f"patient {i + 1}: {', '.join(where[:4])}" for i, where in enumerate(patients.values())
+        )
+        raise MixedPatientsError(
+            f"this study holds images of {len(patients)} different patients (PatientID differs: {parts}); "
+            "one StudyInstanceUID was given to two patients, or images were filed into the wrong study. "
+            "Correct the study in the PACS (split or reconcile it), then send it again"
+        )
+
+
 def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
     """Read one DICOM study.
 
@@ -156,6 +187,8 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
         Nothing readable holds an image.
     MultipleStudiesError
         The inputs hold images of more than one study.
+    MixedPatientsError
+        The images belong to more than one patient (PatientID and its issuer differ).
     """
     skipped: list[SkippedInstance] = []
     ignored: list[IgnoredObject] = []
@@ -217,6 +250,7 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
             f"the input holds images of {len(studies)} studies ({', '.join(sorted(studies))}); "
             "pass the files of one study at a time"
         )
+    _check_one_patient(by_series)
     series: list[Series] = []
     for series_uid, items in by_series.items():
         built, bad = build_series(series_uid, items)

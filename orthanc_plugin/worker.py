@@ -36,7 +36,7 @@ from orthanc_plugin.jobqueue import (
 )
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.prefetch import skippable_series
-from orthanc_plugin.processing import ProcessingRequest, Processor, series_rules_of
+from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest, Processor, series_rules_of
 from orthanc_plugin.settings import WorkerSettings
 from orthanc_plugin.studies import StudyRecord
 
@@ -320,14 +320,20 @@ class Worker:
         job, payload = run.job, run.payload
         study = payload.study
         try:
-            self.client.get_json(f"/studies/{quote_id(study)}")
+            info = self.client.get_json(f"/studies/{quote_id(study)}")
         except NotFoundError as exc:
             raise PermanentJobError(f"study {study} no longer exists in Orthanc") from exc
         if run.progress.stored is None or not self._still_stored(run.progress.stored):
             request = ProcessingRequest.from_payload(job.id, payload)
             instances = self._fetch(payload, request)
             self._check()
-            outcome = self.processor(instances, request)
+            shared = self._shared_study_uid(study, info)
+            if shared is not None:
+                outcome = ProcessingOutcome.could_not_analyse(
+                    shared, self.processor.failure(instances, shared)
+                )
+            else:
+                outcome = self.processor(instances, request)
             self._check()
             if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
                 raise _StopJobError("lease lost; another worker has the job")
@@ -356,6 +362,36 @@ class Worker:
         if not self.queue.complete(job.id, self.options.owner, run.progress.to_json()):
             raise _StopJobError("lease lost before completion; another worker has the job")
         return JobState.DONE
+
+    def _shared_study_uid(self, study: str, info: Any) -> str | None:
+        """Why the study cannot be analysed when its StudyInstanceUID names other patients' studies too.
+
+        Orthanc files a study under PatientID and StudyInstanceUID, so one UID given to two patients makes
+        two Orthanc studies, each holding part of the series: the engine would only see "no ADC" or "no
+        axial T2". The reason names the Orthanc studies, never the patients.
+        """
+        uid = (info.get("MainDicomTags") or {}).get("StudyInstanceUID") if isinstance(info, dict) else None
+        if not uid:
+            return None
+        try:
+            found = self.client.post_json(
+                "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": uid}, "Limit": 10}
+            )
+        except (RestApiError, OrthancUnavailableError) as exc:
+            logger.warning("study %s: cannot look for other studies with its UID: %s", study, exc)
+            return None
+        others = (
+            sorted(str(other) for other in found if str(other) != study) if isinstance(found, list) else []
+        )
+        if not others:
+            return None
+        return (
+            f"the StudyInstanceUID {uid} is shared by {len(others) + 1} studies of different patients in "
+            f"this node (Orthanc studies {', '.join([study, *others])}): one UID was given to two patients, "
+            "or the patient's ID differs between series. The series are split between them, so none can be "
+            "analysed. Correct the study in the PACS (reconcile the patient or split the study), then send it "
+            "again"
+        )
 
     def _still_stored(self, ids: tuple[str, ...]) -> bool:
         for instance in ids:

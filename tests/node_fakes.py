@@ -129,11 +129,14 @@ class FakeRest:
         self.sends: list[tuple[str, list[str]]] = []
         self.send_outcomes: list[str] = []  # "Success" / "Failure" per Orthanc job, in order
         self.jobs: dict[str, str] = {}
+        self.study_uids = {"st1": "1.2.826.0.1.3680043.8.498.1"}
+        self.finds: list[Any] = []
 
     def get_json(self, path: str) -> Any:
         parts = path.strip("/").split("/")
         if parts[0] == "studies" and len(parts) == 2 and parts[1] in self.studies:
-            return {"ID": parts[1], "Series": self.studies[parts[1]]}
+            tags = {"StudyInstanceUID": self.study_uids[parts[1]]} if parts[1] in self.study_uids else {}
+            return {"ID": parts[1], "Series": self.studies[parts[1]], "MainDicomTags": tags}
         if parts[0] == "series" and parts[1] in self.series:
             return {"ID": parts[1], "Instances": self.series[parts[1]]}
         if parts[0] == "instances" and parts[1].startswith("r"):
@@ -155,6 +158,10 @@ class FakeRest:
         raise NotFoundError(f"GET {path}", 404)
 
     def post_json(self, path: str, body: Any) -> Any:
+        if path == "/tools/find":
+            self.finds.append(body)
+            uid = body["Query"]["StudyInstanceUID"]
+            return [study for study, value in self.study_uids.items() if value == uid]
         if path.endswith("/store") or path.endswith("/stow"):
             self.sends.append((path, list(body["Resources"])))
             assert body["Asynchronous"] is True

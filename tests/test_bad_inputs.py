@@ -15,6 +15,7 @@ from lesion_engine.errors import (
     DuplicateSlicesError,
     InconsistentSeriesError,
     MissingSlicesError,
+    MixedPatientsError,
     MultipleStudiesError,
     NoADCError,
     NoDWIError,
@@ -192,6 +193,17 @@ def test_two_studies(core: dict[int, Path]) -> None:
         prepare_study(core[10].parent)
 
 
+def test_two_patients_in_one_study_are_named_as_such(core: dict[int, Path]) -> None:
+    for path in core[8].glob("*.dcm"):  # the ADC filed under another patient, same StudyInstanceUID
+        _edit(path, PatientID="OTHER-PATIENT-0002", PatientName="Other^Patient")
+    with pytest.raises(MixedPatientsError, match="2 different patients") as caught:
+        prepare_study(core[10].parent)
+    message = str(caught.value)
+    assert "series 8" in message and "series 7" in message
+    # Logs and job records carry no PHI: the identifiers are not in the message.
+    assert "OTHER-PATIENT-0002" not in message and "ProstateX" not in message
+
+
 def test_nothing_readable(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not dicom")
     with pytest.raises(NoImagesError, match="not a DICOM file"):
@@ -275,5 +287,6 @@ def test_every_study_error_is_a_study_error() -> None:
         WrongModalityError,
         TooFewSlicesError,
         MissingSlicesError,
+        MixedPatientsError,
     ):
         assert issubclass(cls, StudyError)

@@ -121,6 +121,20 @@ def test_forward_retries_and_a_retried_job_only_forwards(queue: JobQueue) -> Non
     assert rest.stored == [b"SEG...", b"SR...."] and len(rest.sends) == 4
 
 
+def test_study_uid_shared_by_two_patients_gets_a_report_that_says_so(queue: JobQueue) -> None:
+    rest, processor = FakeRest(), Scripted("ok")
+    # Orthanc files a study under PatientID + StudyInstanceUID: a second patient's series make a second study.
+    rest.studies["st2"] = ["se2"]
+    rest.study_uids["st2"] = rest.study_uids["st1"]
+    claimed = _job(queue)
+    assert _worker(queue, rest, processor).run_job(claimed) is JobState.FAILED
+    job = queue.get(claimed.id)
+    assert job is not None and job.state is JobState.FAILED
+    assert "shared by 2 studies of different patients" in str(job.error) and "st2" in str(job.error)
+    assert processor.calls == []  # the engine is not asked: it could only say "no ADC" or "no axial T2"
+    assert rest.stored == [b"FAIL-SR"]
+
+
 def test_deleted_study_fails_permanently(queue: JobQueue) -> None:
     rest = FakeRest()
     rest.studies.clear()
