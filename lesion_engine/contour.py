@@ -11,7 +11,7 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["index_slice", "outline", "outline_pixels"]
+__all__ = ["enclosed_area", "index_slice", "long_axis", "outline", "outline_pixels"]
 
 # Directed pixel edges (dr, dc) in corner coordinates, clockwise around the foreground (rows down).
 _RIGHT, _DOWN, _LEFT, _UP = (0, 1), (1, 0), (0, -1), (-1, 0)
@@ -123,6 +123,31 @@ def long_axis(mask2d: NDArray[np.bool_], spacing: tuple[float, float]) -> tuple[
     i, j = np.unravel_index(int(np.argmax(distances)), distances.shape)
     first, second = sorted((int(i), int(j)))
     return vertices[[first, second]], float(distances[first, second])
+
+
+def enclosed_area(vertices: NDArray[np.float64], spacing: tuple[float, float]) -> float:
+    """Area in mm² enclosed by a closed outline (of :func:`outline`): the region with its holes filled.
+
+    Parameters
+    ----------
+    vertices : ndarray, shape (N, 2)
+        (row, column) vertices in continuous pixel indices; the last may repeat the first.
+    spacing : tuple of 2 float
+        Pixel spacing in mm between rows and between columns (DICOM PixelSpacing order).
+
+    Returns
+    -------
+    float
+        The area in mm² (shoelace formula, orientation ignored).
+    """
+    row_mm, col_mm = (float(v) for v in spacing)
+    if row_mm <= 0 or col_mm <= 0:
+        raise ValueError(f"pixel spacing must be positive, got {spacing!r}")
+    points = np.asarray(vertices, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
+        raise ValueError("enclosed_area needs at least 3 (row, column) vertices")
+    r, c = points[:, 0] * row_mm, points[:, 1] * col_mm
+    return 0.5 * abs(float(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1))))
 
 
 def _area(loop: list[tuple[int, int]]) -> float:

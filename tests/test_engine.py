@@ -31,6 +31,7 @@ from lesion_engine.errors import ConfigError
 from lesion_engine.model_input import model_grid
 from lesion_engine.preprocess import PreparedStudy, prepare_study
 from lesion_engine.results import ResultSettings
+from lesion_engine.results.sr_lesion import LONG_AXIS, LONG_AXIS_TRACKING_ID
 from tests.model_helpers import write_tiny_artifact
 
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
@@ -180,11 +181,13 @@ def test_crafted_map_with_two_blobs(
     written = write_dicom_results(result, prepared, tmp_path, ResultSettings())
     sr = hd.sr.srread(next(p for p in written if p.name == "sr.dcm"))
     assert isinstance(sr.content, hd.sr.MeasurementReport)
-    groups = sr.content.get_planar_roi_measurement_groups()
-    axes = {g.tracking_identifier: g.get_measurements()[0].value for g in groups if g.get_measurements()}
-    assert axes == {
-        f"Lesion {lesion.id}": pytest.approx(round(lesion.axial_diameter_mm, 2)) for lesion in result.lesions
-    }
+    groups = [
+        g
+        for g in sr.content.get_planar_roi_measurement_groups()
+        if g.tracking_identifier == LONG_AXIS_TRACKING_ID
+    ]
+    axes = [m.value for g in groups for m in g.get_measurements(name=LONG_AXIS)]
+    assert axes == [pytest.approx(round(lesion.axial_diameter_mm, 2)) for lesion in result.lesions]
 
 
 @pytest.mark.fixture

@@ -1,9 +1,10 @@
 """The DICOM results pass the validators that viewers' makers and IHE use.
 
 Cases: the fixture's T2W series with two crafted lesions and a non-ASCII patient name (with Parametric
-Map and overlays), a negative study, a failed study, the real fixture as the node sees it (prepared
-study, one lesion per zone of its PI-CAI zone mask), and a generated study with its ground-truth lesion. Every warning the validators print is shown in the
-test output (``-rP``) so that it can be reviewed.
+Map and overlays; and again without a SEG), a negative study, a failed study, the real fixture as the node
+sees it (prepared study, one lesion per zone of its PI-CAI zone mask), and a generated study with its
+ground-truth lesion. Every warning the validators print is shown in the test output (``-rP``) so that it
+can be reviewed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from lesion_engine.results import ResultSettings, write_failure, write_results
+from lesion_engine.results.sr_lesion import lesion_labels
 from tests import validators
 from tests.results_cases import (
     T2W_SERIES_NUMBER,
@@ -37,6 +39,8 @@ pytestmark = pytest.mark.fixture
 
 WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9)
 PATIENT = "Müller^Jürgen"
+OUTLINE_TOOL = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+LENGTH_TOOL = "Cornerstone3DTools@^0.1.0:Length"
 
 
 @dataclass
@@ -71,6 +75,8 @@ def cases(
     out["negative"] = Case(
         "negative", sources, save_all(written.all(), root / "negative", "ai"), negative, t2w
     )
+    written = write_results(positive, t2w, ResultSettings(write_seg=False), analysis_time=WHEN)
+    out["no-seg"] = Case("no-seg", sources, save_all(written.all(), root / "no-seg", "ai"), positive, t2w)
     failed = write_failure(t2w, "no ADC series found", analysis_time=WHEN)
     out["failure"] = Case("failure", sources, save_all(failed, root / "failure", "ai"), None, t2w)
     real = fixture_case(prostatex)
@@ -120,7 +126,7 @@ def test_dciodvfy_finds_no_error(cases: dict[str, Case]) -> None:
 
 def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
     srs = [p for case in cases.values() for p in case.of_modality("SR")]
-    assert len(srs) == 5
+    assert len(srs) == 6
     for path in srs:
         report = validators.dsrdump(path)
         assert report.returncode == 0, f"{path.name}:\n{report.output}"
@@ -202,7 +208,7 @@ def _ascending(image: sitk.Image) -> bool:
     return bool(np.dot(direction[:, 2], normal) > 0)
 
 
-@pytest.mark.parametrize("name", ["positive", "negative", "fixture", "synthetic"])
+@pytest.mark.parametrize("name", ["positive", "negative", "fixture", "synthetic", "no-seg"])
 def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
     case = cases[name]
     assert case.result is not None
@@ -210,24 +216,51 @@ def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: st
     report, data = validators.tid1500reader(sr, tmp_path / "sr.json")
     assert report.errors == [] and "rror" not in report.output, report.output
     groups = data["Measurements"]
-    segment_groups = [g for g in groups if "ReferencedSegment" in g]
     if not case.result.lesions:
         (patient,) = groups
         (score,) = patient["measurementItems"]
-        assert float(score["value"]) == pytest.approx(case.result.patient_score)
+        assert float(score["value"]) == pytest.approx(100 * case.result.patient_score)
+        assert score["units"]["CodeValue"] == "%"
+        return
+    lesion_values = [
+        {
+            "Volume": lesion.volume_ml,
+            "Diameter": lesion.max_diameter_mm,
+            "Probability of cancer": 100 * lesion.probability,
+        }
+        for lesion in case.result.lesions
+    ]
+    outlines = [g for g in groups if g["TrackingIdentifier"] == OUTLINE_TOOL]
+    axes = [g for g in groups if g["TrackingIdentifier"] == LENGTH_TOOL]
+    assert len(outlines) == len(axes) == len(case.result.lesions)
+    for lesion, outline_group, axis_group in zip(case.result.lesions, outlines, axes, strict=True):
+        # A standard reader sees the label as a qualitative evaluation (Comment) of each planar group.
+        comments = [
+            e["conceptValue"]
+            for e in outline_group["qualitativeEvaluations"]
+            if e["conceptCode"]["CodeValue"] == "121106"
+        ]
+        assert comments == [lesion_labels(lesion).outline]
+        assert [item["quantity"]["CodeMeaning"] for item in axis_group["measurementItems"]] == ["Long axis"]
+    segment_groups = [g for g in groups if "ReferencedSegment" in g]
+    if name == "no-seg":
+        assert segment_groups == []
+        for expected, group in zip(lesion_values, outlines, strict=True):
+            values = {
+                item["quantity"]["CodeMeaning"]: float(item["value"]) for item in group["measurementItems"]
+            }
+            assert values.pop("Area") > 0
+            assert values == pytest.approx(expected, abs=1e-3)
         return
     assert len(segment_groups) == len(case.result.lesions)
-    for lesion, group in zip(case.result.lesions, segment_groups, strict=True):
+    for lesion, expected, group in zip(case.result.lesions, lesion_values, segment_groups, strict=True):
         assert group["ReferencedSegment"] == lesion.id
         assert group["TrackingIdentifier"] == f"Lesion {lesion.id}"
         values = {item["quantity"]["CodeMeaning"]: float(item["value"]) for item in group["measurementItems"]}
-        assert values == pytest.approx(
-            {
-                "Volume": lesion.volume_ml,
-                "Diameter": lesion.max_diameter_mm,
-                "Probability of cancer": lesion.probability,
-            },
-            abs=1e-3,
-        )
+        assert values == pytest.approx(expected, abs=1e-3)
+        units = {
+            item["quantity"]["CodeMeaning"]: item["units"]["CodeValue"] for item in group["measurementItems"]
+        }
+        assert units["Probability of cancer"] == "%"
         for item in group["measurementItems"]:
             assert item["measurementAlgorithmIdentification"]["AlgorithmName"] == "lesion-net"

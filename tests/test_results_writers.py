@@ -17,11 +17,12 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from lesion_engine.contour import index_slice, long_axis, outline
+from lesion_engine.contour import enclosed_area, index_slice, long_axis, outline
 from lesion_engine.errors import ConfigError
 from lesion_engine.results import ResultObjects, ResultSettings, write_failure, write_results
 from lesion_engine.results.common import ASSESSMENT_CATEGORY, CATEGORY_CODES, PROBABILITY_OF_CANCER, t2w_grid
-from lesion_engine.results.sr import LONG_AXIS, NO_LESION_TEXT, patient_score_text
+from lesion_engine.results.sr import NO_LESION_TEXT, patient_score_text
+from lesion_engine.results.sr_lesion import LONG_AXIS
 from tests.results_cases import (
     T2W_SERIES_NUMBER,
     FakeResult,
@@ -119,25 +120,31 @@ def test_sr_measurements_and_tracking_links_read_back(positive: tuple[FakeResult
     volumetric = report.get_volumetric_roi_measurement_groups()
     planar = report.get_planar_roi_measurement_groups()
     assert len(volumetric) == len(result.lesions) and len(planar) == 2 * len(result.lesions)
+    planar_uids = {group.tracking_uid for group in planar}
+    assert len(planar_uids) == len(planar)  # one annotation per group in OHIF: no shared UID
     for n, (lesion, group) in enumerate(zip(result.lesions, volumetric, strict=True)):
         outline_group, axis_group = planar[2 * n], planar[2 * n + 1]
-        assert axis_group.tracking_uid == outline_group.tracking_uid
+        assert outline_group.tracking_identifier == "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+        assert axis_group.tracking_identifier == "Cornerstone3DTools@^0.1.0:Length"
         reference = group.referenced_segment
         assert reference is not None and reference.referenced_segment_numbers is not None
         segment = segments[reference.referenced_segment_numbers[0]]
         assert reference.referenced_sop_instance_uid == objects.seg.SOPInstanceUID
-        assert group.tracking_uid == segment.TrackingUID == outline_group.tracking_uid
+        assert group.tracking_uid == segment.TrackingUID not in planar_uids
         assert group.tracking_identifier == segment.TrackingID == f"Lesion {lesion.id}"
         values = {m.name.meaning: m.value for m in group.get_measurements()}
         assert values["Volume"] == pytest.approx(lesion.volume_ml, abs=1e-4)
         assert values["Diameter"] == pytest.approx(lesion.max_diameter_mm, abs=0.01)
-        assert values["Probability of cancer"] == pytest.approx(lesion.probability, abs=1e-4)
+        assert values["Probability of cancer"] == pytest.approx(100 * lesion.probability, abs=0.005)
         (probability,) = group.get_measurements(name=PROBABILITY_OF_CANCER)
-        assert probability.unit.value == "1"
+        assert probability.unit.value == "%"
         (category,) = group.get_qualitative_evaluations(name=ASSESSMENT_CATEGORY)
         assert category.value == CATEGORY_CODES[lesion.category]
-        site = group.finding_sites[0].value
-        assert site.value == ("279706003" if lesion.zone == "pz" else "41216001")
+        for any_group in (group, outline_group, axis_group):
+            site = any_group.finding_sites[0].value
+            assert site.value == ("279706003" if lesion.zone == "pz" else "41216001")
+        (area,) = outline_group.get_measurements()
+        assert area.name.meaning == "Area" and area.unit.value == "mm2"
 
 
 def test_sr_outline_is_a_closed_polyline_on_the_index_slice(
@@ -231,7 +238,7 @@ def test_negative_study_gets_an_sr_saying_no_lesion(t2w: list[Dataset]) -> None:
     report = report_of(objects.sr)
     (group,) = report.get_image_measurement_groups()
     (score,) = group.get_measurements(name=PROBABILITY_OF_CANCER)
-    assert score.value == pytest.approx(0.04)
+    assert score.value == pytest.approx(4.0) and score.unit.value == "%"
 
 
 def test_failure_objects_say_why(t2w: list[Dataset]) -> None:
@@ -416,6 +423,21 @@ def test_outline_follows_pixel_edges() -> None:
     assert outline(two).tolist() == [[1.5, 1.5], [1.5, 4.5], [3.5, 4.5], [3.5, 1.5], [1.5, 1.5]]
     with pytest.raises(ValueError, match="non-empty"):
         outline(np.zeros((3, 3), dtype=bool))
+
+
+def test_enclosed_area_fills_holes_and_scales_by_spacing() -> None:
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[1:6, 1:6] = True
+    mask[3, 3] = False  # the hole is inside the outline
+    assert enclosed_area(outline(mask), (1.0, 1.0)) == pytest.approx(25.0)
+    assert enclosed_area(outline(mask), (0.5, 2.0)) == pytest.approx(25.0)
+    bar = np.zeros((8, 8), dtype=bool)
+    bar[2:5, 1:5] = True
+    assert enclosed_area(outline(bar), (1.0, 2.0)) == pytest.approx(3 * 4 * 2.0)
+    with pytest.raises(ValueError, match="positive"):
+        enclosed_area(outline(bar), (1.0, 0.0))
+    with pytest.raises(ValueError, match="3"):
+        enclosed_area(np.zeros((2, 2)), (1.0, 1.0))
 
 
 def test_long_axis_is_measured_in_mm_across_pixel_corners() -> None:

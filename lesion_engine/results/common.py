@@ -75,7 +75,10 @@ MAXIMUM = Code("56851009", "SCT", "Maximum")
 VOXEL_SUM_METHOD = Code("126030", "DCM", "Sum of segmented voxel method for volume")
 MILLILITRE = Code("ml", "UCUM", "milliliter")
 MILLIMETRE = Code("mm", "UCUM", "millimeter")
+SQUARE_MILLIMETRE = Code("mm2", "UCUM", "square millimeter")
 NO_UNITS = Code("1", "UCUM", "no units")
+#: The unit of "Probability of cancer" in the standard's own templates (TID 4005, Mammography CAD).
+PERCENT = Code("%", "UCUM", "Percent")
 AI_FAMILY = codes.cid7162.ArtificialIntelligence
 
 #: Display colours (RGB) of lesions 1, 2, ...; the SEG stores them as CIELab, the overlays as RGB.

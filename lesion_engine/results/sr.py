@@ -1,21 +1,53 @@
 """Comprehensive 3D SR, TID 1500 Measurement Report, of the lesions (or of their absence).
 
-Per lesion the report holds three measurement groups with the SEG segment's tracking identifier and UID:
+Per lesion the report holds three measurement groups (built in :mod:`lesion_engine.results.sr_lesion`):
 
-* TID 1410 (planar): a closed POLYLINE outlining the lesion on its index slice (the slice of largest area),
-  so that viewers that draw planar ROIs (OHIF) show it. By default a SCOORD on that T2W image; with the
-  setting ``sr_outline="scoord3d"`` a SCOORD3D in patient coordinates (PixelMed's validator of 2022 knows
-  no SCOORD3D in TID 1410 and then reports errors).
-* TID 1410 (planar): the lesion's long axis on the same slice, a two-point POLYLINE (viewers draw it as a
-  length) with its NUM "Long axis" in mm: the in-plane maximum diameter that PI-RADS reports as lesion size.
-* TID 1411 (volumetric): the Referenced Segment, volume, maximum (3D) diameter, probability of cancer, the
-  PI-RADS-like category and the zone as finding site.
+* TID 1410 (planar), the outline: the "Area" (mm²) enclosed by the lesion's closed outline on its index
+  slice (the T2W slice of largest area), with that outline as a POLYLINE.
+* TID 1410 (planar), the long axis on the same slice: a two-point POLYLINE and its NUM "Long axis" (mm), the
+  in-plane maximum diameter that PI-RADS reports as lesion size.
+* TID 1411 (volumetric), only with a SEG: the Referenced Segment, volume, maximum (3D) diameter, probability
+  of cancer (%), the PI-RADS-like category and the zone as finding site, under the SEG segment's Tracking
+  Identifier ("Lesion n") and Tracking UID.
 
-Without a SEG (disabled by the settings) the planar group carries the measurements. The document-level
-Qualitative Evaluations (TID 1500 rows 12-14) hold the patient-level finding: whether any lesion was found
-(CAD Processing and Findings Summary), the highest category, and the patient score, in codes and words.
-Every NUM item carries the algorithm identification as child content (OHIF's SR loader needs children).
-Groups are written in the order of TID 1500's rows (all TID 1410 groups, then all TID 1411 groups).
+By default the coordinates are SCOORDs on the T2W image; the setting ``sr_outline="scoord3d"`` writes
+SCOORD3Ds in patient coordinates instead (PixelMed's validator of 2022 knows no SCOORD3D in TID 1410 and
+then reports errors, and OHIF loads them less well: see below). Without a SEG (disabled by the settings) the
+outline group carries the volume, diameter, probability and category. The document-level Qualitative
+Evaluations (TID 1500 rows 12-14) hold the patient-level finding: whether any lesion was found (CAD
+Processing and Findings Summary), the highest category, and the patient score, in codes and words; a report
+without lesions has the score as a NUM in a TID 1501 group as well. Every NUM carries the algorithm
+identification as child content. Groups are written in the order of TID 1500's rows (all TID 1410 groups,
+then all TID 1411 groups, then TID 1501).
+
+Choices made for OHIF 3.x (its SR loader and the Cornerstone3D adapters that turn groups into tracked,
+editable measurements), each within the standard:
+
+* Tracking Identifier of the planar groups: exactly ``Cornerstone3DTools@^0.1.0:PlanarFreehandROI`` (outline)
+  and ``Cornerstone3DTools@^0.1.0:Length`` (long axis). OHIF picks a group's tool by this text alone; the
+  standard lets it be any text. The lesion's identity is kept elsewhere: in a Comment (DCM 121106) TEXT of
+  every group ("Lesion 1 outline, PZ, PI-RADS-like 4, 5 %", "Lesion 1 long axis", "Lesion 1, PZ, ...";
+  OHIF shows it as the measurement's label), and in the volumetric group, which keeps the SEG
+  segment's Tracking Identifier and UID. TID 1410 and 1411 are extensible, so the Comment is allowed.
+* Own Tracking Unique Identifier per group (derived from the UID factory): OHIF merges the groups that share
+  one into a single annotation, which showed the three groups' values in one text box. The standard's link
+  between a lesion's planar and volumetric groups (a shared UID) is therefore replaced by the labels.
+* The first NUM of each group is INFERRED FROM the group's coordinates (TID 300 includes TID 320, "Source of
+  Measurement"; SCOORD SELECTED FROM the T2W image): OHIF's importer reads the geometry only from the first
+  NUM's child SCOORD and drops a group whose first NUM has none. TID 1410's Image Region stays as well (the
+  template requires it), so the geometry is written twice. The outline's first NUM is therefore its area
+  and the long axis group's its length (OHIF restores them as the tools' values).
+* The volumetric group's Volume is INFERRED FROM the outline too: OHIF's SR loader stops with an error on a
+  group without any coordinates, and TID 1411 has no image region beside a Referenced Segment. OHIF shows
+  it read-only (it maps to no tool). For the same reason a report with lesions has no TID 1501 group (a
+  negative report keeps one: there is nothing for OHIF to track).
+* POLYLINE, closed by repeating the first point, never POLYGON: OHIF draws only POLYLINE and treats a
+  polyline that ends where it starts as a closed contour.
+* SCOORD (2D) by default: OHIF places a SCOORD3D by frame of reference, possibly on another series of that
+  frame of reference, and shows its values only once rendered.
+* Probability in percent (UCUM ``%``, 0..100), the unit the standard's own templates give "Probability of
+  cancer" (TID 4005); OHIF prints a NUM as its value and unit code, so a fraction with unit ``1`` read
+  "0.05 1".
 """
 
 from __future__ import annotations
@@ -25,32 +57,21 @@ import logging
 from collections.abc import Sequence
 
 import highdicom as hd
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from lesion_engine.contour import index_slice, long_axis, outline
 from lesion_engine.results.common import (
     ASSESSMENT_CATEGORY,
     CAD_SUMMARY,
     CATEGORY_CODES,
-    DIAMETER,
     FINDING,
-    LESION,
-    MAXIMUM,
-    MILLILITRE,
-    MILLIMETRE,
-    NO_UNITS,
     PROBABILITY_OF_CANCER,
     PROCEDURE,
     PROSTATE,
     QUALITATIVE_EVALUATIONS,
-    VOLUME,
-    VOXEL_SUM_METHOD,
     WITH_FINDINGS,
     WITHOUT_FINDINGS,
-    ZONE_CODES,
     ModelInfo,
     T2WGrid,
     UidFactory,
@@ -61,8 +82,8 @@ from lesion_engine.results.common import (
     evidence_headers,
 )
 from lesion_engine.results.protocols import LesionLike
-from lesion_engine.results.seg import tracking_id
 from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.sr_lesion import lesion_groups, probability_measurement
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +99,6 @@ __all__ = [
 PATIENT_TRACKING_ID = "Patient-level finding"
 MR = Code("MR", "DCM", "Magnetic Resonance")
 SOURCE = Code("260753009", "SCT", "Source")
-LONG_AXIS = Code("103339001", "SCT", "Long axis")
 _TEMPLATE_MEANINGS = {
     ("121233", "DCM"): "Source image for segmentation",
     ("121232", "DCM"): "Source series for segmentation",
@@ -101,156 +121,6 @@ def observation_context(settings: ResultSettings) -> hd.sr.ObservationContext:
             ),
         )
     )
-
-
-def _measurements(lesion: LesionLike, algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement]:
-    return [
-        hd.sr.Measurement(
-            name=VOLUME,
-            value=round(float(lesion.volume_ml), 4),
-            unit=MILLILITRE,
-            method=VOXEL_SUM_METHOD,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=DIAMETER,
-            value=round(float(lesion.max_diameter_mm), 2),
-            unit=MILLIMETRE,
-            derivation=MAXIMUM,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=PROBABILITY_OF_CANCER,
-            value=round(float(lesion.probability), 4),
-            unit=NO_UNITS,
-            algorithm_id=algorithm,
-        ),
-    ]
-
-
-def _outline_region(lesion: LesionLike, grid: T2WGrid, kind: str) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
-    """Closed polyline around the lesion on its index slice: on that image (SCOORD) or in patient
-    coordinates (SCOORD3D)."""
-    k = index_slice(np.asarray(lesion.mask, dtype=bool))
-    return _region(outline(np.asarray(lesion.mask[k], dtype=bool)), k, grid, kind)
-
-
-def _long_axis(
-    lesion: LesionLike, grid: T2WGrid, kind: str
-) -> tuple[hd.sr.ImageRegion | hd.sr.ImageRegion3D, float]:
-    """The in-plane maximum diameter on the index slice, as a two-point polyline, and its length in mm."""
-    k = index_slice(np.asarray(lesion.mask, dtype=bool))
-    ends, length = long_axis(np.asarray(lesion.mask[k], dtype=bool), grid.spacing)
-    return _region(ends, k, grid, kind), length
-
-
-def _region(
-    vertices: np.ndarray, k: int, grid: T2WGrid, kind: str
-) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
-    """A POLYLINE through (row, column) ``vertices`` of slice ``k``, as SCOORD or SCOORD3D."""
-    if kind == "scoord3d":
-        return hd.sr.ImageRegion3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
-            graphic_data=grid.to_patient(k, vertices[:, 0], vertices[:, 1]),
-            frame_of_reference_uid=grid.frame_of_reference_uid,
-        )
-    dataset, frame = grid.slice_sources[k]
-    # SCOORD pixel coordinates: (column, row), the top left corner of the first pixel at (0, 0).
-    points = np.stack([vertices[:, 1] + 0.5, vertices[:, 0] + 0.5], axis=1)
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=points,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=str(dataset.SOPClassUID),
-            referenced_sop_instance_uid=str(dataset.SOPInstanceUID),
-            referenced_frame_numbers=[frame + 1] if frame is not None else None,
-        ),
-    )
-
-
-Groups = tuple[
-    list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | None,
-]
-
-
-def _referenced_segment(seg: Dataset, segment_number: int) -> hd.sr.ReferencedSegment:
-    """The Referenced Segment item of one segment (TID 1411 rows: segment, then its source series).
-
-    Built here rather than with highdicom's ``ReferencedSegment.from_segmentation``: that method looks for
-    SegmentIdentificationSequence in every per-frame item, but for a one-segment SEG highdicom itself writes
-    it into the shared functional groups; and it lists source images, which TID 1411 has no row for
-    (PixelMed then validates the group as TID 1410), where TID 1411 names the source series.
-    """
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    found = False
-    for item in seg.PerFrameFunctionalGroupsSequence:
-        identification = item.get("SegmentIdentificationSequence") or shared.get(
-            "SegmentIdentificationSequence"
-        )
-        if identification and int(identification[0].ReferencedSegmentNumber) == segment_number:
-            found = True
-            break
-    if not found:
-        raise ValueError(f"the SEG has no frame of segment {segment_number}")
-    return hd.sr.ReferencedSegment(
-        sop_class_uid=str(seg.SOPClassUID),
-        sop_instance_uid=str(seg.SOPInstanceUID),
-        segment_number=segment_number,
-        source_series=hd.sr.SourceSeriesForSegmentation(
-            str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
-        ),
-    )
-
-
-def _lesion_groups(
-    lesion: LesionLike,
-    segment_number: int,
-    seg: Dataset | None,
-    grid: T2WGrid,
-    uids: UidFactory,
-    algorithm: hd.sr.AlgorithmIdentification,
-    outline_kind: str,
-) -> Groups:
-    """The planar groups (outline, long axis) and, with a SEG, the volumetric (segment) group of a lesion."""
-    tracking_uid = uids.uid("lesion", int(lesion.id))
-    site = hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)
-    category = hd.sr.QualitativeEvaluation(ASSESSMENT_CATEGORY, CATEGORY_CODES[int(lesion.category)])
-    volumetric = None
-    if seg is not None:
-        volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_id(lesion)),
-            referenced_segment=_referenced_segment(seg, segment_number),
-            finding_type=LESION,
-            finding_sites=[site],
-            measurements=_measurements(lesion, algorithm),
-            qualitative_evaluations=[category],
-        )
-    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_id(lesion)),
-        referenced_region=_outline_region(lesion, grid, outline_kind),
-        finding_type=LESION,
-        finding_sites=[site],
-        # Without a SEG the planar group carries the measurements itself.
-        measurements=_measurements(lesion, algorithm) if seg is None else None,
-        qualitative_evaluations=[category] if seg is None else None,
-    )
-    axis_region, axis_mm = _long_axis(lesion, grid, outline_kind)
-    axis = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_id(lesion)),
-        referenced_region=axis_region,
-        finding_type=LESION,
-        finding_sites=[site],
-        measurements=[
-            hd.sr.Measurement(
-                name=LONG_AXIS,
-                value=round(axis_mm, 2),
-                unit=MILLIMETRE,
-                algorithm_id=algorithm,
-            )
-        ],
-    )
-    return [planar, axis], volumetric
 
 
 def _image_library(grid: T2WGrid) -> hd.sr.ContainerContentItem:
@@ -291,20 +161,13 @@ def _image_library(grid: T2WGrid) -> hd.sr.ContainerContentItem:
 def _patient_group(
     score: float, uids: UidFactory, algorithm: hd.sr.AlgorithmIdentification
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group with the patient score as a NUM (only in reports without a segment reference)."""
+    """TID 1501 group with the patient score as a NUM in percent (only in reports without lesions)."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.uid("patient-finding"), identifier=PATIENT_TRACKING_ID
         ),
         finding_sites=[hd.sr.FindingSite(PROSTATE)],
-        measurements=[
-            hd.sr.Measurement(
-                name=PROBABILITY_OF_CANCER,
-                value=round(float(score), 4),
-                unit=NO_UNITS,
-                algorithm_id=algorithm,
-            )
-        ],
+        measurements=[probability_measurement(score, algorithm)],
     )
 
 
@@ -319,8 +182,8 @@ def _fix_meanings(item: Dataset) -> None:
 
 
 def patient_score_text(score: float) -> str:
-    """The patient-level finding in words (document-level qualitative evaluation)."""
-    return f"{PATIENT_SCORE_PREFIX}{float(score):.4f}"
+    """The patient-level finding in words (document-level qualitative evaluation), in percent."""
+    return f"{PATIENT_SCORE_PREFIX}{100.0 * float(score):.1f} %"
 
 
 def _document_evaluations(lesions: Sequence[LesionLike], score: float) -> hd.sr.ContainerContentItem:
@@ -401,20 +264,18 @@ def write_sr(
     planar: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
     volumetric: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
     for number, lesion in enumerate(lesions, start=1):
-        planar_groups, segment_group = _lesion_groups(
-            lesion, number, seg, grid, uids, algorithm, settings.sr_outline
-        )
-        planar.extend(planar_groups)
-        if segment_group is not None:
-            volumetric.append(segment_group)
+        lesion_set = lesion_groups(lesion, number, seg, grid, uids, algorithm, settings.sr_outline)
+        planar.extend([lesion_set.outline, lesion_set.long_axis])
+        if lesion_set.volumetric is not None:
+            volumetric.append(lesion_set.volumetric)
     # In the order of TID 1500's rows (1410, 1411, 1501): validators match groups to rows in order.
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
         | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = [*planar, *volumetric]
-    if seg is None:
-        # No group references a segment: the patient score can also be a NUM in a TID 1501 group.
+    if not lesions:
+        # A negative study: the patient score is the one measurement (TID 1501; no spatial coordinates).
         groups.append(_patient_group(patient_score, uids, algorithm))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(settings),
