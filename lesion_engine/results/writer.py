@@ -27,6 +27,7 @@ from lesion_engine.results.protocols import ResultLike
 from lesion_engine.results.seg import write_seg
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.results.sr import write_sr
+from lesion_engine.results.value_limits import fit_text_values
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ def write_results(
     objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
     for dataset in objects.all():
         _make_reproducible(dataset, when)
+        fit_text_values(dataset)
     logger.info(
         "results for study %s: SEG %s, SR %s, pmap %s, %d overlay image(s)",
         grid.study_instance_uid,
@@ -207,4 +209,5 @@ def write_failure(
         objects = write_failure_objects(study_datasets, reason, settings, when)
     for dataset in objects:
         _make_reproducible(dataset, when)
+        fit_text_values(dataset)
     return objects
