@@ -3,14 +3,15 @@
 Writes into ``--out``:
 
 ``lesions.json``
-    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.1``)::
+    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.2``)::
 
         {
-          "schema_version": "1.1",
+          "schema_version": "1.2",
           "study_instance_uid": "1.2.3...",
           "model": {"name": "...", "version": "...", "sha256": "<weights sha256>"},
           "series": {"t2w": "<SeriesInstanceUID>", "adc": "...", "hbv": "..."},
           "patient_score": 0.83,                  # highest lesion probability, 0 without lesions
+          "gland_volume_ml": 31.2,                # prostate gland (anatomical gate), null without it
           "lesions": [                            # by decreasing probability
             {"id": 1,                             # 1..n
              "center_lps_mm": [x, y, z],          # centre of mass, DICOM patient coordinates (LPS), mm
@@ -21,7 +22,7 @@ Writes into ``--out``:
              "category": 4,                       # suspicion category 2..5 (PI-RADS-like)
              "zone": "pz"}                        # "pz", "tz" or null
           ],
-          "timings_s": {"model_input": ..., "localization": ..., "candidates": ...,
+          "timings_s": {"model_input": ..., "gland": ..., "localization": ..., "candidates": ...,
                         "classification": ..., "outputs": ..., "total": ...},
           "roles": {"t2w": {...}, "adc": {...}, "hbv": {...}},   # as `lesion-ai inspect --json` reports
           "warnings": ["..."]
@@ -31,7 +32,8 @@ Writes into ``--out``:
     float32 on the T2W grid: each lesion's voxels hold its probability, 0 elsewhere; lesions do not touch
     (a PI-CAI detection map).
 ``localization_map.nii.gz``
-    float32 on the T2W grid: the localization network's per-voxel lesion likelihood.
+    float32 on the T2W grid: the localization network's per-voxel lesion likelihood (0 outside the prostate
+    gland dilated by the gate's margin, when the anatomical gate is on).
 ``seg.dcm``, ``sr.dcm``
     The DICOM results a viewer shows: a Segmentation with one segment per lesion (none for a negative
     study) and a TID 1500 Comprehensive 3D SR; with ``--pmap`` also ``pmap.dcm`` (Parametric Map of the

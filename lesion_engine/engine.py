@@ -7,6 +7,10 @@ seconds are in :attr:`EngineResult.timings_s`):
     resample and normalize onto the model grid: with SimpleITK on the CPU
     (:func:`lesion_engine.model_input.to_model_input`), with torch on the device on a GPU
     (:func:`~lesion_engine.model_input.to_model_input_tensor`; same values within float rounding);
+``gland``
+    the whole-gland model on the T2W (:mod:`lesion_engine.gland`), when the anatomical gate is on: the
+    localization map is set to 0 outside the gland dilated by the margin (so no candidate is sought
+    there), and no lesion whose centre lies outside it is reported;
 ``localization``
     the localization network: map = sigmoid of the lesion logit; zones = argmax of the zonal logits;
 ``candidates``
@@ -45,6 +49,9 @@ from lesion_engine.artifact import load_artifact
 from lesion_engine.candidates import extract_candidates
 from lesion_engine.devices import configure_cpu_threads, resolve_device
 from lesion_engine.errors import ModelArtifactError
+from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
+from lesion_engine.gland_card import GlandModelError
+from lesion_engine.gland_gate import gland_region
 from lesion_engine.grid_resample import (
     coverage_mask,
     grid_map,
@@ -66,6 +73,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Engine",
     "EngineResult",
+    "GlandSettings",
     "Lesion",
     "axial_diameter_mm",
     "configure_cpu_threads",
@@ -94,6 +102,12 @@ class Engine:
         Build the network input and the localization map on the T2W grid with torch on ``device`` rather
         than with SimpleITK on the CPU (same values within float rounding). Default: on CUDA only (on a
         CPU, SimpleITK is the faster of the two).
+    gland : GlandModel, optional
+        The whole-gland model of the anatomical gate; no gate when None.
+    gland_settings : GlandSettings, optional
+        The gate's margin and whether the gland model is required (defaults when None).
+    gland_warning : str, optional
+        Why the gate is off although it was asked for (added to every result's warnings).
     """
 
     def __init__(
@@ -104,8 +118,14 @@ class Engine:
         *,
         threads: int | None = None,
         resample_on_device: bool | None = None,
+        gland: GlandModel | None = None,
+        gland_settings: GlandSettings | None = None,
+        gland_warning: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        self.gland = gland
+        self.gland_settings = gland_settings or GlandSettings()
+        self.gland_warning = gland_warning
         if self.device.type == "cpu":
             configure_cpu_threads(threads)
         self.model = model.to(self.device).eval()
@@ -124,8 +144,13 @@ class Engine:
         device: str | torch.device | None = None,
         *,
         threads: int | None = None,
+        gland: GlandSettings | None = None,
     ) -> Engine:
-        """Load a model artifact (the packaged default when ``path`` is None).
+        """Load a model artifact (the packaged default when ``path`` is None) and the gland model.
+
+        ``gland`` says whether and how the anatomical gate is used; when None, it is on (with the default
+        settings) for the packaged default model, which reads real studies, and off for another artifact
+        (models trained and evaluated on synthetic phantoms, which have no real anatomy).
 
         Raises
         ------
@@ -133,7 +158,15 @@ class Engine:
             When the artifact is missing or invalid; for the default, the message says how to get one.
         ConfigError
             When the device cannot be used.
+        GlandModelError
+            When the gland model cannot be loaded and ``gland.required`` is True.
         """
+        if gland is None:
+            is_default = path is None or Path(path).resolve() in (
+                DEFAULT_ARTIFACT.resolve(),
+                (DEFAULT_ARTIFACT / "model.json").resolve(),
+            )
+            gland = GlandSettings(enabled=is_default)
         if path is None:
             if not (DEFAULT_ARTIFACT / "model.json").is_file():
                 raise ModelArtifactError(
@@ -142,7 +175,17 @@ class Engine:
                 )
             path = DEFAULT_ARTIFACT
         model, card = load_artifact(path)
-        return cls(model, card, device, threads=threads)
+        resolved = resolve_device(device)
+        gland_model, warning = load_gland_model(gland, use_cuda=resolved.type == "cuda", threads=threads)
+        return cls(
+            model,
+            card,
+            resolved,
+            threads=threads,
+            gland=gland_model,
+            gland_settings=gland,
+            gland_warning=warning,
+        )
 
     @property
     def model_info(self) -> dict[str, str]:
@@ -197,6 +240,8 @@ class Engine:
             if not isinstance(item, PreparedStudy):
                 raise TypeError(f"expected PreparedStudy objects, got {type(item).__name__}")
         work = [self._model_input(prepared) for prepared in studies]
+        for study in work:
+            self._gland(study)
 
         start = time.perf_counter()
         images = torch.stack([s.images for s in work]).to(self.device)
@@ -252,6 +297,37 @@ class Engine:
             study = StudyWork(prepared, arrays.grid, torch.from_numpy(arrays.images), coverage, {})
         study.timings["model_input"] = time.perf_counter() - start
         return study
+
+    def _gland(self, study: StudyWork) -> None:
+        """Segment the gland and narrow the study's coverage to it (the anatomical gate)."""
+        start = time.perf_counter()
+        if self.gland_warning is not None:
+            study.warnings.append(self.gland_warning)
+        if self.gland is not None:
+            try:
+                found = self.gland.segment(study.prepared.t2w)
+            except (GlandModelError, RuntimeError, ValueError) as exc:
+                if self.gland_settings.required:
+                    raise GlandModelError(f"the gland model failed on this study: {exc}") from exc
+                found = None
+                message = f"the gland model failed, lesions are not gated by the prostate gland: {exc}"
+                logger.warning("%s", message)
+                study.warnings.append(message)
+            if found is not None and not found.mask.any():
+                message = "the gland model found no prostate gland, lesions are not gated by it"
+                logger.warning("%s", message)
+                study.warnings.append(message)
+            elif found is not None:
+                region = gland_region(
+                    found.mask, study.prepared.t2w, found.volume_ml, self.gland_settings.margin_mm
+                )
+                on_grid = torch.from_numpy(region.on_grid(study.grid)).to(study.coverage.device)
+                study.coverage = study.coverage & on_grid
+                study.gland = region
+                logger.info(
+                    "gland %.1f ml (%.2f s, %d pass(es))", found.volume_ml, found.seconds, found.passes
+                )
+        study.timings["gland"] = time.perf_counter() - start
 
     def _classify(self, work: list[StudyWork], images: torch.Tensor, loc_map: torch.Tensor) -> None:
         centers = [c.center_zyx for s in work for c in s.candidates]

@@ -5,6 +5,10 @@ is its blob of the detection map: the candidate's region resampled (nearest neig
 with blobs kept non-touching (a more probable lesion keeps its voxels where two would touch). Each
 lesion is measured on the T2W grid (:mod:`lesion_engine.measurements`) and given the zone most of its
 voxels are predicted in.
+
+With a gland (:class:`~lesion_engine.gland_gate.GlandRegion`, the anatomical gate), a lesion whose centre
+lies outside the gland dilated by its margin is not reported (the log says so), and the localization map
+on the T2W grid is 0 outside the dilated gland.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from lesion_engine.candidates import Box, Candidate, label_map, separate_labels, shift_box
+from lesion_engine.gland_gate import GlandRegion
 from lesion_engine.grid_resample import GridMap, grid_map, resample_linear, resample_nearest
 from lesion_engine.measurements import axial_diameter_mm, center_lps_mm, max_diameter_mm, volume_ml
 from lesion_engine.model_input import from_model_grid
@@ -33,7 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["StudyWork", "assemble_result", "zone_of"]
 
 _ZONE_CODES = {"peripheral zone": "pz", "pz": "pz", "transition zone": "tz", "tz": "tz"}
-_STAGES = ("model_input", "localization", "candidates", "classification", "outputs")
+_STAGES = ("model_input", "gland", "localization", "candidates", "classification", "outputs")
 
 
 @dataclass
@@ -56,6 +61,10 @@ class StudyWork:
         Candidates found on the localization map.
     probabilities, categories : list
         The classification of each candidate, in the order of ``candidates``.
+    gland : GlandRegion or None
+        The gland (the anatomical gate); None without the gate.
+    warnings : list of str
+        What the engine has to say about this study (added after the preparation's warnings).
     """
 
     prepared: PreparedStudy
@@ -66,6 +75,8 @@ class StudyWork:
     candidates: list[Candidate] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     categories: list[int] = field(default_factory=list)
+    gland: GlandRegion | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def zone_of(
@@ -148,9 +159,14 @@ def assemble_result(
     start = time.perf_counter()
     prepared, grid = study.prepared, study.grid
     t2w = prepared.t2w
-    warnings = list(prepared.warnings)
+    warnings = [*prepared.warnings, *study.warnings]
     mapping = grid_map(grid, t2w)
     localization = _localization_on_t2w(loc_map, grid, t2w, mapping, loc_map_on_device)
+    gland = study.gland
+    if gland is not None:
+        gated = sitk.GetArrayFromImage(localization) * gland.allowed
+        localization = sitk.GetImageFromArray(gated.astype(np.float32))
+        localization.CopyInformation(t2w)
 
     # Rank by probability; label = rank on the T2W grid, so that a more probable blob wins where two touch.
     order = sorted(range(len(study.candidates)), key=lambda k: -study.probabilities[k])
@@ -180,12 +196,20 @@ def assemble_result(
             continue
         mask = np.zeros(labels.shape, dtype=bool)
         mask[box] = labels[box] == rank
+        center = center_lps_mm(mask, t2w, box)
+        if gland is not None and not gland.contains(center):
+            logger.info(
+                "a candidate (peak %.3f) centred outside the prostate gland (+%.1f mm) is not reported",
+                candidate.peak,
+                gland.margin_mm,
+            )
+            continue
         probability = study.probabilities[k]
         fill[rank] = probability
         lesions.append(
             Lesion(
                 id=len(lesions) + 1,
-                center_lps_mm=center_lps_mm(mask, t2w, box),
+                center_lps_mm=center,
                 mask=mask,
                 volume_ml=volume_ml(mask, t2w, box),
                 max_diameter_mm=max_diameter_mm(mask, t2w, box),
@@ -202,7 +226,7 @@ def assemble_result(
     detection = sitk.GetImageFromArray(detection_values)
     detection.CopyInformation(t2w)
     study.timings["outputs"] = time.perf_counter() - start
-    timings = {key: study.timings[key] for key in _STAGES}
+    timings = {key: study.timings.get(key, 0.0) for key in _STAGES}
     timings["total"] = sum(timings.values())
     return EngineResult(
         study_instance_uid=prepared.study_instance_uid,
@@ -215,4 +239,5 @@ def assemble_result(
         series={role: prepared.roles[role].series_instance_uid for role in ("t2w", "adc", "hbv")},
         roles=role_report(prepared.roles, prepared.computed),
         warnings=warnings,
+        gland_volume_ml=gland.volume_ml if gland is not None else None,
     )

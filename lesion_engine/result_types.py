@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "EngineResult", "Lesion"]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
 
 
@@ -104,6 +104,8 @@ class EngineResult:
         The role choices with their reasons (as ``lesion-ai inspect`` reports them).
     warnings : list of str
         Things a user should know (from preparing the study and from the engine).
+    gland_volume_ml : float or None
+        Volume of the prostate gland found by the gland model (the anatomical gate); None without it.
     """
 
     study_instance_uid: str
@@ -116,6 +118,7 @@ class EngineResult:
     series: dict[str, str]
     roles: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    gland_volume_ml: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``lesions.json`` document (schema in ``lesion_engine/data/lesions.schema.json``)."""
@@ -125,6 +128,7 @@ class EngineResult:
             "model": dict(self.model),
             "series": dict(self.series),
             "patient_score": round(self.patient_score, 6),
+            "gland_volume_ml": None if self.gland_volume_ml is None else round(self.gland_volume_ml, 3),
             "lesions": [lesion.to_dict() for lesion in self.lesions],
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "roles": self.roles,

@@ -8,10 +8,20 @@ cd "$(dirname "$0")/.."
 
 # pixelmed-apps: PixelMed's DicomSRValidator (SR template checks); default-jre-headless runs it.
 # postgresql: the server that the tests of the PostgreSQL job queue start on a free port (their own cluster).
-APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk python3-venv pixelmed-apps default-jre-headless postgresql)
+# chromium, chromium-driver, fonts-dejavu-core: the headless browser of the viewer's test (OHIF in a real browser).
+APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk python3-venv pixelmed-apps default-jre-headless postgresql
+    chromium chromium-driver fonts-dejavu-core)
 PYTHON=/usr/bin/python3
 VENV=.venv
 TORCH_SPEC="torch==2.13.0"
+TAPS_SPEC="lavlab-taps==1.1.2"
+# The OHIF viewer the node serves at /lesion-ai/viewer/: the built app of this npm package, pinned by version
+# and by the integrity of its tarball (the registry's dist.integrity). orthanc_plugin/viewer.py names the
+# same version.
+OHIF_PACKAGE="@ohif/app"
+OHIF_VERSION="3.13.2"
+OHIF_INTEGRITY="sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
+VIEWER_DIR="$VENV/share/lesion-ai-viewer/$OHIF_VERSION"
 EXTRAS="${LESION_AI_EXTRAS:-test}"
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -62,4 +72,48 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
     touch "$stamp"
 fi
+# The whole-gland model of the anatomical gate ships in the PyPI package lavlab-taps (MIT): only its ONNX
+# file is used (run by the onnxruntime CPU package of the project's dependencies), so the package is
+# installed without its own dependencies (monai, nibabel and the onnxruntime-gpu build, which would share
+# onnxruntime's folder).
+if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('$TAPS_SPEC'.split('==')[0])" >/dev/null 2>&1; then
+    log "installing $TAPS_SPEC (whole-gland model, without its dependencies)"
+    "$VENV/bin/python" -m pip install -q --no-deps "$TAPS_SPEC"
+fi
+# The viewer: `npm pack` fetches the package's tarball only (not its dependency tree: dist/ is the complete,
+# built app); its integrity is checked, dist/ is extracted without what the node's viewer never loads
+# (ort/: onnxruntime-web for in-browser AI tools, dicom-microscopy-viewer/: slide microscopy) and moved
+# into place in one step, so that a present index.html means a complete install.
+install_viewer() {
+    if ! command -v npm >/dev/null 2>&1; then
+        log "installing npm (Debian's npm and nodejs) to fetch the OHIF viewer"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm
+    fi
+    local work="$1"
+    log "fetching $OHIF_PACKAGE@$OHIF_VERSION from the npm registry"
+    (cd "$work" && npm pack --silent "$OHIF_PACKAGE@$OHIF_VERSION" >/dev/null)
+    local tarball="$work/ohif-app-$OHIF_VERSION.tgz"
+    local got
+    got="$("$PYTHON" -c 'import base64, hashlib, sys; print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tarball")"
+    if [ "$got" != "$OHIF_INTEGRITY" ]; then
+        log "$OHIF_PACKAGE@$OHIF_VERSION: integrity $got, expected $OHIF_INTEGRITY; not installed"
+        exit 1
+    fi
+    tar -xzf "$tarball" -C "$work" package/dist package/LICENSE
+    rm -rf "$work/package/dist/ort" "$work/package/dist/dicom-microscopy-viewer"
+    cp "$work/package/LICENSE" "$work/package/dist/LICENSE-OHIF"
+    mkdir -p "$(dirname "$VIEWER_DIR")"
+    rm -rf "$VIEWER_DIR.partial"
+    mv "$work/package/dist" "$VIEWER_DIR.partial"
+    rm -rf "$VIEWER_DIR"
+    mv "$VIEWER_DIR.partial" "$VIEWER_DIR"
+    log "OHIF viewer $OHIF_VERSION installed in $VIEWER_DIR"
+}
+if [ ! -f "$VIEWER_DIR/index.html" ]; then
+    VIEWER_WORK="$(mktemp -d)"
+    trap 'rm -rf "$VIEWER_WORK"' EXIT
+    install_viewer "$VIEWER_WORK"
+fi
+
 log "ready: $("$VENV/bin/python" --version), $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"

@@ -122,8 +122,12 @@ def test_infer_writes_the_nodes_seg_and_sr(prostatex: Path, tmp_path: Path) -> N
     out = tmp_path / "out"
     assert main(["infer", str(prostatex / "dicom"), "--out", str(out), "--device", "cpu"]) == 0
     pinned = json.loads(DIGESTS.read_text(encoding="utf-8"))
-    pinned_uids = {o["sop_class_uid"]: o["sop_instance_uid"] for o in pinned["objects"][:2]}
-    written = {name: pydicom.dcmread(out / name, stop_before_pixels=True) for name in ("seg.dcm", "sr.dcm")}
-    assert {str(ds.SOPClassUID): str(ds.SOPInstanceUID) for ds in written.values()} == pinned_uids
-    assert str(written["seg.dcm"].SOPClassUID) == "1.2.840.10008.5.1.4.1.1.66.4"
+    pinned_uids = {o["sop_class_uid"]: o["sop_instance_uid"] for o in pinned["objects"]}
+    # A negative study (no lesion) has no SEG.
+    names = ("seg.dcm", "sr.dcm") if pinned["lesions"] else ("sr.dcm",)
+    assert (out / "seg.dcm").is_file() == bool(pinned["lesions"])
+    written = {name: pydicom.dcmread(out / name, stop_before_pixels=True) for name in names}
+    for ds in written.values():
+        assert pinned_uids[str(ds.SOPClassUID)] == str(ds.SOPInstanceUID)
+    assert str(written["sr.dcm"].SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.34"
     assert not list(out.glob("pmap.dcm")) and not list(out.glob("sc_*.dcm"))

@@ -1,0 +1,255 @@
+"""Whole-gland segmentation of the T2W volume with the TAPS ONNX model (see :mod:`lesion_engine.gland_card`).
+
+Run fast, in one window: the T2W is resampled (linear) onto one window of the card's size
+(``window_xyz``, 96 x 96 x 24 voxels of 0.8 x 0.8 x 3 mm: 77 x 77 x 72 mm) in RAS orientation, keeping the
+image's own obliquity, centred on the centre of the T2W's field of view (the prostate's place in a prostate
+MR). Intensities are z-scored over the non-zero voxels of the whole T2W, as the authors' pipeline does. When
+the gland found touches the window's side, the window is centred on it and the model runs once more. The
+logits are blurred (the authors' sigma), resampled onto the T2W grid and thresholded; the largest connected
+component is the gland.
+
+The network's input size is fixed (128 x 128 x 32) in the ONNX file; its spatial dimensions are made free in
+memory after the file's sha256 is checked, so that the smaller window can be fed. ONNX Runtime runs it with
+all the CPUs this process may use, or on CUDA where the engine runs on CUDA and the runtime has the provider.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from lesion_engine.gland_card import GlandCard, GlandModelError, read_gland_card, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GlandModel", "GlandSegmentation", "GlandSettings", "load_gland_model"]
+
+_RAS_IN_LPS = (-1.0, -1.0, 1.0)  # R = -x, A = -y, S = +z in DICOM patient coordinates
+
+
+@dataclass(frozen=True)
+class GlandSettings:
+    """How the engine uses the gland model as an anatomical gate.
+
+    Attributes
+    ----------
+    enabled : bool
+        Run the gland model and gate the lesions with it.
+    margin_mm : float
+        The gland is dilated by this margin: no lesion whose centre lies outside is reported, and the
+        localization map is 0 outside.
+    required : bool
+        When True, a missing or failing gland model is an error; when False (default), the engine runs
+        without the gate and says so in each result's warnings and in the log.
+    card : Path or None
+        A gland card; the packaged one when None.
+    """
+
+    enabled: bool = True
+    margin_mm: float = 5.0
+    required: bool = False
+    card: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.margin_mm, int | float) or isinstance(self.margin_mm, bool):
+            raise TypeError(f"GlandSettings.margin_mm must be a number of mm, got {self.margin_mm!r}")
+        if not 0.0 <= float(self.margin_mm) <= 50.0:
+            raise ValueError(f"GlandSettings.margin_mm must be between 0 and 50 mm, got {self.margin_mm}")
+
+
+@dataclass(frozen=True)
+class GlandSegmentation:
+    """The gland found on one T2W volume.
+
+    Attributes
+    ----------
+    mask : ndarray of bool
+        (Z, Y, X) on the T2W grid.
+    volume_ml : float
+        The mask's volume.
+    seconds : float
+        Time taken.
+    passes : int
+        Model runs (1, or 2 when the window was re-centred).
+    """
+
+    mask: NDArray[np.bool_]
+    volume_ml: float
+    seconds: float
+    passes: int
+
+
+def _ras_direction(t2w: sitk.Image) -> NDArray[np.float64]:
+    """The T2W's direction with its axes permuted and flipped to point to R, A and S."""
+    direction = np.asarray(t2w.GetDirection(), dtype=np.float64).reshape(3, 3)
+    out = np.zeros((3, 3))
+    used: set[int] = set()
+    for axis, sign in enumerate(_RAS_IN_LPS):
+        column = max((c for c in range(3) if c not in used), key=lambda c: abs(direction[axis, c]))
+        used.add(column)
+        vector = direction[:, column]
+        out[:, axis] = vector if np.sign(vector[axis]) == sign else -vector
+    return out
+
+
+class GlandModel:
+    """The gland model, loaded in ONNX Runtime.
+
+    Parameters
+    ----------
+    card : GlandCard
+        The model's card.
+    model_bytes : bytes
+        The ONNX file's content (checked against the card).
+    use_cuda : bool
+        Use ONNX Runtime's CUDA provider when it has one.
+    threads : int, optional
+        CPU threads; all CPUs this process may use when None.
+    """
+
+    def __init__(
+        self, card: GlandCard, model_bytes: bytes, *, use_cuda: bool = False, threads: int | None = None
+    ) -> None:
+        try:
+            import onnx
+            import onnxruntime as ort  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise GlandModelError(
+                f"ONNX Runtime is needed for the gland model ({exc}): install lesion-ai's dependencies "
+                "(`make setup`, or `pip install onnxruntime onnx`)"
+            ) from exc
+        self.card = card
+        try:
+            proto = onnx.load_from_string(model_bytes)
+            for value in [*proto.graph.input, *proto.graph.output]:
+                for index, dim in enumerate(value.type.tensor_type.shape.dim):
+                    if index >= 2:
+                        dim.dim_param = f"spatial_{index - 2}"
+            del proto.graph.value_info[:]
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+            providers = ["CPUExecutionProvider"]
+            if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            self._session: Any = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=options, providers=providers
+            )
+        except Exception as exc:
+            raise GlandModelError(
+                f"the gland model {card.name} could not be loaded in ONNX Runtime: {exc}"
+            ) from exc
+        self._input = self._session.get_inputs()[0].name
+        self.providers: list[str] = list(self._session.get_providers())
+        logger.info("gland model %s %s loaded (%s)", card.name, card.version, ", ".join(self.providers))
+
+    def _window(self, t2w: sitk.Image, centre: NDArray[np.float64]) -> sitk.Image:
+        spacing = np.asarray(self.card.spacing_xyz_mm, dtype=np.float64)
+        size = np.asarray(self.card.window_xyz)
+        direction = _ras_direction(t2w)
+        origin = centre - direction @ (spacing * (size - 1) / 2.0)
+        window = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+        window.SetSpacing([float(s) for s in spacing])
+        window.SetDirection([float(v) for v in direction.ravel()])
+        window.SetOrigin([float(v) for v in origin])
+        return window
+
+    def _logits(self, t2w: sitk.Image, window: sitk.Image, mean: float, std: float) -> sitk.Image:
+        values = sitk.GetArrayFromImage(sitk.Resample(t2w, window, sitk.Transform(), sitk.sitkLinear, 0.0))
+        values = np.where(values != 0, (values - mean) / std, 0.0).astype(np.float32)
+        batch = np.ascontiguousarray(values.transpose(2, 1, 0))[None, None]
+        logits = np.asarray(self._session.run(None, {self._input: batch})[0][0, 0], dtype=np.float32)
+        if self.card.blur_sigma_voxels > 0:
+            logits = ndimage.gaussian_filter(logits, self.card.blur_sigma_voxels, mode="nearest")
+        image = sitk.GetImageFromArray(np.ascontiguousarray(logits.transpose(2, 1, 0)))
+        image.CopyInformation(window)
+        return image
+
+    def segment(self, t2w: sitk.Image) -> GlandSegmentation:
+        """Segment the gland of a T2W volume.
+
+        Parameters
+        ----------
+        t2w : SimpleITK.Image
+            The T2W volume (3D, scalar).
+
+        Returns
+        -------
+        GlandSegmentation
+            Its mask is empty when the model found no gland.
+        """
+        if t2w.GetDimension() != 3 or t2w.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError("GlandModel.segment needs a 3D scalar T2W volume")
+        start = time.perf_counter()
+        image = sitk.Cast(t2w, sitk.sitkFloat32)
+        native = sitk.GetArrayViewFromImage(image)
+        foreground = native[native != 0]
+        if foreground.size == 0:
+            raise GlandModelError("the T2W volume is all zeros: there is no gland to find")
+        mean, std = float(foreground.mean()), float(foreground.std()) or 1.0
+        centre = np.asarray(
+            image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+        )
+        cut = float(np.log(self.card.threshold / (1.0 - self.card.threshold)))
+        passes = 0
+        while True:
+            window = self._window(image, centre)
+            logits = self._logits(image, window, mean, std)
+            passes += 1
+            inside = sitk.GetArrayViewFromImage(logits) > cut
+            found = np.argwhere(inside)
+            touches = found.size > 0 and (
+                found[:, 1:].min() == 0
+                or (found[:, 1:].max(axis=0) >= np.asarray(inside.shape[1:]) - 1).any()
+            )
+            if passes >= 2 or not touches:
+                break
+            centroid = found.mean(axis=0)[::-1]
+            centre = np.asarray(logits.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid]))
+            logger.info("gland touches the window's side: window re-centred on it")
+        on_t2w = sitk.Resample(logits, image, sitk.Transform(), sitk.sitkLinear, -100.0)
+        mask = sitk.GetArrayFromImage(on_t2w) > cut
+        labels, count = ndimage.label(mask)
+        if count > 1:
+            mask = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        seconds = time.perf_counter() - start
+        return GlandSegmentation(mask.astype(bool), float(mask.sum()) * voxel_ml, seconds, passes)
+
+
+def load_gland_model(
+    settings: GlandSettings, *, use_cuda: bool = False, threads: int | None = None
+) -> tuple[GlandModel | None, str | None]:
+    """Load the gland model the settings ask for.
+
+    Returns
+    -------
+    (GlandModel or None, str or None)
+        The model, or None and the warning to report when it cannot be loaded (and is not required);
+        (None, None) when the gate is disabled.
+
+    Raises
+    ------
+    GlandModelError
+        When the model cannot be loaded and ``settings.required`` is True.
+    """
+    if not settings.enabled:
+        return None, None
+    try:
+        card = read_gland_card(settings.card)
+        return GlandModel(card, resolve_weights(card), use_cuda=use_cuda, threads=threads), None
+    except GlandModelError as exc:
+        if settings.required:
+            raise
+        warning = f"the gland model is not available, lesions are not gated by the prostate gland: {exc}"
+        logger.warning("%s", warning)
+        return None, warning

@@ -1,0 +1,98 @@
+"""The anatomical gate: the gland, dilated by a margin, on the T2W grid and on the model grid.
+
+No lesion whose centre lies outside the dilated gland is reported, and the localization map is 0 outside
+it (:mod:`lesion_engine.result_assembly`, :mod:`lesion_engine.engine`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GlandRegion", "dilate_mm", "gland_region"]
+
+
+@dataclass(frozen=True)
+class GlandRegion:
+    """The gland of one study, as the gate uses it.
+
+    Attributes
+    ----------
+    mask : ndarray of bool
+        (Z, Y, X) gland on the T2W grid.
+    allowed : ndarray of bool
+        (Z, Y, X) the gland dilated by ``margin_mm`` on the T2W grid.
+    t2w : SimpleITK.Image
+        The T2W grid (geometry only is used).
+    volume_ml : float
+        The gland's volume.
+    margin_mm : float
+        The margin.
+    """
+
+    mask: NDArray[np.bool_]
+    allowed: NDArray[np.bool_]
+    t2w: sitk.Image
+    volume_ml: float
+    margin_mm: float
+
+    def contains(self, point_lps_mm: Sequence[float]) -> bool:
+        """Whether a point (DICOM LPS, mm) lies inside the dilated gland (False outside the T2W grid)."""
+        index = self.t2w.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps_mm])
+        x, y, z = (round(v) for v in index)
+        shape = self.allowed.shape
+        if not (0 <= z < shape[0] and 0 <= y < shape[1] and 0 <= x < shape[2]):
+            return False
+        return bool(self.allowed[z, y, x])
+
+    def on_grid(self, grid: sitk.Image) -> NDArray[np.bool_]:
+        """The dilated gland on another grid (nearest neighbour), (Z, Y, X)."""
+        allowed = sitk.GetImageFromArray(self.allowed.astype(np.uint8))
+        allowed.CopyInformation(self.t2w)
+        resampled = sitk.Resample(
+            allowed, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+        )
+        return sitk.GetArrayFromImage(resampled).astype(bool)
+
+
+def dilate_mm(mask: NDArray[np.bool_], spacing_zyx: Sequence[float], margin_mm: float) -> NDArray[np.bool_]:
+    """``mask`` grown by ``margin_mm`` (Euclidean, in mm on an anisotropic grid), computed in its bounding box.
+
+    Parameters
+    ----------
+    mask : ndarray of bool
+        (Z, Y, X).
+    spacing_zyx : sequence of float
+        Voxel spacing in mm, in array order.
+    margin_mm : float
+        >= 0.
+    """
+    if margin_mm < 0:
+        raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
+    out = np.zeros(mask.shape, dtype=bool)
+    found = np.argwhere(mask)
+    if found.size == 0:
+        return out
+    pad = [int(np.ceil(margin_mm / s)) + 1 for s in spacing_zyx]
+    low = [max(0, int(v) - p) for v, p in zip(found.min(axis=0), pad, strict=True)]
+    high = [min(n, int(v) + p + 1) for v, p, n in zip(found.max(axis=0), pad, mask.shape, strict=True)]
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    distance = ndimage.distance_transform_edt(~mask[box], sampling=list(spacing_zyx))
+    out[box] = distance <= margin_mm
+    return out
+
+
+def gland_region(mask: NDArray[np.bool_], t2w: sitk.Image, volume_ml: float, margin_mm: float) -> GlandRegion:
+    """The :class:`GlandRegion` of a gland mask on the T2W grid."""
+    if mask.shape != sitk.GetArrayViewFromImage(t2w).shape:
+        raise ValueError(f"the gland mask {mask.shape} is not on the T2W grid {t2w.GetSize()[::-1]}")
+    spacing_zyx = tuple(float(s) for s in t2w.GetSpacing()[::-1])
+    return GlandRegion(mask, dilate_mm(mask, spacing_zyx, margin_mm), t2w, volume_ml, float(margin_mm))
