@@ -1,17 +1,24 @@
 """The admin REST API under ``/lesion-ai/`` (behind Orthanc's authentication).
 
-=======  =============================  ==========================================================
-GET      health                         node state: queue counts, workers, rules, model, change log
-GET      jobs?state=&study=&limit=      jobs, newest first (without payloads)
-GET      jobs/{id}                      one job, with payload and progress
-POST     studies/{orthanc-id}/process   (re)queue a study's jobs now, even if done before
-GET      rules                          the routing rules in force (text and summary)
-PUT      rules                          replace the rules (YAML body); 400 with the message if invalid
-POST     rules/test                     which rule matches a study and which series get which role
-GET      source                         the node's complete source (AGPL), as a .tar.gz
-=======  =============================  ==========================================================
+=======  ======================================  ===================================================
+GET      health                                  node state: queue counts, workers, rules, model, changes
+GET      model                                   the model card (``model.json``) of the model in use
+GET      jobs?state=&study=&rule=&limit=&offset  jobs, newest first (without payloads)
+GET      jobs/{id}                               one job, with payload and progress
+POST     jobs/{id}/retry                         a failed job queued again, its attempts reset
+POST     studies/{orthanc-id}/process            (re)queue a study's jobs now, even if done before
+GET      studies?limit=                          the studies stored last (IDs, UIDs, descriptions)
+GET      rules, PUT rules, POST rules/...        the routing rules (:mod:`orthanc_plugin.admin_rules`)
+GET      source                                  the node's complete source (AGPL), as a .tar.gz
+=======  ======================================  ===================================================
 
-Handlers return ``(status, body, mime type)``; the plugin turns that into Orthanc's answer.
+Every state-changing request (any method but GET, HEAD and OPTIONS) must carry the header
+:data:`CSRF_HEADER` with the value ``1``: a form of another site cannot send it (a script of another site
+cannot either without a CORS pre-flight, which Orthanc does not grant), so a browser logged in to the node
+cannot be made to change it from elsewhere. Without it the answer is 403, naming the header.
+
+Handlers return ``(status, body, mime type)``; the plugin turns that into Orthanc's answer. Answers show
+Orthanc IDs, DICOM UIDs and descriptions, never patient data.
 """
 
 from __future__ import annotations
@@ -19,31 +26,72 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lesion_engine import __version__
-from lesion_engine.errors import ConfigError
-from orthanc_plugin.jobqueue import Job, JobDocumentError, JobPayload, JobProgress, JobState
+from orthanc_plugin.admin_rules import RulesRoutes, describe_roles
+from orthanc_plugin.jobqueue import SUPERSEDED, Job, JobDocumentError, JobPayload, JobProgress, JobState
 from orthanc_plugin.node_protocol import AdminNode
-from orthanc_plugin.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
-from orthanc_plugin.rules import RoutingRules, check_destinations
+from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
+from orthanc_plugin.rules_history import request_user
 from orthanc_plugin.source_archive import source_archive
-from orthanc_plugin.studies import OrthancSeries
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdminApi", "describe_roles"]
+__all__ = ["CSRF_HEADER", "CSRF_VALUE", "AdminApi", "csrf_refusal", "describe_roles"]
 
 Answer = tuple[int, Any, str]
+#: The header every state-changing request must carry, and its value.
+CSRF_HEADER = "X-Lesion-AI-Request"
+CSRF_VALUE = "1"
+#: Methods that change nothing (no header needed).
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON = "application/json"
-_JOB = re.compile(r"^jobs/([0-9]{1,30})$")
+_ID = "([0-9]{1,30})"
+_JOB = re.compile(rf"^jobs/{_ID}$")
+_RETRY = re.compile(rf"^jobs/{_ID}/retry$")
+_RESTORE = re.compile(r"^rules/history/([0-9]{1,12})/restore$")
 #: Job IDs and offsets are SQL integers (64-bit signed): a larger number names no job.
 _MAX_SQL_INT = 2**63 - 1
 _PROCESS = re.compile(r"^studies/([^/]+)/process$")
+#: A DICOM UID (a study filter written as StudyInstanceUID rather than Orthanc ID).
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+#: Jobs read in one go, and at most, when filtering by what the queue cannot filter (rule, UID).
+_SCAN_BATCH = 500
+_SCAN_MAX = 100_000
 
 
 def _error(status: int, message: str) -> Answer:
     return status, {"error": message}, _JSON
+
+
+def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    wanted = name.lower()
+    return next((str(v) for k, v in (headers or {}).items() if str(k).lower() == wanted), None)
+
+
+def csrf_refusal(method: str, headers: Mapping[str, Any] | None) -> Answer | None:
+    """The 403 answer for a state-changing request without :data:`CSRF_HEADER` (None when allowed).
+
+    Parameters
+    ----------
+    method : str
+        The HTTP method.
+    headers : mapping
+        The request's headers (any case).
+    """
+    if method.upper() in _SAFE_METHODS:
+        return None
+    if (_header(headers, CSRF_HEADER) or "").strip() == CSRF_VALUE:
+        return None
+    return _error(
+        403,
+        f"{method} refused: a request that changes the node must carry the header "
+        f"'{CSRF_HEADER}: {CSRF_VALUE}' (e.g. curl -H '{CSRF_HEADER}: {CSRF_VALUE}'); "
+        "it protects the node from forms of other web sites (cross-site request forgery)",
+    )
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
@@ -58,10 +106,25 @@ def _json_body(body: bytes) -> dict[str, Any]:
     return data
 
 
+def _study_uid(job: Job) -> str | None:
+    value = job.payload.get("study_uid") if isinstance(job.payload, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    """A job as listed: the stored record without its documents, with its StudyInstanceUID."""
+    out = job.to_dict()
+    out.pop("payload")
+    out.pop("progress")
+    out["study_uid"] = _study_uid(job)
+    return out
+
+
 def _job_json(job: Job) -> dict[str, Any]:
     """A job with its payload and progress, read as this node's documents (as stored, with the reason,
     when this node cannot read them)."""
     out = job.to_dict()
+    out["study_uid"] = _study_uid(job)
     try:
         out["payload"] = JobPayload.from_json(job.payload).to_json()
         out["progress"] = JobProgress.from_json(job.progress).to_json()
@@ -70,62 +133,11 @@ def _job_json(job: Job) -> dict[str, Any]:
     return out
 
 
-def describe_roles(api: RestApi, series: list[OrthancSeries], rules: Any) -> dict[str, Any]:
-    """Header-only roles of series (what ``lesion-ai inspect`` would say before reading pixels).
-
-    Parameters
-    ----------
-    api : RestApi
-        Orthanc's REST API (every instance's header is read, pixel data is not decoded).
-    series : list of OrthancSeries
-        The input series.
-    rules : SeriesRules or None
-        Series-selection rules (the engine's defaults when None).
-
-    Returns
-    -------
-    dict
-        ``series``: per series, candidate roles or why it is ignored; ``roles``: for ``t2w`` and ``adc`` the
-        preferred candidate, for ``dwi`` the candidates with their b-values (the final choice also needs
-        the volumes to be buildable, which only processing checks).
-    """
-    import io
-
-    import pydicom
-
-    from lesion_engine.header_roles import UNREADABLE, SeriesHeaders, rank_roles
-
-    items = []
-    for item in series:
-        headers = []
-        for instance in item.instances:
-            data = api.get_bytes(f"/instances/{quote_id(instance)}/file")
-            headers.append((instance, pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)))
-        items.append(SeriesHeaders(item, item.series_instance_uid, headers))
-    ranked = rank_roles(items, rules)
-    rows = []
-    for item, verdict in ranked.verdicts:
-        row: dict[str, Any] = {
-            **item.describe(),
-            "candidate_for": sorted(verdict.candidate_for),
-            "ignored": verdict.ignored,
-            "reasons": list(verdict.reasons),
-        }
-        if verdict.ignored != UNREADABLE and verdict.series is not None:
-            row["b_values"] = verdict.series.b_values
-        rows.append(row)
-    roles: dict[str, Any] = {}
-    for role, ranked_role in (("t2w", ranked.t2w), ("adc", ranked.adc)):
-        roles[role] = (
-            {
-                "preferred": ranked_role[0][0].describe(),
-                "alternatives": [candidate.describe() for candidate, _ in ranked_role[1:]],
-            }
-            if ranked_role
-            else None
-        )
-    roles["dwi"] = [{**item.describe(), "b_values": built.b_values} for item, built in ranked.dwi] or None
-    return {"series": rows, "roles": roles}
+def _int(query: Mapping[str, str], key: str, default: int) -> int:
+    try:
+        return int(query.get(key, str(default)))
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {query.get(key)!r}") from None
 
 
 class AdminApi:
@@ -139,38 +151,71 @@ class AdminApi:
 
     def __init__(self, node: AdminNode) -> None:
         self.node = node
+        self.rules = RulesRoutes(node)
 
-    def handle(self, method: str, path: str, query: dict[str, str], body: bytes) -> Answer:
-        """Dispatch one request; ``path`` is relative to ``/lesion-ai/``."""
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: bytes,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Answer:
+        """Dispatch one request; ``path`` is relative to ``/lesion-ai/``; ``headers``: the request's
+        (the CSRF header of state-changing requests, the user name of basic authentication)."""
         path = path.strip("/")
+        refused = csrf_refusal(method, headers)
+        if refused is not None:
+            logger.warning("%s /lesion-ai/%s refused: no %s header", method, path, CSRF_HEADER)
+            return refused
+        user = request_user(headers)
         try:
-            if path == "health":
-                return self._only(method, "GET") or self.health()
-            if path == "jobs":
-                return self._only(method, "GET") or self.jobs(query)
-            if (m := _JOB.match(path)) is not None:
-                return self._only(method, "GET") or self.job(int(m.group(1)))
-            if (m := _PROCESS.match(path)) is not None:
-                return self._only(method, "POST") or self.process(m.group(1), _json_body(body))
-            if path == "rules":
-                if method == "GET":
-                    return self.get_rules()
-                if method == "PUT":
-                    return self.put_rules(body)
-                return 405, {"allowed": "GET,PUT"}, _JSON
-            if path == "rules/test":
-                return self._only(method, "POST") or self.test_rules(_json_body(body))
-            if path == "source":
-                return self._only(method, "GET") or self.source()
+            return self._route(method, path, query, body, user)
         except ValueError as exc:
             return _error(400, str(exc))
-        return _error(404, f"unknown route /lesion-ai/{path}; see GET /lesion-ai/health and the README")
 
-    @staticmethod
-    def _only(method: str, allowed: str) -> Answer | None:
-        return None if method == allowed else (405, {"allowed": allowed}, _JSON)
+    def _route(self, method: str, path: str, query: dict[str, str], body: bytes, user: str | None) -> Answer:
+        rules = self.rules
+        fixed: dict[str, dict[str, Callable[[], Answer]]] = {
+            "health": {"GET": self.health},
+            "model": {"GET": self.model},
+            "jobs": {"GET": lambda: self.jobs(query)},
+            "studies": {"GET": lambda: self.studies(query)},
+            "rules": {"GET": rules.get_rules, "PUT": lambda: rules.put_rules(body, user)},
+            "rules/validate": {"POST": lambda: rules.validate(body)},
+            "rules/test": {"POST": lambda: rules.test_rules(_json_body(body))},
+            "rules/history": {"GET": rules.history_list},
+            "source": {"GET": self.source},
+        }
+        handlers = fixed.get(path)
+        if handlers is None:
+            handlers = self._parametrized(path, body, user)
+        if handlers is None:
+            return _error(404, f"unknown route /lesion-ai/{path}; see GET /lesion-ai/health and the README")
+        handler = handlers.get(method)
+        if handler is None:
+            return 405, {"allowed": ",".join(handlers)}, _JSON
+        return handler()
 
-    # -- routes ---------------------------------------------------------------------------------------
+    def _parametrized(
+        self, path: str, body: bytes, user: str | None
+    ) -> dict[str, Callable[[], Answer]] | None:
+        """The handlers of a route with a parameter in its path (None: no such route)."""
+        if (m := _JOB.match(path)) is not None:
+            job_id = int(m.group(1))
+            return {"GET": lambda: self.job(job_id)}
+        if (m := _RETRY.match(path)) is not None:
+            retried = int(m.group(1))
+            return {"POST": lambda: self.retry(retried, user)}
+        if (m := _PROCESS.match(path)) is not None:
+            study = m.group(1)
+            return {"POST": lambda: self.process(study, _json_body(body))}
+        if (m := _RESTORE.match(path)) is not None:
+            number = int(m.group(1))
+            return {"POST": lambda: self.rules.restore(number, user)}
+        return None
+
+    # -- the node -------------------------------------------------------------------------------------
     def health(self) -> Answer:
         """``GET health``."""
         rules = self.node.current_rules()
@@ -185,12 +230,24 @@ class AdminApi:
         except Exception as exc:
             counts = None
             problems.append(f"job queue unavailable: {exc}")
+        card = self.node.model_card()
         body = {
             "status": "ok" if not problems else "degraded",
             "problems": problems,
             "version": __version__,
             "uptime_s": round(figures.uptime_s, 1),
             "model": figures.model,
+            "model_card": (
+                {
+                    "name": card.get("name"),
+                    "version": card.get("version"),
+                    "created": card.get("created"),
+                    "intended_use": card.get("intended_use"),
+                    "url": "/lesion-ai/model",
+                }
+                if card is not None
+                else None
+            ),
             "queue": {"backend": type(queue).__name__, "counts": counts},
             "workers": {"configured": figures.workers_configured, "processes": workers},
             "rules": {
@@ -203,38 +260,119 @@ class AdminApi:
         }
         return 200, body, _JSON
 
+    def model(self) -> Answer:
+        """``GET model``: the model card as stored in the artifact."""
+        card = self.node.model_card()
+        if card is None:
+            return _error(
+                404,
+                f"no model card can be read for the model in use ({self.node.health_figures().model}); "
+                "see the node's log",
+            )
+        return 200, card, _JSON
+
+    def source(self) -> Answer:
+        """``GET source``: the node's source (AGPL-3.0-or-later) as a gzip-compressed tar archive."""
+        return 200, source_archive(), "application/gzip"
+
+    # -- jobs -----------------------------------------------------------------------------------------
     def jobs(self, query: dict[str, str]) -> Answer:
-        """``GET jobs``."""
+        """``GET jobs``: filters ``state``, ``study`` (Orthanc ID or StudyInstanceUID), ``rule``; paging
+        ``limit`` (1 to 1000), ``offset``; ``has_more`` says whether a next page exists."""
         state = query.get("state")
         try:
             wanted = JobState(state) if state else None
         except ValueError:
             return _error(400, f"state must be one of {', '.join(s.value for s in JobState)}, got {state!r}")
-        try:
-            limit = int(query.get("limit", "100"))
-            offset = int(query.get("offset", "0"))
-        except ValueError:
-            return _error(400, "limit and offset must be integers")
+        limit, offset = _int(query, "limit", 100), _int(query, "offset", 0)
         if not 0 <= offset <= _MAX_SQL_INT:
             return _error(400, f"offset must be from 0 to {_MAX_SQL_INT}, got {offset}")
+        limit = max(1, min(limit, 1000))
+        study = query.get("study") or None
+        rule = query.get("rule") or None
         queue = self.node.queue
-        jobs = queue.list(wanted, query.get("study") or None, max(1, min(limit, 1000)), max(offset, 0))
-        items = []
-        for job in jobs:
-            item = job.to_dict()
-            item.pop("payload")
-            item.pop("progress")
-            items.append(item)
-        return 200, {"jobs": items, "counts": queue.counts()}, _JSON
+        if rule is None and (study is None or not _UID.match(study)):
+            found = queue.list(wanted, study, limit + 1, offset)
+        else:
+            uid = study if study is not None and _UID.match(study) else None
+
+            def keep(job: Job) -> bool:
+                return (rule is None or job.rule == rule) and (uid is None or _study_uid(job) == uid)
+
+            found = self._scan(wanted, None if uid else study, keep, limit + 1, offset)
+        body = {
+            "jobs": [_job_summary(job) for job in found[:limit]],
+            "counts": queue.counts(),
+            "limit": limit,
+            "offset": offset,
+            "has_more": len(found) > limit,
+        }
+        return 200, body, _JSON
+
+    def _scan(
+        self, state: JobState | None, study: str | None, keep: Callable[[Job], bool], count: int, offset: int
+    ) -> list[Job]:
+        """Up to ``count`` jobs that ``keep`` accepts after skipping ``offset`` of them, newest first (the
+        newest :data:`_SCAN_MAX` jobs are looked at)."""
+        out: list[Job] = []
+        skipped = position = 0
+        while position < _SCAN_MAX and len(out) < count:
+            batch = self.node.queue.list(state, study, _SCAN_BATCH, position)
+            for job in batch:
+                if not keep(job):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                elif len(out) < count:
+                    out.append(job)
+            if len(batch) < _SCAN_BATCH:
+                break
+            position += _SCAN_BATCH
+        return out
 
     def job(self, job_id: int) -> Answer:
-        """``GET jobs/{id}``."""
+        """``GET jobs/{id}``: the job with its documents, and its study's description (when it still
+        exists in Orthanc)."""
         if job_id > _MAX_SQL_INT:
             return _error(404, f"no job {job_id}")
         job = self.node.queue.get(job_id)
         if job is None:
             return _error(404, f"no job {job_id}")
-        return 200, _job_json(job), _JSON
+        out = _job_json(job)
+        try:
+            study = self.node.api.get_json(f"/studies/{quote_id(job.study_id)}")
+            out["study_description"] = str(study.get("MainDicomTags", {}).get("StudyDescription", ""))
+            out["study_exists"] = True
+        except NotFoundError:
+            out["study_description"], out["study_exists"] = None, False
+        except RestApiError as exc:
+            logger.warning("job %d: study %s cannot be read: %s", job_id, job.study_id, exc)
+            out["study_description"], out["study_exists"] = None, None
+        return 200, out, _JSON
+
+    def retry(self, job_id: int, user: str | None) -> Answer:
+        """``POST jobs/{id}/retry``: a failed job queued again, attempts reset, who and when recorded in
+        its ``error`` (see :meth:`~orthanc_plugin.jobqueue.JobQueue.retry`)."""
+        queue = self.node.queue
+        job = queue.get(job_id) if job_id <= _MAX_SQL_INT else None
+        if job is None:
+            return _error(404, f"no job {job_id}")
+        if job.state is not JobState.FAILED:
+            return _error(409, f"job {job_id} is {job.state.value}: only a failed job can be retried")
+        if (job.error or "").startswith(SUPERSEDED):
+            return _error(
+                409,
+                f"job {job_id} was {job.error}: it is not retried; re-process the study instead "
+                f"(POST /lesion-ai/studies/{job.study_id}/process)",
+            )
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        note = f"retry requested by {user or 'an unauthenticated request'} at {stamp}"
+        if not queue.retry(job_id, note):
+            return _error(409, f"job {job_id} changed meanwhile; look at it again")
+        again = queue.get(job_id)
+        if again is None:
+            return _error(404, f"no job {job_id}")
+        return 200, {"job": _job_summary(again), "message": "queued again"}, _JSON
 
     def process(self, study_id: str, body: dict[str, Any]) -> Answer:
         """``POST studies/{id}/process``: queue the study's jobs again now."""
@@ -250,72 +388,24 @@ class AdminApi:
             message = "already queued or running"
         return 200, {"study": study_id, "jobs": [j.to_json() for j in jobs], "message": message}, _JSON
 
-    def get_rules(self) -> Answer:
-        """``GET rules``."""
-        rules = self.node.current_rules()
-        return (
-            200,
-            {"source": rules.source, "text": rules.text, "rules": [r.summary() for r in rules.rules]},
-            _JSON,
-        )
-
-    def _destinations_known(self) -> dict[str, list[str]]:
+    # -- studies --------------------------------------------------------------------------------------
+    def studies(self, query: dict[str, str]) -> Answer:
+        """``GET studies?limit=50``: the studies Orthanc stored last, newest first (Orthanc ID,
+        StudyInstanceUID, StudyDescription, series count, stable; no patient data)."""
+        limit = max(1, min(_int(query, "limit", 50), 500))
         api = self.node.api
-        known: dict[str, list[str]] = {}
-        for kind, uri, plugins in (
-            ("modalities", "/modalities", False),
-            ("peers", "/peers", False),
-            ("dicomweb", "/dicom-web/servers", True),
-        ):
-            try:
-                known[kind] = [str(x) for x in api.get_json(uri, plugins=plugins)]
-            except RestApiError:
-                known[kind] = []
-        return known
-
-    def put_rules(self, body: bytes) -> Answer:
-        """``PUT rules``: validate, check destinations, save and apply; old rules stay on error."""
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return _error(400, "the rules must be UTF-8 text (YAML)")
-        try:
-            rules = self.node.rules_from_text(text, "PUT /lesion-ai/rules")
-        except ConfigError as exc:
-            return _error(400, str(exc))
-        missing = check_destinations(rules, self._destinations_known())
-        if missing:
-            return _error(400, "PUT /lesion-ai/rules: " + "; ".join(missing))
-        self.node.replace_rules(rules)
-        return 200, {"status": "ok", "rules": [r.summary() for r in rules.rules]}, _JSON
-
-    def test_rules(self, body: dict[str, Any]) -> Answer:
-        """``POST rules/test``: body ``{"study": ID, "rules": optional YAML, "roles": true}``."""
-        study_id = body.get("study")
-        if not isinstance(study_id, str) or not study_id:
-            return _error(400, "the body needs 'study': an Orthanc study ID")
-        rules: RoutingRules = self.node.current_rules()
-        if body.get("rules") is not None:
-            if not isinstance(body["rules"], str):
-                return _error(400, "'rules' must be YAML text")
-            try:
-                rules = self.node.rules_from_text(body["rules"], "POST /lesion-ai/rules/test (rules)")
-            except ConfigError as exc:
-                return _error(400, str(exc))
-        try:
-            plan = self.node.plan_study(study_id, rules)
-        except NotFoundError:
-            return _error(404, f"no study {study_id} in Orthanc")
-        out = plan.describe()
-        if body.get("roles", True):
-            for entry, match in zip(out["matches"], plan.matches, strict=True):
-                series = [s for s in match.series if isinstance(s, OrthancSeries)]
-                try:
-                    entry["roles"] = describe_roles(self.node.api, series, match.rule.series_rules)
-                except Exception as exc:
-                    entry["roles"] = {"error": f"{type(exc).__name__}: {exc}"}
-        return 200, out, _JSON
-
-    def source(self) -> Answer:
-        """``GET source``: the node's source (AGPL-3.0-or-later) as a gzip-compressed tar archive."""
-        return 200, source_archive(), "application/gzip"
+        total = int(api.get_json("/statistics").get("CountStudies", 0))
+        found = api.get_json(f"/studies?expand&since={max(0, total - limit)}&limit={limit}")
+        studies = []
+        for study in reversed(found):
+            tags = study.get("MainDicomTags", {})
+            studies.append(
+                {
+                    "id": str(study.get("ID", "")),
+                    "study_instance_uid": str(tags.get("StudyInstanceUID", "")),
+                    "description": str(tags.get("StudyDescription", "")),
+                    "series": len(study.get("Series", [])),
+                    "stable": bool(study.get("IsStable", True)),
+                }
+            )
+        return 200, {"studies": studies, "total": total}, _JSON

@@ -6,22 +6,36 @@ running (Orthanc started without it, or killed) never reach it. So the plugin re
 property together with the studies that started arriving but were not stable yet ("pending"). At start,
 pending studies that are stable by now (e.g. Orthanc was killed while receiving them, so their
 stable-study event never came) are evaluated too.
+
+While pending studies are being received, :class:`ReceivingStudies` watches their series' instance counts
+and says when one is worth judging before it is stable (:mod:`orthanc_plugin.completeness`); the headers it
+and that judgement read come from :class:`HeaderCache`, each instance's once.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
+import pydicom
+from pydicom.dataset import Dataset
+
+from orthanc_plugin.completeness import first_header_verdict
+from orthanc_plugin.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChangeFollower", "PropertyStore"]
+__all__ = ["ChangeFollower", "HeaderCache", "PropertyStore", "ReceivingStudies"]
 
 _MAX_PENDING = 10000
+#: How often a study that was judged and did not change since is read again (seconds).
+_SETTLED_CHECK_S = 2.0
 
 
 class PropertyStore(Protocol):
@@ -158,3 +172,208 @@ class ChangeFollower:
                 self._save()
             if page.get("Done", True) or not changes:
                 return handled
+
+
+# -- reading headers from Orthanc ------------------------------------------------------------------------
+class HeaderCache:
+    """Headers of instances read from Orthanc (``/instances/{id}/file``, pixel data not kept), each read once.
+
+    Instances never change, so a header is kept until :meth:`forget` or until ``limit`` newer ones pushed
+    it out (least recently used first).
+
+    Parameters
+    ----------
+    api : RestApi
+        Orthanc's REST API.
+    limit : int
+        Headers kept at most.
+    """
+
+    def __init__(self, api: RestApi, limit: int = 5000) -> None:
+        if limit < 1:
+            raise ValueError(f"HeaderCache limit must be at least 1, got {limit}")
+        self.api = api
+        self.limit = limit
+        self._headers: OrderedDict[str, Dataset | None] = OrderedDict()
+
+    def header(self, instance_id: str) -> Dataset | None:
+        """The header of one instance; None when it is gone or is not DICOM."""
+        if instance_id in self._headers:
+            self._headers.move_to_end(instance_id)
+            return self._headers[instance_id]
+        try:
+            data = self.api.get_bytes(f"/instances/{quote_id(instance_id)}/file")
+        except NotFoundError:
+            return None
+        try:
+            read = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            header: Dataset | None = Dataset(read)  # a plain copy: the file's bytes are not kept
+        except Exception as exc:  # a corrupt file: no header (the engine reports it)
+            logger.debug("instance %s: unreadable header: %s", instance_id, exc)
+            header = None
+        self._headers[instance_id] = header
+        while len(self._headers) > self.limit:
+            self._headers.popitem(last=False)
+        return header
+
+    def headers(self, instance_ids: Iterable[str]) -> list[tuple[str, Dataset]]:
+        """The readable headers of these instances, in their order."""
+        out = []
+        for instance_id in instance_ids:
+            header = self.header(instance_id)
+            if header is not None:
+                out.append((instance_id, header))
+        return out
+
+    def forget(self, instance_ids: Iterable[str]) -> None:
+        """Drop these instances' headers."""
+        for instance_id in instance_ids:
+            self._headers.pop(instance_id, None)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+
+# -- studies being received ----------------------------------------------------------------------------------
+@dataclass
+class _SeriesWatch:
+    instances: tuple[str, ...]
+    first_seen: float
+    changed_at: float
+    stable: bool = False
+    ignored: str | None = None
+    judged_first: bool = False
+
+
+@dataclass
+class _StudyWatch:
+    series: dict[str, _SeriesWatch] = field(default_factory=dict)
+    evaluated: tuple[tuple[str, int, bool], ...] | None = None
+    next_check: float = 0.0
+
+
+class ReceivingStudies:
+    """Watches the studies being received and says when one is worth judging (from the plugin's thread).
+
+    Each call of :meth:`due` reads the watched studies and their series (instance counts: no work per
+    instance) and returns the studies whose series are all quiet (no new instance for ``quiet_s`` seconds,
+    or stable in Orthanc) and changed since they were last returned. The node's own series, and a series
+    that has kept receiving for ``quiet_s`` seconds which the engine ignores from the header of its first
+    instance (DCE, say), may go on receiving.
+
+    Parameters
+    ----------
+    api : RestApi
+        Orthanc's REST API.
+    headers : HeaderCache
+        Where first headers are read (and kept for the judgement that follows).
+    quiet_s : float
+        Seconds without a new instance after which a series counts as quiet.
+    manufacturer : str
+        The node's own Manufacturer: its series are never inputs.
+    clock : callable
+        Monotonic time in seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        api: RestApi,
+        headers: HeaderCache,
+        quiet_s: float,
+        manufacturer: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if quiet_s <= 0:
+            raise ValueError(f"quiet_s must be positive, got {quiet_s}")
+        self.api = api
+        self.headers = headers
+        self.quiet_s = quiet_s
+        self.manufacturer = manufacturer
+        self.clock = clock
+        self._studies: dict[str, _StudyWatch] = {}
+
+    @property
+    def active(self) -> bool:
+        """True while some study is watched (the plugin then looks more often)."""
+        return bool(self._studies)
+
+    def due(self, study_ids: Collection[str]) -> list[str]:
+        """The studies among ``study_ids`` (those being received) worth judging now (see the class
+        docstring); the others are read again at a later call. Studies no longer listed are forgotten."""
+        for gone in [s for s in self._studies if s not in study_ids]:
+            self.forget(gone)
+        now = self.clock()
+        out = []
+        for study_id in study_ids:
+            watch = self._studies.setdefault(study_id, _StudyWatch())
+            if now < watch.next_check:
+                continue
+            try:
+                signature = self._observe(study_id, watch, now)
+            except NotFoundError:
+                self.forget(study_id)
+                continue
+            except RestApiError as exc:
+                logger.warning("study %s: cannot read it to judge its completeness: %s", study_id, exc)
+                continue
+            except Exception:  # a header the engine's classification trips on: StableAge decides
+                logger.exception("study %s: judging its completeness failed; StableAge decides", study_id)
+                watch.next_check = now + _SETTLED_CHECK_S
+                continue
+            if signature is None or signature == watch.evaluated:
+                if all(now - s.changed_at >= 2 * self.quiet_s for s in watch.series.values()):
+                    watch.next_check = now + _SETTLED_CHECK_S  # judged, or nothing to judge: look less often
+                continue
+            watch.evaluated = signature
+            out.append(study_id)
+        return out
+
+    def _observe(
+        self, study_id: str, watch: _StudyWatch, now: float
+    ) -> tuple[tuple[str, int, bool], ...] | None:
+        """Read the study's series; the signature of its possible inputs when all are quiet, else None."""
+        study = self.api.get_json(f"/studies/{quote_id(study_id)}")
+        signature = []
+        quiet = True
+        present = set()
+        for series_id in study.get("Series", []):
+            try:
+                data = self.api.get_json(f"/series/{quote_id(series_id)}")
+            except NotFoundError:
+                continue
+            present.add(series_id)
+            instances = tuple(str(i) for i in data.get("Instances", []))
+            series = watch.series.get(series_id)
+            if series is None:
+                series = watch.series[series_id] = _SeriesWatch(instances, now, now)
+            elif len(instances) != len(series.instances):
+                series.instances, series.changed_at = instances, now
+            series.stable = bool(data.get("IsStable", False))
+            if not instances:
+                continue
+            manufacturer = str((data.get("MainDicomTags") or {}).get("Manufacturer", "")).strip()
+            if self.manufacturer and manufacturer == self.manufacturer:
+                continue
+            busy = not series.stable and now - series.changed_at < self.quiet_s
+            if busy and not series.judged_first and now - series.first_seen >= self.quiet_s:
+                # Receiving for a while (DCE, say): may the study be judged while it goes on? Asked only
+                # now, so that the short series of a study being sent cost no header read meanwhile.
+                first = self.headers.header(instances[0])
+                series.ignored = first_header_verdict(first) if first is not None else None
+                series.judged_first = True
+            if series.ignored is not None:
+                continue
+            quiet = quiet and not busy
+            signature.append((series_id, len(instances), series.stable))
+        for gone in [s for s in watch.series if s not in present]:
+            del watch.series[gone]
+        if not quiet or not signature:
+            return None
+        return tuple(sorted(signature))
+
+    def forget(self, study_id: str) -> None:
+        """Stop watching a study and drop the headers read for it."""
+        watch = self._studies.pop(study_id, None)
+        if watch is not None:
+            for series in watch.series.values():
+                self.headers.forget(series.instances)

@@ -51,7 +51,7 @@ def run_node(args: argparse.Namespace) -> int:
     """Write the configuration and replace this process with Orthanc."""
     from dataclasses import replace
 
-    from orthanc_plugin.launch import NodeOptions, port_in_use, write_configuration
+    from orthanc_plugin.launch import PRIVATE_UMASK, NodeOptions, port_in_use, write_configuration
 
     try:
         options = NodeOptions()
@@ -83,7 +83,10 @@ def run_node(args: argparse.Namespace) -> int:
         f"Orthanc configuration: {config}\n"
         f"  HTTP (REST, DICOMweb, admin /lesion-ai/): http://127.0.0.1:{options.http_port}/\n"
         f"  DICOM: AE title {options.aet}, port {options.dicom_port}\n"
+        f"  admin page: http://127.0.0.1:{options.http_port}/lesion-ai/ui/\n"
     )
+    if options.viewer:
+        out.write(f"  OHIF viewer: http://127.0.0.1:{options.http_port}/lesion-ai/viewer/\n")
     if args.config_only:
         return 0
     for port in (options.http_port, options.dicom_port):
@@ -105,6 +108,8 @@ def run_node(args: argparse.Namespace) -> int:
     # DCMTK (Orthanc's DICOM layer) keeps Nagle's algorithm on unless TCP_NODELAY=1: with it on, every
     # C-STORE waits for a delayed ACK (~40 ms per instance); ingestion is several times faster without.
     os.environ.setdefault("TCP_NODELAY", "1")
+    # Everything Orthanc (which replaces this process) and the node write is private: 0600 files, 0700 folders.
+    os.umask(PRIVATE_UMASK)
     os.execv(binary, [binary, str(config)])  # noqa: S606 - replaces this process with Orthanc
     return 0  # pragma: no cover
 

@@ -69,6 +69,15 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from exc
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value not in ("0", "1"):
+        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 @dataclass(frozen=True)
 class NodeOptions:
     """What ``lesion-ai node`` needs to generate Orthanc's configuration.
@@ -77,7 +86,8 @@ class NodeOptions:
     ``LESION_AI_DICOM_PORT`` (4342), ``LESION_AI_AET`` (LESIONAI), ``LESION_AI_WORKERS`` (1),
     ``LESION_AI_STABLE_AGE`` (30 s), ``LESION_AI_REMOTE_ACCESS`` (0: HTTP from this machine only),
     ``LESION_AI_QUEUE`` (SQLite in the data folder), ``LESION_AI_MODEL`` (packaged default),
-    ``LESION_AI_DEVICE``, ``LESION_AI_ORTHANC_PLUGINS`` (Debian's plugin folder).
+    ``LESION_AI_DEVICE``, ``LESION_AI_ORTHANC_PLUGINS`` (Debian's plugin folder), ``LESION_AI_VIEWER``
+    (1: serve the OHIF viewer at ``/lesion-ai/viewer/``; 0: off).
     """
 
     home: Path = field(default_factory=lambda: Path(os.environ.get("LESION_AI_HOME", "var")))
@@ -93,6 +103,7 @@ class NodeOptions:
     plugins_dir: Path = field(
         default_factory=lambda: Path(os.environ.get("LESION_AI_ORTHANC_PLUGINS", DEFAULT_PLUGINS_DIR))
     )
+    viewer: bool = field(default_factory=lambda: _env_flag("LESION_AI_VIEWER", setting_default("viewer")))
     name: str = "lesion-ai"
     #: Further ``LesionAI`` section fields (e.g. ``Processor``, ``LeaseSeconds``) for tests and sites.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +125,21 @@ class NodeOptions:
             raise ValueError(f"stable_age must be at least 1 second, got {self.stable_age}")
 
 
+PRIVATE_UMASK = 0o077
+"""The node's umask: what it writes (Orthanc's storage and index, queue, logs, rules) is 0600 in 0700 folders."""
+
+
+def private_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) if needed and make it 0700: only the node's user may enter it.
+
+    A data folder made by an earlier version with 0755 is tightened too, so that nothing under it (patient
+    data in Orthanc's storage, the queue, logs) is readable by other local users, whatever the files' modes.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        folder.chmod(0o700)
+
+
 def ensure_credentials(home: Path) -> tuple[dict[str, str], bool]:
     """The REST API's credentials, generated at the first start into ``credentials.json`` (mode 0600).
 
@@ -130,7 +156,7 @@ def ensure_credentials(home: Path) -> tuple[dict[str, str], bool]:
         if not isinstance(data, dict) or not {"username", "password"} <= set(data):
             raise ValueError(f"{path} must hold a JSON object with 'username' and 'password'")
         return {"username": str(data["username"]), "password": str(data["password"])}, False
-    home.mkdir(parents=True, exist_ok=True)
+    private_folder(home)
     credentials = {"username": "lesion-ai", "password": secrets.token_urlsafe(18)}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -179,11 +205,13 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
     """
     home = options.home.resolve()
     for folder in (home, home / "orthanc-db", home / "logs"):
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
     credentials, created = ensure_credentials(home)
     rules = home / "rules.yaml"
     if not rules.exists():
-        rules.write_text(packaged_file("rules.yaml"), encoding="utf-8")
+        fd = os.open(rules, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(packaged_file("rules.yaml"))
     settings = NodeSettings(
         home=home,
         queue=options.queue or sqlite_url(home / "queue.sqlite"),
@@ -196,6 +224,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
         device=options.device,
         log_dir=home / "logs",
         site_packages=_site_packages(),
+        viewer=options.viewer,
     )
     section = deep_merge(settings.to_section(), options.extra)
     NodeSettings.from_orthanc_configuration({SECTION: section})  # validate the extras too

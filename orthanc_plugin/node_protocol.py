@@ -112,6 +112,16 @@ class AdminNode(Protocol):
         """The job queue."""
         ...
 
+    @property
+    def data_dir(self) -> Path:
+        """The node's data folder (``Home``): the admin API keeps the rules' history there."""
+        ...
+
+    def model_card(self) -> dict[str, Any] | None:
+        """The card (``model.json``, as stored) of the model artifact the workers use; None when it cannot
+        be read."""
+        ...
+
     def health_figures(self) -> HealthFigures:
         """The node's state."""
         ...

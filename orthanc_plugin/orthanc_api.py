@@ -71,6 +71,10 @@ class RestOutput(Protocol):
         """Answer 405."""
         ...
 
+    def SetHttpHeader(self, key: str, value: str) -> None:  # noqa: N802
+        """Add a header to the answer (before the answer is sent)."""
+        ...
+
 
 class OrthancModule(Protocol):
     """What the node uses of the embedded ``orthanc`` module."""

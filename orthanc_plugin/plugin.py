@@ -3,10 +3,14 @@
 * Orthanc's change callback only notes events (it runs on Orthanc's single change thread and must stay
   cheap). A daemon thread follows the change log (:mod:`orthanc_plugin.changes`), and for each stable
   study applies the loop guard and the routing rules and enqueues the jobs they ask for (idempotent).
+  It starts a job earlier, while the study is still being received, once the series the engine reads
+  look complete by their headers (:mod:`orthanc_plugin.completeness`); a job for changed inputs replaces
+  the earlier results (:class:`~orthanc_plugin.studies.ResultReplacement`).
 * At ``ORTHANC_STARTED`` it catches up on what was missed while down and starts the worker processes;
   at ``ORTHANC_STOPPED`` it stops them.
 * It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin`), to which it is an
-  :class:`~orthanc_plugin.node_protocol.AdminNode`.
+  :class:`~orthanc_plugin.node_protocol.AdminNode`, the OHIF viewer under ``/lesion-ai/viewer/``
+  (:mod:`orthanc_plugin.viewer`) and the admins' page under ``/lesion-ai/ui/`` (:mod:`orthanc_plugin.ui`).
 * Workers are processes of the virtual environment's interpreter (:mod:`orthanc_plugin.worker_main`),
   started with their settings in a JSON file of the data folder and Orthanc's credentials in their
   environment.
@@ -30,15 +34,17 @@ from typing import Any, TypeVar
 from lesion_engine.errors import ConfigError
 from lesion_engine.model_card import CARD_FILE, default_artifact, model_identity
 from orthanc_plugin.admin import AdminApi
-from orthanc_plugin.changes import ChangeFollower
+from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
 from orthanc_plugin.jobqueue import JobQueue, QueuePolicy, open_queue
 from orthanc_plugin.logsetup import configure_node_logging
 from orthanc_plugin.node_protocol import EnqueuedJob, Evaluation, HealthFigures
-from orthanc_plugin.orthanc_api import InProcessApi, OrthancModule, RestOutput, answer
+from orthanc_plugin.orthanc_api import InProcessApi, NotFoundError, OrthancModule, RestOutput, answer
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
 from orthanc_plugin.settings import NodeSettings
-from orthanc_plugin.studies import StudyPlan, plan_study
+from orthanc_plugin.studies import ResultReplacement, StudyPlan, plan_study
 from orthanc_plugin.supervisor import WorkerSupervisor
+from orthanc_plugin.ui import UI_ROUTE, UiFiles
+from orthanc_plugin.viewer import BASE_URL, ViewerAnswer, viewer_files
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,10 @@ __all__ = ["NodePlugin", "guarded", "install", "worker_command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _IDLE_POLL_S = 5.0
+#: How often the follower looks while studies are being received (their completeness is judged).
+_RECEIVING_POLL_S = 0.5
+#: The viewer's route below ``/lesion-ai/``.
+_VIEWER = BASE_URL.removeprefix("/lesion-ai/").rstrip("/")
 
 
 def guarded(what: str) -> Callable[[F], F]:
@@ -130,6 +140,13 @@ class NodePlugin:
             self.on_stable_study,
             settings.catch_up,
         )
+        self.headers = HeaderCache(self.api)
+        self.receiving: ReceivingStudies | None = (
+            ReceivingStudies(self.api, self.headers, settings.completeness_quiet_s, self.manufacturer)
+            if settings.completeness_quiet_s > 0
+            else None
+        )
+        self.replacement = ResultReplacement(self.api, self.queue)
         self.supervisor: WorkerSupervisor | None = None
         self.errors: list[str] = []
         self._wake = threading.Event()
@@ -138,6 +155,8 @@ class NodePlugin:
         self._model: tuple[float, str] | None = None
         self.last_evaluation: Evaluation | None = None
         self.admin = AdminApi(self)
+        self.viewer = viewer_files(settings)
+        self.ui = UiFiles()
 
     @classmethod
     def from_orthanc(cls, orthanc: OrthancModule) -> NodePlugin:
@@ -151,12 +170,17 @@ class NodePlugin:
         self.orthanc.RegisterOnChangeCallback(self.on_change)
         self.orthanc.RegisterRestCallback("/lesion-ai/(.*)", self.on_rest)
         logger.info("plugin installed; rules from %s, queue %s", self.settings.rules, self.queue)
+        if self.viewer.enabled and not self.viewer.installed():
+            logger.warning("the OHIF viewer is not installed at %s: run `make setup`", self.viewer.root)
+        elif self.viewer.enabled:
+            logger.info("OHIF viewer at %s (files in %s)", BASE_URL, self.viewer.root)
 
     @guarded("change callback")
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
-        """Orthanc's change callback: start, stop, and wake the change follower on stable studies."""
+        """Orthanc's change callback: start, stop, and wake the change follower on stable studies and on
+        new studies and series (never on each instance)."""
         types = self.orthanc.ChangeType
-        if change_type == types.STABLE_STUDY:
+        if change_type in (types.STABLE_STUDY, types.NEW_STUDY, types.NEW_SERIES):
             self._wake.set()
         elif change_type == types.ORTHANC_STARTED:
             self.start()
@@ -166,12 +190,22 @@ class NodePlugin:
     @guarded("REST callback")
     def on_rest(self, output: RestOutput, uri: str, **request: Any) -> None:
         """Orthanc's REST callback for ``/lesion-ai/...``."""
+        path = str((request.get("groups") or ("",))[0])
+        if path == _VIEWER or path.startswith(_VIEWER + "/"):
+            host = (request.get("headers") or {}).get("host")
+            method = str(request.get("method", "GET"))
+            self.on_viewer(output, method, path[len(_VIEWER) :], str(host) if host else None)
+            return
+        if path == UI_ROUTE or path.startswith(UI_ROUTE + "/"):
+            self.ui.respond(output, str(request.get("method", "GET")), path[len(UI_ROUTE) :])
+            return
         try:
             status, body, mime = self.admin.handle(
                 str(request.get("method", "GET")),
                 str((request.get("groups") or ("",))[0]),
                 dict(request.get("get") or {}),
                 request.get("body") or b"",
+                dict(request.get("headers") or {}),
             )
         except Exception as exc:
             logger.exception("REST %s failed", uri)
@@ -180,6 +214,22 @@ class NodePlugin:
             output.SendMethodNotAllowed(str(body.get("allowed", "GET")) if isinstance(body, dict) else "GET")
             return
         answer(output, status, body, mime)
+
+    def on_viewer(self, output: RestOutput, method: str, rest: str, host: str | None = None) -> None:
+        """Answer a request for the OHIF viewer (``rest``: the path after ``/lesion-ai/viewer``; Orthanc
+        drops a final slash, so the viewer's base URL comes with or without it as ``""``; ``host``: the
+        request's Host header)."""
+        try:
+            result = self.viewer.answer(method, rest.removeprefix("/"), host)
+        except OSError as exc:
+            logger.error("viewer: cannot read %r: %s", rest, exc)
+            result = ViewerAnswer(500, f"the viewer's file cannot be read: {exc}\n".encode())
+        if result.status == 405:
+            output.SendMethodNotAllowed(result.headers.get("Allow", "GET"))
+            return
+        for key, value in result.headers.items():
+            output.SetHttpHeader(key, value)
+        answer(output, result.status, result.body, result.mime)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -218,12 +268,15 @@ class NodePlugin:
         except Exception:
             logger.exception("catching up on missed changes failed")
         while not self._stop.is_set():
-            self._wake.wait(_IDLE_POLL_S)
+            receiving = self.receiving is not None and self.receiving.active
+            self._wake.wait(_RECEIVING_POLL_S if receiving else _IDLE_POLL_S)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
                 self.follower.poll()
+                self.start_complete_studies()
+                self.replacement.advance()
             except Exception:
                 logger.exception("reading Orthanc's changes failed; retrying")
                 self._stop.wait(_IDLE_POLL_S)
@@ -274,6 +327,23 @@ class NodePlugin:
             self.rules_error = None
         logger.warning("routing rules replaced (%d rule(s))", len(rules.rules))
 
+    @property
+    def data_dir(self) -> Path:
+        """The node's data folder (``Home``)."""
+        return self.settings.home
+
+    def model_card(self) -> dict[str, Any] | None:
+        """The card of the model artifact the workers use (``Model``, or the packaged default), as stored;
+        None when it cannot be read."""
+        folder = Path(self.settings.model) if self.settings.model else default_artifact()
+        card = folder / CARD_FILE if folder.is_dir() else folder
+        try:
+            data = json.loads(card.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            logger.warning("the model card %s cannot be read: %s", card, exc)
+            return None
+        return data if isinstance(data, dict) else None
+
     def rules_from_text(self, text: str, source: str) -> RoutingRules:
         """Validate rules given as YAML text (relative ``series_rules`` files: beside the rules file)."""
         return parse_rules(text, source, self.settings.rules.parent)
@@ -296,15 +366,39 @@ class NodePlugin:
     def plan_study(self, study_id: str, rules: RoutingRules) -> StudyPlan:
         """What ``rules`` make of a study (loop guard, matches, jobs), without queueing anything."""
         return plan_study(
-            self.api, study_id, rules, self.model, self.settings.metadata_name, self.manufacturer
+            self.api,
+            study_id,
+            rules,
+            self.model,
+            self.settings.metadata_name,
+            self.manufacturer,
+            self.headers,
         )
+
+    def start_complete_studies(self) -> list[EnqueuedJob]:
+        """Enqueue the jobs of studies being received whose inputs look complete now (see
+        :mod:`orthanc_plugin.completeness`); nothing when ``CompletenessQuietSeconds`` is 0."""
+        if self.receiving is None:
+            return []
+        out: list[EnqueuedJob] = []
+        for study_id in self.receiving.due(list(self.follower.pending)):
+            try:
+                out.extend(self.enqueue_study(study_id, early=True))
+            except NotFoundError:
+                continue
+            except Exception:
+                logger.exception("study %s: judging its completeness failed; StableAge decides", study_id)
+        return out
 
     def on_stable_study(self, study_id: str) -> list[EnqueuedJob]:
         """Evaluate a stable study and enqueue the jobs its rules ask for."""
         return self.enqueue_study(study_id)
 
-    def enqueue_study(self, study_id: str, *, force: bool = False) -> list[EnqueuedJob]:
+    def enqueue_study(self, study_id: str, *, force: bool = False, early: bool = False) -> list[EnqueuedJob]:
         """Apply the loop guard and the rules to a study and enqueue its jobs.
+
+        A job for inputs that changed replaces the earlier jobs of its study and rule
+        (:class:`~orthanc_plugin.studies.ResultReplacement`).
 
         Parameters
         ----------
@@ -312,6 +406,10 @@ class NodePlugin:
             Orthanc ID of the study.
         force : bool
             Queue again work that was done or failed before (``POST /lesion-ai/studies/{id}/process``).
+        early : bool
+            The study is still being received: enqueue only the jobs whose inputs look complete by their
+            headers (:meth:`orthanc_plugin.completeness.InputRoles.readiness`); the stable study enqueues
+            the others.
 
         Returns
         -------
@@ -320,24 +418,38 @@ class NodePlugin:
         """
         plan = self.plan_study(study_id, self.current_rules())
         out: list[EnqueuedJob] = []
-        for job, payload in zip(plan.jobs, plan.payloads, strict=True):
+        inputs = plan.inputs or [None] * len(plan.payloads)
+        for job, payload, ranked in zip(plan.jobs, plan.payloads, inputs, strict=True):
+            if early:
+                readiness = ranked.readiness() if ranked is not None else None
+                if readiness is None or not readiness.ready:
+                    logger.info(
+                        "study %s, rule %s: not started before the study is stable: %s",
+                        study_id,
+                        job.rule,
+                        readiness.reason if readiness is not None else "its headers cannot be ranked",
+                    )
+                    continue
             if not force and job.key in plan.study.record.processed:
                 logger.info(
                     "study %s: already processed under rule %s with model %s", study_id, job.rule, job.model
                 )
                 out.append(EnqueuedJob(None, job.key, job.rule, created=False))
                 continue
-            job_id, created = self.queue.enqueue(job, force=force)
+            job_id, created = self.replacement.enqueue(job, force=force)
             if created:
                 logger.info(
-                    "study %s: job %d queued (rule %s, %d input series, model %s)",
+                    "study %s: job %d queued (rule %s, %d input series, model %s%s)",
                     study_id,
                     job_id,
                     job.rule,
                     len(payload.series),
                     job.model,
+                    ", inputs complete before the study is stable" if early else "",
                 )
             out.append(EnqueuedJob(job_id, job.key, job.rule, created))
+        if early and not out:
+            return out
         if not plan.jobs:
             logger.info(
                 "study %s: no rule applies (%d input series, %d excluded)",

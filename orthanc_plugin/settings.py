@@ -277,6 +277,15 @@ class NodeSettings(WorkerSettings):
             "CatchUp", "at the first start with an existing database: none (only changes from now on) or all"
         ),
     )
+    completeness_quiet_s: float = field(
+        default=3.0,
+        metadata=_meta(
+            "CompletenessQuietSeconds",
+            "a study's jobs start once the series the engine reads look complete by their headers and "
+            "none of them received an instance for this many seconds (StableAge stays the fallback); "
+            "0: jobs start at StableAge only",
+        ),
+    )
     log_dir: Path | None = field(
         default=None, metadata=_meta("LogDir", "where the workers' logs go; none: the logs folder of Home")
     )
@@ -287,6 +296,22 @@ class NodeSettings(WorkerSettings):
             "the virtual environment's site-packages, put first on sys.path by the entry script",
         ),
     )
+    viewer: bool = field(
+        default=True,
+        metadata=_meta(
+            "Viewer",
+            "serve the OHIF viewer at /lesion-ai/viewer/ (false: that route answers 404; "
+            "LESION_AI_VIEWER=0 for lesion-ai node)",
+        ),
+    )
+    viewer_dir: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "ViewerDir",
+            "folder of the OHIF viewer's files (its index.html); none: share/lesion-ai-viewer/VERSION "
+            "of the virtual environment of Python, where make setup installs it",
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -294,8 +319,15 @@ class NodeSettings(WorkerSettings):
             raise self._bad("workers", f"must be an integer from 0 to 64, got {self.workers!r}")
         if not 1024 <= self.sequence_property <= 65535:
             raise self._bad("sequence_property", "plugins may use global properties from 1024 to 65535")
+        if not isinstance(self.viewer, bool):
+            raise self._bad("viewer", f"must be true or false, got {self.viewer!r}")
         if self.catch_up not in ("none", "all"):
             raise self._bad("catch_up", f"must be 'none' or 'all', got {self.catch_up!r}")
+        if not 0 <= self.completeness_quiet_s <= 3600:
+            raise self._bad(
+                "completeness_quiet_s",
+                f"must be from 0 (off) to 3600 seconds, got {self.completeness_quiet_s!r}",
+            )
 
     @property
     def logs(self) -> Path:
@@ -417,6 +449,10 @@ def _convert(value: Any, kind: type) -> Any:
         if not isinstance(value, str) or not value:
             raise TypeError("path expected")
         return Path(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError("true or false expected")
+        return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError("integer expected")

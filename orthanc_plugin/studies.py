@@ -4,6 +4,11 @@ The loop guard keeps the node from processing its own results (which re-trigger 
 event when they are stored into the study): a series is never an input when its SOP class is a result or
 non-image class (SEG, SR, Parametric Map, Secondary Capture, presentation states, ...), when its
 Manufacturer is the node's own, or when the study's record (metadata) lists it as a result of the node.
+
+A job is identified by the series the engine may read (:func:`payload_for`), judged from their headers
+(:mod:`orthanc_plugin.completeness`). When they change (more instances, another candidate series), the new
+job replaces the earlier ones of its study and rule (:class:`ResultReplacement`): their results are deleted
+from the study before the new job may run, so that a study never holds two live result sets.
 """
 
 from __future__ import annotations
@@ -11,13 +16,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from orthanc_plugin.jobqueue import JobPayload, NewJob, job_fingerprint
-from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
-from orthanc_plugin.rules import RoutingRules, RuleMatch
+from orthanc_plugin.changes import HeaderCache
+from orthanc_plugin.completeness import InputRoles, InputSeries, first_header_verdict, rank_inputs
+from orthanc_plugin.jobqueue import (
+    Job,
+    JobDocumentError,
+    JobPayload,
+    JobProgress,
+    JobQueue,
+    JobState,
+    NewJob,
+    job_fingerprint,
+)
+from orthanc_plugin.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
+from orthanc_plugin.rules import RoutingRule, RoutingRules, RuleMatch
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +43,10 @@ __all__ = [
     "NON_INPUT_SOP_CLASS_PREFIXES",
     "OrthancSeries",
     "OrthancStudy",
+    "ResultReplacement",
     "StudyPlan",
     "StudyRecord",
+    "engine_inputs",
     "job_for",
     "payload_for",
     "plan_study",
@@ -112,6 +132,8 @@ class OrthancSeries:
         self.series_id: str = data["ID"]
         self.main: dict[str, Any] = data.get("MainDicomTags", {})
         self.instances: list[str] = list(data.get("Instances", []))
+        #: Orthanc calls the series stable (no new instance for StableAge seconds).
+        self.is_stable = bool(data.get("IsStable", False))
         self._metadata: dict[str, str] | None = None
         self._tags: dict[str, Any] | None = None
 
@@ -255,10 +277,41 @@ class OrthancStudy:
         return None
 
 
-def payload_for(study: OrthancStudy, match: RuleMatch, model: str) -> JobPayload:
-    """The payload of the job asked for by one rule match (its key: study, rule, input series, model)."""
+def engine_inputs(series: Sequence[OrthancSeries], headers: HeaderCache, rule: RoutingRule) -> InputRoles:
+    """What the headers say of a rule's input series: the engine's role candidates and their completeness.
+
+    Every instance's header is read (through ``headers``) except for series that the header of their first
+    instance rules out (DCE, localizers, ...; :func:`~orthanc_plugin.completeness.first_header_verdict`).
+    """
+    items = []
+    for item in series:
+        first = headers.header(item.instances[0]) if item.instances else None
+        if first is None:
+            read: list[tuple[str, Any]] = []
+        elif first_header_verdict(first, rule.series_rules) is not None:
+            read = [(item.instances[0], first)]
+        else:
+            read = headers.headers(item.instances)
+        items.append(
+            InputSeries(item.series_id, item.series_instance_uid, len(item.instances), item.is_stable, read)
+        )
+    return rank_inputs(items, rule.series_rules)
+
+
+def payload_for(
+    study: OrthancStudy, match: RuleMatch, model: str, inputs: InputRoles | None = None
+) -> JobPayload:
+    """The payload of the job asked for by one rule match (its key: study, rule, input series, model).
+
+    The fingerprint counts the series the engine may read (``inputs``,
+    :attr:`~orthanc_plugin.completeness.InputRoles.engine_inputs`), or every input series of the match when
+    ``inputs`` is None (their headers could not be ranked).
+    """
     series = sorted(match.series, key=lambda s: s.series_id)
-    inputs = [(s.series_id, len(s.instances) if isinstance(s, OrthancSeries) else 0) for s in series]
+    if inputs is not None:
+        counted = inputs.engine_inputs
+    else:
+        counted = [(s.series_id, len(s.instances) if isinstance(s, OrthancSeries) else 0) for s in series]
     rule = match.rule
     return JobPayload(
         study=study.study_id,
@@ -271,7 +324,7 @@ def payload_for(study: OrthancStudy, match: RuleMatch, model: str) -> JobPayload
         series_rules=rule.series_rules_data,
         series_rules_source=rule.series_rules_source,
         model=model,
-        fingerprint=job_fingerprint(study.study_id, rule.name, inputs, model),
+        fingerprint=job_fingerprint(study.study_id, rule.name, counted, model),
     )
 
 
@@ -283,11 +336,13 @@ def job_for(study: OrthancStudy, match: RuleMatch, model: str) -> NewJob:
 @dataclass
 class StudyPlan:
     """What the node makes of a study: the guard's exclusions, the rules that match, the jobs' payloads
-    (one per match)."""
+    (one per match), and what the headers say of each match's inputs (None where they were not read or
+    could not be ranked)."""
 
     study: OrthancStudy
     matches: list[RuleMatch]
     payloads: list[JobPayload]
+    inputs: list[InputRoles | None] = field(default_factory=list)
 
     @property
     def jobs(self) -> list[NewJob]:
@@ -322,9 +377,19 @@ class StudyPlan:
 
 
 def plan_study(
-    api: RestApi, study_id: str, rules: RoutingRules, model: str, metadata_name: str, manufacturer: str
+    api: RestApi,
+    study_id: str,
+    rules: RoutingRules,
+    model: str,
+    metadata_name: str,
+    manufacturer: str,
+    headers: HeaderCache | None = None,
 ) -> StudyPlan:
     """Read a study, apply the loop guard and the rules, and build the jobs they ask for.
+
+    With ``headers``, each match's input series are ranked by their headers (:func:`engine_inputs`): the
+    jobs' keys then count the series the engine may read; a study whose headers cannot be ranked is keyed by
+    all its input series (logged).
 
     Raises
     ------
@@ -333,4 +398,124 @@ def plan_study(
     """
     study = OrthancStudy(api, study_id, metadata_name, manufacturer)
     matches = rules.evaluate(study) if study.series else []
-    return StudyPlan(study, matches, [payload_for(study, m, model) for m in matches])
+    inputs: list[InputRoles | None] = []
+    for match in matches:
+        ranked: InputRoles | None = None
+        if headers is not None:
+            series = [s for s in match.series if isinstance(s, OrthancSeries)]
+            try:
+                ranked = engine_inputs(series, headers, match.rule)
+            except Exception as exc:  # never let one odd header stop the study: its key counts every series
+                logger.warning(
+                    "study %s: its headers cannot be ranked (%s); keyed by all its series", study_id, exc
+                )
+        inputs.append(ranked)
+    payloads = [payload_for(study, m, model, ranked) for m, ranked in zip(matches, inputs, strict=True)]
+    return StudyPlan(study, matches, payloads, inputs)
+
+
+# -- replacing earlier results -------------------------------------------------------------------------
+class ResultStore(Protocol):
+    """What :class:`ResultReplacement` uses of Orthanc's REST API (:class:`~orthanc_plugin.orthanc_api.InProcessApi`)."""
+
+    def get_json(self, uri: str) -> Any:
+        """GET, decoded as JSON."""
+        ...
+
+    def post_json(self, uri: str, body: Any) -> Any:
+        """POST a JSON body; the answer decoded as JSON."""
+        ...
+
+
+class ResultReplacement:
+    """Queues jobs so that a study never holds two live result sets of one rule.
+
+    A job whose key is new while its study and rule have other jobs (the inputs changed: more instances,
+    another series, another model) is queued *held* (:meth:`JobQueue.enqueue_replacing`); the earlier jobs
+    that had not started are superseded. :meth:`advance` then waits until none of the earlier jobs is
+    running, deletes their stored results from the study (``POST /tools/bulk-delete``) and releases the
+    new job, which stores its own. Result UIDs derive from the input series' UIDs, so new results often
+    carry the earlier ones' UIDs: deleting first is what lets them be stored at all.
+
+    Parameters
+    ----------
+    api : ResultStore
+        Orthanc's REST API.
+    queue : JobQueue
+        The job queue.
+    """
+
+    def __init__(self, api: ResultStore, queue: JobQueue) -> None:
+        self.api = api
+        self.queue = queue
+        self._lock = threading.Lock()
+
+    def enqueue(self, job: NewJob, *, force: bool = False) -> tuple[int, bool]:
+        """Queue a job (see :meth:`JobQueue.enqueue`), replacing its study's earlier jobs of its rule when
+        it is new work; returns its ID and whether it was added or queued again."""
+        with self._lock:
+            if self.queue.find(job.key) is not None:
+                return self.queue.enqueue(job, force=force)
+            job_id, created, held = self.queue.enqueue_replacing(job)
+            if held:
+                logger.info(
+                    "study %s: job %d replaces the earlier jobs of rule %s", job.study_id, job_id, job.rule
+                )
+                held_job = self.queue.get(job_id)
+                if held_job is not None:
+                    self._advance(held_job)
+            return job_id, created
+
+    def advance(self) -> int:
+        """Release the held jobs whose earlier jobs are finished and whose earlier results are deleted;
+        returns how many were released."""
+        released = 0
+        with self._lock:
+            for job in self.queue.held():
+                try:
+                    released += self._advance(job)
+                except (RestApiError, JobDocumentError) as exc:
+                    logger.warning("job %d: earlier results not replaced yet: %s", job.id, exc)
+        return released
+
+    def _advance(self, held: Job) -> bool:
+        others = [
+            job
+            for job in self.queue.list(study_id=held.study_id, limit=1000)
+            if job.rule == held.rule and job.id != held.id
+        ]
+        now = time.time()
+        running = [j.id for j in others if j.state is JobState.RUNNING and (j.lease_expires or 0.0) >= now]
+        if running:
+            logger.debug("job %d waits for job(s) %s to end", held.id, running)
+            return False
+        for job in others:
+            if job.state in (JobState.QUEUED, JobState.RUNNING):
+                self.queue.supersede(job.id, held.id)
+        earlier = sorted({i for job in others for i in self._stored(job)})
+        present = [i for i in earlier if self._exists(i)]
+        if present:
+            self.api.post_json("/tools/bulk-delete", {"Resources": present})
+            logger.info(
+                "study %s: %d earlier result object(s) of rule %s deleted; job %d stores the new ones",
+                held.study_id,
+                len(present),
+                held.rule,
+                held.id,
+            )
+        return self.queue.release_held(held.id)
+
+    @staticmethod
+    def _stored(job: Job) -> tuple[str, ...]:
+        try:
+            return JobProgress.from_json(job.progress).stored or ()
+        except JobDocumentError as exc:
+            logger.warning("job %d: progress unreadable, its results are not deleted: %s", job.id, exc)
+            return ()
+
+    def _exists(self, instance_id: str) -> bool:
+        try:
+            self.api.get_json(f"/instances/{quote_id(instance_id)}")
+        except NotFoundError:
+            return False
+        return True

@@ -165,6 +165,15 @@ class FakeOrthanc:
             page = [c for c in self.changes if c["Seq"] > since][:limit]
             last = page[-1]["Seq"] if page else len(self.changes)
             return {"Changes": page, "Done": last >= len(self.changes), "Last": last}
+        if path == "/statistics":
+            return {"CountStudies": len(self.studies), "CountSeries": len(self.series)}
+        if path == "/studies":
+            since = int(query.get("since", ["0"])[0])
+            limit = int(query.get("limit", ["0"])[0]) or len(self.studies)
+            chosen = list(self.studies)[since : since + limit]
+            if "expand" in query:
+                return [self._get(f"/studies/{study_id}", {}) for study_id in chosen]
+            return chosen
         if path == "/modalities":
             return self.modalities
         if path == "/peers":
@@ -300,9 +309,15 @@ class FakeOrthanc:
             self.on_change(ChangeType.STABLE_STUDY, ResourceType.STUDY, study_id)
 
     def rest(
-        self, method: str, path: str, body: bytes = b"", get: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        get: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> FakeOutput:
-        """Call the plugin's REST route for ``path`` as Orthanc would; returns what it answered."""
+        """Call the plugin's REST route for ``path`` as Orthanc would (header names in lower case, as
+        Orthanc passes them); returns what it answered."""
         output = FakeOutput()
         for pattern, callback in self.rest_callbacks:
             if m := pattern.fullmatch(path):
@@ -310,7 +325,7 @@ class FakeOrthanc:
                     "method": method,
                     "groups": m.groups(),
                     "get": get or {},
-                    "headers": {},
+                    "headers": {k.lower(): v for k, v in (headers or {}).items()},
                 }
                 if method in ("POST", "PUT"):
                     request["body"] = body
@@ -352,6 +367,11 @@ class FakeOutput:
         self.body: bytes = b""
         self.mime: str | None = None
         self.allowed: str | None = None
+        self.headers: dict[str, str] = {}
+
+    def SetHttpHeader(self, key: str, value: str) -> None:  # noqa: N802
+        assert self.status is None, "headers must be set before the answer"
+        self.headers[key] = value
 
     def AnswerBuffer(self, buffer: bytes | str, mime_type: str) -> None:  # noqa: N802
         self.status, self.mime = 200, mime_type

@@ -6,7 +6,9 @@ Every server listens on free loopback ports and keeps its state under the test's
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import http.client
 import json
 import os
 import shutil
@@ -99,6 +101,34 @@ class OrthancServer:
     def client(self) -> OrthancClient:
         creds = self.credentials or {}
         return OrthancClient(self.url, creds.get("username"), creds.get("password"), timeout_s=60)
+
+    def fetch(
+        self,
+        path: str,
+        *,
+        auth: bool = True,
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        body: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Request ``path`` exactly as written (no normalization of ``..`` or percent-escapes; GET unless
+        ``method`` says otherwise): status, headers (lower-case names) and body, whatever the status."""
+        sent = dict(headers or {})
+        if auth and self.credentials:
+            token = f"{self.credentials['username']}:{self.credentials['password']}".encode()
+            sent["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=60)
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            if body is not None:
+                sent["Content-Length"] = str(len(body))
+            for key, value in sent.items():
+                connection.putheader(key, value)
+            connection.endheaders(body)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
 
     def start(self, timeout_s: float = 60.0) -> OrthancServer:
         with open(self.log, "ab") as log:

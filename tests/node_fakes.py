@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -20,12 +20,17 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from lesion_engine.outputs import Output
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError
 from orthanc_plugin.processing import (
+    EngineProcessor,
     ProcessingOutcome,
     ProcessingRequest,
+    Processor,
     ProcessorSettings,
     encode,
     headers_of,
 )
+
+if TYPE_CHECKING:
+    from lesion_engine.engine import Engine
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -203,3 +208,27 @@ class Scripted:
 
     def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
         return [b"FAIL-SR"]
+
+
+class UngatedEngineProcessor(EngineProcessor):
+    """The real engine without the anatomical gate: on the fixture, the default model's lesions lie outside
+    the gland, so the gated engine reports none; the viewer's browser test needs lesions to show."""
+
+    def engine(self) -> Engine:
+        from lesion_engine.engine import Engine  # torch: only in the workers that run this processor
+        from lesion_engine.gland import GlandSettings
+
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine.from_artifact(
+                    self.settings.model,
+                    self.settings.device,
+                    threads=self.settings.threads,
+                    gland=GlandSettings(enabled=False),
+                )
+            return self._engine
+
+
+def ungated_engine(settings: ProcessorSettings) -> Processor:
+    """The ``module:factory`` of :class:`UngatedEngineProcessor` for the node's ``Processor`` setting."""
+    return UngatedEngineProcessor(settings)

@@ -14,6 +14,7 @@ from lesion_engine.errors import ConfigError
 from lesion_engine.safe_regex import UnsafePatternError, compile_pattern
 from lesion_engine.series_rules import load_series_rules
 from lesion_engine.yamlconfig import MAX_YAML_BYTES, read_yaml, read_yaml_file
+from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.jobqueue import sqlite_url
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.rules import parse_rules
@@ -164,7 +165,12 @@ def test_put_rules_with_a_file_outside_is_refused_and_the_old_rules_stay(
     fake, _ = node
     secret = tmp_path.parent / f"{tmp_path.name}-secret.yaml"
     secret.write_text("password: TOP-SECRET-VALUE\n")
-    answer = fake.rest("PUT", "/lesion-ai/rules", _rule_with_series_rules(str(secret)).encode())
+    answer = fake.rest(
+        "PUT",
+        "/lesion-ai/rules",
+        _rule_with_series_rules(str(secret)).encode(),
+        headers={CSRF_HEADER: CSRF_VALUE},
+    )
     assert answer.status == 400
     assert "TOP-SECRET-VALUE" not in answer.body.decode()
     assert fake.rest("GET", "/lesion-ai/rules").json()["rules"][0]["name"] == "evil"

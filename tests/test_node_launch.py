@@ -47,6 +47,9 @@ def test_configuration_credentials_and_site_overrides(
     assert stat.S_IMODE((home / "credentials.json").stat().st_mode) == 0o600
     assert f"password: {credentials['password']}" in first
     assert stat.S_IMODE((home / "orthanc.json").stat().st_mode) == 0o600
+    for private in (home, home / "orthanc-db", home / "logs"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
+    assert stat.S_IMODE((home / "rules.yaml").stat().st_mode) == 0o600
     config = json.loads((home / "orthanc.json").read_text())
     assert config["HttpPort"] == int(node_env["LESION_AI_HTTP_PORT"])
     assert config["DicomPort"] == int(node_env["LESION_AI_DICOM_PORT"])

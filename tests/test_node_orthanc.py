@@ -10,13 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
+from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.client import OrthancClient
 from orthanc_plugin.dicomsend import dicom_files, send_files
 from orthanc_plugin.orthanc_api import RestApiError
@@ -254,6 +258,23 @@ def test_real_fixture_study_with_the_engine(fleet: OrthancFleet, prostatex: Path
                 assert validators.dsrdump(path).returncode == 0
             validated.append(modality)
     assert sorted(validated) == ["SEG", "SR"]
+    _check_private(node.home)
+
+
+def _check_private(home: Path) -> None:
+    """Patient data at rest: what Orthanc and the node wrote is 0600 in 0700 folders."""
+    written = [home / "orthanc-db", home / "logs", home / "worker-settings.json", home / "credentials.json"]
+    written += [home / "orthanc.json", *home.glob("queue.sqlite*")]
+    found = []
+    for top in written:
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            mode = path.stat().st_mode & 0o777
+            found.append(path)
+            wanted = 0o700 if path.is_dir() else 0o600
+            assert mode & ~wanted == 0, f"{path.relative_to(home)} has mode {mode:o}"
+    assert oct(home.stat().st_mode & 0o777) == oct(0o700)
+    assert any(p.parent.name != "orthanc-db" and p.is_file() for p in (home / "orthanc-db").rglob("*"))
+    assert len(found) > 5
 
 
 def test_orthanc_killed_mid_job_then_restarted(fleet: OrthancFleet, tmp_path: Path) -> None:
@@ -320,27 +341,40 @@ rules:
 """
 
 
+#: The header that state-changing admin requests carry.
+ADMIN = {CSRF_HEADER: CSRF_VALUE}
+
+
+def _post(node: OrthancServer, path: str, body: Any) -> Any:
+    """POST JSON to the admin API with the CSRF header; the answer decoded (the test fails on an error)."""
+    status, _, data = node.fetch(path, method="POST", body=json.dumps(body).encode(), headers=ADMIN)
+    assert status == 200, (path, status, data[:500])
+    return json.loads(data)
+
+
 def test_put_rules_at_run_time(fleet: OrthancFleet, tmp_path: Path) -> None:
     node = fleet.node(workers=0).start()
     client = node.client()
     before = client.get_json("/lesion-ai/rules")
-    with pytest.raises(RestApiError) as bad:
-        client.request("PUT", "/lesion-ai/rules", BAD_RULE.encode(), "application/x-yaml")
-    assert bad.value.status == 400
-    assert "line 4, field rules[0].priorty: unknown field" in str(bad.value)
+    status, _, body = node.fetch("/lesion-ai/rules", method="PUT", body=BAD_RULE.encode(), headers=ADMIN)
+    assert status == 400
+    assert "line 4, field rules[0].priorty: unknown field" in json.loads(body)["error"]
     assert client.get_json("/lesion-ai/rules") == before
     good = BAD_RULE.replace("priorty", "priority")
-    assert b'"status" : "ok"' in client.request("PUT", "/lesion-ai/rules", good.encode()).replace(
-        b'": "', b'" : "'
-    )
+    # Without the CSRF header the node changes nothing, even for its own user.
+    status, _, body = node.fetch("/lesion-ai/rules", method="PUT", body=good.encode())
+    assert status == 403 and b"X-Lesion-AI-Request: 1" in body
+    assert client.get_json("/lesion-ai/rules") == before
+    status, _, body = node.fetch("/lesion-ai/rules", method="PUT", body=good.encode(), headers=ADMIN)
+    assert status == 200 and json.loads(body)["status"] == "ok"
     assert client.get_json("/lesion-ai/rules")["text"] == good
     make_study(tmp_path / "ct", modality="CT", study_description="CT", body_part="CHEST")
     _send(node, tmp_path / "ct")
     [job] = wait_for(lambda: jobs(client), 30, "a job for the CT study under the new rule")
     assert (job["rule"], job["priority"], job["state"]) == ("everything", 1, "queued")
-    test = client.post_json("/lesion-ai/rules/test", {"study": job["study"], "roles": False})
+    test = _post(node, "/lesion-ai/rules/test", {"study": job["study"], "roles": False})
     assert [m["rule"] for m in test["matches"]] == ["everything"]
-    again = client.post_json(f"/lesion-ai/studies/{job['study']}/process", {})
+    again = _post(node, f"/lesion-ai/studies/{job['study']}/process", {})
     assert again["message"] == "already queued or running"
     # Same kind of study from another sender: the rule (calling_aet: [SCANNER]) does not match.
     make_study(tmp_path / "ct2", modality="CT", study_description="CT", body_part="CHEST")
@@ -371,4 +405,90 @@ def test_postgres_queue_two_workers_each_job_once(
     assert sorted(line.split()[0] for line in lines) == sorted(uids)  # each study processed exactly once
     for uid in uids:
         assert count_by_modality(client, str(find_study(client, uid)))["SEG"] == 1
+    node.note_workers()
+
+
+def test_forwarding_survives_an_outage_and_delivers_once(fleet: OrthancFleet, tmp_path: Path) -> None:
+    pacs = fleet.pacs()  # configured, not started: nothing listens on its DICOM port yet
+    node = fleet.node(
+        site={"DicomModalities": {"pacs": [pacs.aet, "127.0.0.1", pacs.dicom_port]}},
+        rules=RULES_TO_PACS,
+        extra={"MaxAttempts": 10, "ForwardAttempts": 1},
+    ).start()
+    client = node.client()
+    make_study(tmp_path / "in", study_description="MR PROSTATE")
+    _send(node, tmp_path / "in")
+
+    def retried() -> dict[str, Any] | None:
+        found = jobs(client)
+        return found[0] if found and found[0]["attempts"] >= 2 and found[0]["state"] == "queued" else None
+
+    job = wait_for(retried, 60, "a failed send and a retry of the job")
+    detail = client.get_json(f"/lesion-ai/jobs/{job['id']}")
+    assert detail["progress"]["forwarded"] == {"modalities:pacs": "failed"}
+    assert "pacs" in str(detail["error"])
+    pacs.start()
+    [done] = _done(client, 1, timeout_s=90)
+    detail = client.get_json(f"/lesion-ai/jobs/{done['id']}")
+    assert detail["progress"]["forwarded"] == {"modalities:pacs": "done"}
+    assert detail["attempts"] >= 2
+    uid = client.get_json(f"/studies/{done['study']}")["MainDicomTags"]["StudyInstanceUID"]
+    pacs_client = pacs.client()
+    wait_for(lambda: find_study(pacs_client, uid), 30, "the results at the PACS")
+    _settle(client)
+    time.sleep(2)  # a duplicate send would arrive now
+    assert count_by_modality(pacs_client, str(find_study(pacs_client, uid))) == {"SEG": 1, "SR": 1}
+
+
+def test_results_arrive_well_before_stable_age_and_a_rerun_replaces_them(
+    fleet: OrthancFleet, prostatex: Path, prostatex_series: dict[int, Path], tmp_path: Path
+) -> None:
+    """StableAge stays at its default (30 s): the job starts once the series the engine reads are complete.
+    A second ADC map arriving later is a new input set: the job runs again and its results replace the
+    first ones; the stable event adds no job."""
+    node = fleet.node(stable_age=30).start()
+    client = node.client()
+    _send(node, prostatex / "dicom")
+    sent = time.monotonic()
+    [first] = _done(client, 1, timeout_s=25)
+    assert time.monotonic() - sent < 15, "the results should not wait for StableAge (30 s)"
+    study = first["study"]
+    assert not client.get_json(f"/studies/{study}")["IsStable"]
+    assert count_by_modality(client, study) == {"MR": 212, "SEG": 1, "SR": 1}
+    results = {
+        s["MainDicomTags"]["Modality"]: s["Instances"]
+        for s in client.get_json(f"/studies/{study}/series")
+        if s["MainDicomTags"]["Modality"] in ("SEG", "SR")
+    }
+
+    again = tmp_path / "adc-again"
+    again.mkdir()
+    series_uid = generate_uid()
+    for path in sorted(prostatex_series[8].glob("*.dcm")):  # the ADC map, sent again as another series
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 108
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(again / path.name, enforce_file_format=True)
+    _send(node, again)
+    done = _done(client, 2, timeout_s=25)
+    [second] = [j for j in done if j["id"] != first["id"]]
+    payload = client.get_json(f"/lesion-ai/jobs/{second['id']}")["payload"]
+    assert (
+        len(payload["series"])
+        == len(client.get_json(f"/lesion-ai/jobs/{first['id']}")["payload"]["series"]) + 1
+    )
+    assert count_by_modality(client, study) == {"MR": 212 + 19, "SEG": 1, "SR": 1}  # one live result set
+    replaced = {
+        s["MainDicomTags"]["Modality"]: s["Instances"]
+        for s in client.get_json(f"/studies/{study}/series")
+        if s["MainDicomTags"]["Modality"] in ("SEG", "SR")
+    }
+    assert set(replaced) == {"SEG", "SR"} and replaced != results
+    for instance in results["SEG"] + results["SR"]:  # the first job's results are gone
+        with pytest.raises(RestApiError):
+            client.get_json(f"/instances/{instance}")
+    _settle(client, timeout_s=60)
+    assert len(jobs(client)) == 2
     node.note_workers()

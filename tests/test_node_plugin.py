@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.jobqueue import JobState, NewJob, sqlite_url
 from orthanc_plugin.logsetup import remove_orthanc_logging
 from orthanc_plugin.node_protocol import EnqueuedJob
@@ -33,6 +34,8 @@ PROSTATE: list[dict[str, Any]] = [
     {"SeriesDescription": "ep2d_diff_tra_ADC"},
     {"SeriesDescription": "t2_localizer", "instances": 1},
 ]
+#: The header that state-changing admin requests carry.
+ADMIN = {CSRF_HEADER: CSRF_VALUE}
 
 
 def _settings(tmp_path: Path, **changes: object) -> NodeSettings:
@@ -236,7 +239,7 @@ def test_callbacks_never_raise_into_orthanc(
     assert out.status == 200  # health does not read Orthanc
     fake.fail_next_get = OrthancException(1, "Internal error")
     study = fake.add_study(series=PROSTATE)
-    out = fake.rest("POST", f"/lesion-ai/studies/{study}/process")
+    out = fake.rest("POST", f"/lesion-ai/studies/{study}/process", headers=ADMIN)
     assert out.status == 500 and "Internal error" in out.json()["error"]
 
 
@@ -297,7 +300,7 @@ def test_health_and_jobs_routes(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     one = fake.rest("GET", f"/lesion-ai/jobs/{job_id}").json()
     assert one["payload"]["study"] == study and one["state"] == "queued"
     assert fake.rest("GET", "/lesion-ai/jobs/999").status == 404
-    assert fake.rest("DELETE", "/lesion-ai/jobs").status == 405
+    assert fake.rest("DELETE", "/lesion-ai/jobs", headers=ADMIN).status == 405
     assert fake.rest("GET", "/lesion-ai/nothing").status == 404
 
 
@@ -333,15 +336,15 @@ def test_process_route_requeues_a_finished_study(node: tuple[FakeOrthanc, NodePl
     job = plugin.queue.claim("w")
     assert job is not None
     plugin.queue.complete(job.id, "w")
-    answer = fake.rest("POST", f"/lesion-ai/studies/{study}/process").json()
+    answer = fake.rest("POST", f"/lesion-ai/studies/{study}/process", headers=ADMIN).json()
     assert answer["message"] == "queued" and answer["jobs"][0]["id"] == job.id
     assert plugin.queue.get(job.id).state is JobState.QUEUED  # type: ignore[union-attr]
-    again = fake.rest("POST", f"/lesion-ai/studies/{study}/process").json()
+    again = fake.rest("POST", f"/lesion-ai/studies/{study}/process", headers=ADMIN).json()
     assert again["message"] == "already queued or running"
-    assert fake.rest("POST", "/lesion-ai/studies/unknown/process").status == 404
+    assert fake.rest("POST", "/lesion-ai/studies/unknown/process", headers=ADMIN).status == 404
     ct = fake.add_study(description="CT", series=[{"Modality": "CT", "BodyPartExamined": "CHEST"}])
     assert (
-        fake.rest("POST", f"/lesion-ai/studies/{ct}/process").json()["message"]
+        fake.rest("POST", f"/lesion-ai/studies/{ct}/process", headers=ADMIN).json()["message"]
         == "no rule applies to this study"
     )
 
@@ -363,15 +366,15 @@ def test_put_rules_validates_and_keeps_old_rules_on_error(node: tuple[FakeOrthan
     fake, plugin = node
     before = fake.rest("GET", "/lesion-ai/rules").json()
     bad = GOOD_RULES.replace("priority: 5", "priority: high")
-    out = fake.rest("PUT", "/lesion-ai/rules", bad.encode())
+    out = fake.rest("PUT", "/lesion-ai/rules", bad.encode(), headers=ADMIN)
     assert out.status == 400
     message = out.json()["error"]
     assert "line 4" in message and "rules[0].priority" in message
     assert fake.rest("GET", "/lesion-ai/rules").json() == before
     unknown_destination = GOOD_RULES.replace("[pacs]", "[elsewhere]")
-    out = fake.rest("PUT", "/lesion-ai/rules", unknown_destination.encode())
+    out = fake.rest("PUT", "/lesion-ai/rules", unknown_destination.encode(), headers=ADMIN)
     assert out.status == 400 and "'elsewhere' is not defined in Orthanc" in out.json()["error"]
-    out = fake.rest("PUT", "/lesion-ai/rules", GOOD_RULES.encode())
+    out = fake.rest("PUT", "/lesion-ai/rules", GOOD_RULES.encode(), headers=ADMIN)
     assert out.status == 200
     assert plugin.settings.rules.read_text() == GOOD_RULES  # saved for the next start
     study = fake.add_study(series=PROSTATE)
@@ -411,7 +414,7 @@ def test_rules_test_route_shows_matches_and_roles(node: tuple[FakeOrthanc, NodeP
             {"Modality": "SR", "SeriesDescription": "old report", "sop_class": SR},
         ]
     )
-    out = fake.rest("POST", "/lesion-ai/rules/test", json.dumps({"study": study}).encode())
+    out = fake.rest("POST", "/lesion-ai/rules/test", json.dumps({"study": study}).encode(), headers=ADMIN)
     assert out.status == 200, out.body
     result = out.json()
     [match] = result["matches"]
@@ -430,14 +433,18 @@ def test_rules_test_route_shows_matches_and_roles(node: tuple[FakeOrthanc, NodeP
         json.dumps(
             {"study": study, "rules": GOOD_RULES.replace("SCANNER", "OTHER"), "roles": False}
         ).encode(),
+        headers=ADMIN,
     ).json()
     assert other["matches"] == []
     bad = fake.rest(
-        "POST", "/lesion-ai/rules/test", json.dumps({"study": study, "rules": "rules: 3"}).encode()
+        "POST",
+        "/lesion-ai/rules/test",
+        json.dumps({"study": study, "rules": "rules: 3"}).encode(),
+        headers=ADMIN,
     )
     assert bad.status == 400 and "field rules" in bad.json()["error"]
-    assert fake.rest("POST", "/lesion-ai/rules/test", b"{}").status == 400
-    assert fake.rest("POST", "/lesion-ai/rules/test", b"[1]").status == 400
+    assert fake.rest("POST", "/lesion-ai/rules/test", b"{}", headers=ADMIN).status == 400
+    assert fake.rest("POST", "/lesion-ai/rules/test", b"[1]", headers=ADMIN).status == 400
 
 
 def test_source_route_serves_the_complete_source(node: tuple[FakeOrthanc, NodePlugin]) -> None:

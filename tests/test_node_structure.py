@@ -36,7 +36,8 @@ def test_admin_does_not_import_the_plugin() -> None:
     imported = _imported_modules(REPO / "orthanc_plugin" / "admin.py")
     assert "orthanc_plugin.plugin" not in imported
     assert "orthanc_plugin.node_protocol" in imported
-    for module in ("node_protocol", "source_archive"):  # neither do the modules it is built on
+    # neither do the modules it is built on
+    for module in ("node_protocol", "source_archive", "admin_rules", "rules_history", "ui"):
         assert "orthanc_plugin.plugin" not in _imported_modules(REPO / "orthanc_plugin" / f"{module}.py")
 
 
@@ -45,6 +46,8 @@ def test_the_plugin_is_an_admin_node() -> None:
     assert members == {
         "api",
         "queue",
+        "data_dir",
+        "model_card",
         "health_figures",
         "current_rules",
         "rules_from_text",

@@ -53,6 +53,11 @@ def _prepend_site_packages() -> None:
 
 _prepend_site_packages()
 
-from orthanc_plugin.plugin import install  # noqa: E402 - needs the site-packages above
+from orthanc_plugin.launch import PRIVATE_UMASK  # noqa: E402 - needs the site-packages above
+from orthanc_plugin.plugin import install  # noqa: E402
+
+# Patient data at rest: everything Orthanc and the node write from now on (storage, index, queue, logs) is
+# readable by Orthanc's user only (0600 files, 0700 folders), also where a site configures Orthanc itself.
+os.umask(PRIVATE_UMASK)
 
 PLUGIN = install(orthanc)

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orthanc_plugin.jobqueue.base import Job, JobQueue, JobState, NewJob, QueuePolicy, SqlJobQueue
+from orthanc_plugin.jobqueue.base import (
+    HELD_NOT_BEFORE,
+    SUPERSEDED,
+    Job,
+    JobQueue,
+    JobState,
+    NewJob,
+    QueuePolicy,
+    SqlJobQueue,
+)
 from orthanc_plugin.jobqueue.documents import (
     JobDocumentError,
     JobPayload,
@@ -20,6 +29,8 @@ from orthanc_plugin.jobqueue.documents import (
 )
 
 __all__ = [
+    "HELD_NOT_BEFORE",
+    "SUPERSEDED",
     "Job",
     "JobDocumentError",
     "JobPayload",

@@ -1,4 +1,5 @@
-"""The durable job queue: its data model and the SQL logic shared by the SQLite and PostgreSQL back ends.
+"""The durable job queue: its interface and the SQL logic shared by the SQLite and PostgreSQL back ends (the
+data model: :mod:`orthanc_plugin.jobqueue.model`).
 
 A job is one unit of work for a worker: one study, processed under one routing rule, from one set of input
 series, with one model. Its ``key`` says exactly that, and is unique: enqueueing the same work twice makes
@@ -9,6 +10,12 @@ States: ``queued`` -> ``running`` (claimed by a worker, which holds a *lease* th
 worker. A transient failure puts the job back to ``queued`` with an exponential back-off, until
 ``max_attempts`` is reached; a permanent failure ends it at once. Jobs are claimed by descending priority,
 then in order of arrival.
+
+Replacing: when a study's inputs change, the new job replaces the other jobs of its study and rule
+(:meth:`JobQueue.enqueue_replacing`). It is added *held* (queued, never claimed: ``not_before`` is
+:data:`HELD_NOT_BEFORE`) until the node has removed the earlier results from the study and releases it
+(:meth:`JobQueue.release_held`); earlier jobs that had not started are *superseded*: ``failed``, with a
+reason that names the job replacing them.
 """
 
 from __future__ import annotations
@@ -20,152 +27,22 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from orthanc_plugin.settings import WorkerSettings
+from orthanc_plugin.jobqueue.model import HELD_NOT_BEFORE, SUPERSEDED, Job, JobState, NewJob, QueuePolicy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Job", "JobQueue", "JobState", "NewJob", "QueuePolicy", "SqlJobQueue"]
-
-
-class JobState(StrEnum):
-    """The life cycle of a job."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class QueuePolicy:
-    """Leases, retries and back-off (the node's: :meth:`from_settings`).
-
-    Attributes
-    ----------
-    lease_s : float
-        How long a claim lasts without a heartbeat; a job whose worker stops heartbeating is claimed again
-        after this.
-    max_attempts : int
-        Attempts (claims) before a job that keeps failing transiently, or whose worker keeps dying, is
-        marked failed.
-    backoff_base_s, backoff_max_s : float
-        Delay before retry number n (n = 1, 2, ...): ``min(backoff_base_s * 2**(n-1), backoff_max_s)``.
-    """
-
-    lease_s: float
-    max_attempts: int
-    backoff_base_s: float
-    backoff_max_s: float
-
-    def __post_init__(self) -> None:
-        if self.lease_s <= 0:
-            raise ValueError(f"lease_s must be positive, got {self.lease_s}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
-            raise ValueError(
-                "need 0 <= backoff_base_s <= backoff_max_s, got "
-                f"{self.backoff_base_s} and {self.backoff_max_s}"
-            )
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> QueuePolicy:
-        """The policy of the node's settings (``LeaseSeconds``, ``MaxAttempts``, ``BackoffSeconds``, ...)."""
-        return cls(
-            lease_s=settings.lease_s,
-            max_attempts=settings.max_attempts,
-            backoff_base_s=settings.backoff_s,
-            backoff_max_s=settings.backoff_max_s,
-        )
-
-    def backoff_s(self, attempts: int) -> float:
-        """Delay before the next attempt after ``attempts`` attempts."""
-        return float(min(self.backoff_base_s * 2 ** max(attempts - 1, 0), self.backoff_max_s))
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """What is needed to enqueue a job.
-
-    Attributes
-    ----------
-    key : str
-        Unique identity of the work: (study, rule, input series, model).
-    study_id : str
-        Orthanc ID of the study.
-    rule : str
-        Name of the routing rule that asked for the job.
-    model : str
-        Identity of the model that will process it.
-    priority : int
-        Higher runs first.
-    payload : dict
-        Everything a worker needs, as a JSON object (the node writes
-        :meth:`orthanc_plugin.jobqueue.documents.JobPayload.to_json`; the queue stores any JSON object).
-    """
-
-    key: str
-    study_id: str
-    rule: str
-    model: str
-    priority: int = 0
-    payload: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job as stored in the queue (times are seconds since the epoch).
-
-    ``payload`` and ``progress`` are the stored JSON objects; the node reads them with
-    :mod:`orthanc_plugin.jobqueue.documents` (``JobPayload.from_json``, ``JobProgress.from_json``).
-    """
-
-    id: int
-    key: str
-    study_id: str
-    rule: str
-    model: str
-    priority: int
-    state: JobState
-    attempts: int
-    max_attempts: int
-    payload: dict[str, Any]
-    progress: dict[str, Any]
-    error: str | None
-    lease_owner: str | None
-    lease_expires: float | None
-    not_before: float
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form of the stored record (payload and progress as stored)."""
-        return {
-            "id": self.id,
-            "key": self.key,
-            "study": self.study_id,
-            "rule": self.rule,
-            "model": self.model,
-            "priority": self.priority,
-            "state": self.state.value,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "error": self.error,
-            "worker": self.lease_owner,
-            "lease_expires": self.lease_expires,
-            "not_before": self.not_before,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "finished_at": self.finished_at,
-            "payload": self.payload,
-            "progress": self.progress,
-        }
+__all__ = [
+    "HELD_NOT_BEFORE",
+    "SUPERSEDED",
+    "Job",
+    "JobQueue",
+    "JobState",
+    "NewJob",
+    "QueuePolicy",
+    "SqlJobQueue",
+]
 
 
 class JobQueue(ABC):
@@ -194,6 +71,42 @@ class JobQueue(ABC):
         """
 
     @abstractmethod
+    def enqueue_replacing(self, job: NewJob) -> tuple[int, bool, bool]:
+        """Add a job that replaces the other jobs of its study and rule (see the module docstring).
+
+        When a job with the same key exists nothing changes. Otherwise the job is added, *held* when other
+        jobs of its study and rule exist; those of them that are queued are superseded by it.
+
+        Parameters
+        ----------
+        job : NewJob
+            The job.
+
+        Returns
+        -------
+        job_id : int
+            The job's ID (the existing one when the key was known).
+        created : bool
+            True when the job was added.
+        held : bool
+            True when the job is held (release it with :meth:`release_held`).
+        """
+
+    @abstractmethod
+    def release_held(self, job_id: int) -> bool:
+        """Let workers claim a held job now; False when the job is not held."""
+
+    @abstractmethod
+    def supersede(self, job_id: int, by: int) -> bool:
+        """End a queued job, or a running one whose lease expired, as ``failed``: superseded by job ``by``.
+
+        Returns False when the job is in another state (running under a lease, done, failed)."""
+
+    @abstractmethod
+    def held(self) -> list[Job]:
+        """The held jobs, oldest first."""
+
+    @abstractmethod
     def claim(self, owner: str) -> Job | None:
         """Claim the next runnable job for worker ``owner`` (None when there is none)."""
 
@@ -219,6 +132,14 @@ class JobQueue(ABC):
         """Hand a running job back (queued again at once, this attempt not counted): a worker stopping.
 
         Returns False when ``owner`` no longer holds the job."""
+
+    @abstractmethod
+    def retry(self, job_id: int, note: str) -> bool:
+        """Queue a failed job again at once with its attempts reset (an admin's retry).
+
+        Its progress stays: results already stored are kept and only the destinations not served yet are
+        sent again (to process the study afresh, enqueue with ``force``). ``note`` (who asked, when) is
+        recorded in the job's ``error``, before the last error. Returns False when the job is not failed."""
 
     @abstractmethod
     def get(self, job_id: int) -> Job | None:
@@ -359,6 +280,88 @@ class SqlJobQueue(JobQueue):
                 return existing.id, True
             return existing.id, False
 
+    def enqueue_replacing(self, job: NewJob) -> tuple[int, bool, bool]:
+        """See :meth:`JobQueue.enqueue_replacing`."""
+        payload = json.dumps(job.payload, sort_keys=True)
+        with self._tx() as cur:
+            now = self._now(cur)
+            existing = self._select_one(cur, "key = ?", (job.key,))
+            if existing is not None:
+                return existing.id, False, existing.held
+            others = self._execute(
+                cur,
+                "SELECT id, state FROM lesion_ai_jobs WHERE study_id = ? AND rule = ? AND key <> ?",
+                (job.study_id, job.rule, job.key),
+            ).fetchall()
+            held = bool(others)
+            inserted = self._execute(
+                cur,
+                "INSERT INTO lesion_ai_jobs (key, study_id, rule, model, priority, state, attempts, "
+                "max_attempts, payload, progress, not_before, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, '{}', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (
+                    job.key,
+                    job.study_id,
+                    job.rule,
+                    job.model,
+                    job.priority,
+                    self.policy.max_attempts,
+                    payload,
+                    HELD_NOT_BEFORE if held else now,
+                    now,
+                    now,
+                ),
+            ).rowcount
+            stored = self._select_one(cur, "key = ?", (job.key,))
+            assert stored is not None
+            if inserted != 1:  # another node's process added it meanwhile
+                return stored.id, False, stored.held
+            for other_id, state in others:
+                if state == JobState.QUEUED.value:
+                    self._supersede(cur, int(other_id), stored.id, now)
+            return stored.id, True, held
+
+    def _supersede(self, cur: Any, job_id: int, by: int, now: float) -> bool:
+        reason = f"{SUPERSEDED} {by}: the study's inputs changed, and its results replace this job's"
+        done = self._execute(
+            cur,
+            "UPDATE lesion_ai_jobs SET state = 'failed', error = ?, lease_owner = NULL, lease_expires = NULL, "
+            "updated_at = ?, finished_at = ? "
+            "WHERE id = ? AND (state = 'queued' OR (state = 'running' AND lease_expires < ?))",
+            (reason, now, now, job_id, now),
+        )
+        if done.rowcount == 1:
+            logger.info("job %d superseded by job %d", job_id, by)
+        return bool(done.rowcount == 1)
+
+    def supersede(self, job_id: int, by: int) -> bool:
+        """See :meth:`JobQueue.supersede`."""
+        with self._tx() as cur:
+            return self._supersede(cur, job_id, by, self._now(cur))
+
+    def release_held(self, job_id: int) -> bool:
+        """See :meth:`JobQueue.release_held`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            done = self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET not_before = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'queued' AND not_before >= ?",
+                (now, now, job_id, HELD_NOT_BEFORE),
+            )
+            return bool(done.rowcount == 1)
+
+    def held(self) -> list[Job]:
+        """See :meth:`JobQueue.held`."""
+        with self._tx() as cur:
+            rows = self._execute(
+                cur,
+                f"SELECT {_COLUMNS} FROM lesion_ai_jobs WHERE state = 'queued' AND not_before >= ? "  # noqa: S608 - built from constants
+                "ORDER BY id ASC",
+                (HELD_NOT_BEFORE,),
+            ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
     def claim(self, owner: str) -> Job | None:
         """See :meth:`JobQueue.claim`."""
         while True:
@@ -480,6 +483,25 @@ class SqlJobQueue(JobQueue):
                 "WHERE id = ? AND lease_owner = ? AND state = 'running'",
                 (now, now, job_id, owner),
             )
+            return bool(done.rowcount == 1)
+
+    def retry(self, job_id: int, note: str) -> bool:
+        """See :meth:`JobQueue.retry`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            job = self._select_one(cur, "id = ? AND state = 'failed'", (job_id,))
+            if job is None:
+                return False
+            error = f"{note}; last error: {job.error}" if job.error else note
+            done = self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET state = 'queued', attempts = 0, max_attempts = ?, error = ?, "
+                "lease_owner = NULL, lease_expires = NULL, not_before = ?, updated_at = ?, finished_at = NULL "
+                "WHERE id = ? AND state = 'failed'",
+                (self.policy.max_attempts, error, now, now, job_id),
+            )
+            if done.rowcount == 1:
+                logger.warning("job %d queued again: %s", job_id, note)
             return bool(done.rowcount == 1)
 
     def get(self, job_id: int) -> Job | None:

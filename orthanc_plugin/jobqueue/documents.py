@@ -10,7 +10,11 @@ newer worker sharing the queue can still run the job).
 A job's key (the queue's deduplication) is ``rule:study:fingerprint[:32]``, where the fingerprint is the
 SHA-256 of the study, the rule, the input series with their instance counts, and the model
 (:func:`job_fingerprint`): the same work is queued once, and a study that received another instance is
-new work.
+new work. The input series counted are those the engine may read: the rule's series that the engine's
+header-only role ranker makes T2W, ADC or diffusion candidates (and any whose headers cannot be read);
+all the rule's series when the headers cannot be ranked (:func:`orthanc_plugin.studies.payload_for`). So a
+job started as soon as those series were complete is the same job as the one the stable study asks for,
+even when other series (DCE, localizers) arrived in between.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def job_fingerprint(study_id: str, rule: str, inputs: Sequence[tuple[str, int]],
     rule : str
         Name of the routing rule.
     inputs : sequence of (str, int)
-        Orthanc ID and instance count of each input series, sorted by ID.
+        Orthanc ID and instance count of each input series the engine may read, sorted by ID.
     model : str
         Identity of the model (:func:`lesion_engine.model_card.model_identity`).
     """
