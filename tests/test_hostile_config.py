@@ -1,5 +1,8 @@
 """Rules and requests that must not hurt the node: catastrophic regular expressions, YAML bombs and tags,
-files outside the configuration folder, devices, huge IDs."""
+files outside the configuration folder, devices, huge IDs.
+
+Bounds on parsing are checked in CPU time of this process (``time.process_time``), which other processes'
+load on the machine does not change; the health check during an evaluation is checked in wall time."""
 
 from __future__ import annotations
 
@@ -62,10 +65,10 @@ def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
 
 def test_catastrophic_pattern_is_matched_in_linear_time() -> None:
     pattern = compile_pattern(REDOS)
-    started = time.perf_counter()
+    started = time.process_time()
     assert not pattern.search("a" * 100_000 + "!")
     assert pattern.search("aaaa")
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
 
 
 @pytest.mark.parametrize(
@@ -97,10 +100,10 @@ def test_the_node_answers_health_while_a_redos_rule_meets_a_hostile_study(
 
 def test_alias_bomb_is_refused_within_a_second() -> None:
     assert len(ALIAS_BOMB) < 400
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ConfigError, match="aliases"):
         parse_rules(ALIAS_BOMB)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 @pytest.mark.parametrize(
@@ -114,21 +117,21 @@ def test_yaml_tags_are_refused(text: str) -> None:
 def test_oversized_and_deeply_nested_yaml_is_refused() -> None:
     with pytest.raises(ConfigError, match="limited to"):
         read_yaml("a: " + "x" * (MAX_YAML_BYTES + 1))
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ConfigError, match="nested too deeply"):
         read_yaml("[" * 200_000)  # PyYAML's scanner alone would take minutes
     with pytest.raises(ConfigError, match="nested too deeply"):
         read_yaml("".join(" " * i + "k:\n" for i in range(600)))
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_series_rules_from_a_device_is_refused(tmp_path: Path) -> None:
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(ConfigError, match="not a regular file"):
         read_yaml_file("/dev/zero")
     with pytest.raises(ConfigError, match="not a regular file"):
         load_series_rules("/dev/zero")
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def _rule_with_series_rules(path: str) -> str:
