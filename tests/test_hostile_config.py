@@ -122,7 +122,8 @@ def test_oversized_and_deeply_nested_yaml_is_refused() -> None:
         read_yaml("[" * 200_000)  # PyYAML's scanner alone would take minutes
     with pytest.raises(ConfigError, match="nested too deeply"):
         read_yaml("".join(" " * i + "k:\n" for i in range(600)))
-    assert time.process_time() - started < 1.0
+    # Unbounded, the first text alone takes PyYAML's scanner minutes; bounded, well under a second alone.
+    assert time.process_time() - started < 3.0
 
 
 def test_series_rules_from_a_device_is_refused(tmp_path: Path) -> None:
