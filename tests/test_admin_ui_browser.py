@@ -11,13 +11,9 @@ plain HTTP with the credentials and through a form posted from a page of another
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,11 +23,12 @@ import pytest
 
 from orthanc_plugin.dicomsend import dicom_files, send_files
 from orthanc_plugin.ui import CONTENT_SECURITY_POLICY, UI_BASE
-from tests.node_env import REPO, OrthancFleet, OrthancServer, find_study, jobs, make_study, wait_for
+from tests.browser_env import ARTIFACTS_ROOT, BrowserPage, chromium_driver
+from tests.node_env import OrthancFleet, OrthancServer, find_study, jobs, make_study, wait_for
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 
-ARTIFACTS = Path(os.environ.get("LESION_AI_TEST_ARTIFACTS") or REPO / "test-artifacts") / "admin-ui"
+ARTIFACTS = ARTIFACTS_ROOT / "admin-ui"
 SCRIPT = "<script>alert(1)</script>"
 T = TypeVar("T")
 
@@ -61,37 +58,8 @@ rules:
 """
 
 
-class Browser:
+class Browser(BrowserPage):
     """Headless Chromium driven by Selenium; screenshots into :data:`ARTIFACTS`."""
-
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
-
-    def text(self, css: str = "body") -> str:
-        return str(
-            self.driver.execute_script(
-                "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css
-            )
-        )
-
-    def screenshot(self, name: str) -> Path:
-        path = ARTIFACTS / f"{name}.png"
-        self.driver.save_screenshot(str(path))
-        return path
-
-    def wait(self, predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                shot = self.screenshot("timeout")
-                raise AssertionError(
-                    f"timed out after {timeout_s:.0f} s waiting for {what} (screenshot {shot}); the page "
-                    f"shows:\n{self.text()[-3000:]}"
-                )
-            time.sleep(0.2)
 
     def wait_text(self, css: str, wanted: str, timeout_s: float = 20) -> str:
         def found() -> str | None:
@@ -134,47 +102,16 @@ class Browser:
 
 @contextmanager
 def headless_chromium(profile: Path, credentials: dict[str, str]) -> Iterator[Browser]:
-    """Debian's Chromium and chromedriver (``make setup`` installs them), logged in to the node: its
-    credentials go with every request (as a browser sends them once a user entered them)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or chromedriver is None:
-        pytest.fail(
-            "chromium or chromedriver not found: install the Debian packages chromium and chromium-driver"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # tests may run as root, where Chromium's sandbox cannot start
-        "--disable-dev-shm-usage",
-        "--window-size=1440,900",
-        f"--user-data-dir={profile}",
-        "--no-first-run",
-        "--disable-background-networking",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    options.set_capability("unhandledPromptBehavior", "ignore")
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
-    try:
-        token = f"{credentials['username']}:{credentials['password']}".encode()
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd(
-            "Network.setExtraHTTPHeaders",
-            {"headers": {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}},
-        )
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        browser = Browser(driver)
+    """Debian's Chromium, logged in to the node (see :func:`tests.browser_env.chromium_driver`)."""
+    capabilities = {"unhandledPromptBehavior": "ignore"}
+    with chromium_driver(
+        profile, credentials, ARTIFACTS, window="1440,900", capabilities=capabilities
+    ) as driver:
+        browser = Browser(driver, ARTIFACTS)
         try:
             yield browser
         finally:
-            lines = [f"{e['level']} {e['message']}" for e in browser.driver.get_log("browser")]
-            (ARTIFACTS / "console.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    finally:
-        driver.quit()
+            browser.save_console()
 
 
 @contextmanager

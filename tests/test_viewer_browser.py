@@ -13,15 +13,12 @@ with their values, and the SR not marked incompatible). Screenshots and the brow
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import json
-import os
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +30,12 @@ from pydicom.dataset import Dataset
 
 from orthanc_plugin.dicomsend import dicom_files, send_files
 from orthanc_plugin.viewer import BASE_URL
-from tests.node_env import REPO, OrthancFleet, OrthancServer, find_study, jobs, make_study, wait_for
+from tests.browser_env import ARTIFACTS_ROOT, BrowserPage, chromium_driver
+from tests.node_env import OrthancFleet, OrthancServer, find_study, jobs, make_study, wait_for
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
 
-ARTIFACTS = Path(os.environ.get("LESION_AI_TEST_ARTIFACTS") or REPO / "test-artifacts") / "viewer"
+ARTIFACTS = ARTIFACTS_ROOT / "viewer"
 #: Tracking Identifiers by which OHIF maps an SR measurement group to a tool it can show and track.
 TOOL_PREFIX = "Cornerstone3DTools@^0.1.0:"
 T = TypeVar("T")
@@ -180,34 +178,8 @@ def _first_number(text: str) -> float | None:
     return float(match.group()) if match else None
 
 
-class Browser:
+class Browser(BrowserPage):
     """Headless Chromium driven by Selenium, with screenshots into ``artifacts``."""
-
-    def __init__(self, driver: Any, artifacts: Path) -> None:
-        self.driver = driver
-        self.artifacts = artifacts
-
-    def text(self) -> str:
-        return str(self.driver.execute_script("return document.body ? document.body.innerText : ''"))
-
-    def screenshot(self, name: str) -> Path:
-        path = self.artifacts / f"{name}.png"
-        self.driver.save_screenshot(str(path))
-        return path
-
-    def wait(self, predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                shot = self.screenshot("timeout")
-                raise AssertionError(
-                    f"timed out after {timeout_s:.0f} s waiting for {what} (screenshot {shot}); the page "
-                    f"shows:\n{self.text()[-3000:]}"
-                )
-            time.sleep(0.3)
 
     def click(self, css: str) -> None:
         element = self.driver.find_element("css selector", css)
@@ -307,13 +279,6 @@ class Browser:
             texts.append(f"{badge.text.strip()}: {tooltip or '(no tooltip)'}")
         return texts
 
-    def save_console(self) -> Path:
-        """Write what the page logged to its console into ``console.txt``."""
-        path = self.artifacts / "console.txt"
-        lines = [f"{e['level']} {e['message']}" for e in self.driver.get_log("browser")]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
-
     def requests(self) -> tuple[list[str], list[str]]:
         """What the page asked over HTTP so far: the URLs requested, and the requests that failed or were
         answered 400 and above (the browser's own pages, ``chrome://``, left out)."""
@@ -337,47 +302,20 @@ class Browser:
 
 @contextmanager
 def headless_chromium(profile: Path, credentials: dict[str, str]) -> Iterator[Browser]:
-    """Debian's Chromium and chromedriver (``make setup`` installs them), sending the node's credentials
-    with every request of the page and its workers."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium")
-    chromedriver = shutil.which("chromedriver")
-    if chromium is None or chromedriver is None:
-        pytest.fail(
-            "chromium or chromedriver not found: install the Debian packages chromium and chromium-driver (make setup)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # tests may run as root, where Chromium's sandbox cannot start
-        "--disable-dev-shm-usage",
-        "--enable-unsafe-swiftshader",  # WebGL in software: OHIF renders with it
-        "--window-size=1600,1000",
-        f"--user-data-dir={profile}",
-        "--no-first-run",
-        "--disable-background-networking",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
-    try:
-        token = f"{credentials['username']}:{credentials['password']}".encode()
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd(
-            "Network.setExtraHTTPHeaders",
-            {"headers": {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}},
-        )
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    """Debian's Chromium, logged in to the node (see :func:`tests.browser_env.chromium_driver`), with WebGL
+    in software (OHIF renders with it) and the network log kept for :meth:`Browser.requests`."""
+    with chromium_driver(
+        profile,
+        credentials,
+        ARTIFACTS,
+        arguments=("--enable-unsafe-swiftshader",),
+        logs=("browser", "performance"),
+    ) as driver:
         browser = Browser(driver, ARTIFACTS)
         try:
             yield browser
         finally:
             browser.save_console()
-    finally:
-        driver.quit()
 
 
 def _result(node: OrthancServer, study: str, modality: str) -> Dataset:
