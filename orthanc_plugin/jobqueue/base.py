@@ -248,24 +248,7 @@ class SqlJobQueue(JobQueue):
             now = self._now(cur)
             existing = self._select_one(cur, "key = ?", (job.key,))
             if existing is None:
-                inserted = self._execute(
-                    cur,
-                    "INSERT INTO lesion_ai_jobs (key, study_id, rule, model, priority, state, attempts, "
-                    "max_attempts, payload, progress, not_before, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, '{}', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                    (
-                        job.key,
-                        job.study_id,
-                        job.rule,
-                        job.model,
-                        job.priority,
-                        self.policy.max_attempts,
-                        payload,
-                        now,
-                        now,
-                        now,
-                    ),
-                ).rowcount
+                inserted = self._insert(cur, job, payload, now, now)
                 stored = self._select_one(cur, "key = ?", (job.key,))
                 assert stored is not None
                 return stored.id, bool(inserted == 1)
@@ -279,6 +262,28 @@ class SqlJobQueue(JobQueue):
                 )
                 return existing.id, True
             return existing.id, False
+
+    def _insert(self, cur: Any, job: NewJob, payload: str, not_before: float, now: float) -> int:
+        """Insert a queued job unless its key exists; the number of rows inserted (0 or 1)."""
+        inserted: int = self._execute(
+            cur,
+            "INSERT INTO lesion_ai_jobs (key, study_id, rule, model, priority, state, attempts, "
+            "max_attempts, payload, progress, not_before, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, '{}', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (
+                job.key,
+                job.study_id,
+                job.rule,
+                job.model,
+                job.priority,
+                self.policy.max_attempts,
+                payload,
+                not_before,
+                now,
+                now,
+            ),
+        ).rowcount
+        return inserted
 
     def enqueue_replacing(self, job: NewJob) -> tuple[int, bool, bool]:
         """See :meth:`JobQueue.enqueue_replacing`."""
@@ -294,24 +299,7 @@ class SqlJobQueue(JobQueue):
                 (job.study_id, job.rule, job.key),
             ).fetchall()
             held = bool(others)
-            inserted = self._execute(
-                cur,
-                "INSERT INTO lesion_ai_jobs (key, study_id, rule, model, priority, state, attempts, "
-                "max_attempts, payload, progress, not_before, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, '{}', ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (
-                    job.key,
-                    job.study_id,
-                    job.rule,
-                    job.model,
-                    job.priority,
-                    self.policy.max_attempts,
-                    payload,
-                    HELD_NOT_BEFORE if held else now,
-                    now,
-                    now,
-                ),
-            ).rowcount
+            inserted = self._insert(cur, job, payload, HELD_NOT_BEFORE if held else now, now)
             stored = self._select_one(cur, "key = ?", (job.key,))
             assert stored is not None
             if inserted != 1:  # another node's process added it meanwhile
