@@ -35,7 +35,7 @@ MAX_YAML_VALUES = 20_000
 """Most mapping keys, list items and scalars a configuration may hold, aliases expanded."""
 
 MAX_FLOW_DEPTH = 64
-"""Deepest nesting of flow collections (``[...]``, ``{...}``) accepted."""
+"""Deepest nesting accepted: of flow collections (``[...]``, ``{...}``) in the text, and of values."""
 
 PathKey = tuple[str | int, ...]
 
@@ -101,6 +101,8 @@ class _Budget:
 
 
 def _convert(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], source: str, budget: _Budget) -> Any:
+    if len(path) > MAX_FLOW_DEPTH:
+        raise ConfigError(f"{source}: the document is nested too deeply (more than {MAX_FLOW_DEPTH} levels)")
     budget.spend()
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
