@@ -8,7 +8,10 @@ GET      jobs/{id}                               one job, with payload and progr
 POST     jobs/{id}/retry                         a failed job queued again, its attempts reset
 POST     studies/{orthanc-id}/process            (re)queue a study's jobs now, even if done before
 GET      studies?limit=                          the studies stored last (IDs, UIDs, descriptions)
+GET      labels?study=&limit=&offset=            radiologists' SEGs recorded as labels
 GET      rules, PUT rules, POST rules/...        the routing rules (:mod:`orthanc_plugin.admin_rules`)
+GET      models, POST models/...                 the models: register, shadow, promote
+                                                 (:mod:`orthanc_plugin.admin_models`)
 GET      source                                  the node's complete source (AGPL), as a .tar.gz
 =======  ======================================  ===================================================
 
@@ -31,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lesion_engine import __version__
+from orthanc_plugin.admin_models import MODEL_ROUTE, ModelsRoutes
 from orthanc_plugin.admin_rules import RulesRoutes, describe_roles
 from orthanc_plugin.jobqueue import SUPERSEDED, Job, JobDocumentError, JobPayload, JobProgress, JobState
 from orthanc_plugin.node_protocol import AdminNode
@@ -152,6 +156,7 @@ class AdminApi:
     def __init__(self, node: AdminNode) -> None:
         self.node = node
         self.rules = RulesRoutes(node)
+        self.models = ModelsRoutes(node.models)
 
     def handle(
         self,
@@ -181,11 +186,13 @@ class AdminApi:
             "model": {"GET": self.model},
             "jobs": {"GET": lambda: self.jobs(query)},
             "studies": {"GET": lambda: self.studies(query)},
+            "labels": {"GET": lambda: self.labels(query)},
             "rules": {"GET": rules.get_rules, "PUT": lambda: rules.put_rules(body, user)},
             "rules/validate": {"POST": lambda: rules.validate(body)},
             "rules/test": {"POST": lambda: rules.test_rules(_json_body(body))},
             "rules/history": {"GET": rules.history_list},
             "source": {"GET": self.source},
+            "models": {"GET": self.models.list_models, "POST": lambda: self.models.add(query, body, user)},
         }
         handlers = fixed.get(path)
         if handlers is None:
@@ -210,6 +217,13 @@ class AdminApi:
         if (m := _PROCESS.match(path)) is not None:
             study = m.group(1)
             return {"POST": lambda: self.process(study, _json_body(body))}
+        if (m := MODEL_ROUTE.match(path)) is not None:
+            name, action = m.group(1), m.group(2)
+            if action == "shadow":
+                return {"POST": lambda: self.models.shadow(name, body, user)}
+            if action == "promote":
+                return {"POST": lambda: self.models.promote(name, user)}
+            return {"GET": lambda: self.models.get_model(name)}
         if (m := _RESTORE.match(path)) is not None:
             number = int(m.group(1))
             return {"POST": lambda: self.rules.restore(number, user)}
@@ -387,6 +401,27 @@ class AdminApi:
         else:
             message = "already queued or running"
         return 200, {"study": study_id, "jobs": [j.to_json() for j in jobs], "message": message}, _JSON
+
+    # -- labels ---------------------------------------------------------------------------------------
+    def labels(self, query: dict[str, str]) -> Answer:
+        """``GET labels``: the radiologists' SEGs recorded as labels, newest first; filter ``study`` (Orthanc
+        ID or StudyInstanceUID); paging ``limit`` (1 to 1000), ``offset``; ``has_more`` says whether a next
+        page exists."""
+        limit, offset = _int(query, "limit", 100), _int(query, "offset", 0)
+        if not 0 <= offset <= _MAX_SQL_INT:
+            return _error(400, f"offset must be from 0 to {_MAX_SQL_INT}, got {offset}")
+        limit = max(1, min(limit, 1000))
+        study = query.get("study") or None
+        store = self.node.labels
+        found = store.list(study, limit + 1, offset)
+        body = {
+            "labels": [label.to_json() for label in found[:limit]],
+            "total": store.count(study),
+            "limit": limit,
+            "offset": offset,
+            "has_more": len(found) > limit,
+        }
+        return 200, body, _JSON
 
     # -- studies --------------------------------------------------------------------------------------
     def studies(self, query: dict[str, str]) -> Answer:

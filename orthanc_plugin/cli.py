@@ -128,6 +128,7 @@ _WORKER_SETTING_OPTIONS = (
     ("--forward-timeout", "forward_timeout_s"),
     ("--metadata-name", "metadata_name"),
     ("--model", "model"),
+    ("--models-folder", "models_dir"),
     ("--device", "device"),
     ("--threads", "threads"),
     ("--processor", "processor"),

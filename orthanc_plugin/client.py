@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,10 +37,17 @@ class OrthancClient:
         HTTP Basic credentials (Orthanc's ``RegisteredUsers``).
     timeout_s : float
         Socket timeout of each request.
+    headers : mapping, optional
+        Headers sent with every request (e.g. the admin API's CSRF header).
     """
 
     def __init__(
-        self, url: str, username: str | None = None, password: str | None = None, timeout_s: float = 120.0
+        self,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 120.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         parts = urlsplit(url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -50,7 +58,7 @@ class OrthancClient:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path
         self.timeout_s = timeout_s
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, str] = dict(headers or {})
         if username is not None:
             token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
             self._headers["Authorization"] = f"Basic {token}"

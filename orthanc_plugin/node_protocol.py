@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orthanc_plugin.jobqueue import JobQueue
+from orthanc_plugin.labels import LabelStore
+from orthanc_plugin.models import ModelRegistry
 from orthanc_plugin.orthanc_api import InProcessApi
 from orthanc_plugin.rules import RoutingRules
 from orthanc_plugin.studies import StudyPlan
@@ -110,6 +112,16 @@ class AdminNode(Protocol):
     @property
     def queue(self) -> JobQueue:
         """The job queue."""
+        ...
+
+    @property
+    def labels(self) -> LabelStore:
+        """The labels radiologists sent back (:mod:`orthanc_plugin.labels`)."""
+        ...
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The node's models (:mod:`orthanc_plugin.models`)."""
         ...
 
     @property

@@ -6,6 +6,8 @@
   It starts a job earlier, while the study is still being received, once the series the engine reads
   look complete by their headers (:mod:`orthanc_plugin.completeness`); a job for changed inputs replaces
   the earlier results (:class:`~orthanc_plugin.studies.ResultReplacement`).
+  A SEG that a radiologist stores into a study the node processed is recorded as a label of the study
+  (:mod:`orthanc_plugin.labels`); that queues nothing.
 * At ``ORTHANC_STARTED`` it catches up on what was missed while down and starts the worker processes;
   at ``ORTHANC_STOPPED`` it stops them.
 * It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin`), to which it is an
@@ -32,11 +34,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
-from lesion_engine.model_card import CARD_FILE, default_artifact, model_identity
+from lesion_engine.model_card import CARD_FILE, default_artifact
 from orthanc_plugin.admin import AdminApi
 from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
 from orthanc_plugin.jobqueue import JobQueue, QueuePolicy, open_queue
+from orthanc_plugin.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.logsetup import configure_node_logging
+from orthanc_plugin.models import CONFIGURED, ModelRegistry, RegistryError
 from orthanc_plugin.node_protocol import EnqueuedJob, Evaluation, HealthFigures
 from orthanc_plugin.orthanc_api import InProcessApi, NotFoundError, OrthancModule, RestOutput, answer
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
@@ -147,12 +151,15 @@ class NodePlugin:
             else None
         )
         self.replacement = ResultReplacement(self.api, self.queue)
+        self.labels = LabelStore(settings.home / LABELS_FILE)
         self.supervisor: WorkerSupervisor | None = None
         self.errors: list[str] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._model: tuple[float, str] | None = None
+        self.models = ModelRegistry(
+            settings.models_folder, settings.model, settings.processor, settings.model_identity
+        )
         self.last_evaluation: Evaluation | None = None
         self.admin = AdminApi(self)
         self.viewer = viewer_files(settings)
@@ -259,6 +266,7 @@ class NodePlugin:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.queue.close()
+        self.labels.close()
 
     def _follow(self) -> None:
         try:
@@ -284,13 +292,13 @@ class NodePlugin:
     # -- routing ------------------------------------------------------------------------------------
     @property
     def model(self) -> str:
-        """Identity of the model jobs are queued for (re-read when the artifact's card changes)."""
-        s = self.settings
-        card = (Path(s.model) if s.model else default_artifact()) / CARD_FILE
-        stamp = card.stat().st_mtime if card.exists() else 0.0
-        if self._model is None or self._model[0] != stamp:
-            self._model = (stamp, model_identity(s.model, s.processor, s.model_identity))
-        return self._model[1]
+        """Identity of the model jobs are queued for: the active model's (:mod:`orthanc_plugin.models`), read
+        again at each call so that a promotion or an edited card takes effect at the next study."""
+        try:
+            return self.models.active().identity
+        except RegistryError as exc:
+            logger.error("%s; jobs are queued for the configured model", exc)
+            return self.models.get(CONFIGURED).identity
 
     def current_rules(self) -> RoutingRules:
         """The routing rules in force; re-read from the rules file when an admin edited it.
@@ -333,9 +341,13 @@ class NodePlugin:
         return self.settings.home
 
     def model_card(self) -> dict[str, Any] | None:
-        """The card of the model artifact the workers use (``Model``, or the packaged default), as stored;
-        None when it cannot be read."""
-        folder = Path(self.settings.model) if self.settings.model else default_artifact()
+        """The card of the active model's artifact (a promoted model, else ``Model``, else the packaged
+        default), as stored; None when it cannot be read."""
+        try:
+            path = self.models.active().path
+        except RegistryError:
+            path = self.settings.model
+        folder = Path(path) if path else default_artifact()
         card = folder / CARD_FILE if folder.is_dir() else folder
         try:
             data = json.loads(card.read_text(encoding="utf-8"))
@@ -417,6 +429,8 @@ class NodePlugin:
             What happened to each job the rules ask for.
         """
         plan = self.plan_study(study_id, self.current_rules())
+        if not early:  # radiologists' SEGs become labels; this queues nothing (orthanc_plugin.labels)
+            record_labels(self.api, self.labels, plan.study, (self.manufacturer,))
         out: list[EnqueuedJob] = []
         inputs = plan.inputs or [None] * len(plan.payloads)
         for job, payload, ranked in zip(plan.jobs, plan.payloads, inputs, strict=True):

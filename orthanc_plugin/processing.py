@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lesion_engine.engine import Engine
     from lesion_engine.series_rules import SeriesRules
     from orthanc_plugin.settings import WorkerSettings
+    from orthanc_plugin.shadow import StudyEvidence
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ class ProcessingOutcome:
         ``name``, ``version``, ``sha256`` of the model used (empty when none was).
     details : dict
         JSON-ready summary for the job record (lesion count, patient score, timings, roles).
+    evidence : StudyEvidence or None
+        What the model found, for comparing models (:mod:`orthanc_plugin.shadow`); None when the processor
+        gives none.
     """
 
     objects: Mapping[Output, tuple[bytes, ...]] = field(default_factory=dict)
@@ -130,6 +134,7 @@ class ProcessingOutcome:
     report: tuple[bytes, ...] = ()
     model: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    evidence: StudyEvidence | None = None
 
     def __post_init__(self) -> None:
         if self.failed and (not self.reason or self.objects):
@@ -145,12 +150,14 @@ class ProcessingOutcome:
         objects: Mapping[Output, Sequence[bytes]],
         model: Mapping[str, str] | None = None,
         details: Mapping[str, Any] | None = None,
+        evidence: StudyEvidence | None = None,
     ) -> ProcessingOutcome:
         """The study was analysed: its result objects per output."""
         return cls(
             objects={output: tuple(items) for output, items in objects.items()},
             model=dict(model or {}),
             details=dict(details or {}),
+            evidence=evidence,
         )
 
     @classmethod
@@ -296,6 +303,7 @@ class EngineProcessor:
         from lesion_engine.errors import ConfigError, ModelArtifactError, StudyError
         from lesion_engine.preprocess import prepare_study
         from lesion_engine.results import ResultSettings
+        from orthanc_plugin.shadow import StudyEvidence
 
         try:
             prepared = prepare_study(list(instances), series_rules_of(request))
@@ -320,6 +328,7 @@ class EngineProcessor:
                 "series": dict(result.series),
                 "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
             },
+            evidence=StudyEvidence.from_result(result),
         )
 
 

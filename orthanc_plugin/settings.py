@@ -83,6 +83,14 @@ class WorkerSettings:
     model: str | None = field(
         default=None, metadata=_meta("Model", "model artifact folder; none: the engine's packaged default")
     )
+    models_dir: Path | None = field(
+        default=None,
+        metadata=_meta(
+            "ModelsFolder",
+            "folder of the registered models (POST /lesion-ai/models), one active, some in shadow; "
+            "none: the models folder of Home",
+        ),
+    )
     processor: str | None = field(
         default=None,
         metadata=_meta(
@@ -335,6 +343,11 @@ class NodeSettings(WorkerSettings):
         return self.log_dir if self.log_dir is not None else self.home / "logs"
 
     @property
+    def models_folder(self) -> Path:
+        """The registered models' folder (``models_dir``, else ``home/models``)."""
+        return self.models_dir if self.models_dir is not None else self.home / "models"
+
+    @property
     def worker_settings_file(self) -> Path:
         """The file the plugin writes its workers' settings to (in the data folder)."""
         return self.home / "worker-settings.json"
@@ -360,6 +373,7 @@ class NodeSettings(WorkerSettings):
         """The settings of the workers the plugin starts: this node's, the CPUs shared among the workers
         unless ``Threads`` is set."""
         values = {f.name: getattr(self, f.name) for f in fields(WorkerSettings)}
+        values["models_dir"] = self.models_folder
         if self.threads is None and self.workers > 0:
             values["threads"] = max(1, (os.cpu_count() or 1) // self.workers)
         return WorkerSettings(**values)

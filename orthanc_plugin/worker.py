@@ -34,6 +34,7 @@ from orthanc_plugin.jobqueue import (
     JobState,
     UnknownSchemaVersionError,
 )
+from orthanc_plugin.model_runs import ModelRuns
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.prefetch import skippable_series
 from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest, Processor, series_rules_of
@@ -194,15 +195,24 @@ class Worker:
         Turns input instances into result objects.
     options : WorkerOptions
         Behaviour.
+    models : ModelRuns, optional
+        The node's registered models: each job runs the model it was queued for, then the shadow models
+        (:mod:`orthanc_plugin.model_runs`); None: ``processor`` runs every job, no shadow.
     """
 
     def __init__(
-        self, queue: JobQueue, client: OrthancRest, processor: Processor, options: WorkerOptions
+        self,
+        queue: JobQueue,
+        client: OrthancRest,
+        processor: Processor,
+        options: WorkerOptions,
+        models: ModelRuns | None = None,
     ) -> None:
         self.queue = queue
         self.client = client
         self.processor = processor
         self.options = options
+        self.models = models
         self._stop = threading.Event()
         self._heartbeat: _Heartbeat | None = None
 
@@ -237,6 +247,8 @@ class Worker:
             if job is None:
                 if self.options.exit_when_idle:
                     break
+                if self.models is not None:
+                    self.models.refresh()
                 self._stop.wait(self.options.poll_s)
                 continue
             self.run_job(job)
@@ -323,6 +335,7 @@ class Worker:
             info = self.client.get_json(f"/studies/{quote_id(study)}")
         except NotFoundError as exc:
             raise PermanentJobError(f"study {study} no longer exists in Orthanc") from exc
+        shadow_input: tuple[list[bytes], ProcessingRequest, ProcessingOutcome] | None = None
         if run.progress.stored is None or not self._still_stored(run.progress.stored):
             request = ProcessingRequest.from_payload(job.id, payload)
             instances = self._fetch(payload, request)
@@ -333,7 +346,11 @@ class Worker:
                     shared, self.processor.failure(instances, shared)
                 )
             else:
-                outcome = self.processor(instances, request)
+                processor = (
+                    self.models.processor_for(job.model) if self.models is not None else self.processor
+                )
+                outcome = processor(instances, request)
+                shadow_input = (instances, request, outcome)
             self._check()
             if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
                 raise _StopJobError("lease lost; another worker has the job")
@@ -361,6 +378,8 @@ class Worker:
             return self.queue.fail(job.id, self.options.owner, str(run.progress.reason), transient=False)
         if not self.queue.complete(job.id, self.options.owner, run.progress.to_json()):
             raise _StopJobError("lease lost before completion; another worker has the job")
+        if self.models is not None and shadow_input is not None:
+            self.models.run_shadows(job.id, *shadow_input, active_identity=job.model)
         return JobState.DONE
 
     def _shared_study_uid(self, study: str, info: Any) -> str | None:

@@ -21,6 +21,8 @@ from lesion_engine.errors import ConfigError
 from orthanc_plugin.client import OrthancClient
 from orthanc_plugin.jobqueue import QueuePolicy, open_queue
 from orthanc_plugin.logsetup import configure_node_logging
+from orthanc_plugin.model_runs import ModelRuns, NodeLabels
+from orthanc_plugin.models import ModelRegistry
 from orthanc_plugin.processing import ProcessorSettings, load_processor
 from orthanc_plugin.settings import PARENT_PID_ENV, PASSWORD_ENV, USERNAME_ENV, WorkerSettings
 from orthanc_plugin.worker import Worker, WorkerOptions
@@ -68,14 +70,19 @@ def run_worker(
     try:
         queue = open_queue(settings.queue, QueuePolicy.from_settings(settings))
         client = OrthancClient(settings.orthanc_url, username, password)
-        processor = load_processor(settings.processor, ProcessorSettings.from_settings(settings))
+        processor_settings = ProcessorSettings.from_settings(settings)
+        processor = load_processor(settings.processor, processor_settings)
     except (ValueError, OSError, ImportError, AttributeError, ConfigError) as exc:
         sys.stderr.write(f"{program}: {exc}\n")
         return 2
     options = WorkerOptions.from_settings(
         settings, name=name, parent_pid=parent_pid, max_jobs=max_jobs, exit_when_idle=once
     )
-    worker = Worker(queue, client, processor, options)
+    models = None
+    if settings.models_dir is not None:
+        registry = ModelRegistry(settings.models_dir, settings.model, settings.processor)
+        models = ModelRuns(registry, processor_settings, settings.processor, processor, NodeLabels(client))
+    worker = Worker(queue, client, processor, options, models)
     worker.install_signal_handlers()
     try:
         worker.run()

@@ -7,20 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.sr.codedict import codes
 
 from lesion_engine.model_input import PreprocessConfig
 from lesion_engine.preprocess import prepare_study
-from lesion_engine.results.common import t2w_grid
+from lesion_engine.seg_labels import SegLabelOptions, node_made, parse_grade
+from tests.seg_support import radiologist_seg
 from training.dataset_build import BuildOptions, build_dataset, register
 from training.dataset_inputs import find_studies
 from training.picai_data import PicaiLayout, find_picai_cases, picai_case
-from training.seg_labels import SegLabelOptions, node_made, parse_grade
 from training.synth import SynthConfig, generate_case
 
 CASE = "10795_1000811"
@@ -156,12 +154,6 @@ def test_fixture_label_on_another_grid_is_refused(prostatex: Path, tmp_path: Pat
 
 
 # ------------------------------------------------------------------------ synthetic study with SEGs
-def _t2w_datasets(case_dir: Path) -> list[pydicom.Dataset]:
-    uid = prepare_study(case_dir / "dicom").roles["t2w"].series_instance_uid
-    datasets = [pydicom.dcmread(p) for p in sorted((case_dir / "dicom").rglob("*.dcm"))]
-    return [ds for ds in datasets if ds.SeriesInstanceUID == uid]
-
-
 def _seg(
     case_dir: Path,
     segments: list[tuple[str, np.ndarray]],
@@ -169,44 +161,7 @@ def _seg(
     number: int,
     gland: np.ndarray | None = None,
 ) -> pydicom.Dataset:
-    grid = t2w_grid(_t2w_datasets(case_dir))
-    masks = [m for _, m in segments] + ([gland] if gland is not None else [])
-    descriptions = []
-    for n, (label, _) in enumerate(segments, start=1):
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=n,
-                segment_label=label,
-                segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-                segmented_property_type=codes.SCT.Lesion,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            )
-        )
-    if gland is not None:
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=len(segments) + 1,
-                segment_label="Prostate",
-                segmented_property_category=codes.SCT.AnatomicalStructure,
-                segmented_property_type=codes.SCT.Prostate,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            )
-        )
-    stacked = np.stack([m.astype(bool) for m in masks], axis=-1)[np.asarray(grid.frame_slices)]
-    return hd.seg.Segmentation(
-        source_images=grid.datasets,
-        pixel_array=stacked.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name="test",
-        software_versions="1",
-        device_serial_number="1",
-    )
+    return radiologist_seg(case_dir / "dicom", segments, manufacturer, number, gland)
 
 
 @pytest.fixture(scope="module")
@@ -296,3 +251,26 @@ def test_hostile_segs_skip_the_case_and_leave_nothing(synthetic_case: Path, tmp_
     result = build_dataset([studies], out)
     assert "labels missing" in result.skipped[0]["reason"]
     assert _cli([str(studies), "--out", str(out)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to build"),
+        (["--user", "someone"], "--user is for --from-node"),
+        (["--from-node", "http://127.0.0.1:9", "--max-study-gb", "0"], "--max-study-gb must be positive"),
+        (["--from-node", "ftp://node"], "http(s) URL"),
+        (["--from-node", "http://127.0.0.1:9", "--password", "x"], "without a user"),
+    ],
+)
+def test_bad_node_arguments_are_refused(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LESION_AI_NODE_USER", raising=False)
+    monkeypatch.delenv("LESION_AI_NODE_PASSWORD", raising=False)
+    assert _cli([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err

@@ -37,7 +37,7 @@ def test_admin_does_not_import_the_plugin() -> None:
     assert "orthanc_plugin.plugin" not in imported
     assert "orthanc_plugin.node_protocol" in imported
     # neither do the modules it is built on
-    for module in ("node_protocol", "source_archive", "admin_rules", "rules_history", "ui"):
+    for module in ("node_protocol", "source_archive", "admin_rules", "admin_models", "rules_history", "ui"):
         assert "orthanc_plugin.plugin" not in _imported_modules(REPO / "orthanc_plugin" / f"{module}.py")
 
 
@@ -46,6 +46,8 @@ def test_the_plugin_is_an_admin_node() -> None:
     assert members == {
         "api",
         "queue",
+        "labels",
+        "models",
         "data_dir",
         "model_card",
         "health_figures",

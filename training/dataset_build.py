@@ -13,8 +13,10 @@ Images come from :func:`lesion_engine.preprocess.prepare_study`, the node's own 
 co-registration: the T2W as selected, ADC and HBV resampled onto the T2W grid; HBV is the computed b1400
 image when the study has no b >= 1400 and ``hbv_source`` is ``b1400`` (the model default), as
 :func:`lesion_engine.model_input.to_model_input` does. Labels come from label files
-(:mod:`training.dataset_inputs`) or a radiologist's DICOM SEG (:mod:`training.seg_labels`; a radiologist's
-SEG wins over label files; the node's own SEGs are never used).
+(:mod:`training.dataset_inputs`) or a radiologist's DICOM SEG (:mod:`lesion_engine.seg_labels`; a radiologist's
+SEG wins over label files; the node's own SEGs are never used). Studies come from folders, or from a
+lesion-ai node (``--from-node``: the studies radiologists sent a SEG back for, :mod:`training.node_source`),
+or both.
 
 A case is rebuilt only when its inputs (file contents), the options or its outputs changed; otherwise it
 is left alone, so that a second run changes nothing. Each case is written into a temporary folder and moved
@@ -44,6 +46,7 @@ from numpy.typing import NDArray
 
 from lesion_engine.errors import LesionAIError
 from lesion_engine.preprocess import PreparedStudy, prepare_study
+from lesion_engine.seg_labels import LabelError, SegLabelOptions, node_made, read_seg_labels
 from training.dataset_inputs import (
     LabelFiles,
     StudyInput,
@@ -54,12 +57,19 @@ from training.dataset_inputs import (
     label_on_t2w,
     read_case_ids,
 )
-from training.seg_labels import LabelError, SegLabelOptions, node_made, read_seg_labels
+from training.node_source import (
+    DEFAULT_MAX_STUDY_BYTES,
+    PASSWORD_ENV,
+    USER_ENV,
+    NodeSource,
+    NodeSourceError,
+    add_node_studies,
+)
 from training.synth.truth import MARKSHEET_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BuildOptions", "BuildResult", "build_dataset", "register", "run"]
+__all__ = ["BuildOptions", "BuildResult", "DatasetBuilder", "build_dataset", "register", "run"]
 
 FORMAT = "lesion-ai dataset 1"
 HBV_SOURCES = ("b1400", "native")
@@ -363,6 +373,126 @@ def _build_case(
     }
 
 
+class DatasetBuilder:
+    """A build of a PI-CAI layout, one study at a time (:func:`build_dataset` for folders; the node's studies
+    come one by one through :mod:`training.node_source`, so that only one is on disk at a time).
+
+    Parameters
+    ----------
+    out : Path
+        Output folder (see the module docstring).
+    labels : Path, optional
+        Folder of label files and an optional ``marksheet.csv`` (:mod:`training.dataset_inputs`).
+    options : BuildOptions, optional
+    case_ids : Path, optional
+        CSV mapping StudyInstanceUID to case id (``<patient>_<study>``); default from PatientID and
+        AccessionNumber/StudyID.
+
+    Raises
+    ------
+    ValueError
+        A missing labels folder, a bad case-id CSV or marksheet.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        labels: Path | None = None,
+        options: BuildOptions | None = None,
+        case_ids: Path | None = None,
+    ) -> None:
+        self.out = out
+        self.labels = labels
+        self.options = options or BuildOptions()
+        if labels is not None and not labels.exists():
+            raise ValueError(f"input {labels} does not exist")
+        self.mapping = read_case_ids(case_ids) if case_ids is not None else {}
+        self.marksheet: dict[str, dict[str, str]] = {}
+        if labels is not None and (labels / "marksheet.csv").is_file():
+            from training.picai_data import read_marksheet
+
+            self.marksheet = {k: r.raw for k, r in read_marksheet(labels / "marksheet.csv").items()}
+        out.mkdir(parents=True, exist_ok=True)
+        record_path = out / "dataset.json"
+        previous: dict[str, Any] = (
+            json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+        )
+        self.old_cases: dict[str, Any] = previous.get("cases", {})
+        self.result = BuildResult()
+        self.cases: dict[str, Any] = {}
+
+    def add(self, study: StudyInput) -> str | None:
+        """Build (or keep) one study's case (its labels: its radiologist SEGs, else the label files); returns
+        its case id, None when skipped (recorded in :attr:`result`)."""
+        options, out, result = self.options, self.out, self.result
+        case_id = self.mapping.get(study.study_instance_uid) or default_case_id(study.header)
+        if case_id in self.cases:
+            result.skipped.append(
+                {
+                    "case_id": case_id,
+                    "input": study.study_instance_uid,
+                    "reason": "a second study with the same case id; give it its own in --case-ids",
+                }
+            )
+            return None
+        old = self.old_cases.get(case_id)
+        try:
+            radiologist = _radiologist_segs(study, options, result)
+            files = find_label_files(self.labels, case_id)
+            given = self.marksheet.get(case_id)
+            fingerprint = _fingerprint(case_id, study, radiologist, files, given, options)
+            if old is not None and old.get("fingerprint") == fingerprint and _outputs_intact(out, old):
+                self.cases[case_id] = old
+                result.unchanged.append(case_id)
+                return case_id
+            entry = _build_case(case_id, study, radiologist, files, given, options, out)
+        except _SkipError as exc:
+            result.skipped.append({"case_id": case_id, "input": study.study_instance_uid, "reason": str(exc)})
+            if old is not None:
+                _remove_outputs(out, old)
+                result.removed.append(case_id)
+            return None
+        if old is not None:
+            for rel in set(old.get("outputs", {})) - set(entry["outputs"]):
+                (out / rel).unlink(missing_ok=True)
+        self.cases[case_id] = {"fingerprint": fingerprint, **entry}
+        result.built.append(case_id)
+        return case_id
+
+    def skip(self, source: str, reason: str) -> None:
+        """Report an input that was not built (``source``: what it was), and why."""
+        self.result.skipped.append({"input": source, "reason": reason})
+
+    def ignore(self, source: str, reason: str) -> None:
+        """Report an input left out on purpose (``source``: what it was), and why."""
+        self.result.ignored.append({"input": source, "reason": reason})
+
+    def finish(self) -> BuildResult:
+        """Write the marksheet and ``dataset.json`` (cases built earlier from inputs not given this time are
+        kept); returns what the build did."""
+        out, result, cases = self.out, self.result, self.cases
+        for case_id, old in self.old_cases.items():
+            if case_id not in cases and case_id not in result.removed:
+                cases[case_id] = old  # built earlier from inputs not given this time: kept
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(MARKSHEET_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for case_id in sorted(cases):
+            writer.writerow(cases[case_id]["marksheet"])
+        _write_atomic(out / _MARKSHEET, text.getvalue())
+        record = {
+            "format": FORMAT,
+            "layout": "picai",
+            "train": f"lesion-ai train --data {out} --data-format picai",
+            "options": self.options.to_dict(),
+            "cases": {k: cases[k] for k in sorted(cases)},
+            "skipped": result.skipped,
+            "ignored": result.ignored,
+        }
+        _write_atomic(out / "dataset.json", json.dumps(record, indent=2, sort_keys=False) + "\n")
+        return result
+
+
 def build_dataset(
     studies: Sequence[Path],
     out: Path,
@@ -370,6 +500,7 @@ def build_dataset(
     options: BuildOptions | None = None,
     case_ids: Path | None = None,
     segs: Sequence[Path] = (),
+    node: NodeSource | None = None,
 ) -> BuildResult:
     """Build (or bring up to date) a PI-CAI layout from DICOM studies and labels.
 
@@ -387,6 +518,9 @@ def build_dataset(
         AccessionNumber/StudyID.
     segs : sequence of Path
         More folders or files with SEGs.
+    node : NodeSource, optional
+        A lesion-ai node whose labelled studies are built too (the labels radiologists sent back to it;
+        :mod:`training.node_source`).
 
     Returns
     -------
@@ -395,80 +529,27 @@ def build_dataset(
     Raises
     ------
     ValueError
-        A missing input folder, a bad case-id CSV or marksheet.
+        No input, a missing input folder, a bad case-id CSV or marksheet.
+    NodeSourceError
+        The node cannot be reached or read (the cases built until then are recorded).
     """
-    options = options or BuildOptions()
-    for path in (*studies, *segs, *([labels] if labels is not None else [])):
+    if not studies and node is None:
+        raise ValueError("nothing to build: give folders of DICOM studies, a node (--from-node URL), or both")
+    for path in (*studies, *segs):
         if not path.exists():
             raise ValueError(f"input {path} does not exist")
-    mapping = read_case_ids(case_ids) if case_ids is not None else {}
-    marksheet: dict[str, dict[str, str]] = {}
-    if labels is not None and (labels / "marksheet.csv").is_file():
-        from training.picai_data import read_marksheet
-
-        marksheet = {k: r.raw for k, r in read_marksheet(labels / "marksheet.csv").items()}
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "dataset.json"
-    previous: dict[str, Any] = (
-        json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
-    )
-    old_cases: dict[str, Any] = previous.get("cases", {})
+    builder = DatasetBuilder(out, labels, options, case_ids)
     found, skipped_inputs = find_studies(list(studies), list(segs))
-    result = BuildResult(skipped=list(skipped_inputs))
-    cases: dict[str, Any] = {}
+    builder.result.skipped.extend(skipped_inputs)
     for study in found:
-        case_id = mapping.get(study.study_instance_uid) or default_case_id(study.header)
-        if case_id in cases:
-            result.skipped.append(
-                {
-                    "case_id": case_id,
-                    "input": study.study_instance_uid,
-                    "reason": "a second study with the same case id; give it its own in --case-ids",
-                }
-            )
-            continue
-        old = old_cases.get(case_id)
+        builder.add(study)
+    if node is not None:
         try:
-            radiologist = _radiologist_segs(study, options, result)
-            files = find_label_files(labels, case_id)
-            given = marksheet.get(case_id)
-            fingerprint = _fingerprint(case_id, study, radiologist, files, given, options)
-            if old is not None and old.get("fingerprint") == fingerprint and _outputs_intact(out, old):
-                cases[case_id] = old
-                result.unchanged.append(case_id)
-                continue
-            entry = _build_case(case_id, study, radiologist, files, given, options, out)
-        except _SkipError as exc:
-            result.skipped.append({"case_id": case_id, "input": study.study_instance_uid, "reason": str(exc)})
-            if old is not None:
-                _remove_outputs(out, old)
-                result.removed.append(case_id)
-            continue
-        if old is not None:
-            for rel in set(old.get("outputs", {})) - set(entry["outputs"]):
-                (out / rel).unlink(missing_ok=True)
-        cases[case_id] = {"fingerprint": fingerprint, **entry}
-        result.built.append(case_id)
-    for case_id, old in old_cases.items():
-        if case_id not in cases and case_id not in result.removed:
-            cases[case_id] = old  # built earlier from inputs not given this time: kept
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(MARKSHEET_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for case_id in sorted(cases):
-        writer.writerow(cases[case_id]["marksheet"])
-    _write_atomic(out / _MARKSHEET, text.getvalue())
-    record = {
-        "format": FORMAT,
-        "layout": "picai",
-        "train": f"lesion-ai train --data {out} --data-format picai",
-        "options": options.to_dict(),
-        "cases": {k: cases[k] for k in sorted(cases)},
-        "skipped": result.skipped,
-        "ignored": result.ignored,
-    }
-    _write_atomic(record_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
-    return result
+            add_node_studies(node, out, builder)
+        except NodeSourceError:
+            builder.finish()  # what was built until then is recorded
+            raise
+    return builder.finish()
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -488,10 +569,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(1..5) in its SegmentLabel or SegmentDescription; ISUP >= 2 is csPCa with that grade, ISUP 0/1 is not "
         "csPCa; PI-RADS-only segments at or above --pirads-cspca are csPCa of unknown grade; a 'prostate' "
         "segment is the gland mask. SEGs made by the node (Manufacturer --node-manufacturer) are never used. "
+        "With --from-node, the studies for which radiologists sent a SEG back to a lesion-ai node "
+        "(GET /lesion-ai/labels) are fetched from it, one at a time, and built with that SEG as labels. "
         "Unchanged cases are not rebuilt; OUT/dataset.json says what was built and what was skipped and why.",
     )
     build.add_argument(
-        "studies", nargs="+", type=Path, help="folders (or files) with DICOM studies, any layout"
+        "studies", nargs="*", type=Path, help="folders (or files) with DICOM studies, any layout"
     )
     build.add_argument("--out", type=Path, required=True, help="output folder (the PI-CAI layout)")
     build.add_argument("--labels", type=Path, help="folder of label files and marksheet.csv")
@@ -517,7 +600,46 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument(
         "--zones-model", default="HeviAI23", help="folder of <case>_zones.* masks (default HeviAI23)"
     )
+    build.add_argument(
+        "--from-node",
+        metavar="URL",
+        help="a lesion-ai node's URL (e.g. http://node:8042): build the studies it holds labels for",
+    )
+    build.add_argument(
+        "--user", help=f"the node's user name (HTTP Basic; default the environment's {USER_ENV})"
+    )
+    build.add_argument(
+        "--password",
+        help=f"the node's password (default the environment's {PASSWORD_ENV}, which keeps it out of the "
+        "process list)",
+    )
+    build.add_argument(
+        "--max-study-gb",
+        type=float,
+        default=DEFAULT_MAX_STUDY_BYTES / 1024**3,
+        help="most GiB fetched for one study from the node; larger ones are skipped "
+        f"(default {DEFAULT_MAX_STUDY_BYTES / 1024**3:g})",
+    )
     build.set_defaults(func=run)
+
+
+def _node(args: argparse.Namespace, options: BuildOptions) -> NodeSource | None:
+    if not args.from_node:
+        for flag in ("user", "password"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} is for --from-node; give the node's URL too")
+        return None
+    if not args.max_study_gb > 0:
+        raise ValueError(f"--max-study-gb must be positive, got {args.max_study_gb}")
+    user = args.user if args.user is not None else os.environ.get(USER_ENV) or None
+    password = args.password if args.password is not None else os.environ.get(PASSWORD_ENV)
+    return NodeSource(
+        args.from_node,
+        user,
+        password,
+        options.seg.node_manufacturers,
+        max(1, int(args.max_study_gb * 1024**3)),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -532,8 +654,9 @@ def run(args: argparse.Namespace) -> int:
             center=args.center,
             zones_model=args.zones_model,
         )
-        result = build_dataset(args.studies, args.out, args.labels, options, args.case_ids, args.segs)
-    except (ValueError, OSError) as exc:
+        node = _node(args, options)
+        result = build_dataset(args.studies, args.out, args.labels, options, args.case_ids, args.segs, node)
+    except (ValueError, OSError, NodeSourceError) as exc:
         sys.stderr.write(f"lesion-ai dataset build: {exc}\n")
         return 2
     lines = []

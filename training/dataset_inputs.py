@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from training.seg_labels import SEG_SOP_CLASS_UID, LabelError
+from lesion_engine.seg_labels import SEG_SOP_CLASS_UID, LabelError
 
 logger = logging.getLogger(__name__)
 

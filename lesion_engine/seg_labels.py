@@ -15,7 +15,8 @@ of the peripheral or transition zone are ignored. Any other segment without a gr
 skipped with a message that says which segment and how to name it.
 
 The node's own SEGs (Manufacturer, or a processing Contributing Equipment without any manual segment, naming
-the node) are never used as labels: :func:`node_made`.
+the node) are never used as labels: :func:`node_made`. The grade convention and :func:`node_made` live in
+:mod:`lesion_engine.seg_convention`, shared with the node (which records the SEGs radiologists send back).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from lesion_engine.errors import LesionAIError
+from lesion_engine.seg_convention import node_made, parse_grade
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +52,6 @@ __all__ = [
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 _PROSTATE_CODE = "41216001"
 _ZONE_CODES = frozenset({"279706003", "399384005"})
-_ISUP = re.compile(r"\b(?:ISUP(?:\s*grade(?:\s*group)?)?|GG)\s*[:=]?\s*([0-5])\b", re.IGNORECASE)
-_PIRADS = re.compile(
-    r"\bPI-?RADS(?:\s*v?\d(?:\.\d)?(?=\s))?\s*(?:category\s*)?[:=]?\s*([1-5])\b", re.IGNORECASE
-)
 _GLAND = re.compile(r"\b(?:prostate|gland|whole[ _-]?gland)\b", re.IGNORECASE)
 # Frame positions must fall on T2W voxel centres within this fraction of a voxel.
 _POSITION_TOLERANCE = 0.1
@@ -144,35 +142,6 @@ class SegLabels:
     gland: NDArray[np.uint8] | None
     segments: list[SegmentGrade] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-
-
-def parse_grade(text: str) -> tuple[int | None, int | None]:
-    """The (ISUP, PI-RADS) stated in a segment's text by the module's convention; None where absent."""
-    isup = _ISUP.search(text)
-    pirads = _PIRADS.search(text)
-    return (int(isup.group(1)) if isup else None, int(pirads.group(1)) if pirads else None)
-
-
-def node_made(ds: Dataset, node_manufacturers: tuple[str, ...]) -> str | None:
-    """Why a SEG is the node's own result (never a label), or None when a person made it.
-
-    A SEG is the node's when its Manufacturer is one of ``node_manufacturers``, or when a Contributing
-    Equipment item names one of them and no segment was drawn manually or semi-automatically (a radiologist's
-    correction of a node SEG keeps its manual segments).
-    """
-    names = {n.strip().casefold() for n in node_manufacturers}
-    manufacturer = str(ds.get("Manufacturer", "") or "").strip()
-    if manufacturer.casefold() in names:
-        return f"made by the node (Manufacturer {manufacturer!r})"
-    contributors = [
-        str(item.get("Manufacturer", "") or "").strip()
-        for item in ds.get("ContributingEquipmentSequence", [])
-    ]
-    ours = [c for c in contributors if c.casefold() in names]
-    algorithm_types = {str(s.get("SegmentAlgorithmType", "")).upper() for s in ds.get("SegmentSequence", [])}
-    if ours and not algorithm_types & {"MANUAL", "SEMIAUTOMATIC"}:
-        return f"made by the node (Contributing Equipment {ours[0]!r}, no manual segment)"
-    return None
 
 
 def _codes(item: Dataset) -> set[str]:

@@ -1,0 +1,128 @@
+"""``lesion-ai models``: a node's models from the command line (the admin API's model routes).
+
+* ``lesion-ai models list --node URL``: the models, which is active, which run in shadow, their agreement;
+* ``lesion-ai models add ARTIFACT --name NAME --node URL [--shadow]``: register a trained model artifact
+  (the folder ``lesion-ai train`` wrote), optionally starting its shadow runs;
+* ``lesion-ai models shadow NAME --node URL [--off]``: start (stop) its shadow runs;
+* ``lesion-ai models promote NAME --node URL``: make it the active model (``configured`` rolls back).
+
+Credentials: HTTP Basic, ``--user`` and the password in :data:`PASSWORD_ENV` (or ``--password``). Answers are
+printed as JSON; the exit status is 0 on success, 1 when the node refused (its message on stderr), 2 when
+the node cannot be reached or the artifact cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from lesion_engine.errors import ModelArtifactError
+from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, read_card
+
+__all__ = ["PASSWORD_ENV", "USER_ENV", "artifact_zip", "register"]
+
+USER_ENV = "LESION_AI_NODE_USER"
+PASSWORD_ENV = "LESION_AI_NODE_PASSWORD"  # noqa: S105 - the variable's name, not a password
+#: Files of an artifact folder that are uploaded (as :mod:`orthanc_plugin.models` accepts them).
+_EXTRA = ("MODEL_CARD.md",)
+
+
+def artifact_zip(folder: Path) -> bytes:
+    """The artifact in ``folder`` (validated card) as the zip ``POST /lesion-ai/models`` takes.
+
+    Raises
+    ------
+    ModelArtifactError
+        The folder is not a valid model artifact.
+    """
+    read_card(folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name in (CARD_FILE, WEIGHTS_FILE, *_EXTRA):
+            if (folder / name).is_file():
+                archive.write(folder / name, name)
+        for plot in sorted(folder.glob("*.png")):
+            archive.write(plot, plot.name)
+    return buffer.getvalue()
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``models`` sub-command."""
+    parser = subparsers.add_parser(
+        "models",
+        help="a node's models: list, add a trained model, run it in shadow, promote it",
+        description="Manage the models of a running node through its admin API (see the README, "
+        f"'Put a model into service'). Credentials: --user and {PASSWORD_ENV} (or --password).",
+    )
+    actions = parser.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--node", required=True, help="the node's REST API, e.g. http://node:8142")
+    common.add_argument("--user", default=os.environ.get(USER_ENV), help=f"user name (default: {USER_ENV})")
+    common.add_argument("--password", help=f"password (default: {PASSWORD_ENV})")
+    actions.add_parser("list", parents=[common], help="the models and their agreement reports")
+    add = actions.add_parser("add", parents=[common], help="register a trained model artifact")
+    add.add_argument("artifact", type=Path, help="the artifact folder (model.json, model.safetensors)")
+    add.add_argument("--name", required=True, help="its name on the node (letters, digits, . _ -)")
+    add.add_argument("--shadow", action="store_true", help="start its shadow runs at once")
+    shadow = actions.add_parser("shadow", parents=[common], help="start (or --off: stop) shadow runs")
+    shadow.add_argument("name")
+    shadow.add_argument("--off", action="store_true")
+    promote = actions.add_parser("promote", parents=[common], help="make a model the active one")
+    promote.add_argument("name")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do the action; print the node's answers as JSON."""
+    from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
+    from orthanc_plugin.client import OrthancClient, OrthancUnavailableError
+    from orthanc_plugin.orthanc_api import RestApiError
+
+    password = args.password if args.password is not None else os.environ.get(PASSWORD_ENV)
+    try:
+        client = OrthancClient(args.node, args.user, password, headers={CSRF_HEADER: CSRF_VALUE})
+    except ValueError as exc:
+        sys.stderr.write(f"lesion-ai models: {exc}\n")
+        return 2
+    answers: list[Any] = []
+    try:
+        if args.action == "list":
+            answers.append(client.get_json("/lesion-ai/models"))
+        elif args.action == "add":
+            data = artifact_zip(args.artifact)
+            answers.append(
+                client.post_bytes(
+                    f"/lesion-ai/models?name={quote(args.name, safe='')}", data, "application/zip"
+                )
+            )
+            if args.shadow:
+                answers.append(_post(client, f"/lesion-ai/models/{quote(args.name, safe='')}/shadow", True))
+        elif args.action == "shadow":
+            answers.append(
+                _post(client, f"/lesion-ai/models/{quote(args.name, safe='')}/shadow", not args.off)
+            )
+        else:
+            answers.append(client.post_json(f"/lesion-ai/models/{quote(args.name, safe='')}/promote", {}))
+    except (ModelArtifactError, OSError) as exc:
+        sys.stderr.write(f"lesion-ai models: the artifact cannot be read: {exc}\n")
+        return 2
+    except OrthancUnavailableError as exc:
+        sys.stderr.write(f"lesion-ai models: {exc}\n")
+        return 2
+    except RestApiError as exc:
+        sys.stderr.write(f"lesion-ai models: the node refused: {exc}\n")
+        return 1
+    for answer in answers:
+        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    return 0
+
+
+def _post(client: Any, path: str, enabled: bool) -> Any:
+    return client.post_json(path, {"enabled": enabled})

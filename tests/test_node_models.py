@@ -1,0 +1,431 @@
+"""Several models in the node: registering one (a validated zip), shadow runs kept in the node, the
+agreement report (picai_eval) with the active model and with labels, and promotion (recorded; the next
+jobs name the new model). Against a fake ``orthanc`` module and in-memory workers."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, model_identity
+from lesion_engine.outputs import Output
+from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
+from orthanc_plugin.jobqueue import (
+    JobPayload,
+    JobQueue,
+    JobState,
+    NewJob,
+    QueuePolicy,
+    open_queue,
+    sqlite_url,
+)
+from orthanc_plugin.model_runs import ModelRuns
+from orthanc_plugin.models import CONFIGURED, ModelRegistry, RegistryError
+from orthanc_plugin.plugin import NodePlugin
+from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest, ProcessorSettings
+from orthanc_plugin.settings import NodeSettings, WorkerSettings
+from orthanc_plugin.shadow import Grid, ShadowStore, StudyEvidence, agreement_report
+from orthanc_plugin.worker import Worker, WorkerOptions
+from tests.fake_orthanc import FakeOrthanc
+from tests.model_helpers import write_tiny_artifact
+from tests.node_fakes import FakeRest
+
+REPO = Path(__file__).resolve().parent.parent
+GRID = Grid((0.0, 0.0, 0.0), (1.0, 1.0, 3.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (16, 16, 4))
+UID = "1.2.826.0.1.3680043.8.498.1"
+
+
+def _headers(user: str = "alice") -> dict[str, str]:
+    import base64
+
+    token = base64.b64encode(f"{user}:secret".encode()).decode("ascii")
+    return {CSRF_HEADER: CSRF_VALUE, "Authorization": f"Basic {token}"}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("artifacts")
+    return {seed: write_tiny_artifact(root / f"seed{seed}", seed=seed) for seed in (1, 2)}
+
+
+def _zip(folder: Path, extra: dict[str, bytes] | None = None, leave_out: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in (CARD_FILE, WEIGHTS_FILE):
+            if name != leave_out:
+                archive.write(folder / name, name)
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
+    rules = tmp_path / "rules.yaml"
+    shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
+    settings = NodeSettings(
+        home=tmp_path,
+        queue=sqlite_url(tmp_path / "queue.sqlite"),
+        rules=rules,
+        workers=0,
+        catch_up="all",
+    )
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.install()
+    yield fake, plugin
+    plugin.stop()
+
+
+# -- the registry and its routes --------------------------------------------------------------------------
+def test_a_model_is_registered_from_its_zip_and_listed(
+    node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]
+) -> None:
+    fake, plugin = node
+    out = fake.rest(
+        "POST", "/lesion-ai/models", _zip(artifacts[1]), get={"name": "site-v2"}, headers=_headers()
+    )
+    assert out.status == 201, out.body
+    assert out.json()["identity"] == model_identity(str(artifacts[1]))
+    listing = fake.rest("GET", "/lesion-ai/models").json()
+    assert listing["active"] == CONFIGURED
+    status = {m["name"]: m["status"] for m in listing["models"]}
+    assert status == {CONFIGURED: "active", "site-v2": "registered"}
+    assert listing["history"][0]["action"] == "add" and listing["history"][0]["user"] == "alice"
+    stored = plugin.settings.models_folder / "site-v2"
+    assert (stored / WEIGHTS_FILE).read_bytes() == (artifacts[1] / WEIGHTS_FILE).read_bytes()
+    one = fake.rest("GET", "/lesion-ai/models/site-v2").json()
+    assert one["card"]["name"] == "tiny-random" and one["shadow_studies"] == 0 and one["agreement"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "build", "status", "words"),
+    [
+        ("name=x", lambda a: b"not a zip at all", 400, "not a zip"),
+        ("name=x", lambda a: _zip(a, {"../evil.json": b"{}"}), 400, "unexpected file"),
+        ("name=x", lambda a: _zip(a, {"run.sh": b"rm -rf /"}), 400, "unexpected file"),
+        ("name=x", lambda a: _zip(a, leave_out=WEIGHTS_FILE), 400, "no model.safetensors"),
+        ("name=x", lambda a: _zip(a, leave_out=CARD_FILE), 400, "no model.json"),
+        ("name=../x", lambda a: _zip(a), 400, "invalid model name"),
+        ("name=configured", lambda a: _zip(a), 400, "invalid model name"),
+        ("", lambda a: _zip(a), 400, "name the model"),
+    ],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(
+    node: tuple[FakeOrthanc, NodePlugin],
+    artifacts: dict[int, Path],
+    query: str,
+    build: Any,
+    status: int,
+    words: str,
+) -> None:
+    fake, plugin = node
+    get = dict([query.split("=", 1)]) if query else {}
+    out = fake.rest("POST", "/lesion-ai/models", build(artifacts[1]), get=get, headers=_headers())
+    assert out.status == status and words in out.json()["error"], out.body
+    folder = plugin.settings.models_folder
+    assert plugin.models.names() == []
+    assert not folder.exists() or not [p for p in folder.iterdir() if p.is_dir()]
+
+
+def test_weights_that_are_not_the_cards_are_refused(artifacts: dict[int, Path], tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    mixed = io.BytesIO()
+    with zipfile.ZipFile(mixed, "w") as archive:
+        archive.write(artifacts[1] / CARD_FILE, CARD_FILE)
+        archive.write(artifacts[2] / WEIGHTS_FILE, WEIGHTS_FILE)
+    with pytest.raises(RegistryError, match="is not the one its card names"):
+        registry.add_zip("mixed", mixed.getvalue(), "alice")
+    registry.add_zip("ok", _zip(artifacts[1]), "alice")
+    with pytest.raises(RegistryError, match="exists already"):
+        registry.add_zip("ok", _zip(artifacts[2]), "bob")
+    assert registry.names() == ["ok"]
+
+
+def test_uploads_need_the_csrf_header(
+    node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]
+) -> None:
+    fake, plugin = node
+    for path, body in (
+        ("/lesion-ai/models", _zip(artifacts[1])),
+        ("/lesion-ai/models/x/promote", b""),
+        ("/lesion-ai/models/x/shadow", b'{"enabled": true}'),
+    ):
+        assert fake.rest("POST", path, body).status == 403
+    assert plugin.models.names() == []
+
+
+def test_promotion_is_recorded_and_the_next_jobs_name_the_new_model(
+    node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]
+) -> None:
+    fake, plugin = node
+    configured = plugin.model
+    assert (
+        fake.rest(
+            "POST", "/lesion-ai/models", _zip(artifacts[1]), get={"name": "v2"}, headers=_headers()
+        ).status
+        == 201
+    )
+    study = fake.add_study(
+        series=[{"SeriesDescription": "t2_tse_tra"}, {"SeriesDescription": "ep2d_diff_tra_ADC"}]
+    )
+    before = plugin.enqueue_study(study)
+    out = fake.rest("POST", "/lesion-ai/models/v2/promote", headers=_headers("bob"))
+    assert out.status == 200, out.body
+    recorded = out.json()["recorded"]
+    assert recorded["user"] == "bob" and recorded["previous"] == CONFIGURED
+    assert recorded["previous_identity"] == configured and recorded["identity"] == model_identity(
+        str(artifacts[1])
+    )
+    assert plugin.model == recorded["identity"] != configured
+    after = plugin.enqueue_study(study)
+    models = {plugin.queue.get(j.id).model for j in after if j.id is not None}  # type: ignore[union-attr]
+    assert models == {recorded["identity"]} and before[0].key != after[0].key
+    assert (
+        fake.rest("GET", "/lesion-ai/model").json()["weights_sha256"].startswith(recorded["identity"][-16:])
+    )
+    # Rolling back is promoting the configured model again.
+    assert fake.rest("POST", f"/lesion-ai/models/{CONFIGURED}/promote", headers=_headers()).status == 200
+    assert plugin.model == configured
+    history = fake.rest("GET", "/lesion-ai/models").json()["history"]
+    assert [h["action"] for h in history] == ["promote", "promote", "add"]
+
+
+def test_shadow_switches_and_errors(node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]) -> None:
+    fake, plugin = node
+    assert (
+        fake.rest(
+            "POST", "/lesion-ai/models", _zip(artifacts[1]), get={"name": "v2"}, headers=_headers()
+        ).status
+        == 201
+    )
+    on = fake.rest("POST", "/lesion-ai/models/v2/shadow", b'{"enabled": true}', headers=_headers())
+    assert on.status == 200 and on.json()["shadow"] == ["v2"]
+    assert [m.name for m in plugin.models.shadows()] == ["v2"]
+    assert (
+        fake.rest("POST", "/lesion-ai/models/v2/shadow", b'{"enabled": "yes"}', headers=_headers()).status
+        == 400
+    )
+    assert (
+        fake.rest("POST", "/lesion-ai/models/nope/shadow", b'{"enabled": true}', headers=_headers()).status
+        == 404
+    )
+    assert fake.rest("POST", "/lesion-ai/models/nope/promote", headers=_headers()).status == 404
+    assert fake.rest("GET", "/lesion-ai/models/nope").status == 404
+    # Promoted, it leaves the shadow list; the active model cannot run in shadow.
+    assert fake.rest("POST", "/lesion-ai/models/v2/promote", headers=_headers()).status == 200
+    assert plugin.models.shadows() == []
+    refused = fake.rest("POST", "/lesion-ai/models/v2/shadow", b'{"enabled": true}', headers=_headers())
+    assert refused.status == 400 and "active model" in refused.json()["error"]
+
+
+def test_a_damaged_registry_is_an_error_not_a_reset(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    fake, plugin = node
+    configured = plugin.model
+    plugin.settings.models_folder.mkdir()
+    plugin.models.registry_file.write_text("{not json")
+    out = fake.rest("GET", "/lesion-ai/models")
+    assert out.status == 500 and "not JSON" in out.json()["error"]
+    assert plugin.model == configured  # jobs go on with the configured model (logged)
+    assert plugin.models.registry_file.read_text() == "{not json"
+
+
+# -- shadow runs and agreement -------------------------------------------------------------------------
+def _evidence(uid: str, lesion: tuple[slice, ...] | None, probability: float = 0.8) -> StudyEvidence:
+    detection = np.zeros(GRID.size[::-1], dtype=np.float32)
+    if lesion is not None:
+        detection[lesion] = probability
+    score = probability if lesion is not None else 0.0
+    return StudyEvidence(uid, score, detection, GRID, ({"probability": score},) if lesion is not None else ())
+
+
+BLOB = (slice(1, 3), slice(4, 8), slice(4, 8))
+OTHER = (slice(1, 3), slice(10, 14), slice(10, 14))
+
+
+def test_agreement_with_the_active_model_and_with_labels(tmp_path: Path) -> None:
+    store = ShadowStore(tmp_path / "v2")
+    # Four studies: the shadow agrees with the active model on three, and finds a lesion elsewhere on one.
+    cases = [
+        ("1.1", BLOB, 0.9, BLOB),
+        ("1.2", None, 0.0, None),
+        ("1.3", BLOB, 0.7, BLOB),
+        ("1.4", OTHER, 0.5, None),
+    ]
+    for uid, shadow, probability, active in cases:
+        store.save(_evidence(uid, shadow, probability), _evidence(uid, active), [b"SEG", b"SR"], {"job": 1})
+    assert store.studies() == ["1.1", "1.2", "1.3", "1.4"]
+    assert sorted(p.name for p in (store.shadow / "1.1").iterdir()) == ["01.dcm", "02.dcm"]
+
+    truth = {"1.1": BLOB, "1.4": OTHER}
+
+    def labels(uid: str, grid: Grid) -> Any:
+        if uid not in ("1.1", "1.2", "1.4"):
+            return None
+        out = np.zeros(grid.size[::-1], dtype=np.int16)
+        if uid in truth:
+            out[truth[uid]] = 3
+        return out
+
+    report = agreement_report(store, labels, "tiny:1:abc")
+    active = report["with_active"]
+    assert report["studies"] == 4 and active["positive_studies"] == 2
+    # The active model's two lesions are found (at 0.9 and 0.7) above its negatives (0 and 0.5).
+    assert active["same_patient_call"] == 0.75 and active["auroc"] == 1.0
+    assert active["sensitivity_at_1_fp"] == 1.0 and active["mean_patient_score_difference"] == 0.175
+    shadow, active_vs_labels = report["with_labels"]["shadow"], report["with_labels"]["active"]
+    assert report["with_labels"]["labelled_studies"] == ["1.1", "1.2", "1.4"]
+    # The shadow finds both labelled lesions without a false positive; the active model one of the two.
+    assert shadow["studies"] == 3 and shadow["auroc"] == 1.0 and shadow["average_precision"] == 1.0
+    assert active_vs_labels["auroc"] == 0.75 and active_vs_labels["average_precision"] == 0.5
+    assert store.report() == report
+
+
+def test_undefined_figures_are_null_with_a_note(tmp_path: Path) -> None:
+    store = ShadowStore(tmp_path / "v2")
+    store.save(_evidence("1.1", None), _evidence("1.1", None), [], {})
+    report = agreement_report(store, None, "m")
+    assert report["with_active"]["auroc"] is None and report["with_active"]["sensitivity_at_1_fp"] is None
+    assert any("AUROC needs" in n for n in report["with_active"]["notes"])
+    assert report["with_labels"]["shadow"]["notes"] == ["no study to compare"]
+
+
+def test_the_store_refuses_what_is_not_a_uid_or_not_the_same_grid(tmp_path: Path) -> None:
+    store = ShadowStore(tmp_path / "v2")
+    with pytest.raises(ValueError, match="not a StudyInstanceUID"):
+        store.save(_evidence("../../etc", None), _evidence("../../etc", None), [], {})
+    other = StudyEvidence(
+        "1.1",
+        0.0,
+        np.zeros((4, 16, 8), np.float32),
+        Grid(GRID.origin, GRID.spacing, GRID.direction, (8, 16, 4)),
+    )
+    with pytest.raises(ValueError, match="same study grid"):
+        store.save(_evidence("1.1", None), other, [], {})
+    with pytest.raises(ValueError, match="not on the grid"):
+        StudyEvidence("1.1", 0.0, np.zeros((4, 4, 4), np.float32), GRID)
+
+
+# -- a worker runs each job's model, then the shadows ----------------------------------------------------
+class Tagging:
+    """A processor that says which model folder it was built for, with evidence."""
+
+    def __init__(self, settings: ProcessorSettings) -> None:
+        self.model = settings.model
+        self.calls: list[str] = []
+
+    def __call__(self, instances: Sequence[bytes], request: ProcessingRequest) -> ProcessingOutcome:
+        self.calls.append(request.study_id)
+        tag = Path(self.model).name if self.model else "configured"
+        if tag == "broken":
+            raise RuntimeError("this model is broken")
+        lesion = BLOB if tag != "v3" else OTHER
+        return ProcessingOutcome.analysed(
+            {Output.SEG: [f"SEG {tag}".encode()], Output.SR: [f"SR {tag}".encode()]},
+            model={"name": tag},
+            evidence=_evidence(UID, lesion),
+        )
+
+    def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
+        return [b"FAIL"]
+
+
+CREATED: list[Tagging] = []
+
+
+def tagging(settings: ProcessorSettings) -> Tagging:
+    processor = Tagging(settings)
+    CREATED.append(processor)
+    return processor
+
+
+def _queue_job(queue: JobQueue, model: str) -> None:
+    payload = JobPayload(study="st1", rule="prostate-mr", series=("se1", "se2"), model=model)
+    queue.enqueue(NewJob(f"k-{model}", "st1", "prostate-mr", model, 0, payload.to_json()))
+
+
+def test_a_worker_runs_the_jobs_model_then_keeps_the_shadow_results(
+    tmp_path: Path, artifacts: dict[int, Path]
+) -> None:
+    CREATED.clear()
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add_zip("v2", _zip(artifacts[1]), "alice")
+    registry.add_zip("v3", _zip(artifacts[2]), "alice")
+    shutil.copytree(tmp_path / "models" / "v3", tmp_path / "models" / "broken")
+    registry.set_shadow("v3", True, "alice")
+    registry.set_shadow("broken", True, "alice")
+    queue = open_queue(
+        sqlite_url(tmp_path / "q.sqlite"),
+        QueuePolicy(lease_s=30, max_attempts=2, backoff_base_s=0, backoff_max_s=0),
+    )
+    settings = ProcessorSettings()
+    default = tagging(settings)
+    models = ModelRuns(registry, settings, "tests.test_node_models:tagging", default)
+    options = WorkerOptions.from_settings(WorkerSettings(queue="sqlite:///unused", heartbeat_s=5), owner="w")
+    rest = FakeRest()
+    worker = Worker(queue, rest, default, options, models)
+    _queue_job(queue, registry.get("v2").identity)
+    job = queue.claim("w")
+    assert job is not None and worker.run_job(job) is JobState.DONE
+    # The job's model (v2) made the stored results; v3 ran in shadow, kept in the node only.
+    assert rest.stored == [b"SEG v2", b"SR v2"] and default.calls == []
+    store = ShadowStore(tmp_path / "models" / "v3")
+    assert store.studies() == [UID]
+    kept = json.loads((store.shadow / f"{UID}.json").read_text())
+    assert (
+        kept["shadow_model"] == registry.get("v3").identity
+        and kept["active_model"] == registry.get("v2").identity
+    )
+    assert (store.shadow / UID / "01.dcm").read_bytes() == b"SEG v3"
+    report = store.report()
+    assert report is not None and report["with_active"]["same_patient_call"] == 1.0
+    # The broken shadow model did not fail the job, and nothing of it was kept.
+    assert not (tmp_path / "models" / "broken" / "shadow").exists()
+    # A job queued for the configured model runs the default processor.
+    _queue_job(queue, "processor:none")
+    job = queue.claim("w")
+    assert job is not None and worker.run_job(job) is JobState.DONE
+    assert default.calls == ["st1"] and rest.stored[-2:] == [b"SEG configured", b"SR configured"]
+    queue.close()
+
+
+def test_an_idle_worker_recomputes_reports_when_labels_arrive(
+    tmp_path: Path, artifacts: dict[int, Path]
+) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add_zip("v3", _zip(artifacts[2]), "alice")
+    registry.set_shadow("v3", True, "alice")
+    store = ShadowStore(tmp_path / "models" / "v3")
+    store.save(_evidence("1.1", BLOB), _evidence("1.1", BLOB), [], {})
+    store.save(_evidence("1.2", None), _evidence("1.2", None), [], {})
+
+    class Labels:
+        def __init__(self) -> None:
+            self.known: dict[str, Any] = {}
+
+        def signature(self) -> str:
+            return ",".join(sorted(self.known))
+
+        def __call__(self, study_instance_uid: str, grid: Grid) -> Any:
+            return self.known.get(study_instance_uid)
+
+    labels = Labels()
+    models = ModelRuns(registry, ProcessorSettings(), None, tagging(ProcessorSettings()), labels)
+    assert models.refresh(now=0.0) == 1
+    assert store.report()["with_labels"]["labelled_studies"] == []  # type: ignore[index]
+    assert models.refresh(now=1.0) == 0  # not due yet
+    assert models.refresh(now=100.0) == 0  # due, but the labels did not change
+    truth = np.zeros(GRID.size[::-1], np.int16)
+    truth[BLOB] = 2
+    labels.known = {"1.1": truth, "1.2": np.zeros_like(truth)}
+    assert models.refresh(now=200.0) == 1
+    report = store.report()
+    assert report is not None and report["with_labels"]["shadow"]["auroc"] == 1.0
