@@ -17,6 +17,7 @@ from benchmarks import (
     input_pipeline,
     node,
     results,
+    soak,
     training,
     write_report,
 )
@@ -51,6 +52,7 @@ def main() -> int:
         "training": training.run(),
         "results": results.run(dicom, args.repeats),
         "node": node.run(dicom, args.model),
+        "soak": soak.run(),
     }
     write_report(report, args.out)
     return 0

@@ -15,8 +15,11 @@ __all__ = [
     "DuplicateSlicesError",
     "GeometryError",
     "InconsistentSeriesError",
+    "InvalidValueError",
     "LesionAIError",
     "MissingSlicesError",
+    "MixedPatientsError",
+    "MixedSeriesError",
     "ModelArtifactError",
     "MultipleStudiesError",
     "NoADCError",
@@ -78,6 +81,18 @@ class MultipleStudiesError(StudyError):
 class MixedPatientsError(StudyError):
     """The study's images belong to more than one patient (one StudyInstanceUID shared by two patients, or
     instances of another patient filed into the study): the study is not analysed, whatever its series."""
+
+
+class MixedSeriesError(StudyError):
+    """One series' images belong to more than one study or patient (their StudyInstanceUID or PatientID
+    differ under one SeriesInstanceUID): the series cannot be trusted as one acquisition, so the study is not
+    analysed."""
+
+
+class InvalidValueError(StudyError):
+    """An attribute that places or scales the images holds a value that DICOM does not allow (a DS that is
+    not a number, a wrong number of values, a non-finite or non-positive spacing). The message names the
+    attribute, the value, the series and an instance."""
 
 
 class WrongModalityError(StudyError):

@@ -19,8 +19,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from lesion_engine.errors import MixedPatientsError, MultipleStudiesError, NoImagesError
-from lesion_engine.series import Series, build_series
+from lesion_engine.errors import (
+    InvalidValueError,
+    MixedPatientsError,
+    MixedSeriesError,
+    MultipleStudiesError,
+    NoImagesError,
+)
+from lesion_engine.series import InvalidValue, Series, build_series
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +171,77 @@ def _check_one_patient(by_series: dict[str, list[tuple[str, Dataset]]]) -> None:
         )
 
 
+def _series_label(series_uid: str, ds: Dataset) -> str:
+    """``series 8 'ep2d_diff_tra_ADC' (SeriesInstanceUID 1.2.3)``, from one of its instances."""
+    number = ds.get("SeriesNumber")
+    description = str(ds.get("SeriesDescription", "") or "").strip()
+    return (
+        f"series {number if number not in (None, '') else '(no SeriesNumber)'}"
+        + (f" {description!r}" if description else "")
+        + f" (SeriesInstanceUID {series_uid})"
+    )
+
+
+def _check_series_identity(by_series: dict[str, list[tuple[str, Dataset]]]) -> None:
+    """Raise :class:`MixedSeriesError` when one series' instances belong to more than one study or patient.
+
+    Checked before the study-level checks, so that the message names the series rather than the study. It
+    names StudyInstanceUIDs (identifiers of the data, as in every log) but never a PatientID.
+    """
+    problems = []
+    for series_uid, items in by_series.items():
+        studies: dict[str, int] = {}
+        patients: dict[tuple[str, str], int] = {}
+        for _, ds in items:
+            study = str(ds.get("StudyInstanceUID", ""))
+            studies[study] = studies.get(study, 0) + 1
+            patient = _patient_key(ds)
+            patients[patient] = patients.get(patient, 0) + 1
+        label = _series_label(series_uid, items[0][1])
+        if len(studies) > 1:
+            counts = ", ".join(f"StudyInstanceUID {uid}: {n} image(s)" for uid, n in sorted(studies.items()))
+            problems.append(f"{label} holds images of {len(studies)} studies ({counts})")
+        if len(patients) > 1:
+            counts = " / ".join(str(n) for n in patients.values())
+            problems.append(
+                f"{label} holds images of {len(patients)} different patients (PatientID differs; "
+                f"{counts} image(s))"
+            )
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        logger.error("mixed series: %s", shown)
+        raise MixedSeriesError(
+            f"{shown}: one SeriesInstanceUID was given to images of different studies or patients, so the "
+            "series is not one acquisition. Correct the series in the PACS (or at the modality), then send "
+            "the study again"
+        )
+
+
+def _check_values(series: list[Series]) -> None:
+    """Raise :class:`InvalidValueError` when a series holds values that DICOM does not allow (see
+    :mod:`lesion_engine.series`), naming the attribute, the value, the series and the first instance."""
+    problems = []
+    for item in series:
+        groups: dict[tuple[str, str], list[InvalidValue]] = {}
+        for invalid in item.invalid_values:
+            groups.setdefault((invalid.keyword, invalid.problem), []).append(invalid)
+        for found in groups.values():
+            first = found[0]
+            images = len({v.source for v in found})
+            problems.append(
+                f"{_series_label(item.series_instance_uid, item.header)}: {first.describe()} "
+                f"({images} of {len(item.instances)} image(s); first: SOPInstanceUID {first.sop_instance_uid})"
+            )
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        logger.error("invalid values: %s", shown)
+        raise InvalidValueError(
+            f"invalid value(s) in the images: {shown}. DICOM does not allow these values, so where the images "
+            "lie or what their pixels mean cannot be trusted; correct them at the modality or in the PACS, "
+            "then send the study again"
+        )
+
+
 def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
     """Read one DICOM study.
 
@@ -185,10 +262,15 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
         A path does not exist.
     NoImagesError
         Nothing readable holds an image.
+    MixedSeriesError
+        One series' images belong to more than one study or patient.
     MultipleStudiesError
         The inputs hold images of more than one study.
     MixedPatientsError
         The images belong to more than one patient (PatientID and its issuer differ).
+    InvalidValueError
+        An image holds a value that places or scales it but that DICOM does not allow (a non-numeric
+        PixelSpacing, an ImagePositionPatient with 2 values, ...).
     """
     skipped: list[SkippedInstance] = []
     ignored: list[IgnoredObject] = []
@@ -244,6 +326,7 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
             )
             + (f"; {len(ignored)} non-image object(s) ignored" if ignored else "")
         )
+    _check_series_identity(by_series)
     studies = {str(ds.StudyInstanceUID) for items in by_series.values() for _, ds in items}
     if len(studies) > 1:
         raise MultipleStudiesError(
@@ -260,4 +343,5 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
     series.sort(
         key=lambda s: (s.series_number if s.series_number is not None else 1 << 31, s.series_instance_uid)
     )
+    _check_values(series)
     return LoadedStudy(studies.pop(), series, skipped, ignored)

@@ -2,17 +2,27 @@
 
 Classic single-frame objects give one :class:`Frame` per instance; Enhanced (multi-frame) objects give one
 per frame, with geometry, rescale and diffusion read from the per-frame and shared functional groups.
+
+The numbers that place and scale an image (ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
+SliceThickness, SpacingBetweenSlices, RescaleSlope, RescaleIntercept) are read strictly: a value that is
+present but not what DICOM allows (a DS that is not a decimal number, a wrong number of values, a
+non-finite number, a spacing that is not positive) is recorded as an :class:`InvalidValue` of the series,
+never guessed; :func:`lesion_engine.loading.load_study` refuses such a study with an
+:class:`~lesion_engine.errors.InvalidValueError` that names the attribute and the series.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from lesion_engine.bvalues import b_value_of
 from lesion_engine.diffusion import NO_B_VALUE_TAG, DiffusionEvidence, assess_diffusion, is_directional
@@ -20,9 +30,42 @@ from lesion_engine.errors import CorruptInstanceError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Frame", "Instance", "Series", "build_series"]
+__all__ = ["Frame", "Instance", "InvalidValue", "Series", "build_series"]
 
 Vector3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class InvalidValue:
+    """A value present in an instance but not one that DICOM allows for its attribute.
+
+    Attributes
+    ----------
+    source : str
+        The instance (file name or input label).
+    sop_instance_uid : str
+        Its SOPInstanceUID.
+    keyword : str
+        The attribute's DICOM keyword (e.g. ``PixelSpacing``).
+    value : str
+        The value as stored (at most 64 characters).
+    problem : str
+        What is wrong with it (e.g. ``2 values, 3 expected``).
+    frame : int or None
+        The 1-based frame of a multi-frame instance whose functional group holds the value.
+    """
+
+    source: str
+    sop_instance_uid: str
+    keyword: str
+    value: str
+    problem: str
+    frame: int | None = None
+
+    def describe(self) -> str:
+        """``PixelSpacing '0.5\\abc': 'abc' is not a decimal number`` (with the frame when there is one)."""
+        where = f" (frame {self.frame})" if self.frame is not None else ""
+        return f"{self.keyword}{where} {_quote(self.value)}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -140,12 +183,16 @@ class Series:
         Its 2D images, with b-values as the diffusion evidence reads them (none outside diffusion series).
     diffusion : DiffusionEvidence
         Whether the series is diffusion-weighted, and why (see :mod:`lesion_engine.diffusion`).
+    invalid_values : list of InvalidValue
+        Values that place or scale its images but are not what DICOM allows (the frames carry None, or the
+        identity rescale, in their place: such a series is not to be used, see the module docstring).
     """
 
     series_instance_uid: str
     instances: list[Instance]
     frames: list[Frame]
     diffusion: DiffusionEvidence = field(default_factory=lambda: DiffusionEvidence(False))
+    invalid_values: list[InvalidValue] = field(default_factory=list)
 
     @property
     def header(self) -> Dataset:
@@ -251,14 +298,116 @@ class Series:
         return out
 
 
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+#: A DS value (PS3.5 6.2): an optional sign, digits with an optional decimal point, an optional exponent.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_MAX_QUOTED = 64
+
+
+class _Values:
+    """Reads the numbers of one instance strictly, recording what is invalid (see the module docstring)."""
+
+    def __init__(self, source: str, ds: Dataset) -> None:
+        self.source = source
+        self.sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
+        self.invalid: list[InvalidValue] = []
+
+    def _record(self, ds: Dataset, keyword: str, problem: str, frame: int | None) -> None:
+        self.invalid.append(
+            InvalidValue(
+                self.source, self.sop_instance_uid, keyword, _stored_text(ds, keyword), problem, frame
+            )
+        )
+
+    def numbers(
+        self,
+        ds: Dataset | None,
+        keyword: str,
+        count: int,
+        *,
+        frame: int | None = None,
+        positive: bool = False,
+        not_negative: bool = False,
+    ) -> tuple[float, ...] | None:
+        """The ``count`` numbers of ``keyword`` in ``ds``; None when absent or empty, or when invalid (then
+        recorded)."""
+        if ds is None or keyword not in ds:
+            return None
+        try:
+            value = ds.get(keyword)
+        except Exception as exc:  # a value pydicom cannot convert at all
+            self._record(ds, keyword, f"cannot be read ({type(exc).__name__})", frame)
+            return None
+        items = _items(value)
+        if not items:
+            return None
+        numbers: list[float] = []
+        for item in items:
+            number = _number(item)
+            if number is None:
+                self._record(ds, keyword, f"{_quote(str(item).strip())} is not a decimal number", frame)
+                return None
+            numbers.append(number)
+        if len(numbers) != count:
+            self._record(ds, keyword, f"{len(numbers)} value(s), {count} expected", frame)
+            return None
+        if not all(math.isfinite(n) for n in numbers):
+            self._record(ds, keyword, "not a finite number", frame)
+            return None
+        if positive and not all(n > 0 for n in numbers):
+            self._record(ds, keyword, "must be greater than 0", frame)
+            return None
+        if not_negative and not all(n >= 0 for n in numbers):
+            self._record(ds, keyword, "must not be negative", frame)
+            return None
+        return tuple(numbers)
+
+    def number(self, ds: Dataset | None, keyword: str, default: float, *, frame: int | None = None) -> float:
+        """One number of ``keyword`` (``default`` when absent or invalid: an invalid one is recorded)."""
+        found = self.numbers(ds, keyword, 1, frame=frame)
+        return found[0] if found is not None else default
+
+
+def _items(value: Any) -> list[Any]:
+    """The values of an element: none for an empty one; text (or bytes) split at backslashes."""
     if value is None:
+        return []
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return [] if not value.strip(" \x00") else value.split("\\")
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _number(item: Any) -> float | None:
+    """A number (int or float, DSfloat included), or text that is a DS; None otherwise."""
+    if isinstance(item, bool):
         return None
+    if isinstance(item, int | float):
+        return float(item)
+    text = (item.decode("latin-1") if isinstance(item, bytes) else str(item)).strip(" \x00")
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def _quote(text: str) -> str:
+    """``'text'``, unprintable characters as ``?``, cut to 64 characters."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return "'" + (text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "...") + "'"
+
+
+def _stored_text(ds: Dataset, keyword: str) -> str:
+    """The value of ``keyword`` as stored in ``ds`` (multiple values joined with backslashes)."""
     try:
-        items = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return items if len(items) == n and all(np.isfinite(items)) else None
+        element = ds.get_item(keyword)
+    except Exception:  # the element itself is malformed
+        return "?"
+    value = element.value if element is not None else None
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value).strip()
 
 
 def _item(group: Dataset | None, sequence: str) -> Dataset | None:
@@ -287,7 +436,7 @@ def _frame_type(group: Dataset | None, shared: Dataset | None) -> Any:
     return item.get("FrameType") if item is not None else None
 
 
-def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
+def _frames_of_enhanced(index: int, ds: Dataset, values: _Values) -> list[Frame]:
     shared = _item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -305,17 +454,20 @@ def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
         diffusion = _from_groups(group, shared, "MRDiffusionSequence")
         b = b_value_of(ds, group, shared)
         temporal = content.get("TemporalPositionIndex") if content is not None else None
+        frame = k + 1
+        values.numbers(measures, "SliceThickness", 1, frame=frame, not_negative=True)
+        values.numbers(measures, "SpacingBetweenSlices", 1, frame=frame)
         frames.append(
             Frame(
                 instance=index,
                 frame=k,
-                position=_floats(position.get("ImagePositionPatient") if position else None, 3),  # type: ignore[arg-type]
-                orientation=_floats(orientation.get("ImageOrientationPatient") if orientation else None, 6),  # type: ignore[arg-type]
-                pixel_spacing=_floats(measures.get("PixelSpacing") if measures else None, 2),  # type: ignore[arg-type]
+                position=values.numbers(position, "ImagePositionPatient", 3, frame=frame),  # type: ignore[arg-type]
+                orientation=values.numbers(orientation, "ImageOrientationPatient", 6, frame=frame),  # type: ignore[arg-type]
+                pixel_spacing=values.numbers(measures, "PixelSpacing", 2, frame=frame, positive=True),  # type: ignore[arg-type]
                 rows=int(ds.Rows),
                 columns=int(ds.Columns),
-                slope=float(transform.get("RescaleSlope", 1.0) or 1.0) if transform else 1.0,
-                intercept=float(transform.get("RescaleIntercept", 0.0) or 0.0) if transform else 0.0,
+                slope=values.number(transform, "RescaleSlope", 1.0, frame=frame) or 1.0,
+                intercept=values.number(transform, "RescaleIntercept", 0.0, frame=frame),
                 b_value=b[0] if b else None,
                 b_value_source=b[1] if b else None,
                 temporal_index=int(temporal) if temporal not in (None, "") else None,
@@ -326,19 +478,21 @@ def _frames_of_enhanced(index: int, ds: Dataset) -> list[Frame]:
     return frames
 
 
-def _frame_of_classic(index: int, ds: Dataset) -> Frame:
+def _frame_of_classic(index: int, ds: Dataset, values: _Values) -> Frame:
     b = b_value_of(ds)
     temporal = ds.get("TemporalPositionIdentifier")
+    values.numbers(ds, "SliceThickness", 1, not_negative=True)
+    values.numbers(ds, "SpacingBetweenSlices", 1)
     return Frame(
         instance=index,
         frame=None,
-        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-        orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
-        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+        position=values.numbers(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+        orientation=values.numbers(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
+        pixel_spacing=values.numbers(ds, "PixelSpacing", 2, positive=True),  # type: ignore[arg-type]
         rows=int(ds.Rows),
         columns=int(ds.Columns),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        slope=values.number(ds, "RescaleSlope", 1.0) or 1.0,
+        intercept=values.number(ds, "RescaleIntercept", 0.0),
         b_value=b[0] if b else None,
         b_value_source=b[1] if b else None,
         temporal_index=int(temporal) if temporal not in (None, "") else None,
@@ -364,18 +518,21 @@ def build_series(
     series : Series or None
         The series, or None when no instance could be used.
     bad : list of (source, reason)
-        Instances left out, with the reason.
+        Instances left out, with the reason (values that are invalid but do not stop an instance from being
+        read are the series' :attr:`Series.invalid_values` instead).
     """
     instances: list[Instance] = []
     frames: list[Frame] = []
     bad: list[tuple[str, str]] = []
+    invalid: list[InvalidValue] = []
     for source, ds in items:
         index = len(instances)
+        values = _Values(source, ds)
         try:
             if "PerFrameFunctionalGroupsSequence" in ds:
-                new = _frames_of_enhanced(index, ds)
+                new = _frames_of_enhanced(index, ds, values)
             else:
-                new = [_frame_of_classic(index, ds)]
+                new = [_frame_of_classic(index, ds, values)]
         except CorruptInstanceError as exc:
             bad.append((source, str(exc)))
             continue
@@ -384,11 +541,12 @@ def build_series(
             continue
         instances.append(Instance(source, ds))
         frames.extend(new)
+        invalid.extend(values.invalid)
     if not instances:
         return None, bad
     evidence = assess_diffusion([i.dataset for i in instances], frames)
     frames, evidence = apply_evidence(frames, evidence)
-    return Series(series_instance_uid, instances, frames, evidence), bad
+    return Series(series_instance_uid, instances, frames, evidence, invalid), bad
 
 
 def apply_evidence(frames: list[Frame], evidence: DiffusionEvidence) -> tuple[list[Frame], DiffusionEvidence]:

@@ -11,12 +11,20 @@ POST     rules/history/{n}/restore        put version ``n`` back in force (the c
 
 An error in the rules is answered ``400 {"error": message, "line": N, "field": "rules[0].priorty"}``
 (``line`` and ``field`` null where the message names none).
+
+``POST rules/test`` evaluates the rules on a thread of its own, one evaluation at a time, so that Orthanc's
+REST thread never waits for it longer than :data:`EVALUATION_TIMEOUT_S`: a slower evaluation is answered
+``503`` ("rule evaluation took longer than N s") and its result is dropped when it ends; a request that
+comes while an evaluation still runs is answered ``503`` at once.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from lesion_engine.errors import ConfigError
@@ -28,7 +36,10 @@ from orthanc_plugin.studies import OrthancSeries
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RulesRoutes", "describe_roles", "error_location"]
+__all__ = ["EVALUATION_TIMEOUT_S", "BoundedEvaluator", "RulesRoutes", "describe_roles", "error_location"]
+
+#: Longest Orthanc's REST thread waits for a ``POST rules/test`` evaluation, in seconds.
+EVALUATION_TIMEOUT_S = 5.0
 
 Answer = tuple[int, Any, str]
 _JSON = "application/json"
@@ -114,6 +125,77 @@ def describe_roles(api: RestApi, series: list[OrthancSeries], rules: Any) -> dic
     return {"series": rows, "roles": roles}
 
 
+class BoundedEvaluator:
+    """Runs one evaluation at a time on a thread of its own; the caller waits at most ``timeout_s``.
+
+    Parameters
+    ----------
+    timeout_s : float
+        Longest wait for an evaluation, in seconds (greater than 0).
+    what : str
+        What is evaluated, for the messages (``rule evaluation``).
+    """
+
+    def __init__(self, timeout_s: float = EVALUATION_TIMEOUT_S, what: str = "rule evaluation") -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"the evaluation timeout must be greater than 0 seconds, got {timeout_s!r}")
+        self.timeout_s = timeout_s
+        self.what = what
+        self._busy = threading.Lock()
+        self._started = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Whether an evaluation runs now (possibly one whose caller was answered 503)."""
+        return self._busy.locked()
+
+    def run(self, evaluate: Callable[[], Answer]) -> Answer:
+        """The answer of ``evaluate()``, or ``503`` when it takes longer than ``timeout_s`` or when another
+        evaluation still runs; an exception of ``evaluate`` is raised here, in the caller's thread."""
+        if not self._busy.acquire(blocking=False):
+            return _error(
+                503,
+                f"another {self.what} is still running (for {time.monotonic() - self._started:.0f} s); "
+                "try again when it has ended",
+            )
+        self._started = time.monotonic()
+        done, abandoned = threading.Event(), threading.Event()
+        outcome: list[Answer] = []
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                outcome.append(evaluate())
+            except Exception as exc:  # raised again in the caller's thread, or logged if it has gone
+                failure.append(exc)
+            finally:
+                self._busy.release()
+                done.set()
+            if abandoned.is_set():
+                took = time.monotonic() - self._started
+                if failure:
+                    logger.warning("%s failed after %.1f s: %s", self.what, took, failure[0])
+                else:
+                    logger.info("%s ended after %.1f s; its result was dropped", self.what, took)
+
+        threading.Thread(target=target, name="lesion-ai-rules-test", daemon=True).start()
+        if not done.wait(self.timeout_s):
+            abandoned.set()
+            if not done.is_set():
+                logger.warning("%s took longer than %g s; answered 503", self.what, self.timeout_s)
+                return _error(
+                    503,
+                    f"{self.what} took longer than {self.timeout_s:g} s; the node answers other requests "
+                    'meanwhile and drops its result. Try again later, or with "roles": false (reading '
+                    "every instance's header is the slow part of a large study)",
+                )
+        if failure:
+            raise failure[0]
+        if not outcome:
+            raise RuntimeError(f"the {self.what} ended without an answer")
+        return outcome[0]
+
+
 class RulesRoutes:
     """Handlers of the rules routes (see the module docstring).
 
@@ -123,11 +205,19 @@ class RulesRoutes:
         The running node.
     history : RulesHistory, optional
         Where earlier versions are kept (default: ``rules-history`` in the node's data folder).
+    evaluator : BoundedEvaluator, optional
+        Where ``POST rules/test`` evaluates (default: one at a time, :data:`EVALUATION_TIMEOUT_S`).
     """
 
-    def __init__(self, node: AdminNode, history: RulesHistory | None = None) -> None:
+    def __init__(
+        self,
+        node: AdminNode,
+        history: RulesHistory | None = None,
+        evaluator: BoundedEvaluator | None = None,
+    ) -> None:
         self.node = node
         self.history = history if history is not None else RulesHistory(node.data_dir / FOLDER)
+        self.evaluator = evaluator if evaluator is not None else BoundedEvaluator()
 
     # -- reading and validating ---------------------------------------------------------------------
     def get_rules(self) -> Answer:
@@ -196,16 +286,25 @@ class RulesRoutes:
         return 200, {"valid": True, "rules": [r.summary() for r in found.rules]}, _JSON
 
     def test_rules(self, body: dict[str, Any]) -> Answer:
-        """``POST rules/test``: body ``{"study": ID, "rules": optional YAML, "roles": true}``."""
+        """``POST rules/test``: body ``{"study": ID, "rules": optional YAML, "roles": true}``; evaluated by
+        :attr:`evaluator` (``503`` when it takes too long, see the module docstring)."""
         study_id = body.get("study")
         if not isinstance(study_id, str) or not study_id:
             return _error(400, "the body needs 'study': an Orthanc study ID")
+        text = body.get("rules")
+        if text is not None and not isinstance(text, str):
+            return _error(400, "'rules' must be YAML text")
+        roles = body.get("roles", True)
+        if not isinstance(roles, bool):
+            return _error(400, "'roles' must be true or false")
+        return self.evaluator.run(lambda: self._test(study_id, text, roles))
+
+    def _test(self, study_id: str, text: str | None, roles: bool) -> Answer:
+        """The evaluation of ``POST rules/test`` (on the evaluator's thread)."""
         rules: RoutingRules = self.node.current_rules()
-        if body.get("rules") is not None:
-            if not isinstance(body["rules"], str):
-                return _error(400, "'rules' must be YAML text")
+        if text is not None:
             try:
-                rules = self.node.rules_from_text(body["rules"], "POST /lesion-ai/rules/test (rules)")
+                rules = self.node.rules_from_text(text, "POST /lesion-ai/rules/test (rules)")
             except ConfigError as exc:
                 return _rules_error(str(exc))
         try:
@@ -213,7 +312,7 @@ class RulesRoutes:
         except NotFoundError:
             return _error(404, f"no study {study_id} in Orthanc")
         out = plan.describe()
-        if body.get("roles", True):
+        if roles:
             for entry, match in zip(out["matches"], plan.matches, strict=True):
                 series = [s for s in match.series if isinstance(s, OrthancSeries)]
                 try:

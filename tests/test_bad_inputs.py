@@ -14,8 +14,10 @@ import SimpleITK as sitk
 from lesion_engine.errors import (
     DuplicateSlicesError,
     InconsistentSeriesError,
+    InvalidValueError,
     MissingSlicesError,
     MixedPatientsError,
+    MixedSeriesError,
     MultipleStudiesError,
     NoADCError,
     NoDWIError,
@@ -29,7 +31,9 @@ from lesion_engine.errors import (
 )
 from lesion_engine.loading import load_study
 from lesion_engine.preprocess import prepare_study
+from orthanc_plugin.processing import EngineProcessor, ProcessingRequest, ProcessorSettings
 from tests.conftest import copy_series
+from training.synth import SynthConfig, generate_case
 
 pytestmark = pytest.mark.fixture
 
@@ -51,6 +55,14 @@ def _edit(path: Path, **changes: object) -> None:
     for key, value in changes.items():
         setattr(ds, key, value)
     ds.save_as(path)
+
+
+def _set_stored(ds: pydicom.Dataset, keyword: str, stored: bytes) -> None:
+    """Put ``stored`` as the bytes of ``keyword`` (as a broken modality would write them: pydicom refuses
+    to set invalid values)."""
+    tag = pydicom.tag.Tag(keyword)
+    vr = pydicom.datadict.dictionary_VR(tag)
+    ds._dict[tag] = pydicom.dataelem.RawDataElement(tag, vr, len(stored), stored, 0, False, True)
 
 
 @pytest.fixture
@@ -204,6 +216,89 @@ def test_two_patients_in_one_study_are_named_as_such(core: dict[int, Path]) -> N
     assert "OTHER-PATIENT-0002" not in message and "ProstateX" not in message
 
 
+def test_series_holding_images_of_two_studies_is_named(core: dict[int, Path]) -> None:
+    for path in _sorted_files(core[10])[:5]:  # 5 of the T2W's 19 images filed under another study
+        _edit(path, StudyInstanceUID="1.2.826.0.1.3680043.2.1125.99")
+    with pytest.raises(MixedSeriesError, match="holds images of 2 studies") as caught:
+        prepare_study(core[10].parent)
+    message = str(caught.value)
+    assert "series 10 't2_tse_tra'" in message
+    assert "StudyInstanceUID 1.2.826.0.1.3680043.2.1125.99: 5 image(s)" in message
+
+
+def test_series_holding_images_of_two_patients_is_named(core: dict[int, Path]) -> None:
+    for path in _sorted_files(core[8])[:3]:
+        _edit(path, PatientID="OTHER-PATIENT-0002")
+    with pytest.raises(MixedSeriesError, match="holds images of 2 different patients") as caught:
+        prepare_study(core[10].parent)
+    message = str(caught.value)
+    assert "series 8 " in message and "PatientID differs" in message
+    assert "OTHER-PATIENT-0002" not in message and "ProstateX" not in message
+
+
+@pytest.mark.parametrize(
+    ("keyword", "stored", "problem"),
+    [
+        ("SliceThickness", b"abc ", "'abc' is not a decimal number"),
+        ("PixelSpacing", b"0.5\\abc ", "'abc' is not a decimal number"),
+        ("PixelSpacing", b"0.5\\0 ", "must be greater than 0"),
+        ("ImagePositionPatient", b"1\\2 ", "2 value(s), 3 expected"),
+        ("ImageOrientationPatient", b"1\\0\\0\\0\\1\\1e999 ", "not a finite number"),
+        ("RescaleSlope", b"1,5 ", "'1,5' is not a decimal number"),
+        ("RescaleIntercept", b"nan ", "not a finite number"),
+    ],
+)
+def test_invalid_value_in_one_image_is_named_with_its_series(
+    core: dict[int, Path], keyword: str, stored: bytes, problem: str
+) -> None:
+    path = _sorted_files(core[10])[9]
+    ds = pydicom.dcmread(path)
+    _set_stored(ds, keyword, stored)
+    ds.save_as(path)
+    with pytest.raises(InvalidValueError) as caught:
+        prepare_study(core[10].parent)
+    message = str(caught.value)
+    shown = stored.decode().strip()
+    assert (
+        f"series 10 't2_tse_tra' (SeriesInstanceUID {ds.SeriesInstanceUID}): {keyword} '{shown}'" in message
+    )
+    assert problem in message
+    assert f"1 of 19 image(s); first: SOPInstanceUID {ds.SOPInstanceUID}" in message
+
+
+def test_invalid_value_in_an_enhanced_object_names_the_frame(tmp_path: Path) -> None:
+    config = SynthConfig(vendor="siemens", enhanced=True, lesion_kinds=(), repeat_t2=False, n_localizers=1)
+    case = generate_case(tmp_path, 0, 4, config)
+    [t2w] = [
+        p
+        for p in case.rglob("*.dcm")
+        if str(pydicom.dcmread(p, stop_before_pixels=True).get("SeriesDescription", "")).startswith(
+            "t2_tse_tra"
+        )
+    ]
+    ds = pydicom.dcmread(t2w)
+    _set_stored(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0], "PixelSpacing", b"0.5\\x ")
+    ds.save_as(t2w)
+    with pytest.raises(InvalidValueError, match=r"PixelSpacing \(frame 1\) '0\.5\\x': 'x' is not a decimal"):
+        prepare_study(case)
+
+
+def test_invalid_value_gives_the_node_a_failure_report(core: dict[int, Path]) -> None:
+    path = _sorted_files(core[10])[4]
+    ds = pydicom.dcmread(path)
+    _set_stored(ds, "ImagePositionPatient", b"12.5\\-3 ")
+    ds.save_as(path)
+    instances = [p.read_bytes() for p in sorted(core[10].parent.rglob("*.dcm"))]
+    outcome = EngineProcessor(ProcessorSettings())(
+        instances, ProcessingRequest(job_id=1, study_id="s", rule="r")
+    )
+    assert outcome.failed and outcome.reason is not None
+    assert "ImagePositionPatient '12.5\\-3': 2 value(s), 3 expected" in outcome.reason
+    assert "no axial T2" not in outcome.reason
+    # The failure report stored in the study says what is wrong.
+    assert any(b"ImagePositionPatient '12.5\\-3'" in report for report in outcome.report)
+
+
 def test_nothing_readable(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not dicom")
     with pytest.raises(NoImagesError, match="not a DICOM file"):
@@ -288,5 +383,7 @@ def test_every_study_error_is_a_study_error() -> None:
         TooFewSlicesError,
         MissingSlicesError,
         MixedPatientsError,
+        MixedSeriesError,
+        InvalidValueError,
     ):
         assert issubclass(cls, StudyError)

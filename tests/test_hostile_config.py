@@ -6,10 +6,12 @@ load on the machine does not change; the health check during an evaluation is ch
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from lesion_engine.safe_regex import UnsafePatternError, compile_pattern
 from lesion_engine.series_rules import load_series_rules
 from lesion_engine.yamlconfig import MAX_YAML_BYTES, read_yaml, read_yaml_file
 from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
+from orthanc_plugin.admin_rules import BoundedEvaluator
 from orthanc_plugin.jobqueue import sqlite_url
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.rules import parse_rules
@@ -189,3 +192,57 @@ def test_huge_job_ids_are_a_client_error(node: tuple[FakeOrthanc, NodePlugin], j
 def test_huge_offsets_are_a_client_error(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     fake, _ = node
     assert fake.rest("GET", "/lesion-ai/jobs", get={"offset": "9" * 30}).status == 400
+
+
+def test_a_slow_rules_test_is_answered_503_and_never_holds_the_rest_thread(
+    node: tuple[FakeOrthanc, NodePlugin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, plugin = node
+    study = fake.add_study(series=[{"SeriesDescription": "t2_tse_tra"}])
+    plugin.admin.rules.evaluator = BoundedEvaluator(timeout_s=0.3)
+    release = threading.Event()
+    planned = plugin.plan_study
+
+    def slow_plan(study_id: str, rules: Any) -> Any:  # an evaluation that takes as long as the test says
+        release.wait(30)
+        return planned(study_id, rules)
+
+    monkeypatch.setattr(plugin, "plan_study", slow_plan)
+    body = json.dumps({"study": study, "roles": False}).encode()
+    headers = {CSRF_HEADER: CSRF_VALUE}
+    try:
+        started = time.perf_counter()
+        slow = fake.rest("POST", "/lesion-ai/rules/test", body, headers=headers)
+        answered = time.perf_counter() - started
+        assert slow.status == 503
+        assert "rule evaluation took longer than 0.3 s" in slow.json()["error"]
+        assert answered < 2.0, f"the REST thread waited {answered:.1f} s"
+        # One evaluation at a time: the next request is refused at once while the first one still runs.
+        started = time.perf_counter()
+        again = fake.rest("POST", "/lesion-ai/rules/test", body, headers=headers)
+        assert again.status == 503 and "still running" in again.json()["error"]
+        assert time.perf_counter() - started < 0.3
+        assert fake.rest("GET", "/lesion-ai/health").status == 200
+    finally:
+        release.set()
+    evaluator = plugin.admin.rules.evaluator
+    deadline = time.monotonic() + 10
+    while evaluator.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not evaluator.busy
+    done = fake.rest("POST", "/lesion-ai/rules/test", body, headers=headers)
+    assert done.status == 200, done.body
+    assert [m["rule"] for m in done.json()["matches"]] == []  # the 'evil' rule wants a StudyDescription
+
+
+def test_an_error_of_the_evaluation_reaches_the_caller() -> None:
+    evaluator = BoundedEvaluator(timeout_s=5)
+
+    def broken() -> tuple[int, Any, str]:
+        raise ValueError("the body names no such thing")
+
+    with pytest.raises(ValueError, match="no such thing"):
+        evaluator.run(broken)
+    assert evaluator.run(lambda: (200, {"ok": True}, "application/json"))[0] == 200
+    with pytest.raises(ValueError, match="greater than 0"):
+        BoundedEvaluator(timeout_s=0)
