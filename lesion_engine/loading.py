@@ -92,12 +92,16 @@ class LoadedStudy:
         Inputs that could not be read, with the reason.
     ignored : list of IgnoredObject
         Non-image objects, not used.
+    invalid : list of str
+        Image series left out because they hold values DICOM does not allow, each with what is wrong (see
+        :func:`invalid_value_error`: a study whose needed series is among them fails naming the value).
     """
 
     study_instance_uid: str
     series: list[Series]
     skipped: list[SkippedInstance] = field(default_factory=list)
     ignored: list[IgnoredObject] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
 
     def series_by_uid(self, series_instance_uid: str) -> Series:
         """Return the series with this SeriesInstanceUID (KeyError if absent)."""
@@ -217,29 +221,32 @@ def _check_series_identity(by_series: dict[str, list[tuple[str, Dataset]]]) -> N
         )
 
 
-def _check_values(series: list[Series]) -> None:
-    """Raise :class:`InvalidValueError` when a series holds values that DICOM does not allow (see
-    :mod:`lesion_engine.series`), naming the attribute, the value, the series and the first instance."""
+def _invalid_values(item: Series) -> list[str]:
+    """What is wrong in a series' values that DICOM does not allow (see :mod:`lesion_engine.series`), naming
+    the attribute, the value, the series and the first instance; empty when nothing is."""
+    groups: dict[tuple[str, str], list[InvalidValue]] = {}
+    for invalid in item.invalid_values:
+        groups.setdefault((invalid.keyword, invalid.problem), []).append(invalid)
     problems = []
-    for item in series:
-        groups: dict[tuple[str, str], list[InvalidValue]] = {}
-        for invalid in item.invalid_values:
-            groups.setdefault((invalid.keyword, invalid.problem), []).append(invalid)
-        for found in groups.values():
-            first = found[0]
-            images = len({v.source for v in found})
-            problems.append(
-                f"{_series_label(item.series_instance_uid, item.header)}: {first.describe()} "
-                f"({images} of {len(item.instances)} image(s); first: SOPInstanceUID {first.sop_instance_uid})"
-            )
-    if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        logger.error("invalid values: %s", shown)
-        raise InvalidValueError(
-            f"invalid value(s) in the images: {shown}. DICOM does not allow these values, so where the images "
-            "lie or what their pixels mean cannot be trusted; correct them at the modality or in the PACS, "
-            "then send the study again"
+    for found in groups.values():
+        first = found[0]
+        images = len({v.source for v in found})
+        problems.append(
+            f"{_series_label(item.series_instance_uid, item.header)}: {first.describe()} "
+            f"({images} of {len(item.instances)} image(s); first: SOPInstanceUID {first.sop_instance_uid})"
         )
+    return problems
+
+
+def invalid_value_error(problems: list[str], cause: str | None = None) -> InvalidValueError:
+    """The error of a study that cannot be analysed because of invalid values: ``problems`` as
+    :attr:`LoadedStudy.invalid` lists them; ``cause``: what could then not be done (e.g. no T2W found)."""
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return InvalidValueError(
+        (f"{cause}, because series were left out for invalid value(s): " if cause else "invalid value(s): ")
+        + f"{shown}. DICOM does not allow these values, so where the images lie or what their pixels mean "
+        "cannot be trusted; correct them at the modality or in the PACS, then send the study again"
+    )
 
 
 def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
@@ -269,8 +276,9 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
     MixedPatientsError
         The images belong to more than one patient (PatientID and its issuer differ).
     InvalidValueError
-        An image holds a value that places or scales it but that DICOM does not allow (a non-numeric
-        PixelSpacing, an ImagePositionPatient with 2 values, ...).
+        Every image series holds a value that places or scales its images but that DICOM does not allow (a
+        non-numeric PixelSpacing, an ImagePositionPatient with 2 values, ...). A series with such values is
+        left out (:attr:`LoadedStudy.invalid`); a study that then lacks a series it needs fails naming them.
     """
     skipped: list[SkippedInstance] = []
     ignored: list[IgnoredObject] = []
@@ -343,5 +351,15 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
     series.sort(
         key=lambda s: (s.series_number if s.series_number is not None else 1 << 31, s.series_instance_uid)
     )
-    _check_values(series)
-    return LoadedStudy(studies.pop(), series, skipped, ignored)
+    invalid: list[str] = []
+    usable: list[Series] = []
+    for one in series:
+        problems = _invalid_values(one)
+        invalid.extend(problems)
+        if not problems:
+            usable.append(one)
+    if invalid:
+        logger.warning("series left out for invalid values: %s", "; ".join(invalid[:3]))
+    if not usable:
+        raise invalid_value_error(invalid)
+    return LoadedStudy(studies.pop(), usable, skipped, ignored, invalid)

@@ -24,8 +24,14 @@ from typing import Any
 import SimpleITK as sitk
 
 from lesion_engine.diffusion_choice import RoleSelector
-from lesion_engine.errors import NoDWIError, StudyError, WrongModalityError
-from lesion_engine.loading import LoadedStudy, Source, load_study
+from lesion_engine.errors import (
+    GeometryError,
+    NoDWIError,
+    NoEligibleSeriesError,
+    StudyError,
+    WrongModalityError,
+)
+from lesion_engine.loading import LoadedStudy, Source, invalid_value_error, load_study
 from lesion_engine.roles import SeriesVerdict
 from lesion_engine.series_rules import SeriesRules, load_series_rules
 from lesion_engine.study_report import ComputedImage, RoleChoice, build_report, role_report
@@ -136,9 +142,12 @@ def prepare_loaded_study(loaded: LoadedStudy, rules: SeriesRules | None = None) 
         selector.choose_t2w()
         selector.choose_diffusion()
     except StudyError as exc:
-        exc.report = build_report(
-            loaded, selector.verdicts, selector.roles, selector.computed, selector.warnings
-        )
+        report = build_report(loaded, selector.verdicts, selector.roles, selector.computed, selector.warnings)
+        if loaded.invalid and isinstance(exc, NoEligibleSeriesError | GeometryError):
+            named = invalid_value_error(loaded.invalid, str(exc).split(". ")[0])
+            named.report = report
+            raise named from exc
+        exc.report = report
         raise
     chosen = time.perf_counter()
     native = selector.native
@@ -153,6 +162,8 @@ def prepare_loaded_study(loaded: LoadedStudy, rules: SeriesRules | None = None) 
     done = time.perf_counter()
     for entry in loaded.skipped:
         selector.warnings.append(f"skipped {entry.source}: {entry.reason}")
+    for problem in loaded.invalid:
+        selector.warnings.append(f"left out for an invalid value: {problem}")
     logger.info(
         "study %s: T2W %s, ADC %s, HBV %s%s",
         loaded.study_instance_uid,

@@ -294,9 +294,25 @@ def test_invalid_value_gives_the_node_a_failure_report(core: dict[int, Path]) ->
     )
     assert outcome.failed and outcome.reason is not None
     assert "ImagePositionPatient '12.5\\-3': 2 value(s), 3 expected" in outcome.reason
-    assert "no axial T2" not in outcome.reason
+    assert outcome.reason.startswith(
+        "no axial T2-weighted series found, because series were left out for invalid"
+    )
     # The failure report stored in the study says what is wrong.
     assert any(b"ImagePositionPatient '12.5\\-3'" in report for report in outcome.report)
+
+
+def test_an_invalid_value_in_a_series_the_engine_does_not_need_leaves_it_out_with_a_warning(
+    prostatex_series: dict[int, Path], tmp_path: Path
+) -> None:
+    copied = copy_series(prostatex_series, [*CORE, 1], tmp_path / "study")
+    for path in _sorted_files(copied[1]):
+        ds = pydicom.dcmread(path)
+        _set_stored(ds, "PixelSpacing", b"abc\\0.5")
+        ds.save_as(path)
+    prepared = prepare_study(tmp_path / "study")
+    assert prepared.roles["t2w"].series_number == 10
+    left_out = [w for w in prepared.warnings if w.startswith("left out for an invalid value: series 1 ")]
+    assert len(left_out) == 1 and "PixelSpacing" in left_out[0]
 
 
 def test_nothing_readable(tmp_path: Path) -> None:
