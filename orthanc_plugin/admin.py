@@ -192,7 +192,7 @@ class AdminApi:
             "rules/test": {"POST": lambda: rules.test_rules(_json_body(body))},
             "rules/history": {"GET": rules.history_list},
             "source": {"GET": self.source},
-            "models": {"GET": self.models.list_models, "POST": lambda: self.models.add(query, body, user)},
+            "models": {"GET": self.models.list_models},
         }
         handlers = fixed.get(path)
         if handlers is None:
@@ -223,7 +223,10 @@ class AdminApi:
                 return {"POST": lambda: self.models.shadow(name, body, user)}
             if action == "promote":
                 return {"POST": lambda: self.models.promote(name, user)}
-            return {"GET": lambda: self.models.get_model(name)}
+            return {
+                "GET": lambda: self.models.get_model(name),
+                "POST": lambda: self.models.add(name, body, user),
+            }
         if (m := _RESTORE.match(path)) is not None:
             number = int(m.group(1))
             return {"POST": lambda: self.rules.restore(number, user)}

@@ -4,7 +4,7 @@
 =======  ===============================  ========================================================
 GET      models                           every model: active, in shadow or only registered; identity,
                                           card summary, shadow studies kept, agreement report; history
-POST     models?name=NAME                 register a model: body = zip of its model.json and
+POST     models/{name}                    register a model: body = zip of its model.json and
                                           model.safetensors (``application/zip``), validated
 GET      models/{name}                    one model, with its card and full agreement report
 POST     models/{name}/shadow             ``{"enabled": true|false}``: start or stop its shadow runs
@@ -108,13 +108,10 @@ class ModelsRoutes:
             return _error(404 if "no model called" in str(exc) else 400, str(exc))
         return 200, self._describe(model, state.active, state.shadow, full=True), _JSON
 
-    def add(self, query: dict[str, str], body: bytes, user: str | None) -> Answer:
-        """``POST models?name=NAME`` with the artifact's zip as the body."""
-        name = query.get("name")
-        if not name:
-            return _error(
-                400, "name the model: POST /lesion-ai/models?name=NAME with the artifact's zip as the body"
-            )
+    def add(self, name: str, body: bytes, user: str | None) -> Answer:
+        """``POST models/{name}`` with the artifact's zip as the body."""
+        if not body:
+            return _error(400, f"POST /lesion-ai/models/{name[:64]} needs the artifact's zip as the body")
         if len(body) > MAX_UPLOAD_BYTES:
             return _error(413, f"the model upload is larger than {MAX_UPLOAD_BYTES} bytes")
         try:

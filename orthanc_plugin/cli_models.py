@@ -98,9 +98,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "add":
             data = artifact_zip(args.artifact)
             answers.append(
-                client.post_bytes(
-                    f"/lesion-ai/models?name={quote(args.name, safe='')}", data, "application/zip"
-                )
+                client.post_bytes(f"/lesion-ai/models/{quote(args.name, safe='')}", data, "application/zip")
             )
             if args.shadow:
                 answers.append(_post(client, f"/lesion-ai/models/{quote(args.name, safe='')}/shadow", True))

@@ -317,14 +317,17 @@ class FakeOrthanc:
         headers: dict[str, str] | None = None,
     ) -> FakeOutput:
         """Call the plugin's REST route for ``path`` as Orthanc would (header names in lower case, as
-        Orthanc passes them); returns what it answered."""
+        Orthanc passes them; the URL's arguments only for GET, as Orthanc's SDK gives them); returns what
+        it answered."""
+        if get and method != "GET":
+            raise AssertionError(f"Orthanc passes no URL arguments with {method} requests")
         output = FakeOutput()
         for pattern, callback in self.rest_callbacks:
             if m := pattern.fullmatch(path):
                 request: dict[str, Any] = {
                     "method": method,
                     "groups": m.groups(),
-                    "get": get or {},
+                    "get": (get or {}) if method == "GET" else {},
                     "headers": {k.lower(): v for k, v in (headers or {}).items()},
                 }
                 if method in ("POST", "PUT"):

@@ -90,9 +90,7 @@ def test_a_model_is_registered_from_its_zip_and_listed(
     node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]
 ) -> None:
     fake, plugin = node
-    out = fake.rest(
-        "POST", "/lesion-ai/models", _zip(artifacts[1]), get={"name": "site-v2"}, headers=_headers()
-    )
+    out = fake.rest("POST", "/lesion-ai/models/site-v2", _zip(artifacts[1]), headers=_headers())
     assert out.status == 201, out.body
     assert out.json()["identity"] == model_identity(str(artifacts[1]))
     listing = fake.rest("GET", "/lesion-ai/models").json()
@@ -107,29 +105,29 @@ def test_a_model_is_registered_from_its_zip_and_listed(
 
 
 @pytest.mark.parametrize(
-    ("query", "build", "status", "words"),
+    ("name", "build", "status", "words"),
     [
-        ("name=x", lambda a: b"not a zip at all", 400, "not a zip"),
-        ("name=x", lambda a: _zip(a, {"../evil.json": b"{}"}), 400, "unexpected file"),
-        ("name=x", lambda a: _zip(a, {"run.sh": b"rm -rf /"}), 400, "unexpected file"),
-        ("name=x", lambda a: _zip(a, leave_out=WEIGHTS_FILE), 400, "no model.safetensors"),
-        ("name=x", lambda a: _zip(a, leave_out=CARD_FILE), 400, "no model.json"),
-        ("name=../x", lambda a: _zip(a), 400, "invalid model name"),
-        ("name=configured", lambda a: _zip(a), 400, "invalid model name"),
-        ("", lambda a: _zip(a), 400, "name the model"),
+        ("x", lambda a: b"not a zip at all", 400, "not a zip"),
+        ("x", lambda a: _zip(a, {"../evil.json": b"{}"}), 400, "unexpected file"),
+        ("x", lambda a: _zip(a, {"run.sh": b"rm -rf /"}), 400, "unexpected file"),
+        ("x", lambda a: _zip(a, leave_out=WEIGHTS_FILE), 400, "no model.safetensors"),
+        ("x", lambda a: _zip(a, leave_out=CARD_FILE), 400, "no model.json"),
+        ("..", lambda a: _zip(a), 400, "invalid model name"),
+        ("configured", lambda a: _zip(a), 400, "invalid model name"),
+        ("x", lambda a: b"", 400, "needs the artifact's zip"),
+        (".hidden", lambda a: _zip(a), 400, "invalid model name"),
     ],
 )
 def test_bad_uploads_are_refused_and_leave_nothing(
     node: tuple[FakeOrthanc, NodePlugin],
     artifacts: dict[int, Path],
-    query: str,
+    name: str,
     build: Any,
     status: int,
     words: str,
 ) -> None:
     fake, plugin = node
-    get = dict([query.split("=", 1)]) if query else {}
-    out = fake.rest("POST", "/lesion-ai/models", build(artifacts[1]), get=get, headers=_headers())
+    out = fake.rest("POST", f"/lesion-ai/models/{name}", build(artifacts[1]), headers=_headers())
     assert out.status == status and words in out.json()["error"], out.body
     folder = plugin.settings.models_folder
     assert plugin.models.names() == []
@@ -155,7 +153,7 @@ def test_uploads_need_the_csrf_header(
 ) -> None:
     fake, plugin = node
     for path, body in (
-        ("/lesion-ai/models", _zip(artifacts[1])),
+        ("/lesion-ai/models/x", _zip(artifacts[1])),
         ("/lesion-ai/models/x/promote", b""),
         ("/lesion-ai/models/x/shadow", b'{"enabled": true}'),
     ):
@@ -168,12 +166,7 @@ def test_promotion_is_recorded_and_the_next_jobs_name_the_new_model(
 ) -> None:
     fake, plugin = node
     configured = plugin.model
-    assert (
-        fake.rest(
-            "POST", "/lesion-ai/models", _zip(artifacts[1]), get={"name": "v2"}, headers=_headers()
-        ).status
-        == 201
-    )
+    assert fake.rest("POST", "/lesion-ai/models/v2", _zip(artifacts[1]), headers=_headers()).status == 201
     study = fake.add_study(
         series=[{"SeriesDescription": "t2_tse_tra"}, {"SeriesDescription": "ep2d_diff_tra_ADC"}]
     )
@@ -201,12 +194,7 @@ def test_promotion_is_recorded_and_the_next_jobs_name_the_new_model(
 
 def test_shadow_switches_and_errors(node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]) -> None:
     fake, plugin = node
-    assert (
-        fake.rest(
-            "POST", "/lesion-ai/models", _zip(artifacts[1]), get={"name": "v2"}, headers=_headers()
-        ).status
-        == 201
-    )
+    assert fake.rest("POST", "/lesion-ai/models/v2", _zip(artifacts[1]), headers=_headers()).status == 201
     on = fake.rest("POST", "/lesion-ai/models/v2/shadow", b'{"enabled": true}', headers=_headers())
     assert on.status == 200 and on.json()["shadow"] == ["v2"]
     assert [m.name for m in plugin.models.shadows()] == ["v2"]
