@@ -17,7 +17,8 @@ The agreement report compares the shadow model's detection maps, by picai_eval, 
 * the radiologists' labels, for the studies that have one (:mod:`orthanc_plugin.labels`), for the shadow
   model and, side by side, for the active model.
 
-A figure that cannot be computed (picai_eval's AUROC needs positive and negative studies) is null, with a
+The report compares the newest :data:`MAX_COMPARED` runs (``studies``; ``studies_kept`` counts them
+all). A figure that cannot be computed (picai_eval's AUROC needs positive and negative studies) is null, with a
 note saying why. Arrays are stored with :func:`numpy.savez_compressed` and read with ``allow_pickle=False``.
 """
 
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 AGREEMENT_FILE = "agreement.json"
+#: The agreement compares the newest shadow runs, at most this many (each report reads them all again).
+MAX_COMPARED = 500
 _UID = re.compile(r"[0-9][0-9.]{0,63}")
 #: The overlap a detection needs with a reference lesion to count as a hit (PI-CAI's).
 _MIN_IOU = 0.1
@@ -200,11 +203,14 @@ class ShadowStore:
         }
         _write_atomic(self.shadow / f"{uid}.json", (json.dumps(record, indent=2) + "\n").encode())
 
-    def studies(self) -> list[str]:
-        """StudyInstanceUIDs with a kept shadow run, sorted."""
+    def studies(self, newest: int | None = None) -> list[str]:
+        """StudyInstanceUIDs with a kept shadow run, sorted; only the ``newest`` runs when given."""
         if not self.shadow.is_dir():
             return []
-        return sorted(p.stem for p in self.shadow.glob("*.npz") if _UID.fullmatch(p.stem))
+        runs = [p for p in self.shadow.glob("*.npz") if _UID.fullmatch(p.stem)]
+        if newest is not None:
+            runs = sorted(runs, key=lambda p: p.stat().st_mtime)[-newest:] if newest > 0 else []
+        return sorted(p.stem for p in runs)
 
     def load(self, uid: str) -> tuple[NDArray[np.float32], NDArray[np.float32], Grid]:
         """The shadow's and the active model's detection maps of a study, and its grid."""
@@ -305,7 +311,8 @@ def agreement_report(store: ShadowStore, labels: LabelSource | None, identity: s
     labelled: list[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[Any]]] = []
     labelled_uids: list[str] = []
     unreadable: list[str] = []
-    for uid in store.studies():
+    kept = len(store.studies())
+    for uid in store.studies(newest=MAX_COMPARED):
         try:
             shadow, active, grid = store.load(uid)
         except (OSError, ValueError, KeyError) as exc:
@@ -343,6 +350,7 @@ def agreement_report(store: ShadowStore, labels: LabelSource | None, identity: s
         "model": identity,
         "computed": _now(),
         "studies": len(shadow_maps),
+        "studies_kept": kept,
         "unreadable_studies": unreadable,
         "with_active": with_active,
         "with_labels": with_labels,

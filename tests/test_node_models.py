@@ -277,6 +277,22 @@ def test_agreement_with_the_active_model_and_with_labels(tmp_path: Path) -> None
     assert store.report() == report
 
 
+def test_the_report_compares_the_newest_runs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import orthanc_plugin.shadow as shadow_module
+
+    store = ShadowStore(tmp_path / "v2")
+    for number in range(4):
+        uid = f"1.{number + 1}"
+        store.save(_evidence(uid, BLOB), _evidence(uid, BLOB), [], {})
+        os.utime(store.shadow / f"{uid}.npz", (1000.0 + number, 1000.0 + number))
+    assert store.studies(newest=2) == ["1.3", "1.4"] and store.studies(newest=0) == []
+    monkeypatch.setattr(shadow_module, "MAX_COMPARED", 3)
+    report = agreement_report(store, None, "m")
+    assert report["studies"] == 3 and report["studies_kept"] == 4
+
+
 def test_undefined_figures_are_null_with_a_note(tmp_path: Path) -> None:
     store = ShadowStore(tmp_path / "v2")
     store.save(_evidence("1.1", None), _evidence("1.1", None), [], {})
