@@ -1,7 +1,7 @@
 """The admins' web page, served by the node at ``/lesion-ai/ui/`` behind Orthanc's authentication.
 
 Plain static files shipped with the package (``orthanc_plugin/data/ui/``: ``index.html``, its style sheet
-and its script; no build step): the page reads and changes the node through the admin REST API
+and its scripts; no build step): the page reads and changes the node through the admin REST API
 (:mod:`orthanc_plugin.admin`) on the same origin, with the same credentials, sending the CSRF header of
 state-changing requests.
 

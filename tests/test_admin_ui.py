@@ -84,6 +84,7 @@ def test_the_page_and_its_files_are_served_with_security_headers(
     assert fake.rest("GET", "/lesion-ai/ui/index.html").body == index.body
     for name, mime in (
         ("app.js", "text/javascript"),
+        ("models.js", "text/javascript"),
         ("app.css", "text/css"),
         ("favicon.svg", "image/svg+xml"),
     ):
@@ -93,6 +94,7 @@ def test_the_page_and_its_files_are_served_with_security_headers(
     for out in (
         index,
         fake.rest("GET", "/lesion-ai/ui/app.js"),
+        fake.rest("GET", "/lesion-ai/ui/models.js"),
         fake.rest("GET", "/lesion-ai/ui/nothing.js"),
     ):
         assert out.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
@@ -163,12 +165,23 @@ def test_the_page_has_no_inline_script_or_handler_and_builds_no_html_from_data()
 
     scan = Scan()
     scan.feed((UI_DIR / "index.html").read_text(encoding="utf-8"))
-    assert [s.get("src") for s in scan.scripts] == [f"{UI_BASE}app.js"]
+    assert [s.get("src") for s in scan.scripts] == [f"{UI_BASE}app.js", f"{UI_BASE}models.js"]
+    assert all("defer" in s for s in scan.scripts)  # in order, after the page is parsed
     assert scan.inline == [] and scan.handlers == []
-    code = (UI_DIR / "app.js").read_text(encoding="utf-8")
-    assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write|\beval\(", code)
-    assert "textContent" in code and "X-Lesion-AI-Request" in code
-    assert "Patient" not in code  # no patient data on the page
+    unsafe = re.compile(
+        r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function|"
+        r"setTimeout\(\s*[\"'`]|createContextualFragment|DOMParser"
+    )
+    for name in ("app.js", "models.js"):
+        code = (UI_DIR / name).read_text(encoding="utf-8")
+        assert not unsafe.search(code), name
+        assert "textContent" in code, name
+        assert "Patient" not in code, name  # no patient data on the page
+    app = (UI_DIR / "app.js").read_text(encoding="utf-8")
+    assert "X-Lesion-AI-Request" in app
+    # models.js sends every request through app.js's api(), which adds the CSRF header.
+    models = (UI_DIR / "models.js").read_text(encoding="utf-8")
+    assert "fetch(" not in models and "XMLHttpRequest" not in models
 
 
 def test_missing_files_are_a_clear_error(tmp_path: Path) -> None:
@@ -183,7 +196,7 @@ def test_missing_files_are_a_clear_error(tmp_path: Path) -> None:
 def test_the_pages_files_are_package_data() -> None:
     toml = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert '"data/ui/*"' in toml
-    assert {"index.html", "app.js", "app.css"} <= UiFiles().files().keys()
+    assert {"index.html", "app.js", "models.js", "app.css"} <= UiFiles().files().keys()
 
 
 # -- CSRF ---------------------------------------------------------------------------------------------------

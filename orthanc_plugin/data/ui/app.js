@@ -156,6 +156,10 @@
     return ROOT + "/app/explorer.html#study?uuid=" + encodeURIComponent(studyId);
   }
 
+  // The page's other scripts (models.js) use these helpers and add their views: {name: {show, tick}}.
+  const moreViews = {};
+  window.LesionAI = Object.freeze({ $, el, api, query, fmtTime, fmtDate, plain, views: moreViews });
+
   // -- tabs --------------------------------------------------------------------------------------------
   const VIEWS = ["health", "jobs", "rules"];
   let currentView = "health";
@@ -163,8 +167,9 @@
   function route() {
     const hash = location.hash.replace(/^#/, "");
     const [view, arg] = hash.split("/");
-    currentView = VIEWS.includes(view) ? view : "health";
-    for (const name of VIEWS) {
+    const views = VIEWS.concat(Object.keys(moreViews));
+    currentView = views.includes(view) ? view : "health";
+    for (const name of views) {
       $("view-" + name).classList.toggle("hidden", name !== currentView);
       $("tab-" + name).classList.toggle("active", name === currentView);
     }
@@ -173,6 +178,8 @@
       refreshJobs();
     } else if (currentView === "rules" && !rulesLoaded) {
       loadRules();
+    } else if (moreViews[currentView]) {
+      moreViews[currentView].show(arg);
     }
   }
 
@@ -782,6 +789,7 @@
   function tick() {
     refreshHealth();
     if (currentView === "jobs") refreshJobs();
+    else if (moreViews[currentView]) moreViews[currentView].tick();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
