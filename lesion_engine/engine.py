@@ -77,12 +77,23 @@ __all__ = [
     "Lesion",
     "axial_diameter_mm",
     "configure_cpu_threads",
+    "gate_on_by_default",
     "max_diameter_mm",
     "resolve_device",
 ]
 
 DEFAULT_ARTIFACT = default_artifact()
 """Where the packaged default model artifact lives."""
+
+
+def gate_on_by_default(path: Path | str | None) -> bool:
+    """Whether the anatomical gate is on for a model artifact when nothing says otherwise: on for the
+    packaged default model (``path`` None or its folder or card), which reads real studies; off for other
+    artifacts (models trained and evaluated on synthetic phantoms, which have no real anatomy)."""
+    return path is None or Path(path).resolve() in (
+        DEFAULT_ARTIFACT.resolve(),
+        (DEFAULT_ARTIFACT / "model.json").resolve(),
+    )
 
 
 class Engine:
@@ -150,7 +161,8 @@ class Engine:
 
         ``gland`` says whether and how the anatomical gate is used; when None, it is on (with the default
         settings) for the packaged default model, which reads real studies, and off for another artifact
-        (models trained and evaluated on synthetic phantoms, which have no real anatomy).
+        (models trained and evaluated on synthetic phantoms, which have no real anatomy): see
+        :func:`gate_on_by_default`.
 
         Raises
         ------
@@ -162,11 +174,7 @@ class Engine:
             When the gland model cannot be loaded and ``gland.required`` is True.
         """
         if gland is None:
-            is_default = path is None or Path(path).resolve() in (
-                DEFAULT_ARTIFACT.resolve(),
-                (DEFAULT_ARTIFACT / "model.json").resolve(),
-            )
-            gland = GlandSettings(enabled=is_default)
+            gland = GlandSettings(enabled=gate_on_by_default(path))
         if path is None:
             if not (DEFAULT_ARTIFACT / "model.json").is_file():
                 raise ModelArtifactError(
@@ -203,7 +211,8 @@ class Engine:
 
     def warm_up(self) -> float:
         """Run both networks once on zeros (and, when resampling on the device, the resampling kernels on a
-        small grid), so that the first study does not pay one-off set-up costs.
+        small grid; and the gland model, when the gate is on), so that the first study does not pay one-off
+        set-up costs.
 
         Returns
         -------
@@ -224,6 +233,8 @@ class Engine:
             on_target = resample_affine_linear(torch.zeros((3, 6, 6), device=self.device), source, target)
             mapping = grid_map(target, target)
             resample_linear(on_target, mapping) * coverage_mask(mapping, self.device)
+        if self.gland is not None:
+            self.gland.warm_up()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -319,7 +330,11 @@ class Engine:
                 study.warnings.append(message)
             elif found is not None:
                 region = gland_region(
-                    found.mask, study.prepared.t2w, found.volume_ml, self.gland_settings.margin_mm
+                    found.mask,
+                    study.prepared.t2w,
+                    found.volume_ml,
+                    self.gland_settings.margin_mm,
+                    self.gland.card.to_dict(),
                 )
                 on_grid = torch.from_numpy(region.on_grid(study.grid)).to(study.coverage.device)
                 study.coverage = study.coverage & on_grid

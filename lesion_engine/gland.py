@@ -1,22 +1,29 @@
 """Whole-gland segmentation of the T2W volume with the TAPS ONNX model (see :mod:`lesion_engine.gland_card`).
 
-Run fast, in one window: the T2W is resampled (linear) onto one window of the card's size
-(``window_xyz``, 96 x 96 x 24 voxels of 0.8 x 0.8 x 3 mm: 77 x 77 x 72 mm) in RAS orientation, keeping the
-image's own obliquity, centred on the centre of the T2W's field of view (the prostate's place in a prostate
-MR). Intensities are z-scored over the non-zero voxels of the whole T2W, as the authors' pipeline does. When
-the gland found touches the window's side, the window is centred on it and the model runs once more. The
-logits are blurred (the authors' sigma), resampled onto the T2W grid and thresholded; the largest connected
-component is the gland.
+Run fast, in one window: the T2W is resampled (linear) onto one window of the card's size (``window_xyz``,
+80 x 72 x 24 voxels of 0.8 x 0.8 x 3 mm: 64 x 58 x 72 mm, right-left x anterior-posterior x
+superior-inferior) in RAS orientation, keeping the image's own obliquity, centred on the centre of the T2W's
+field of view (the prostate's place in a prostate MR). Intensities are z-scored over the non-zero voxels of
+the whole T2W, as the authors' pipeline does. When the gland found touches the window's side, the model runs
+once more on a larger window (``recentre_window_xyz``, 96 x 96 x 24: 77 x 77 x 72 mm) centred on it. The
+logits are blurred (the authors' sigma), resampled onto the T2W grid (only in the T2W's box around the
+window) and thresholded; the largest connected component is the gland. On the fixture the first window
+agrees with the PI-CAI gland mask as well as the larger one (Dice 0.83 against 0.85) at about 60 % of its
+time (``make bench`` key ``gland``).
 
-The network's input size is fixed (128 x 128 x 32) in the ONNX file; its spatial dimensions are made free in
-memory after the file's sha256 is checked, so that the smaller window can be fed. ONNX Runtime runs it with
-all the CPUs this process may use, or on CUDA where the engine runs on CUDA and the runtime has the provider.
+The network's input size is fixed (128 x 128 x 32) in the ONNX file; the graph is prepared in memory after
+the file's sha256 is checked (:mod:`lesion_engine.gland_graph`: spatial dimensions made free, Mish
+activations written with one exponential). ONNX Runtime runs it with the engine's CPU threads (one session
+per model and thread count in a process, shared by the engines that load it), or on CUDA where the engine
+runs on CUDA and the runtime has the provider.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from lesion_engine.gland_card import GlandCard, GlandModelError, read_gland_card, resolve_weights
+from lesion_engine.gland_graph import prepare_graph
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,44 @@ class GlandSegmentation:
     passes: int
 
 
+_SESSIONS: dict[tuple[str, bool, int], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(card: GlandCard, model_bytes: bytes, ort: Any, *, use_cuda: bool, threads: int) -> Any:
+    """The ONNX Runtime session of the model, built once per (model sha256, CUDA, threads) in this process.
+
+    Session options: ``threads`` intra-op threads and one inter-op thread, sequential execution, every
+    graph optimisation, and no spinning of idle pool threads (they would take CPU from the networks that
+    run next, and from other workers on the same machine). The graph is prepared by
+    :func:`lesion_engine.gland_graph.prepare_graph`.
+    """
+    providers = ["CPUExecutionProvider"]
+    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    key = (hashlib.sha256(model_bytes).hexdigest(), len(providers) > 1, threads)
+    with _SESSIONS_LOCK:
+        cached = _SESSIONS.get(key)
+        if cached is not None:
+            return cached
+        try:
+            graph = prepare_graph(model_bytes)
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(graph, sess_options=options, providers=providers)
+        except Exception as exc:
+            raise GlandModelError(
+                f"the gland model {card.name} could not be loaded in ONNX Runtime: {exc}"
+            ) from exc
+        _SESSIONS[key] = session
+        return session
+
+
 def _ras_direction(t2w: sitk.Image) -> NDArray[np.float64]:
     """The T2W's direction with its axes permuted and flipped to point to R, A and S."""
     direction = np.asarray(t2w.GetDirection(), dtype=np.float64).reshape(3, 3)
@@ -120,7 +166,7 @@ class GlandModel:
         self, card: GlandCard, model_bytes: bytes, *, use_cuda: bool = False, threads: int | None = None
     ) -> None:
         try:
-            import onnx
+            import onnx  # noqa: F401 - needed by lesion_engine.gland_graph
             import onnxruntime as ort  # type: ignore[import-untyped]
         except ImportError as exc:
             raise GlandModelError(
@@ -128,44 +174,34 @@ class GlandModel:
                 "(`make setup`, or `pip install onnxruntime onnx`)"
             ) from exc
         self.card = card
-        try:
-            proto = onnx.load_from_string(model_bytes)
-            for value in [*proto.graph.input, *proto.graph.output]:
-                for index, dim in enumerate(value.type.tensor_type.shape.dim):
-                    if index >= 2:
-                        dim.dim_param = f"spatial_{index - 2}"
-            del proto.graph.value_info[:]
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-            providers = ["CPUExecutionProvider"]
-            if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            self._session: Any = ort.InferenceSession(
-                proto.SerializeToString(), sess_options=options, providers=providers
-            )
-        except Exception as exc:
-            raise GlandModelError(
-                f"the gland model {card.name} could not be loaded in ONNX Runtime: {exc}"
-            ) from exc
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self._session: Any = _session(card, model_bytes, ort, use_cuda=use_cuda, threads=self.threads)
         self._input = self._session.get_inputs()[0].name
         self.providers: list[str] = list(self._session.get_providers())
         logger.info("gland model %s %s loaded (%s)", card.name, card.version, ", ".join(self.providers))
 
-    def _window(self, t2w: sitk.Image, centre: NDArray[np.float64]) -> sitk.Image:
+    def _window(
+        self, t2w: sitk.Image, centre: NDArray[np.float64], size_xyz: tuple[int, int, int]
+    ) -> sitk.Image:
         spacing = np.asarray(self.card.spacing_xyz_mm, dtype=np.float64)
-        size = np.asarray(self.card.window_xyz)
+        size = np.asarray(size_xyz)
         direction = _ras_direction(t2w)
         origin = centre - direction @ (spacing * (size - 1) / 2.0)
-        window = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+        window = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
         window.SetSpacing([float(s) for s in spacing])
         window.SetDirection([float(v) for v in direction.ravel()])
         window.SetOrigin([float(v) for v in origin])
         return window
 
     def _logits(self, t2w: sitk.Image, window: sitk.Image, mean: float, std: float) -> sitk.Image:
-        values = sitk.GetArrayFromImage(sitk.Resample(t2w, window, sitk.Transform(), sitk.sitkLinear, 0.0))
-        values = np.where(values != 0, (values - mean) / std, 0.0).astype(np.float32)
+        """The blurred logits of the model on ``window`` (float32 throughout)."""
+        values = sitk.GetArrayFromImage(
+            sitk.Resample(t2w, window, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        )
+        inside = values != 0
+        values -= np.float32(mean)
+        values /= np.float32(std)
+        values[~inside] = 0.0
         batch = np.ascontiguousarray(values.transpose(2, 1, 0))[None, None]
         logits = np.asarray(self._session.run(None, {self._input: batch})[0][0, 0], dtype=np.float32)
         if self.card.blur_sigma_voxels > 0:
@@ -173,6 +209,14 @@ class GlandModel:
         image = sitk.GetImageFromArray(np.ascontiguousarray(logits.transpose(2, 1, 0)))
         image.CopyInformation(window)
         return image
+
+    def warm_up(self) -> float:
+        """Run the model once on an empty first window, so that the first study does not pay ONNX Runtime's
+        one-off allocations; returns the seconds taken."""
+        start = time.perf_counter()
+        batch = np.zeros((1, 1, *self.card.window_xyz), dtype=np.float32)
+        self._session.run(None, {self._input: batch})
+        return time.perf_counter() - start
 
     def segment(self, t2w: sitk.Image) -> GlandSegmentation:
         """Segment the gland of a T2W volume.
@@ -186,24 +230,32 @@ class GlandModel:
         -------
         GlandSegmentation
             Its mask is empty when the model found no gland.
+
+        Raises
+        ------
+        ValueError
+            When ``t2w`` is not a 3D scalar volume.
+        GlandModelError
+            When the T2W volume is all zeros.
         """
         if t2w.GetDimension() != 3 or t2w.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError("GlandModel.segment needs a 3D scalar T2W volume")
         start = time.perf_counter()
-        image = sitk.Cast(t2w, sitk.sitkFloat32)
-        native = sitk.GetArrayViewFromImage(image)
+        native = sitk.GetArrayViewFromImage(t2w)
         foreground = native[native != 0]
         if foreground.size == 0:
             raise GlandModelError("the T2W volume is all zeros: there is no gland to find")
-        mean, std = float(foreground.mean()), float(foreground.std()) or 1.0
+        mean = float(foreground.mean(dtype=np.float64))
+        std = float(foreground.std(dtype=np.float64)) or 1.0
         centre = np.asarray(
-            image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+            t2w.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in t2w.GetSize()])
         )
         cut = float(np.log(self.card.threshold / (1.0 - self.card.threshold)))
+        size = self.card.window_xyz
         passes = 0
         while True:
-            window = self._window(image, centre)
-            logits = self._logits(image, window, mean, std)
+            window = self._window(t2w, centre, size)
+            logits = self._logits(t2w, window, mean, std)
             passes += 1
             inside = sitk.GetArrayViewFromImage(logits) > cut
             found = np.argwhere(inside)
@@ -215,15 +267,42 @@ class GlandModel:
                 break
             centroid = found.mean(axis=0)[::-1]
             centre = np.asarray(logits.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid]))
-            logger.info("gland touches the window's side: window re-centred on it")
-        on_t2w = sitk.Resample(logits, image, sitk.Transform(), sitk.sitkLinear, -100.0)
-        mask = sitk.GetArrayFromImage(on_t2w) > cut
+            size = self.card.recentre_window_xyz
+            logger.info("gland touches the window's side: window re-centred on it (%s voxels)", size)
+        mask = self._on_t2w(logits, t2w, cut)
         labels, count = ndimage.label(mask)
         if count > 1:
             mask = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+        voxel_ml = float(np.prod(t2w.GetSpacing())) / 1000.0
         seconds = time.perf_counter() - start
-        return GlandSegmentation(mask.astype(bool), float(mask.sum()) * voxel_ml, seconds, passes)
+        return GlandSegmentation(mask, float(mask.sum()) * voxel_ml, seconds, passes)
+
+    @staticmethod
+    def _on_t2w(logits: sitk.Image, t2w: sitk.Image, cut: float) -> NDArray[np.bool_]:
+        """The thresholded logits on the T2W grid, (Z, Y, X); resampled only in the T2W's box around the
+        window (the rest of the T2W is outside the gland)."""
+        size = np.asarray(logits.GetSize())
+        corners = [
+            t2w.TransformPhysicalPointToContinuousIndex(
+                logits.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+            )
+            for corner in np.stack(np.meshgrid(*[(0.0, n - 1.0) for n in size], indexing="ij"), -1).reshape(
+                -1, 3
+            )
+        ]
+        extent = np.asarray(t2w.GetSize())
+        low = np.clip(np.floor(np.min(corners, axis=0)).astype(int) - 1, 0, extent)
+        high = np.clip(np.ceil(np.max(corners, axis=0)).astype(int) + 2, 0, extent)
+        mask = np.zeros(extent[::-1], dtype=bool)
+        if np.any(high <= low):
+            return mask
+        box = sitk.Image([int(v) for v in high - low], sitk.sitkUInt8)
+        box.SetSpacing(t2w.GetSpacing())
+        box.SetDirection(t2w.GetDirection())
+        box.SetOrigin(t2w.TransformIndexToPhysicalPoint([int(v) for v in low]))
+        on_box = sitk.Resample(logits, box, sitk.Transform(), sitk.sitkLinear, -100.0, sitk.sitkFloat32)
+        mask[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = sitk.GetArrayViewFromImage(on_box) > cut
+        return mask
 
 
 def load_gland_model(

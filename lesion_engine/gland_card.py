@@ -101,7 +101,11 @@ class GlandCard:
     spacing_xyz_mm : (float, float, float)
         Voxel spacing of the model's input along its RAS axes.
     window_xyz : (int, int, int)
-        The one window the engine feeds the model, in voxels (multiples of 8).
+        The window the engine feeds the model first, in voxels (multiples of 8), at the centre of the T2W's
+        field of view.
+    recentre_window_xyz : (int, int, int)
+        The window of the second run, centred on the gland found, when the gland touches the first
+        window's side (at least ``window_xyz``; ``window_xyz`` when the card names none).
     blur_sigma_voxels : float
         Gaussian blur of the logits before thresholding (the authors' post-processing).
     threshold : float
@@ -120,6 +124,7 @@ class GlandCard:
     weights_sha256: str
     spacing_xyz_mm: tuple[float, float, float]
     window_xyz: tuple[int, int, int]
+    recentre_window_xyz: tuple[int, int, int]
     blur_sigma_voxels: float
     threshold: float
     source: Path
@@ -155,10 +160,21 @@ class GlandCard:
         inputs = _section(data, "input", source)
         spacing = _triple(inputs, "spacing_xyz_mm", source, float)
         window = _triple(inputs, "window_xyz", source, int)
-        if any(w % 8 for w in window):
+        recentre = (
+            _triple(inputs, "recentre_window_xyz", source, int)
+            if inputs.get("recentre_window_xyz") is not None
+            else window
+        )
+        for key, size in (("window_xyz", window), ("recentre_window_xyz", recentre)):
+            if any(w % 8 for w in size):
+                raise GlandModelError(
+                    f"invalid gland card {source}: field 'input.{key}' must be multiples of 8 (the network "
+                    f"halves the grid three times), got {list(size)}"
+                )
+        if any(r < w for r, w in zip(recentre, window, strict=True)):
             raise GlandModelError(
-                f"invalid gland card {source}: field 'input.window_xyz' must be multiples of 8 (the network "
-                f"halves the grid three times), got {list(window)}"
+                f"invalid gland card {source}: field 'input.recentre_window_xyz' {list(recentre)} must be at "
+                f"least 'input.window_xyz' {list(window)} along each axis"
             )
         output = _section(data, "output", source)
         sigma = output.get("logit_blur_sigma_voxels")
@@ -180,6 +196,7 @@ class GlandCard:
             weights_sha256=sha,
             spacing_xyz_mm=spacing,
             window_xyz=window,
+            recentre_window_xyz=recentre,
             blur_sigma_voxels=float(sigma),
             threshold=float(threshold),
             source=source,

@@ -7,8 +7,8 @@ it (:mod:`lesion_engine.result_assembly`, :mod:`lesion_engine.engine`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,6 +36,9 @@ class GlandRegion:
         The gland's volume.
     margin_mm : float
         The margin.
+    model : dict of str to str
+        ``name``, ``version``, ``sha256`` and ``licence`` of the gland model that found it (empty when
+        unknown).
     """
 
     mask: NDArray[np.bool_]
@@ -43,6 +46,7 @@ class GlandRegion:
     t2w: sitk.Image
     volume_ml: float
     margin_mm: float
+    model: dict[str, str] = field(default_factory=dict)
 
     def contains(self, point_lps_mm: Sequence[float]) -> bool:
         """Whether a point (DICOM LPS, mm) lies inside the dilated gland (False outside the T2W grid)."""
@@ -90,9 +94,17 @@ def dilate_mm(mask: NDArray[np.bool_], spacing_zyx: Sequence[float], margin_mm: 
     return out
 
 
-def gland_region(mask: NDArray[np.bool_], t2w: sitk.Image, volume_ml: float, margin_mm: float) -> GlandRegion:
-    """The :class:`GlandRegion` of a gland mask on the T2W grid."""
+def gland_region(
+    mask: NDArray[np.bool_],
+    t2w: sitk.Image,
+    volume_ml: float,
+    margin_mm: float,
+    model: Mapping[str, str] | None = None,
+) -> GlandRegion:
+    """The :class:`GlandRegion` of a gland mask on the T2W grid (``model``: the gland model's identity)."""
     if mask.shape != sitk.GetArrayViewFromImage(t2w).shape:
         raise ValueError(f"the gland mask {mask.shape} is not on the T2W grid {t2w.GetSize()[::-1]}")
     spacing_zyx = tuple(float(s) for s in t2w.GetSpacing()[::-1])
-    return GlandRegion(mask, dilate_mm(mask, spacing_zyx, margin_mm), t2w, volume_ml, float(margin_mm))
+    return GlandRegion(
+        mask, dilate_mm(mask, spacing_zyx, margin_mm), t2w, volume_ml, float(margin_mm), dict(model or {})
+    )

@@ -240,4 +240,6 @@ def assemble_result(
         roles=role_report(prepared.roles, prepared.computed),
         warnings=warnings,
         gland_volume_ml=gland.volume_ml if gland is not None else None,
+        gland_mask=gland.mask if gland is not None else None,
+        gland_model=dict(gland.model) if gland is not None else None,
     )

@@ -106,6 +106,10 @@ class EngineResult:
         Things a user should know (from preparing the study and from the engine).
     gland_volume_ml : float or None
         Volume of the prostate gland found by the gland model (the anatomical gate); None without it.
+    gland_mask : ndarray of bool or None
+        (Z, Y, X) that gland on the T2W grid (the SR outlines it with its volume); None without it.
+    gland_model : dict of str to str or None
+        ``name``, ``version``, ``sha256`` and ``licence`` of the gland model; None without it.
     """
 
     study_instance_uid: str
@@ -119,6 +123,8 @@ class EngineResult:
     roles: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     gland_volume_ml: float | None = None
+    gland_mask: NDArray[np.bool_] | None = None
+    gland_model: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``lesions.json`` document (schema in ``lesion_engine/data/lesions.schema.json``)."""

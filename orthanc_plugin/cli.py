@@ -132,6 +132,8 @@ _WORKER_SETTING_OPTIONS = (
     ("--device", "device"),
     ("--threads", "threads"),
     ("--processor", "processor"),
+    ("--gland-gate", "gland_gate"),
+    ("--gland-margin", "gland_margin_mm"),
 )
 
 
@@ -163,6 +165,12 @@ def register_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         parser.add_argument(
             option, dest=name, type=setting_type(name), default=default, help=setting_doc(name) + shown
         )
+    parser.add_argument(
+        "--gland-required",
+        action="store_true",
+        default=setting_default("gland_required"),
+        help=setting_doc("gland_required"),
+    )
     parser.add_argument("--result-settings", help="JSON object: " + setting_doc("result_settings"))
     parser.add_argument("--once", action="store_true", help="exit when the queue is empty")
     parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
@@ -195,6 +203,7 @@ def run_worker(args: argparse.Namespace) -> int:
             queue=args.queue,
             orthanc_url=args.orthanc_url,
             result_settings=result_settings,
+            gland_required=args.gland_required,
             **{name: getattr(args, name) for _, name in _WORKER_SETTING_OPTIONS},
         )
         username, password = _credentials(args)

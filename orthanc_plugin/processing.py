@@ -31,11 +31,15 @@ from orthanc_plugin.jobqueue import JobPayload
 
 if TYPE_CHECKING:
     from lesion_engine.engine import Engine
+    from lesion_engine.gland import GlandSettings
     from lesion_engine.series_rules import SeriesRules
     from orthanc_plugin.settings import WorkerSettings
     from orthanc_plugin.shadow import StudyEvidence
 
 logger = logging.getLogger(__name__)
+
+#: ``GlandGate`` values and whether they turn the gate on (None: the engine's default for the model).
+_GLAND_GATES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 __all__ = [
     "EngineProcessor",
@@ -197,22 +201,59 @@ class ProcessorSettings:
         CPU threads for the engine; None: all.
     result_settings : dict
         Fields of :class:`lesion_engine.results.ResultSettings`.
+    gland_gate : str
+        The anatomical gate: ``auto`` (the engine's default for the model), ``on`` or ``off``.
+    gland_margin_mm : float
+        The gate's margin around the gland, mm.
+    gland_required : bool
+        Whether a gland model that cannot load or run fails the study (else it is analysed ungated).
     """
 
     model: str | None = None
     device: str | None = None
     threads: int | None = None
     result_settings: dict[str, Any] = field(default_factory=dict)
+    gland_gate: str = "auto"
+    gland_margin_mm: float = 5.0
+    gland_required: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gland_gate not in _GLAND_GATES:
+            raise ValueError(
+                f"ProcessorSettings.gland_gate must be 'auto', 'on' or 'off', got {self.gland_gate!r}"
+            )
+        margin = self.gland_margin_mm
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin <= 50:
+            raise ValueError(f"ProcessorSettings.gland_margin_mm must be 0 to 50 mm, got {margin!r}")
+        if not isinstance(self.gland_required, bool):
+            raise ValueError(f"ProcessorSettings.gland_required must be a bool, got {self.gland_required!r}")
+
+    def gland_settings(self) -> GlandSettings:
+        """The engine's :class:`~lesion_engine.gland.GlandSettings` of these settings (``auto``: on for the
+        packaged default model, off for another artifact).
+        """
+        from lesion_engine.engine import gate_on_by_default
+        from lesion_engine.gland import GlandSettings
+
+        enabled = _GLAND_GATES[self.gland_gate]
+        return GlandSettings(
+            enabled=gate_on_by_default(self.model) if enabled is None else enabled,
+            margin_mm=self.gland_margin_mm,
+            required=self.gland_required,
+        )
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ProcessorSettings:
         """The processor settings of the node's settings (``Model``, ``Device``, ``Threads``,
-        ``ResultSettings``)."""
+        ``ResultSettings``, ``GlandGate``, ``GlandMarginMm``, ``GlandRequired``)."""
         return cls(
             model=settings.model,
             device=settings.device,
             threads=settings.threads,
             result_settings=dict(settings.result_settings),
+            gland_gate=settings.gland_gate,
+            gland_margin_mm=settings.gland_margin_mm,
+            gland_required=settings.gland_required,
         )
 
 
@@ -266,7 +307,10 @@ class EngineProcessor:
                 from lesion_engine.engine import Engine
 
                 self._engine = Engine.from_artifact(
-                    self.settings.model, self.settings.device, threads=self.settings.threads
+                    self.settings.model,
+                    self.settings.device,
+                    threads=self.settings.threads,
+                    gland=self.settings.gland_settings(),
                 )
                 logger.info("model loaded: %s", self._engine.model_info)
             return self._engine
@@ -301,6 +345,7 @@ class EngineProcessor:
         """Analyse one study (see the module docstring)."""
         from lesion_engine.dicom_outputs import write_outputs
         from lesion_engine.errors import ConfigError, ModelArtifactError, StudyError
+        from lesion_engine.gland_card import GlandModelError
         from lesion_engine.preprocess import prepare_study
         from lesion_engine.results import ResultSettings
         from orthanc_plugin.shadow import StudyEvidence
@@ -315,7 +360,11 @@ class EngineProcessor:
         except (ModelArtifactError, ConfigError) as exc:
             reason = f"the AI model is not available on this node: {exc}"
             return ProcessingOutcome.could_not_analyse(reason, self.failure(instances, reason))
-        result = engine.run(prepared)
+        try:
+            result = engine.run(prepared)
+        except GlandModelError as exc:  # GlandRequired: the gland model failed on this study
+            reason = f"the anatomical gate's gland model failed on this study: {exc}"
+            return ProcessingOutcome.could_not_analyse(reason, self.failure(instances, reason))
         written = write_outputs(
             prepared, result, request.outputs, ResultSettings.from_mapping(self.settings.result_settings)
         )

@@ -108,6 +108,29 @@ class WorkerSettings:
             "a worker started by hand uses all",
         ),
     )
+    gland_gate: str = field(
+        default="auto",
+        metadata=_meta(
+            "GlandGate",
+            "the anatomical gate (whole-gland model after the lesion networks): auto (on for the packaged "
+            "default model, off for other artifacts), on or off",
+        ),
+    )
+    gland_margin_mm: float = field(
+        default=5.0,
+        metadata=_meta(
+            "GlandMarginMm",
+            "the gate's margin around the gland, mm (0 to 50): no lesion centred farther out is reported",
+        ),
+    )
+    gland_required: bool = field(
+        default=False,
+        metadata=_meta(
+            "GlandRequired",
+            "true: a study whose gland model cannot load or run fails; false: it is analysed ungated, "
+            "with a warning",
+        ),
+    )
     lease_s: float = field(
         default=120.0,
         metadata=_meta(
@@ -166,6 +189,7 @@ class WorkerSettings:
             raise self._bad("backoff_max_s", f"need 0 <= {_key('backoff_s')} <= {_key('backoff_max_s')}")
         if self.threads is not None and self.threads < 1:
             raise self._bad("threads", f"must be at least 1, got {self.threads!r}")
+        self._check_gland()
         if not self.metadata_name or not self.metadata_name.isidentifier():
             raise self._bad(
                 "metadata_name",
@@ -173,6 +197,22 @@ class WorkerSettings:
             )
         if self.processor is not None and ":" not in self.processor:
             raise self._bad("processor", f"must be 'module:function', got {self.processor!r}")
+
+    def _check_gland(self) -> None:
+        if self.gland_gate not in ("auto", "on", "off"):
+            raise self._bad("gland_gate", f"must be 'auto', 'on' or 'off', got {self.gland_gate!r}")
+        margin = self.gland_margin_mm
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin <= 50:
+            raise self._bad(
+                "gland_margin_mm", f"must be a number of mm from 0 to 50 (5 is usual), got {margin!r}"
+            )
+        if not isinstance(self.gland_required, bool):
+            raise self._bad("gland_required", f"must be true or false, got {self.gland_required!r}")
+        if self.gland_required and self.gland_gate == "off":
+            raise self._bad(
+                "gland_required",
+                f"is true but {_key('gland_gate')} is 'off': turn the gate on, or set it false",
+            )
 
     @staticmethod
     def _bad(name: str, message: str) -> ConfigError:

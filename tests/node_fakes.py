@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -30,7 +30,9 @@ from orthanc_plugin.processing import (
 )
 
 if TYPE_CHECKING:
-    from lesion_engine.engine import Engine
+    from lesion_engine.engine import Engine, EngineResult
+    from lesion_engine.gland import GlandModel
+    from lesion_engine.preprocess import PreparedStudy
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -210,22 +212,46 @@ class Scripted:
         return [b"FAIL-SR"]
 
 
+class _GlandBeside:
+    """An ungated engine whose results carry the gland the gate would have found (volume, mask, model), so
+    that the SR reports the prostate volume beside lesions the gate would have removed."""
+
+    def __init__(self, engine: Engine, gland: GlandModel) -> None:
+        self._engine = engine
+        self._gland = gland
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        return self._engine.model_info
+
+    def run(self, prepared: PreparedStudy) -> EngineResult:
+        result = self._engine.run(prepared)
+        found = self._gland.segment(prepared.t2w)
+        result.gland_volume_ml, result.gland_mask = found.volume_ml, found.mask
+        result.gland_model = self._gland.card.to_dict()
+        return result
+
+
 class UngatedEngineProcessor(EngineProcessor):
-    """The real engine without the anatomical gate: on the fixture, the default model's lesions lie outside
-    the gland, so the gated engine reports none; the viewer's browser test needs lesions to show."""
+    """The real engine without the anatomical gate's filtering: on the fixture, the default model's lesions
+    lie outside the gland, so the gated engine reports none; the viewer's browser test needs lesions to
+    show. The gland model still runs: the SR reports the prostate volume, as with the gate."""
 
     def engine(self) -> Engine:
         from lesion_engine.engine import Engine  # torch: only in the workers that run this processor
-        from lesion_engine.gland import GlandSettings
+        from lesion_engine.gland import GlandSettings, load_gland_model
 
         with self._lock:
             if self._engine is None:
-                self._engine = Engine.from_artifact(
+                ungated = Engine.from_artifact(
                     self.settings.model,
                     self.settings.device,
                     threads=self.settings.threads,
                     gland=GlandSettings(enabled=False),
                 )
+                gland, _ = load_gland_model(GlandSettings(required=True), threads=self.settings.threads)
+                assert gland is not None  # required: an error, not None, when it cannot load
+                self._engine = cast("Engine", _GlandBeside(ungated, gland))
             return self._engine
 
 

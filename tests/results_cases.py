@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from lesion_engine.preprocess import prepare_study
 #: SeriesNumber of the axial T2W series the engine chooses in the fixture.
 T2W_SERIES_NUMBER = 10
 MODEL = {"name": "lesion-net", "version": "0.3.1", "sha256": "5f" * 32}
+GLAND_MODEL = {"name": "gland-net", "version": "1.0", "sha256": "6a" * 32, "licence": "MIT"}
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,27 @@ class FakeLesion:
 
 @dataclass(frozen=True)
 class FakeResult:
-    """An analysis result as the engine reports it."""
+    """An analysis result as the engine reports it (with the prostate gland of the anatomical gate, or
+    without: the gland fields None)."""
 
     lesions: list[FakeLesion]
     patient_score: float
     localization_map: Any
     study_instance_uid: str
     model: dict[str, str] = field(default_factory=lambda: dict(MODEL))
+    gland_volume_ml: float | None = None
+    gland_mask: NDArray[np.bool_] | None = None
+    gland_model: dict[str, str] | None = None
+
+
+def with_gland(
+    result: FakeResult, mask: NDArray[np.bool_], spacing: tuple[float, float, float]
+) -> FakeResult:
+    """``result`` with a prostate gland (its volume from the mask and the (dz, dy, dx) spacing)."""
+    volume = round(float(mask.sum()) * float(np.prod(spacing)) / 1000.0, 3)
+    return dataclasses.replace(
+        result, gland_volume_ml=volume, gland_mask=np.asarray(mask, dtype=bool), gland_model=dict(GLAND_MODEL)
+    )
 
 
 def read_series(folder: Path) -> list[Dataset]:
@@ -170,7 +186,8 @@ def _zone_lesion(
 
 
 def fixture_case(prostatex: Path) -> FixtureCase:
-    """Prepare the real study, and put one lesion in each zone of its PI-CAI zone mask."""
+    """Prepare the real study, put one lesion in each zone of its PI-CAI zone mask, and give the result
+    the PI-CAI gland mask as its prostate gland."""
     prepared = prepare_study(prostatex / "dicom")
     t2w_uid = prepared.roles["t2w"].series_instance_uid
     datasets = [instance.dataset for instance in prepared.loaded.series_by_uid(t2w_uid).instances]
@@ -189,7 +206,10 @@ def fixture_case(prostatex: Path) -> FixtureCase:
     ]
     localization = likelihood_map(lesions, zones.shape)
     localization.CopyInformation(prepared.t2w)
-    result = FakeResult(lesions, 0.73, localization, prepared.study_instance_uid)
+    gland_image = sitk.ReadImage(str(prostatex / "picai_labels" / "10795_1000811_gland.nii.gz"))
+    gland_image = sitk.Resample(gland_image, prepared.t2w, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    gland = sitk.GetArrayFromImage(gland_image) > 0
+    result = with_gland(FakeResult(lesions, 0.73, localization, prepared.study_instance_uid), gland, spacing)
     inputs = [choice.series_instance_uid for choice in prepared.roles.values()]
     return FixtureCase(datasets, inputs, result)
 

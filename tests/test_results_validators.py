@@ -1,9 +1,10 @@
 """The DICOM results pass the validators that viewers' makers and IHE use.
 
 Cases: the fixture's T2W series with two crafted lesions and a non-ASCII patient name (with Parametric
-Map and overlays; and again without a SEG), a negative study, a failed study, the real fixture as the node
-sees it (prepared study, one lesion per zone of its PI-CAI zone mask), and a generated study with its
-ground-truth lesion. Every warning the validators print is shown in the test output (``-rP``) so that it
+Map and overlays; and again without a SEG, with a crafted prostate gland), a negative study (without and
+with a prostate gland), a failed study, the real fixture as the node sees it (prepared study, one lesion
+per zone of its PI-CAI zone mask, the PI-CAI gland mask as its prostate gland), and a generated study with
+its ground-truth lesion. Every warning the validators print is shown in the test output (``-rP``) so that it
 can be reviewed.
 """
 
@@ -26,13 +27,16 @@ from tests import validators
 from tests.results_cases import (
     T2W_SERIES_NUMBER,
     FakeResult,
+    ellipsoid,
     fixture_case,
+    grid_info,
     negative_result,
     positive_result,
     read_series,
     renamed,
     save_all,
     synthetic_case,
+    with_gland,
 )
 
 pytestmark = pytest.mark.fixture
@@ -75,8 +79,16 @@ def cases(
     out["negative"] = Case(
         "negative", sources, save_all(written.all(), root / "negative", "ai"), negative, t2w
     )
-    written = write_results(positive, t2w, ResultSettings(write_seg=False), analysis_time=WHEN)
-    out["no-seg"] = Case("no-seg", sources, save_all(written.all(), root / "no-seg", "ai"), positive, t2w)
+    shape, spacing = grid_info(t2w)
+    gland = ellipsoid(shape, (9, 220, 190), (5, 60, 70))
+    no_seg = with_gland(positive, gland, spacing)
+    written = write_results(no_seg, t2w, ResultSettings(write_seg=False), analysis_time=WHEN)
+    out["no-seg"] = Case("no-seg", sources, save_all(written.all(), root / "no-seg", "ai"), no_seg, t2w)
+    negative_gland = with_gland(negative, gland, spacing)
+    written = write_results(negative_gland, t2w, analysis_time=WHEN)
+    out["negative-gland"] = Case(
+        "negative-gland", sources, save_all(written.all(), root / "negative-gland", "ai"), negative_gland, t2w
+    )
     failed = write_failure(t2w, "no ADC series found", analysis_time=WHEN)
     out["failure"] = Case("failure", sources, save_all(failed, root / "failure", "ai"), None, t2w)
     real = fixture_case(prostatex)
@@ -126,7 +138,7 @@ def test_dciodvfy_finds_no_error(cases: dict[str, Case]) -> None:
 
 def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
     srs = [p for case in cases.values() for p in case.of_modality("SR")]
-    assert len(srs) == 6
+    assert len(srs) == 7
     for path in srs:
         report = validators.dsrdump(path)
         assert report.returncode == 0, f"{path.name}:\n{report.output}"
@@ -208,7 +220,7 @@ def _ascending(image: sitk.Image) -> bool:
     return bool(np.dot(direction[:, 2], normal) > 0)
 
 
-@pytest.mark.parametrize("name", ["positive", "negative", "fixture", "synthetic", "no-seg"])
+@pytest.mark.parametrize("name", ["positive", "negative", "negative-gland", "fixture", "synthetic", "no-seg"])
 def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
     case = cases[name]
     assert case.result is not None
@@ -216,6 +228,18 @@ def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: st
     report, data = validators.tid1500reader(sr, tmp_path / "sr.json")
     assert report.errors == [] and "rror" not in report.output, report.output
     groups = data["Measurements"]
+    # The prostate volume: one group when the result has a gland (the anatomical gate), none without.
+    prostate = [g for g in groups if g["TrackingIdentifier"] == "Prostate gland"]
+    groups = [g for g in groups if g["TrackingIdentifier"] != "Prostate gland"]
+    if case.result.gland_volume_ml is None:
+        assert prostate == []
+    else:
+        (gland,) = prostate
+        assert gland["FindingSite"]["CodeValue"] == "41216001"
+        (volume,) = gland["measurementItems"]
+        assert volume["quantity"]["CodeValue"] == "118565006" and volume["units"]["CodeValue"] == "ml"
+        assert float(volume["value"]) == pytest.approx(case.result.gland_volume_ml, abs=0.05)
+        assert volume["measurementAlgorithmIdentification"]["AlgorithmName"] == "gland-net"
     if not case.result.lesions:
         (patient,) = groups
         (score,) = patient["measurementItems"]

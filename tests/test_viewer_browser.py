@@ -339,8 +339,9 @@ def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
 ) -> None:
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
-    # The real engine and result writers; without the anatomical gate, which removes every lesion the
-    # phantom-trained default model finds on this study (they lie outside the gland), leaving nothing to show.
+    # The real engine and result writers; without the anatomical gate's filtering, which removes every lesion
+    # the phantom-trained default model finds on this study (they lie outside the gland), leaving nothing to
+    # show; the gland model still runs, so the SR holds the prostate volume group as well.
     node = fleet.node(processor="tests.node_fakes:ungated_engine", extra={"Device": "cpu"}).start()
     _viewer_installed(node)
     client = node.client()
@@ -363,6 +364,14 @@ def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
     segments = [str(s.SegmentLabel) for s in seg.SegmentSequence]
     assert segments, "the fixture study should give at least one lesion"
     groups = sr_tool_groups(sr)
+    prostate = [
+        group
+        for container in sr.ContentSequence
+        if _code(container)[0] == "126010"
+        for group in container.ContentSequence
+        if any(i.ValueType == "TEXT" and str(i.TextValue) == "Prostate gland" for i in group.ContentSequence)
+    ]
+    assert len(prostate) == 1, "the SR should hold the prostate volume group"
 
     with headless_chromium(tmp_path / "chromium-profile", node.credentials or {}) as browser:
         browser.driver.get(f"{node.url}{BASE_URL}viewer?StudyInstanceUIDs={study_uid}")

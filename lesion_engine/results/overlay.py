@@ -30,6 +30,7 @@ from lesion_engine.results.common import (
 from lesion_engine.results.drawing import draw_lines, font, wrap
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.sr_gland import ProstateVolume, prostate_line
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def _render(
     k: int,
     caption: str,
     header: str,
+    note: str | None = None,
 ) -> NDArray[np.uint8]:
     grey = _grey(pixels, *window)
     rgb = np.repeat(grey[:, :, np.newaxis], 3, axis=2)
@@ -99,7 +101,8 @@ def _render(
     for text, (x, y), colour in labels:
         x = min(x, max(width - int(face.getlength(text)) - 4, 0))
         draw_lines(image, [text], (x, y), face, colour, background=(0, 0, 0))
-    draw_lines(image, [header], (4, 4), face, (255, 255, 255), background=(0, 0, 0))
+    top = [header, *(wrap(note, face, width - 8) if note else [])]
+    draw_lines(image, top, (4, 4), face, (255, 255, 255), background=(0, 0, 0))
     lines = wrap(caption, face, width - 8)
     y = height - len(lines) * (size + 4) - 4
     draw_lines(image, lines, (4, y), face, (255, 255, 0), background=(0, 0, 0))
@@ -113,6 +116,7 @@ def write_overlays(
     settings: ResultSettings,
     uids: UidFactory,
     when: datetime.datetime,
+    prostate: ProstateVolume | None = None,
 ) -> list[Dataset]:
     """Build the overlay series: one RGB Secondary Capture image per T2W slice shown.
 
@@ -130,6 +134,8 @@ def write_overlays(
         Derives the images' UIDs.
     when : datetime.datetime
         Time of the analysis.
+    prostate : ProstateVolume, optional
+        The prostate gland: its volume is written under the header of every image.
 
     Returns
     -------
@@ -152,7 +158,8 @@ def write_overlays(
     for number, k in enumerate(slices, start=1):
         dataset, frame = grid.slice_sources[k]
         header = f"AI lesions - {name} - slice {k + 1}/{grid.shape[0]}"
-        rgb = _render(volume[k], (low, high), lesions, k, settings.caption, header)
+        note = prostate_line(prostate) if prostate is not None else None
+        rgb = _render(volume[k], (low, high), lesions, k, settings.caption, header, note)
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=dataset,
             pixel_array=rgb,

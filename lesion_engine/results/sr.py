@@ -16,9 +16,12 @@ then reports errors, and OHIF loads them less well: see below). Without a SEG (d
 outline group carries the volume, diameter, probability and category. The document-level Qualitative
 Evaluations (TID 1500 rows 12-14) hold the patient-level finding: whether any lesion was found (CAD
 Processing and Findings Summary), the highest category, and the patient score, in codes and words; a report
-without lesions has the score as a NUM in a TID 1501 group as well. Every NUM carries the algorithm
-identification as child content. Groups are written in the order of TID 1500's rows (all TID 1410 groups,
-then all TID 1411 groups, then TID 1501).
+without lesions has the score as a NUM in a TID 1501 group as well. With the anatomical gate, the prostate
+volume is reported as radiologists report it: a TID 1411 group "Prostate gland" with its volume in mL, the
+gland's outlines and the gland model as the method (:mod:`lesion_engine.results.sr_gland`), and a line in
+the Qualitative Evaluations. Every NUM carries the algorithm identification as child content. Groups are
+written in the order of TID 1500's rows (all TID 1410 groups, then all TID 1411 groups, the prostate's
+last, then TID 1501).
 
 Choices made for OHIF 3.x (its SR loader and the Cornerstone3D adapters that turn groups into tracked,
 editable measurements), each within the standard:
@@ -83,6 +86,7 @@ from lesion_engine.results.common import (
 )
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.sr_gland import ProstateVolume, prostate_group, prostate_line
 from lesion_engine.results.sr_lesion import lesion_groups, probability_measurement
 
 logger = logging.getLogger(__name__)
@@ -186,8 +190,11 @@ def patient_score_text(score: float) -> str:
     return f"{PATIENT_SCORE_PREFIX}{100.0 * float(score):.1f} %"
 
 
-def _document_evaluations(lesions: Sequence[LesionLike], score: float) -> hd.sr.ContainerContentItem:
-    """TID 1500 document-level Qualitative Evaluations: the patient-level finding, in codes and words.
+def _document_evaluations(
+    lesions: Sequence[LesionLike], score: float, prostate: ProstateVolume | None = None
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 document-level Qualitative Evaluations: the patient-level finding, in codes and words, and
+    the prostate volume in words when there is one.
 
     The patient score is written here (as text) rather than as a NUM in a TID 1501 group: PixelMed's
     validator applies the TID 1411 checks to every measurement group once one group references a segment,
@@ -219,6 +226,10 @@ def _document_evaluations(lesions: Sequence[LesionLike], score: float) -> hd.sr.
             name=PROBABILITY_OF_CANCER, value=patient_score_text(score), relationship_type=contains
         )
     )
+    if prostate is not None:
+        items.append(
+            hd.sr.TextContentItem(name=FINDING, value=prostate_line(prostate), relationship_type=contains)
+        )
     container.ContentSequence = items
     return container
 
@@ -232,6 +243,7 @@ def write_sr(
     settings: ResultSettings,
     uids: UidFactory,
     when: datetime.datetime,
+    prostate: ProstateVolume | None = None,
 ) -> Dataset:
     """Build the TID 1500 Measurement Report.
 
@@ -253,6 +265,9 @@ def write_sr(
         Derives the SR's UIDs and the tracking UIDs (equal to the SEG's).
     when : datetime.datetime
         Time of the analysis.
+    prostate : ProstateVolume, optional
+        The prostate gland found by the anatomical gate: its volume group and line are written; none
+        without it.
 
     Returns
     -------
@@ -274,6 +289,8 @@ def write_sr(
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
         | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = [*planar, *volumetric]
+    if prostate is not None:
+        groups.append(prostate_group(prostate, grid, uids, settings.sr_outline))
     if not lesions:
         # A negative study: the patient score is the one measurement (TID 1501; no spatial coordinates).
         groups.append(_patient_group(patient_score, uids, algorithm))
@@ -287,7 +304,7 @@ def write_sr(
     content = report[0].ContentSequence
     index = next(i for i, item in enumerate(content) if item.ValueType == "CONTAINER")
     content.insert(index, _image_library(grid))
-    report[0].ContentSequence.append(_document_evaluations(lesions, patient_score))
+    report[0].ContentSequence.append(_document_evaluations(lesions, patient_score, prostate))
     _fix_meanings(report[0])
     evidence = evidence_headers(grid.datasets)
     if seg is not None:
@@ -315,9 +332,10 @@ def write_sr(
         specific_character_set=character_set_of(grid.datasets[0]),
     )
     logger.info(
-        "SR %s: %d lesion(s), T2W series %s",
+        "SR %s: %d lesion(s), prostate volume %s, T2W series %s",
         sr.SOPInstanceUID,
         len(lesions),
+        "none" if prostate is None else f"{prostate.volume_ml:.1f} ml",
         grid.series_instance_uid,
     )
     return sr

@@ -60,11 +60,15 @@ __all__ = [
     "SOURCE_OF_MEASUREMENT",
     "LesionGroups",
     "LesionLabels",
+    "image_region",
+    "inferred_from",
     "lesion_groups",
     "lesion_labels",
     "percent",
     "percent_text",
     "probability_measurement",
+    "source_coordinates",
+    "with_comment",
 ]
 
 #: Tracking Identifiers by which OHIF (Cornerstone3D adapters) maps a group to its tools.
@@ -198,7 +202,7 @@ def _index_slice(lesion: LesionLike, grid: T2WGrid) -> _IndexSlice:
     return _IndexSlice(k, vertices, ends, length, enclosed_area(vertices, grid.spacing))
 
 
-def _region(
+def image_region(
     vertices: NDArray[np.float64], k: int, grid: T2WGrid, kind: str
 ) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
     """TID 1410's Image Region: a POLYLINE through (row, column) ``vertices`` of slice ``k``."""
@@ -229,7 +233,7 @@ def _source_image(k: int, grid: T2WGrid) -> hd.sr.SourceImageForRegion:
     )
 
 
-def _source_coordinates(vertices: NDArray[np.float64], k: int, grid: T2WGrid, kind: str) -> Coordinates:
+def source_coordinates(vertices: NDArray[np.float64], k: int, grid: T2WGrid, kind: str) -> Coordinates:
     """TID 320 coordinates a NUM is INFERRED FROM ("Source of Measurement"): a POLYLINE SCOORD SELECTED FROM
     the slice's image, or with ``kind="scoord3d"`` a SCOORD3D in patient coordinates."""
     if kind == "scoord3d":
@@ -247,7 +251,7 @@ def _source_coordinates(vertices: NDArray[np.float64], k: int, grid: T2WGrid, ki
     )
 
 
-def _inferred_from(measurement: hd.sr.Measurement, coordinates: Coordinates) -> None:
+def inferred_from(measurement: hd.sr.Measurement, coordinates: Coordinates) -> None:
     """Append ``coordinates`` to the NUM of ``measurement`` as INFERRED FROM child content.
 
     Done after the group is built: highdicom's TID 1410/1411 classes refuse measurements with coordinates
@@ -259,7 +263,7 @@ def _inferred_from(measurement: hd.sr.Measurement, coordinates: Coordinates) -> 
     num.ContentSequence.append(coordinates)
 
 
-def _with_comment(group: PlanarGroup | VolumetricGroup, text: str) -> None:
+def with_comment(group: PlanarGroup | VolumetricGroup, text: str) -> None:
     """Append the Comment TEXT (OHIF's label of the annotation) to a measurement group."""
     group[0].ContentSequence.append(
         hd.sr.TextContentItem(
@@ -342,15 +346,15 @@ def lesion_groups(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.uid("lesion", int(lesion.id), "outline"), identifier=OUTLINE_TRACKING_ID
         ),
-        referenced_region=_region(where.outline, where.k, grid, outline_kind),
+        referenced_region=image_region(where.outline, where.k, grid, outline_kind),
         finding_type=LESION,
         finding_sites=[site],
         # Without a SEG the outline group carries the lesion's measurements itself (after the area).
         measurements=[area, *(_lesion_measurements(lesion, algorithm) if seg is None else [])],
         qualitative_evaluations=[category] if seg is None else None,
     )
-    _inferred_from(area, _source_coordinates(where.outline, where.k, grid, outline_kind))
-    _with_comment(outline_group, labels.outline)
+    inferred_from(area, source_coordinates(where.outline, where.k, grid, outline_kind))
+    with_comment(outline_group, labels.outline)
 
     axis = hd.sr.Measurement(
         name=LONG_AXIS, value=round(where.axis_mm, 2), unit=MILLIMETRE, algorithm_id=algorithm
@@ -359,13 +363,13 @@ def lesion_groups(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.uid("lesion", int(lesion.id), "long-axis"), identifier=LONG_AXIS_TRACKING_ID
         ),
-        referenced_region=_region(where.axis_ends, where.k, grid, outline_kind),
+        referenced_region=image_region(where.axis_ends, where.k, grid, outline_kind),
         finding_type=LESION,
         finding_sites=[site],
         measurements=[axis],
     )
-    _inferred_from(axis, _source_coordinates(where.axis_ends, where.k, grid, outline_kind))
-    _with_comment(axis_group, labels.long_axis)
+    inferred_from(axis, source_coordinates(where.axis_ends, where.k, grid, outline_kind))
+    with_comment(axis_group, labels.long_axis)
 
     volumetric = None
     if seg is not None:
@@ -381,7 +385,7 @@ def lesion_groups(
             qualitative_evaluations=[category],
         )
         # Every group needs coordinates for OHIF's SR loader (see lesion_engine.results.sr).
-        _inferred_from(measurements[0], _source_coordinates(where.outline, where.k, grid, outline_kind))
-        _with_comment(volumetric, labels.lesion)
+        inferred_from(measurements[0], source_coordinates(where.outline, where.k, grid, outline_kind))
+        with_comment(volumetric, labels.lesion)
     logger.debug("SR groups of lesion %d: index slice %d, %s", int(lesion.id), where.k, labels.outline)
     return LesionGroups(outline_group, axis_group, volumetric)

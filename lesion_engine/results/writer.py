@@ -27,6 +27,7 @@ from lesion_engine.results.protocols import ResultLike
 from lesion_engine.results.seg import write_seg
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.results.sr import write_sr
+from lesion_engine.results.sr_gland import prostate_volume_of
 from lesion_engine.results.value_limits import fit_text_values
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ def write_results(
     Parameters
     ----------
     result : ResultLike
-        The analysis result (lesions with masks on the T2W grid, patient score, model, ...).
+        The analysis result (lesions with masks on the T2W grid, patient score, model, ...); with
+        ``gland_volume_ml``, ``gland_mask`` and ``gland_model`` (the engine's anatomical gate), the SR and
+        the overlays report the prostate volume (:mod:`lesion_engine.results.sr_gland`).
     source_t2w_datasets : sequence of Dataset
         Every instance of the T2W series the masks lie on (pixel data is read only for overlays).
     settings : ResultSettings, optional
@@ -133,6 +136,7 @@ def write_results(
     model = ModelInfo.from_mapping(result.model)
     grid = t2w_grid(source_t2w_datasets)
     lesions = check_result(result, grid)
+    prostate = prostate_volume_of(result, grid)
     series = sorted(set(input_series_uids or []) | {grid.series_instance_uid})
     uids = UidFactory(settings, [grid.study_instance_uid, *series, model.sha256])
     timings: dict[str, float] = {}
@@ -143,7 +147,9 @@ def write_results(
             seg = write_seg(lesions, grid, model, settings, uids, when)
             timings["seg"] = time.perf_counter() - start
         start = time.perf_counter()
-        sr = write_sr(lesions, float(result.patient_score), seg, grid, model, settings, uids, when)
+        sr = write_sr(
+            lesions, float(result.patient_score), seg, grid, model, settings, uids, when, prostate=prostate
+        )
         copy_study_extras(sr, grid.datasets[0])
         timings["sr"] = time.perf_counter() - start
         pmap = None
@@ -154,7 +160,7 @@ def write_results(
         overlays: list[Dataset] = []
         if settings.write_sc:
             start = time.perf_counter()
-            overlays = write_overlays(lesions, grid, model, settings, uids, when)
+            overlays = write_overlays(lesions, grid, model, settings, uids, when, prostate=prostate)
             timings["sc"] = time.perf_counter() - start
     objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
     for dataset in objects.all():
