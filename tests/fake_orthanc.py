@@ -6,18 +6,24 @@ properties and metadata, and answers the REST URIs the plugin uses (the same JSO
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+if TYPE_CHECKING:
+    from orthanc_plugin.plugin import NodePlugin
 
 
 class ChangeType:
@@ -391,3 +397,40 @@ class FakeOutput:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@contextlib.contextmanager
+def fake_node(
+    home: Path, rules: str | None = None, **fields: Any
+) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
+    """A plugin installed in a :class:`FakeOrthanc`, its data folder ``home``: rules from ``rules`` (YAML
+    text; the packaged rules when None), no workers, catch-up of all changes, the fake processor; ``fields``
+    override :class:`~orthanc_plugin.settings.NodeSettings` fields. Stopped on exit."""
+    from orthanc_plugin.jobqueue import sqlite_url
+    from orthanc_plugin.plugin import NodePlugin
+    from orthanc_plugin.settings import NodeSettings
+
+    path = home / "rules.yaml"
+    if rules is None:
+        shutil.copyfile(
+            Path(__file__).resolve().parent.parent / "orthanc_plugin" / "data" / "rules.yaml", path
+        )
+    else:
+        path.write_text(rules)
+    values: dict[str, Any] = {
+        "home": home,
+        "queue": sqlite_url(home / "queue.sqlite"),
+        "rules": path,
+        "workers": 0,
+        "processor": "tests.node_fakes:factory",
+        "catch_up": "all",
+        **fields,
+    }
+    settings = NodeSettings(**values)
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.install()
+    try:
+        yield fake, plugin
+    finally:
+        plugin.stop()

@@ -23,7 +23,7 @@ from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.rules_history import KEEP, RulesHistory, request_user
 from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.ui import CONTENT_SECURITY_POLICY, UI_BASE, UiFiles
-from tests.fake_orthanc import FakeOrthanc
+from tests.fake_orthanc import FakeOrthanc, fake_node
 
 REPO = Path(__file__).resolve().parent.parent
 UI_DIR = REPO / "orthanc_plugin" / "data" / "ui"
@@ -56,21 +56,8 @@ def _rules(name: str, priority: int = 0, destinations: str = "{}") -> str:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
-    rules = tmp_path / "rules.yaml"
-    shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
-    settings = NodeSettings(
-        home=tmp_path,
-        queue=sqlite_url(tmp_path / "queue.sqlite"),
-        rules=rules,
-        workers=0,
-        processor="tests.node_fakes:factory",
-        catch_up="all",
-    )
-    fake = FakeOrthanc({"LesionAI": settings.to_section()})
-    plugin = NodePlugin(fake, settings)
-    plugin.install()
-    yield fake, plugin
-    plugin.stop()
+    with fake_node(tmp_path) as node:
+        yield node
 
 
 # -- the page's files -------------------------------------------------------------------------------------

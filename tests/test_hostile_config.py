@@ -21,11 +21,9 @@ from lesion_engine.series_rules import load_series_rules
 from lesion_engine.yamlconfig import MAX_YAML_BYTES, read_yaml, read_yaml_file
 from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.admin_rules import BoundedEvaluator
-from orthanc_plugin.jobqueue import sqlite_url
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.rules import parse_rules
-from orthanc_plugin.settings import NodeSettings
-from tests.fake_orthanc import FakeOrthanc
+from tests.fake_orthanc import FakeOrthanc, fake_node
 
 REDOS = "^(a+)+$"
 # 28 'a' and a '!': Python's backtracking engine needs about 2^28 steps (minutes) to say "no match".
@@ -49,21 +47,8 @@ rules:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(_rules(REDOS))
-    settings = NodeSettings(
-        home=tmp_path,
-        queue=sqlite_url(tmp_path / "queue.sqlite"),
-        rules=rules,
-        workers=0,
-        processor="tests.node_fakes:factory",
-        catch_up="all",
-    )
-    fake = FakeOrthanc({"LesionAI": settings.to_section()})
-    plugin = NodePlugin(fake, settings)
-    plugin.install()
-    yield fake, plugin
-    plugin.stop()
+    with fake_node(tmp_path, _rules(REDOS)) as node:
+        yield node
 
 
 def test_catastrophic_pattern_is_matched_in_linear_time() -> None:

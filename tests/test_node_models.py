@@ -31,10 +31,10 @@ from orthanc_plugin.model_runs import ModelRuns
 from orthanc_plugin.models import CONFIGURED, ModelRegistry, RegistryError
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest, ProcessorSettings
-from orthanc_plugin.settings import NodeSettings, WorkerSettings
+from orthanc_plugin.settings import WorkerSettings
 from orthanc_plugin.shadow import Grid, ShadowStore, StudyEvidence, agreement_report
 from orthanc_plugin.worker import Worker, WorkerOptions
-from tests.fake_orthanc import FakeOrthanc
+from tests.fake_orthanc import FakeOrthanc, fake_node
 from tests.model_helpers import write_tiny_artifact
 from tests.node_fakes import FakeRest
 
@@ -69,20 +69,8 @@ def _zip(folder: Path, extra: dict[str, bytes] | None = None, leave_out: str | N
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
-    rules = tmp_path / "rules.yaml"
-    shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
-    settings = NodeSettings(
-        home=tmp_path,
-        queue=sqlite_url(tmp_path / "queue.sqlite"),
-        rules=rules,
-        workers=0,
-        catch_up="all",
-    )
-    fake = FakeOrthanc({"LesionAI": settings.to_section()})
-    plugin = NodePlugin(fake, settings)
-    plugin.install()
-    yield fake, plugin
-    plugin.stop()
+    with fake_node(tmp_path, processor=None) as node:
+        yield node
 
 
 # -- the registry and its routes --------------------------------------------------------------------------
