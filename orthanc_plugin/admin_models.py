@@ -117,7 +117,8 @@ class ModelsRoutes:
         try:
             model = self.registry.add_zip(name, body, user)
         except RegistryError as exc:
-            return _error(409 if "exists already" in str(exc) else 400, str(exc))
+            taken = "exists already" in str(exc) or "on the node already" in str(exc)
+            return _error(409 if taken else 400, str(exc))
         return 201, {"name": model.name, "identity": model.identity, "status": "registered"}, _JSON
 
     def shadow(self, name: str, body: bytes, user: str | None) -> Answer:

@@ -306,6 +306,13 @@ class ModelRegistry:
                 for filename, content in files.items():
                     (staging / filename).write_bytes(content)
                 _check_artifact(staging, files)
+                identity = model_identity(str(staging))
+                same = [m for m in (CONFIGURED, *self.names()) if self.get(m).identity == identity]
+                if same:
+                    raise RegistryError(
+                        f"this model ({identity}) is on the node already, as {same[0]!r}: a copy could only "
+                        "agree with itself"
+                    )
                 staging.rename(target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, model_identity
+from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, default_artifact, model_identity
 from lesion_engine.outputs import Output
 from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.jobqueue import (
@@ -133,7 +133,16 @@ def test_weights_that_are_not_the_cards_are_refused(artifacts: dict[int, Path], 
     registry.add_zip("ok", _zip(artifacts[1]), "alice")
     with pytest.raises(RegistryError, match="exists already"):
         registry.add_zip("ok", _zip(artifacts[2]), "bob")
+    with pytest.raises(RegistryError, match="on the node already, as 'ok'"):
+        registry.add_zip("again", _zip(artifacts[1]), "bob")
+    default = io.BytesIO()
+    with zipfile.ZipFile(default, "w") as archive:
+        for name in (CARD_FILE, WEIGHTS_FILE):
+            archive.write(default_artifact() / name, name)
+    with pytest.raises(RegistryError, match="on the node already, as 'configured'"):
+        registry.add_zip("copy", default.getvalue(), "bob")
     assert registry.names() == ["ok"]
+    assert [p.name for p in (tmp_path / "models").iterdir() if p.is_dir()] == ["ok"]
 
 
 def test_uploads_need_the_csrf_header(
