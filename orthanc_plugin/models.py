@@ -175,6 +175,7 @@ class ModelRegistry:
         self.configured = configured
         self.processor = processor
         self.identity_override = identity_override
+        self._missing: set[tuple[str, str]] = set()
 
     # -- reading --------------------------------------------------------------------------------------
     @property
@@ -237,11 +238,7 @@ class ModelRegistry:
         try:
             return self.get(state.active)
         except RegistryError:
-            logger.error(
-                "the active model %r is missing from %s; using the configured model",
-                state.active,
-                self.folder,
-            )
+            self._report_missing("active", state.active, "using the configured model")
             return self.get(CONFIGURED)
 
     def shadows(self) -> list[RegisteredModel]:
@@ -254,8 +251,14 @@ class ModelRegistry:
             try:
                 out.append(self.get(name))
             except RegistryError:
-                logger.error("the shadow model %r is missing from %s; skipped", name, self.folder)
+                self._report_missing("shadow", name, "skipped")
         return out
+
+    def _report_missing(self, role: str, name: str, outcome: str) -> None:
+        """Log a missing model once (the registry is read at every study), not at every read."""
+        if (role, name) not in self._missing:
+            self._missing.add((role, name))
+            logger.error("the %s model %r is missing from %s; %s", role, name, self.folder, outcome)
 
     def by_identity(self, identity: str) -> RegisteredModel | None:
         """The model whose identity is ``identity`` (the active one first), or None."""

@@ -430,3 +430,17 @@ def test_an_idle_worker_recomputes_reports_when_labels_arrive(
     assert models.refresh(now=200.0) == 1
     report = store.report()
     assert report is not None and report["with_labels"]["shadow"]["auroc"] == 1.0
+
+
+def test_a_missing_active_model_falls_back_to_the_configured_one_logged_once(
+    tmp_path: Path, artifacts: dict[int, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add_zip("v2", _zip(artifacts[1]), "alice")
+    registry.promote("v2", "alice")
+    shutil.rmtree(tmp_path / "models" / "v2")
+    with caplog.at_level("ERROR", logger="orthanc_plugin.models"):
+        assert registry.active().name == CONFIGURED and registry.active().name == CONFIGURED
+    assert [r.getMessage() for r in caplog.records].count(
+        f"the active model 'v2' is missing from {tmp_path / 'models'}; using the configured model"
+    ) == 1
