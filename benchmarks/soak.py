@@ -36,6 +36,7 @@ from benchmarks.node import _artifact, _copy, _extra, _send
 from lesion_engine.logsetup import configure_cli_logging
 from orthanc_plugin.client import OrthancClient
 from orthanc_plugin.dicomsend import dicom_files
+from orthanc_plugin.jobqueue import SUPERSEDED
 from tests.node_env import FAKE_PROCESSOR, OrthancFleet, OrthancServer, find_study, wait_for
 
 logger = logging.getLogger(__name__)
@@ -119,16 +120,24 @@ class _Progress:
         self.finished: set[str] = set()
 
     def all_finished(self) -> bool:
-        """Whether every study sent is in Orthanc, its job has ended and its SR is stored."""
+        """Whether every study sent is in Orthanc and stable (nothing more will start for it), none of its
+        jobs is queued or running, one has ended, and its SR is stored. (A job started early, before the
+        study is stable, is run again when its inputs then change: the soak waits for that run too.)"""
         for uid, found in self.studies.items():
             if found is None:
                 self.studies[uid] = find_study(self.client, uid)
         waiting = [s for s in self.studies.values() if s is None or s not in self.finished]
         if not waiting:
             return True
-        ended = {j["study"] for j in _all_jobs(self.client) if j["state"] in ("done", "failed")}
+        every_job = _all_jobs(self.client)
+        ended = {j["study"] for j in every_job if j["state"] in ("done", "failed")}
+        busy = {j["study"] for j in every_job if j["state"] in ("queued", "running")}
         for study in waiting:
-            if study is not None and study in ended and _series_counts(self.client, study)["SR"] >= 1:
+            if study is None or study not in ended or study in busy:
+                continue
+            if self.client.get_json(f"/studies/{study}").get("IsStable") and (
+                _series_counts(self.client, study)["SR"] >= 1
+            ):
                 self.finished.add(study)
         return len(self.finished) == len(self.studies) and None not in self.studies.values()
 
@@ -145,10 +154,14 @@ def _runs(log: Path) -> Counter[str]:
 
 
 def _check(client: OrthancClient, study_ids: dict[str, str | None], log: Path | None) -> dict[str, Any]:
-    """Per study: result sets (SR series), SEG series, jobs and processor runs."""
+    """Per study: result sets (SR series), SEG series, jobs and processor runs. A job superseded because
+    the study's inputs changed after an early start is counted apart (``reruns``): its results were
+    replaced, so it is not a second result set."""
     every_job = _all_jobs(client)
-    jobs = Counter(j["study"] for j in every_job)
-    failed = sum(1 for j in every_job if j["state"] == "failed")
+    live = [j for j in every_job if not str(j.get("error") or "").startswith(SUPERSEDED)]
+    jobs = Counter(j["study"] for j in live)
+    reruns = len(every_job) - len(live)
+    failed = sum(1 for j in live if j["state"] == "failed")
     runs = _runs(log) if log is not None else None
     sr, seg, job_counts, run_counts = [], [], [], []
     for uid, study in study_ids.items():
@@ -158,13 +171,16 @@ def _check(client: OrthancClient, study_ids: dict[str, str | None], log: Path | 
         job_counts.append(jobs[study] if study is not None else 0)
         if runs is not None:
             run_counts.append(runs[uid])
-    exactly_one = all(n == 1 for n in sr + job_counts + run_counts) and all(n <= 1 for n in seg)
+    exactly_one = all(n == 1 for n in sr + job_counts) and all(n <= 1 for n in seg)
+    runs_as_expected = all(n == 1 for n in run_counts) if not reruns else sum(run_counts) <= len(sr) + reruns
     return {
         "result_sets_per_study": _histogram(sr),
         "seg_series_per_study": _histogram(seg),
         "jobs_per_study": _histogram(job_counts),
         **({"processor_runs_per_study": _histogram(run_counts)} if runs is not None else {}),
         "failed_jobs": failed,
+        "reruns_inputs_changed": reruns,
+        "processor_runs_as_expected": runs_as_expected,
         "all_exactly_one_result_set": exactly_one,
     }
 

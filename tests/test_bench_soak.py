@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 
@@ -36,9 +37,13 @@ def test_soak_arguments_are_checked() -> None:
 def test_a_short_soak_gives_each_study_one_result_set() -> None:
     report = soak.run(studies=3, first=1, engine=False, time_limit_s=240)
     assert report["completed"], report.get("error")
-    assert report["all_exactly_one_result_set"], report
+    assert report["all_exactly_one_result_set"], json.dumps(report)
     assert report["result_sets_per_study"] == {"1": 3}
-    assert report["jobs_per_study"] == {"1": 3} and report["processor_runs_per_study"] == {"1": 3}
+    # A study started early whose inputs then changed runs again (superseded job, results replaced): under
+    # load this can happen; it is never a second result set, and the processor ran once per job.
+    assert report["jobs_per_study"] == {"1": 3} and report["processor_runs_as_expected"]
+    runs = report["processor_runs_per_study"]
+    assert sum(int(n) * count for n, count in runs.items()) == 3 + report["reruns_inputs_changed"]
     assert report["failed_jobs"] == 0 and not report["worker_restarted"]
     assert sorted(report["worker_rss_mb_by_studies"]) == ["1", "2", "3"]
     assert report["rss_after_1_mb"] > 0
