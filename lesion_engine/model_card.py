@@ -58,6 +58,7 @@ __all__ = [
     "looks_like_pickle",
     "model_identity",
     "read_card",
+    "stored_card",
 ]
 
 FORMAT = "lesion-ai-model"
@@ -356,6 +357,19 @@ def default_artifact() -> Path:
     return Path(str(files("lesion_engine").joinpath("data/models/default")))
 
 
+def stored_card(model: str | Path | None) -> dict[str, Any] | None:
+    """The card of an artifact as stored (read, not validated; no torch): ``model`` is the artifact folder
+    or its card file (None: the packaged default). None when it cannot be read (logged at debug level)."""
+    folder = Path(model) if model else default_artifact()
+    card = folder / CARD_FILE if folder.is_dir() else folder
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.debug("the model card %s cannot be read: %s", card, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def model_identity(model: str | None, processor: str | None = None, override: str | None = None) -> str:
     """Identity of the model a job will use, without loading it (no torch): part of each job's key.
 
@@ -382,10 +396,7 @@ def model_identity(model: str | None, processor: str | None = None, override: st
         return override
     if processor:
         return f"processor:{processor}"
-    folder = Path(model) if model else default_artifact()
-    card = folder / CARD_FILE if folder.is_dir() else folder
-    try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = stored_card(model)
+    if data is None:
         return "none"
     return f"{data.get('name', '?')}:{data.get('version', '?')}:{str(data.get('weights_sha256', ''))[:16]}"

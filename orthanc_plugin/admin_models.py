@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lesion_engine.model_card import CARD_FILE
+from lesion_engine.model_card import stored_card
 from orthanc_plugin.models import CONFIGURED, MAX_UPLOAD_BYTES, ModelRegistry, RegisteredModel, RegistryError
 from orthanc_plugin.shadow import ShadowStore
 
@@ -55,7 +55,7 @@ class ModelsRoutes:
     def _describe(
         self, model: RegisteredModel, active: str, shadow: tuple[str, ...], full: bool
     ) -> dict[str, Any]:
-        card = _card(model.path)
+        card = stored_card(model.path)
         out: dict[str, Any] = {
             "name": model.name,
             "identity": model.identity,
@@ -151,17 +151,6 @@ class ModelsRoutes:
             },
             _JSON,
         )
-
-
-def _card(path: str | None) -> dict[str, Any] | None:
-    from lesion_engine.model_card import default_artifact
-
-    folder = Path(path) if path else default_artifact()
-    try:
-        data = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

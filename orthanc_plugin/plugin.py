@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
-from lesion_engine.model_card import CARD_FILE, default_artifact
+from lesion_engine.model_card import stored_card
 from orthanc_plugin.admin import AdminApi
 from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
 from orthanc_plugin.jobqueue import JobQueue, QueuePolicy, open_queue
@@ -347,14 +347,10 @@ class NodePlugin:
             path = self.models.active().path
         except RegistryError:
             path = self.settings.model
-        folder = Path(path) if path else default_artifact()
-        card = folder / CARD_FILE if folder.is_dir() else folder
-        try:
-            data = json.loads(card.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            logger.warning("the model card %s cannot be read: %s", card, exc)
-            return None
-        return data if isinstance(data, dict) else None
+        card = stored_card(path)
+        if card is None:
+            logger.warning("the card of the model in use (%s) cannot be read", path or "packaged default")
+        return card
 
     def rules_from_text(self, text: str, source: str) -> RoutingRules:
         """Validate rules given as YAML text (relative ``series_rules`` files: beside the rules file)."""
