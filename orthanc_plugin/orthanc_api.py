@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ __all__ = [
     "RestApiError",
     "RestOutput",
     "answer",
+    "answer_file",
     "quote_id",
 ]
 
@@ -235,3 +236,16 @@ def answer(output: RestOutput, status: int, body: Any, mime_type: str = "applica
         output.SendHttpStatus(status, text, len(data))
     except TypeError:
         output.SendHttpStatus(status, data)
+
+
+def answer_file(
+    output: RestOutput, status: int, body: bytes, mime_type: str, headers: Mapping[str, str]
+) -> None:
+    """Answer a request for a served file (the viewer's, the admin page's): ``headers`` set first; a 405
+    answered as Orthanc does, with the ``Allow`` header (``GET`` when none is given)."""
+    if status == 405:
+        output.SendMethodNotAllowed(headers.get("Allow", "GET"))
+        return
+    for key, value in headers.items():
+        output.SetHttpHeader(key, value)
+    answer(output, status, body, mime_type)

@@ -42,7 +42,14 @@ from orthanc_plugin.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.logsetup import configure_node_logging
 from orthanc_plugin.models import CONFIGURED, ModelRegistry, RegistryError
 from orthanc_plugin.node_protocol import EnqueuedJob, Evaluation, HealthFigures
-from orthanc_plugin.orthanc_api import InProcessApi, NotFoundError, OrthancModule, RestOutput, answer
+from orthanc_plugin.orthanc_api import (
+    InProcessApi,
+    NotFoundError,
+    OrthancModule,
+    RestOutput,
+    answer,
+    answer_file,
+)
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
 from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.studies import ResultReplacement, StudyPlan, plan_study
@@ -231,12 +238,7 @@ class NodePlugin:
         except OSError as exc:
             logger.error("viewer: cannot read %r: %s", rest, exc)
             result = ViewerAnswer(500, f"the viewer's file cannot be read: {exc}\n".encode())
-        if result.status == 405:
-            output.SendMethodNotAllowed(result.headers.get("Allow", "GET"))
-            return
-        for key, value in result.headers.items():
-            output.SetHttpHeader(key, value)
-        answer(output, result.status, result.body, result.mime)
+        answer_file(output, result.status, result.body, result.mime, result.headers)
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:

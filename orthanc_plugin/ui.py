@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
-from orthanc_plugin.orthanc_api import RestOutput, answer
+from orthanc_plugin.orthanc_api import RestOutput, answer_file
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +157,4 @@ class UiFiles:
         except OSError as exc:
             logger.error("admin page: cannot read its files: %s", exc)
             result = _message(500, f"the admin page's files cannot be read: {exc}")
-        if result.status == 405:
-            output.SendMethodNotAllowed(result.headers.get("Allow", "GET"))
-            return
-        for key, value in result.headers.items():
-            output.SetHttpHeader(key, value)
-        answer(output, result.status, result.body, result.mime)
+        answer_file(output, result.status, result.body, result.mime, result.headers)
