@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 if TYPE_CHECKING:
     from orthanc_plugin.plugin import NodePlugin
+    from orthanc_plugin.settings import NodeSettings
 
 
 class ChangeType:
@@ -399,24 +400,20 @@ class FakeOutput:
         return json.loads(self.body)
 
 
-@contextlib.contextmanager
-def fake_node(
-    home: Path, rules: str | None = None, **fields: Any
-) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
-    """A plugin installed in a :class:`FakeOrthanc`, its data folder ``home``: rules from ``rules`` (YAML
-    text; the packaged rules when None), no workers, catch-up of all changes, the fake processor; ``fields``
-    override :class:`~orthanc_plugin.settings.NodeSettings` fields. Stopped on exit."""
+def node_settings(home: Path, rules: str | None = None, **fields: Any) -> NodeSettings:
+    """Node settings for tests, the data folder ``home``: rules from ``rules`` (YAML text; else the
+    packaged rules, unless ``home/rules.yaml`` exists), no workers, catch-up of all changes, the fake
+    processor; ``fields`` override :class:`~orthanc_plugin.settings.NodeSettings` fields."""
     from orthanc_plugin.jobqueue import sqlite_url
-    from orthanc_plugin.plugin import NodePlugin
     from orthanc_plugin.settings import NodeSettings
 
     path = home / "rules.yaml"
-    if rules is None:
+    if rules is not None:
+        path.write_text(rules)
+    elif not path.exists():
         shutil.copyfile(
             Path(__file__).resolve().parent.parent / "orthanc_plugin" / "data" / "rules.yaml", path
         )
-    else:
-        path.write_text(rules)
     values: dict[str, Any] = {
         "home": home,
         "queue": sqlite_url(home / "queue.sqlite"),
@@ -426,7 +423,18 @@ def fake_node(
         "catch_up": "all",
         **fields,
     }
-    settings = NodeSettings(**values)
+    return NodeSettings(**values)
+
+
+@contextlib.contextmanager
+def fake_node(
+    home: Path, rules: str | None = None, **fields: Any
+) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
+    """A plugin installed in a :class:`FakeOrthanc`, with :func:`node_settings` (same arguments); stopped
+    on exit."""
+    from orthanc_plugin.plugin import NodePlugin
+
+    settings = node_settings(home, rules, **fields)
     fake = FakeOrthanc({"LesionAI": settings.to_section()})
     plugin = NodePlugin(fake, settings)
     plugin.install()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import sys
 import tarfile
 import time
@@ -17,14 +16,21 @@ from typing import Any
 import pytest
 
 from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
-from orthanc_plugin.jobqueue import JobState, NewJob, sqlite_url
+from orthanc_plugin.jobqueue import JobState, NewJob
 from orthanc_plugin.logsetup import remove_orthanc_logging
 from orthanc_plugin.node_protocol import EnqueuedJob
 from orthanc_plugin.orthanc_api import OrthancLogHandler
 from orthanc_plugin.plugin import NodePlugin, install, worker_command
 from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.supervisor import WorkerSupervisor
-from tests.fake_orthanc import ChangeType, FakeOrthanc, OrthancException, ResourceType
+from tests.fake_orthanc import (
+    ChangeType,
+    FakeOrthanc,
+    OrthancException,
+    ResourceType,
+    fake_node,
+    node_settings,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -38,30 +44,14 @@ PROSTATE: list[dict[str, Any]] = [
 ADMIN = {CSRF_HEADER: CSRF_VALUE}
 
 
-def _settings(tmp_path: Path, **changes: object) -> NodeSettings:
-    rules = tmp_path / "rules.yaml"
-    if not rules.exists():
-        shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
-    values: dict[str, object] = {
-        "home": tmp_path,
-        "queue": sqlite_url(tmp_path / "queue.sqlite"),
-        "rules": rules,
-        "workers": 0,
-        "processor": "tests.node_fakes:factory",
-        "catch_up": "all",
-    }
-    values.update(changes)
-    return NodeSettings(**values)  # type: ignore[arg-type]
+def _settings(tmp_path: Path, **changes: Any) -> NodeSettings:
+    return node_settings(tmp_path, **changes)
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[FakeOrthanc, NodePlugin]]:
-    settings = _settings(tmp_path)
-    fake = FakeOrthanc({"LesionAI": settings.to_section()})
-    plugin = NodePlugin(fake, settings)
-    plugin.install()
-    yield fake, plugin
-    plugin.stop()
+    with fake_node(tmp_path) as node:
+        yield node
 
 
 def test_stable_prostate_study_gives_one_job_with_its_mr_series(node: tuple[FakeOrthanc, NodePlugin]) -> None:

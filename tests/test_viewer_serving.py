@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lesion_engine.errors import ConfigError
-from orthanc_plugin.jobqueue import sqlite_url
 from orthanc_plugin.launch import NodeOptions, write_configuration
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.settings import NodeSettings
@@ -26,7 +24,7 @@ from orthanc_plugin.viewer import (
     default_viewer_dir,
     viewer_files,
 )
-from tests.fake_orthanc import FakeOrthanc, FakeOutput
+from tests.fake_orthanc import FakeOrthanc, FakeOutput, node_settings
 
 REPO = Path(__file__).resolve().parent.parent
 HASHED_JS = "app.bundle.0f6159c501addfe9.js"
@@ -226,19 +224,8 @@ def test_base_url_is_validated() -> None:
 
 
 # -- settings, launch, setup ------------------------------------------------------------------------------
-def _settings(tmp_path: Path, **changes: object) -> NodeSettings:
-    rules = tmp_path / "rules.yaml"
-    if not rules.exists():
-        shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
-    values: dict[str, object] = {
-        "home": tmp_path,
-        "queue": sqlite_url(tmp_path / "queue.sqlite"),
-        "rules": rules,
-        "workers": 0,
-        "processor": "tests.node_fakes:factory",
-    }
-    values.update(changes)
-    return NodeSettings(**values)  # type: ignore[arg-type]
+def _settings(tmp_path: Path, **changes: Any) -> NodeSettings:
+    return node_settings(tmp_path, catch_up="none", **changes)
 
 
 def test_settings_locate_the_viewer(tmp_path: Path, dist: Path) -> None:
