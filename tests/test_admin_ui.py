@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,9 +20,8 @@ from orthanc_plugin.admin_rules import error_location
 from orthanc_plugin.jobqueue import JobState, QueuePolicy, open_queue, sqlite_url
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.rules_history import KEEP, RulesHistory, request_user
-from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.ui import CONTENT_SECURITY_POLICY, UI_BASE, UiFiles
-from tests.fake_orthanc import FakeOrthanc, fake_node
+from tests.fake_orthanc import FakeOrthanc, fake_node, node_settings
 
 REPO = Path(__file__).resolve().parent.parent
 UI_DIR = REPO / "orthanc_plugin" / "data" / "ui"
@@ -343,15 +341,7 @@ def test_model_card_route_and_health(node: tuple[FakeOrthanc, NodePlugin]) -> No
 
 
 def test_no_model_card_is_a_404(tmp_path: Path) -> None:
-    rules = tmp_path / "rules.yaml"
-    shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
-    settings = NodeSettings(
-        home=tmp_path,
-        queue=sqlite_url(tmp_path / "q.sqlite"),
-        rules=rules,
-        workers=0,
-        model=str(tmp_path / "no-model"),
-    )
+    settings = node_settings(tmp_path, model=str(tmp_path / "no-model"), processor=None, catch_up="none")
     fake = FakeOrthanc({"LesionAI": settings.to_section()})
     plugin = NodePlugin(fake, settings)
     plugin.install()

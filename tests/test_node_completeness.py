@@ -36,7 +36,7 @@ from orthanc_plugin.jobqueue import (
 from orthanc_plugin.orthanc_api import InProcessApi
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.settings import NodeSettings
-from tests.fake_orthanc import FakeOrthanc, FakeSeries, FakeStudy, OrthancException
+from tests.fake_orthanc import FakeOrthanc, FakeSeries, FakeStudy, OrthancException, node_settings
 from tests.pg_env import PostgresServer, running_postgres
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,17 +222,7 @@ class Clock:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[ReceivingOrthanc, NodePlugin, Clock]]:
-    rules = tmp_path / "rules.yaml"
-    shutil.copyfile(REPO / "orthanc_plugin" / "data" / "rules.yaml", rules)
-    settings = NodeSettings(
-        home=tmp_path,
-        queue=sqlite_url(tmp_path / "queue.sqlite"),
-        rules=rules,
-        workers=0,
-        processor="tests.node_fakes:factory",
-        catch_up="all",
-        completeness_quiet_s=QUIET_S,
-    )
+    settings = node_settings(tmp_path, completeness_quiet_s=QUIET_S)
     fake = ReceivingOrthanc({"LesionAI": settings.to_section()})
     plugin = NodePlugin(fake, settings)
     clock = Clock()
