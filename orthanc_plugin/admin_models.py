@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from lesion_engine.model_card import stored_card
-from orthanc_plugin.models import CONFIGURED, MAX_UPLOAD_BYTES, ModelRegistry, RegisteredModel, RegistryError
+from orthanc_plugin.models import (
+    CONFIGURED,
+    MAX_UPLOAD_BYTES,
+    ModelRegistry,
+    ModelTakenError,
+    RegisteredModel,
+    RegistryError,
+    UnknownModelError,
+)
 from orthanc_plugin.shadow import ShadowStore
 
 logger = logging.getLogger(__name__)
@@ -38,6 +46,11 @@ MODEL_ROUTE = re.compile(r"^models/([^/]{1,200})(?:/(shadow|promote))?$")
 
 def _error(status: int, message: str) -> Answer:
     return status, {"error": message}, _JSON
+
+
+def _status(exc: RegistryError) -> int:
+    """The HTTP status of a refused request on the models."""
+    return 404 if isinstance(exc, UnknownModelError) else 409 if isinstance(exc, ModelTakenError) else 400
 
 
 class ModelsRoutes:
@@ -105,7 +118,7 @@ class ModelsRoutes:
             state = self.registry.state()
             model = self.registry.get(name)
         except RegistryError as exc:
-            return _error(404 if "no model called" in str(exc) else 400, str(exc))
+            return _error(_status(exc), str(exc))
         return 200, self._describe(model, state.active, state.shadow, full=True), _JSON
 
     def add(self, name: str, body: bytes, user: str | None) -> Answer:
@@ -117,8 +130,7 @@ class ModelsRoutes:
         try:
             model = self.registry.add_zip(name, body, user)
         except RegistryError as exc:
-            taken = "exists already" in str(exc) or "on the node already" in str(exc)
-            return _error(409 if taken else 400, str(exc))
+            return _error(_status(exc), str(exc))
         return 201, {"name": model.name, "identity": model.identity, "status": "registered"}, _JSON
 
     def shadow(self, name: str, body: bytes, user: str | None) -> Answer:
@@ -133,7 +145,7 @@ class ModelsRoutes:
         try:
             state = self.registry.set_shadow(name, enabled, user)
         except RegistryError as exc:
-            return _error(404 if "no model called" in str(exc) else 400, str(exc))
+            return _error(_status(exc), str(exc))
         return 200, {"name": name, "shadow": list(state.shadow), "active": state.active}, _JSON
 
     def promote(self, name: str, user: str | None) -> Answer:
@@ -141,7 +153,7 @@ class ModelsRoutes:
         try:
             state = self.registry.promote(name, user)
         except RegistryError as exc:
-            return _error(404 if "no model called" in str(exc) else 400, str(exc))
+            return _error(_status(exc), str(exc))
         return (
             200,
             {

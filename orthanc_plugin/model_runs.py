@@ -226,10 +226,8 @@ class ModelRuns:
 
     def _report(self, model: RegisteredModel, store: ShadowStore) -> None:
         signature = self._label_signature()
-        report = agreement_report(store, self.labels, model.identity)
+        agreement_report(store, self.labels, model.identity, signature)
         if signature is not None:
-            report["labels_signature"] = signature
-            store.write_report(report)
             self._signatures[model.name] = signature
 
     def _label_signature(self) -> str | None:

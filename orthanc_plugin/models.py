@@ -48,9 +48,11 @@ __all__ = [
     "CONFIGURED",
     "MAX_UPLOAD_BYTES",
     "ModelRegistry",
+    "ModelTakenError",
     "RegisteredModel",
     "RegistryError",
     "RegistryState",
+    "UnknownModelError",
 ]
 
 #: The name of the model of the node's settings (``Model``, else the packaged default).
@@ -68,6 +70,14 @@ _HISTORY_KEPT = 200
 
 class RegistryError(LesionAIError, ValueError):
     """A request on the models cannot be done (unknown name, invalid upload, ...); the message says why."""
+
+
+class UnknownModelError(RegistryError):
+    """No model of that name."""
+
+
+class ModelTakenError(RegistryError):
+    """The name is taken, or the same model is on the node already under another name."""
 
 
 def _now() -> str:
@@ -229,7 +239,7 @@ class ModelRegistry:
         folder = self.folder / name
         if not (folder / CARD_FILE).is_file():
             known = ", ".join([CONFIGURED, *self.names()])
-            raise RegistryError(f"no model called {name!r}; known: {known}")
+            raise UnknownModelError(f"no model called {name!r}; known: {known}")
         return RegisteredModel(name, str(folder), model_identity(str(folder)))
 
     def active(self) -> RegisteredModel:
@@ -301,7 +311,7 @@ class ModelRegistry:
         with self._locked() as state:
             target = self.folder / name
             if target.exists():
-                raise RegistryError(f"a model called {name!r} exists already; choose another name")
+                raise ModelTakenError(f"a model called {name!r} exists already; choose another name")
             staging = self.folder / f".upload-{name}-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(mode=0o700)
@@ -312,7 +322,7 @@ class ModelRegistry:
                 identity = model_identity(str(staging))
                 same = [m for m in (CONFIGURED, *self.names()) if self.get(m).identity == identity]
                 if same:
-                    raise RegistryError(
+                    raise ModelTakenError(
                         f"this model ({identity}) is on the node already, as {same[0]!r}: a copy could only "
                         "agree with itself"
                     )

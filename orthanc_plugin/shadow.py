@@ -288,7 +288,9 @@ def _picai(y_det: list[NDArray[np.float32]], y_true: list[NDArray[Any]]) -> dict
     return out
 
 
-def agreement_report(store: ShadowStore, labels: LabelSource | None, identity: str) -> dict[str, Any]:
+def agreement_report(
+    store: ShadowStore, labels: LabelSource | None, identity: str, labels_signature: str | None = None
+) -> dict[str, Any]:
     """Compare a shadow model with the active model and with the radiologists' labels (see the module
     docstring); the report is also kept in the store.
 
@@ -300,6 +302,8 @@ def agreement_report(store: ShadowStore, labels: LabelSource | None, identity: s
         The radiologists' labels of a study on a grid (None: no labels are looked up).
     identity : str
         The shadow model's identity (named in the report).
+    labels_signature : str, optional
+        A digest of the labels the report was computed with (kept in it, to tell when to recompute).
 
     Returns
     -------
@@ -354,6 +358,7 @@ def agreement_report(store: ShadowStore, labels: LabelSource | None, identity: s
         "unreadable_studies": unreadable,
         "with_active": with_active,
         "with_labels": with_labels,
+        **({"labels_signature": labels_signature} if labels_signature is not None else {}),
     }
     store.write_report(report)
     return report
