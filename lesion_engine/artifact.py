@@ -57,6 +57,7 @@ __all__ = [
     "load_artifact",
     "read_card",
     "save_artifact",
+    "write_atomic",
 ]
 
 
@@ -75,7 +76,9 @@ def _current_umask() -> int:
     return mask
 
 
-def _write_atomic(path: Path, write: Any) -> None:
+def write_atomic(path: Path, write: Any) -> None:
+    """Write ``path`` through ``write(temporary path)`` in its folder, then rename it into place (readable
+    by other users, as the umask allows); nothing is left behind when ``write`` fails."""
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     tmp_path = Path(tmp)
@@ -165,10 +168,10 @@ def save_artifact(
         key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()
     }
     weights = out / WEIGHTS_FILE
-    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     card_data["weights_sha256"] = file_sha256(weights)
     card = ModelCard.from_dict(card_data, out / CARD_FILE)
-    _write_atomic(out / CARD_FILE, lambda p: p.write_text(json.dumps(card.to_dict(), indent=2) + "\n"))
+    write_atomic(out / CARD_FILE, lambda p: p.write_text(json.dumps(card.to_dict(), indent=2) + "\n"))
     logger.info("model %s %s written to %s (sha256 %s)", name, version, out, card.weights_sha256)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CheckpointImportError",
     "ConfigError",
     "CorruptInstanceError",
     "DuplicateSlicesError",
@@ -48,6 +49,12 @@ class ModelArtifactError(LesionAIError):
 
     The message names the file and, for an invalid model card, the field.
     """
+
+
+class CheckpointImportError(ModelArtifactError):
+    """A foreign checkpoint (e.g. a PI-CAI fold) cannot be imported: it is missing, truncated, needs general
+    unpickling, or does not fit the architecture. The message names the fold and, where one is at fault,
+    the tensor."""
 
 
 class CorruptInstanceError(LesionAIError):

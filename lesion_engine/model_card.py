@@ -40,6 +40,7 @@ from lesion_engine.model_config import (
     LocalizationNetConfig,
     PreprocessConfig,
 )
+from lesion_engine.picai_unet.card import DETECTION_KIND, DetectionModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,13 @@ __all__ = [
     "ONLY_SAFETENSORS",
     "PICKLE_SUFFIXES",
     "WEIGHTS_FILE",
+    "AnyModelCard",
     "ModelCard",
     "artifact_folder",
     "default_artifact",
     "looks_like_pickle",
     "model_identity",
+    "read_any_card",
     "read_card",
     "stored_card",
 ]
@@ -90,7 +93,9 @@ _REQUIRED = (
     "intended_use",
     "weights_sha256",
 )
-_OPTIONAL = ("training", "metrics")
+_OPTIONAL = ("training", "metrics", "kind")
+#: The kind of a jointly trained model (localization + classification networks): the default.
+JOINT_KIND = "joint"
 
 
 def looks_like_pickle(path: Path) -> bool:
@@ -188,6 +193,14 @@ class ModelCard:
             raise ModelArtifactError(
                 f"invalid model card {src}: expected a JSON object, got {type(data).__name__}"
             )
+        if data.get("kind", JOINT_KIND) == DETECTION_KIND:
+            raise ModelArtifactError(
+                f"{src} is a detection-map model (kind {DETECTION_KIND!r}, e.g. an imported PI-CAI U-Net): it "
+                "has no classification network, so it cannot be used where a jointly trained model is needed "
+                "(training export, resume); the engine and the node run it as it is"
+            )
+        if data.get("kind", JOINT_KIND) != JOINT_KIND:
+            raise _fail(src, "kind", f"expected {JOINT_KIND!r} or {DETECTION_KIND!r}, got {data['kind']!r}")
         for key in _REQUIRED:
             if key not in data:
                 raise _fail(src, key, "missing")
@@ -336,20 +349,50 @@ def artifact_folder(path: Path | str) -> Path:
     )
 
 
+AnyModelCard = ModelCard | DetectionModelCard
+"""The card of a jointly trained model or of a detection-map model."""
+
+#: A model card larger than this is refused (a card is read per request and per job).
+MAX_CARD_BYTES = 1 << 20
+
+
 def read_card(path: Path | str) -> ModelCard:
-    """Read and validate the model card of an artifact (the folder, or its ``model.json``)."""
-    return _read_card(artifact_folder(path))
+    """Read and validate the model card of a jointly trained model (the folder, or its ``model.json``).
+
+    Raises
+    ------
+    ModelArtifactError
+        The card is missing or invalid, or it is a detection-map model's (see :func:`read_any_card`).
+    """
+    folder = artifact_folder(path)
+    return ModelCard.from_dict(_card_data(folder / CARD_FILE), folder / CARD_FILE)
 
 
-def _read_card(folder: Path) -> ModelCard:
-    card_path = folder / CARD_FILE
+def read_any_card(path: Path | str) -> AnyModelCard:
+    """Read and validate the model card of any kind of model: a jointly trained model's
+    (:class:`ModelCard`) or a detection-map model's
+    (:class:`~lesion_engine.picai_unet.card.DetectionModelCard`), as its ``kind`` says."""
+    folder = artifact_folder(path)
+    data = _card_data(folder / CARD_FILE)
+    if isinstance(data, dict) and data.get("kind") == DETECTION_KIND:
+        return DetectionModelCard.from_dict(data, folder / CARD_FILE)
+    return ModelCard.from_dict(data, folder / CARD_FILE)
+
+
+def _card_data(card_path: Path) -> Any:
     try:
-        data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        with card_path.open("rb") as handle:
+            raw = handle.read(MAX_CARD_BYTES + 1)
+    except OSError as exc:
+        raise ModelArtifactError(f"cannot read the model card {card_path}: {exc}") from exc
+    if len(raw) > MAX_CARD_BYTES:
+        raise ModelArtifactError(f"the model card {card_path} is larger than {MAX_CARD_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise ModelArtifactError(f"cannot read the model card {card_path}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ModelArtifactError(f"the model card {card_path} is not valid JSON: {exc}") from exc
-    return ModelCard.from_dict(data, card_path)
 
 
 def default_artifact() -> Path:

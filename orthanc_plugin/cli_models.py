@@ -4,7 +4,11 @@
 * ``lesion-ai models add ARTIFACT --name NAME --node URL [--shadow]``: register a trained model artifact
   (the folder ``lesion-ai train`` wrote), optionally starting its shadow runs;
 * ``lesion-ai models shadow NAME --node URL [--off]``: start (stop) its shadow runs;
-* ``lesion-ai models promote NAME --node URL``: make it the active model (``configured`` rolls back).
+* ``lesion-ai models promote NAME --node URL``: make it the active model (``configured`` rolls back);
+* ``lesion-ai models import picai-unet WEIGHTS_DIR --name NAME (--out ARTIFACT_DIR | --node URL)``: import
+  the PI-CAI baseline U-Net's fold checkpoints (``unet_F0.pt`` ... ``unet_F4.pt``) as a model artifact
+  (:mod:`lesion_engine.picai_unet.checkpoint`: read with ``torch.load(weights_only=True)`` only), written
+  to a folder or registered on a node (then to shadow or promote like any other model).
 
 Credentials: HTTP Basic, ``--user`` and the password in :data:`PASSWORD_ENV` (or ``--password``). Answers are
 printed as JSON; the exit status is 0 on success, 1 when the node refused (its message on stderr), 2 when
@@ -24,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from lesion_engine.errors import ModelArtifactError
-from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, read_card
+from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, read_any_card
 
 __all__ = ["PASSWORD_ENV", "USER_ENV", "artifact_zip", "register"]
 
@@ -42,7 +46,7 @@ def artifact_zip(folder: Path) -> bytes:
     ModelArtifactError
         The folder is not a valid model artifact.
     """
-    read_card(folder)
+    read_any_card(folder)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name in (CARD_FILE, WEIGHTS_FILE, *_EXTRA):
@@ -76,7 +80,76 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     shadow.add_argument("--off", action="store_true")
     promote = actions.add_parser("promote", parents=[common], help="make a model the active one")
     promote.add_argument("name")
+    _add_import(actions)
     parser.set_defaults(func=run)
+
+
+def _add_import(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imported = actions.add_parser(
+        "import",
+        help="import published weights of another pipeline as a model artifact (picai-unet)",
+        description="Import the PI-CAI baseline U-Net's fold checkpoints (unet_F0.pt ... unet_F4.pt of the "
+        "grand-challenge algorithm repository DIAGNijmegen/picai_unet_semi_supervised_gc_algorithm, "
+        "fetched with git lfs) as a model artifact: into --out, or registered on --node. The checkpoints "
+        "are read with torch.load(weights_only=True) only: a file that needs general unpickling is refused.",
+    )
+    imported.add_argument("source", choices=["picai-unet"], help="what the weights are")
+    imported.add_argument("weights_dir", type=Path, help="the folder with unet_F0.pt ... unet_F4.pt")
+    imported.add_argument("--name", required=True, help="the model's name (letters, digits, . _ -)")
+    imported.add_argument("--version", default="1", help="the model's version (default: 1)")
+    imported.add_argument(
+        "--folds", default="0,1,2,3,4", help="the folds to import, comma-separated (default: all five)"
+    )
+    where = imported.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="write the artifact into this folder")
+    where.add_argument("--node", help="register the artifact on this node's REST API, e.g. http://node:8142")
+    imported.add_argument("--user", default=os.environ.get(USER_ENV), help=f"user name (default: {USER_ENV})")
+    imported.add_argument("--password", help=f"password (default: {PASSWORD_ENV})")
+    imported.add_argument("--shadow", action="store_true", help="with --node: start its shadow runs at once")
+
+
+def _parse_folds(text: str) -> list[int]:
+    try:
+        folds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--folds must be comma-separated fold numbers, got {text!r}") from None
+    if not folds:
+        raise ValueError("--folds names no fold")
+    return folds
+
+
+def _import(args: argparse.Namespace) -> int:
+    """``models import``: the artifact into --out, or through a temporary folder onto --node."""
+    import tempfile
+
+    from lesion_engine.picai_unet.checkpoint import import_picai_unet
+
+    try:
+        folds = _parse_folds(args.folds)
+    except ValueError as exc:
+        sys.stderr.write(f"lesion-ai models import: {exc}\n")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="lesion-ai-import-") as scratch:
+        out = args.out if args.out is not None else Path(scratch) / args.name
+        try:
+            card = import_picai_unet(args.weights_dir, out, name=args.name, version=args.version, folds=folds)
+        except ModelArtifactError as exc:
+            sys.stderr.write(f"lesion-ai models import: {exc}\n")
+            return 1
+        summary = {
+            "name": card.name,
+            "version": card.version,
+            "kind": card.kind,
+            "folds": list(card.architecture.folds),
+            "weights_sha256": card.weights_sha256,
+            "checkpoints": card.source.get("checkpoints", []),
+        }
+        if args.out is not None:
+            sys.stdout.write(json.dumps({**summary, "artifact": str(out)}, indent=2) + "\n")
+            return 0
+        args.artifact = out
+        status = run(argparse.Namespace(**{**vars(args), "action": "add"}))
+    return status
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     from orthanc_plugin.client import OrthancClient, OrthancUnavailableError
     from orthanc_plugin.orthanc_api import RestApiError
 
+    if args.action == "import":
+        return _import(args)
     password = args.password if args.password is not None else os.environ.get(PASSWORD_ENV)
     try:
         client = OrthancClient(args.node, args.user, password, headers={CSRF_HEADER: CSRF_VALUE})

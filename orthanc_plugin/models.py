@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lesion_engine.errors import LesionAIError, ModelArtifactError
-from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, model_identity, read_card
+from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, model_identity, read_any_card
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ __all__ = [
 #: The name of the model of the node's settings (``Model``, else the packaged default).
 CONFIGURED = "configured"
 REGISTRY_FILE = "registry.json"
-#: Largest model upload (a zip of the artifact) the admin API accepts.
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+#: Largest model upload (a zip of the artifact) the admin API accepts: an imported PI-CAI U-Net ensemble is
+#: five folds of 127 MB (float32 weights, as published).
+MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
 #: Files an uploaded artifact may hold (anything else is refused): the card, the weights, the human-readable
 #: card and its plots.
 _ALLOWED_FILES = re.compile(r"(?:model\.json|model\.safetensors|MODEL_CARD\.md|[A-Za-z0-9_-]{1,64}\.png)")
@@ -307,7 +308,7 @@ class ModelRegistry:
         check_name(name)
         if len(data) > MAX_UPLOAD_BYTES:
             raise RegistryError(f"model upload of {len(data)} bytes is larger than {MAX_UPLOAD_BYTES}")
-        files = _read_zip(data)
+        archive, infos = _read_zip(data)
         with self._locked() as state:
             target = self.folder / name
             if target.exists():
@@ -316,9 +317,11 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(mode=0o700)
             try:
-                for filename, content in files.items():
-                    (staging / filename).write_bytes(content)
-                _check_artifact(staging, files)
+                try:
+                    _extract(archive, infos, staging)
+                except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                    raise RegistryError(f"the model upload cannot be unpacked: {exc}") from None
+                _check_artifact(staging)
                 identity = model_identity(str(staging))
                 same = [m for m in (CONFIGURED, *self.names()) if self.get(m).identity == identity]
                 if same:
@@ -382,20 +385,17 @@ class ModelRegistry:
         return new
 
 
-def _read_zip(data: bytes) -> dict[str, bytes]:
-    """The files of an uploaded artifact zip, checked (names, sizes) before anything is written."""
+def _read_zip(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """The entries of an uploaded artifact zip, checked (names, sizes) before anything is written."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
+        infos = [info for info in archive.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise RegistryError(
             f"the model upload is not a zip file ({exc}); zip the artifact's {CARD_FILE} and {WEIGHTS_FILE}"
         ) from exc
-    files: dict[str, bytes] = {}
     total = 0
     for info in infos:
-        if info.is_dir():
-            continue
         name = info.filename
         if not _ALLOWED_FILES.fullmatch(name):
             raise RegistryError(
@@ -405,25 +405,39 @@ def _read_zip(data: bytes) -> dict[str, bytes]:
         total += info.file_size
         if total > MAX_UPLOAD_BYTES:
             raise RegistryError(f"the model upload unpacks to more than {MAX_UPLOAD_BYTES} bytes")
-        with archive.open(info) as member:
-            content = member.read(info.file_size + 1)
-        if len(content) != info.file_size:
-            raise RegistryError(f"{name} in the model upload is not the size its zip entry says")
-        files[name] = content
+    names = {info.filename for info in infos}
     for required in (CARD_FILE, WEIGHTS_FILE):
-        if required not in files:
+        if required not in names:
             raise RegistryError(f"the model upload has no {required} at the top level of the zip")
-    return files
+    return archive, infos
 
 
-def _check_artifact(folder: Path, files: dict[str, bytes]) -> None:
+def _extract(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], folder: Path) -> None:
+    """Write the checked entries into ``folder``, streamed (a model's weights can be hundreds of MB)."""
+    for info in infos:
+        written = 0
+        with archive.open(info) as member, open(folder / info.filename, "wb") as out:
+            while chunk := member.read(min(1 << 20, info.file_size + 1 - written)):
+                written += len(chunk)
+                if written > info.file_size:
+                    break
+                out.write(chunk)
+        if written != info.file_size:
+            raise RegistryError(f"{info.filename} in the model upload is not the size its zip entry says")
+
+
+def _check_artifact(folder: Path) -> None:
     try:
-        card = read_card(folder)
+        card = read_any_card(folder)
     except ModelArtifactError as exc:
         raise RegistryError(f"the uploaded model card is invalid: {exc}") from exc
-    digest = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
-    if digest != card.weights_sha256:
+    digest = hashlib.sha256()
+    with open(folder / WEIGHTS_FILE, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != card.weights_sha256:
         raise RegistryError(
-            f"the uploaded {WEIGHTS_FILE} (sha256 {digest[:16]}...) is not the one its card names "
-            f"({card.weights_sha256[:16]}...): upload the artifact as `lesion-ai train` wrote it"
+            f"the uploaded {WEIGHTS_FILE} (sha256 {digest.hexdigest()[:16]}...) is not the one its card names "
+            f"({card.weights_sha256[:16]}...): upload the artifact as `lesion-ai train` or "
+            "`lesion-ai models import` wrote it"
         )
