@@ -3,12 +3,12 @@
 Writes into ``--out``:
 
 ``lesions.json``
-    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.2``)::
+    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.3``)::
 
         {
-          "schema_version": "1.2",
+          "schema_version": "1.3",
           "study_instance_uid": "1.2.3...",
-          "model": {"name": "...", "version": "...", "sha256": "<weights sha256>"},
+          "model": {"name": "...", "version": "...", "sha256": "<weights sha256>", "kind": "joint"},
           "series": {"t2w": "<SeriesInstanceUID>", "adc": "...", "hbv": "..."},
           "patient_score": 0.83,                  # highest lesion probability, 0 without lesions
           "gland_volume_ml": 31.2,                # prostate gland (anatomical gate), null without it
@@ -19,7 +19,7 @@ Writes into ``--out``:
              "max_diameter_mm": 12.3,             # largest distance between two mask voxel centres
              "axial_diameter_mm": 10.5,           # in-plane on the index slice (PI-RADS size; SR Long axis)
              "probability": 0.83,                 # of clinically significant cancer (ISUP >= 2)
-             "category": 4,                       # suspicion category 2..5 (PI-RADS-like)
+             "category": 4,                       # suspicion category 2..5 (PI-RADS-like); null for a detection-map model
              "zone": "pz"}                        # "pz", "tz" or null
           ],
           "timings_s": {"model_input": ..., "gland": ..., "localization": ..., "candidates": ...,
@@ -57,7 +57,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from lesion_engine.dicom_outputs import write_outputs
-from lesion_engine.engine import Engine
+from lesion_engine.engine import load_engine
 from lesion_engine.errors import LesionAIError, ModelArtifactError, StudyError
 from lesion_engine.loading import load_study
 from lesion_engine.outputs import Output
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"--out {args.out} exists and is not a folder")
     try:
         rules = load_series_rules(args.rules) if args.rules else None
-        engine = Engine.from_artifact(args.model, args.device)
+        engine = load_engine(args.model, args.device)
     except ModelArtifactError as exc:
         return _usage(f"model: {exc}")
     except LesionAIError as exc:
@@ -255,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _usage(f"cannot write the results into {args.out}: {exc}")
     lesions = ", ".join(
-        f"#{lesion.id} p={lesion.probability:.2f} cat {lesion.category}" for lesion in result.lesions
+        f"#{lesion.id} p={lesion.probability:.2f}" + (f" cat {lesion.category}" if lesion.category else "")
+        for lesion in result.lesions
     )
     sys.stdout.write(
         f"{len(result.lesions)} lesion(s){': ' + lesions if lesions else ''}; "

@@ -50,8 +50,7 @@ from lesion_engine.candidates import extract_candidates
 from lesion_engine.devices import configure_cpu_threads, resolve_device
 from lesion_engine.errors import ModelArtifactError
 from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
-from lesion_engine.gland_card import GlandModelError
-from lesion_engine.gland_gate import gland_region
+from lesion_engine.gland_gate import find_gland
 from lesion_engine.grid_resample import (
     coverage_mask,
     grid_map,
@@ -59,9 +58,11 @@ from lesion_engine.grid_resample import (
     resample_linear,
 )
 from lesion_engine.measurements import axial_diameter_mm, max_diameter_mm
-from lesion_engine.model_card import ModelCard, default_artifact
+from lesion_engine.model_card import ModelCard, default_artifact, stored_card
 from lesion_engine.model_input import to_model_input, to_model_input_tensor
 from lesion_engine.networks import JointModel
+from lesion_engine.picai_unet.card import DETECTION_KIND
+from lesion_engine.picai_unet.engine import DetectionEngine
 from lesion_engine.preprocess import PreparedStudy
 from lesion_engine.result_assembly import StudyWork, assemble_result
 from lesion_engine.result_types import SCHEMA_VERSION, EngineResult, Lesion
@@ -71,6 +72,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_ARTIFACT",
     "SCHEMA_VERSION",
+    "AnyEngine",
+    "DetectionEngine",
     "Engine",
     "EngineResult",
     "GlandSettings",
@@ -78,6 +81,7 @@ __all__ = [
     "axial_diameter_mm",
     "configure_cpu_threads",
     "gate_on_by_default",
+    "load_engine",
     "max_diameter_mm",
     "resolve_device",
 ]
@@ -314,34 +318,11 @@ class Engine:
         start = time.perf_counter()
         if self.gland_warning is not None:
             study.warnings.append(self.gland_warning)
-        if self.gland is not None:
-            try:
-                found = self.gland.segment(study.prepared.t2w)
-            except (GlandModelError, RuntimeError, ValueError) as exc:
-                if self.gland_settings.required:
-                    raise GlandModelError(f"the gland model failed on this study: {exc}") from exc
-                found = None
-                message = f"the gland model failed, lesions are not gated by the prostate gland: {exc}"
-                logger.warning("%s", message)
-                study.warnings.append(message)
-            if found is not None and not found.mask.any():
-                message = "the gland model found no prostate gland, lesions are not gated by it"
-                logger.warning("%s", message)
-                study.warnings.append(message)
-            elif found is not None:
-                region = gland_region(
-                    found.mask,
-                    study.prepared.t2w,
-                    found.volume_ml,
-                    self.gland_settings.margin_mm,
-                    self.gland.card.to_dict(),
-                )
-                on_grid = torch.from_numpy(region.on_grid(study.grid)).to(study.coverage.device)
-                study.coverage = study.coverage & on_grid
-                study.gland = region
-                logger.info(
-                    "gland %.1f ml (%.2f s, %d pass(es))", found.volume_ml, found.seconds, found.passes
-                )
+        region = find_gland(self.gland, self.gland_settings, study.prepared.t2w, study.warnings)
+        if region is not None:
+            on_grid = torch.from_numpy(region.on_grid(study.grid)).to(study.coverage.device)
+            study.coverage = study.coverage & on_grid
+            study.gland = region
         study.timings["gland"] = time.perf_counter() - start
 
     def _classify(self, work: list[StudyWork], images: torch.Tensor, loc_map: torch.Tensor) -> None:
@@ -365,3 +346,38 @@ class Engine:
             study.probabilities = [float(p) for p in probabilities[position : position + n]]
             study.categories = [categories[int(k)] for k in chosen[position : position + n]]
             position += n
+
+
+AnyEngine = Engine | DetectionEngine
+"""An engine of either kind of model: both have ``run``, ``run_batch``, ``warm_up``, ``model_info`` and
+``card`` (with ``name`` and ``version``)."""
+
+
+def load_engine(
+    path: Path | str | None = None,
+    device: str | torch.device | None = None,
+    *,
+    threads: int | None = None,
+    gland: GlandSettings | None = None,
+) -> AnyEngine:
+    """Load the engine a model artifact needs, by the kind its card states.
+
+    A jointly trained model (the packaged default when ``path`` is None) runs in :class:`Engine`; a
+    detection-map model (an imported PI-CAI U-Net ensemble) in
+    :class:`~lesion_engine.picai_unet.engine.DetectionEngine`. ``gland`` as for
+    :meth:`Engine.from_artifact`: when None, the gate is on for the packaged default model only.
+
+    Raises
+    ------
+    ModelArtifactError, ConfigError, GlandModelError
+        As :meth:`Engine.from_artifact`.
+    """
+    card = stored_card(path) if path is not None else None
+    if card is not None and card.get("kind") == DETECTION_KIND:
+        return DetectionEngine.from_artifact(
+            path if path is not None else DEFAULT_ARTIFACT,
+            device,
+            threads=threads,
+            gland=gland if gland is not None else GlandSettings(enabled=gate_on_by_default(path)),
+        )
+    return Engine.from_artifact(path, device, threads=threads, gland=gland)

@@ -15,9 +15,12 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from lesion_engine.gland import GlandModel, GlandSettings
+from lesion_engine.gland_card import GlandModelError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlandRegion", "dilate_mm", "gland_region"]
+__all__ = ["GlandRegion", "dilate_mm", "find_gland", "gland_region"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,49 @@ def gland_region(
     return GlandRegion(
         mask, dilate_mm(mask, spacing_zyx, margin_mm), t2w, volume_ml, float(margin_mm), dict(model or {})
     )
+
+
+def find_gland(
+    gland: GlandModel | None, settings: GlandSettings, t2w: sitk.Image, warnings: list[str]
+) -> GlandRegion | None:
+    """Segment the gland of a study for the anatomical gate.
+
+    Parameters
+    ----------
+    gland : GlandModel or None
+        The gland model; None without the gate.
+    settings : GlandSettings
+        The margin and whether the gland model is required.
+    t2w : SimpleITK.Image
+        The study's T2W.
+    warnings : list of str
+        What a user should know is appended here (the model failed or found no gland).
+
+    Returns
+    -------
+    GlandRegion or None
+        None without the gate, or when the gland model failed or found nothing (then ungated).
+
+    Raises
+    ------
+    GlandModelError
+        When the gland model fails and ``settings.required`` is True.
+    """
+    if gland is None:
+        return None
+    try:
+        found = gland.segment(t2w)
+    except (GlandModelError, RuntimeError, ValueError) as exc:
+        if settings.required:
+            raise GlandModelError(f"the gland model failed on this study: {exc}") from exc
+        message = f"the gland model failed, lesions are not gated by the prostate gland: {exc}"
+        logger.warning("%s", message)
+        warnings.append(message)
+        return None
+    if not found.mask.any():
+        message = "the gland model found no prostate gland, lesions are not gated by it"
+        logger.warning("%s", message)
+        warnings.append(message)
+        return None
+    logger.info("gland %.1f ml (%.2f s, %d pass(es))", found.volume_ml, found.seconds, found.passes)
+    return gland_region(found.mask, t2w, found.volume_ml, settings.margin_mm, gland.card.to_dict())

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "EngineResult", "Lesion"]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 """Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
 
 
@@ -42,9 +42,10 @@ class Lesion:
         Largest in-plane diameter on the index slice (the T2W slice where the lesion is largest), across
         the outer pixel edges: the lesion size PI-RADS reports, and the SR's "Long axis".
     probability : float
-        Probability of clinically significant cancer (ISUP >= 2).
-    category : int
-        Suspicion category (PI-RADS-like, 2..5).
+        Probability of clinically significant cancer (ISUP >= 2); for a detection-map model (an imported
+        PI-CAI U-Net), the lesion's likelihood read from the detection map.
+    category : int or None
+        Suspicion category (PI-RADS-like, 2..5); None for a detection-map model, which has no classifier.
     zone : str or None
         ``pz`` or ``tz`` by majority of the zonal prediction under the lesion; None without a zonal head or
         when no voxel under the lesion is predicted in either zone.
@@ -59,7 +60,7 @@ class Lesion:
     max_diameter_mm: float
     axial_diameter_mm: float
     probability: float
-    category: int
+    category: int | None
     zone: str | None
     peak: float
 
@@ -110,6 +111,9 @@ class EngineResult:
         (Z, Y, X) that gland on the T2W grid (the SR outlines it with its volume); None without it.
     gland_model : dict of str to str or None
         ``name``, ``version``, ``sha256`` and ``licence`` of the gland model; None without it.
+    model_kind : str
+        ``joint`` (localization and classification networks) or ``detection-map`` (an imported PI-CAI
+        U-Net: likelihoods from the map, no category, no zone).
     """
 
     study_instance_uid: str
@@ -125,13 +129,14 @@ class EngineResult:
     gland_volume_ml: float | None = None
     gland_mask: NDArray[np.bool_] | None = None
     gland_model: dict[str, str] | None = None
+    model_kind: str = "joint"
 
     def to_json(self) -> dict[str, Any]:
         """The ``lesions.json`` document (schema in ``lesion_engine/data/lesions.schema.json``)."""
         return {
             "schema_version": SCHEMA_VERSION,
             "study_instance_uid": self.study_instance_uid,
-            "model": dict(self.model),
+            "model": {**self.model, "kind": self.model_kind},
             "series": dict(self.series),
             "patient_score": round(self.patient_score, 6),
             "gland_volume_ml": None if self.gland_volume_ml is None else round(self.gland_volume_ml, 3),

@@ -30,7 +30,7 @@ from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
 from orthanc_plugin.jobqueue import JobPayload
 
 if TYPE_CHECKING:
-    from lesion_engine.engine import Engine
+    from lesion_engine.engine import AnyEngine
     from lesion_engine.gland import GlandSettings
     from lesion_engine.series_rules import SeriesRules
     from orthanc_plugin.settings import WorkerSettings
@@ -297,16 +297,16 @@ class EngineProcessor:
 
     def __init__(self, settings: ProcessorSettings) -> None:
         self.settings = settings
-        self._engine: Engine | None = None
+        self._engine: AnyEngine | None = None
         self._lock = threading.Lock()
 
-    def engine(self) -> Engine:
+    def engine(self) -> AnyEngine:
         """The loaded engine (loads the model on first call)."""
         with self._lock:
             if self._engine is None:
-                from lesion_engine.engine import Engine
+                from lesion_engine.engine import load_engine
 
-                self._engine = Engine.from_artifact(
+                self._engine = load_engine(
                     self.settings.model,
                     self.settings.device,
                     threads=self.settings.threads,

@@ -133,7 +133,7 @@ class StudyEvidence:
         lesions = tuple(
             {
                 "probability": round(float(lesion.probability), 4),
-                "category": int(lesion.category),
+                "category": None if lesion.category is None else int(lesion.category),
                 "volume_ml": round(float(lesion.volume_ml), 3),
                 "center_lps_mm": [round(float(c), 1) for c in lesion.center_lps_mm],
             }

@@ -324,7 +324,7 @@ def test_cli_infer_writes_results(
     assert "patient score" in capsys.readouterr().out
     document = json.loads((out / LESIONS_JSON).read_text())
     jsonschema.validate(document, schema)
-    assert document["schema_version"] == "1.2"
+    assert document["schema_version"] == "1.3"
     assert document["roles"]["t2w"]["series_instance_uid"] == document["series"]["t2w"]
     detection = sitk.ReadImage(str(out / DETECTION_MAP))
     localization = sitk.ReadImage(str(out / LOCALIZATION_MAP))

@@ -35,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from lesion_engine.engine import Engine
+from lesion_engine.engine import load_engine
 from lesion_engine.loading import LoadedStudy
 from lesion_engine.preprocess import PreparedStudy, prepare_study
 from lesion_engine.result_types import EngineResult
@@ -337,7 +337,7 @@ def evaluate_model(
     dict
         The content of ``metrics.json``.
     """
-    engine = Engine.from_artifact(model, device, threads=threads)
+    engine = load_engine(model, device, threads=threads)
     ids = case_ids if case_ids is not None else list_cases(spec)
     det_dir, label_dir = out_dir / "detection_maps", out_dir / "labels"
     det_dir.mkdir(parents=True, exist_ok=True)

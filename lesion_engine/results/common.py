@@ -360,6 +360,12 @@ def t2w_grid(datasets: Sequence[Dataset]) -> T2WGrid:
     )
 
 
+def category_text(lesion: LesionLike, prefix: str) -> str:
+    """``prefix`` + the lesion's category and ", " for a label (e.g. ``"cat 4, "``); empty without one
+    (a detection-map model's lesion)."""
+    return "" if lesion.category is None else f"{prefix}{int(lesion.category)}, "
+
+
 def check_result(result: ResultLike, grid: T2WGrid) -> list[LesionLike]:
     """Check a result against the T2W grid; return its lesions.
 
@@ -396,8 +402,10 @@ def check_result(result: ResultLike, grid: T2WGrid) -> list[LesionLike]:
         p = float(lesion.probability)
         if not 0.0 <= p <= 1.0 or math.isnan(p):
             raise ValueError(f"{label}: probability {p} is not in 0..1")
-        if int(lesion.category) not in CATEGORY_CODES or int(lesion.category) != lesion.category:
-            raise ValueError(f"{label}: category {lesion.category} is not 1..5")
+        if lesion.category is not None and (
+            int(lesion.category) not in CATEGORY_CODES or int(lesion.category) != lesion.category
+        ):
+            raise ValueError(f"{label}: category {lesion.category} is not 1..5 (or None)")
         if lesion.zone is not None and lesion.zone not in ZONE_CODES:
             raise ValueError(f"{label}: zone {lesion.zone!r} is not 'pz', 'tz' or None")
         for name in ("volume_ml", "max_diameter_mm"):

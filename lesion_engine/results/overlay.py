@@ -22,6 +22,7 @@ from lesion_engine.results.common import (
     ModelInfo,
     T2WGrid,
     UidFactory,
+    category_text,
     character_set_of,
     contributing_equipment,
     copy_study_extras,
@@ -89,7 +90,7 @@ def _render(
         rows, cols = np.nonzero(mask)
         labels.append(
             (
-                f"{int(lesion.id)}: cat {int(lesion.category)}, p={float(lesion.probability):.2f}",
+                f"{int(lesion.id)}: {category_text(lesion, 'cat ')}p={float(lesion.probability):.2f}",
                 (int(cols.max()) + 4, max(int(rows.min()) - 14, 0)),
                 colour,
             )

@@ -33,8 +33,8 @@ class LesionLike(Protocol):
         Largest extent in millimetres.
     probability : float
         Probability of clinically significant cancer, 0..1.
-    category : int
-        Suspicion category (PI-RADS-like), 2..5.
+    category : int or None
+        Suspicion category (PI-RADS-like), 2..5; None for a detection-map model (no classifier).
     zone : str or None
         ``"pz"``, ``"tz"`` or None when unknown.
     """
@@ -58,7 +58,7 @@ class LesionLike(Protocol):
     def probability(self) -> float: ...
 
     @property
-    def category(self) -> int: ...
+    def category(self) -> int | None: ...
 
     @property
     def zone(self) -> str | None: ...

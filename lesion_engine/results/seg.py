@@ -21,6 +21,7 @@ from lesion_engine.results.common import (
     T2WGrid,
     UidFactory,
     algorithm_identity,
+    category_text,
     character_set_of,
     contributing_equipment,
 )
@@ -39,7 +40,7 @@ def tracking_id(lesion: LesionLike) -> str:
 
 def segment_label(lesion: LesionLike) -> str:
     """Segment label shown by viewers: lesion number, category and probability."""
-    return f"Lesion {int(lesion.id)}: category {int(lesion.category)}, p={float(lesion.probability):.2f}"
+    return f"Lesion {int(lesion.id)}: {category_text(lesion, 'category ')}p={float(lesion.probability):.2f}"
 
 
 def write_seg(

@@ -210,16 +210,14 @@ def _document_evaluations(
             name=CAD_SUMMARY, value=WITH_FINDINGS if lesions else WITHOUT_FINDINGS, relationship_type=contains
         )
     )
-    if lesions:
-        highest = max(int(lesion.category) for lesion in lesions)
+    categories = [int(lesion.category) for lesion in lesions if lesion.category is not None]
+    if categories:
         items.append(
             hd.sr.CodeContentItem(
-                name=ASSESSMENT_CATEGORY, value=CATEGORY_CODES[highest], relationship_type=contains
+                name=ASSESSMENT_CATEGORY, value=CATEGORY_CODES[max(categories)], relationship_type=contains
             )
         )
-        text = f"{len(lesions)} lesion(s) detected by the AI (research use only)"
-    else:
-        text = NO_LESION_TEXT
+    text = f"{len(lesions)} lesion(s) detected by the AI (research use only)" if lesions else NO_LESION_TEXT
     items.append(hd.sr.TextContentItem(name=FINDING, value=text, relationship_type=contains))
     items.append(
         hd.sr.TextContentItem(

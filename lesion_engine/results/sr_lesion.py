@@ -152,9 +152,8 @@ def lesion_labels(lesion: LesionLike) -> LesionLabels:
         ``"Lesion 1, PZ, PI-RADS-like 4, 5 %"``.
     """
     zone = ZONE_NAMES[lesion.zone] if lesion.zone else UNKNOWN_ZONE
-    summary = _SEPARATOR.join(
-        [zone, f"PI-RADS-like {int(lesion.category)}", percent_text(lesion.probability)]
-    )
+    category = [] if lesion.category is None else [f"PI-RADS-like {int(lesion.category)}"]
+    summary = _SEPARATOR.join([zone, *category, percent_text(lesion.probability)])
     name = f"Lesion {int(lesion.id)}"
     return LesionLabels(
         outline=f"{name} outline{_SEPARATOR}{summary}",
@@ -337,7 +336,11 @@ def lesion_groups(
     where = _index_slice(lesion, grid)
     labels = lesion_labels(lesion)
     site = hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)
-    category = hd.sr.QualitativeEvaluation(ASSESSMENT_CATEGORY, CATEGORY_CODES[int(lesion.category)])
+    categories = (
+        []
+        if lesion.category is None
+        else [hd.sr.QualitativeEvaluation(ASSESSMENT_CATEGORY, CATEGORY_CODES[int(lesion.category)])]
+    )
 
     area = hd.sr.Measurement(
         name=AREA, value=round(where.area_mm2, 2), unit=SQUARE_MILLIMETRE, algorithm_id=algorithm
@@ -351,7 +354,7 @@ def lesion_groups(
         finding_sites=[site],
         # Without a SEG the outline group carries the lesion's measurements itself (after the area).
         measurements=[area, *(_lesion_measurements(lesion, algorithm) if seg is None else [])],
-        qualitative_evaluations=[category] if seg is None else None,
+        qualitative_evaluations=(categories or None) if seg is None else None,
     )
     inferred_from(area, source_coordinates(where.outline, where.k, grid, outline_kind))
     with_comment(outline_group, labels.outline)
@@ -382,7 +385,7 @@ def lesion_groups(
             finding_type=LESION,
             finding_sites=[site],
             measurements=measurements,
-            qualitative_evaluations=[category],
+            qualitative_evaluations=categories or None,
         )
         # Every group needs coordinates for OHIF's SR loader (see lesion_engine.results.sr).
         inferred_from(measurements[0], source_coordinates(where.outline, where.k, grid, outline_kind))
