@@ -6,7 +6,10 @@ seconds are in :attr:`EngineResult.timings_s`):
 ``model_input``
     resample and normalize onto the model grid: with SimpleITK on the CPU
     (:func:`lesion_engine.model_input.to_model_input`), with torch on the device on a GPU
-    (:func:`~lesion_engine.model_input.to_model_input_tensor`; same values within float rounding);
+    (:func:`~lesion_engine.model_input.to_model_input_tensor`; same values within float rounding); for a
+    model whose localization network is the PI-CAI U-Net (card ``preprocessing.kind`` ``picai``), the PI-CAI
+    crop, computed on the CPU (:func:`lesion_engine.picai_unet.pipeline.network_input`), the crop being the
+    model grid;
 ``gland``
     the whole-gland model on the T2W (:mod:`lesion_engine.gland`), when the anatomical gate is on: the
     localization map is set to 0 outside the gland dilated by the margin (so no candidate is sought

@@ -7,8 +7,9 @@ The card says everything needed to rebuild and run the model, and what it is::
       "format": "lesion-ai-model",
       "format_version": 1,
       "name": "...", "version": "...", "created": "2026-01-01T00:00:00+00:00",
-      "architecture": {"localization": {...}, "classification": {...}},
-      "preprocessing": {...},            # PreprocessConfig.to_dict()
+      "architecture": {"localization": {...}, "classification": {...}},   # our U-Net, or with
+                                         # "network": "picai-unet" the PI-CAI U-Net (LocalizationNetConfig)
+      "preprocessing": {...},            # PreprocessConfig.to_dict(): the model grid, or "kind": "picai"
       "candidates": {...},               # CandidateConfig.to_dict()
       "label_map": {"cancer": "csPCa (ISUP >= 2)", "categories": [2, 3, 4, 5],
                     "zones": ["background", "peripheral zone", "transition zone"]},

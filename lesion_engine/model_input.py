@@ -14,6 +14,13 @@ values with torch on any device (the engine uses it on a GPU): the diffusion ima
 (:func:`~lesion_engine.grid_resample.resample_affine_linear`), then everything onto the model grid
 (:func:`~lesion_engine.grid_resample.resample_linear`); both follow SimpleITK's linear interpolation, so the
 two paths agree within float32 rounding.
+
+With the PI-CAI crop (``PreprocessConfig.kind == "picai"``, a model whose localization network is the PI-CAI
+U-Net) the input is that U-Net's own: :func:`lesion_engine.picai_unet.pipeline.network_input` (B-spline
+onto its crop of the T2W resampled to its spacing, percentile-clipped z-score per channel; HBV = the study's
+high b-value image, else the computed one). The crop is the model grid; its coverage is the part of the
+crop that lies inside the resampled T2W. :func:`to_model_input_tensor` computes it on the CPU and moves it
+to the device.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import torch
 from numpy.typing import NDArray
 
 from lesion_engine.grid_resample import coverage_mask, grid_map, resample_affine_linear, resample_linear
-from lesion_engine.model_config import PreprocessConfig
+from lesion_engine.model_config import PICAI_CROP, PreprocessConfig
+from lesion_engine.picai_unet.pipeline import network_input, role_images
 from lesion_engine.preprocess import PreparedStudy
 from lesion_engine.volumes import same_grid
 
@@ -139,7 +147,13 @@ def normalize_channels(
 def to_model_input_from_images(
     t2w: sitk.Image, adc: sitk.Image, hbv: sitk.Image, config: PreprocessConfig
 ) -> ModelInput:
-    """Network input from T2W, ADC and HBV images (any grids; resampled in physical space)."""
+    """Network input from T2W, ADC and HBV images (any grids; resampled in physical space).
+
+    With the PI-CAI crop, the images are resampled in their own pixel type (as the PI-CAI pipeline reads
+    them): pass integer images to reproduce what it sees of integer DICOM series or ``.mha`` files.
+    """
+    if config.kind == PICAI_CROP:
+        return _picai_input([t2w, adc, hbv], config)
     grid = model_grid(t2w, config)
     ones = sitk.Image(t2w.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(t2w)
@@ -152,8 +166,21 @@ def to_model_input_from_images(
     return ModelInput(normalize_channels(arrays[0], arrays[1], arrays[2], coverage, config), coverage_image)
 
 
+def _picai_input(images: list[sitk.Image], config: PreprocessConfig) -> ModelInput:
+    """The PI-CAI U-Net's input on its crop; the crop's pixels say where it lies inside the resampled T2W."""
+    array, crop = network_input(images, config.picai_pipeline())
+    inside = crop.padded()
+    coverage = np.zeros(array.shape[1:], dtype=np.uint8)
+    coverage[inside if inside is not None else (slice(None),) * 3] = 1
+    grid = sitk.GetImageFromArray(coverage)
+    grid.CopyInformation(crop.grid)
+    return ModelInput(array, grid)
+
+
 def to_model_input(prepared: PreparedStudy, config: PreprocessConfig) -> ModelInput:
     """Network input of a prepared study (see the module docstring for the channels)."""
+    if config.kind == PICAI_CROP:
+        return _picai_input(role_images(prepared, config.picai_pipeline()), config)
     # The T2W-grid images of a prepared study are resampled when first read: read only those needed.
     hbv = prepared.high_b if _hbv_volume(prepared, config) == "high_b" else prepared.hbv
     if hbv is None:  # _hbv_volume chose high_b only where there is one
@@ -189,9 +216,16 @@ def to_model_input_tensor(
     """Network input of a prepared study, computed with torch on ``device`` (see the module docstring).
 
     Reads the T2W and the native diffusion volumes only; the T2W-grid images of ``prepared`` are not used
-    (nor computed).
+    (nor computed). The PI-CAI crop (B-spline resampling, percentiles) has no torch version: it is computed
+    on the CPU by :func:`to_model_input` and moved to ``device``.
     """
     device = torch.device(device)
+    if config.kind == PICAI_CROP:
+        on_cpu = to_model_input(prepared, config)
+        coverage = torch.from_numpy(sitk.GetArrayFromImage(on_cpu.grid).astype(bool)).to(device)
+        return TensorInput(
+            images=torch.from_numpy(on_cpu.images).to(device), coverage=coverage, grid=on_cpu.grid
+        )
     t2w = prepared.t2w
     on_t2w = [_tensor(t2w, device)]
     for image in (prepared.native["adc"], prepared.native[_hbv_volume(prepared, config)]):

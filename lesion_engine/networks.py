@@ -3,6 +3,10 @@
 * :class:`LocalizationNet`: a 3D encoder-decoder (U-Net) with anisotropic strides, suited to ~3 mm slices
   and ~1 mm pixels. Input: the co-registered image channels (T2W, ADC, HBV) on the model grid; output: one
   logit per voxel, whose sigmoid is the *localization map*.
+* :class:`PicaiLocalizationNet`: the PI-CAI baseline U-Net (:class:`~lesion_engine.picai_unet.network.PicaiUNet`)
+  in the localization network's place, e.g. started from a fold of an imported detection-map model; its
+  csPCa output is the lesion logit, and it has no zonal head. :func:`localization_net` builds the network a
+  :class:`LocalizationNetConfig` names.
 * :class:`ClassificationNet`: a small 3D CNN that reads a patch around one lesion candidate holding the
   image channels **and the localization map** as an extra channel, and outputs the logit of clinically
   significant cancer (ISUP >= 2) and logits of a suspicion category 2..5.
@@ -21,18 +25,23 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from lesion_engine.model_config import ClassificationNetConfig, LocalizationNetConfig
+from lesion_engine.model_config import PICAI_UNET, ClassificationNetConfig, LocalizationNetConfig
+from lesion_engine.picai_unet.network import PicaiUNet, PicaiUNetConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AnyLocalizationNet",
     "ClassificationNet",
     "ClassificationNetConfig",
     "JointModel",
     "JointOutput",
     "LocalizationNet",
     "LocalizationNetConfig",
+    "PicaiLocalizationNet",
     "extract_patches",
+    "localization_net",
+    "picai_unet_config",
 ]
 
 Triple = tuple[int, int, int]
@@ -56,6 +65,11 @@ class LocalizationNet(nn.Module):
     def __init__(self, config: LocalizationNetConfig | None = None) -> None:
         super().__init__()
         self.config = config or LocalizationNetConfig()
+        if self.config.network == PICAI_UNET:
+            raise ValueError(
+                f"LocalizationNet is our U-Net; a {PICAI_UNET!r} configuration is built by PicaiLocalizationNet "
+                "(localization_net() picks the right one)"
+            )
         ch = self.config.channels
         self.encoders = nn.ModuleList([_block(self.config.in_channels, ch[0])])
         for i, stride in enumerate(self.config.strides):
@@ -92,6 +106,49 @@ class LocalizationNet(nn.Module):
             x = decoder(torch.cat([x, skips.pop()], dim=1))
         logits: Tensor = self.head(x)
         return logits
+
+
+def picai_unet_config(config: LocalizationNetConfig) -> PicaiUNetConfig:
+    """The :class:`~lesion_engine.picai_unet.network.PicaiUNetConfig` of a ``picai-unet`` configuration."""
+    if config.network != PICAI_UNET or config.out_channels is None:
+        raise ValueError(f"not a {PICAI_UNET!r} configuration: {config.network!r}")
+    return PicaiUNetConfig(
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        channels=tuple(config.channels),
+        strides=tuple(config.strides),
+    )
+
+
+class PicaiLocalizationNet(nn.Module):
+    """The PI-CAI baseline U-Net as the localization network: logits (B, 1, Z, Y, X), channel 0 being the
+    U-Net's output ``config.lesion_channel`` (its csPCa logit); no zonal logits.
+
+    Its parameters are the U-Net's under ``unet.`` (``unet.model.down.conv.weight``, ...), so one fold of an
+    imported detection-map model loads into ``net.unet`` as it is.
+    """
+
+    def __init__(self, config: LocalizationNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.unet = PicaiUNet(picai_unet_config(config))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Lesion logits (B, 1, Z, Y, X) for images (B, C, Z, Y, X); Z, Y, X multiples of the divisor."""
+        channel = int(self.config.lesion_channel or 0)
+        logits: Tensor = self.unet(images)
+        return logits[:, channel : channel + 1]
+
+
+AnyLocalizationNet = LocalizationNet | PicaiLocalizationNet
+"""A localization network of either kind: both have ``config`` and return (B, 1 + num_zones, Z, Y, X)."""
+
+
+def localization_net(config: LocalizationNetConfig | None = None) -> AnyLocalizationNet:
+    """The localization network a configuration names (our U-Net by default)."""
+    if config is not None and config.network == PICAI_UNET:
+        return PicaiLocalizationNet(config)
+    return LocalizationNet(config)
 
 
 class ClassificationNet(nn.Module):
@@ -198,6 +255,9 @@ class JointModel(nn.Module):
         Architecture arguments.
     detach_map : bool
         When True the classifier reads a detached map: classification gradients stop at the map (ablation).
+
+    :meth:`freeze_localization` freezes the localization network (no gradients, always in eval mode): then
+    only the classifier learns, on the map as it is.
     """
 
     def __init__(
@@ -208,7 +268,7 @@ class JointModel(nn.Module):
         detach_map: bool = False,
     ) -> None:
         super().__init__()
-        self.loc = LocalizationNet(loc_config)
+        self.loc: AnyLocalizationNet = localization_net(loc_config)
         self.cls = ClassificationNet(cls_config)
         if self.cls.config.in_channels != self.loc.config.in_channels + 1:
             raise ValueError(
@@ -216,6 +276,21 @@ class JointModel(nn.Module):
                 f"in_channels must be {self.loc.config.in_channels + 1}, got {self.cls.config.in_channels}"
             )
         self.detach_map = detach_map
+        self.localization_frozen = False
+
+    def freeze_localization(self) -> None:
+        """Freeze the localization network: its parameters get no gradient and it stays in eval mode."""
+        for parameter in self.loc.parameters():
+            parameter.requires_grad_(False)
+        self.localization_frozen = True
+        self.loc.eval()
+
+    def train(self, mode: bool = True) -> JointModel:
+        """As :meth:`torch.nn.Module.train`; a frozen localization network stays in eval mode."""
+        super().train(mode)
+        if self.localization_frozen:
+            self.loc.eval()
+        return self
 
     def classify(
         self, images: Tensor, localization_map: Tensor, centers: Tensor, batch_index: Tensor
