@@ -22,6 +22,8 @@ __all__ = ["register_evaluate", "register_train", "run_evaluate", "run_train"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+DEFAULT_CROP = (16, 96, 96)
+LOCALIZATION_MODES = ("fine-tune", "frozen")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, subset: str) -> None:
@@ -120,65 +122,149 @@ def register_train(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     opt.add_argument(
         "--lambda", dest="lambda_cls", type=float, default=1.0, help="classification loss weight (default 1)"
     )
-    opt.add_argument("--zone-weight", type=float, default=0.5, help="zonal loss weight (default 0.5)")
+    opt.add_argument(
+        "--zone-weight",
+        type=float,
+        help="zonal loss weight (default 0.5; an imported localization network has no zonal head)",
+    )
     opt.add_argument(
         "--detach-map", action="store_true", help="ablation: classification gradients stop at the map"
     )
     opt.add_argument(
-        "--warmup-epochs", type=int, default=1, help="localization-only epochs first (default 1)"
+        "--warmup-epochs",
+        type=int,
+        help="localization-only epochs first (default 1; 0 with --localization-from)",
     )
     opt.add_argument(
-        "--crop", type=int, nargs=3, metavar=("Z", "Y", "X"), default=(16, 96, 96), help="training crop"
+        "--crop",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="training crop in voxels (default 16 96 96; with --localization-from the same millimetres on its "
+        "crop, 16 192 192 at 3 x 0.5 x 0.5 mm)",
     )
     opt.add_argument("--no-augment", action="store_true", help="no data augmentation")
     opt.add_argument("--random-negatives", type=int, default=2, help="random background candidates per crop")
     opt.add_argument("--map-candidates", type=int, default=3, help="candidates from the current map per crop")
     arch = parser.add_argument_group("architecture")
     arch.add_argument(
-        "--loc-channels", type=int, nargs="+", default=(16, 32, 64, 128), help="U-Net channels per level"
+        "--loc-channels", type=int, nargs="+", help="our U-Net's channels per level (default 16 32 64 128)"
     )
     arch.add_argument(
         "--cls-channels", type=int, nargs="+", default=(16, 32, 64), help="classifier channels per stage"
     )
+    _add_localization_arguments(parser)
     parser.set_defaults(func=run_train)
+
+
+def _add_localization_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "localization network from an imported model",
+        "start the localization network from one fold of an imported detection-map model (a PI-CAI U-Net, "
+        "`lesion-ai models import picai-unet`) and train the classifier on top of it, on its input crop",
+    )
+    group.add_argument("--localization-from", type=Path, metavar="ARTIFACT", help="the detection-map model")
+    group.add_argument(
+        "--localization-fold", type=int, metavar="K", help="its fold to start from (default 0)"
+    )
+    group.add_argument(
+        "--localization",
+        choices=LOCALIZATION_MODES,
+        help="fine-tune: the joint loss trains both networks (default); frozen: only the classifier learns",
+    )
+    group.add_argument(
+        "--localization-lr-scale",
+        type=float,
+        metavar="F",
+        help="fine-tune: the imported network's learning rate as a fraction of --lr (default 0.1)",
+    )
+
+
+def _localization_start(args: argparse.Namespace) -> Any:
+    """The :class:`~training.localization_start.LocalizationStart` of the options, or None; ValueError
+    for options that contradict it."""
+    from training.localization_start import DEFAULT_LR_SCALE, LocalizationStart
+
+    options = {
+        "--localization-fold": args.localization_fold,
+        "--localization": args.localization,
+        "--localization-lr-scale": args.localization_lr_scale,
+    }
+    if args.localization_from is None:
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) --localization-from ARTIFACT")
+        return None
+    for name, value in (("--loc-channels", args.loc_channels), ("--zone-weight", args.zone_weight)):
+        if value is not None:
+            raise ValueError(
+                f"{name} does not apply with --localization-from: the localization network is the imported "
+                "U-Net (its own architecture, no zonal head)"
+            )
+    mode = args.localization or "fine-tune"
+    if mode == "frozen" and args.localization_lr_scale is not None:
+        raise ValueError("--localization-lr-scale applies to --localization fine-tune only")
+    return LocalizationStart.from_artifact(
+        args.localization_from,
+        fold=0 if args.localization_fold is None else args.localization_fold,
+        mode=mode,
+        lr_scale=DEFAULT_LR_SCALE if args.localization_lr_scale is None else args.localization_lr_scale,
+    )
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The :class:`~training.train_config.TrainConfig` of the options (ValueError when they are invalid)."""
+    from training.localization_start import default_crop
+    from training.train import TrainConfig
+
+    start = _localization_start(args)
+    extra: dict[str, Any] = {}
+    if args.loc_channels is not None:
+        extra["loc_channels"] = tuple(args.loc_channels)
+    if start is not None:
+        extra.update(localization_from=start, preprocess=start.preprocess)
+    crop = args.crop
+    if crop is None:
+        crop = default_crop(start.preprocess, start.network.divisor, DEFAULT_CROP) if start else DEFAULT_CROP
+    return TrainConfig(
+        data=_spec(args),
+        out_dir=args.out,
+        epochs=args.epochs,
+        samples_per_epoch=args.samples_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lambda_cls=args.lambda_cls,
+        zone_weight=0.5 if args.zone_weight is None else args.zone_weight,
+        detach_map=args.detach_map,
+        warmup_epochs=(1 if start is None else 0) if args.warmup_epochs is None else args.warmup_epochs,
+        seed=args.seed,
+        crop_size=(crop[0], crop[1], crop[2]),
+        device=args.device,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        cache_workers=args.cache_workers,
+        preload=not args.no_preload,
+        augment=not args.no_augment,
+        random_negatives=args.random_negatives,
+        max_map_candidates=args.map_candidates,
+        cls_channels=tuple(args.cls_channels),
+        checkpoint_every_steps=args.checkpoint_every,
+        max_steps=args.max_steps,
+        time_limit_s=None if args.time_limit_min is None else args.time_limit_min * 60.0,
+        threads=args.threads,
+        progress=not args.no_progress,
+        name=args.name,
+        version=args.model_version,
+        **extra,
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train`` and return the exit status."""
-    from training.train import TrainConfig, train
+    from training.train import train
 
     try:
-        config = TrainConfig(
-            data=_spec(args),
-            out_dir=args.out,
-            epochs=args.epochs,
-            samples_per_epoch=args.samples_per_epoch,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            lambda_cls=args.lambda_cls,
-            zone_weight=args.zone_weight,
-            detach_map=args.detach_map,
-            warmup_epochs=args.warmup_epochs,
-            seed=args.seed,
-            crop_size=(args.crop[0], args.crop[1], args.crop[2]),
-            device=args.device,
-            workers=args.workers,
-            cache_dir=args.cache_dir,
-            cache_workers=args.cache_workers,
-            preload=not args.no_preload,
-            augment=not args.no_augment,
-            random_negatives=args.random_negatives,
-            max_map_candidates=args.map_candidates,
-            loc_channels=tuple(args.loc_channels),
-            cls_channels=tuple(args.cls_channels),
-            checkpoint_every_steps=args.checkpoint_every,
-            max_steps=args.max_steps,
-            time_limit_s=None if args.time_limit_min is None else args.time_limit_min * 60.0,
-            threads=args.threads,
-            progress=not args.no_progress,
-            name=args.name,
-            version=args.model_version,
-        )
+        config = _train_config(args)
     except ValueError as exc:
         sys.stderr.write(f"lesion-ai train: {exc}\n")
         return EXIT_USAGE

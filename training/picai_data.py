@@ -39,6 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from lesion_engine.model_config import PICAI_CROP
 from lesion_engine.model_input import PreprocessConfig, resample_label, to_model_input_from_images
 from training.cases import LesionRecord, TrainingCase, components_as_lesions, lesion_centroid, target_category
 
@@ -327,7 +328,7 @@ def picai_case(
     case_id : str
         ``<patient>_<study>``.
     config : PreprocessConfig
-        The model grid and normalization.
+        The model grid and normalization (or the PI-CAI crop: the labels go onto the crop).
     marksheet : dict, optional
         The parsed marksheet (:func:`read_marksheet`); read from the layout when None.
 
@@ -339,9 +340,12 @@ def picai_case(
     if marksheet is None:
         marksheet = read_marksheet(layout.marksheet_path)
     row = marksheet.get(case_id)
-    t2w = sitk.ReadImage(str(layout.image_path(case_id, "t2w")), sitk.sitkFloat32)
-    adc = sitk.ReadImage(str(layout.image_path(case_id, "adc")), sitk.sitkFloat32)
-    hbv = sitk.ReadImage(str(layout.image_path(case_id, "hbv")), sitk.sitkFloat32)
+    # The PI-CAI crop resamples the images in their stored type, as the PI-CAI pipeline reads them.
+    native = config.kind == PICAI_CROP and config.input_pixel_type == "dicom"
+    pixel_type = sitk.sitkUnknown if native else sitk.sitkFloat32
+    t2w = sitk.ReadImage(str(layout.image_path(case_id, "t2w")), pixel_type)
+    adc = sitk.ReadImage(str(layout.image_path(case_id, "adc")), pixel_type)
+    hbv = sitk.ReadImage(str(layout.image_path(case_id, "hbv")), pixel_type)
     label, label_source = cspca_label_image(layout, case_id, t2w, row)
     if label is None:
         if row is not None and row.case_cspca is False:

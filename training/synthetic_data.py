@@ -9,7 +9,8 @@ A synthetic data set is a folder with ``marksheet.csv`` and one folder per case:
 
 The study goes through the engine's own input pipeline (:func:`lesion_engine.preprocess.prepare_study`,
 then :func:`lesion_engine.model_input.to_model_input`), so training sees exactly what inference sees. The
-labels are resampled onto the model grid with nearest neighbour. csPCa lesions are the connected components
+labels are resampled onto the model grid with nearest neighbour (the model grid being the PI-CAI crop for a
+model whose localization network is the PI-CAI U-Net). csPCa lesions are the connected components
 of the resampled csPCa label, each matched to the nearest csPCa lesion of ``truth.json``; the other lesions
 (indolent cancer, BPH, prostatitis) are not in any label image and are rasterized from ``truth.json``: the
 ellipsoid of ``center_lps_mm``, ``radii_mm`` and ``axes`` (the rotation ``R`` of ``|R^T (p - c) / r| <= 1``;

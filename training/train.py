@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from lesion_engine.networks import JointModel
+from lesion_engine.networks import JointModel, LocalizationNet
 from training.augment import AugmentConfig
 from training.candidate_sampling import SamplingConfig, concatenate, ground_truth_and_random, map_candidates
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -54,7 +54,7 @@ from training.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "train", "train_step"]
+__all__ = ["TrainConfig", "TrainResult", "build_model", "build_optimizer", "train", "train_step"]
 
 LOSS_TERMS: tuple[str, ...] = ("loss", "loc_bce", "loc_dice", "zone", "cls_bce", "cls_ce")
 STEP_FIELDS: tuple[str, ...] = ("step", "epoch", *LOSS_TERMS, "candidates", "map_candidates", "lr", "seconds")
@@ -82,14 +82,33 @@ def build_model(config: TrainConfig) -> JointModel:
 
     The lesion logit's bias starts at the prior :data:`LESION_PRIOR` instead of 0 (a map of 0.5 everywhere),
     which spares the first hundreds of steps of unlearning the background.
+
+    With ``config.localization_from`` the localization network is the imported fold instead (frozen in
+    frozen mode), and the classifier alone is freshly initialized.
     """
     torch.manual_seed(config.seed)
     model = JointModel(config.loc_config(), config.cls_config(), detach_map=config.detach_map)
-    bias = model.loc.head.bias
+    if config.localization_from is not None:
+        config.localization_from.load_into(model)
+        return model
+    bias = model.loc.head.bias if isinstance(model.loc, LocalizationNet) else None
     if bias is not None:
         with torch.no_grad():
             bias[0] = math.log(LESION_PRIOR / (1.0 - LESION_PRIOR))
     return model
+
+
+def build_optimizer(joint: JointModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameters that learn: one group; with a fine-tuned imported localization network
+    the classifier's group first, then the localization network's at ``lr_scale`` times the rate (the
+    group's ``lr_scale``, applied by the schedule); a frozen one is left out."""
+    start = config.localization_from
+    if start is None:
+        return torch.optim.AdamW(joint.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": list(joint.cls.parameters()), "lr_scale": 1.0}]
+    if not start.frozen:
+        groups.append({"params": list(joint.loc.parameters()), "lr_scale": start.lr_scale})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -230,10 +249,11 @@ def _write_config(config: TrainConfig, info: DistInfo, argv: Sequence[str]) -> N
     if path.is_file():
         previous_record = json.loads(path.read_text(encoding="utf-8"))
         previous = previous_record.get("config", {})
-        for key in ("loc_channels", "cls_channels", "preprocess", "detach_map"):
-            if previous.get(key) != record["config"][key]:
+        for key in ("loc_channels", "cls_channels", "preprocess", "detach_map", "localization_from"):
+            before, now = _resume_key(previous.get(key)), _resume_key(record["config"].get(key))
+            if before != now:
                 raise ValueError(
-                    f"{config.out_dir} holds a run with another {key} ({previous.get(key)!r}); "
+                    f"{config.out_dir} holds a run with another {key} ({before!r}); "
                     "resume with the same settings or use a new --out"
                 )
         record["previous_commands"] = [
@@ -242,6 +262,13 @@ def _write_config(config: TrainConfig, info: DistInfo, argv: Sequence[str]) -> N
         ]
     config.out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _resume_key(value: Any) -> Any:
+    """A setting as a resumed run must match it (an imported model by its identity, wherever it lies)."""
+    if isinstance(value, dict) and "weights_sha256" in value:
+        return {k: v for k, v in value.items() if k != "artifact"}
+    return value
 
 
 def train(
@@ -332,7 +359,7 @@ def _train(
         model = DistributedDataParallel(
             joint, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-    optimizer = torch.optim.AdamW(joint.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(joint, config)
     checkpoints = config.out_dir / "checkpoints"
     epoch, step_in_epoch, global_step = 0, 0, 0
     if resume:
@@ -384,7 +411,7 @@ def _train(
         for batch in loader:
             joint_phase = epoch >= config.warmup_epochs
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total_steps, config)
+                group["lr"] = lr_at(global_step, total_steps, config) * group.get("lr_scale", 1.0)
             step_started = time.perf_counter()
             torch.manual_seed(_step_seed(config.seed, global_step, info.rank))  # dropout: same after a resume
             values = train_step(
@@ -484,7 +511,7 @@ def training_record(
 ) -> dict[str, Any]:
     """The ``training`` record of the model card."""
     cfg = config.to_dict()
-    return {
+    record: dict[str, Any] = {
         "data": config.data.to_dict(),
         "cases": cases,
         "command": " ".join(argv),
@@ -509,3 +536,8 @@ def training_record(
         "torch": torch.__version__,
         "config": {k: cfg[k] for k in cfg if k not in ("data", "out_dir", "cache_dir", "progress")},
     }
+    if config.localization_from is not None:
+        record["localization_from"] = config.localization_from.record()
+        for key in ("localization_from", "loc_channels", "zone_weight"):  # recorded above, or do not apply
+            record["config"].pop(key, None)
+    return record

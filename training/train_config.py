@@ -16,6 +16,7 @@ from lesion_engine.model_config import (
 )
 from training.candidate_sampling import SamplingConfig
 from training.dataset import DataSpec
+from training.localization_start import LocalizationStart, classifier_patch
 from training.losses import LossConfig
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,12 @@ class TrainConfig:
         Show a tqdm progress bar on rank 0.
     name, version : str
         Name and version of the exported model.
+    localization_from : LocalizationStart or None
+        Start the localization network from a fold of an imported detection-map model (its U-Net, frozen
+        or fine-tuned; :mod:`training.localization_start`): ``preprocess`` must then be its PI-CAI crop,
+        ``loc_channels`` does not apply, the classifier's patch covers the default patch's millimetres
+        (:func:`~training.localization_start.classifier_patch`), and there is no zonal head. None: our U-Net,
+        freshly initialized.
     """
 
     data: DataSpec
@@ -129,6 +136,7 @@ class TrainConfig:
     progress: bool = True
     name: str = "lesion-ai-joint"
     version: str = "0.1.0"
+    localization_from: LocalizationStart | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -161,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ValueError(f"TrainConfig.time_limit_s must be > 0, got {self.time_limit_s}")
+        if self.localization_from is not None:
+            self._check_localization_from(self.localization_from)
         divisor = self.loc_config().divisor
         if len(self.crop_size) != 3 or any(
             c < 1 or c % d or c > g
@@ -175,12 +185,44 @@ class TrainConfig:
                 f"TrainConfig.preprocess.size_zyx {self.preprocess.size_zyx} must be a multiple of {divisor}"
             )
 
+    def _check_localization_from(self, start: LocalizationStart) -> None:
+        if not isinstance(start, LocalizationStart):
+            raise ValueError(
+                f"TrainConfig.localization_from must be a LocalizationStart, got {type(start).__name__}"
+            )
+        if self.preprocess != start.preprocess:
+            raise ValueError(
+                "TrainConfig.preprocess must be the imported model's PI-CAI crop when the localization network "
+                f"starts from it ({start.preprocess.to_dict()}), got {self.preprocess.to_dict()}"
+            )
+        if tuple(self.loc_channels) != TrainConfig.loc_channels:
+            raise ValueError(
+                "TrainConfig.loc_channels does not apply when the localization network is the imported "
+                f"{start.network.network} (its channels are {list(start.network.channels)})"
+            )
+        if start.frozen and self.warmup_epochs:
+            raise ValueError(
+                "TrainConfig.warmup_epochs must be 0 with a frozen localization network: a localization-only "
+                "warm-up would train nothing"
+            )
+        if start.frozen and self.detach_map:
+            raise ValueError(
+                "TrainConfig.detach_map contradicts a frozen localization network: no gradient reaches it "
+                "anyway; use detach_map with the fine-tune mode (the ablation)"
+            )
+
     def loc_config(self) -> LocalizationNetConfig:
-        """The localization network's architecture."""
+        """The localization network's architecture (the imported U-Net's with ``localization_from``)."""
+        if self.localization_from is not None:
+            return self.localization_from.network
         return LocalizationNetConfig(channels=tuple(self.loc_channels), num_zones=3)
 
     def cls_config(self) -> ClassificationNetConfig:
         """The classification network's architecture."""
+        if self.localization_from is not None:
+            return ClassificationNetConfig(
+                channels=tuple(self.cls_channels), patch_size=classifier_patch(self.preprocess)
+            )
         return ClassificationNetConfig(channels=tuple(self.cls_channels))
 
     def loss_config(self) -> LossConfig:
@@ -203,7 +245,9 @@ class TrainConfig:
         out: dict[str, Any] = {}
         for key in self.__dataclass_fields__:
             value = getattr(self, key)
-            if isinstance(value, DataSpec | PreprocessConfig | CandidateConfig):
+            if key == "localization_from" and value is None:
+                continue  # written only when set, so that the records of other runs are as they were
+            if isinstance(value, DataSpec | PreprocessConfig | CandidateConfig | LocalizationStart):
                 out[key] = value.to_dict()
             elif isinstance(value, Path):
                 out[key] = str(value)
