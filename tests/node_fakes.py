@@ -30,7 +30,7 @@ from orthanc_plugin.processing import (
 )
 
 if TYPE_CHECKING:
-    from lesion_engine.engine import Engine, EngineResult
+    from lesion_engine.engine import AnyEngine, Engine, EngineResult
     from lesion_engine.gland import GlandModel
     from lesion_engine.preprocess import PreparedStudy
 
@@ -237,7 +237,7 @@ class UngatedEngineProcessor(EngineProcessor):
     lie outside the gland, so the gated engine reports none; the viewer's browser test needs lesions to
     show. The gland model still runs: the SR reports the prostate volume, as with the gate."""
 
-    def engine(self) -> Engine:
+    def engine(self) -> AnyEngine:
         from lesion_engine.engine import Engine  # torch: only in the workers that run this processor
         from lesion_engine.gland import GlandSettings, load_gland_model
 

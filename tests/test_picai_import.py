@@ -29,15 +29,16 @@ SMALL = PicaiUNetConfig(channels=(4, 8, 16), strides=((2, 2, 2), (1, 2, 2)))
 
 def monai_unet(config: PicaiUNetConfig, seed: int, num_res_units: int = 0) -> torch.nn.Module:
     """The network picai_baseline builds (MONAI's UNet with its defaults), for ``config``."""
-    from monai.networks.nets import UNet
+    from monai.networks.nets.unet import UNet
 
     torch.manual_seed(seed)
+    strides: Any = config.strides
     net: torch.nn.Module = UNet(
         spatial_dims=3,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
         channels=config.channels,
-        strides=config.strides,
+        strides=strides,
         num_res_units=num_res_units,
     )
     return net.eval()
@@ -106,7 +107,7 @@ def test_card_records_origin_licence_pipeline_and_sources(tmp_path: Path) -> Non
     assert pipeline["normalization_percentile"] == 99.5
     assert pipeline["blur_sigma"] == 1.5
     assert pipeline["weak_candidate_divisor"] == 5.0
-    assert pipeline["extraction"]["threshold"] == "dynamic"
+    assert pipeline["extraction"]["version"] == 1 and "dynamic" in pipeline["extraction"]["method"]
     assert "1,500" in data["training"]["data"]
     assert isinstance(read_any_card(tmp_path / "artifact"), DetectionModelCard)
     assert (tmp_path / "artifact" / "MODEL_CARD.md").read_text().count("| ") >= 5

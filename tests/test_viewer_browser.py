@@ -337,7 +337,7 @@ def _result(node: OrthancServer, study: str, modality: str) -> Dataset:
 def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
     fleet: OrthancFleet, prostatex: Path, tmp_path: Path
 ) -> None:
-    for old in ARTIFACTS.glob("*.png"):
+    for old in ARTIFACTS.glob("0*.png"):
         old.unlink()
     # The real engine and result writers; without the anatomical gate's filtering, which removes every lesion
     # the phantom-trained default model finds on this study (they lie outside the gland), leaving nothing to
@@ -373,6 +373,22 @@ def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
     ]
     assert len(prostate) == 1, "the SR should hold the prostate volume group"
 
+    check_ohif_shows_the_results(node, study_uid, seg, sr, tmp_path, groups, segments)
+
+
+def check_ohif_shows_the_results(
+    node: OrthancServer,
+    study_uid: str,
+    seg: Dataset,
+    sr: Dataset,
+    tmp_path: Path,
+    groups: list[ToolGroup],
+    segments: list[str],
+    prefix: str = "",
+) -> None:
+    """Open the study in OHIF served by ``node``: the SEG's segments are listed, the SR's measurements load
+    as tracked measurements with their values, clicking one opens its image, and everything comes from the
+    node (screenshots named ``prefix`` + step)."""
     with headless_chromium(tmp_path / "chromium-profile", node.credentials or {}) as browser:
         browser.driver.get(f"{node.url}{BASE_URL}viewer?StudyInstanceUIDs={study_uid}")
         descriptions = [str(seg.SeriesDescription), str(sr.SeriesDescription)]
@@ -380,13 +396,13 @@ def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
         time.sleep(1.0)
         browser.dismiss("Skip all")
         browser.dismiss("Confirm and hide")
-        browser.screenshot("01-study")
+        browser.screenshot(prefix + "01-study")
 
         browser.open_series(str(seg.SeriesDescription))
         browser.click('[data-cy="panelSegmentation-btn"]')
         browser.wait(lambda: all(s in browser.text() for s in segments), 60, f"the segments {segments}")
         time.sleep(1.0)
-        browser.screenshot("02-segmentation")
+        browser.screenshot(prefix + "02-segmentation")
 
         browser.open_series(str(sr.SeriesDescription))
         time.sleep(2.0)
@@ -396,13 +412,13 @@ def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
                 lambda: len(browser.measurement_rows()) >= max(len(groups), 1), 45, "the SR's measurements"
             )
         time.sleep(1.5)
-        browser.screenshot("03-measurements")
+        browser.screenshot(prefix + "03-measurements")
         rows = browser.measurement_rows()
         page = browser.text()
         tooltips = browser.badge_tooltips()
         requested, failed = browser.requests()
         jumps = browser.jump_through_measurements()
-        browser.screenshot("04-jumped")
+        browser.screenshot(prefix + "04-jumped")
 
     panel = json.dumps(rows, indent=1, ensure_ascii=False)
     assert not [t for t in tooltips if "not compatible" in t], f"OHIF marks the SR incompatible: {tooltips}"

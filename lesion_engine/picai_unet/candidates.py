@@ -33,16 +33,17 @@ types as the reference, so NumPy's promotion rules give the same values.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from lesion_engine.picai_unet.config import DynamicExtraction
+
 logger = logging.getLogger(__name__)
+
+__all__ = ["DynamicExtraction", "extract_dynamic"]
 
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 # Half-size (z, y, x) of the first box around a peak; a box that cuts the component is doubled.
@@ -50,98 +51,11 @@ _FIRST_HALF_BOX = (2, 10, 10)
 # Small components hidden per iteration before the search falls back to the full volume.
 _MAX_HIDDEN = 16
 
+_DEFAULT_SETTINGS = DynamicExtraction()
+
 Box = tuple[slice, ...]
 Map = NDArray[np.floating[Any]]
 Found = tuple[Box, NDArray[np.bool_], np.floating[Any]]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
-def _is_real(value: object) -> bool:
-    return _is_int(value) or isinstance(value, float | np.floating)
-
-
-@dataclass(frozen=True)
-class DynamicExtraction:
-    """Settings of the dynamic extraction, named as ``extract_lesion_candidates_dynamic`` names them.
-
-    Attributes
-    ----------
-    min_voxels_detection : int
-        Components of this many voxels or fewer are dropped (``>= 0``).
-    num_lesions_to_extract : int
-        Most lesion candidates returned (``>= 1``).
-    dynamic_threshold_factor : float
-        A candidate holds the voxels of at least its peak divided by this factor (finite, ``> 1``).
-    remove_adjacent_lesion_candidates : bool
-        Drop a candidate that touches (26-connectivity) one already extracted.
-    max_prob_failsafe_stopping_threshold : float
-        Stop when the working map's maximum is below this (finite, ``> 0``).
-    version : int
-        1: ``threshold='dynamic'``, with its bug; 2: ``threshold='dynamic-v2'``.
-    """
-
-    min_voxels_detection: int = 10
-    num_lesions_to_extract: int = 5
-    dynamic_threshold_factor: float = 2.5
-    remove_adjacent_lesion_candidates: bool = True
-    max_prob_failsafe_stopping_threshold: float = 0.01
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("min_voxels_detection", "num_lesions_to_extract", "version"):
-            value = getattr(self, name)
-            if not _is_int(value):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        for name in ("dynamic_threshold_factor", "max_prob_failsafe_stopping_threshold"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(float(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not isinstance(self.remove_adjacent_lesion_candidates, bool):
-            raise ValueError(
-                f"remove_adjacent_lesion_candidates must be a bool, got {self.remove_adjacent_lesion_candidates!r}"
-            )
-        if self.min_voxels_detection < 0:
-            raise ValueError(f"min_voxels_detection must be >= 0, got {self.min_voxels_detection}")
-        if self.num_lesions_to_extract < 1:
-            raise ValueError(f"num_lesions_to_extract must be >= 1, got {self.num_lesions_to_extract}")
-        if self.dynamic_threshold_factor <= 1.0:
-            raise ValueError(
-                f"dynamic_threshold_factor must be > 1 (else the threshold is not below the peak), "
-                f"got {self.dynamic_threshold_factor}"
-            )
-        if self.max_prob_failsafe_stopping_threshold <= 0.0:
-            raise ValueError(
-                f"max_prob_failsafe_stopping_threshold must be > 0 (else the extraction may never stop), "
-                f"got {self.max_prob_failsafe_stopping_threshold}"
-            )
-        if self.version not in (1, 2):
-            raise ValueError(f"version must be 1 ('dynamic') or 2 ('dynamic-v2'), got {self.version}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dictionary (the keys of :meth:`from_dict`)."""
-        return {field.name: getattr(self, field.name) for field in fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DynamicExtraction:
-        """Settings from a mapping; missing keys take their defaults.
-
-        Raises
-        ------
-        ValueError
-            On unknown keys (all named) or invalid values.
-        """
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(str(key) for key in data if key not in known)
-        if unknown:
-            raise ValueError(
-                f"unknown DynamicExtraction settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        return cls(**dict(data))
 
 
 def _above(values: Map, threshold: np.floating[Any]) -> NDArray[np.bool_]:
@@ -302,7 +216,7 @@ def _reference_input(softmax: Map) -> Map:
 
 
 def extract_dynamic(
-    softmax: Map, settings: DynamicExtraction = DynamicExtraction()
+    softmax: Map, settings: DynamicExtraction = _DEFAULT_SETTINGS
 ) -> tuple[Map, list[tuple[int, float]], NDArray[np.int_]]:
     """Lesion candidates of a likelihood map by PI-CAI's dynamic threshold, bit for bit.
 

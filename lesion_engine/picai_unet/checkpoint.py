@@ -93,7 +93,9 @@ def _load(path: Path, fold: int) -> Any:
         raise _refuse(fold, path, f"cannot be read: {exc.strerror or exc}") from None
     if head == _LFS_POINTER:
         raise _refuse(
-            fold, path, "is a git-lfs pointer, not the weights: run `git lfs pull` in the algorithm repository"
+            fold,
+            path,
+            "is a git-lfs pointer, not the weights: run `git lfs pull` in the algorithm repository",
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

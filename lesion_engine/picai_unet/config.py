@@ -8,9 +8,9 @@ The steps of the authors' ``process.py`` (grand-challenge algorithm
    padded to ``matrix_zyx``, ADC and HBV then resampled onto the cropped T2W (B-spline);
    ``diffusion_resampling`` ``reference`` does exactly that, ``direct`` resamples ADC and HBV from their
    own grids straight onto the cropped T2W (one interpolation instead of two: a deliberate difference, off
-   by default). ``input_pixel_type`` ``dicom`` resamples a series in the integer type SimpleITK reads it
-   in from DICOM (picai_prep's ``dcm2mha`` conversion keeps it, and SimpleITK's resampling keeps the input
-   type), ``float32`` in floats;
+   by default). ``input_pixel_type`` ``dicom`` takes a series as SimpleITK reads it from DICOM (picai_prep's
+   ``dcm2mha`` conversion): in its integer pixel type (SimpleITK's resampling keeps it, truncating) and
+   with SimpleITK's slice spacing; ``float32``: our volumes as they are;
 2. z-score normalisation per sequence after clipping at the ``normalization_percentile`` and its mirror;
 3. ``flip_tta``: the left-right flipped input too;
 4. the sigmoid of ``output_channel``, then a Gaussian blur of ``blur_sigma`` voxels (0: none);
@@ -26,15 +26,27 @@ This module imports neither torch nor numpy (the Orthanc plugin reads model card
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DIFFUSION_RESAMPLING", "INPUT_PIXEL_TYPES", "DynamicExtraction", "PicaiPipeline"]
+__all__ = [
+    "CROP_RESAMPLING",
+    "DIFFUSION_RESAMPLING",
+    "INPUT_PIXEL_TYPES",
+    "DynamicExtraction",
+    "PicaiPipeline",
+]
 
 DIFFUSION_RESAMPLING = ("reference", "direct")
+CROP_RESAMPLING = ("whole", "crop")
+_EXTRACTION_METHOD = (
+    "report_guided_annotation 0.3.4 extract_lesion_candidates (version 1: threshold='dynamic')"
+)
 INPUT_PIXEL_TYPES = ("dicom", "float32")
 
 
@@ -57,25 +69,36 @@ def _unknown(kind: str, data: Mapping[str, Any], known: set[str]) -> None:
         raise ValueError(f"unknown {kind} settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
+def _is_int(value: object) -> bool:
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and type(value).__name__ != "bool_"
+    )
+
+
+def _is_real(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, numbers.Real) and not isinstance(value, bool))
+
+
 @dataclass(frozen=True)
 class DynamicExtraction:
-    """Settings of report_guided_annotation's dynamic lesion-candidate extraction (0.3.4).
+    """Settings of the dynamic extraction, named as ``extract_lesion_candidates_dynamic`` names them.
 
     Attributes
     ----------
     min_voxels_detection : int
-        Blobs of at most this many voxels are dropped.
+        Components of this many voxels or fewer are dropped (``>= 0``).
     num_lesions_to_extract : int
-        At most this many candidates (slots) are extracted.
+        Most lesion candidates returned (``>= 1``).
     dynamic_threshold_factor : float
-        A candidate holds the voxels above its peak / this factor.
+        A candidate holds the voxels of at least its peak divided by this factor (finite, ``> 1``).
     remove_adjacent_lesion_candidates : bool
-        Drop a candidate that touches (26-neighbourhood) one extracted before it.
+        Drop a candidate that touches (26-connectivity) one already extracted.
     max_prob_failsafe_stopping_threshold : float
-        Stop when the map's maximum is below this.
+        Stop when the working map's maximum is below this (finite, ``> 0``).
     version : int
-        1: ``threshold='dynamic'`` (the reference pipeline's, with its documented quirk: when every blob is
-        too small, the zero region takes a slot); 2: ``threshold='dynamic-v2'``.
+        1: ``threshold='dynamic'``, with its bug; 2: ``threshold='dynamic-v2'``.
     """
 
     min_voxels_detection: int = 10
@@ -86,65 +109,57 @@ class DynamicExtraction:
     version: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_voxels_detection, bool) or not isinstance(self.min_voxels_detection, int):
-            raise ValueError(f"min_voxels_detection must be an integer, got {self.min_voxels_detection!r}")
-        if self.min_voxels_detection < 0:
-            raise ValueError(f"min_voxels_detection must be >= 0, got {self.min_voxels_detection}")
-        _positive_int("num_lesions_to_extract", self.num_lesions_to_extract)
-        _number("dynamic_threshold_factor", self.dynamic_threshold_factor, 1.0, 1000.0)
+        for name in ("min_voxels_detection", "num_lesions_to_extract", "version"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("dynamic_threshold_factor", "max_prob_failsafe_stopping_threshold"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         if not isinstance(self.remove_adjacent_lesion_candidates, bool):
             raise ValueError(
-                f"remove_adjacent_lesion_candidates must be true or false, got "
-                f"{self.remove_adjacent_lesion_candidates!r}"
+                f"remove_adjacent_lesion_candidates must be a bool, got {self.remove_adjacent_lesion_candidates!r}"
             )
-        _number("max_prob_failsafe_stopping_threshold", self.max_prob_failsafe_stopping_threshold, 0.0, 1.0)
-        if self.version not in (1, 2) or isinstance(self.version, bool):
-            raise ValueError(f"version must be 1 ('dynamic') or 2 ('dynamic-v2'), got {self.version!r}")
+        if self.min_voxels_detection < 0:
+            raise ValueError(f"min_voxels_detection must be >= 0, got {self.min_voxels_detection}")
+        if self.num_lesions_to_extract < 1:
+            raise ValueError(f"num_lesions_to_extract must be >= 1, got {self.num_lesions_to_extract}")
+        if self.dynamic_threshold_factor <= 1.0:
+            raise ValueError(
+                f"dynamic_threshold_factor must be > 1 (else the threshold is not below the peak), "
+                f"got {self.dynamic_threshold_factor}"
+            )
+        if self.max_prob_failsafe_stopping_threshold <= 0.0:
+            raise ValueError(
+                f"max_prob_failsafe_stopping_threshold must be > 0 (else the extraction may never stop), "
+                f"got {self.max_prob_failsafe_stopping_threshold}"
+            )
+        if self.version not in (1, 2):
+            raise ValueError(f"version must be 1 ('dynamic') or 2 ('dynamic-v2'), got {self.version}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the model card)."""
-        return {
-            "method": "report_guided_annotation.extract_lesion_candidates",
-            "threshold": "dynamic" if self.version == 1 else "dynamic-v2",
-            "min_voxels_detection": self.min_voxels_detection,
-            "num_lesions_to_extract": self.num_lesions_to_extract,
-            "dynamic_threshold_factor": self.dynamic_threshold_factor,
-            "remove_adjacent_lesion_candidates": self.remove_adjacent_lesion_candidates,
-            "max_prob_failsafe_stopping_threshold": self.max_prob_failsafe_stopping_threshold,
-        }
+        """The settings as a plain dictionary (the keys of :meth:`from_dict`)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DynamicExtraction:
-        """Inverse of :meth:`to_dict`."""
-        known = {
-            "method",
-            "threshold",
-            "min_voxels_detection",
-            "num_lesions_to_extract",
-            "dynamic_threshold_factor",
-            "remove_adjacent_lesion_candidates",
-            "max_prob_failsafe_stopping_threshold",
-        }
-        _unknown("extraction", data, known)
-        method = data.get("method", "report_guided_annotation.extract_lesion_candidates")
-        if method != "report_guided_annotation.extract_lesion_candidates":
-            raise ValueError(f"extraction.method {method!r} is not known")
-        threshold = data.get("threshold", "dynamic")
-        if threshold not in ("dynamic", "dynamic-v2"):
-            raise ValueError(f"extraction.threshold must be 'dynamic' or 'dynamic-v2', got {threshold!r}")
-        defaults = cls()
-        return cls(
-            min_voxels_detection=data.get("min_voxels_detection", defaults.min_voxels_detection),
-            num_lesions_to_extract=data.get("num_lesions_to_extract", defaults.num_lesions_to_extract),
-            dynamic_threshold_factor=data.get("dynamic_threshold_factor", defaults.dynamic_threshold_factor),
-            remove_adjacent_lesion_candidates=data.get(
-                "remove_adjacent_lesion_candidates", defaults.remove_adjacent_lesion_candidates
-            ),
-            max_prob_failsafe_stopping_threshold=data.get(
-                "max_prob_failsafe_stopping_threshold", defaults.max_prob_failsafe_stopping_threshold
-            ),
-            version=1 if threshold == "dynamic" else 2,
-        )
+        """Settings from a mapping; missing keys take their defaults.
+
+        Raises
+        ------
+        ValueError
+            On unknown keys (all named) or invalid values.
+        """
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown DynamicExtraction settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        return cls(**dict(data))
 
 
 @dataclass(frozen=True)
@@ -157,10 +172,15 @@ class PicaiPipeline:
         Spacing the scans are resampled to.
     matrix_zyx : (z, y, x)
         Size of the centre crop (or pad) fed to the networks.
+    crop_resampling : str
+        ``whole`` (each scan resampled whole, then cropped, as the reference) or ``crop`` (only the crop
+        computed: faster, equal but for the last bits of ITK's arithmetic, which the reference's truncation
+        of integer series can turn into a difference of 1 at a few voxels).
     diffusion_resampling : str
         ``reference`` (own grid, crop, then onto the T2W crop) or ``direct`` (straight onto the T2W crop).
     input_pixel_type : str
-        ``dicom`` (integer series resampled in their DICOM integer type, as the reference) or ``float32``.
+        ``dicom`` (a series as SimpleITK reads it from DICOM: its integer pixel type and slice spacing, as the
+        reference sees it) or ``float32`` (our volumes as they are).
     normalization_percentile : float
         Intensities are clipped at this percentile and at 100 minus it before the z-score (50 to 100).
     flip_tta : bool
@@ -177,6 +197,7 @@ class PicaiPipeline:
 
     spacing_zyx: tuple[float, float, float] = (3.0, 0.5, 0.5)
     matrix_zyx: tuple[int, int, int] = (20, 256, 256)
+    crop_resampling: str = "whole"
     diffusion_resampling: str = "reference"
     input_pixel_type: str = "dicom"
     normalization_percentile: float = 99.5
@@ -198,6 +219,10 @@ class PicaiPipeline:
             _positive_int("matrix_zyx", value)
             if value > 4096:
                 raise ValueError(f"matrix_zyx values must be at most 4096, got {value}")
+        if self.crop_resampling not in CROP_RESAMPLING:
+            raise ValueError(
+                f"crop_resampling must be one of {CROP_RESAMPLING}, got {self.crop_resampling!r}"
+            )
         if self.diffusion_resampling not in DIFFUSION_RESAMPLING:
             raise ValueError(
                 f"diffusion_resampling must be one of {DIFFUSION_RESAMPLING}, got {self.diffusion_resampling!r}"
@@ -229,6 +254,7 @@ class PicaiPipeline:
             "spacing_zyx": list(self.spacing_zyx),
             "matrix_zyx": list(self.matrix_zyx),
             "interpolation": "bspline",
+            "crop_resampling": self.crop_resampling,
             "diffusion_resampling": self.diffusion_resampling,
             "input_pixel_type": self.input_pixel_type,
             "normalization_percentile": self.normalization_percentile,
@@ -237,7 +263,7 @@ class PicaiPipeline:
             "blur_sigma": self.blur_sigma,
             "ensemble": "mean",
             "undo": "crop_or_pad, then bspline resampling to the T2W spacing",
-            "extraction": self.extraction.to_dict(),
+            "extraction": {"method": _EXTRACTION_METHOD, **self.extraction.to_dict()},
             "weak_candidate_divisor": self.weak_candidate_divisor,
             "case_level": "max",
             "steps": [
@@ -274,6 +300,7 @@ class PicaiPipeline:
             "steps",
             "spacing_zyx",
             "matrix_zyx",
+            "crop_resampling",
             "diffusion_resampling",
             "input_pixel_type",
             "normalization_percentile",
@@ -291,12 +318,18 @@ class PicaiPipeline:
             raise ValueError(f"spacing_zyx must be [z, y, x], got {spacing!r}")
         if not isinstance(matrix, list | tuple) or len(matrix) != 3:
             raise ValueError(f"matrix_zyx must be [z, y, x], got {matrix!r}")
-        extraction = data.get("extraction", {})
-        if not isinstance(extraction, Mapping):
-            raise ValueError(f"extraction must be an object, got {type(extraction).__name__}")
+        extraction = (
+            dict(data.get("extraction", {})) if isinstance(data.get("extraction", {}), Mapping) else None
+        )
+        if extraction is None:
+            raise ValueError(f"extraction must be an object, got {type(data['extraction']).__name__}")
+        method = extraction.pop("method", _EXTRACTION_METHOD)
+        if method != _EXTRACTION_METHOD:
+            raise ValueError(f"extraction.method must be {_EXTRACTION_METHOD!r}, got {method!r}")
         return cls(
             spacing_zyx=(spacing[0], spacing[1], spacing[2]),
             matrix_zyx=(matrix[0], matrix[1], matrix[2]),
+            crop_resampling=data.get("crop_resampling", defaults.crop_resampling),
             diffusion_resampling=data.get("diffusion_resampling", defaults.diffusion_resampling),
             input_pixel_type=data.get("input_pixel_type", defaults.input_pixel_type),
             normalization_percentile=data.get("normalization_percentile", defaults.normalization_percentile),

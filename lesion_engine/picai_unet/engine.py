@@ -235,22 +235,32 @@ class DetectionEngine:
         return time.perf_counter() - start
 
     def ensemble(self, images: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Steps 3 to 5: the mean over folds (and flips) of the blurred csPCa likelihood, (Z, Y, X)."""
+        """Steps 3 to 5: the mean over folds of the mean over flips of the blurred csPCa likelihood, (Z, Y, X).
+
+        Each fold runs on the input, then on its flip, and the blur and the means are the reference's own
+        NumPy operations, in its order: the numbers are the reference's to the last bit (one batch of both
+        changes them by about 4e-7, and was not faster on 2 CPU cores).
+        """
         pipeline = self.card.pipeline
         x = torch.from_numpy(images)[None].to(self.device)
-        batch = torch.cat([x, torch.flip(x, dims=[4])]) if pipeline.flip_tta else x
-        total = torch.zeros(x.shape[2:], dtype=torch.float64, device=self.device)
+        inputs = [x, torch.flip(x, dims=[4])] if pipeline.flip_tta else [x]
+        outputs = []
         with self._inference():
             for fold in self.folds:
-                likelihood = torch.sigmoid(fold(batch)[:, pipeline.output_channel].float())
-                total += likelihood[0]
+                likelihood = np.concatenate(
+                    [
+                        torch.sigmoid(fold(batch)[:, pipeline.output_channel].float()).cpu().numpy()
+                        for batch in inputs
+                    ]
+                )
+                predictions = [likelihood[0]]
                 if pipeline.flip_tta:
-                    total += torch.flip(likelihood[1], dims=[-1])
-        count = len(self.folds) * (2 if pipeline.flip_tta else 1)
-        mean = (total / count).cpu().numpy()
-        if pipeline.blur_sigma > 0:
-            mean = ndimage.gaussian_filter(mean, sigma=pipeline.blur_sigma)
-        return mean.astype(np.float32)
+                    predictions.append(np.flip(likelihood[1], axis=2))
+                if pipeline.blur_sigma > 0:
+                    predictions = [ndimage.gaussian_filter(p, sigma=pipeline.blur_sigma) for p in predictions]
+                outputs.append(np.mean(predictions, axis=0))
+        mean: NDArray[np.float32] = np.mean(outputs, axis=0).astype(np.float32)
+        return mean
 
     def run(self, prepared: PreparedStudy) -> EngineResult:
         """Find the lesions of one prepared study (see the module docstring)."""
@@ -270,7 +280,8 @@ class DetectionEngine:
         timings: dict[str, float] = {}
         warnings = list(prepared.warnings)
         start = time.perf_counter()
-        images, crop = network_input(role_images(prepared, pipeline), pipeline)
+        read = role_images(prepared, pipeline)
+        images, crop = network_input(read, pipeline)
         timings["model_input"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -284,7 +295,8 @@ class DetectionEngine:
         timings["localization"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        maps = detection_maps(mean, prepared.t2w, crop, pipeline, None if region is None else region.allowed)
+        # Back onto the T2W as the reference reads it (SimpleITK's slice spacing): the same voxels as ours.
+        maps = detection_maps(mean, read[0], crop, pipeline, None if region is None else region.allowed)
         timings["candidates"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -4,9 +4,11 @@ The reference (``process.py``; :mod:`lesion_engine.picai_unet.config` lists its 
 scan whole to 3 x 0.5 x 0.5 mm, crops it, resamples ADC and HBV onto the cropped T2W, and later resamples
 all three scans whole again only to learn the T2W's resampled size. Here:
 
-* each scan is resampled straight onto its crop (the same B-spline interpolation at the same points; the
-  voxels the reference pads are set to 0 as it pads them), and the resampled sizes are computed, not
-  resampled for;
+* each scan is resampled whole and cropped, as the reference does (``crop_resampling='whole'``), or only
+  its crop is computed (``crop``: the same B-spline interpolation at the same points, 0 where the
+  reference pads, but ITK computes the points along its scan lines, so they differ in the last bits; the
+  reference truncates values of integer series, so that a few voxels differ by 1: a deliberate
+  difference, off by default); the resampled T2W's size is computed, not resampled for;
 * ADC and HBV then go onto the cropped T2W as in the reference (``diffusion_resampling='reference'``), or
   straight from their own grids (``direct``: one interpolation, a deliberate difference);
 * a series that SimpleITK reads from DICOM as integers is resampled in that integer type, as the
@@ -23,10 +25,13 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
@@ -34,6 +39,7 @@ from pydicom.dataset import Dataset
 from lesion_engine.picai_unet.candidates import extract_dynamic
 from lesion_engine.picai_unet.config import PicaiPipeline
 from lesion_engine.preprocess import PreparedStudy
+from lesion_engine.series import Series
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,12 @@ class CropGrid:
     resampled_size: Triple
     offset: Triple
     grid: sitk.Image
+    whole: sitk.Image
+
+    def cut(self, resampled: sitk.Image) -> sitk.Image:
+        """The crop of the whole resampled scan, as picai_prep's ``crop_or_pad`` cuts it (a slice, then a
+        constant pad of 0)."""
+        return _cut(resampled, self.resampled_size, self.grid.GetSize(), self.offset)
 
     def padded(self) -> tuple[slice, slice, slice] | None:
         """The (z, y, x) boxes of the crop that lie inside the resampled scan; None when all of it does."""
@@ -102,16 +114,30 @@ def crop_grid(image: sitk.Image, config: PicaiPipeline) -> CropGrid:
     offset = []
     for n, m in zip(size, matrix, strict=True):
         offset.append(-((m - n) // 2) if n < m else math.floor((n - m) / 2.0))
-    spacing = tuple(float(s) for s in list(config.spacing_zyx)[::-1])
-    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-    probe.SetOrigin(image.GetOrigin())
-    probe.SetDirection(image.GetDirection())
-    probe.SetSpacing(spacing)
-    grid = sitk.Image([int(m) for m in matrix], sitk.sitkUInt8)
-    grid.SetSpacing(spacing)
-    grid.SetDirection(image.GetDirection())
-    grid.SetOrigin(probe.TransformIndexToPhysicalPoint([int(o) for o in offset]))
-    return CropGrid(size, (offset[0], offset[1], offset[2]), grid)
+    # The crop's geometry as picai_prep computes it (a slice, then a constant pad, of the resampled scan),
+    # on an empty image of the resampled scan's size: the same arithmetic gives the same origin to the last
+    # bit, and the reference truncates values at sample positions, where the last bit can matter.
+    whole = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+    whole.SetOrigin(image.GetOrigin())
+    whole.SetDirection(image.GetDirection())
+    whole.SetSpacing([float(v) for v in list(config.spacing_zyx)[::-1]])
+    triple = (offset[0], offset[1], offset[2])
+    return CropGrid(size, triple, _cut(whole, size, matrix, triple), whole)
+
+
+def _cut(
+    resampled: sitk.Image, size: Sequence[int], matrix: Sequence[int], offset: Sequence[int]
+) -> sitk.Image:
+    """picai_prep's ``crop_or_pad`` of a SimpleITK image (sizes and offsets (x, y, z))."""
+    slicer = tuple(
+        slice(o, o + m) if n >= m else slice(None) for n, m, o in zip(size, matrix, offset, strict=True)
+    )
+    pad = sitk.ConstantPadImageFilter()
+    pad.SetPadLowerBound([-o if n < m else 0 for n, m, o in zip(size, matrix, offset, strict=True)])
+    pad.SetPadUpperBound([m - n + o if n < m else 0 for n, m, o in zip(size, matrix, offset, strict=True)])
+    pad.SetConstant(0)
+    out: sitk.Image = pad.Execute(resampled[slicer])
+    return out
 
 
 def _resample(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
@@ -120,8 +146,11 @@ def _resample(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
     return out
 
 
-def _on_crop(image: sitk.Image, crop: CropGrid) -> sitk.Image:
-    """``image`` resampled onto its crop, 0 where the reference pads."""
+def _on_crop(image: sitk.Image, crop: CropGrid, whole: bool) -> sitk.Image:
+    """``image`` resampled onto its crop, 0 where the reference pads: resampled whole then cut as the
+    reference does (``whole``), or computed on the crop only."""
+    if whole:
+        return crop.cut(_resample(image, crop.whole))
     out = _resample(image, crop.grid)
     inside = crop.padded()
     if inside is None:
@@ -136,7 +165,7 @@ def _on_crop(image: sitk.Image, crop: CropGrid) -> sitk.Image:
 
 def dicom_pixel_type(header: Dataset | None) -> int:
     """The SimpleITK pixel type a series is read in from DICOM: an unsigned or signed integer type for
-    integer pixels without rescaling (8 or 16 bits), else float32."""
+    integer pixels without rescaling (8 or 16 bits), float64 with a rescale, else float32."""
     if header is None:
         return int(sitk.sitkFloat32)
     try:
@@ -146,7 +175,9 @@ def dicom_pixel_type(header: Dataset | None) -> int:
         signed = int(header.get("PixelRepresentation", 0)) == 1
     except (TypeError, ValueError):
         return int(sitk.sitkFloat32)
-    if slope != 1.0 or intercept != 0.0 or header.get("FloatPixelData") is not None:
+    if slope != 1.0 or intercept != 0.0:
+        return int(sitk.sitkFloat64)  # SimpleITK applies the rescale in double
+    if header.get("FloatPixelData") is not None:
         return int(sitk.sitkFloat32)
     types = {(8, False): sitk.sitkUInt8, (8, True): sitk.sitkInt8}
     types.update({(16, False): sitk.sitkUInt16, (16, True): sitk.sitkInt16})
@@ -154,9 +185,13 @@ def dicom_pixel_type(header: Dataset | None) -> int:
 
 
 def _as_read(image: sitk.Image, pixel_type: int) -> sitk.Image:
-    """``image`` (float32) in the integer ``pixel_type`` when every value is exactly representable."""
+    """``image`` (float32) in ``pixel_type``: an integer type when every value is exactly representable, or
+    float64 (our float32 values: SimpleITK rescales in double, so these differ in the 8th digit)."""
     if pixel_type == sitk.sitkFloat32:
         return image
+    if pixel_type == sitk.sitkFloat64:
+        cast: sitk.Image = sitk.Cast(image, sitk.sitkFloat64)
+        return cast
     values = sitk.GetArrayViewFromImage(image)
     info = np.iinfo(sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pixel_type)).dtype)
     if values.size and (
@@ -169,8 +204,15 @@ def _as_read(image: sitk.Image, pixel_type: int) -> sitk.Image:
 
 
 def role_images(prepared: PreparedStudy, config: PicaiPipeline) -> list[sitk.Image]:
-    """T2W, ADC and HBV (the chosen high b-value image, else the computed one) on their own grids, in the
-    pixel type the reference reads them in (see the module docstring)."""
+    """T2W, ADC and HBV (the chosen high b-value image, else the computed one) on their own grids, as the
+    reference reads them (see the module docstring).
+
+    With ``input_pixel_type='dicom'``, a series the study holds is given as SimpleITK reads it from DICOM
+    (picai_prep's ``dcm2mha``): in its integer pixel type, and, for single-frame instances, with the slice
+    spacing SimpleITK computes (first to last slice position / (n - 1); our loader takes the median gap, which
+    can differ in the eighth digit: enough to move an interpolated value across an integer, which the
+    reference then truncates).
+    """
     images = [prepared.native["t2w"], prepared.native["adc"], prepared.native.get("hbv")]
     if images[2] is None:
         images[2] = prepared.native["high_b"]
@@ -178,13 +220,63 @@ def role_images(prepared: PreparedStudy, config: PicaiPipeline) -> list[sitk.Ima
     for role, image in zip(("t2w", "adc", "hbv"), images, strict=True):
         if image is None:  # excluded above: PreparedStudy holds hbv or high_b
             raise ValueError("no high b-value volume")
-        pixel_type = sitk.sitkFloat32
         choice = prepared.roles.get(role)
         measured = role != "hbv" or "hbv" in prepared.native
-        if config.input_pixel_type == "dicom" and choice is not None and measured and not choice.computed:
-            pixel_type = dicom_pixel_type(prepared.loaded.series_by_uid(choice.series_instance_uid).header)
-        out.append(_as_read(image, pixel_type))
+        if config.input_pixel_type != "dicom" or choice is None or not measured or choice.computed:
+            out.append(image)
+            continue
+        series = prepared.loaded.series_by_uid(choice.series_instance_uid)
+        read = _as_read(image, dicom_pixel_type(series.header))
+        geometry = _simpleitk_geometry(series, choice.b_value if role == "hbv" else None, image)
+        if geometry is not None:
+            read = sitk.Image(read)  # a copy: the prepared study's volume is left as it is
+            read.SetOrigin(geometry[0])
+            read.SetSpacing(geometry[1])
+            read.SetDirection(geometry[2])
+        out.append(read)
     return out
+
+
+Geometry = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+
+
+def _simpleitk_geometry(series: Series, b_value: float | None, image: sitk.Image) -> Geometry | None:
+    """Origin, spacing and direction of ``image`` as SimpleITK's DICOM series reader gives them.
+
+    SimpleITK takes the direction and the in-plane spacing from the first slice as GDCM reads its header,
+    and the slice spacing as the distance from the first to the last slice position over n - 1. Ours agree
+    to the 15th digit (the slice spacing to the 8th: our loader takes the median gap). The reference
+    truncates interpolated values to integers, and a value at a sample position moves across an integer
+    with such differences; so the two headers are read by SimpleITK itself (written to a temporary file:
+    it reads files only). None when that is not possible (multi-frame instances, other counts): ours stay.
+    """
+    chosen = [
+        f
+        for f in series.frames
+        if f.position is not None and (b_value is None or (f.is_trace and f.b_value == b_value))
+    ]
+    if len(chosen) < 2 or any(f.frame is not None for f in chosen) or len(chosen) != image.GetSize()[2]:
+        return None
+    normal = chosen[0].normal
+    if normal is None:
+        return None
+    chosen.sort(key=lambda f: float(np.asarray(f.position, dtype=np.float64) @ normal))
+    headers = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="lesion-ai-header-") as folder:
+            for n, frame in enumerate((chosen[0], chosen[-1])):
+                path = Path(folder) / f"{n}.dcm"
+                pydicom.dcmwrite(path, series.instances[frame.instance].dataset, enforce_file_format=True)
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(path))
+                reader.ReadImageInformation()
+                headers.append((reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection()))
+    except (OSError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        logger.debug("SimpleITK cannot read the series' headers (%s): our geometry is kept", exc)
+        return None
+    (first, spacing, direction), (last, _, _) = headers
+    gap = float(np.linalg.norm(np.asarray(last) - np.asarray(first)) / (len(chosen) - 1))
+    return tuple(first), (float(spacing[0]), float(spacing[1]), gap), tuple(direction)
 
 
 def z_score_norm(image: NDArray[np.generic], percentile: float) -> NDArray[np.float32]:
@@ -208,10 +300,11 @@ def network_input(
     """The networks' input (3, Z, Y, X) float32 and the T2W's crop (steps 1 and 2 of the pipeline)."""
     t2w, *diffusion = images
     crop = crop_grid(t2w, config)
-    scans = [_on_crop(t2w, crop)]
+    whole = config.crop_resampling == "whole"
+    scans = [_on_crop(t2w, crop, whole)]
     for image in diffusion:
         if config.diffusion_resampling == "reference":
-            own = _on_crop(image, crop_grid(image, config))
+            own = _on_crop(image, crop_grid(image, config), whole)
             scans.append(_resample(own, crop.grid))
         else:
             scans.append(_resample(image, crop.grid))
