@@ -100,6 +100,20 @@ def _add_import(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     imported.add_argument(
         "--folds", default="0,1,2,3,4", help="the folds to import, comma-separated (default: all five)"
     )
+    imported.add_argument(
+        "--crop-resampling",
+        choices=["whole", "crop"],
+        default="whole",
+        help="whole: each scan resampled whole, then cropped, as the reference (default); crop: only the crop "
+        "(faster; a few voxels of integer series differ by 1, see the README)",
+    )
+    imported.add_argument(
+        "--diffusion-resampling",
+        choices=["reference", "direct"],
+        default="reference",
+        help="reference: ADC and HBV onto their own grid, cropped, then onto the T2W crop (default); direct: "
+        "straight onto the T2W crop (one interpolation instead of two)",
+    )
     where = imported.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="write the artifact into this folder")
     where.add_argument("--node", help="register the artifact on this node's REST API, e.g. http://node:8142")
@@ -123,6 +137,7 @@ def _import(args: argparse.Namespace) -> int:
     import tempfile
 
     from lesion_engine.picai_unet.checkpoint import import_picai_unet
+    from lesion_engine.picai_unet.config import PicaiPipeline
 
     try:
         folds = _parse_folds(args.folds)
@@ -132,7 +147,12 @@ def _import(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="lesion-ai-import-") as scratch:
         out = args.out if args.out is not None else Path(scratch) / args.name
         try:
-            card = import_picai_unet(args.weights_dir, out, name=args.name, version=args.version, folds=folds)
+            pipeline = PicaiPipeline(
+                crop_resampling=args.crop_resampling, diffusion_resampling=args.diffusion_resampling
+            )
+            card = import_picai_unet(
+                args.weights_dir, out, name=args.name, version=args.version, folds=folds, pipeline=pipeline
+            )
         except ModelArtifactError as exc:
             sys.stderr.write(f"lesion-ai models import: {exc}\n")
             return 1
@@ -141,6 +161,10 @@ def _import(args: argparse.Namespace) -> int:
             "version": card.version,
             "kind": card.kind,
             "folds": list(card.architecture.folds),
+            "pipeline": {
+                "crop_resampling": card.pipeline.crop_resampling,
+                "diffusion_resampling": card.pipeline.diffusion_resampling,
+            },
             "weights_sha256": card.weights_sha256,
             "checkpoints": card.source.get("checkpoints", []),
         }

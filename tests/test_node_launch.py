@@ -147,3 +147,35 @@ def test_node_starts_serves_and_stops(node_env: dict[str, str]) -> None:
     assert process.stdout is not None
     output = process.stdout.read().decode()
     assert "password:" in output and "Starting Orthanc" in output
+
+
+def test_entry_script_keeps_the_standard_library_ahead_of_the_virtual_environment() -> None:
+    """A backport in site-packages named like a standard module (picai_prep pulls in the 2018 ``dataclasses``)
+    must not shadow the standard library inside Orthanc's interpreter: the entry script puts the virtual
+    environment's site-packages behind the standard library and ahead of the system's packages."""
+    import ast
+    import os as os_module
+
+    source = (
+        Path(__file__).resolve().parent.parent / "orthanc_plugin" / "entry" / "lesion_ai_entry.py"
+    ).read_text()
+    [function] = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and node.name == "ordered_path"
+    ]
+    namespace: dict[str, object] = {"os": os_module}
+    exec(compile(ast.Module(body=[function], type_ignores=[]), "entry", "exec"), namespace)
+    ordered = namespace["ordered_path"]
+    before = ["/plugin", "/usr/lib/python311.zip", "/usr/lib/python3.11", "/usr/lib/python3.11/lib-dynload",
+              "/usr/lib/python3/dist-packages"]  # fmt: skip
+    added = ["/venv/lib/python3.11/site-packages"]
+    stdlib = {"/usr/lib/python3.11", "/usr/lib/python3.11/lib-dynload"}
+    assert ordered(before, added, stdlib) == [  # type: ignore[operator]
+        "/usr/lib/python311.zip",
+        "/usr/lib/python3.11",
+        "/usr/lib/python3.11/lib-dynload",
+        "/venv/lib/python3.11/site-packages",
+        "/plugin",
+        "/usr/lib/python3/dist-packages",
+    ]

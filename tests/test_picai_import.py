@@ -20,7 +20,7 @@ import torch
 from lesion_engine.errors import CheckpointImportError, ModelArtifactError
 from lesion_engine.model_card import read_any_card, read_card
 from lesion_engine.picai_unet.card import DetectionModelCard
-from lesion_engine.picai_unet.checkpoint import import_picai_unet, read_fold_checkpoint
+from lesion_engine.picai_unet.checkpoint import PUBLISHED_CHECKPOINTS, import_picai_unet, read_fold_checkpoint
 from lesion_engine.picai_unet.engine import load_detection_artifact
 from lesion_engine.picai_unet.network import PicaiUNet, PicaiUNetConfig, monai_key_map
 
@@ -101,6 +101,10 @@ def test_card_records_origin_licence_pipeline_and_sources(tmp_path: Path) -> Non
     assert [c["fold"] for c in data["source"]["checkpoints"]] == [0, 1, 2, 3, 4]
     digests = {c["sha256"] for c in data["source"]["checkpoints"]}
     assert len(digests) == 5
+    # Not the published weights (those are recognised by their git-lfs sha256).
+    assert all(c["published"] is None for c in data["source"]["checkpoints"])
+    assert not digests & set(PUBLISHED_CHECKPOINTS)
+    assert pipeline_defaults_are_the_reference(data["pipeline"])
     pipeline = data["pipeline"]
     assert pipeline["spacing_zyx"] == [3.0, 0.5, 0.5]
     assert pipeline["matrix_zyx"] == [20, 256, 256]
@@ -111,6 +115,16 @@ def test_card_records_origin_licence_pipeline_and_sources(tmp_path: Path) -> Non
     assert "1,500" in data["training"]["data"]
     assert isinstance(read_any_card(tmp_path / "artifact"), DetectionModelCard)
     assert (tmp_path / "artifact" / "MODEL_CARD.md").read_text().count("| ") >= 5
+
+
+def pipeline_defaults_are_the_reference(pipeline: dict[str, Any]) -> bool:
+    return (
+        pipeline["crop_resampling"] == "whole"
+        and pipeline["diffusion_resampling"] == "reference"
+        and pipeline["input_pixel_type"] == "dicom"
+        and pipeline["flip_tta"] is True
+        and pipeline["output_channel"] == 1
+    )
 
 
 def test_joint_model_readers_refuse_a_detection_model_clearly(tmp_path: Path) -> None:
@@ -253,12 +267,13 @@ def test_cli_import_writes_the_artifact_and_says_why_it_refuses(tmp_path: Path) 
     save_folds(weights, config=PicaiUNetConfig(), folds=range(1))
     done = subprocess.run(
         [sys.executable, "-m", "lesion_engine.cli", "models", "import", "picai-unet", str(weights),
-         "--name", "picai-f0", "--folds", "0", "--out", str(tmp_path / "artifact")],
+         "--name", "picai-f0", "--folds", "0", "--crop-resampling", "crop", "--out", str(tmp_path / "artifact")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["kind"] == "detection-map" and summary["folds"] == [0]
+    assert summary["pipeline"] == {"crop_resampling": "crop", "diffusion_resampling": "reference"}
     assert isinstance(read_any_card(tmp_path / "artifact"), DetectionModelCard)
     refused = subprocess.run(
         [sys.executable, "-m", "lesion_engine.cli", "models", "import", "picai-unet", str(weights),

@@ -100,12 +100,12 @@ def test_imported_picai_model_shadows_is_promoted_and_shows_in_ohif(
     assert identity.startswith("picai-unet:synthetic-1:")
     assert model_identity(str(node.home / "models" / "picai-unet")) == identity
     assert admin.post_json(f"/lesion-ai/studies/{study_id}/process", {})["message"] == "queued"
-    wait_for(lambda: _done(client, 2), 300, "the study processed again, with the shadow model")
     shadow = wait_for(
         lambda: (m := client.get_json("/lesion-ai/models/picai-unet")) and m["agreement"] and m,
-        120,
-        "the imported model's shadow run",
+        400,
+        "the study processed again, with the imported model in shadow",
     )
+    wait_for(lambda: _done(client, 1), 120, "the job done")
     assert shadow["status"] == "shadow" and shadow["shadow_studies"] == 1
     assert shadow["agreement"]["studies"] == 1 and shadow["agreement"]["model"] == identity
 
@@ -113,7 +113,7 @@ def test_imported_picai_model_shadows_is_promoted_and_shows_in_ohif(
     promoted = _cli("models", "promote", "picai-unet", *login, env=env)
     assert '"active": "picai-unet"' in promoted
     assert admin.post_json(f"/lesion-ai/studies/{study_id}/process", {})["message"] == "queued"
-    wait_for(lambda: _done(client, 3), 300, "the study processed by the imported model")
+    wait_for(lambda: _done(client, 2), 400, "the study processed by the imported model")
     newest = max(jobs(client), key=lambda j: j["id"])
     assert newest["model"] == identity
     detail = client.get_json(f"/lesion-ai/jobs/{newest['id']}")

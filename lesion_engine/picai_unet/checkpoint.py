@@ -42,6 +42,7 @@ __all__ = [
     "FOLD_FILE",
     "MAX_CHECKPOINT_BYTES",
     "PICAI_UNET_SOURCE",
+    "PUBLISHED_CHECKPOINTS",
     "import_picai_unet",
     "read_fold_checkpoint",
 ]
@@ -68,6 +69,15 @@ PICAI_UNET_TRAINING: dict[str, Any] = {
     ),
     "not_measured_here": "accuracy on real patients: no real data is available to this project",
 }
+#: The published folds (git-lfs objects of the algorithm repository at commit 73b37f0): sha256 -> file name.
+PUBLISHED_CHECKPOINTS: dict[str, str] = {
+    "79d0f021304ffd6190614c494e68ef43df8245c3de04fe2fe3b3d0618bc49a4c": "unet_F0.pt",
+    "7c94bde607f9a4b1bddba6401e704e2bb173b20454e45f1ebd20d2f4480091f5": "unet_F1.pt",
+    "a5ed867d51eaa8aa93da64785cf696577d4e56e5e3985ca9e474258402e1ec1d": "unet_F2.pt",
+    "96caa56f7ffa2cefb88005e8501164903a18168d6988b4ba692010537b41da26": "unet_F3.pt",
+    "18e1dc6e6e6f8002f5273299e274985301c6f7ef830451b539afe4c0cba797f9": "unet_F4.pt",
+}
+PUBLISHED_RELEASE = "DIAGNijmegen/picai_unet_semi_supervised_gc_algorithm at commit 73b37f0"
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
@@ -262,9 +272,21 @@ def import_picai_unet(
         path = source / FOLD_FILE.format(fold=fold)
         for key, tensor in read_fold_checkpoint(path, fold, cfg).items():
             tensors[f"fold{fold}.{key}"] = tensor
+        digest = file_sha256(path)
+        published = PUBLISHED_CHECKPOINTS.get(digest)
         checkpoints.append(
-            {"fold": fold, "file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
+            {
+                "fold": fold,
+                "file": path.name,
+                "sha256": digest,
+                "bytes": path.stat().st_size,
+                "published": f"{published} of {PUBLISHED_RELEASE}" if published else None,
+            }
         )
+        if published is None:
+            logger.warning(
+                "fold %d (%s) is not one of the published checkpoints (sha256 %s)", fold, path.name, digest
+            )
         logger.info("fold %d read from %s", fold, path.name)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,11 +335,12 @@ def model_card_text(card: DetectionModelCard) -> str:
         f"- Training data (as its authors state it): {card.training.get('data')}",
         f"- Imported: {card.created}; folds {', '.join(map(str, card.architecture.folds))}",
         "",
-        "| fold | file | sha256 |",
+        "| fold | file | sha256 (what it is) |",
         "| --- | --- | --- |",
     ]
     for item in source.get("checkpoints", []):
-        lines.append(f"| {item['fold']} | {item['file']} | `{item['sha256']}` |")
+        published = item.get("published") or "not a published checkpoint"
+        lines.append(f"| {item['fold']} | {item['file']} | `{item['sha256']}` ({published}) |")
     lines += ["", "## Pipeline (as the reference process.py)", ""]
     lines += [f"{i}. {step}" for i, step in enumerate(card.pipeline.to_dict()["steps"], start=1)]
     lines += [

@@ -3,7 +3,9 @@
 Orthanc's configuration names this file twice, for every version of the plugin: ``"PythonScript"``
 (orthanc-python 4.0, Orthanc 1.10) and ``"Python": {"Path": ...}`` (later plugins). Orthanc's embedded
 interpreter is the system Python: this script first puts the virtual environment's site-packages (named
-in the ``LesionAI`` section, ``SitePackages``) at the front of ``sys.path``, then installs the plugin.
+in the ``LesionAI`` section, ``SitePackages``) on ``sys.path`` ahead of the system's packages, but behind the
+standard library (a package may ship a backport module named like a standard one: picai_prep pulls in the
+2018 ``dataclasses`` backport, which would break every import of dataclasses), then installs the plugin.
 
 This file is part of the lesion AI node, AGPL-3.0-or-later; ``GET /lesion-ai/source`` serves its source.
 """
@@ -15,6 +17,7 @@ import json
 import os
 import site
 import sys
+import sysconfig
 
 import orthanc
 
@@ -48,7 +51,24 @@ def _prepend_site_packages() -> None:
     before = list(sys.path)
     site.addsitedir(path)
     added = [p for p in sys.path if p not in before]
-    sys.path[:] = added + before
+    sys.path[:] = ordered_path(before, added, _standard_library())
+
+
+def _standard_library() -> set[str]:
+    stdlib = sysconfig.get_path("stdlib")
+    return {
+        os.path.normpath(p)
+        for p in (stdlib, sysconfig.get_path("platstdlib"), os.path.join(stdlib, "lib-dynload"))
+        if p
+    }
+
+
+def ordered_path(before: list[str], added: list[str], standard_library: set[str]) -> list[str]:
+    """``sys.path`` with ``added`` (the virtual environment) ahead of the system's packages and behind the
+    standard library (its folders and zip): a backport in site-packages never shadows a standard module."""
+    stdlib = [p for p in before if os.path.normpath(p) in standard_library or p.endswith(".zip")]
+    rest = [p for p in before if p not in stdlib]
+    return stdlib + added + rest
 
 
 _prepend_site_packages()
