@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 
 from lesion_engine.grid_resample import coverage_mask, grid_map, resample_affine_linear, resample_linear
 from lesion_engine.model_config import PICAI_CROP, PreprocessConfig
-from lesion_engine.picai_unet.pipeline import network_input, role_images
+from lesion_engine.picai_unet.pipeline import crop_grid, network_input, role_images
 from lesion_engine.preprocess import PreparedStudy
 from lesion_engine.volumes import same_grid
 
@@ -180,7 +180,13 @@ def _picai_input(images: list[sitk.Image], config: PreprocessConfig) -> ModelInp
 def to_model_input(prepared: PreparedStudy, config: PreprocessConfig) -> ModelInput:
     """Network input of a prepared study (see the module docstring for the channels)."""
     if config.kind == PICAI_CROP:
-        return _picai_input(role_images(prepared, config.picai_pipeline()), config)
+        pipeline = config.picai_pipeline()
+        model = _picai_input(role_images(prepared, pipeline), config)
+        # The inputs are read as SimpleITK reads the series (their geometry differs from our loader's in the
+        # 8th to 15th digit); the model grid is placed on our T2W's geometry, so that the engine's mappings
+        # between it and the T2W grid meet the voxels exactly, on the CPU and on a GPU alike.
+        model.grid.CopyInformation(crop_grid(prepared.t2w, pipeline).grid)
+        return model
     # The T2W-grid images of a prepared study are resampled when first read: read only those needed.
     hbv = prepared.high_b if _hbv_volume(prepared, config) == "high_b" else prepared.hbv
     if hbv is None:  # _hbv_volume chose high_b only where there is one

@@ -41,7 +41,7 @@ from lesion_engine.picai_unet.checkpoint import import_picai_unet
 from lesion_engine.picai_unet.config import PicaiPipeline
 from lesion_engine.picai_unet.engine import load_detection_artifact
 from lesion_engine.picai_unet.network import PicaiUNetConfig
-from lesion_engine.picai_unet.pipeline import network_input, role_images
+from lesion_engine.picai_unet.pipeline import crop_grid, network_input, role_images
 from lesion_engine.preprocess import prepare_study
 from tests.model_helpers import write_tiny_artifact
 from tests.test_picai_import import SMALL, save_folds
@@ -205,7 +205,10 @@ def _engine_runs_it(setup: dict[str, Path], artifact: Path) -> None:
     cpu = to_model_input(prepared, engine.card.preprocessing)
     assert np.array_equal(cpu.images, expected)
     coverage = sitk.GetArrayFromImage(cpu.grid).astype(bool)
-    assert cpu.grid.GetSpacing() == crop.grid.GetSpacing() and cpu.grid.GetOrigin() == crop.grid.GetOrigin()
+    # The model grid lies on our T2W's geometry (the inputs are read as SimpleITK reads the series).
+    ours = crop_grid(prepared.t2w, pipeline).grid
+    assert cpu.grid.GetSpacing() == ours.GetSpacing() and cpu.grid.GetOrigin() == ours.GetOrigin()
+    assert np.allclose(cpu.grid.GetOrigin(), crop.grid.GetOrigin(), atol=1e-6)
     assert 0 < coverage.sum() < coverage.size  # the crop pads beyond the small T2W's slices
     tensors = to_model_input_tensor(prepared, engine.card.preprocessing, "cpu")
     assert torch.equal(tensors.images, torch.from_numpy(expected))
