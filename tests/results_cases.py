@@ -34,7 +34,7 @@ class FakeLesion:
     volume_ml: float
     max_diameter_mm: float
     probability: float
-    category: int
+    category: int | None
     zone: str | None
 
 
@@ -117,7 +117,7 @@ def make_lesion(
     mask: NDArray[np.bool_],
     spacing: tuple[float, float, float],
     probability: float,
-    category: int,
+    category: int | None,
     zone: str | None,
 ) -> FakeLesion:
     """A lesion whose volume and diameter follow from its mask."""
@@ -154,6 +154,17 @@ def positive_result(datasets: Sequence[Dataset]) -> FakeResult:
         make_lesion(2, second, spacing, 0.34, 3, None),
     ]
     return FakeResult(lesions, 0.81, likelihood_map(lesions, shape), str(datasets[0].StudyInstanceUID))
+
+
+def detection_map_result(datasets: Sequence[Dataset]) -> FakeResult:
+    """The lesions of :func:`positive_result` as a detection-map model (an imported PI-CAI U-Net) reports
+    them: a likelihood each, no suspicion category, no zone."""
+    shape, spacing = grid_info(datasets)
+    lesions = [
+        make_lesion(1, ellipsoid(shape, (9, 250, 200), (1.6, 14, 18)), spacing, 0.62, None, None),
+        make_lesion(2, ellipsoid(shape, (6, 205, 165), (1.2, 8, 8)), spacing, 0.21, None, None),
+    ]
+    return FakeResult(lesions, 0.62, likelihood_map(lesions, shape), str(datasets[0].StudyInstanceUID))
 
 
 def negative_result(datasets: Sequence[Dataset]) -> FakeResult:

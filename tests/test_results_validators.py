@@ -27,6 +27,7 @@ from tests import validators
 from tests.results_cases import (
     T2W_SERIES_NUMBER,
     FakeResult,
+    detection_map_result,
     ellipsoid,
     fixture_case,
     grid_info,
@@ -73,6 +74,13 @@ def cases(
     written = write_results(positive, t2w, ResultSettings(write_pmap=True, write_sc=True), analysis_time=WHEN)
     out["positive"] = Case(
         "positive", sources, save_all(written.all(), root / "positive", "ai"), positive, t2w
+    )
+    detection = detection_map_result(t2w)
+    written = write_results(
+        detection, t2w, ResultSettings(write_pmap=True, write_sc=True), analysis_time=WHEN
+    )
+    out["detection-map"] = Case(
+        "detection-map", sources, save_all(written.all(), root / "detection-map", "ai"), detection, t2w
     )
     negative = negative_result(t2w)
     written = write_results(negative, t2w, analysis_time=WHEN)
@@ -138,7 +146,7 @@ def test_dciodvfy_finds_no_error(cases: dict[str, Case]) -> None:
 
 def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
     srs = [p for case in cases.values() for p in case.of_modality("SR")]
-    assert len(srs) == 7
+    assert len(srs) == 8
     for path in srs:
         report = validators.dsrdump(path)
         assert report.returncode == 0, f"{path.name}:\n{report.output}"
@@ -190,7 +198,7 @@ def _reference_grid(t2w: list[Path]) -> sitk.Image:
     return image
 
 
-@pytest.mark.parametrize("name", ["positive", "fixture", "synthetic"])
+@pytest.mark.parametrize("name", ["positive", "detection-map", "fixture", "synthetic"])
 def test_segimage2itkimage_reads_the_masks_back(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
     case = cases[name]
     assert case.result is not None
@@ -220,7 +228,9 @@ def _ascending(image: sitk.Image) -> bool:
     return bool(np.dot(direction[:, 2], normal) > 0)
 
 
-@pytest.mark.parametrize("name", ["positive", "negative", "negative-gland", "fixture", "synthetic", "no-seg"])
+@pytest.mark.parametrize(
+    "name", ["positive", "detection-map", "negative", "negative-gland", "fixture", "synthetic", "no-seg"]
+)
 def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
     case = cases[name]
     assert case.result is not None
