@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CONFIGURED",
     "MAX_UPLOAD_BYTES",
+    "RESERVED_SUFFIXES",
     "ModelRegistry",
     "ModelTakenError",
     "RegisteredModel",
@@ -65,6 +66,9 @@ MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
 #: card and its plots.
 _ALLOWED_FILES = re.compile(r"(?:model\.json|model\.safetensors|MODEL_CARD\.md|[A-Za-z0-9_-]{1,64}\.png)")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Suffixes of the files the node keeps beside the models (the registry, its temporary and lock files,
+#: history and logs): a model name never ends with one, so a model's folder can never take a file's place.
+RESERVED_SUFFIXES = (".json", ".tmp", ".lock", ".log", ".partial")
 #: History entries kept in the registry file.
 _HISTORY_KEPT = 200
 
@@ -97,6 +101,11 @@ def check_name(name: str) -> str:
         raise RegistryError(
             f"invalid model name {str(name)[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' "
             f"(starting with a letter or digit), and not {CONFIGURED!r}"
+        )
+    if name.lower().endswith(RESERVED_SUFFIXES):
+        raise RegistryError(
+            f"invalid model name {name!r}: a name may not end with {', '.join(RESERVED_SUFFIXES)} (the node's "
+            f"own files beside the models, such as {REGISTRY_FILE}, use them)"
         )
     return name
 
@@ -291,8 +300,12 @@ class ModelRegistry:
         history = state.history[-_HISTORY_KEPT:]
         data = RegistryState(state.active, state.shadow, history).to_json()
         tmp = self.registry_file.with_name(f".{REGISTRY_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.registry_file)
+        try:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.registry_file)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RegistryError(f"cannot write the model registry {self.registry_file}: {exc}") from exc
 
     def add_zip(self, name: str, data: bytes, user: str | None) -> RegisteredModel:
         """Register the artifact in a zip (its card and weights at the top level) as ``name``.

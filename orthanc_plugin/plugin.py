@@ -361,6 +361,10 @@ class NodePlugin:
     def health_figures(self) -> HealthFigures:
         """The node's state (``GET /lesion-ai/health``)."""
         problems = [*self.errors, *([self.rules_error] if self.rules_error else [])]
+        try:
+            self.models.state()
+        except RegistryError as exc:
+            problems.append(f"model registry: {exc}")
         return HealthFigures(
             problems=tuple(problems),
             uptime_s=time.time() - self.started_at,

@@ -122,6 +122,61 @@ def test_bad_uploads_are_refused_and_leave_nothing(
     assert not folder.exists() or not [p for p in folder.iterdir() if p.is_dir()]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "registry.json",
+        "REGISTRY.JSON",
+        "agreement.json",
+        "x.tmp",
+        "registry.json.1.tmp",
+        "x.lock",
+        "x.log",
+        "x.partial",
+    ],
+)
+def test_names_of_the_nodes_own_files_are_refused_and_processing_goes_on(
+    node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path], name: str
+) -> None:
+    """A model may never take the place of the registry or of its temporary, lock or log files."""
+    fake, plugin = node
+    out = fake.rest("POST", f"/lesion-ai/models/{name}", _zip(artifacts[1]), headers=_headers())
+    assert out.status == 400 and "may not end with" in out.json()["error"], out.body
+    folder = plugin.settings.models_folder
+    assert not folder.exists() or sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == []
+    # Everything goes on: the registry is readable, the next upload works, health has no problem.
+    assert fake.rest("GET", "/lesion-ai/models").status == 200
+    assert fake.rest("POST", "/lesion-ai/models/ok-1", _zip(artifacts[1]), headers=_headers()).status == 201
+    assert (
+        fake.rest("POST", "/lesion-ai/models/ok-1/shadow", b'{"enabled": true}', headers=_headers()).status
+        == 200
+    )
+    assert (folder / "registry.json").is_file()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    health = fake.rest("GET", "/lesion-ai/health").json()
+    assert health["status"] == "ok" and health["problems"] == [], health
+
+
+def test_an_unreadable_registry_is_a_health_problem_and_nothing_is_left_behind(
+    node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path]
+) -> None:
+    """A registry file that cannot be read (here a folder in its place, as an older node could make) is
+    named by health, the model routes say why, and a write leaves no temporary file."""
+    fake, plugin = node
+    folder = plugin.settings.models_folder
+    (folder / "registry.json").mkdir(parents=True)
+    health = fake.rest("GET", "/lesion-ai/health").json()
+    assert health["status"] == "degraded"
+    assert any("model registry" in p and "registry.json" in p for p in health["problems"]), health
+    listing = fake.rest("GET", "/lesion-ai/models")
+    assert listing.status == 500 and "cannot read the model registry" in listing.json()["error"]
+    with pytest.raises(RegistryError, match="model registry"):
+        plugin.models.add_zip("x", _zip(artifacts[1]), "alice")
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    (folder / "registry.json").rmdir()
+    assert fake.rest("GET", "/lesion-ai/health").json()["problems"] == []
+
+
 def test_weights_that_are_not_the_cards_are_refused(artifacts: dict[int, Path], tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path / "models")
     mixed = io.BytesIO()
