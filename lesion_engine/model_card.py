@@ -355,6 +355,9 @@ AnyModelCard = ModelCard | DetectionModelCard
 
 #: A model card larger than this is refused (a card is read per request and per job).
 MAX_CARD_BYTES = 1 << 20
+#: Longest text value of a card, and of its name and version (they appear in every job and result).
+MAX_CARD_TEXT = 4096
+MAX_NAME_TEXT = 128
 
 
 def read_card(path: Path | str) -> ModelCard:
@@ -389,11 +392,31 @@ def _card_data(card_path: Path) -> Any:
     if len(raw) > MAX_CARD_BYTES:
         raise ModelArtifactError(f"the model card {card_path} is larger than {MAX_CARD_BYTES} bytes")
     try:
-        return json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ModelArtifactError(f"cannot read the model card {card_path}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ModelArtifactError(f"the model card {card_path} is not valid JSON: {exc}") from exc
+    _check_texts(card_path, data, "")
+    return data
+
+
+def _check_texts(card_path: Path, value: Any, where: str) -> None:
+    """Every text of a card (keys too) is at most :data:`MAX_CARD_TEXT` characters without NUL; its name and
+    version at most :data:`MAX_NAME_TEXT`."""
+    if isinstance(value, str):
+        limit = MAX_NAME_TEXT if where in ("name", "version") else MAX_CARD_TEXT
+        if len(value) > limit or "\x00" in value:
+            raise _fail(
+                card_path, where or "(top)", f"text longer than {limit} characters, or with a NUL character"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_texts(card_path, key, where)
+            _check_texts(card_path, item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_texts(card_path, item, f"{where}[{index}]")
 
 
 def default_artifact() -> Path:

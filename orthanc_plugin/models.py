@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -330,10 +331,7 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(mode=0o700)
             try:
-                try:
-                    _extract(archive, infos, staging)
-                except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-                    raise RegistryError(f"the model upload cannot be unpacked: {exc}") from None
+                _extract(archive, infos, staging)
                 _check_artifact(staging)
                 identity = model_identity(str(staging))
                 same = [m for m in (CONFIGURED, *self.names()) if self.get(m).identity == identity]
@@ -398,43 +396,74 @@ class ModelRegistry:
         return new
 
 
+#: Most entries an uploaded artifact zip may hold (the card, the weights, MODEL_CARD.md and a few plots).
+MAX_ZIP_ENTRIES = 64
+
+
 def _read_zip(data: bytes) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
-    """The entries of an uploaded artifact zip, checked (names, sizes) before anything is written."""
+    """The entries of an uploaded artifact zip, checked (count, names, sizes, encryption, compression)
+    before anything is written."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = [info for info in archive.infolist() if not info.is_dir()]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         raise RegistryError(
-            f"the model upload is not a zip file ({exc}); zip the artifact's {CARD_FILE} and {WEIGHTS_FILE}"
-        ) from exc
+            f"the model upload is not a readable zip file; zip the artifact's {CARD_FILE} and {WEIGHTS_FILE}"
+        ) from None
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise RegistryError(
+            f"the model upload holds {len(infos)} entries; an artifact has at most {MAX_ZIP_ENTRIES}"
+        )
+    infos = [info for info in infos if not info.is_dir()]
     total = 0
+    seen: set[str] = set()
     for info in infos:
         name = info.filename
+        if name != info.orig_filename:  # zipfile cuts a name at a NUL character
+            raise RegistryError("the model upload holds an entry whose name contains a NUL character")
         if not _ALLOWED_FILES.fullmatch(name):
             raise RegistryError(
                 f"unexpected file {name[:120]!r} in the model upload: only {CARD_FILE}, {WEIGHTS_FILE}, "
                 "MODEL_CARD.md and .png plots, at the top level of the zip"
             )
+        if name in seen:
+            raise RegistryError(f"the model upload holds {name} twice; an artifact has each file once")
+        seen.add(name)
+        if info.flag_bits & 0x1:
+            raise RegistryError(f"{name} in the model upload is encrypted; upload the artifact unencrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise RegistryError(
+                f"{name} in the model upload uses a compression method other than stored or deflate"
+            )
         total += info.file_size
         if total > MAX_UPLOAD_BYTES:
             raise RegistryError(f"the model upload unpacks to more than {MAX_UPLOAD_BYTES} bytes")
-    names = {info.filename for info in infos}
     for required in (CARD_FILE, WEIGHTS_FILE):
-        if required not in names:
+        if required not in seen:
             raise RegistryError(f"the model upload has no {required} at the top level of the zip")
     return archive, infos
 
 
 def _extract(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], folder: Path) -> None:
-    """Write the checked entries into ``folder``, streamed (a model's weights can be hundreds of MB)."""
+    """Write the checked entries into ``folder``, streamed (a model's weights can be hundreds of MB);
+    each entry is read no further than its declared size."""
     for info in infos:
         written = 0
-        with archive.open(info) as member, open(folder / info.filename, "wb") as out:
-            while chunk := member.read(min(1 << 20, info.file_size + 1 - written)):
-                written += len(chunk)
-                if written > info.file_size:
-                    break
-                out.write(chunk)
+        try:
+            with archive.open(info) as member, open(folder / info.filename, "wb") as out:
+                while chunk := member.read(min(1 << 20, info.file_size + 1 - written)):
+                    written += len(chunk)
+                    if written > info.file_size:
+                        break
+                    out.write(chunk)
+        except zipfile.BadZipFile:
+            raise RegistryError(
+                f"{info.filename} in the model upload is damaged (its CRC check fails)"
+            ) from None
+        except (zlib.error, EOFError, ValueError, RuntimeError, NotImplementedError):
+            raise RegistryError(
+                f"{info.filename} in the model upload is damaged (it cannot be decompressed)"
+            ) from None
         if written != info.file_size:
             raise RegistryError(f"{info.filename} in the model upload is not the size its zip entry says")
 
@@ -443,7 +472,9 @@ def _check_artifact(folder: Path) -> None:
     try:
         card = read_any_card(folder)
     except ModelArtifactError as exc:
-        raise RegistryError(f"the uploaded model card is invalid: {exc}") from exc
+        # The node's folders are not the uploader's business: the message names the file only.
+        message = str(exc).replace(f"{folder}{os.sep}", "")
+        raise RegistryError(f"the uploaded model card is invalid: {message}") from None
     digest = hashlib.sha256()
     with open(folder / WEIGHTS_FILE, "rb") as handle:
         while chunk := handle.read(1 << 20):

@@ -95,7 +95,7 @@ def test_a_model_is_registered_from_its_zip_and_listed(
 @pytest.mark.parametrize(
     ("name", "build", "status", "words"),
     [
-        ("x", lambda a: b"not a zip at all", 400, "not a zip"),
+        ("x", lambda a: b"not a zip at all", 400, "not a readable zip"),
         ("x", lambda a: _zip(a, {"../evil.json": b"{}"}), 400, "unexpected file"),
         ("x", lambda a: _zip(a, {"run.sh": b"rm -rf /"}), 400, "unexpected file"),
         ("x", lambda a: _zip(a, leave_out=WEIGHTS_FILE), 400, "no model.safetensors"),
@@ -175,6 +175,126 @@ def test_an_unreadable_registry_is_a_health_problem_and_nothing_is_left_behind(
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     (folder / "registry.json").rmdir()
     assert fake.rest("GET", "/lesion-ai/health").json()["problems"] == []
+
+
+def _raw_zip(entries: Sequence[tuple[str, bytes]], method: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _artifact_entries(folder: Path) -> list[tuple[str, bytes]]:
+    return [(name, (folder / name).read_bytes()) for name in (CARD_FILE, WEIGHTS_FILE)]
+
+
+def _patched(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in data
+    return data.replace(old, new)
+
+
+def _with_card(folder: Path, **changes: Any) -> bytes:
+    card = json.loads((folder / CARD_FILE).read_text())
+    card.update(changes)
+    return _raw_zip(
+        [(CARD_FILE, json.dumps(card).encode()), (WEIGHTS_FILE, (folder / WEIGHTS_FILE).read_bytes())]
+    )
+
+
+def _crc_broken(folder: Path) -> bytes:
+    data = bytearray(_raw_zip(_artifact_entries(folder)))
+    start = data.index(b"safetensors") if b"safetensors" in data else len(data) // 2
+    data[start + 200] ^= 0xFF  # a byte of the stored weights: the CRC no longer matches
+    return bytes(data)
+
+
+def _deflate_broken(folder: Path) -> bytes:
+    data = bytearray(_raw_zip(_artifact_entries(folder), zipfile.ZIP_DEFLATED))
+    header = data.index(b"PK\x03\x04", 10)  # the second entry's local header (the weights)
+    for offset in range(header + 80, header + 160):
+        data[offset] = 0xFF  # garbage in the deflate stream
+    return bytes(data)
+
+
+def _flagged(data: bytes, flag: int = 0, method: int | None = None) -> bytes:
+    """Set a general-purpose flag bit or the compression method in every header of a zip."""
+    out = bytearray(data)
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = 0
+        while (start := out.find(signature, start)) >= 0:
+            out[start + flag_at] |= flag
+            if method is not None:
+                out[start + method_at : start + method_at + 2] = method.to_bytes(2, "little")
+            start += 4
+    return bytes(out)
+
+
+def _understated(folder: Path) -> bytes:
+    """A bomb that declares a smaller size than it unpacks to (the card's entry)."""
+    data = _raw_zip(_artifact_entries(folder), zipfile.ZIP_DEFLATED)
+    card_size = len((folder / CARD_FILE).read_bytes())
+    small = (card_size // 2).to_bytes(4, "little")
+    out = bytearray(data)
+    for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = out.find(signature)
+        out[start + size_at : start + size_at + 4] = small
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("build", "words"),
+    [
+        (lambda a: _with_card(a, name="x" * 10_000_000), "model.json is larger than 1048576 bytes"),
+        (lambda a: _with_card(a, name="x" * 200), "'name': text longer than 128"),
+        (lambda a: _with_card(a, training={"data": "y" * 5000}), "training.data"),
+        (lambda a: _with_card(a, version="1\x002"), "NUL"),
+        (
+            lambda a: _raw_zip([*_artifact_entries(a), *((f"p{i}.png", b"x") for i in range(10_000))]),
+            "10002 entries",
+        ),
+        (lambda a: _raw_zip([*_artifact_entries(a), (CARD_FILE, b"{}")]), "model.json twice"),
+        (
+            lambda a: _patched(
+                _raw_zip([*_artifact_entries(a), ("plot.png@.sh", b"x")]), b"plot.png@", b"plot.png\x00"
+            ),
+            "NUL character",
+        ),
+        (_crc_broken, "damaged (its CRC check fails)"),
+        (_deflate_broken, "damaged"),
+        (lambda a: _flagged(_raw_zip(_artifact_entries(a)), flag=1), "is encrypted"),
+        (lambda a: _flagged(_raw_zip(_artifact_entries(a)), method=99), "compression method"),
+        (_understated, "model.json in the model upload"),
+        (lambda a: b"PK\x03\x04" + b"\x00" * 100, "not a readable zip file"),
+    ],
+    ids=[
+        "name-10MB",
+        "name-200",
+        "long-text",
+        "nul-in-card",
+        "10000-entries",
+        "duplicate",
+        "nul-name",
+        "bad-crc",
+        "broken-deflate",
+        "encrypted",
+        "unknown-method",
+        "bomb",
+        "truncated",
+    ],
+)
+def test_malformed_uploads_are_400_naming_the_problem_without_exception_text(
+    node: tuple[FakeOrthanc, NodePlugin], artifacts: dict[int, Path], build: Any, words: str
+) -> None:
+    fake, plugin = node
+    out = fake.rest("POST", "/lesion-ai/models/x", build(artifacts[1]), headers=_headers())
+    assert out.status == 400, out.body
+    message = out.json()["error"]
+    assert words in message, message
+    assert "Traceback" not in message and "Error:" not in message and "zlib" not in message, message
+    folder = plugin.settings.models_folder
+    assert plugin.models.names() == []
+    assert not folder.exists() or not [p for p in folder.iterdir() if p.is_dir()]
 
 
 def test_weights_that_are_not_the_cards_are_refused(artifacts: dict[int, Path], tmp_path: Path) -> None:
