@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChangeFollower", "HeaderCache", "PropertyStore", "ReceivingStudies"]
 
 _MAX_PENDING = 10000
+#: Backoff of a study whose evaluation failed (seconds): doubled at each failure up to the maximum.
+_RETRY_FIRST_S = 2.0
+_RETRY_MAX_S = 60.0
 #: How often a study that was judged and did not change since is read again (seconds).
 _SETTLED_CHECK_S = 2.0
 
@@ -60,8 +63,10 @@ class ChangeFollower:
     store : PropertyStore
         Where the position (last sequence number and pending studies) is kept.
     on_stable_study : callable
-        Called with the Orthanc ID of each stable study, in the order of the log. Exceptions are logged
-        and do not stop the follower.
+        Called with the Orthanc ID of each stable study, in the order of the log. An exception (a full
+        disk, a locked database, Orthanc busy) is logged and does not stop the follower; the study is
+        evaluated again later (backoff up to a minute), across restarts too, until it succeeds or the study
+        is gone: never dropped.
     catch_up : str
         With no stored position (first start): ``none`` starts at the end of the log, ``all`` at its start.
     batch : int
@@ -83,6 +88,8 @@ class ChangeFollower:
         self.batch = batch
         self.last: int | None = None
         self.pending: dict[str, None] = {}
+        #: Stable studies whose evaluation failed: Orthanc ID -> (failures, when due (monotonic), error).
+        self.retry: dict[str, tuple[int, float, str]] = {}
 
     def _load(self) -> None:
         raw = self.store.load()
@@ -93,6 +100,8 @@ class ChangeFollower:
                     data = {"seq": data}
                 self.last = int(data["seq"])
                 self.pending = dict.fromkeys(str(s) for s in data.get("pending", []))
+                now = time.monotonic()
+                self.retry = {str(s): (0, now, "before a restart") for s in data.get("retry", [])}
                 return
             except (ValueError, KeyError, TypeError):
                 logger.warning("stored change position %r is unreadable; starting afresh", raw[:80])
@@ -104,13 +113,56 @@ class ChangeFollower:
         self._save()
 
     def _save(self) -> None:
-        self.store.save(json.dumps({"seq": self.last, "pending": list(self.pending)}))
+        try:
+            self.store.save(
+                json.dumps({"seq": self.last, "pending": list(self.pending), "retry": list(self.retry)})
+            )
+        except Exception as exc:  # e.g. a full disk: kept in memory, saved with the next change
+            logger.warning("the change position cannot be saved (%s); kept in memory", exc)
 
     def _handle(self, study_id: str) -> None:
         try:
             self.on_stable_study(study_id)
-        except Exception:
-            logger.exception("study %s: evaluation failed", study_id)
+        except NotFoundError:
+            self.retry.pop(study_id, None)
+            logger.info("study %s: gone before its evaluation", study_id)
+        except Exception as exc:
+            failures = self.retry.get(study_id, (0, 0.0, ""))[0] + 1
+            delay = min(_RETRY_FIRST_S * 2 ** (failures - 1), _RETRY_MAX_S)
+            self.retry[study_id] = (failures, time.monotonic() + delay, f"{type(exc).__name__}: {exc}"[:300])
+            logger.warning(
+                "study %s: evaluation failed (%s: %s); evaluated again in %.0f s (failure %d)",
+                study_id,
+                type(exc).__name__,
+                exc,
+                delay,
+                failures,
+                exc_info=failures == 1,
+            )
+        else:
+            if self.retry.pop(study_id, None) is not None:
+                logger.info("study %s: evaluated after earlier failures", study_id)
+
+    def retry_due(self) -> int:
+        """Evaluate again the studies whose earlier evaluation failed and whose backoff is over; returns
+        how many were tried."""
+        now = time.monotonic()
+        due = [study for study, (_, when, _) in self.retry.items() if when <= now]
+        for study_id in due:
+            self._handle(study_id)
+        if due:
+            self._save()
+        return len(due)
+
+    def retry_problem(self) -> str | None:
+        """What health says of the studies waiting for another evaluation (None when there are none)."""
+        if not self.retry:
+            return None
+        study, (failures, _, error) = max(self.retry.items(), key=lambda item: item[1][0])
+        return (
+            f"{len(self.retry)} stable stud{'y waits' if len(self.retry) == 1 else 'ies wait'} to be evaluated "
+            f"again (e.g. study {study}, {failures} failure(s): {error})"
+        )
 
     def _note_pending(self, change: dict[str, Any]) -> None:
         kind = change.get("ChangeType")
@@ -139,6 +191,9 @@ class ChangeFollower:
         """
         self._load()
         handled = self.poll()
+        for study_id in list(self.retry):
+            self._handle(study_id)
+            handled += 1
         for study_id in list(self.pending):
             try:
                 stable = bool(self.api.get_json(f"/studies/{quote_id(study_id)}").get("IsStable", False))
@@ -171,7 +226,7 @@ class ChangeFollower:
             if changes:
                 self._save()
             if page.get("Done", True) or not changes:
-                return handled
+                return handled + self.retry_due()
 
 
 # -- reading headers from Orthanc ------------------------------------------------------------------------

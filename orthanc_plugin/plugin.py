@@ -361,6 +361,9 @@ class NodePlugin:
     def health_figures(self) -> HealthFigures:
         """The node's state (``GET /lesion-ai/health``)."""
         problems = [*self.errors, *([self.rules_error] if self.rules_error else [])]
+        waiting = self.follower.retry_problem()
+        if waiting is not None:
+            problems.append(waiting)
         try:
             self.models.state()
         except RegistryError as exc:

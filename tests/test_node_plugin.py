@@ -245,6 +245,60 @@ def test_evaluation_errors_do_not_stop_the_follower(node: tuple[FakeOrthanc, Nod
     assert [j.study_id for j in plugin.queue.list()] == [good]
 
 
+def test_a_failed_evaluation_is_retried_until_it_succeeds_even_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk or a locked database while a stable study is evaluated: the study is never dropped. It
+    waits, health names it, it is evaluated again after a backoff and after a restart, and queued once the
+    cause is gone."""
+    import sqlite3
+
+    import orthanc_plugin.changes as changes
+
+    monkeypatch.setattr(changes, "_RETRY_FIRST_S", 0.0)
+    settings = _settings(tmp_path)
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.start()
+    study = fake.add_study(series=PROSTATE)
+    full = sqlite3.OperationalError("database or disk is full")
+    real_enqueue = plugin.replacement.enqueue
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise full
+
+    monkeypatch.setattr(plugin.replacement, "enqueue", failing)
+    fake.stabilize(study, notify=False)
+    plugin.follower.poll()
+    assert plugin.queue.list() == [] and study in plugin.follower.retry
+    health = plugin.admin.health()[1]
+    assert health["status"] == "degraded"
+    assert any("wait" in p and study in p and "database or disk is full" in p for p in health["problems"]), (
+        health
+    )
+    failures = plugin.follower.retry[study][0]
+    plugin.follower.poll()  # still failing: evaluated again (no backoff here), still waiting, nothing lost
+    assert plugin.follower.retry[study][0] > failures
+    assert study in json.loads(fake.properties[settings.sequence_property])["retry"]
+    plugin.stop()
+    # Orthanc restarted; the disk has room again: the study is evaluated at start.
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.start()
+    assert [j.study_id for j in plugin.queue.list()] == [study]
+    assert plugin.follower.retry == {} and plugin.admin.health()[1]["problems"] == []
+    # And without a restart: the next poll after the cause is gone queues it.
+    other = fake.add_study(series=PROSTATE, patient_id="P2")
+    real_enqueue = plugin.replacement.enqueue
+    monkeypatch.setattr(plugin.replacement, "enqueue", failing)
+    fake.stabilize(other, notify=False)
+    plugin.follower.poll()
+    assert other in plugin.follower.retry
+    monkeypatch.setattr(plugin.replacement, "enqueue", real_enqueue)
+    plugin.follower.poll()
+    assert sorted(j.study_id for j in plugin.queue.list()) == sorted([study, other])
+    plugin.stop()
+
+
 def test_install_with_a_bad_configuration_logs_and_keeps_orthanc_running() -> None:
     fake = FakeOrthanc(
         {"LesionAI": {"Home": "/nonexistent", "Queue": "mysql://x", "Rules": "/nonexistent.yaml"}}
