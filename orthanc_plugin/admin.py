@@ -253,6 +253,7 @@ class AdminApi:
             "problems": problems,
             "version": __version__,
             "uptime_s": round(figures.uptime_s, 1),
+            "disk": list(figures.disk),
             "model": figures.model,
             "model_card": (
                 {

@@ -88,6 +88,8 @@ class HealthFigures:
         Studies seen arriving and not stable yet.
     last_evaluation : Evaluation or None
         The latest evaluation of a study.
+    disk : tuple of dict
+        ``folder``, ``path``, ``free_mb`` and ``total_mb`` of the data folder and of Orthanc's storage.
     """
 
     problems: tuple[str, ...]
@@ -99,6 +101,7 @@ class HealthFigures:
     pending_studies: int
     worker_processes: tuple[dict[str, object], ...] = field(default=())
     last_evaluation: Evaluation | None = None
+    disk: tuple[dict[str, object], ...] = field(default=())
 
 
 class AdminNode(Protocol):

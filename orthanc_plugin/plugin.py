@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -168,6 +169,8 @@ class NodePlugin:
             settings.models_folder, settings.model, settings.processor, settings.model_identity
         )
         self.last_evaluation: Evaluation | None = None
+        #: Orthanc's storage folder (its configuration's StorageDirectory), watched for free space.
+        self.storage_dir: Path | None = None
         self.admin = AdminApi(self)
         self.viewer = viewer_files(settings)
         self.ui = UiFiles()
@@ -176,7 +179,9 @@ class NodePlugin:
     def from_orthanc(cls, orthanc: OrthancModule) -> NodePlugin:
         """Build from Orthanc's configuration (its ``LesionAI`` section)."""
         configuration = json.loads(orthanc.GetConfiguration())
-        return cls(orthanc, NodeSettings.from_orthanc_configuration(configuration))
+        plugin = cls(orthanc, NodeSettings.from_orthanc_configuration(configuration))
+        plugin.storage_dir = Path(str(configuration.get("StorageDirectory", "OrthancStorage"))).absolute()
+        return plugin
 
     # -- registration and events ----------------------------------------------------------------------
     def install(self) -> None:
@@ -364,6 +369,7 @@ class NodePlugin:
         waiting = self.follower.retry_problem()
         if waiting is not None:
             problems.append(waiting)
+        disk = self._disk_space(problems)
         try:
             self.models.state()
         except RegistryError as exc:
@@ -378,7 +384,39 @@ class NodePlugin:
             last_sequence=self.follower.last or 0,
             pending_studies=len(self.follower.pending),
             last_evaluation=self.last_evaluation,
+            disk=tuple(disk),
         )
+
+    def _disk_space(self, problems: list[str]) -> list[dict[str, object]]:
+        """Free space of the data folder and of Orthanc's storage; a problem for each below the warning."""
+        out: list[dict[str, object]] = []
+        folders = {"data folder": self.settings.home, "Orthanc storage": self.storage_dir}
+        limit = self.settings.disk_warning_mb
+        for label, folder in folders.items():
+            if folder is None:
+                continue
+            try:
+                usage = shutil.disk_usage(folder)
+            except OSError as exc:
+                problems.append(
+                    f"the free space of the {label} {folder} cannot be read: {exc.strerror or exc}"
+                )
+                continue
+            free_mb = usage.free // (1024 * 1024)
+            out.append(
+                {
+                    "folder": label,
+                    "path": str(folder),
+                    "free_mb": free_mb,
+                    "total_mb": usage.total // (1024 * 1024),
+                }
+            )
+            if limit and free_mb < limit:
+                problems.append(
+                    f"only {free_mb} MB free on the {label} {folder} (DiskSpaceWarningMb {limit}): studies "
+                    "may not be stored or evaluated; free some space"
+                )
+        return out
 
     def plan_study(self, study_id: str, rules: RoutingRules) -> StudyPlan:
         """What ``rules`` make of a study (loop guard, matches, jobs), without queueing anything."""

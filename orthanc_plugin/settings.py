@@ -334,6 +334,14 @@ class NodeSettings(WorkerSettings):
             "0: jobs start at StableAge only",
         ),
     )
+    disk_warning_mb: int = field(
+        default=1024,
+        metadata=_meta(
+            "DiskSpaceWarningMb",
+            "health is degraded, naming the folder, when the data folder (Home) or Orthanc's storage has less "
+            "free space than this, in MB (0: no warning)",
+        ),
+    )
     log_dir: Path | None = field(
         default=None, metadata=_meta("LogDir", "where the workers' logs go; none: the logs folder of Home")
     )
@@ -371,6 +379,14 @@ class NodeSettings(WorkerSettings):
             raise self._bad("viewer", f"must be true or false, got {self.viewer!r}")
         if self.catch_up not in ("none", "all"):
             raise self._bad("catch_up", f"must be 'none' or 'all', got {self.catch_up!r}")
+        if (
+            isinstance(self.disk_warning_mb, bool)
+            or not isinstance(self.disk_warning_mb, int)
+            or not 0 <= self.disk_warning_mb <= 10_000_000
+        ):
+            raise self._bad(
+                "disk_warning_mb", f"must be an integer from 0 to 10000000 MB, got {self.disk_warning_mb!r}"
+            )
         if not 0 <= self.completeness_quiet_s <= 3600:
             raise self._bad(
                 "completeness_quiet_s",

@@ -598,3 +598,24 @@ def test_supervisor_rotates_a_growing_worker_log(tmp_path: Path) -> None:
     assert b"\0" not in data and log.stat().st_size < 10 * 50_000
     with pytest.raises(ValueError, match="max_log_bytes"):
         WorkerSupervisor(["true"], 1, {}, tmp_path, max_log_bytes=10)
+
+
+def test_health_reports_free_space_and_warns_below_the_threshold(tmp_path: Path) -> None:
+    """Health gives the free space of the data folder and Orthanc's storage, and names a folder below
+    ``DiskSpaceWarningMb`` as a problem (a full disk would keep studies from being stored or evaluated)."""
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    for limit, degraded in ((10_000_000, True), (0, False)):
+        home = tmp_path / f"home-{limit}"
+        home.mkdir()
+        settings = _settings(home, disk_warning_mb=limit)
+        fake = FakeOrthanc({"LesionAI": settings.to_section(), "StorageDirectory": str(storage)})
+        plugin = NodePlugin.from_orthanc(fake)
+        health = plugin.admin.health()[1]
+        assert {d["folder"] for d in health["disk"]} == {"data folder", "Orthanc storage"}
+        assert all(int(d["free_mb"]) > 0 for d in health["disk"])
+        low = [p for p in health["problems"] if "MB free" in p]
+        assert (health["status"] == "degraded" and len(low) == 2) if degraded else not low, health
+        if degraded:
+            assert any(str(storage) in p for p in low) and any("data folder" in p for p in low)
+        plugin.stop()
