@@ -76,6 +76,14 @@ class PermanentJobError(Exception):
     """The job cannot succeed by retrying (e.g. its study was deleted)."""
 
 
+#: How long a job whose instances are stored empty waits before it looks again (seconds).
+_WAIT_S = 60.0
+
+
+class _WaitJobError(Exception):
+    """The job's inputs are not usable yet (instances stored empty): the job waits, no attempt counted."""
+
+
 class _StopJobError(Exception):
     """The worker was asked to stop (SIGTERM) or lost its lease."""
 
@@ -282,6 +290,10 @@ class Worker:
                 if not heartbeat.lost.is_set():
                     self.queue.release(job.id, owner)
                 return None
+            except _WaitJobError as exc:
+                logger.warning("job %d waits %.0f s: %s", job.id, _WAIT_S, exc)
+                self.queue.defer(job.id, owner, str(exc), _WAIT_S)
+                return JobState.QUEUED
             except PermanentJobError as exc:
                 logger.error("job %d failed: %s", job.id, exc)
                 return self.queue.fail(job.id, owner, str(exc), transient=False)
@@ -426,6 +438,7 @@ class Worker:
         rules = series_rules_of(request) if request is not None else None
         instances: list[bytes] = []
         missing = []
+        empty = 0
         for series in payload.series:
             try:
                 ids = self.client.get_json(f"/series/{quote_id(series)}").get("Instances", [])
@@ -436,6 +449,9 @@ class Worker:
                 try:
                     data = self.client.get_bytes(f"/instances/{quote_id(instance)}/file")
                 except NotFoundError:
+                    continue
+                if not data:
+                    empty += 1
                     continue
                 instances.append(data)
                 if n == 0 and len(ids) > 1:
@@ -452,6 +468,11 @@ class Worker:
             self._check()
         if missing:
             logger.warning("series %s no longer exist in Orthanc", ", ".join(missing))
+        if empty:
+            raise _WaitJobError(
+                f"{empty} instance(s) of the study are stored empty in Orthanc (was its disk full when they "
+                "arrived?): the study waits for a good copy; send it again"
+            )
         if not instances:
             raise PermanentJobError("none of the job's input series exists any more in Orthanc")
         return instances

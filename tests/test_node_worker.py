@@ -231,3 +231,27 @@ def test_series_the_engine_ignores_are_fetched_by_their_first_instance_only(
     assert {r: c.series_instance_uid for r, c in fetched_only.roles.items()} == {
         r: c.series_instance_uid for r, c in everything.roles.items()
     }
+
+
+def test_instances_stored_empty_make_the_job_wait_for_a_good_copy(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc may store instances as empty files when its disk is full: the job then neither runs on what
+    is left nor fails (no failure report, no attempt counted); it waits, saying why, and runs once a good
+    copy has been sent again."""
+    import orthanc_plugin.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "_WAIT_S", 0.0)
+    rest, processor = FakeRest(), Scripted("ok")
+    rest.files["i2"] = b""
+    job = _job(queue)
+    assert _worker(queue, rest, processor).run_job(job) is JobState.QUEUED
+    waiting = queue.get(job.id)
+    assert waiting is not None and waiting.state is JobState.QUEUED and waiting.attempts == 0
+    assert waiting.error is not None and "stored empty" in waiting.error and "send it again" in waiting.error
+    assert processor.calls == [] and rest.stored == []
+    rest.files["i2"] = b"DICOM i2"  # sent again: Orthanc overwrites the empty copy (OverwriteInstances)
+    again = queue.claim("w")
+    assert again is not None and again.id == job.id
+    assert _worker(queue, rest, processor).run_job(again) is JobState.DONE
+    assert processor.calls == [3]

@@ -134,6 +134,13 @@ class JobQueue(ABC):
         Returns False when ``owner`` no longer holds the job."""
 
     @abstractmethod
+    def defer(self, job_id: int, owner: str, reason: str, delay_s: float) -> bool:
+        """Hand a running job back to wait ``delay_s`` seconds for its inputs, this attempt not counted; the
+        reason is its ``error`` meanwhile (e.g. instances stored empty, waiting for a good copy).
+
+        Returns False when ``owner`` no longer holds the job."""
+
+    @abstractmethod
     def retry(self, job_id: int, note: str) -> bool:
         """Queue a failed job again at once with its attempts reset (an admin's retry).
 
@@ -470,6 +477,20 @@ class SqlJobQueue(JobQueue):
                 "lease_expires = NULL, not_before = ?, updated_at = ? "
                 "WHERE id = ? AND lease_owner = ? AND state = 'running'",
                 (now, now, job_id, owner),
+            )
+            return bool(done.rowcount == 1)
+
+    def defer(self, job_id: int, owner: str, reason: str, delay_s: float) -> bool:
+        """See :meth:`JobQueue.defer`."""
+        with self._tx() as cur:
+            now = self._now(cur)
+            done = self._execute(
+                cur,
+                "UPDATE lesion_ai_jobs SET state = 'queued', "
+                "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, lease_owner = NULL, "
+                "lease_expires = NULL, not_before = ?, error = ?, updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                (now + max(0.0, delay_s), reason[:2000], now, job_id, owner),
             )
             return bool(done.rowcount == 1)
 
