@@ -37,6 +37,11 @@ _MAX_PENDING = 10000
 #: Backoff of a study whose evaluation failed (seconds): doubled at each failure up to the maximum.
 _RETRY_FIRST_S = 2.0
 _RETRY_MAX_S = 60.0
+#: How often pending studies are checked for stability without a StableStudy change (seconds), and how many
+#: at most per check: Orthanc may fail to log that change (its index full, SQLite error 13), and then only
+#: this sweep notices that the study is stable.
+_PENDING_SWEEP_S = 30.0
+_PENDING_SWEEP_MAX = 200
 #: How often a study that was judged and did not change since is read again (seconds).
 _SETTLED_CHECK_S = 2.0
 
@@ -90,6 +95,7 @@ class ChangeFollower:
         self.pending: dict[str, None] = {}
         #: Stable studies whose evaluation failed: Orthanc ID -> (failures, when due (monotonic), error).
         self.retry: dict[str, tuple[int, float, str]] = {}
+        self._last_sweep = time.monotonic()
 
     def _load(self) -> None:
         raw = self.store.load()
@@ -194,18 +200,24 @@ class ChangeFollower:
         for study_id in list(self.retry):
             self._handle(study_id)
             handled += 1
-        for study_id in list(self.pending):
+        handled += self._sweep_pending(list(self.pending), "arrived before a restart, stable now")
+        self._save()
+        return handled
+
+    def _sweep_pending(self, studies: list[str], why: str) -> int:
+        """Evaluate those of ``studies`` (pending) that Orthanc reports stable; forget those gone."""
+        handled = 0
+        for study_id in studies:
             try:
                 stable = bool(self.api.get_json(f"/studies/{quote_id(study_id)}").get("IsStable", False))
             except NotFoundError:
                 self.pending.pop(study_id, None)
                 continue
             if stable:
-                logger.info("study %s: arrived before a restart, stable now", study_id)
+                logger.info("study %s: %s", study_id, why)
                 self.pending.pop(study_id, None)
                 self._handle(study_id)
                 handled += 1
-        self._save()
         return handled
 
     def poll(self) -> int:
@@ -226,7 +238,20 @@ class ChangeFollower:
             if changes:
                 self._save()
             if page.get("Done", True) or not changes:
-                return handled + self.retry_due()
+                return handled + self.retry_due() + self._sweep_due()
+
+    def _sweep_due(self) -> int:
+        """Every :data:`_PENDING_SWEEP_S` seconds, evaluate pending studies that are stable although no
+        StableStudy change came (Orthanc could not log it)."""
+        if time.monotonic() - self._last_sweep < _PENDING_SWEEP_S or not self.pending:
+            return 0
+        self._last_sweep = time.monotonic()
+        handled = self._sweep_pending(
+            list(self.pending)[:_PENDING_SWEEP_MAX], "stable without a logged change"
+        )
+        if handled:
+            self._save()
+        return handled
 
 
 # -- reading headers from Orthanc ------------------------------------------------------------------------

@@ -619,3 +619,26 @@ def test_health_reports_free_space_and_warns_below_the_threshold(tmp_path: Path)
         if degraded:
             assert any(str(storage) in p for p in low) and any("data folder" in p for p in low)
         plugin.stop()
+
+
+def test_a_stable_study_whose_change_orthanc_could_not_log_is_found_by_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a full index Orthanc cannot log the StableStudy change (SQLite error 13), though the study is
+    stable: the follower's periodic look at pending studies finds it, without a restart."""
+    import orthanc_plugin.changes as changes
+
+    settings = _settings(tmp_path)
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.start()
+    study = fake.add_study(series=PROSTATE)
+    plugin.follower.poll()
+    fake.studies[study].stable = True  # stable, but no StableStudy change in the log
+    plugin.follower.poll()
+    assert plugin.queue.list() == []  # not yet: the sweep runs every _PENDING_SWEEP_S
+    monkeypatch.setattr(changes, "_PENDING_SWEEP_S", 0.0)
+    plugin.follower.poll()
+    assert [j.study_id for j in plugin.queue.list()] == [study]
+    assert study not in plugin.follower.pending
+    plugin.stop()
