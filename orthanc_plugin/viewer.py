@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BASE_URL",
+    "CONTENT_SECURITY_POLICY",
     "DICOMWEB_ROOT",
     "VIEWER_PACKAGE",
     "VIEWER_VERSION",
@@ -43,6 +44,23 @@ __all__ = [
     "default_viewer_dir",
     "viewer_files",
 ]
+
+#: The viewer's Content-Security-Policy: everything from the node only (the app, its workers, DICOMweb and
+#: bulk data), nothing framed by another site (clickjacking), no plugins, no ``<base>`` elsewhere. OHIF needs
+#: inline script (the page's configuration), eval and WebAssembly (its image codecs), blob: workers and
+#: images, inline styles.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:; "
+    "worker-src 'self' blob:; child-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' data: blob:; "
+    "media-src 'self' data: blob:; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'self'"
+)
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "SAMEORIGIN",
+    "X-Content-Type-Options": "nosniff",
+}
 
 #: The npm package installed by ``make setup`` (``scripts/setup.sh`` pins the same version).
 VIEWER_PACKAGE = "@ohif/app"
@@ -299,7 +317,7 @@ class ViewerFiles:
         data = _rewrite(path.name, path.read_bytes(), self.base_url.encode("ascii"))
         mime = _TYPES.get(path.suffix.lower(), "application/octet-stream")
         cache = _IMMUTABLE if _HASHED.search(path.name) else _REVALIDATE
-        return ViewerAnswer(200, data, mime, {"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+        return ViewerAnswer(200, data, mime, {"Cache-Control": cache, **_SECURITY_HEADERS})
 
 
 def _components(path: str) -> list[str] | None:

@@ -28,6 +28,7 @@ class BrowserPage:
     def __init__(self, driver: Any, artifacts: Path) -> None:
         self.driver = driver
         self.artifacts = artifacts
+        self._console: list[str] = []
 
     def text(self, css: str = "body") -> str:
         """The visible text of the first element matching ``css`` ('' when there is none)."""
@@ -57,11 +58,15 @@ class BrowserPage:
                 )
             time.sleep(0.2)
 
+    def console(self) -> list[str]:
+        """Everything the page logged to its console so far (``level message`` lines)."""
+        self._console += [f"{e['level']} {e['message']}" for e in self.driver.get_log("browser")]
+        return list(self._console)
+
     def save_console(self) -> Path:
         """Write what the page logged to its console into ``console.txt``."""
         path = self.artifacts / "console.txt"
-        lines = [f"{e['level']} {e['message']}" for e in self.driver.get_log("browser")]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path.write_text("\n".join(self.console()) + "\n", encoding="utf-8")
         return path
 
 

@@ -417,6 +417,7 @@ def check_ohif_shows_the_results(
         page = browser.text()
         tooltips = browser.badge_tooltips()
         requested, failed = browser.requests()
+        refused = [line for line in browser.console() if "Content Security Policy" in line]
         jumps = browser.jump_through_measurements()
         browser.screenshot(prefix + "04-jumped")
 
@@ -442,6 +443,7 @@ def check_ohif_shows_the_results(
     assert all(target == shown for _, target, shown in jumps), f"(row, its image, image shown): {jumps}"
     assert len({target for _, target, _ in jumps}) > 1, jumps  # the measurements lie on different slices
     assert not failed, f"requests that failed: {failed}"
+    assert not refused, f"the viewer's Content-Security-Policy refused what OHIF needs: {refused}"
     # Everything (the app, its workers' code, DICOMweb, bulk data) comes from the node, nothing from elsewhere.
     elsewhere = sorted({u for u in requested if not u.startswith(node.url + "/")})
     assert not elsewhere, f"the viewer fetched from elsewhere than the node: {elsewhere}"

@@ -87,6 +87,11 @@ def test_files_are_served_with_their_content_types_and_caching(dist: Path) -> No
         answer = viewer.answer("GET", path)
         assert (answer.status, answer.mime) == (200, mime), path
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        # Not to be framed by another site; everything from the node only.
+        assert answer.headers["X-Frame-Options"] == "SAMEORIGIN"
+        policy = answer.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'self'" in policy and "object-src 'none'" in policy
+        assert "default-src 'self'" in policy and "connect-src 'self'" in policy
     assert viewer.answer("GET", WASM).body == (dist / WASM).read_bytes()
     # Content-hashed names never change: cached; the rest is revalidated.
     assert "immutable" in viewer.answer("GET", HASHED_JS).headers["Cache-Control"]
