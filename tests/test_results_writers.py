@@ -139,6 +139,7 @@ def test_sr_measurements_and_tracking_links_read_back(positive: tuple[FakeResult
         (probability,) = group.get_measurements(name=PROBABILITY_OF_CANCER)
         assert probability.unit.value == "%"
         (category,) = group.get_qualitative_evaluations(name=ASSESSMENT_CATEGORY)
+        assert lesion.category is not None
         assert category.value == CATEGORY_CODES[lesion.category]
         for any_group in (group, outline_group, axis_group):
             site = any_group.finding_sites[0].value
