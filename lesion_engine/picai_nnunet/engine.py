@@ -1,0 +1,343 @@
+"""Run an imported PI-CAI nnU-Net ensemble (a detection-map model) on prepared studies.
+
+:class:`NnunetDetectionEngine` has the interface of :class:`lesion_engine.picai_unet.engine.DetectionEngine`
+(``run``, ``run_batch``, ``warm_up``, ``model_info``, ``card``, ``kind``) and returns the same
+:class:`~lesion_engine.result_types.EngineResult`. Stages (seconds in ``timings_s``): ``model_input`` (the
+channels as nnU-Net reads them, then its preprocessing), ``gland`` (the anatomical gate, off by default),
+``localization`` (every fold's sliding-window softmax, their mean, the export onto the T2W grid),
+``candidates`` (the central crop and the dynamic extraction) and ``outputs`` (lesions measured on the T2W
+grid). A lesion's probability is its candidate's likelihood; no category, no zone; the patient score is the
+detection map's maximum.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from numpy.typing import NDArray
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from scipy import ndimage
+
+from lesion_engine.artifact import file_sha256
+from lesion_engine.devices import configure_cpu_threads, resolve_device
+from lesion_engine.errors import ModelArtifactError
+from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
+from lesion_engine.gland_gate import GlandRegion, find_gland
+from lesion_engine.measurements import axial_diameter_mm, center_lps_mm, max_diameter_mm, volume_ml
+from lesion_engine.model_card import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    artifact_folder,
+    looks_like_pickle,
+    read_any_card,
+)
+from lesion_engine.picai_nnunet.card import NnunetModelCard
+from lesion_engine.picai_nnunet.inference import export_softmax, predict_softmax, preprocess
+from lesion_engine.picai_nnunet.network import GenericUNet
+from lesion_engine.picai_nnunet.pipeline import NnunetMaps, nnunet_channels, nnunet_maps
+from lesion_engine.preprocess import PreparedStudy
+from lesion_engine.result_types import EngineResult, Lesion
+from lesion_engine.study_report import role_report
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NnunetDetectionEngine", "load_nnunet_artifact", "read_nnunet_card"]
+
+_STAGES = ("model_input", "gland", "localization", "candidates", "classification", "outputs")
+
+
+def read_nnunet_card(path: Path | str) -> NnunetModelCard:
+    """The validated card of an imported nnU-Net artifact (folder or its ``model.json``).
+
+    Raises
+    ------
+    ModelArtifactError
+        The card is missing, too large, invalid, or another kind of model's.
+    """
+    folder = artifact_folder(path)
+    card = read_any_card(folder)
+    if not isinstance(card, NnunetModelCard):
+        raise ModelArtifactError(
+            f"{folder / CARD_FILE} is not an imported PI-CAI nnU-Net's card (network 'picai-nnunet')"
+        )
+    return card
+
+
+def load_nnunet_artifact(path: Path | str) -> tuple[list[GenericUNet], NnunetModelCard]:
+    """Load an imported nnU-Net artifact: its card, the weights' sha256, then each fold's tensors.
+
+    Raises
+    ------
+    ModelArtifactError
+        Missing files, an invalid card, weights changed after import, tensors that do not fit.
+    """
+    folder = artifact_folder(path)
+    card = read_nnunet_card(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelArtifactError(f"model weights not found: {weights}")
+    if looks_like_pickle(weights):
+        raise ModelArtifactError(
+            f"{weights} is a pickle or zip file, not safetensors; import the checkpoints"
+        )
+    actual = file_sha256(weights)
+    if actual != card.weights_sha256:
+        raise ModelArtifactError(
+            f"{weights} was changed or corrupted after import: its sha256 is {actual}, the model card says "
+            f"{card.weights_sha256}. Import the checkpoints again"
+        )
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ModelArtifactError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    plans = card.architecture.plans
+    folds = []
+    for fold in card.architecture.folds:
+        model = GenericUNet(plans)
+        prefix = f"fold{fold}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+        if missing or wrong:
+            raise ModelArtifactError(
+                f"{weights}: fold {fold} does not fit the plans of the card: "
+                + "; ".join(
+                    [f"missing {', '.join(missing[:4])}"] * bool(missing)
+                    + [f"wrong shape {', '.join(wrong[:4])}"] * bool(wrong)
+                )
+            )
+        model.load_state_dict(state, strict=True)
+        folds.append(model.eval())
+    extra = sorted({k.split(".", 1)[0] for k in tensors} - {f"fold{f}" for f in card.architecture.folds})
+    if extra:
+        raise ModelArtifactError(
+            f"{weights} holds tensors of folds the card does not list: {', '.join(extra)}"
+        )
+    logger.info(
+        "loaded nnU-Net detection-map model %s %s (%d folds) from %s",
+        card.name,
+        card.version,
+        len(folds),
+        folder,
+    )
+    return folds, card
+
+
+class NnunetDetectionEngine:
+    """An imported PI-CAI nnU-Net ensemble, ready to run on prepared studies (see the module docstring).
+
+    Parameters
+    ----------
+    folds : list of GenericUNet
+        The ensemble's networks, in the card's fold order (the reference sums them in that order).
+    card : NnunetModelCard
+    device : str or torch.device, optional
+        ``cuda`` when available, else ``cpu``, when None.
+    threads : int, optional
+        CPU intra-op threads; all CPUs this process may use when None.
+    gland, gland_settings, gland_warning
+        The anatomical gate, as for :class:`~lesion_engine.picai_unet.engine.DetectionEngine` (off by default).
+    """
+
+    kind = "detection-map"
+
+    def __init__(
+        self,
+        folds: Sequence[GenericUNet],
+        card: NnunetModelCard,
+        device: str | torch.device | None = None,
+        *,
+        threads: int | None = None,
+        gland: GlandModel | None = None,
+        gland_settings: GlandSettings | None = None,
+        gland_warning: str | None = None,
+    ) -> None:
+        if not folds:
+            raise ValueError("an nnU-Net engine needs at least one fold")
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            configure_cpu_threads(threads)
+        self.folds = [fold.to(self.device).eval() for fold in folds]
+        self.card = card
+        self.gland = gland
+        self.gland_settings = gland_settings or GlandSettings(enabled=False)
+        self.gland_warning = gland_warning
+
+    @classmethod
+    def from_artifact(
+        cls,
+        path: Path | str,
+        device: str | torch.device | None = None,
+        *,
+        threads: int | None = None,
+        gland: GlandSettings | None = None,
+    ) -> NnunetDetectionEngine:
+        """Load an imported nnU-Net artifact; the gate is off unless ``gland`` turns it on."""
+        gland = gland or GlandSettings(enabled=False)
+        folds, card = load_nnunet_artifact(path)
+        resolved = resolve_device(device)
+        gland_model, warning = load_gland_model(gland, use_cuda=resolved.type == "cuda", threads=threads)
+        return cls(
+            folds,
+            card,
+            resolved,
+            threads=threads,
+            gland=gland_model,
+            gland_settings=gland,
+            gland_warning=warning,
+        )
+
+    @property
+    def model_info(self) -> dict[str, str]:
+        """``name``, ``version`` and ``sha256`` of the model."""
+        return {"name": self.card.name, "version": self.card.version, "sha256": self.card.weights_sha256}
+
+    def warm_up(self) -> float:
+        """Run one fold once on one patch (and the gland model when the gate is on); seconds taken."""
+        start = time.perf_counter()
+        plans = self.card.architecture.plans
+        with torch.no_grad():
+            self.folds[0](torch.zeros((1, len(plans.modalities), *plans.patch_size), device=self.device))
+        if self.gland is not None:
+            self.gland.warm_up()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def probability(self, data: NDArray[np.float32], spacing_zyx: Sequence[float]) -> NDArray[np.float32]:
+        """The ensemble's foreground probability on the input's grid, from the channels as nnU-Net reads them."""
+        plans = self.card.architecture.plans
+        pipeline = self.card.pipeline
+        network_input, crop = preprocess(data, spacing_zyx, plans)
+        softmax: NDArray[np.float32] | None = None
+        for fold in self.folds:
+            predicted = predict_softmax(
+                fold,
+                network_input,
+                plans,
+                step_size=pipeline.step_size,
+                do_mirroring=pipeline.mirroring,
+                mixed_precision=pipeline.mixed_precision,
+            )
+            if softmax is None:
+                softmax = predicted
+            else:
+                softmax += predicted
+        assert softmax is not None
+        if len(self.folds) > 1:
+            softmax /= len(self.folds)
+        return export_softmax(softmax, crop, plans)
+
+    def run(self, prepared: PreparedStudy) -> EngineResult:
+        """Find the lesions of one prepared study."""
+        return self.run_batch([prepared])[0]
+
+    def run_batch(self, studies: Sequence[PreparedStudy]) -> list[EngineResult]:
+        """Run several prepared studies, one after another; one result per study, in order."""
+        results = []
+        for prepared in studies:
+            if not isinstance(prepared, PreparedStudy):
+                raise TypeError(f"expected PreparedStudy objects, got {type(prepared).__name__}")
+            results.append(self._run_one(prepared))
+        return results
+
+    def _run_one(self, prepared: PreparedStudy) -> EngineResult:
+        timings: dict[str, float] = {}
+        warnings = list(prepared.warnings)
+        start = time.perf_counter()
+        data, spacing, _ = nnunet_channels(prepared)
+        timings["model_input"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        if self.gland_warning is not None:
+            warnings.append(self.gland_warning)
+        region = find_gland(self.gland, self.gland_settings, prepared.t2w, warnings)
+        timings["gland"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        probability = self.probability(data, spacing)
+        timings["localization"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        maps = nnunet_maps(probability, self.card.pipeline, None if region is None else region.allowed)
+        timings["candidates"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        lesions = _lesions(maps, prepared, region)
+        timings["outputs"] = time.perf_counter() - start
+        timings = {key: timings.get(key, 0.0) for key in _STAGES}
+        timings["total"] = sum(timings.values())
+        return EngineResult(
+            study_instance_uid=prepared.study_instance_uid,
+            lesions=lesions,
+            patient_score=max((lesion.probability for lesion in lesions), default=0.0),
+            localization_map=_on_t2w(maps.probability, prepared),
+            detection_map=_on_t2w(_detection_of(lesions, maps.detection.shape), prepared),
+            timings_s=timings,
+            model=self.model_info,
+            series={role: prepared.roles[role].series_instance_uid for role in ("t2w", "adc", "hbv")},
+            roles=role_report(prepared.roles, prepared.computed),
+            warnings=warnings,
+            gland_volume_ml=region.volume_ml if region is not None else None,
+            gland_mask=region.mask if region is not None else None,
+            gland_model=dict(region.model) if region is not None else None,
+            model_kind=self.kind,
+        )
+
+
+def _lesions(maps: NnunetMaps, prepared: PreparedStudy, region: GlandRegion | None) -> list[Lesion]:
+    """One lesion per candidate blob (by decreasing likelihood), measured on the T2W grid."""
+    t2w = prepared.t2w
+    found = []
+    for index, box in enumerate(ndimage.find_objects(maps.blobs), start=1):
+        if box is None:
+            continue
+        mask = np.zeros(maps.blobs.shape, dtype=bool)
+        mask[box] = maps.blobs[box] == index
+        if not mask[box].any():
+            continue
+        likelihood = float(maps.detection[box][mask[box]].max())
+        if likelihood <= 0:
+            continue
+        center = center_lps_mm(mask, t2w, box)
+        if region is not None and not region.contains(center):
+            logger.info("a candidate (likelihood %.3f) centred outside the gland is not reported", likelihood)
+            continue
+        found.append((likelihood, index, mask, box, center))
+    found.sort(key=lambda item: (-item[0], item[1]))
+    return [
+        Lesion(
+            id=rank,
+            center_lps_mm=center,
+            mask=mask,
+            volume_ml=volume_ml(mask, t2w, box),
+            max_diameter_mm=max_diameter_mm(mask, t2w, box),
+            axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
+            probability=likelihood,
+            category=None,
+            zone=None,
+            peak=likelihood,
+        )
+        for rank, (likelihood, _, mask, box, center) in enumerate(found, start=1)
+    ]
+
+
+def _detection_of(lesions: Sequence[Lesion], shape: tuple[int, ...]) -> NDArray[np.float32]:
+    out = np.zeros(shape, dtype=np.float32)
+    for lesion in lesions:
+        out[lesion.mask] = np.float32(lesion.probability)
+    return out
+
+
+def _on_t2w(values: NDArray[np.float32], prepared: PreparedStudy) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=np.float32))
+    image.CopyInformation(prepared.t2w)
+    return image
