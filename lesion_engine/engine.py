@@ -64,6 +64,8 @@ from lesion_engine.measurements import axial_diameter_mm, max_diameter_mm
 from lesion_engine.model_card import ModelCard, default_artifact, stored_card
 from lesion_engine.model_input import to_model_input, to_model_input_tensor
 from lesion_engine.networks import JointModel
+from lesion_engine.picai_nnunet.card import NNUNET_NETWORK
+from lesion_engine.picai_nnunet.engine import NnunetDetectionEngine
 from lesion_engine.picai_unet.card import DETECTION_KIND
 from lesion_engine.picai_unet.engine import DetectionEngine
 from lesion_engine.preprocess import PreparedStudy
@@ -81,6 +83,7 @@ __all__ = [
     "EngineResult",
     "GlandSettings",
     "Lesion",
+    "NnunetDetectionEngine",
     "axial_diameter_mm",
     "configure_cpu_threads",
     "gate_on_by_default",
@@ -351,7 +354,7 @@ class Engine:
             position += n
 
 
-AnyEngine = Engine | DetectionEngine
+AnyEngine = Engine | DetectionEngine | NnunetDetectionEngine
 """An engine of either kind of model: both have ``run``, ``run_batch``, ``warm_up``, ``model_info`` and
 ``card`` (with ``name`` and ``version``)."""
 
@@ -366,8 +369,9 @@ def load_engine(
     """Load the engine a model artifact needs, by the kind its card states.
 
     A jointly trained model (the packaged default when ``path`` is None) runs in :class:`Engine`; a
-    detection-map model (an imported PI-CAI U-Net ensemble) in
-    :class:`~lesion_engine.picai_unet.engine.DetectionEngine`. ``gland`` as for
+    detection-map model in :class:`~lesion_engine.picai_unet.engine.DetectionEngine` (an imported PI-CAI
+    U-Net ensemble) or :class:`~lesion_engine.picai_nnunet.engine.NnunetDetectionEngine` (an imported PI-CAI
+    nnU-Net ensemble), as its network says. ``gland`` as for
     :meth:`Engine.from_artifact`: when None, the gate is on for the packaged default model only.
 
     Raises
@@ -377,7 +381,10 @@ def load_engine(
     """
     card = stored_card(path) if path is not None else None
     if card is not None and card.get("kind") == DETECTION_KIND:
-        return DetectionEngine.from_artifact(
+        architecture = card.get("architecture")
+        network = architecture.get("network") if isinstance(architecture, dict) else None
+        engine_class = NnunetDetectionEngine if network == NNUNET_NETWORK else DetectionEngine
+        return engine_class.from_artifact(
             path if path is not None else DEFAULT_ARTIFACT,
             device,
             threads=threads,

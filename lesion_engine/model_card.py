@@ -41,6 +41,7 @@ from lesion_engine.model_config import (
     LocalizationNetConfig,
     PreprocessConfig,
 )
+from lesion_engine.picai_nnunet.card import NnunetModelCard, is_nnunet_card
 from lesion_engine.picai_unet.card import DETECTION_KIND, DetectionModelCard
 
 logger = logging.getLogger(__name__)
@@ -350,8 +351,8 @@ def artifact_folder(path: Path | str) -> Path:
     )
 
 
-AnyModelCard = ModelCard | DetectionModelCard
-"""The card of a jointly trained model or of a detection-map model."""
+AnyModelCard = ModelCard | DetectionModelCard | NnunetModelCard
+"""The card of a jointly trained model or of a detection-map model (an imported PI-CAI U-Net or nnU-Net)."""
 
 #: A model card larger than this is refused (a card is read per request and per job).
 MAX_CARD_BYTES = 1 << 20
@@ -375,9 +376,13 @@ def read_card(path: Path | str) -> ModelCard:
 def read_any_card(path: Path | str) -> AnyModelCard:
     """Read and validate the model card of any kind of model: a jointly trained model's
     (:class:`ModelCard`) or a detection-map model's
-    (:class:`~lesion_engine.picai_unet.card.DetectionModelCard`), as its ``kind`` says."""
+    (:class:`~lesion_engine.picai_unet.card.DetectionModelCard`, or
+    :class:`~lesion_engine.picai_nnunet.card.NnunetModelCard` for an imported nnU-Net), as its ``kind`` and
+    network say."""
     folder = artifact_folder(path)
     data = _card_data(folder / CARD_FILE)
+    if is_nnunet_card(data):
+        return NnunetModelCard.from_dict(data, folder / CARD_FILE)
     if isinstance(data, dict) and data.get("kind") == DETECTION_KIND:
         return DetectionModelCard.from_dict(data, folder / CARD_FILE)
     return ModelCard.from_dict(data, folder / CARD_FILE)

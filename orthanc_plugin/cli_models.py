@@ -8,7 +8,10 @@
 * ``lesion-ai models import picai-unet WEIGHTS_DIR --name NAME (--out ARTIFACT_DIR | --node URL)``: import
   the PI-CAI baseline U-Net's fold checkpoints (``unet_F0.pt`` ... ``unet_F4.pt``) as a model artifact
   (:mod:`lesion_engine.picai_unet.checkpoint`: read with ``torch.load(weights_only=True)`` only), written
-  to a folder or registered on a node (then to shadow or promote like any other model).
+  to a folder or registered on a node (then to shadow or promote like any other model);
+* ``lesion-ai models import picai-nnunet MODEL_DIR --name NAME (--out ARTIFACT_DIR | --node URL)``: the same
+  for the PI-CAI baseline nnU-Net (nnU-Net v1's ``plans.pkl`` and ``fold_<k>/model_best.model[.pkl]``),
+  read by a restricted unpickler only (:mod:`lesion_engine.picai_nnunet.checkpoint`).
 
 Credentials: HTTP Basic, ``--user`` and the password in :data:`PASSWORD_ENV` (or ``--password``). Answers are
 printed as JSON; the exit status is 0 on success, 1 when the node refused (its message on stderr), 2 when
@@ -87,14 +90,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _add_import(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imported = actions.add_parser(
         "import",
-        help="import published weights of another pipeline as a model artifact (picai-unet)",
-        description="Import the PI-CAI baseline U-Net's fold checkpoints (unet_F0.pt ... unet_F4.pt of the "
-        "grand-challenge algorithm repository DIAGNijmegen/picai_unet_semi_supervised_gc_algorithm, "
-        "fetched with git lfs) as a model artifact: into --out, or registered on --node. The checkpoints "
-        "are read with torch.load(weights_only=True) only: a file that needs general unpickling is refused.",
+        help="import published weights of another pipeline as a model artifact (picai-unet, picai-nnunet)",
+        description="Import the PI-CAI baseline models' published fold checkpoints as a model artifact: into "
+        "--out, or registered on --node. picai-unet: unet_F0.pt ... unet_F4.pt of the grand-challenge "
+        "algorithm repository DIAGNijmegen/picai_unet_semi_supervised_gc_algorithm (fetched with git lfs), "
+        "read with torch.load(weights_only=True) only. picai-nnunet: the nnU-Net model folder (plans.pkl, "
+        "fold_<k>/model_best.model and .model.pkl) of DIAGNijmegen/picai_nnunet_semi_supervised_gc_algorithm "
+        "(results/nnUNet/3d_fullres/Task2203_picai_baseline/<trainer>__nnUNetPlansv2.1; weights CC BY-NC-SA "
+        "4.0, non-commercial), read by a restricted unpickler that allows numpy arrays and plain types only. "
+        "A file that needs general unpickling is refused.",
     )
-    imported.add_argument("source", choices=["picai-unet"], help="what the weights are")
-    imported.add_argument("weights_dir", type=Path, help="the folder with unet_F0.pt ... unet_F4.pt")
+    imported.add_argument("source", choices=["picai-unet", "picai-nnunet"], help="what the weights are")
+    imported.add_argument(
+        "weights_dir",
+        type=Path,
+        help="picai-unet: the folder with unet_F0.pt ... unet_F4.pt; picai-nnunet: the nnU-Net model folder "
+        "with plans.pkl and fold_0 ... fold_4",
+    )
     imported.add_argument("--name", required=True, help="the model's name (letters, digits, . _ -)")
     imported.add_argument("--version", default="1", help="the model's version (default: 1)")
     imported.add_argument(
@@ -104,15 +116,21 @@ def _add_import(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--crop-resampling",
         choices=["whole", "crop"],
         default="whole",
-        help="whole: each scan resampled whole, then cropped, as the reference (default); crop: only the crop "
-        "(faster; a few voxels of integer series differ by 1, see the README)",
+        help="picai-unet only. whole: each scan resampled whole, then cropped, as the reference (default); "
+        "crop: only the crop (faster; a few voxels of integer series differ by 1, see the README)",
     )
     imported.add_argument(
         "--diffusion-resampling",
         choices=["reference", "direct"],
         default="reference",
-        help="reference: ADC and HBV onto their own grid, cropped, then onto the T2W crop (default); direct: "
-        "straight onto the T2W crop (one interpolation instead of two)",
+        help="picai-unet only. reference: ADC and HBV onto their own grid, cropped, then onto the T2W crop "
+        "(default); direct: straight onto the T2W crop (one interpolation instead of two)",
+    )
+    imported.add_argument(
+        "--checkpoint",
+        default="model_best",
+        help="picai-nnunet only: the checkpoint's name in each fold folder (default: model_best, as the "
+        "reference's process.py uses)",
     )
     where = imported.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="write the artifact into this folder")
@@ -136,6 +154,7 @@ def _import(args: argparse.Namespace) -> int:
     """``models import``: the artifact into --out, or through a temporary folder onto --node."""
     import tempfile
 
+    from lesion_engine.picai_nnunet.checkpoint import import_picai_nnunet
     from lesion_engine.picai_unet.checkpoint import import_picai_unet
     from lesion_engine.picai_unet.config import PicaiPipeline
 
@@ -144,30 +163,66 @@ def _import(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"lesion-ai models import: {exc}\n")
         return 2
+    nnunet = args.source == "picai-nnunet"
+    if nnunet and (args.crop_resampling != "whole" or args.diffusion_resampling != "reference"):
+        sys.stderr.write(
+            "lesion-ai models import: --crop-resampling and --diffusion-resampling are settings of the "
+            "picai-unet pipeline; the nnU-Net's preprocessing is nnU-Net's own\n"
+        )
+        return 2
+    if not nnunet and args.checkpoint != "model_best":
+        sys.stderr.write("lesion-ai models import: --checkpoint is a setting of picai-nnunet imports\n")
+        return 2
     with tempfile.TemporaryDirectory(prefix="lesion-ai-import-") as scratch:
         out = args.out if args.out is not None else Path(scratch) / args.name
+        summary: dict[str, Any]
         try:
-            pipeline = PicaiPipeline(
-                crop_resampling=args.crop_resampling, diffusion_resampling=args.diffusion_resampling
-            )
-            card = import_picai_unet(
-                args.weights_dir, out, name=args.name, version=args.version, folds=folds, pipeline=pipeline
-            )
+            if nnunet:
+                nn_card = import_picai_nnunet(
+                    args.weights_dir,
+                    out,
+                    name=args.name,
+                    version=args.version,
+                    folds=folds,
+                    checkpoint=args.checkpoint,
+                )
+                summary = {
+                    "name": nn_card.name,
+                    "version": nn_card.version,
+                    "kind": nn_card.kind,
+                    "network": "picai-nnunet",
+                    "folds": list(nn_card.architecture.folds),
+                    "weights_sha256": nn_card.weights_sha256,
+                    "checkpoints": nn_card.source.get("checkpoints", []),
+                }
+            else:
+                pipeline = PicaiPipeline(
+                    crop_resampling=args.crop_resampling, diffusion_resampling=args.diffusion_resampling
+                )
+                card = import_picai_unet(
+                    args.weights_dir,
+                    out,
+                    name=args.name,
+                    version=args.version,
+                    folds=folds,
+                    pipeline=pipeline,
+                )
+                summary = {
+                    "name": card.name,
+                    "version": card.version,
+                    "kind": card.kind,
+                    "network": "picai-unet",
+                    "folds": list(card.architecture.folds),
+                    "pipeline": {
+                        "crop_resampling": card.pipeline.crop_resampling,
+                        "diffusion_resampling": card.pipeline.diffusion_resampling,
+                    },
+                    "weights_sha256": card.weights_sha256,
+                    "checkpoints": card.source.get("checkpoints", []),
+                }
         except ModelArtifactError as exc:
             sys.stderr.write(f"lesion-ai models import: {exc}\n")
             return 1
-        summary = {
-            "name": card.name,
-            "version": card.version,
-            "kind": card.kind,
-            "folds": list(card.architecture.folds),
-            "pipeline": {
-                "crop_resampling": card.pipeline.crop_resampling,
-                "diffusion_resampling": card.pipeline.diffusion_resampling,
-            },
-            "weights_sha256": card.weights_sha256,
-            "checkpoints": card.source.get("checkpoints", []),
-        }
         if args.out is not None:
             sys.stdout.write(json.dumps({**summary, "artifact": str(out)}, indent=2) + "\n")
             return 0
