@@ -15,6 +15,8 @@ PYTHON=/usr/bin/python3
 VENV=.venv
 TORCH_SPEC="torch==2.13.0"
 TAPS_SPEC="lavlab-taps==1.1.2"
+# The PI-CAI nnU-Net reference pipeline's nnU-Net (test oracle only; see pyproject.toml's test extras).
+NNUNET_SPEC="nnunet==1.7.0"
 # The OHIF viewer the node serves at /lesion-ai/viewer/: the built app of this npm package, pinned by version
 # and by the integrity of its tarball (the registry's dist.integrity). orthanc_plugin/viewer.py names the
 # same version.
@@ -80,6 +82,17 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('$TAPS_SPE
     log "installing $TAPS_SPEC (whole-gland model, without its dependencies)"
     "$VENV/bin/python" -m pip install -q --no-deps "$TAPS_SPEC"
 fi
+# nnU-Net v1, the oracle of the imported PI-CAI nnU-Net's tests (never imported by the node): without its
+# dependencies, because it requires the withdrawn PyPI name `sklearn` (a package that refuses to install);
+# the ones it uses (scikit-learn, batchgenerators, medpy, ...) come with the test extras.
+case ",$EXTRAS," in
+*,test,*)
+    if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('nnunet')" >/dev/null 2>&1; then
+        log "installing $NNUNET_SPEC (the PI-CAI nnU-Net reference of the tests, without its dependencies)"
+        "$VENV/bin/python" -m pip install -q --no-deps "$NNUNET_SPEC"
+    fi
+    ;;
+esac
 # The viewer: `npm pack` fetches the package's tarball only (not its dependency tree: dist/ is the complete,
 # built app); its integrity is checked, dist/ is extracted without what the node's viewer never loads
 # (ort/: onnxruntime-web for in-browser AI tools, dicom-microscopy-viewer/: slide microscopy) and moved
