@@ -37,6 +37,7 @@ from lesion_engine import __version__
 from orthanc_plugin.admin_models import MODEL_ROUTE, ModelsRoutes
 from orthanc_plugin.admin_rules import RulesRoutes, describe_roles
 from orthanc_plugin.jobqueue import SUPERSEDED, Job, JobDocumentError, JobPayload, JobProgress, JobState
+from orthanc_plugin.models import MAX_UPLOAD_BYTES
 from orthanc_plugin.node_protocol import AdminNode
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.rules_history import request_user
@@ -44,7 +45,15 @@ from orthanc_plugin.source_archive import source_archive
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CSRF_HEADER", "CSRF_VALUE", "AdminApi", "csrf_refusal", "describe_roles"]
+__all__ = [
+    "CSRF_HEADER",
+    "CSRF_VALUE",
+    "MAX_REQUEST_BYTES",
+    "AdminApi",
+    "body_limit",
+    "csrf_refusal",
+    "describe_roles",
+]
 
 Answer = tuple[int, Any, str]
 #: The header every state-changing request must carry, and its value.
@@ -53,6 +62,8 @@ CSRF_VALUE = "1"
 #: Methods that change nothing (no header needed).
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _JSON = "application/json"
+#: Largest request body of every route but a model upload (JSON and YAML documents: rules, requests).
+MAX_REQUEST_BYTES = 1 << 20
 _ID = "([0-9]{1,30})"
 _JOB = re.compile(rf"^jobs/{_ID}$")
 _RETRY = re.compile(rf"^jobs/{_ID}/retry$")
@@ -144,6 +155,15 @@ def _int(query: Mapping[str, str], key: str, default: int) -> int:
         raise ValueError(f"{key} must be an integer, got {query.get(key)!r}") from None
 
 
+def body_limit(method: str, path: str) -> int:
+    """The largest request body accepted by ``method`` on ``path`` (relative to ``/lesion-ai/``): a model
+    upload's :data:`~orthanc_plugin.models.MAX_UPLOAD_BYTES`, :data:`MAX_REQUEST_BYTES` for the rest."""
+    found = MODEL_ROUTE.match(path.strip("/"))
+    if method == "POST" and found is not None and found.group(2) is None:
+        return MAX_UPLOAD_BYTES
+    return MAX_REQUEST_BYTES
+
+
 class AdminApi:
     """Handlers of the admin routes (see the module docstring).
 
@@ -173,6 +193,13 @@ class AdminApi:
         if refused is not None:
             logger.warning("%s /lesion-ai/%s refused: no %s header", method, path, CSRF_HEADER)
             return refused
+        limit = body_limit(method, path)
+        if len(body) > limit:
+            logger.warning("%s /lesion-ai/%s refused: a body of %d bytes", method, path, len(body))
+            return _error(
+                413,
+                f"the request body of {len(body)} bytes is larger than the {limit} accepted by this route",
+            )
         user = request_user(headers)
         try:
             return self._route(method, path, query, body, user)

@@ -51,7 +51,13 @@ def run_node(args: argparse.Namespace) -> int:
     """Write the configuration and replace this process with Orthanc."""
     from dataclasses import replace
 
-    from orthanc_plugin.launch import PRIVATE_UMASK, NodeOptions, port_in_use, write_configuration
+    from orthanc_plugin.launch import (
+        ORTHANC_ENVIRONMENT,
+        PRIVATE_UMASK,
+        NodeOptions,
+        port_in_use,
+        write_configuration,
+    )
 
     try:
         options = NodeOptions()
@@ -105,9 +111,8 @@ def run_node(args: argparse.Namespace) -> int:
         return 2
     out.write("Starting Orthanc (Ctrl-C stops the node)...\n")
     out.flush()
-    # DCMTK (Orthanc's DICOM layer) keeps Nagle's algorithm on unless TCP_NODELAY=1: with it on, every
-    # C-STORE waits for a delayed ACK (~40 ms per instance); ingestion is several times faster without.
-    os.environ.setdefault("TCP_NODELAY", "1")
+    for key, value in ORTHANC_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     # Everything Orthanc (which replaces this process) and the node write is private: 0600 files, 0700 folders.
     os.umask(PRIVATE_UMASK)
     os.execv(binary, [binary, str(config)])  # noqa: S606 - replaces this process with Orthanc

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_DICOM_PORT",
     "DEFAULT_HTTP_PORT",
+    "ORTHANC_ENVIRONMENT",
     "NodeOptions",
     "deep_merge",
     "ensure_credentials",
@@ -45,6 +46,14 @@ __all__ = [
 ]
 
 DEFAULT_DICOM_PORT = 4342
+#: Environment variables Orthanc runs with (set when the environment does not already give them):
+#:
+#: * ``TCP_NODELAY=1``: DCMTK (Orthanc's DICOM layer) keeps Nagle's algorithm on otherwise, and every C-STORE
+#:   waits for a delayed ACK (about 40 ms per instance): ingestion is several times faster without it.
+#: * ``MALLOC_MMAP_THRESHOLD_=1048576``: glibc serves each buffer of 1 MB or more (a request body, a DICOM
+#:   file) from its own mapping and returns it to the system when freed. With glibc's default, sliding
+#:   threshold, 200 refused 6 MB requests left Orthanc 60 to 80 MB larger, kept in its heaps for good.
+ORTHANC_ENVIRONMENT = {"TCP_NODELAY": "1", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 DEFAULT_AET = "LESIONAI"
 DEFAULT_PLUGINS_DIR = "/usr/share/orthanc/plugins"
 METADATA_KEY = 1024

@@ -51,6 +51,7 @@ from orthanc_plugin.orthanc_api import (
     answer,
     answer_file,
 )
+from orthanc_plugin.rest_leaks import RestReferenceLeak
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
 from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.studies import ResultReplacement, StudyPlan, plan_study
@@ -174,6 +175,7 @@ class NodePlugin:
         self.admin = AdminApi(self)
         self.viewer = viewer_files(settings)
         self.ui = UiFiles()
+        self.rest_leak = RestReferenceLeak(lambda: orthanc.RestApiGet("/plugins/python"))
 
     @classmethod
     def from_orthanc(cls, orthanc: OrthancModule) -> NodePlugin:
@@ -208,7 +210,14 @@ class NodePlugin:
 
     @guarded("REST callback")
     def on_rest(self, output: RestOutput, uri: str, **request: Any) -> None:
-        """Orthanc's REST callback for ``/lesion-ai/...``."""
+        """Orthanc's REST callback for ``/lesion-ai/...`` (an old orthanc-python's leaked references to the
+        request's arguments released once it is answered: :mod:`orthanc_plugin.rest_leaks`)."""
+        try:
+            self._serve_rest(output, uri, request)
+        finally:
+            self.rest_leak.release(request)
+
+    def _serve_rest(self, output: RestOutput, uri: str, request: dict[str, Any]) -> None:
         path = str((request.get("groups") or ("",))[0])
         if path == _VIEWER or path.startswith(_VIEWER + "/"):
             host = (request.get("headers") or {}).get("host")

@@ -25,7 +25,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from orthanc_plugin.client import OrthancClient
-from orthanc_plugin.launch import NodeOptions, write_configuration
+from orthanc_plugin.launch import ORTHANC_ENVIRONMENT, NodeOptions, write_configuration
 from orthanc_plugin.orthanc_api import RestApiError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ class OrthancFleet:
     def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LESION_AI_")}
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        env["TCP_NODELAY"] = "1"  # as `lesion-ai node` does (DCMTK's Nagle delay, see orthanc_plugin.cli)
+        env.update(ORTHANC_ENVIRONMENT)  # as `lesion-ai node` runs Orthanc
         env.update(extra or {})
         return env
 
