@@ -61,7 +61,7 @@ from orthanc_plugin.viewer import BASE_URL, ViewerAnswer, viewer_files
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NodePlugin", "guarded", "install", "worker_command"]
+__all__ = ["REST_ROUTE", "NodePlugin", "guarded", "install", "worker_command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _IDLE_POLL_S = 5.0
@@ -86,6 +86,13 @@ def guarded(what: str) -> Callable[[F], F]:
         return inner  # type: ignore[return-value]
 
     return wrap
+
+
+#: The node's REST routes: ``/lesion-ai/`` and printable ASCII after it (every route, model name, study id
+#: and viewer file is ASCII). Orthanc matches it before the Python plugin decodes the path: a path with a
+#: control character or a byte outside ASCII (``%c0%af``, ``%ff``, ``%00``) matches no route and Orthanc
+#: answers 404, where orthanc-python would fail to decode it as UTF-8 and answer 500.
+REST_ROUTE = "/lesion-ai/([ -~]*)"
 
 
 class _GlobalProperty:
@@ -189,7 +196,7 @@ class NodePlugin:
     def install(self) -> None:
         """Register the change callback and the REST routes."""
         self.orthanc.RegisterOnChangeCallback(self.on_change)
-        self.orthanc.RegisterRestCallback("/lesion-ai/(.*)", self.on_rest)
+        self.orthanc.RegisterRestCallback(REST_ROUTE, self.on_rest)
         logger.info("plugin installed; rules from %s, queue %s", self.settings.rules, self.queue)
         if self.viewer.enabled and not self.viewer.installed():
             logger.warning("the OHIF viewer is not installed at %s: run `make setup`", self.viewer.root)
