@@ -23,11 +23,13 @@ every callback has one exception boundary: errors are logged, never raised into 
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +40,7 @@ from lesion_engine.errors import ConfigError
 from lesion_engine.model_card import stored_card
 from orthanc_plugin.admin import AdminApi
 from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
-from orthanc_plugin.jobqueue import JobQueue, QueuePolicy, open_queue
+from orthanc_plugin.jobqueue import JobQueue, JobState, QueuePolicy, open_queue
 from orthanc_plugin.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.logsetup import configure_node_logging
 from orthanc_plugin.models import CONFIGURED, ModelRegistry, RegistryError
@@ -65,6 +67,8 @@ __all__ = ["REST_ROUTE", "NodePlugin", "guarded", "install", "worker_command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _IDLE_POLL_S = 5.0
+#: How long health names a worker that exited (and the job it held).
+_EXIT_SHOWN_S = 600.0
 #: How often the follower looks while studies are being received (their completeness is judged).
 _RECEIVING_POLL_S = 0.5
 #: The viewer's route below ``/lesion-ai/``.
@@ -182,6 +186,10 @@ class NodePlugin:
         self.admin = AdminApi(self)
         self.viewer = viewer_files(settings)
         self.ui = UiFiles()
+        self._worker_exits: collections.deque[tuple[float, int, int, int | None, tuple[int, ...]]] = (
+            collections.deque(maxlen=20)
+        )
+        self._exits_lock = threading.Lock()
         self.rest_leak = RestReferenceLeak(lambda: orthanc.RestApiGet("/plugins/python"))
 
     @classmethod
@@ -276,9 +284,40 @@ class NodePlugin:
                 logger.error("workers not started: %s", exc)
                 return
             self.supervisor = WorkerSupervisor(
-                worker_command(self.settings), self.settings.workers, env, self.settings.logs
+                worker_command(self.settings),
+                self.settings.workers,
+                env,
+                self.settings.logs,
+                on_exit=self.on_worker_exit,
             )
             self.supervisor.start()
+
+    def on_worker_exit(self, index: int, pid: int, status: int | None) -> None:
+        """A worker process exited: its running job goes back to the queue at once, as a failed attempt
+        that says why (not after its lease), and health names it for :data:`_EXIT_SHOWN_S`."""
+        owner_prefix = f"{socket.gethostname()}:{pid}:"
+        reason = f"worker {index} (pid {pid}) exited with status {status} while processing this job"
+        released = []
+        for job in self.queue.list(state=JobState.RUNNING, limit=1000):
+            if job.lease_owner is not None and job.lease_owner.startswith(owner_prefix):
+                outcome = self.queue.fail(job.id, job.lease_owner, reason, transient=True)
+                logger.warning(
+                    "job %d: %s; now %s", job.id, reason, outcome.value if outcome else "unchanged"
+                )
+                released.append(job.id)
+        with self._exits_lock:
+            self._worker_exits.append((time.monotonic(), index, pid, status, tuple(released)))
+
+    def _exit_problems(self) -> list[str]:
+        """Health's words for the workers that exited in the last :data:`_EXIT_SHOWN_S` seconds."""
+        now = time.monotonic()
+        with self._exits_lock:
+            recent = [e for e in self._worker_exits if now - e[0] <= _EXIT_SHOWN_S]
+        out = []
+        for at, index, pid, status, jobs in recent:
+            held = f"; job {', '.join(str(j) for j in jobs)} handed back to the queue" if jobs else ""
+            out.append(f"worker {index} (pid {pid}) exited with status {status} {now - at:.0f} s ago{held}")
+        return out
 
     def stop(self) -> None:
         """Stop the follower thread and the workers (at ``ORTHANC_STOPPED``)."""
@@ -385,6 +424,7 @@ class NodePlugin:
         waiting = self.follower.retry_problem()
         if waiting is not None:
             problems.append(waiting)
+        problems += self._exit_problems()
         disk = self._disk_space(problems)
         try:
             self.models.state()

@@ -20,8 +20,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -38,6 +39,7 @@ class _Slot:
     started_at: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
+    last_exit: dict[str, object] | None = None
 
 
 class WorkerSupervisor:
@@ -59,6 +61,10 @@ class WorkerSupervisor:
         Rotate a worker's log once it is larger than this.
     log_backups : int
         Rotated logs kept per worker (``worker-N.log.1`` is the newest).
+    on_exit : callable, optional
+        Called as ``on_exit(index, pid, status)`` as soon as the monitor sees a worker exited (before it
+        is restarted), e.g. to hand its job to another worker at once rather than after its lease. Its
+        exceptions are logged.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class WorkerSupervisor:
         check_s: float = 1.0,
         max_log_bytes: int = 20 * 2**20,
         log_backups: int = 3,
+        on_exit: Callable[[int, int, int | None], None] | None = None,
     ) -> None:
         if max_log_bytes < 1024:
             raise ValueError(f"max_log_bytes must be at least 1024, got {max_log_bytes}")
@@ -82,6 +89,7 @@ class WorkerSupervisor:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.check_s = check_s
+        self.on_exit = on_exit
         self._slots = [_Slot(i) for i in range(count)]
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -164,6 +172,16 @@ class WorkerSupervisor:
                     slot.process = None
                     slot.restarts += 1
                     slot.next_start = now + delay
+                    slot.last_exit = {
+                        "pid": process.pid,
+                        "status": process.returncode,
+                        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    }
+                    if self.on_exit is not None:
+                        try:
+                            self.on_exit(slot.index, process.pid, process.returncode)
+                        except Exception:
+                            logger.exception("worker %d: handling its exit failed", slot.index)
                 if now >= slot.next_start:
                     self._spawn(slot)
 
@@ -184,6 +202,7 @@ class WorkerSupervisor:
                     "pid": s.process.pid if s.process is not None else None,
                     "alive": s.process is not None and s.process.poll() is None,
                     "restarts": s.restarts,
+                    "last_exit": dict(s.last_exit) if s.last_exit is not None else None,
                 }
                 for s in self._slots
             ]

@@ -313,6 +313,36 @@ def test_worker_killed_mid_job_is_restarted_and_job_completes(fleet: OrthancFlee
     node.note_workers()
 
 
+def test_a_dead_workers_job_is_handed_back_at_once_and_health_names_it(
+    fleet: OrthancFleet, tmp_path: Path
+) -> None:
+    """With a two-minute lease, the job of a killed worker does not wait for the lease: the supervisor hands
+    it back as soon as it sees the exit, the job says why, and health names the worker and the job."""
+    node = fleet.node(env={"LESION_AI_FAKE_DELAY": "3"}, extra={"LeaseSeconds": 120.0}).start()
+    client = node.client()
+    make_study(tmp_path / "in")
+    _send(node, tmp_path / "in")
+    [running] = wait_for(lambda: jobs(client, "running"), 30, "the job to start")
+    [worker] = client.get_json("/lesion-ai/health")["workers"]["processes"]
+    node.worker_pids.add(worker["pid"])
+    os.kill(worker["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    handed_back = wait_for(
+        lambda: (j := client.get_json(f"/lesion-ai/jobs/{running['id']}"))["state"] != "running" and j,
+        20,
+        "the dead worker's job to leave 'running'",
+    )
+    assert time.monotonic() - killed < 10
+    assert f"pid {worker['pid']}) exited with status -9" in handed_back["error"]
+    health = client.get_json("/lesion-ai/health")
+    named = [p for p in health["problems"] if f"pid {worker['pid']}" in p]
+    assert named and f"job {running['id']}" in named[0], health["problems"]
+    [job] = _done(client, 1)
+    assert job["id"] == running["id"] and job["attempts"] == 2
+    assert count_by_modality(client, job["study"]) == {"MR": 6, "SEG": 1, "SR": 1}
+    node.note_workers()
+
+
 def test_study_received_while_the_node_was_down_is_processed_at_start(
     fleet: OrthancFleet, tmp_path: Path
 ) -> None:
