@@ -76,6 +76,13 @@ class ChangeFollower:
         With no stored position (first start): ``none`` starts at the end of the log, ``all`` at its start.
     batch : int
         Changes read per request.
+    restart_hold_s : float
+        Orthanc's StableAge. Orthanc keeps stability in memory: after a restart it calls every study stable,
+        also one that was still arriving when it stopped. Such a study (pending at :meth:`start`) is judged
+        stable only after this many seconds without a StableStudy change (a new instance restarts Orthanc's
+        own clock); meanwhile only its headers can make it complete (:class:`ReceivingStudies`). 0: at once.
+    clock : callable
+        Monotonic time in seconds (tests pass their own).
     """
 
     def __init__(
@@ -85,6 +92,8 @@ class ChangeFollower:
         on_stable_study: Callable[[str], Any],
         catch_up: str = "none",
         batch: int = 500,
+        restart_hold_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.store = store
@@ -95,7 +104,12 @@ class ChangeFollower:
         self.pending: dict[str, None] = {}
         #: Stable studies whose evaluation failed: Orthanc ID -> (failures, when due (monotonic), error).
         self.retry: dict[str, tuple[int, float, str]] = {}
-        self._last_sweep = time.monotonic()
+        self.restart_hold_s = restart_hold_s
+        self.clock = clock
+        self._last_sweep = clock()
+        #: Studies pending at start (arriving when Orthanc stopped) and when they count as stable.
+        self.held: set[str] = set()
+        self._held_until = 0.0
 
     def _load(self) -> None:
         raw = self.store.load()
@@ -184,6 +198,7 @@ class ChangeFollower:
                 self.pending[str(parent)] = None
         elif kind in ("StableStudy", "Deleted") and change.get("ResourceType") == "Study":
             self.pending.pop(resource, None)
+            self.held.discard(resource)
         while len(self.pending) > _MAX_PENDING:
             self.pending.pop(next(iter(self.pending)))
 
@@ -200,7 +215,18 @@ class ChangeFollower:
         for study_id in list(self.retry):
             self._handle(study_id)
             handled += 1
-        handled += self._sweep_pending(list(self.pending), "arrived before a restart, stable now")
+        if self.restart_hold_s > 0:
+            self.held = set(self.pending)
+            self._held_until = self.clock() + self.restart_hold_s
+            if self.held:
+                logger.info(
+                    "%d stud%s arriving before the restart: judged stable %.0f s from now unless more arrives",
+                    len(self.held),
+                    "y was" if len(self.held) == 1 else "ies were",
+                    self.restart_hold_s,
+                )
+        else:
+            handled += self._sweep_pending(list(self.pending), "arrived before a restart, stable now")
         self._save()
         return handled
 
@@ -242,12 +268,22 @@ class ChangeFollower:
 
     def _sweep_due(self) -> int:
         """Every :data:`_PENDING_SWEEP_S` seconds, evaluate pending studies that are stable although no
-        StableStudy change came (Orthanc could not log it)."""
-        if time.monotonic() - self._last_sweep < _PENDING_SWEEP_S or not self.pending:
-            return 0
-        self._last_sweep = time.monotonic()
-        handled = self._sweep_pending(
-            list(self.pending)[:_PENDING_SWEEP_MAX], "stable without a logged change"
+        StableStudy change came (Orthanc could not log it); once ``restart_hold_s`` has passed, the studies
+        that were arriving at the restart."""
+        now = self.clock()
+        handled = 0
+        if self.held and now >= self._held_until:
+            held = [study for study in self.pending if study in self.held]
+            self.held = set()
+            handled += self._sweep_pending(held, "arrived before a restart, nothing more since (StableAge)")
+        if now - self._last_sweep < _PENDING_SWEEP_S or not self.pending:
+            if handled:
+                self._save()
+            return handled
+        self._last_sweep = now
+        handled += self._sweep_pending(
+            [study for study in self.pending if study not in self.held][:_PENDING_SWEEP_MAX],
+            "stable without a logged change",
         )
         if handled:
             self._save()

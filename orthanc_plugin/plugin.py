@@ -198,6 +198,8 @@ class NodePlugin:
         configuration = json.loads(orthanc.GetConfiguration())
         plugin = cls(orthanc, NodeSettings.from_orthanc_configuration(configuration))
         plugin.storage_dir = Path(str(configuration.get("StorageDirectory", "OrthancStorage"))).absolute()
+        # Orthanc's own StableAge (60 s when unset): how long a study that was arriving at a restart waits.
+        plugin.follower.restart_hold_s = float(configuration.get("StableAge", 60))
         return plugin
 
     # -- registration and events ----------------------------------------------------------------------

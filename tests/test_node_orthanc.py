@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -310,6 +311,39 @@ def test_worker_killed_mid_job_is_restarted_and_job_completes(fleet: OrthancFlee
     assert count_by_modality(client, job["study"]) == {"MR": 6, "SEG": 1, "SR": 1}
     [restarted] = client.get_json("/lesion-ai/health")["workers"]["processes"]
     assert restarted["alive"] and restarted["pid"] != worker["pid"] and restarted["restarts"] == 1
+    node.note_workers()
+
+
+def test_a_study_arriving_when_orthanc_was_killed_waits_stable_age_after_the_restart(
+    fleet: OrthancFleet, tmp_path: Path
+) -> None:
+    """Orthanc calls every study stable after a restart. One that was half received when Orthanc was killed
+    is not processed at once (a failure report for half a study): it waits a full StableAge after the
+    restart, and the rest sent meanwhile makes one complete job."""
+    node = fleet.node(stable_age=8).start()
+    client = node.client()
+    make_study(tmp_path / "all")
+    files = sorted(dicom_files([tmp_path / "all"]))
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    for folder, part in ((first, files[:3]), (rest, files[3:])):
+        folder.mkdir()
+        for path in part:
+            shutil.copy(path, folder / path.name)
+    _send(node, first)
+    wait_for(lambda: len(client.get_json("/instances")) == 3, 30, "half the study stored")
+    node.kill()
+    node.start()
+    client = node.client()
+    restarted = time.monotonic()
+    assert client.get_json("/studies?expand")[0]["IsStable"]  # as Orthanc sees it after a restart
+    while time.monotonic() - restarted < 5:
+        assert jobs(client) == [], "half a study was processed right after the restart"
+        time.sleep(0.5)
+    _send(node, rest)
+    [job] = _done(client, 1)
+    assert count_by_modality(client, job["study"]) == {"MR": 6, "SEG": 1, "SR": 1}
+    _settle(client)
+    assert [j["state"] for j in jobs(client)] == ["done"]
     node.note_workers()
 
 

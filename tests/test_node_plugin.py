@@ -197,6 +197,31 @@ def test_pending_study_survives_a_restart(tmp_path: Path) -> None:
     plugin.stop()
 
 
+def test_a_study_arriving_at_a_restart_waits_stable_age_after_it(tmp_path: Path) -> None:
+    """Orthanc calls every study stable after a restart: one that was arriving is held for StableAge."""
+    settings = _settings(tmp_path)
+    fake = FakeOrthanc({"LesionAI": settings.to_section()})
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.start()
+    study = fake.add_study(series=PROSTATE)
+    plugin.follower.poll()
+    plugin.stop()
+    fake.studies[study].stable = True  # Orthanc restarted: stable, no event will come
+    now = [1000.0]
+    plugin = NodePlugin(fake, settings)
+    plugin.follower.restart_hold_s = 30.0
+    plugin.follower.clock = lambda: now[0]
+    assert plugin.follower.start() == 0
+    now[0] += 29.0
+    plugin.follower.poll()
+    assert plugin.queue.list() == [] and study in plugin.follower.held
+    now[0] += 2.0
+    plugin.follower.poll()
+    assert [j.study_id for j in plugin.queue.list()] == [study]
+    assert not plugin.follower.held and study not in plugin.follower.pending
+    plugin.stop()
+
+
 def test_started_event_runs_the_follower_thread(node: tuple[FakeOrthanc, NodePlugin]) -> None:
     fake, plugin = node
     assert fake.on_change is not None
