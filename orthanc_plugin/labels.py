@@ -18,7 +18,8 @@ Labels are kept in a SQLite table in the node's data folder (:data:`LABELS_FILE`
 Orthanc's study metadata: ``GET /lesion-ai/labels`` pages through them and filters by study without reading
 every study of Orthanc, and recording one changes nothing that Orthanc's change log or a PACS would see. They
 survive restarts; a label whose SEG is later deleted from Orthanc stays listed (``lesion-ai dataset build
---from-node`` reports it as skipped).
+--from-node`` reports it as skipped). A malformed SEG (:mod:`orthanc_plugin.label_checks`) is recorded as
+refused, with the reason and without its segments, and the build does not use it.
 
 The segments' texts are kept with the grades they state by the convention of
 :mod:`lesion_engine.seg_convention` (``ISUP 3``, ``PI-RADS 4``); the headers are read from Orthanc's JSON
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lesion_engine.seg_convention import node_made, parse_grade
+from orthanc_plugin.label_checks import label_problem
 from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
 from orthanc_plugin.studies import OrthancSeries, OrthancStudy
 
@@ -142,6 +144,9 @@ class Label:
         When the node recorded it (seconds since the epoch).
     id : int or None
         Row number in the store (None before it is stored).
+    refused : str or None
+        Why the SEG is not used as a label (malformed: :func:`~orthanc_plugin.label_checks.label_problem`);
+        None for a label.
     """
 
     study: str
@@ -156,6 +161,7 @@ class Label:
     referenced_series: tuple[str, ...]
     recorded_at: float
     id: int | None = None
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("study", "study_instance_uid", "series", "series_instance_uid", "instance"):
@@ -171,6 +177,7 @@ class Label:
             "series_description": self.series_description,
             "segments": [s.to_json() for s in self.segments],
             "referenced_series": list(self.referenced_series),
+            "refused": self.refused,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -205,6 +212,7 @@ class Label:
             referenced_series=tuple(str(u) for u in data.get("referenced_series", [])),
             recorded_at=float(recorded_at),
             id=int(number),
+            refused=str(data["refused"]) if data.get("refused") is not None else None,
         )
 
 
@@ -372,6 +380,18 @@ def _label_of(
             series.series_instance_uid,
         )
         return None
+    try:
+        size = api.get_json(f"/instances/{quote_id(instance)}").get("FileSize")
+    except NotFoundError:
+        return None
+    refused = label_problem(tags, int(size) if isinstance(size, int | str) and str(size).isdigit() else None)
+    if refused is not None:
+        logger.warning(
+            "study %s: SEG %s is refused as a label: %s",
+            study.study_id,
+            tags.get("SOPInstanceUID", ""),
+            refused,
+        )
     return Label(
         study=study.study_id,
         study_instance_uid=study.study_instance_uid,
@@ -381,9 +401,10 @@ def _label_of(
         sop_instance_uid=str(tags.get("SOPInstanceUID", "") or ""),
         manufacturer=str(tags.get("Manufacturer", "") or ""),
         series_description=str(tags.get("SeriesDescription", "") or ""),
-        segments=_segments(tags),
+        segments=_segments(tags) if refused is None else (),
         referenced_series=referenced,
         recorded_at=time.time(),
+        refused=refused,
     )
 
 
@@ -447,7 +468,7 @@ def _record(
             if store.has_instance(instance):
                 continue
             label = _label_of(api, study, series, instance, images, manufacturers)
-            if label is None or not store.add(label):
+            if label is None or not store.add(label) or label.refused is not None:
                 continue
             recorded.append(label)
             grades = [

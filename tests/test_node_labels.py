@@ -67,6 +67,8 @@ class LabelOrthanc(FakeOrthanc):
             if m.group(1) not in self.files:
                 raise self._missing()
             return _simplified(pydicom.dcmread(io.BytesIO(self.files[m.group(1)]), stop_before_pixels=True))
+        if (m := re.fullmatch(r"/instances/([^/]+)", path)) and m.group(1) in self.files:
+            return {"ID": m.group(1), "FileSize": len(self.files[m.group(1)])}
         return super()._get(path, query)
 
 
@@ -92,6 +94,7 @@ def _add_seg(
     manufacturer: str = READER,
     segments: tuple[tuple[str, str], ...] = (("Lesion 1 ISUP 3", "MANUAL"),),
     contributing: str | None = None,
+    frames: int | None = None,
 ) -> tuple[str, str]:
     """Store a SEG header into a study (referencing ``references``, SeriesInstanceUIDs); returns its Orthanc
     series ID and SOPInstanceUID."""
@@ -123,6 +126,17 @@ def _add_seg(
         segment.SegmentAlgorithmType = algorithm
         described.append(segment)
     ds.SegmentSequence = described
+    # One 8 x 8 binary frame per segment, each frame naming its segment, as a SEG has them.
+    ds.NumberOfFrames = len(described) if frames is None else frames
+    ds.Rows, ds.Columns, ds.BitsAllocated = 8, 8, 1
+    ds.PerFrameFunctionalGroupsSequence = []
+    for number in range(1, len(described) + 1):
+        identification = Dataset()
+        identification.ReferencedSegmentNumber = number
+        group = Dataset()
+        group.SegmentIdentificationSequence = [identification]
+        ds.PerFrameFunctionalGroupsSequence.append(group)
+    ds.add_new(0x7FE00010, "OB", b"\xff" * (8 * len(described)))
     if contributing is not None:
         equipment = Dataset()
         equipment.Manufacturer = contributing

@@ -6,7 +6,7 @@ study's MR image series (not the node's own results) and the label's SEG into a 
 output folder, one study at a time and at most ``max_study_bytes`` of it, hands the folder to the build
 (:class:`training.dataset_build.DatasetBuilder`, which reads it as it reads a folder of studies) and deletes
 it. A study with several labels uses the newest (a radiologist's correction is stored as a new SEG); the
-others are reported as ignored. Studies that cannot be fetched are reported as skipped, with the reason.
+others are reported as ignored, as are SEGs the node refused as labels (malformed), whatever their age. Studies that cannot be fetched are reported as skipped, with the reason.
 
 Credentials: HTTP Basic, from ``--user``/``--password`` or :data:`USER_ENV`/:data:`PASSWORD_ENV`. Standard
 library only (the training package does not import the node's package).
@@ -81,6 +81,8 @@ class NodeLabel:
         Orthanc IDs of the study, the SEG series and the SEG instance.
     study_instance_uid, sop_instance_uid : str
         The study's and the SEG's UIDs.
+    refused : str or None
+        Why the node refused the SEG as a label (malformed); None for a label to use.
     """
 
     id: int
@@ -89,6 +91,7 @@ class NodeLabel:
     instance: str
     study_instance_uid: str
     sop_instance_uid: str
+    refused: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("study", "series", "instance"):
@@ -118,6 +121,7 @@ class NodeLabel:
                 instance=str(data["instance"]),
                 study_instance_uid=str(data["study_instance_uid"]),
                 sop_instance_uid=str(data["sop_instance_uid"]),
+                refused=str(data["refused"]) if data.get("refused") is not None else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"a label lacks the field {exc}") from None
@@ -377,6 +381,12 @@ class NodeSource:
 def _newest_per_study(labels: list[NodeLabel], sink: StudySink) -> list[NodeLabel]:
     newest: dict[str, NodeLabel] = {}
     for label in sorted(labels, key=lambda item: item.id, reverse=True):
+        if label.refused is not None:
+            sink.ignore(
+                f"node label {label.id} (SEG {label.sop_instance_uid})",
+                f"refused by the node: {label.refused}",
+            )
+            continue
         kept = newest.setdefault(label.study_instance_uid, label)
         if kept is not label:
             sink.ignore(
