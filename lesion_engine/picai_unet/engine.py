@@ -42,9 +42,8 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from lesion_engine.artifact import file_sha256
-from lesion_engine.devices import configure_cpu_threads, resolve_device
+from lesion_engine.ensemble_engine import EnsembleEngine
 from lesion_engine.errors import ModelArtifactError
-from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
 from lesion_engine.gland_gate import GlandRegion, find_gland
 from lesion_engine.measurements import axial_diameter_mm, center_lps_mm, max_diameter_mm, volume_ml
 from lesion_engine.model_card import (
@@ -130,7 +129,7 @@ def load_detection_artifact(path: Path | str) -> tuple[list[PicaiUNet], Detectio
     return folds, card
 
 
-class DetectionEngine:
+class DetectionEngine(EnsembleEngine[PicaiUNet, DetectionModelCard]):
     """An imported PI-CAI U-Net ensemble, ready to run on prepared studies (see the module docstring).
 
     Parameters
@@ -151,58 +150,10 @@ class DetectionEngine:
         Why the gate is off although it was asked for (added to every result's warnings).
     """
 
-    kind = "detection-map"
-
-    def __init__(
-        self,
-        folds: Sequence[PicaiUNet],
-        card: DetectionModelCard,
-        device: str | torch.device | None = None,
-        *,
-        threads: int | None = None,
-        gland: GlandModel | None = None,
-        gland_settings: GlandSettings | None = None,
-        gland_warning: str | None = None,
-    ) -> None:
-        if not folds:
-            raise ValueError("a detection engine needs at least one fold")
-        self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            configure_cpu_threads(threads)
-        self.folds = [fold.to(self.device).eval() for fold in folds]
-        self.card = card
-        self.gland = gland
-        self.gland_settings = gland_settings or GlandSettings(enabled=False)
-        self.gland_warning = gland_warning
-
-    @classmethod
-    def from_artifact(
-        cls,
-        path: Path | str,
-        device: str | torch.device | None = None,
-        *,
-        threads: int | None = None,
-        gland: GlandSettings | None = None,
-    ) -> DetectionEngine:
-        """Load a detection-map model artifact; the gate is off unless ``gland`` turns it on."""
-        gland = gland or GlandSettings(enabled=False)
-        folds, card = load_detection_artifact(path)
-        resolved = resolve_device(device)
-        gland_model, warning = load_gland_model(gland, use_cuda=resolved.type == "cuda", threads=threads)
-        return cls(
-            folds,
-            card,
-            resolved,
-            threads=threads,
-            gland=gland_model,
-            gland_settings=gland,
-            gland_warning=warning,
-        )
-
-    @property
-    def model_info(self) -> dict[str, str]:
-        """``name``, ``version`` and ``sha256`` of the model."""
-        return {"name": self.card.name, "version": self.card.version, "sha256": self.card.weights_sha256}
+    @staticmethod
+    def load_artifact(path: Path | str) -> tuple[list[PicaiUNet], DetectionModelCard]:
+        """See :func:`load_detection_artifact`."""
+        return load_detection_artifact(path)
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
