@@ -78,6 +78,8 @@ DIFFUSION_IMAGE_TYPES = frozenset(
 NO_B_VALUE_TAG = "no b-value tag (a b = 0 image of the series)"
 
 _WEIGHTED_DIRECTIONALITY = frozenset({"ISOTROPIC", "DIRECTIONAL", "BMATRIX"})
+#: ImageType values of a trace image (the mean over the gradient directions).
+_TRACE_IMAGE_TYPES = frozenset({"TRACEW", "TRACE"})
 _SIEMENS_DIFFUSION_SEQUENCE = re.compile(r"(^|[*_])ep_b\d", re.IGNORECASE)
 
 
@@ -234,10 +236,18 @@ def is_directional(ds: Dataset, diffusion: Dataset | None, b_value: float | None
     Returns
     -------
     bool
-        From DiffusionDirectionality when a vendor states it (standard or Siemens' private (0019,xx0D)),
-        else, for b > 0, from Philips' direction letter (2001,xx04) (``I`` is isotropic) or from a non-zero
-        gradient vector (standard, Siemens, GE, Philips, UIH, Canon's ImageComments).
+        An image whose ImageType says it is a trace (``TRACEW``, ``TRACE``) and whose gradient vector is absent
+        or zero is a trace image, whatever its DiffusionDirectionality says: Siemens' multi-direction scans
+        (MDDW) flag their TRACEW, ADC and calculated-b outputs DIRECTIONAL in (0019,xx0D), and dcm2niix reads
+        them as trace images (vector 0 0 0). Otherwise from DiffusionDirectionality when a vendor states it
+        (standard or Siemens' private (0019,xx0D)), else, for b > 0, from Philips' direction letter
+        (2001,xx04) (``I`` is isotropic) or from a non-zero gradient vector (standard, Siemens, GE, Philips,
+        UIH, Canon's ImageComments).
     """
+    vectors = _gradient_vectors(ds, diffusion)
+    oriented = any(sum(c * c for c in v) > 1e-6 for v in vectors)
+    if _TRACE_IMAGE_TYPES & set(_upper_values(ds.get("ImageType"))) and not oriented:
+        return False
     for item in (diffusion, ds):
         if item is None:
             continue
@@ -254,7 +264,7 @@ def is_directional(ds: Dataset, diffusion: Dataset | None, b_value: float | None
     philips = _philips_direction(ds)
     if philips:
         return philips not in ("I", "N")
-    return any(sum(c * c for c in v) > 1e-6 for v in _gradient_vectors(ds, diffusion))
+    return oriented
 
 
 def _fmt(values: Iterable[float]) -> str:

@@ -233,6 +233,37 @@ def test_directional_images_by_vendor() -> None:
     assert not is_directional(canon, None, 1500.0)
 
 
+def test_a_trace_image_flagged_directional_is_a_trace_image() -> None:
+    """Siemens MDDW outputs: TRACEW with DiffusionDirectionality DIRECTIONAL (private or standard) and no
+    gradient vector is a trace image (as dcm2niix reads it); a vector makes it directional again."""
+    for where in ("siemens", "standard"):
+        ds = Dataset()
+        ds.ImageType = ["DERIVED", "PRIMARY", "DIFFUSION", "TRACEW"]
+        if where == "siemens":
+            ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0D, "CS", "DIRECTIONAL")
+        else:
+            ds.DiffusionDirectionality = "DIRECTIONAL"
+        assert not is_directional(ds, None, 800.0), where
+        ds.DiffusionGradientOrientation = [0.0, 0.0, 0.0]
+        assert not is_directional(ds, None, 800.0), where
+        ds.DiffusionGradientOrientation = [0.6, 0.8, 0.0]
+        assert is_directional(ds, None, 800.0), where
+    # Without TRACEW in ImageType the flag decides, as before.
+    source = Dataset()
+    source.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"]
+    source.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0D, "CS", "DIRECTIONAL")
+    assert is_directional(source, None, 800.0)
+
+    def adc(ds: Dataset, _k: int, _b: float | None) -> None:
+        ds.ImageType = ["DERIVED", "PRIMARY", "DIFFUSION", "ADC"]
+        ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0D, "CS", "DIRECTIONAL")
+
+    verdict = classify_series(
+        _series("ep2d_diff_mddw_12_ADC", 8, [None], adc, scanning=("EP",)), load_series_rules()
+    )
+    assert "adc" in verdict.candidate_for and verdict.ignored is None
+
+
 def test_fa_map_and_directional_only_series_are_never_dwi_candidates() -> None:
     def fa(ds: Dataset, _k: int, b: float | None) -> None:
         ds.ImageType = ["DERIVED", "PRIMARY", "DIFFUSION", "FA"]

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.synth.config import COMPRESSIONS, EXTRA_DWI, PROFILES, VENDOR_CHOICES, SynthConfig
+from training.synth.config import COMPRESSIONS, DWI_SCHEMES, EXTRA_DWI, PROFILES, VENDOR_CHOICES, SynthConfig
 from training.synth.encoding import DcmtkMissingError
 from training.synth.generator import generate
 
@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "per case (random)",
     )
     parser.add_argument(
+        "--dwi-scheme",
+        choices=DWI_SCHEMES,
+        default="standard",
+        help="standard (default) or mddw: the only diffusion acquisition is a Siemens multi-direction scan "
+        "whose TRACEW, ADC and CALC_BVAL outputs are flagged DIRECTIONAL (needs --vendor siemens)",
+    )
+    parser.add_argument(
         "--tilt",
         type=float,
         default=None,
@@ -82,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             profile=args.profile,
             tilt_deg=args.tilt,
             extra_dwi=None if args.extra_dwi == "random" else args.extra_dwi,
+            dwi_scheme=args.dwi_scheme,
         )
     except ValueError as exc:
         return _usage_error(str(exc).replace("SynthConfig.tilt_deg", "--tilt"))

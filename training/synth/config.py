@@ -41,6 +41,9 @@ PROFILES: tuple[str, ...] = ("small", "full")
 """Size profiles: ``small`` for tests, ``full`` like the real fixture."""
 
 EXTRA_DWI: tuple[str, ...] = ("none", "high_b", "dti")
+#: How the study's diffusion is acquired: ``standard`` (a trace-weighted multi-b scan) or ``mddw`` (Siemens'
+#: multi-direction scan: directional images, and TRACEW, ADC and calculated-b outputs flagged DIRECTIONAL).
+DWI_SCHEMES: tuple[str, ...] = ("standard", "mddw")
 """Extra diffusion acquisitions of a study: none, a separate high-b scan, or a multi-direction (DTI) scan."""
 
 LESION_KINDS: tuple[str, ...] = ("cspca", "indolent", "bph", "prostatitis")
@@ -117,6 +120,12 @@ class SynthConfig:
         ``"high_b"`` (a separate scan at b = 0 or 50 and a high b of 1500 or 2000 above every other b-value
         of the study, with its own ADC map), ``"dti"`` (a multi-direction scan with its TRACEW, ADC and FA
         series, at a b-value below the standard acquisition's highest) or ``None`` (drawn by seed).
+    dwi_scheme
+        ``"standard"`` (the default) or ``"mddw"``: the study's only diffusion acquisition is a Siemens
+        multi-direction scan (MDDW): its directional images (one volume per gradient direction and b-value,
+        with their vectors) and its TRACEW, ADC and calculated-b series, which Siemens flags DIRECTIONAL in
+        its private DiffusionDirectionality (0019,xx0D) although they are trace images and maps. Siemens
+        only, classic images, no extra acquisition.
     """
 
     vendor: str | None = "siemens"
@@ -135,6 +144,7 @@ class SynthConfig:
     lesion_kinds: tuple[str, ...] | None = None
     noise: float = 1.0
     extra_dwi: str | None = "none"
+    dwi_scheme: str = "standard"
 
     def __post_init__(self) -> None:
         if self.vendor is not None and self.vendor not in VENDOR_CHOICES:
@@ -178,6 +188,16 @@ class SynthConfig:
             _fail("noise", self.noise, "a number from 0 to 5")
         if self.extra_dwi is not None and self.extra_dwi not in EXTRA_DWI:
             _fail("extra_dwi", self.extra_dwi, f"{', '.join(EXTRA_DWI)} or None")
+        if self.dwi_scheme not in DWI_SCHEMES:
+            _fail("dwi_scheme", self.dwi_scheme, ", ".join(DWI_SCHEMES))
+        if self.dwi_scheme == "mddw" and (
+            self.vendor != "siemens" or self.enhanced or self.extra_dwi != "none"
+        ):
+            raise ValueError(
+                "SynthConfig.dwi_scheme = 'mddw' is Siemens' multi-direction diffusion scan as the study's only "
+                f"diffusion acquisition: it needs vendor='siemens' (got {self.vendor!r}), enhanced=False (got "
+                f"{self.enhanced!r}) and extra_dwi='none' (got {self.extra_dwi!r})"
+            )
 
     def _check_b_values(self) -> None:
         values = self.b_values
@@ -245,6 +265,7 @@ class CasePlan:
     siemens_private_as_ob: bool
     extra_dwi: str
     extra_b_values: tuple[int, ...]
+    dwi_scheme: str = "standard"
 
 
 def case_ids(seed: int, case_index: int) -> tuple[str, str]:
@@ -369,6 +390,7 @@ def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
         siemens_private_as_ob=as_ob,
         extra_dwi=extra,
         extra_b_values=extra_b,
+        dwi_scheme=config.dwi_scheme,
     )
     logger.debug("case %d of seed %d resolved: %s", case_index, seed, plan)
     return plan

@@ -288,6 +288,8 @@ def _siemens(kind: str, n: _Names) -> tuple[str, str, tuple[str, ...]]:
     b = n.b
     if n.variant == "dti":
         dwi = f"ep2d_diff_dti_{n.n_directions}dir_tra"
+    elif n.variant == "mddw":
+        dwi = f"ep2d_diff_mddw_{n.n_directions}dir_b{_bstr(b, '_')}_tra"
     elif b == (50, 400, 800) and n.variant != "high_b":
         dwi = "ep2d_diff_tra_DYNDIST_MIX"
     else:
@@ -299,7 +301,11 @@ def _siemens(kind: str, n: _Names) -> tuple[str, str, tuple[str, ...]]:
         "t2_sag": ("t2_tse_sag", "*tse2d1_25", loc_it),
         "t2_cor": ("t2_tse_cor", "*tse2d1_25", loc_it),
         "t2w": ("t2_tse_tra", "*tse2d1_25", loc_it),
-        "dwi": (dwi, "", ("DERIVED", "PRIMARY", "DIFFUSION", "TRACEW", "DIS2D")),
+        "dwi": (
+            f"{dwi}_TRACEW" if n.variant == "mddw" else dwi,
+            "",
+            ("DERIVED", "PRIMARY", "DIFFUSION", "TRACEW", "DIS2D"),
+        ),
         "adc": (f"{dwi}_ADC", fitted, ("DERIVED", "PRIMARY", "DIFFUSION", "ADC", "DIS2D")),
         "calc": (
             f"{dwi}CALC_BVAL" if dwi.endswith("MIX") else f"{dwi}_CALC_BVAL",
@@ -398,7 +404,7 @@ def _standard(kind: str, n: _Names) -> tuple[str, str, tuple[str, ...]]:
 _NAMERS = {"siemens": _siemens, "ge": _ge, "philips": _philips, "standard": _standard}
 _DERIVED_KINDS = ("adc", "calc", "trace", "fa")
 _PIXEL_CONTRAST = {"adc": "ADC", "fa": "FA", "trace": "TRACE"}
-_VARIANTS = ("", "high_b", "dti")
+_VARIANTS = ("", "high_b", "dti", "mddw")
 
 
 def series_style(
@@ -425,8 +431,8 @@ def series_style(
     second_localizer
         The style of a second, sagittal-only localizer.
     variant
-        Which diffusion acquisition: ``""`` (the standard one), ``"high_b"`` (a separate high-b scan) or
-        ``"dti"`` (a multi-direction scan).
+        Which diffusion acquisition: ``""`` (the standard one), ``"high_b"`` (a separate high-b scan),
+        ``"dti"`` (a multi-direction scan) or ``"mddw"`` (Siemens' multi-direction scan as the only one).
     n_directions
         Gradient directions of a DTI scan (they appear in its names).
     """

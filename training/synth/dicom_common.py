@@ -193,7 +193,12 @@ def frame_time(series: SeriesPlan, frame: FrameInfo, n_blocks: int, n_slices: in
 def block_of(frame: FrameInfo, series: SeriesPlan) -> int:
     """Index of the frame's block: its b-value (and gradient direction in a DTI series), time point or stack."""
     if frame.b_value is not None and series.b_values:
-        return series.b_values.index(frame.b_value) + (frame.direction_index or 0)
+        position = series.b_values.index(frame.b_value)
+        if not series.directions:
+            return position
+        # b-major: one block per b = 0, one per direction of each b > 0
+        n = len(series.directions)
+        return sum(1 if b == 0 else n for b in series.b_values[:position]) + (frame.direction_index or 0)
     if frame.temporal_index is not None:
         return frame.temporal_index
     return frame.grid_index
@@ -218,4 +223,5 @@ def diffusion_image(series: SeriesPlan, frame: FrameInfo) -> DiffusionImage | No
         b,
         direction=series.directions[frame.direction_index] if frame.direction_index is not None else None,
         dti=series.acquisition == "dti",
+        flagged_directional=series.flagged_directional,
     )

@@ -62,12 +62,15 @@ class DiffusionImage:
     dti
         Whether the image belongs to a multi-direction (DTI) acquisition (GE writes those without the 10^9
         bias and with an image kind).
+    flagged_directional
+        A trace image or map that Siemens flags DIRECTIONAL in (0019,xx0D) nevertheless (an MDDW output).
     """
 
     image: str
     b_value: int = 0
     direction: tuple[float, float, float] | None = None
     dti: bool = False
+    flagged_directional: bool = False
 
     def __post_init__(self) -> None:
         if self.image not in IMAGE_CLASSES:
@@ -101,7 +104,7 @@ def _siemens(ds: Dataset, img: DiffusionImage, as_ob: bool) -> None:
         block.add_new(0x0C, "OB", raw + b" " if len(raw) % 2 else raw)
     else:
         block.add_new(0x0C, "IS", text)
-    if img.image == "directional":
+    if img.image == "directional" or img.flagged_directional:
         directionality = "DIRECTIONAL"
     else:
         directionality = "ISOTROPIC" if img.b_value > 0 or img.image == "adc_map" else "NONE"

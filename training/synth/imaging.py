@@ -14,6 +14,7 @@ from training.synth.mr_signal import (
     BiasField,
     adc_fit,
     dce_contrast,
+    dti_b_values,
     dti_contrast,
     dwi_contrast,
     fractional_anisotropy,
@@ -153,7 +154,56 @@ class _Synth:
             )
         return self.cache[root.key]
 
+    def mddw_acquired(self, root: SeriesPlan) -> tuple[FloatArray, list[tuple[int, int | None]]]:
+        """Noisy magnitudes of a Siemens multi-direction (MDDW) scan and what each volume is: (b-value,
+        direction index; None at b = 0). Each b > 0 is measured along every direction of the scan."""
+        layout: list[tuple[int, int | None]] = []
+        effective: list[float] = []
+        for b in root.b_values:
+            if b == 0:
+                layout.append((0, None))
+                effective.append(0.0)
+                continue
+            along = dti_b_values(float(b), root.directions)[1:]
+            layout += [(b, d) for d in range(len(root.directions))]
+            effective += [float(v) for v in along]
+        if root.key not in self.cache:
+            grid = root.grids[0]
+            clean = sample_grid(self.ph, grid, dwi_contrast(effective))
+            field = self.bias(root).on_grid(grid)
+            self.cache[root.key] = rician(
+                clean * field[None] * _DWI_SCALE, 6.0 * self.noise, self.rng(root, 0)
+            )
+        return self.cache[root.key], layout
+
+    def mddw(self, series: SeriesPlan) -> SeriesImages:
+        """A series of an MDDW scan: its directional images, its TRACEW (the geometric mean over the
+        directions at each b-value), its ADC map or its calculated-b images."""
+        root = next(s for s in self.study.series if s.acquisition == series.acquisition and s.kind == "dti")
+        noisy, layout = self.mddw_acquired(root)
+        if series.kind == "dti":
+            frames: list[FrameInfo] = []
+            for b, direction in layout:
+                frames += [
+                    FrameInfo(0, k, b_value=b, direction_index=direction) for k in range(noisy.shape[1])
+                ]
+            return self.finish(series, list(noisy), frames)
+        trace = []
+        for b in root.b_values:
+            volumes = [i for i, (vb, _) in enumerate(layout) if vb == b]
+            trace.append(np.exp(np.log(np.maximum(noisy[volumes], 1.0)).mean(axis=0)))
+        if series.kind == "dwi":
+            return self.finish(series, trace, _frames_for(trace, root.b_values))
+        adc, ln_s0, fg = adc_fit(np.stack(trace), root.b_values, background=0.1 * _DWI_SCALE)
+        if series.kind == "adc":
+            return self.finish(series, [adc], _frames_for([adc]))
+        adc_mm = adc * 1e-6
+        vols = [np.where(fg, np.exp(ln_s0 - b * adc_mm), 0.0) for b in series.b_values]
+        return self.finish(series, vols, _frames_for(vols, series.b_values))
+
     def diffusion(self, series: SeriesPlan) -> SeriesImages:
+        if self.study.plan.dwi_scheme == "mddw" and series.acquisition == "dwi":
+            return self.mddw(series)
         root = self.study.by_key(series.acquisition)
         noisy = self.acquired(root)
         if root.kind == "dti":

@@ -84,6 +84,8 @@ class SeriesPlan:
         (``dwi``, ``dwi_high_b`` or ``dti``); empty for other series.
     directions
         Gradient directions of a DTI series (its b > 0 images, one volume per direction).
+    flagged_directional
+        Trace images or a map that Siemens flags DIRECTIONAL nevertheless (the outputs of an MDDW scan).
     """
 
     kind: str
@@ -99,6 +101,7 @@ class SeriesPlan:
     duration_s: float
     acquisition: str = ""
     directions: tuple[Vec3, ...] = ()
+    flagged_directional: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,9 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
     t2_grid = _stack(ph, profile, "t2w", tra, t2_centre, t2_off)
     entries.append(("t2w", "t2w", (t2_grid,), ""))
     dwi_grid = (_stack(ph, profile, "dwi", tra, dwi_centre, dwi_off),)
+    mddw = plan.dwi_scheme == "mddw"
+    if mddw:  # the multi-direction scan's own images come first; its TRACEW, ADC and CALC follow
+        entries.append(("dti", "dwi_directions", dwi_grid, "dwi"))
     entries.append(("dwi", "dwi", dwi_grid, "dwi"))
     entries.append(("adc", "adc", dwi_grid, "dwi"))
     if plan.calc_b_values:
@@ -367,8 +373,8 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
             clock = series_time + float(rng.uniform(15, 60))
             if acquisition:
                 source_times[acquisition] = (acq, duration, series_time)
-        variant = ACQUISITION_VARIANTS.get(acquisition, "")
-        directions = DTI_DIRECTIONS if variant == "dti" else ()
+        variant = "mddw" if mddw and acquisition == "dwi" else ACQUISITION_VARIANTS.get(acquisition, "")
+        directions = DTI_DIRECTIONS if variant in ("dti", "mddw") else ()
         style = series_style(
             plan.vendor,
             kind,
@@ -393,6 +399,7 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
                 duration_s=round(duration if kind not in _DERIVED_SERIES_TIME else 0.0, 3),
                 acquisition=acquisition,
                 directions=directions if kind == "dti" else (),
+                flagged_directional=mddw and acquisition == "dwi" and kind in ("dwi", "adc", "calc"),
             )
         )
     info = vendor_info(plan.vendor)

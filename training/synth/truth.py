@@ -118,14 +118,15 @@ def _acquisitions(study: StudyPlan, chosen: str) -> list[dict[str, Any]]:
             continue
         root = study.by_key(key)
         trace_b = [b for s in members if s.kind in TRACE_KINDS for b in s.b_values]
+        mddw = key == "dwi" and study.plan.dwi_scheme == "mddw"
         out.append(
             {
                 "key": key,
-                "type": kind,
+                "type": "mddw" if mddw else kind,
                 "b_values": list(root.b_values),
                 "top_b_value": max(trace_b),
                 "series": {s.kind: s.number for s in members},
-                "directions": len(root.directions),
+                "directions": max(len(s.directions) for s in members),
                 "chosen": key == chosen,
             }
         )
