@@ -60,18 +60,31 @@ class GlandSettings:
         without the gate and says so in each result's warnings and in the log.
     card : Path or None
         A gland card; the packaged one when None.
+    min_volume_ml, max_volume_ml : float
+        A gland found outside this range is implausible (real prostates are roughly 10 to 300 ml): the gate
+        does not use it and says so (with ``required``, the study fails).
     """
 
     enabled: bool = True
     margin_mm: float = 5.0
     required: bool = False
     card: Path | None = None
+    min_volume_ml: float = 10.0
+    max_volume_ml: float = 300.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.margin_mm, int | float) or isinstance(self.margin_mm, bool):
             raise TypeError(f"GlandSettings.margin_mm must be a number of mm, got {self.margin_mm!r}")
         if not 0.0 <= float(self.margin_mm) <= 50.0:
             raise ValueError(f"GlandSettings.margin_mm must be between 0 and 50 mm, got {self.margin_mm}")
+        low, high = self.min_volume_ml, self.max_volume_ml
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (low, high)) or not (
+            0.0 <= float(low) < float(high) <= 5000.0
+        ):
+            raise ValueError(
+                "GlandSettings.min_volume_ml and max_volume_ml must be numbers of ml with 0 <= min < max <= "
+                f"5000 (10 and 300 are usual), got {low!r} and {high!r}"
+            )
 
 
 @dataclass(frozen=True)

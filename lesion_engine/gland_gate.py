@@ -20,7 +20,62 @@ from lesion_engine.gland_card import GlandModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlandRegion", "dilate_mm", "find_gland", "gland_region"]
+__all__ = [
+    "GATE_WARNING_PREFIX",
+    "GlandRegion",
+    "dilate_mm",
+    "find_gland",
+    "gate_warnings",
+    "gland_region",
+    "judge_gland",
+]
+
+#: Every warning of the gate about itself (the model failed, found nothing, or found an implausible gland)
+#: begins so; results show them where a radiologist looks (SR, overlay, admin page).
+GATE_WARNING_PREFIX = "the gland model"
+#: The largest connected part of a plausible gland holds at least this share of it.
+MAIN_PART_SHARE = 0.9
+#: A gland whose first or last slice holds at least this share of its largest slice is cut off there.
+CUT_SLICE_SHARE = 0.25
+
+
+def gate_warnings(warnings: Sequence[str]) -> list[str]:
+    """The gate's warnings about itself among a result's warnings."""
+    return [w for w in warnings if w.startswith(GATE_WARNING_PREFIX)]
+
+
+def judge_gland(mask: NDArray[np.bool_], volume_ml: float, settings: GlandSettings) -> list[str]:
+    """Why a gland found by the gland model is implausible (empty when it is plausible).
+
+    A real prostate is several ml or more (``settings.min_volume_ml`` to ``max_volume_ml``), one organ
+    (its largest connected part holds at least :data:`MAIN_PART_SHARE` of it) and, on a prostate MR, inside
+    the field of view (not on the in-plane border, and not cut by the first or last slice: a slice there
+    holding :data:`CUT_SLICE_SHARE` of its largest slice).
+    """
+    problems = []
+    if not settings.min_volume_ml <= volume_ml <= settings.max_volume_ml:
+        problems.append(
+            f"its volume is {volume_ml:.2f} ml, outside the plausible {settings.min_volume_ml:g} to "
+            f"{settings.max_volume_ml:g} ml"
+        )
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        share = float(sizes.max()) / float(sizes.sum())
+        if share < MAIN_PART_SHARE:
+            problems.append(f"it is {count} separate parts, the largest {share:.0%} of it")
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    largest = float(areas.max()) if areas.size else 0.0
+    edges = [
+        f"the {name} slice"
+        for name, k in (("first", 0), ("last", -1))
+        if largest and areas[k] >= CUT_SLICE_SHARE * largest
+    ]
+    if mask[:, 0, :].any() or mask[:, -1, :].any() or mask[:, :, 0].any() or mask[:, :, -1].any():
+        edges.append("the in-plane border")
+    if edges:
+        problems.append(f"it is cut off by the field of view (at {' and '.join(edges)})")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -127,17 +182,20 @@ def find_gland(
     t2w : SimpleITK.Image
         The study's T2W.
     warnings : list of str
-        What a user should know is appended here (the model failed or found no gland).
+        What a user should know is appended here (the model failed, found no gland, or found an
+        implausible one: :func:`judge_gland`).
 
     Returns
     -------
     GlandRegion or None
-        None without the gate, or when the gland model failed or found nothing (then ungated).
+        None without the gate, or when the gland model failed, found nothing or found an implausible gland
+        (then ungated).
 
     Raises
     ------
     GlandModelError
-        When the gland model fails and ``settings.required`` is True.
+        When the gland model fails, finds nothing or finds an implausible gland and ``settings.required``
+        is True.
     """
     if gland is None:
         return None
@@ -152,6 +210,19 @@ def find_gland(
         return None
     if not found.mask.any():
         message = "the gland model found no prostate gland, lesions are not gated by it"
+        if settings.required:
+            raise GlandModelError(message)
+        logger.warning("%s", message)
+        warnings.append(message)
+        return None
+    problems = judge_gland(found.mask, found.volume_ml, settings)
+    if problems:
+        message = (
+            f"the gland model's prostate is implausible ({'; '.join(problems)}): the model failed on this "
+            "study, lesions are not gated by the prostate gland"
+        )
+        if settings.required:
+            raise GlandModelError(message)
         logger.warning("%s", message)
         warnings.append(message)
         return None

@@ -206,7 +206,10 @@ class ProcessorSettings:
     gland_margin_mm : float
         The gate's margin around the gland, mm.
     gland_required : bool
-        Whether a gland model that cannot load or run fails the study (else it is analysed ungated).
+        Whether a gland model that cannot load or run, or finds an implausible gland, fails the study (else
+        it is analysed ungated).
+    gland_min_ml, gland_max_ml : float
+        The plausible prostate volumes (the engine's :class:`~lesion_engine.gland.GlandSettings` checks them).
     """
 
     model: str | None = None
@@ -216,6 +219,8 @@ class ProcessorSettings:
     gland_gate: str = "auto"
     gland_margin_mm: float = 5.0
     gland_required: bool = False
+    gland_min_ml: float = 10.0
+    gland_max_ml: float = 300.0
 
     def __post_init__(self) -> None:
         if self.gland_gate not in _GLAND_GATES:
@@ -240,12 +245,15 @@ class ProcessorSettings:
             enabled=gate_on_by_default(self.model) if enabled is None else enabled,
             margin_mm=self.gland_margin_mm,
             required=self.gland_required,
+            min_volume_ml=self.gland_min_ml,
+            max_volume_ml=self.gland_max_ml,
         )
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ProcessorSettings:
         """The processor settings of the node's settings (``Model``, ``Device``, ``Threads``,
-        ``ResultSettings``, ``GlandGate``, ``GlandMarginMm``, ``GlandRequired``)."""
+        ``ResultSettings``, ``GlandGate``, ``GlandMarginMm``, ``GlandRequired``, ``GlandMinMl``,
+        ``GlandMaxMl``)."""
         return cls(
             model=settings.model,
             device=settings.device,
@@ -254,6 +262,8 @@ class ProcessorSettings:
             gland_gate=settings.gland_gate,
             gland_margin_mm=settings.gland_margin_mm,
             gland_required=settings.gland_required,
+            gland_min_ml=settings.gland_min_ml,
+            gland_max_ml=settings.gland_max_ml,
         )
 
 
@@ -376,6 +386,7 @@ class EngineProcessor:
                 "patient_score": round(float(result.patient_score), 4),
                 "series": dict(result.series),
                 "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+                "warnings": list(result.warnings),
             },
             evidence=StudyEvidence.from_result(result),
         )

@@ -127,9 +127,21 @@ class WorkerSettings:
         default=False,
         metadata=_meta(
             "GlandRequired",
-            "true: a study whose gland model cannot load or run fails; false: it is analysed ungated, "
-            "with a warning",
+            "true: a study whose gland model cannot load or run, or finds an implausible gland, fails; "
+            "false: it is analysed ungated, with a warning",
         ),
+    )
+    gland_min_ml: float = field(
+        default=10.0,
+        metadata=_meta(
+            "GlandMinMl",
+            "smallest plausible prostate, ml: a smaller gland found by the gland model is not used by the gate "
+            "(the result says so)",
+        ),
+    )
+    gland_max_ml: float = field(
+        default=300.0,
+        metadata=_meta("GlandMaxMl", "largest plausible prostate, ml (as GlandMinMl)"),
     )
     lease_s: float = field(
         default=120.0,
@@ -208,6 +220,15 @@ class WorkerSettings:
             )
         if not isinstance(self.gland_required, bool):
             raise self._bad("gland_required", f"must be true or false, got {self.gland_required!r}")
+        low, high = self.gland_min_ml, self.gland_max_ml
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (low, high)) or not (
+            0 <= low < high <= 5000
+        ):
+            raise self._bad(
+                "gland_min_ml",
+                f"and {_key('gland_max_ml')} must be numbers of ml with 0 <= min < max <= 5000 (10 and 300 are "
+                f"usual), got {low!r} and {high!r}",
+            )
         if self.gland_required and self.gland_gate == "off":
             raise self._bad(
                 "gland_required",

@@ -51,6 +51,14 @@ class FakeResult:
     gland_volume_ml: float | None = None
     gland_mask: NDArray[np.bool_] | None = None
     gland_model: dict[str, str] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+#: The warning of a gate whose gland model failed (as :func:`lesion_engine.gland_gate.find_gland` words it).
+GATE_WARNING = (
+    "the gland model's prostate is implausible (its volume is 0.03 ml, outside the plausible 10 to 300 ml): "
+    "the model failed on this study, lesions are not gated by the prostate gland"
+)
 
 
 def with_gland(

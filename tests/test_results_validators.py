@@ -10,6 +10,7 @@ can be reviewed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from lesion_engine.results import ResultSettings, write_failure, write_results
 from lesion_engine.results.sr_lesion import lesion_labels
 from tests import validators
 from tests.results_cases import (
+    GATE_WARNING,
     T2W_SERIES_NUMBER,
     FakeResult,
     detection_map_result,
@@ -82,7 +84,8 @@ def cases(
     out["detection-map"] = Case(
         "detection-map", sources, save_all(written.all(), root / "detection-map", "ai"), detection, t2w
     )
-    negative = negative_result(t2w)
+    # A negative study whose gate failed: the SR carries the gate's warning as a finding.
+    negative = dataclasses.replace(negative_result(t2w), warnings=[GATE_WARNING])
     written = write_results(negative, t2w, analysis_time=WHEN)
     out["negative"] = Case(
         "negative", sources, save_all(written.all(), root / "negative", "ai"), negative, t2w
@@ -151,6 +154,9 @@ def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
         report = validators.dsrdump(path)
         assert report.returncode == 0, f"{path.name}:\n{report.output}"
         assert "Imaging Measurement Report" in report.output or "Diagnostic Imaging Report" in report.output
+    # dcmtk reads the gate's warning as a finding of the negative study's report.
+    [negative] = cases["negative"].of_modality("SR")
+    assert "Warning: the gland model" in validators.dsrdump(negative).output  # dsrdump cuts long texts
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ from lesion_engine.results.sr_gland import ProstateVolume, prostate_line
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["patient_orientation", "source_image_item", "write_overlays"]
+__all__ = ["WARNING_BACKGROUND", "patient_orientation", "source_image_item", "write_overlays"]
 
 _LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
 
@@ -54,6 +54,10 @@ def source_image_item(dataset: Dataset, frame: int | None) -> Dataset:
     if frame is not None:
         item.ReferencedFrameNumber = frame + 1
     return item
+
+
+#: The background of a warning's lines: dark red, unlike any lesion colour and any grey.
+WARNING_BACKGROUND = (150, 0, 0)
 
 
 def _slice_pixels(grid: T2WGrid, k: int) -> NDArray[np.float32]:
@@ -77,6 +81,7 @@ def _render(
     caption: str,
     header: str,
     note: str | None = None,
+    warnings: Sequence[str] = (),
 ) -> NDArray[np.uint8]:
     grey = _grey(pixels, *window)
     rgb = np.repeat(grey[:, :, np.newaxis], 3, axis=2)
@@ -104,6 +109,10 @@ def _render(
         draw_lines(image, [text], (x, y), face, colour, background=(0, 0, 0))
     top = [header, *(wrap(note, face, width - 8) if note else [])]
     draw_lines(image, top, (4, 4), face, (255, 255, 255), background=(0, 0, 0))
+    if warnings:
+        below = 4 + len(top) * (size + 4)
+        lines = [line for warning in warnings for line in wrap(f"Warning: {warning}", face, width - 8)]
+        draw_lines(image, lines, (4, below), face, (255, 255, 255), background=WARNING_BACKGROUND)
     lines = wrap(caption, face, width - 8)
     y = height - len(lines) * (size + 4) - 4
     draw_lines(image, lines, (4, y), face, (255, 255, 0), background=(0, 0, 0))
@@ -118,6 +127,7 @@ def write_overlays(
     uids: UidFactory,
     when: datetime.datetime,
     prostate: ProstateVolume | None = None,
+    warnings: Sequence[str] = (),
 ) -> list[Dataset]:
     """Build the overlay series: one RGB Secondary Capture image per T2W slice shown.
 
@@ -137,6 +147,9 @@ def write_overlays(
         Time of the analysis.
     prostate : ProstateVolume, optional
         The prostate gland: its volume is written under the header of every image.
+    warnings : sequence of str
+        What a radiologist must know about the result (the anatomical gate's failures), written in white
+        on dark red under the header of every image.
 
     Returns
     -------
@@ -160,7 +173,7 @@ def write_overlays(
         dataset, frame = grid.slice_sources[k]
         header = f"AI lesions - {name} - slice {k + 1}/{grid.shape[0]}"
         note = prostate_line(prostate) if prostate is not None else None
-        rgb = _render(volume[k], (low, high), lesions, k, settings.caption, header, note)
+        rgb = _render(volume[k], (low, high), lesions, k, settings.caption, header, note, warnings)
         image = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=dataset,
             pixel_array=rgb,

@@ -191,10 +191,13 @@ def patient_score_text(score: float) -> str:
 
 
 def _document_evaluations(
-    lesions: Sequence[LesionLike], score: float, prostate: ProstateVolume | None = None
+    lesions: Sequence[LesionLike],
+    score: float,
+    prostate: ProstateVolume | None = None,
+    warnings: Sequence[str] = (),
 ) -> hd.sr.ContainerContentItem:
-    """TID 1500 document-level Qualitative Evaluations: the patient-level finding, in codes and words, and
-    the prostate volume in words when there is one.
+    """TID 1500 document-level Qualitative Evaluations: the patient-level finding, in codes and words, the
+    prostate volume in words when there is one, and each warning a radiologist must see (``Warning: ...``).
 
     The patient score is written here (as text) rather than as a NUM in a TID 1501 group: PixelMed's
     validator applies the TID 1411 checks to every measurement group once one group references a segment,
@@ -228,6 +231,10 @@ def _document_evaluations(
         items.append(
             hd.sr.TextContentItem(name=FINDING, value=prostate_line(prostate), relationship_type=contains)
         )
+    for warning in warnings:
+        items.append(
+            hd.sr.TextContentItem(name=FINDING, value=f"Warning: {warning}", relationship_type=contains)
+        )
     container.ContentSequence = items
     return container
 
@@ -242,6 +249,7 @@ def write_sr(
     uids: UidFactory,
     when: datetime.datetime,
     prostate: ProstateVolume | None = None,
+    warnings: Sequence[str] = (),
 ) -> Dataset:
     """Build the TID 1500 Measurement Report.
 
@@ -266,6 +274,9 @@ def write_sr(
     prostate : ProstateVolume, optional
         The prostate gland found by the anatomical gate: its volume group and line are written; none
         without it.
+    warnings : sequence of str
+        What a radiologist must know about this result (the anatomical gate's failures), written as
+        findings ``Warning: ...`` at the document level.
 
     Returns
     -------
@@ -302,7 +313,7 @@ def write_sr(
     content = report[0].ContentSequence
     index = next(i for i, item in enumerate(content) if item.ValueType == "CONTAINER")
     content.insert(index, _image_library(grid))
-    report[0].ContentSequence.append(_document_evaluations(lesions, patient_score, prostate))
+    report[0].ContentSequence.append(_document_evaluations(lesions, patient_score, prostate, warnings))
     _fix_meanings(report[0])
     evidence = evidence_headers(grid.datasets)
     if seg is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from lesion_engine.gland_gate import gate_warnings
 from lesion_engine.results.common import (
     ModelInfo,
     UidFactory,
@@ -110,7 +111,9 @@ def write_results(
     result : ResultLike
         The analysis result (lesions with masks on the T2W grid, patient score, model, ...); with
         ``gland_volume_ml``, ``gland_mask`` and ``gland_model`` (the engine's anatomical gate), the SR and
-        the overlays report the prostate volume (:mod:`lesion_engine.results.sr_gland`).
+        the overlays report the prostate volume (:mod:`lesion_engine.results.sr_gland`); the anatomical
+        gate's warnings among its ``warnings`` (:func:`~lesion_engine.gland_gate.gate_warnings`) are written
+        in the SR and on the overlays.
     source_t2w_datasets : sequence of Dataset
         Every instance of the T2W series the masks lie on (pixel data is read only for overlays).
     settings : ResultSettings, optional
@@ -137,6 +140,7 @@ def write_results(
     grid = t2w_grid(source_t2w_datasets)
     lesions = check_result(result, grid)
     prostate = prostate_volume_of(result, grid)
+    shown = gate_warnings([str(w) for w in getattr(result, "warnings", ())])
     series = sorted(set(input_series_uids or []) | {grid.series_instance_uid})
     uids = UidFactory(settings, [grid.study_instance_uid, *series, model.sha256])
     timings: dict[str, float] = {}
@@ -148,7 +152,16 @@ def write_results(
             timings["seg"] = time.perf_counter() - start
         start = time.perf_counter()
         sr = write_sr(
-            lesions, float(result.patient_score), seg, grid, model, settings, uids, when, prostate=prostate
+            lesions,
+            float(result.patient_score),
+            seg,
+            grid,
+            model,
+            settings,
+            uids,
+            when,
+            prostate=prostate,
+            warnings=shown,
         )
         copy_study_extras(sr, grid.datasets[0])
         timings["sr"] = time.perf_counter() - start
@@ -160,7 +173,9 @@ def write_results(
         overlays: list[Dataset] = []
         if settings.write_sc:
             start = time.perf_counter()
-            overlays = write_overlays(lesions, grid, model, settings, uids, when, prostate=prostate)
+            overlays = write_overlays(
+                lesions, grid, model, settings, uids, when, prostate=prostate, warnings=shown
+            )
             timings["sc"] = time.perf_counter() - start
     objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
     for dataset in objects.all():
