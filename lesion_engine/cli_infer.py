@@ -3,10 +3,10 @@
 Writes into ``--out``:
 
 ``lesions.json``
-    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.3``)::
+    The result (JSON Schema: ``lesion_engine/data/lesions.schema.json``, version ``1.4``)::
 
         {
-          "schema_version": "1.3",
+          "schema_version": "1.4",
           "study_instance_uid": "1.2.3...",
           "model": {"name": "...", "version": "...", "sha256": "<weights sha256>", "kind": "joint"},
           "series": {"t2w": "<SeriesInstanceUID>", "adc": "...", "hbv": "..."},
@@ -20,7 +20,7 @@ Writes into ``--out``:
              "axial_diameter_mm": 10.5,           # in-plane on the index slice (PI-RADS size; SR Long axis)
              "probability": 0.83,                 # of clinically significant cancer (ISUP >= 2)
              "category": 4,                       # suspicion category 2..5 (PI-RADS-like); null for a detection-map model
-             "zone": "pz"}                        # "pz", "tz" or null
+             "zone": "pz"}                        # "pz", "tz", "outside" (beside the gland) or null
           ],
           "timings_s": {"model_input": ..., "gland": ..., "localization": ..., "candidates": ...,
                         "classification": ..., "outputs": ..., "total": ...},

@@ -115,6 +115,15 @@ class GlandRegion:
             return False
         return bool(self.allowed[z, y, x])
 
+    def in_gland(self, point_lps_mm: Sequence[float]) -> bool:
+        """Whether a point (DICOM LPS, mm) lies inside the gland itself (not only within the margin)."""
+        index = self.t2w.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps_mm])
+        x, y, z = (round(v) for v in index)
+        shape = self.mask.shape
+        if not (0 <= z < shape[0] and 0 <= y < shape[1] and 0 <= x < shape[2]):
+            return False
+        return bool(self.mask[z, y, x])
+
     def on_grid(self, grid: sitk.Image) -> NDArray[np.bool_]:
         """The dilated gland on another grid (nearest neighbour), (Z, Y, X)."""
         allowed = sitk.GetImageFromArray(self.allowed.astype(np.uint8))

@@ -30,12 +30,12 @@ from lesion_engine.grid_resample import GridMap, grid_map, resample_linear, resa
 from lesion_engine.measurements import axial_diameter_mm, center_lps_mm, max_diameter_mm, volume_ml
 from lesion_engine.model_input import from_model_grid
 from lesion_engine.preprocess import PreparedStudy
-from lesion_engine.result_types import EngineResult, Lesion
+from lesion_engine.result_types import OUTSIDE_PROSTATE, EngineResult, Lesion
 from lesion_engine.study_report import role_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StudyWork", "assemble_result", "zone_of"]
+__all__ = ["StudyWork", "anatomical_zone", "assemble_result", "zone_of"]
 
 _ZONE_CODES = {"peripheral zone": "pz", "pz": "pz", "transition zone": "tz", "tz": "tz"}
 _STAGES = ("model_input", "gland", "localization", "candidates", "classification", "outputs")
@@ -77,6 +77,27 @@ class StudyWork:
     categories: list[int] = field(default_factory=list)
     gland: GlandRegion | None = None
     warnings: list[str] = field(default_factory=list)
+
+
+def anatomical_zone(
+    gland: GlandRegion | None,
+    center_lps_mm: Sequence[float],
+    zone_logits: NDArray[np.float32] | None,
+    mask: NDArray[np.bool_],
+    zone_names: Sequence[str],
+) -> str | None:
+    """A lesion's zone where the anatomy supports one.
+
+    The zonal output is an argmax over PZ and TZ with no "outside" answer: on a muscle beside the prostate it
+    still says PZ. So a zone is given only with the gland of the anatomical gate: ``pz`` or ``tz``
+    (:func:`zone_of`) for a lesion centred in the gland, ``outside`` for one centred beside it (within the
+    gate's margin), and None (zone unknown) without a gland (gate off, or its gland model failed).
+    """
+    if gland is None:
+        return None
+    if not gland.in_gland(center_lps_mm):
+        return OUTSIDE_PROSTATE
+    return zone_of(zone_logits, mask, zone_names)
 
 
 def zone_of(
@@ -216,7 +237,7 @@ def assemble_result(
                 axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
                 probability=probability,
                 category=study.categories[k],
-                zone=zone_of(zone_logits, candidate.mask, zone_names),
+                zone=anatomical_zone(gland, center, zone_logits, candidate.mask, zone_names),
                 peak=candidate.peak,
             )
         )

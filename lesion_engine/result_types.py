@@ -16,9 +16,13 @@ from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEMA_VERSION", "EngineResult", "Lesion"]
+__all__ = ["OUTSIDE_PROSTATE", "SCHEMA_VERSION", "EngineResult", "Lesion"]
 
-SCHEMA_VERSION = "1.3"
+OUTSIDE_PROSTATE = "outside"
+"""The zone of a lesion centred outside the prostate gland, beside it within the gate's margin: no zone of the
+prostate, and no prostate anatomy in the SEG and the SR."""
+
+SCHEMA_VERSION = "1.4"
 """Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
 
 
@@ -47,8 +51,10 @@ class Lesion:
     category : int or None
         Suspicion category (PI-RADS-like, 2..5); None for a detection-map model, which has no classifier.
     zone : str or None
-        ``pz`` or ``tz`` by majority of the zonal prediction under the lesion; None without a zonal head or
-        when no voxel under the lesion is predicted in either zone.
+        ``pz`` or ``tz`` for a lesion centred in the prostate gland found by the anatomical gate (the zone most
+        of its voxels are predicted in), :data:`OUTSIDE_PROSTATE` for one centred beside the gland, None (zone
+        unknown) without a gland (gate off, its gland model failed, or a detection-map model) or when no
+        voxel under the lesion is predicted in either zone.
     peak : float
         Highest localization-map value of the candidate.
     """

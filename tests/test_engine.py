@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import jsonschema
@@ -28,6 +29,7 @@ from lesion_engine.cli_infer import (
 )
 from lesion_engine.engine import Engine, EngineResult, axial_diameter_mm, max_diameter_mm, resolve_device
 from lesion_engine.errors import ConfigError
+from lesion_engine.gland import GlandSettings
 from lesion_engine.model_input import model_grid
 from lesion_engine.preprocess import PreparedStudy, prepare_study
 from lesion_engine.results import ResultSettings
@@ -160,10 +162,51 @@ def test_crafted_map_gives_the_expected_lesion(
     # in plane, the blob is about 10 x 10 mm on the T2W: its diagonal across the pixel edges
     assert 12.0 <= lesion.axial_diameter_mm <= 16.0
     assert lesion.axial_diameter_mm <= lesion.max_diameter_mm + 2 * max(t2w.GetSpacing()[:2])
-    assert lesion.zone == "pz"
+    assert lesion.zone is None  # no gland (the gate is off for this artifact): no zone is claimed
     assert lesion.category in (2, 3, 4, 5)
     assert 0.0 < lesion.probability < 1.0
     jsonschema.validate(result.to_json(), schema)
+
+
+@pytest.mark.fixture
+def test_zone_comes_from_the_anatomy(
+    engine: Engine, prepared: PreparedStudy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The zonal output says PZ everywhere here (as it does on a muscle beside the prostate): a lesion gets
+    PZ only when centred in the gland, ``outside`` beside it, and no zone without a gland."""
+    from tests.test_gland_plausibility import _GlandModel
+
+    monkeypatch.setattr(engine.model, "loc", CraftedLocalization([((8, 60, 60), (12, 70, 70))]))
+    [ungated] = engine.run(prepared).lesions
+    centre = np.array(ungated.center_lps_mm)
+
+    def ball(offset_mm: float) -> Any:
+        def mask(image: sitk.Image) -> np.ndarray:
+            points = np.stack(
+                np.meshgrid(*(np.arange(n) for n in image.GetSize()[::-1]), indexing="ij"), axis=-1
+            ).reshape(-1, 3)[:, ::-1]
+            origin, spacing = np.array(image.GetOrigin()), np.array(image.GetSpacing())
+            direction = np.array(image.GetDirection()).reshape(3, 3)
+            lps = origin + (points * spacing) @ direction.T
+            target = centre + np.array([offset_mm, 0.0, 0.0])
+            inside = np.linalg.norm(lps - target, axis=1) <= 16.0
+            found: np.ndarray = inside.reshape(image.GetSize()[::-1])
+            return found
+
+        return mask
+
+    engine.gland = _GlandModel(ball(0.0))  # type: ignore[assignment]
+    engine.gland_settings = GlandSettings(margin_mm=20.0)
+    [inside] = engine.run(prepared).lesions
+    assert inside.zone == "pz"
+    engine.gland = _GlandModel(ball(30.0))  # type: ignore[assignment]
+    engine.gland_settings = GlandSettings(margin_mm=20.0)
+    [beside] = engine.run(prepared).lesions
+    assert beside.zone == "outside"
+    written = write_dicom_results(engine.run(prepared), prepared, tmp_path, ResultSettings())
+    sr = pydicom.dcmread(next(p for p in written if p.name == "sr.dcm"))
+    texts = " ".join(str(e.value) for e in sr.iterall() if e.VR in ("UT", "LT", "ST", "LO"))
+    assert "outside the prostate" in texts and "zone of the prostate" not in texts
 
 
 @pytest.mark.fixture
@@ -176,7 +219,7 @@ def test_crafted_map_with_two_blobs(
     result = engine.run(prepared)
     check_consistency(result, prepared)
     assert len(result.lesions) == 2
-    assert {lesion.zone for lesion in result.lesions} == {"pz"}
+    assert {lesion.zone for lesion in result.lesions} == {None}
     # lesions.json's axial diameter is the SR's long axis of the same lesion
     written = write_dicom_results(result, prepared, tmp_path, ResultSettings())
     sr = hd.sr.srread(next(p for p in written if p.name == "sr.dcm"))
@@ -324,7 +367,7 @@ def test_cli_infer_writes_results(
     assert "patient score" in capsys.readouterr().out
     document = json.loads((out / LESIONS_JSON).read_text())
     jsonschema.validate(document, schema)
-    assert document["schema_version"] == "1.3"
+    assert document["schema_version"] == "1.4"
     assert document["roles"]["t2w"]["series_instance_uid"] == document["series"]["t2w"]
     detection = sitk.ReadImage(str(out / DETECTION_MAP))
     localization = sitk.ReadImage(str(out / LOCALIZATION_MAP))

@@ -242,7 +242,7 @@ def test_reported_lesions_lie_in_the_gland(
     assert sitk.GetArrayFromImage(gated_result.localization_map)[far].max() == 0.0
     assert sitk.GetArrayFromImage(gated_result.detection_map)[far].max() == 0.0
     document = gated_result.to_json()
-    assert document["schema_version"] == "1.3"
+    assert document["schema_version"] == "1.4"
     assert document["gland_volume_ml"] == pytest.approx(gated_result.gland_volume_ml, abs=1e-3)
     assert "gland" in document["timings_s"]
 

@@ -84,6 +84,11 @@ def cases(
     out["detection-map"] = Case(
         "detection-map", sources, save_all(written.all(), root / "detection-map", "ai"), detection, t2w
     )
+    # A lesion centred beside the gland: no zone and no prostate finding site.
+    [first, second] = positive.lesions
+    beside = dataclasses.replace(positive, lesions=[first, dataclasses.replace(second, zone="outside")])
+    written = write_results(beside, t2w, ResultSettings(write_sc=True), analysis_time=WHEN)
+    out["outside"] = Case("outside", sources, save_all(written.all(), root / "outside", "ai"), beside, t2w)
     # A negative study whose gate failed: the SR carries the gate's warning as a finding.
     negative = dataclasses.replace(negative_result(t2w), warnings=[GATE_WARNING])
     written = write_results(negative, t2w, analysis_time=WHEN)
@@ -149,7 +154,7 @@ def test_dciodvfy_finds_no_error(cases: dict[str, Case]) -> None:
 
 def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
     srs = [p for case in cases.values() for p in case.of_modality("SR")]
-    assert len(srs) == 8
+    assert len(srs) == 9
     for path in srs:
         report = validators.dsrdump(path)
         assert report.returncode == 0, f"{path.name}:\n{report.output}"
@@ -235,7 +240,8 @@ def _ascending(image: sitk.Image) -> bool:
 
 
 @pytest.mark.parametrize(
-    "name", ["positive", "detection-map", "negative", "negative-gland", "fixture", "synthetic", "no-seg"]
+    "name",
+    ["positive", "detection-map", "negative", "negative-gland", "fixture", "synthetic", "no-seg", "outside"],
 )
 def test_tid1500reader_parses_every_measurement(cases: dict[str, Case], name: str, tmp_path: Path) -> None:
     case = cases[name]

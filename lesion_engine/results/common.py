@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from lesion_engine.result_types import OUTSIDE_PROSTATE
 from lesion_engine.results.protocols import LesionLike, ResultLike
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.series import Vector3, build_series
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CATEGORY_CODES",
     "LESION_COLORS",
+    "OUTSIDE_PROSTATE",
     "ZONE_CODES",
     "ModelInfo",
     "T2WGrid",
@@ -406,8 +408,8 @@ def check_result(result: ResultLike, grid: T2WGrid) -> list[LesionLike]:
             int(lesion.category) not in CATEGORY_CODES or int(lesion.category) != lesion.category
         ):
             raise ValueError(f"{label}: category {lesion.category} is not 1..5 (or None)")
-        if lesion.zone is not None and lesion.zone not in ZONE_CODES:
-            raise ValueError(f"{label}: zone {lesion.zone!r} is not 'pz', 'tz' or None")
+        if lesion.zone is not None and lesion.zone not in ZONE_CODES and lesion.zone != OUTSIDE_PROSTATE:
+            raise ValueError(f"{label}: zone {lesion.zone!r} is not 'pz', 'tz', {OUTSIDE_PROSTATE!r} or None")
         for name in ("volume_ml", "max_diameter_mm"):
             value = float(getattr(lesion, name))
             if not math.isfinite(value) or value < 0:

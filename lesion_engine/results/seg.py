@@ -15,6 +15,7 @@ from lesion_engine.results.common import (
     AI_FAMILY,
     LESION,
     LESION_COLORS,
+    OUTSIDE_PROSTATE,
     PROSTATE,
     ZONE_CODES,
     ModelInfo,
@@ -83,6 +84,7 @@ def write_seg(
     for number, lesion in enumerate(lesions, start=1):
         rgb = LESION_COLORS[(number - 1) % len(LESION_COLORS)]
         zone = ZONE_CODES.get(lesion.zone) if lesion.zone else None
+        outside = lesion.zone == OUTSIDE_PROSTATE
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
@@ -93,7 +95,7 @@ def write_seg(
                 algorithm_identification=algorithm,
                 tracking_uid=uids.uid("lesion", int(lesion.id)),
                 tracking_id=tracking_id(lesion),
-                anatomic_regions=[PROSTATE],
+                anatomic_regions=None if outside else [PROSTATE],
                 primary_anatomic_structures=[zone] if zone is not None else None,
                 display_color=hd.color.CIELabColor.from_rgb(*rgb),
             )

@@ -36,6 +36,7 @@ from lesion_engine.results.common import (
     MAXIMUM,
     MILLILITRE,
     MILLIMETRE,
+    OUTSIDE_PROSTATE,
     PERCENT,
     PROBABILITY_OF_CANCER,
     PROSTATE,
@@ -79,7 +80,7 @@ LONG_AXIS = Code("103339001", "SCT", "Long axis")
 COMMENT = Code("121106", "DCM", "Comment")
 #: Concept name of the coordinates a measurement is inferred from (TID 300 includes TID 320 with this purpose).
 SOURCE_OF_MEASUREMENT = Code("121112", "DCM", "Source of Measurement")
-ZONE_NAMES = {"pz": "PZ", "tz": "TZ"}
+ZONE_NAMES = {"pz": "PZ", "tz": "TZ", OUTSIDE_PROSTATE: "outside the prostate"}
 UNKNOWN_ZONE = "zone unknown"
 _SEPARATOR = ", "
 
@@ -335,7 +336,12 @@ def lesion_groups(
     """
     where = _index_slice(lesion, grid)
     labels = lesion_labels(lesion)
-    site = hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)
+    # A lesion centred outside the gland has no prostate finding site (its text says where it is).
+    sites = (
+        None
+        if lesion.zone == OUTSIDE_PROSTATE
+        else [hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)]
+    )
     categories = (
         []
         if lesion.category is None
@@ -351,7 +357,7 @@ def lesion_groups(
         ),
         referenced_region=image_region(where.outline, where.k, grid, outline_kind),
         finding_type=LESION,
-        finding_sites=[site],
+        finding_sites=sites,
         # Without a SEG the outline group carries the lesion's measurements itself (after the area).
         measurements=[area, *(_lesion_measurements(lesion, algorithm) if seg is None else [])],
         qualitative_evaluations=(categories or None) if seg is None else None,
@@ -368,7 +374,7 @@ def lesion_groups(
         ),
         referenced_region=image_region(where.axis_ends, where.k, grid, outline_kind),
         finding_type=LESION,
-        finding_sites=[site],
+        finding_sites=sites,
         measurements=[axis],
     )
     inferred_from(axis, source_coordinates(where.axis_ends, where.k, grid, outline_kind))
@@ -383,7 +389,7 @@ def lesion_groups(
             ),
             referenced_segment=_referenced_segment(seg, segment_number),
             finding_type=LESION,
-            finding_sites=[site],
+            finding_sites=sites,
             measurements=measurements,
             qualitative_evaluations=categories or None,
         )
