@@ -68,7 +68,7 @@ __all__ = ["REST_ROUTE", "NodePlugin", "guarded", "install", "worker_command"]
 F = TypeVar("F", bound=Callable[..., Any])
 _IDLE_POLL_S = 5.0
 #: How long health names a worker that exited (and the job it held).
-_EXIT_SHOWN_S = 600.0
+_EXIT_SHOWN_S = 300.0
 #: How often the follower looks while studies are being received (their completeness is judged).
 _RECEIVING_POLL_S = 0.5
 #: The viewer's route below ``/lesion-ai/``.
