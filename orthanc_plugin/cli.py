@@ -139,6 +139,8 @@ _WORKER_SETTING_OPTIONS = (
     ("--processor", "processor"),
     ("--gland-gate", "gland_gate"),
     ("--gland-margin", "gland_margin_mm"),
+    ("--gland-min-ml", "gland_min_ml"),
+    ("--gland-max-ml", "gland_max_ml"),
 )
 
 
