@@ -117,7 +117,7 @@ def fixture_case(
 @pytest.fixture(scope="module")
 def synthetic_cases(nnunet_folds: NnunetFolds, tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     cases = []
-    for study in nnunet_folds.studies[:2]:
+    for study in nnunet_folds.studies[:1]:  # one synthetic study beside the real fixture (the suite's time)
         work = tmp_path_factory.mktemp(f"nnunet-reference-{study.name}")
         inputs = synthetic_reference_inputs(study, work / "in")
         reference = run_reference(*inputs, nnunet_folds.results, work)
@@ -143,10 +143,10 @@ def test_real_fixture_study_equals_the_reference(fixture_case: Case, engine: Nnu
     assert result.to_json()["model"]["kind"] == "detection-map"
 
 
-def test_synthetic_studies_equal_the_reference(
+def test_a_synthetic_study_equals_the_reference(
     synthetic_cases: list[Case], engine: NnunetDetectionEngine
 ) -> None:
-    assert len(synthetic_cases) == 2
+    assert len(synthetic_cases) == 1
     for case in synthetic_cases:
         assert sitk.GetArrayFromImage(case.reference.detection_map).max() > 0, case.name
         _check(case, engine)
