@@ -21,13 +21,13 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup
-	$(VENV)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 # Unit and fake-Orthanc tests only (no real Orthanc, PostgreSQL, wheel build, real fixture or full-size study): the
 # quick check while editing. `make test` stays the whole suite.
@@ -35,7 +35,7 @@ FAST_MARKERS := not slow and not orthanc and not postgres and not fixture
 
 test-fast: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n 2 --dist worksteal -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks --out $(BENCH_OUT)

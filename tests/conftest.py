@@ -63,12 +63,3 @@ def vendor_mr() -> Path:
         )
     return VENDOR_MR_ROOT
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the modules that hold slow tests first (each module's tests stay in their order): with ``-n 2
-    --dist worksteal`` (the Makefile's) the long ones start early, the quick ones fill the end, and an idle
-    worker takes over the other's queue, so that both finish together (in collection order the PI-CAI
-    reference runs came last and held one worker for minutes alone)."""
-    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: 0 if item.path in slow_modules else 1)
