@@ -62,4 +62,3 @@ def vendor_mr() -> Path:
             "repository or set LESION_AI_VENDOR_MR to the vendor-mr folder"
         )
     return VENDOR_MR_ROOT
-
