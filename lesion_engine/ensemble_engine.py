@@ -13,14 +13,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Generic, Protocol, Self, TypeVar
 
+import numpy as np
+import SimpleITK as sitk
 import torch
+from numpy.typing import NDArray
 
+from lesion_engine.candidates import Box
 from lesion_engine.devices import configure_cpu_threads, resolve_device
 from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
+from lesion_engine.measurements import axial_diameter_mm, max_diameter_mm, volume_ml
+from lesion_engine.preprocess import PreparedStudy
+from lesion_engine.result_types import Lesion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EnsembleEngine"]
+__all__ = ["Blob", "EnsembleEngine", "blob_lesions", "detection_of", "on_t2w"]
 
 
 class _Card(Protocol):
@@ -115,3 +122,43 @@ class EnsembleEngine(ABC, Generic[FoldT, CardT]):
     def model_info(self) -> dict[str, str]:
         """``name``, ``version`` and ``sha256`` of the model."""
         return {"name": self.card.name, "version": self.card.version, "sha256": self.card.weights_sha256}
+
+
+#: One blob of a detection map: (likelihood, blob label, mask on the T2W grid, its box, centre LPS mm).
+Blob = tuple[float, int, NDArray[np.bool_], Box, tuple[float, float, float]]
+
+
+def blob_lesions(found: Sequence[Blob], t2w: sitk.Image) -> list[Lesion]:
+    """The lesions of a detection map's blobs, by decreasing likelihood (ties: by blob label), measured on the
+    T2W grid; a lesion's probability is its blob's likelihood, with no category and no zone."""
+    ranked = sorted(found, key=lambda item: (-item[0], item[1]))
+    return [
+        Lesion(
+            id=rank,
+            center_lps_mm=center,
+            mask=mask,
+            volume_ml=volume_ml(mask, t2w, box),
+            max_diameter_mm=max_diameter_mm(mask, t2w, box),
+            axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
+            probability=likelihood,
+            category=None,
+            zone=None,
+            peak=likelihood,
+        )
+        for rank, (likelihood, _, mask, box, center) in enumerate(ranked, start=1)
+    ]
+
+
+def detection_of(lesions: Sequence[Lesion], shape: tuple[int, ...]) -> NDArray[np.float32]:
+    """The detection map of the reported lesions (each blob holds its likelihood)."""
+    out = np.zeros(shape, dtype=np.float32)
+    for lesion in lesions:
+        out[lesion.mask] = np.float32(lesion.probability)
+    return out
+
+
+def on_t2w(values: NDArray[np.float32], prepared: PreparedStudy) -> sitk.Image:
+    """A (Z, Y, X) float32 map as an image on the study's T2W grid."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=np.float32))
+    image.CopyInformation(prepared.t2w)
+    return image

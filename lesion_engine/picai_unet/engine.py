@@ -34,7 +34,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from numpy.typing import NDArray
 from safetensors import SafetensorError
@@ -42,10 +41,10 @@ from safetensors.torch import load_file
 from scipy import ndimage
 
 from lesion_engine.artifact import file_sha256
-from lesion_engine.ensemble_engine import EnsembleEngine
+from lesion_engine.ensemble_engine import Blob, EnsembleEngine, blob_lesions, detection_of, on_t2w
 from lesion_engine.errors import ModelArtifactError
 from lesion_engine.gland_gate import GlandRegion, find_gland
-from lesion_engine.measurements import axial_diameter_mm, center_lps_mm, max_diameter_mm, volume_ml
+from lesion_engine.measurements import center_lps_mm
 from lesion_engine.model_card import (
     CARD_FILE,
     WEIGHTS_FILE,
@@ -259,8 +258,8 @@ class DetectionEngine(EnsembleEngine[PicaiUNet, DetectionModelCard]):
             study_instance_uid=prepared.study_instance_uid,
             lesions=lesions,
             patient_score=max((lesion.probability for lesion in lesions), default=0.0),
-            localization_map=_on_t2w(maps.probability, prepared),
-            detection_map=_on_t2w(_detection_of(lesions, maps.detection.shape), prepared),
+            localization_map=on_t2w(maps.probability, prepared),
+            detection_map=on_t2w(detection_of(lesions, maps.detection.shape), prepared),
             timings_s=timings,
             model=self.model_info,
             series={role: prepared.roles[role].series_instance_uid for role in ("t2w", "adc", "hbv")},
@@ -276,7 +275,7 @@ class DetectionEngine(EnsembleEngine[PicaiUNet, DetectionModelCard]):
         self, maps: DetectionMaps, prepared: PreparedStudy, region: GlandRegion | None
     ) -> list[Lesion]:
         t2w = prepared.t2w
-        found = []
+        found: list[Blob] = []
         boxes = ndimage.find_objects(maps.blobs)
         for index, box in enumerate(boxes, start=1):
             if box is None:
@@ -293,33 +292,4 @@ class DetectionEngine(EnsembleEngine[PicaiUNet, DetectionModelCard]):
                 )
                 continue
             found.append((likelihood, index, mask, box, center))
-        found.sort(key=lambda item: (-item[0], item[1]))
-        return [
-            Lesion(
-                id=rank,
-                center_lps_mm=center,
-                mask=mask,
-                volume_ml=volume_ml(mask, t2w, box),
-                max_diameter_mm=max_diameter_mm(mask, t2w, box),
-                axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
-                probability=likelihood,
-                category=None,
-                zone=None,
-                peak=likelihood,
-            )
-            for rank, (likelihood, _, mask, box, center) in enumerate(found, start=1)
-        ]
-
-
-def _detection_of(lesions: Sequence[Lesion], shape: tuple[int, ...]) -> NDArray[np.float32]:
-    """The detection map of the reported lesions (each blob holds its likelihood)."""
-    out = np.zeros(shape, dtype=np.float32)
-    for lesion in lesions:
-        out[lesion.mask] = np.float32(lesion.probability)
-    return out
-
-
-def _on_t2w(values: NDArray[np.float32], prepared: PreparedStudy) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=np.float32))
-    image.CopyInformation(prepared.t2w)
-    return image
+        return blob_lesions(found, t2w)
