@@ -305,17 +305,19 @@ def _mirrored_prediction(
     do_mirroring: bool,
     mult: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``_internal_maybe_mirror_and_pred_3D`` (all three mirror axes)."""
-    result = torch.zeros([1, classes, *x.shape[2:]], dtype=torch.float, device=x.device)
+    """``_internal_maybe_mirror_and_pred_3D`` (all three mirror axes), the mirrorings run as one batch.
+
+    The network normalises each sample on its own (instance norm), so a batch of the eight mirrorings gives
+    each the prediction it has alone; the softmaxes are summed in the reference's order.
+    """
     mirrors = _MIRRORS if do_mirroring else _MIRRORS[:1]
     num_results = 2 ** len(MIRROR_AXES) if do_mirroring else 1
-    for _, dims in mirrors:
-        if dims:
-            pred = torch.softmax(network(torch.flip(x, dims)), 1)
-            result += 1 / num_results * torch.flip(pred, dims)
-        else:
-            pred = torch.softmax(network(x), 1)
-            result += 1 / num_results * pred
+    batch = torch.cat([torch.flip(x, dims) if dims else x for _, dims in mirrors])
+    predictions = torch.softmax(network(batch), 1)
+    result = torch.zeros([1, classes, *x.shape[2:]], dtype=torch.float, device=x.device)
+    for index, (_, dims) in enumerate(mirrors):
+        pred = predictions[index : index + 1]
+        result += 1 / num_results * (torch.flip(pred, dims) if dims else pred)
     if mult is not None:
         result[:, :] *= mult
     return result
