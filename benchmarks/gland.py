@@ -7,6 +7,10 @@ co-register, model input, gland, networks, candidates, outputs) with and without
 share of it; medians of ``repeats`` runs. ``goal`` checks the issue's targets: Dice >= 0.8 and loaded
 study -> result <= 2 s with the gate on (on the machine's CPUs; ``threads`` says how many). The load average
 is reported: on a shared machine, wall times above CPU times / threads mean other processes took CPU.
+``runtimes`` compares, side by side on the first window, the two runtimes of the gland network (ONNX Runtime
+on the prepared graph, and our torch SegResNetDS read from the same file), on the CPU and, where a CUDA GPU
+is present, torch on it: the network's median seconds, the whole gland step's, and the largest difference
+of their probabilities from ONNX Runtime's. ``auto`` takes torch, the faster here too.
 ``python -m benchmarks.gland`` runs this key alone.
 """
 
@@ -66,6 +70,44 @@ def _window_row(
     if reference is not None:
         row["dice_vs_picai_gland"] = round(_dice(found.mask, reference), 4)
     return row
+
+
+def _runtime_rows(t2w: sitk.Image, threads: int, repeats: int) -> dict[str, Any]:
+    """The gland network's seconds in each runtime, side by side on the same first window."""
+    import torch
+
+    rows: dict[str, Any] = {}
+    batch: np.ndarray[Any, Any] | None = None
+    baseline: np.ndarray[Any, Any] | None = None
+    candidates = [("onnxruntime cpu", "onnxruntime", False), ("torch cpu", "torch", False)]
+    if torch.cuda.is_available():
+        candidates.append(("torch cuda", "torch", True))
+    for name, runtime, use_cuda in candidates:
+        model, warning = load_gland_model(GlandSettings(runtime=runtime), use_cuda=use_cuda, threads=threads)
+        if model is None:
+            rows[name] = {"error": warning}
+            continue
+        if batch is None:
+            batch = (
+                np.random.default_rng(0).standard_normal((1, 1, *model.card.window_xyz)).astype(np.float32)
+            )
+        model.warm_up()
+        network = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            logits = model.network_logits(batch)
+            network.append(time.perf_counter() - start)
+        probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        whole = [model.segment(t2w).seconds for _ in range(repeats)]
+        if baseline is None:
+            baseline = probabilities
+        rows[name] = {
+            "network_s": round(statistics.median(network), 3),
+            "gland_s": round(statistics.median(whole), 3),
+            "max_probability_difference_vs_onnxruntime": float(np.abs(probabilities - baseline).max()),
+            "providers": model.providers,
+        }
+    return rows
 
 
 def _loaded_to_result(engine: Engine, loaded: Any, repeats: int) -> tuple[float, float, int]:
@@ -128,6 +170,8 @@ def run(dicom_dir: Path, repeats: int = 5) -> dict[str, Any]:
         "loaded_to_result_s_without_gate": engine_rows["without_gate"]["loaded_to_result_s"],
     }
     report["engine"] = engine_rows
+    report["runtimes"] = _runtime_rows(prepared.t2w, threads, repeats)
+    report["auto_runtime_cpu"] = model.runtime
     report["load_average"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     report["goal"] = {
         "dice_min": TARGET_DICE,

@@ -11,11 +11,18 @@ window) and thresholded; the largest connected component is the gland. On the fi
 agrees with the PI-CAI gland mask as well as the larger one (Dice 0.83 against 0.85) at about 60 % of its
 time (``make bench`` key ``gland``).
 
-The network's input size is fixed (128 x 128 x 32) in the ONNX file; the graph is prepared in memory after
-the file's sha256 is checked (:mod:`lesion_engine.gland_graph`: spatial dimensions made free, Mish
-activations written with one exponential). ONNX Runtime runs it with the engine's CPU threads (one session
-per model and thread count in a process, shared by the engines that load it), or on CUDA where the engine
-runs on CUDA and the runtime has the provider.
+Two runtimes run the same network from the same ONNX file (its sha256 checked first), chosen by
+``GlandSettings.runtime``:
+
+* ``torch`` (:mod:`lesion_engine.gland_network`): the weights are read from the ONNX graph into a SegResNetDS
+  written in torch, and run on the engine's device with the networks (CUDA where the engine runs on CUDA);
+* ``onnxruntime``: the graph is prepared in memory (:mod:`lesion_engine.gland_graph`: spatial dimensions made
+  free, Mish written with one exponential) and run by ONNX Runtime with the engine's CPU threads.
+
+``auto`` (the default) takes torch, on a CPU too, where it is the faster of the two (the whole gland step on
+the fixture, 2 cores: 0.79 s against 0.95 s; ``make bench`` key ``gland``, ``runtimes``): ONNX Runtime is then
+not needed at run time (it is an optional extra, and the tests' oracle). Either is loaded once per model and
+device (and thread count, for ONNX Runtime) in a process and shared by the engines that load it.
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ from lesion_engine.gland_graph import prepare_graph
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlandModel", "GlandSegmentation", "GlandSettings", "load_gland_model"]
+__all__ = ["GLAND_RUNTIMES", "GlandModel", "GlandSegmentation", "GlandSettings", "load_gland_model"]
+
+#: What may run the gland network (``GlandSettings.runtime``).
+GLAND_RUNTIMES = ("auto", "torch", "onnxruntime")
 
 _RAS_IN_LPS = (-1.0, -1.0, 1.0)  # R = -x, A = -y, S = +z in DICOM patient coordinates
 
@@ -63,6 +73,10 @@ class GlandSettings:
     min_volume_ml, max_volume_ml : float
         A gland found outside this range is implausible (real prostates are roughly 10 to 300 ml): the gate
         does not use it and says so (with ``required``, the study fails).
+    runtime : {"auto", "torch", "onnxruntime"}
+        What runs the gland network: ``auto`` and ``torch`` run it in torch with the networks, on the
+        engine's device; ``onnxruntime`` on ONNX Runtime (the optional extra ``onnxruntime``; its CUDA
+        provider where the engine runs on CUDA and the installed build has one).
     """
 
     enabled: bool = True
@@ -71,8 +85,13 @@ class GlandSettings:
     card: Path | None = None
     min_volume_ml: float = 10.0
     max_volume_ml: float = 300.0
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.runtime not in GLAND_RUNTIMES:
+            raise ValueError(
+                f"GlandSettings.runtime must be one of {', '.join(GLAND_RUNTIMES)}, got {self.runtime!r}"
+            )
         if not isinstance(self.margin_mm, int | float) or isinstance(self.margin_mm, bool):
             raise TypeError(f"GlandSettings.margin_mm must be a number of mm, got {self.margin_mm!r}")
         if not 0.0 <= float(self.margin_mm) <= 50.0:
@@ -109,26 +128,32 @@ class GlandSegmentation:
     passes: int
 
 
-_SESSIONS: dict[tuple[str, bool, int], Any] = {}
-_SESSIONS_LOCK = threading.Lock()
+_RUNNERS: dict[tuple[str, str, str, int], Any] = {}
+_RUNNERS_LOCK = threading.Lock()
 
 
-def _session(card: GlandCard, model_bytes: bytes, ort: Any, *, use_cuda: bool, threads: int) -> Any:
-    """The ONNX Runtime session of the model, built once per (model sha256, CUDA, threads) in this process.
+class _OrtRunner:
+    """The model in ONNX Runtime.
 
     Session options: ``threads`` intra-op threads and one inter-op thread, sequential execution, every
     graph optimisation, and no spinning of idle pool threads (they would take CPU from the networks that
     run next, and from other workers on the same machine). The graph is prepared by
     :func:`lesion_engine.gland_graph.prepare_graph`.
     """
-    providers = ["CPUExecutionProvider"]
-    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    key = (hashlib.sha256(model_bytes).hexdigest(), len(providers) > 1, threads)
-    with _SESSIONS_LOCK:
-        cached = _SESSIONS.get(key)
-        if cached is not None:
-            return cached
+
+    def __init__(self, card: GlandCard, model_bytes: bytes, *, use_cuda: bool, threads: int) -> None:
+        try:
+            import onnx  # noqa: F401 - needed by lesion_engine.gland_graph
+            import onnxruntime as ort  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise GlandModelError(
+                f"ONNX Runtime is needed for the gland model's runtime 'onnxruntime' ({exc}): install "
+                "lesion-ai's extra `onnxruntime` (`pip install 'lesion-ai[onnxruntime]'`), or set the "
+                "runtime to 'torch' (GlandRuntime)"
+            ) from exc
+        providers = ["CPUExecutionProvider"]
+        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
         try:
             graph = prepare_graph(model_bytes)
             options = ort.SessionOptions()
@@ -138,13 +163,69 @@ def _session(card: GlandCard, model_bytes: bytes, ort: Any, *, use_cuda: bool, t
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = ort.InferenceSession(graph, sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(graph, sess_options=options, providers=providers)
         except Exception as exc:
             raise GlandModelError(
                 f"the gland model {card.name} could not be loaded in ONNX Runtime: {exc}"
             ) from exc
-        _SESSIONS[key] = session
-        return session
+        self.input = self.session.get_inputs()[0].name
+        self.providers: list[str] = list(self.session.get_providers())
+
+    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.asarray(self.session.run(None, {self.input: batch})[0], dtype=np.float32)
+
+
+class _TorchRunner:
+    """The model in torch (:mod:`lesion_engine.gland_network`), on ``device``."""
+
+    def __init__(self, card: GlandCard, model_bytes: bytes, *, device: str) -> None:
+        try:
+            import torch
+
+            from lesion_engine.gland_network import GlandNetworkError, network_from_onnx
+        except ImportError as exc:
+            raise GlandModelError(
+                f"torch and onnx are needed for the gland model's runtime 'torch' ({exc}): install "
+                "lesion-ai's dependencies (`make setup`)"
+            ) from exc
+        try:
+            self.network = network_from_onnx(model_bytes).to(device)
+        except GlandNetworkError as exc:
+            raise GlandModelError(f"the gland model {card.name} could not be read into torch: {exc}") from exc
+        self.device = torch.device(device)
+        self.providers = [f"torch {self.device.type}"]
+
+    def __call__(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.network(torch.from_numpy(batch).to(self.device))
+            return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+
+def _runner(
+    card: GlandCard, model_bytes: bytes, runtime: str, *, use_cuda: bool, threads: int
+) -> _OrtRunner | _TorchRunner:
+    """The runner of the model, built once per (model sha256, runtime, device, threads) in this process."""
+    if runtime == "auto":
+        runtime = "torch"
+    device = "cuda" if use_cuda else "cpu"
+    key = (
+        hashlib.sha256(model_bytes).hexdigest(),
+        runtime,
+        device,
+        threads if runtime == "onnxruntime" else 0,
+    )
+    with _RUNNERS_LOCK:
+        cached = _RUNNERS.get(key)
+        if cached is None:
+            if runtime == "torch":
+                cached = _TorchRunner(card, model_bytes, device=device)
+            else:
+                cached = _OrtRunner(card, model_bytes, use_cuda=use_cuda, threads=threads)
+            _RUNNERS[key] = cached
+        runner: _OrtRunner | _TorchRunner = cached
+        return runner
 
 
 def _ras_direction(t2w: sitk.Image) -> NDArray[np.float64]:
@@ -161,7 +242,7 @@ def _ras_direction(t2w: sitk.Image) -> NDArray[np.float64]:
 
 
 class GlandModel:
-    """The gland model, loaded in ONNX Runtime.
+    """The gland model, loaded in torch or ONNX Runtime.
 
     Parameters
     ----------
@@ -170,28 +251,35 @@ class GlandModel:
     model_bytes : bytes
         The ONNX file's content (checked against the card).
     use_cuda : bool
-        Use ONNX Runtime's CUDA provider when it has one.
+        Run on CUDA (torch's, or ONNX Runtime's CUDA provider when it has one).
     threads : int, optional
-        CPU threads; all CPUs this process may use when None.
+        CPU threads of ONNX Runtime; all CPUs this process may use when None (torch uses its own setting,
+        :func:`lesion_engine.devices.configure_cpu_threads`).
+    runtime : {"auto", "torch", "onnxruntime"}
+        As ``GlandSettings.runtime``.
     """
 
     def __init__(
-        self, card: GlandCard, model_bytes: bytes, *, use_cuda: bool = False, threads: int | None = None
+        self,
+        card: GlandCard,
+        model_bytes: bytes,
+        *,
+        use_cuda: bool = False,
+        threads: int | None = None,
+        runtime: str = "auto",
     ) -> None:
-        try:
-            import onnx  # noqa: F401 - needed by lesion_engine.gland_graph
-            import onnxruntime as ort  # type: ignore[import-untyped]
-        except ImportError as exc:
-            raise GlandModelError(
-                f"ONNX Runtime is needed for the gland model ({exc}): install lesion-ai's dependencies "
-                "(`make setup`, or `pip install onnxruntime onnx`)"
-            ) from exc
+        if runtime not in GLAND_RUNTIMES:
+            raise ValueError(f"the gland runtime must be one of {', '.join(GLAND_RUNTIMES)}, got {runtime!r}")
         self.card = card
         self.threads = threads or len(os.sched_getaffinity(0))
-        self._session: Any = _session(card, model_bytes, ort, use_cuda=use_cuda, threads=self.threads)
-        self._input = self._session.get_inputs()[0].name
-        self.providers: list[str] = list(self._session.get_providers())
+        self._runner = _runner(card, model_bytes, runtime, use_cuda=use_cuda, threads=self.threads)
+        self.runtime = "torch" if isinstance(self._runner, _TorchRunner) else "onnxruntime"
+        self.providers: list[str] = list(self._runner.providers)
         logger.info("gland model %s %s loaded (%s)", card.name, card.version, ", ".join(self.providers))
+
+    def network_logits(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The network's raw logits for a (N, 1, X, Y, Z) float32 batch (each size a multiple of 8)."""
+        return self._runner(np.ascontiguousarray(batch, dtype=np.float32))
 
     def _window(
         self, t2w: sitk.Image, centre: NDArray[np.float64], size_xyz: tuple[int, int, int]
@@ -216,7 +304,7 @@ class GlandModel:
         values /= np.float32(std)
         values[~inside] = 0.0
         batch = np.ascontiguousarray(values.transpose(2, 1, 0))[None, None]
-        logits = np.asarray(self._session.run(None, {self._input: batch})[0][0, 0], dtype=np.float32)
+        logits = self.network_logits(batch)[0, 0]
         if self.card.blur_sigma_voxels > 0:
             logits = ndimage.gaussian_filter(logits, self.card.blur_sigma_voxels, mode="nearest")
         image = sitk.GetImageFromArray(np.ascontiguousarray(logits.transpose(2, 1, 0)))
@@ -224,11 +312,10 @@ class GlandModel:
         return image
 
     def warm_up(self) -> float:
-        """Run the model once on an empty first window, so that the first study does not pay ONNX Runtime's
+        """Run the model once on an empty first window, so that the first study does not pay the runtime's
         one-off allocations; returns the seconds taken."""
         start = time.perf_counter()
-        batch = np.zeros((1, 1, *self.card.window_xyz), dtype=np.float32)
-        self._session.run(None, {self._input: batch})
+        self.network_logits(np.zeros((1, 1, *self.card.window_xyz), dtype=np.float32))
         return time.perf_counter() - start
 
     def segment(self, t2w: sitk.Image) -> GlandSegmentation:
@@ -338,7 +425,10 @@ def load_gland_model(
         return None, None
     try:
         card = read_gland_card(settings.card)
-        return GlandModel(card, resolve_weights(card), use_cuda=use_cuda, threads=threads), None
+        model = GlandModel(
+            card, resolve_weights(card), use_cuda=use_cuda, threads=threads, runtime=settings.runtime
+        )
+        return model, None
     except GlandModelError as exc:
         if settings.required:
             raise

@@ -141,6 +141,7 @@ _WORKER_SETTING_OPTIONS = (
     ("--gland-margin", "gland_margin_mm"),
     ("--gland-min-ml", "gland_min_ml"),
     ("--gland-max-ml", "gland_max_ml"),
+    ("--gland-runtime", "gland_runtime"),
 )
 
 

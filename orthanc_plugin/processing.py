@@ -210,6 +210,9 @@ class ProcessorSettings:
         it is analysed ungated).
     gland_min_ml, gland_max_ml : float
         The plausible prostate volumes (the engine's :class:`~lesion_engine.gland.GlandSettings` checks them).
+    gland_runtime : str
+        What runs the gland model: ``auto``, ``torch`` or ``onnxruntime`` (checked by
+        :class:`~lesion_engine.gland.GlandSettings`).
     """
 
     model: str | None = None
@@ -221,6 +224,7 @@ class ProcessorSettings:
     gland_required: bool = False
     gland_min_ml: float = 10.0
     gland_max_ml: float = 300.0
+    gland_runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.gland_gate not in _GLAND_GATES:
@@ -247,13 +251,14 @@ class ProcessorSettings:
             required=self.gland_required,
             min_volume_ml=self.gland_min_ml,
             max_volume_ml=self.gland_max_ml,
+            runtime=self.gland_runtime,
         )
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ProcessorSettings:
         """The processor settings of the node's settings (``Model``, ``Device``, ``Threads``,
         ``ResultSettings``, ``GlandGate``, ``GlandMarginMm``, ``GlandRequired``, ``GlandMinMl``,
-        ``GlandMaxMl``)."""
+        ``GlandMaxMl``, ``GlandRuntime``)."""
         return cls(
             model=settings.model,
             device=settings.device,
@@ -264,6 +269,7 @@ class ProcessorSettings:
             gland_required=settings.gland_required,
             gland_min_ml=settings.gland_min_ml,
             gland_max_ml=settings.gland_max_ml,
+            gland_runtime=settings.gland_runtime,
         )
 
 

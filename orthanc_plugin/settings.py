@@ -143,6 +143,14 @@ class WorkerSettings:
         default=300.0,
         metadata=_meta("GlandMaxMl", "largest plausible prostate, ml (as GlandMinMl)"),
     )
+    gland_runtime: str = field(
+        default="auto",
+        metadata=_meta(
+            "GlandRuntime",
+            "what runs the gland model: auto or torch (torch, on the engine's device), or onnxruntime (needs "
+            "the optional extra onnxruntime)",
+        ),
+    )
     lease_s: float = field(
         default=120.0,
         metadata=_meta(
@@ -228,6 +236,10 @@ class WorkerSettings:
                 "gland_min_ml",
                 f"and {_key('gland_max_ml')} must be numbers of ml with 0 <= min < max <= 5000 (10 and 300 are "
                 f"usual), got {low!r} and {high!r}",
+            )
+        if self.gland_runtime not in ("auto", "torch", "onnxruntime"):
+            raise self._bad(
+                "gland_runtime", f"must be 'auto', 'torch' or 'onnxruntime', got {self.gland_runtime!r}"
             )
         if self.gland_required and self.gland_gate == "off":
             raise self._bad(

@@ -75,9 +75,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 # The whole-gland model of the anatomical gate ships in the PyPI package lavlab-taps (MIT): only its ONNX
-# file is used (run by the onnxruntime CPU package of the project's dependencies), so the package is
-# installed without its own dependencies (monai, nibabel and the onnxruntime-gpu build, which would share
-# onnxruntime's folder).
+# file is used (its weights are read into our torch network), so the package is installed without its own
+# dependencies (monai, nibabel and the onnxruntime-gpu build, which would share the folder of the
+# onnxruntime CPU package that the tests use as the oracle).
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('$TAPS_SPEC'.split('==')[0])" >/dev/null 2>&1; then
     log "installing $TAPS_SPEC (whole-gland model, without its dependencies)"
     "$VENV/bin/python" -m pip install -q --no-deps "$TAPS_SPEC"

@@ -205,13 +205,13 @@ def test_recentre_window_is_validated(tmp_path: Path) -> None:
     assert card.recentre_window_xyz == card.window_xyz
 
 
-def test_engines_share_one_onnx_session() -> None:
-    first, _ = load_gland_model(GlandSettings(), threads=1)
-    second, _ = load_gland_model(GlandSettings(), threads=1)
-    other, _ = load_gland_model(GlandSettings(), threads=2)
+def test_engines_share_one_onnx_runtime_session() -> None:
+    first, _ = load_gland_model(GlandSettings(runtime="onnxruntime"), threads=1)
+    second, _ = load_gland_model(GlandSettings(runtime="onnxruntime"), threads=1)
+    other, _ = load_gland_model(GlandSettings(runtime="onnxruntime"), threads=2)
     assert first is not None and second is not None and other is not None
-    assert first._session is second._session
-    assert other._session is not first._session
+    assert first._runner is second._runner
+    assert other._runner is not first._runner
 
 
 @pytest.mark.fixture

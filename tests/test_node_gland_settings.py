@@ -38,11 +38,21 @@ def test_gate_fields_default_and_read_from_the_section() -> None:
         ({"GlandGate": "maybe"}, r"GlandGate: must be 'auto', 'on' or 'off'"),
         ({"GlandRequired": "yes"}, r"GlandRequired: expected bool"),
         ({"GlandGate": "off", "GlandRequired": True}, r"GlandRequired: is true but GlandGate is 'off'"),
+        ({"GlandRuntime": "ort"}, r"GlandRuntime: must be 'auto', 'torch' or 'onnxruntime', got 'ort'"),
+        ({"GlandRuntime": 1}, r"GlandRuntime: expected str"),
     ],
 )
 def test_bad_gate_values_are_refused_naming_the_key(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         WorkerSettings.from_section({**QUEUE, **section})
+
+
+def test_the_runtime_reaches_the_engine() -> None:
+    assert WorkerSettings.from_section(QUEUE).gland_runtime == "auto"
+    settings = WorkerSettings.from_section({**QUEUE, "GlandRuntime": "onnxruntime"})
+    assert ProcessorSettings.from_settings(settings).gland_settings().runtime == "onnxruntime"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        ProcessorSettings(gland_runtime="ORT").gland_settings()
 
 
 def test_auto_follows_the_model_and_on_off_override_it(tmp_path: Path) -> None:
