@@ -53,6 +53,7 @@ from orthanc_plugin.orthanc_api import (
     answer,
     answer_file,
 )
+from orthanc_plugin.qido import QIDO_ROOT, QidoError, qido_uri
 from orthanc_plugin.rest_leaks import RestReferenceLeak
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
 from orthanc_plugin.settings import NodeSettings
@@ -73,6 +74,8 @@ _EXIT_SHOWN_S = 300.0
 _RECEIVING_POLL_S = 0.5
 #: The viewer's route below ``/lesion-ai/``.
 _VIEWER = BASE_URL.removeprefix("/lesion-ai/").rstrip("/")
+#: The viewer's QIDO-RS route below ``/lesion-ai/``.
+_QIDO = QIDO_ROOT.removeprefix("/lesion-ai/")
 
 
 def guarded(what: str) -> Callable[[F], F]:
@@ -241,6 +244,10 @@ class NodePlugin:
             method = str(request.get("method", "GET"))
             self.on_viewer(output, method, path[len(_VIEWER) :], str(host) if host else None)
             return
+        if path == _QIDO or path.startswith(_QIDO + "/"):
+            method = str(request.get("method", "GET"))
+            self.on_qido(output, method, path[len(_QIDO) :], dict(request.get("get") or {}))
+            return
         if path == UI_ROUTE or path.startswith(UI_ROUTE + "/"):
             self.ui.respond(output, str(request.get("method", "GET")), path[len(UI_ROUTE) :])
             return
@@ -259,6 +266,26 @@ class NodePlugin:
             output.SendMethodNotAllowed(str(body.get("allowed", "GET")) if isinstance(body, dict) else "GET")
             return
         answer(output, status, body, mime)
+
+    def on_qido(self, output: RestOutput, method: str, rest: str, query: dict[str, str]) -> None:
+        """Answer one of the viewer's QIDO-RS searches from Orthanc's DICOMweb plugin, with its
+        ``includefield`` values split (:mod:`orthanc_plugin.qido`)."""
+        if method != "GET":
+            output.SendMethodNotAllowed("GET")
+            return
+        try:
+            uri = qido_uri(rest, query)
+        except QidoError as exc:
+            logger.info("viewer search refused: %s", exc)
+            answer(output, 400, {"error": str(exc)})
+            return
+        try:
+            body = self.orthanc.RestApiGetAfterPlugins(uri)
+        except Exception as exc:  # orthanc.OrthancException: no such route (no DICOMweb plugin) or bad values
+            logger.warning("viewer search %s: Orthanc's DICOMweb answered %s", rest.strip("/")[:80], exc)
+            answer(output, 400, {"error": f"Orthanc's DICOMweb plugin refused the search ({exc})"})
+            return
+        answer(output, 200, body, "application/dicom+json")
 
     def on_viewer(self, output: RestOutput, method: str, rest: str, host: str | None = None) -> None:
         """Answer a request for the OHIF viewer (``rest``: the path after ``/lesion-ai/viewer``; Orthanc

@@ -5,7 +5,8 @@ its ``dist`` folder) into ``share/lesion-ai-viewer/VERSION`` of the virtual envi
 downloaded at run time. This module answers the viewer's requests from those files:
 
 * ``app-config.js`` is generated: one DICOMweb data source with the node's own roots (``/dicom-web``,
-  relative, so same origin and same credentials), the router's base name, and confirmation prompts off
+  relative, so same origin and same credentials; searches through ``/lesion-ai/qido``,
+  :mod:`orthanc_plugin.qido`), the router's base name, and confirmation prompts off
   (the node's SR is read as tracked measurements without asking).
 * OHIF is built for the server's root: its absolute ``/`` asset paths (``window.PUBLIC_URL`` and
   ``href``/``src`` in ``index.html``, ``url(/`` in style sheets, webpack's public path in the bundles
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from orthanc_plugin.qido import QIDO_ROOT
 from orthanc_plugin.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
@@ -121,7 +123,12 @@ def default_viewer_dir(prefix: Path) -> Path:
     return prefix / "share" / "lesion-ai-viewer" / VIEWER_VERSION
 
 
-def app_config(base_url: str = BASE_URL, dicomweb_root: str = DICOMWEB_ROOT, host: str | None = None) -> str:
+def app_config(
+    base_url: str = BASE_URL,
+    dicomweb_root: str = DICOMWEB_ROOT,
+    host: str | None = None,
+    qido_root: str | None = None,
+) -> str:
     """OHIF's ``app-config.js`` for a viewer served at ``base_url`` reading the DICOMweb at ``dicomweb_root``.
 
     Parameters
@@ -129,12 +136,16 @@ def app_config(base_url: str = BASE_URL, dicomweb_root: str = DICOMWEB_ROOT, hos
     base_url : str
         Where the viewer is served (ends with ``/``).
     dicomweb_root : str
-        QIDO-RS, WADO-RS and WADO-URI root, relative to the page's origin or absolute.
+        WADO-RS and WADO-URI root (and QIDO-RS root unless ``qido_root`` is given), relative to the page's
+        origin or absolute.
     host : str, optional
         The ``Host`` header of the request. Orthanc's DICOMweb plugin writes absolute BulkDataURIs from
         that header (``http://HOST/dicom-web/...``, unless a ``Forwarded`` header or its ``Host``/``Ssl``
         options say otherwise); OHIF is told to read those as relative to the page's origin, so that bulk
         data comes through the same origin (and credentials) behind a reverse proxy that changes the host.
+    qido_root : str, optional
+        QIDO-RS root when it differs (the node's :data:`orthanc_plugin.qido.QIDO_ROOT`, which splits OHIF's
+        comma-separated ``includefield`` for Orthanc's DICOMweb plugin).
 
     Returns
     -------
@@ -169,13 +180,15 @@ def app_config(base_url: str = BASE_URL, dicomweb_root: str = DICOMWEB_ROOT, hos
                 "configuration": {
                     "friendlyName": "Lesion AI node",
                     "name": "lesion-ai",
-                    "qidoRoot": dicomweb_root,
+                    "qidoRoot": qido_root or dicomweb_root,
                     "wadoRoot": dicomweb_root,
                     "wadoUriRoot": dicomweb_root,
                     "qidoSupportsIncludeField": False,
                     "imageRendering": "wadors",
                     "thumbnailRendering": "wadors",
-                    "enableStudyLazyLoad": True,
+                    # The lazy loader's series search sends a comma-separated includefield to the WADO
+                    # root, which Orthanc's DICOMweb plugin cannot read (orthanc_plugin.qido).
+                    "enableStudyLazyLoad": False,
                     "supportsFuzzyMatching": False,
                     "supportsWildcard": True,
                     "omitQuotationForMultipartRequest": True,
@@ -301,7 +314,8 @@ class ViewerFiles:
         if parts is None:
             return _message(400, f"bad viewer path {path!r}: only plain names below {self.base_url}")
         if parts == [CONFIG_FILE]:
-            config = app_config(self.base_url, self.dicomweb_root, host).encode("utf-8")
+            qido = QIDO_ROOT if self.dicomweb_root == DICOMWEB_ROOT else None
+            config = app_config(self.base_url, self.dicomweb_root, host, qido).encode("utf-8")
             return ViewerAnswer(200, config, _TYPES[".js"], {"Cache-Control": _REVALIDATE})
         root = root.resolve()
         target = root.joinpath(*parts).resolve() if parts else root

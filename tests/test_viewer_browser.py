@@ -29,6 +29,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from orthanc_plugin.dicomsend import dicom_files, send_files
+from orthanc_plugin.qido import QIDO_ROOT
 from orthanc_plugin.viewer import BASE_URL
 from tests.browser_env import ARTIFACTS_ROOT, BrowserPage, chromium_driver
 from tests.node_env import OrthancFleet, OrthancServer, find_study, jobs, make_study, wait_for
@@ -389,7 +390,15 @@ def check_ohif_shows_the_results(
     """Open the study in OHIF served by ``node``: the SEG's segments are listed, the SR's measurements load
     as tracked measurements with their values, clicking one opens its image, and everything comes from the
     node (screenshots named ``prefix`` + step)."""
+    description = str(seg.get("StudyDescription", "") or "")
+    assert description, "the SEG should carry the study's description"
     with headless_chromium(tmp_path / "chromium-profile", node.credentials or {}) as browser:
+        # The study list: its description shows (OHIF asks for it with a comma-separated includefield,
+        # which the node's QIDO route splits for Orthanc's DICOMweb plugin).
+        browser.driver.get(f"{node.url}{BASE_URL}")
+        browser.wait(lambda: description in browser.text() or None, 60, "the study list with its description")
+        browser.screenshot(prefix + "00-study-list")
+        listed = browser.text()
         browser.driver.get(f"{node.url}{BASE_URL}viewer?StudyInstanceUIDs={study_uid}")
         descriptions = [str(seg.SeriesDescription), str(sr.SeriesDescription)]
         browser.wait(lambda: all(d in browser.text() for d in descriptions), 90, "the study browser")
@@ -448,3 +457,9 @@ def check_ohif_shows_the_results(
     elsewhere = sorted({u for u in requested if not u.startswith(node.url + "/")})
     assert not elsewhere, f"the viewer fetched from elsewhere than the node: {elsewhere}"
     assert any(u.startswith(f"{node.url}/dicom-web/") and "/frames/" in u for u in requested)
+    assert "No Description" not in listed
+    assert any(u.startswith(f"{node.url}{QIDO_ROOT}/studies?") for u in requested)
+    searches = [u for u in requested if "includefield" in u]
+    assert b"Unknown DICOM tag" not in node.log.read_bytes(), (
+        f"Orthanc's DICOMweb could not read one of {searches}"
+    )

@@ -178,8 +178,10 @@ def test_app_config_is_generated_for_the_node_s_dicomweb(dist: Path) -> None:
     [source] = config["dataSources"]
     assert source["namespace"] == "@ohif/extension-default.dataSourcesModule.dicomweb"
     assert config["defaultDataSourceName"] == source["sourceName"]
-    roots = {source["configuration"][key] for key in ("qidoRoot", "wadoRoot", "wadoUriRoot")}
+    roots = {source["configuration"][key] for key in ("wadoRoot", "wadoUriRoot")}
     assert roots == {"/dicom-web"}
+    assert source["configuration"]["qidoRoot"] == "/lesion-ai/qido"  # includefield split: tests/test_qido.py
+    assert source["configuration"]["enableStudyLazyLoad"] is False  # its series search: same comma problem
     assert source["configuration"]["imageRendering"] == "wadors"
     assert source["configuration"]["bulkDataURI"] == {"enabled": True}
     other = _config(app_config("/x/", "https://pacs.example.org/dicom-web").encode())
