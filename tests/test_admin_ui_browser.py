@@ -28,6 +28,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -362,6 +363,13 @@ def test_the_admin_page_in_a_browser(fleet: OrthancFleet, tmp_path: Path) -> Non
         )
         assert len(jobs(client)) == 2
         assert browser.no_alert()
+
+        # Opened with the credentials in its address (fetch refuses such URLs): the page still works.
+        user, password = (quote(credentials[k], safe="") for k in ("username", "password"))
+        driver.get(f"http://{user}:{password}@127.0.0.1:{node.http_port}{UI_BASE}")
+        browser.wait_text("#health-status", "OK")
+        assert "cannot be reached" not in browser.text()
+        browser.screenshot("07-credentials-in-the-address")
 
     console = (ARTIFACTS / "console.txt").read_text(encoding="utf-8")
     assert "Content Security Policy" not in console and "Refused to" not in console, console

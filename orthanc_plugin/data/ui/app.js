@@ -121,10 +121,14 @@
       headers["Content-Type"] = "text/plain; charset=utf-8";
     }
     let response;
+    // From the page's origin, never from its address as typed: fetch refuses a URL that carries a user and
+    // password (http://user:pass@node/...), which a relative path would inherit.
+    const url = new URL(API + path, location.origin).href;
     try {
-      response = await fetch(API + path, { method, headers, body, credentials: "same-origin", cache: "no-store" });
+      response = await fetch(url, { method, headers, body, credentials: "same-origin", cache: "no-store" });
     } catch (error) {
-      throw new ApiError("the node cannot be reached: " + error.message, 0, null);
+      const reason = navigator.onLine === false ? "this computer is offline" : "no answer from " + location.origin;
+      throw new ApiError("the node cannot be reached (" + reason + ": " + error.message + ")", 0, null);
     }
     const raw = await response.text();
     let data = null;
