@@ -8,6 +8,7 @@ GET      jobs/{id}                               one job, with payload and progr
 POST     jobs/{id}/retry                         a failed job queued again, its attempts reset
 POST     studies/{orthanc-id}/process            (re)queue a study's jobs now, even if done before
 GET      studies?limit=                          the studies stored last (IDs, UIDs, descriptions)
+GET      ignored?limit=&offset=                  studies no rule matched, with each rule's outcome
 GET      labels?study=&limit=&offset=            radiologists' SEGs recorded as labels
 GET      rules, PUT rules, POST rules/...        the routing rules (:mod:`orthanc_plugin.admin_rules`)
 GET      models, POST models/...                 the models: register, shadow, promote
@@ -214,6 +215,7 @@ class AdminApi:
             "jobs": {"GET": lambda: self.jobs(query)},
             "studies": {"GET": lambda: self.studies(query)},
             "labels": {"GET": lambda: self.labels(query)},
+            "ignored": {"GET": lambda: self.ignored(query)},
             "rules": {"GET": rules.get_rules, "PUT": lambda: rules.put_rules(body, user)},
             "rules/validate": {"POST": lambda: rules.validate(body)},
             "rules/test": {"POST": lambda: rules.test_rules(_json_body(body))},
@@ -434,6 +436,26 @@ class AdminApi:
         return 200, {"study": study_id, "jobs": [j.to_json() for j in jobs], "message": message}, _JSON
 
     # -- labels ---------------------------------------------------------------------------------------
+    def ignored(self, query: Mapping[str, str]) -> Answer:
+        """``GET ignored``: the studies no rule matched (newest first), each with its rules' outcomes, and
+        how long they are kept."""
+        try:
+            limit, offset = _int(query, "limit", 100), _int(query, "offset", 0)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if not (1 <= limit <= 1000 and offset >= 0):
+            return _error(400, f"limit must be 1 to 1000 and offset at least 0, got {limit} and {offset}")
+        store = self.node.ignored
+        return (
+            200,
+            {
+                "ignored": store.list(limit=limit, offset=offset),
+                "total": len(store),
+                "kept_days": store.keep_s / 86400.0,
+            },
+            _JSON,
+        )
+
     def labels(self, query: dict[str, str]) -> Answer:
         """``GET labels``: the radiologists' SEGs recorded as labels, newest first; filter ``study`` (Orthanc
         ID or StudyInstanceUID); paging ``limit`` (1 to 1000), ``offset``; ``has_more`` says whether a next

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from orthanc_plugin.ignored import IgnoredStudies
 from orthanc_plugin.jobqueue import JobQueue
 from orthanc_plugin.labels import LabelStore
 from orthanc_plugin.models import ModelRegistry
@@ -120,6 +121,11 @@ class AdminNode(Protocol):
     @property
     def labels(self) -> LabelStore:
         """The labels radiologists sent back (:mod:`orthanc_plugin.labels`)."""
+        ...
+
+    @property
+    def ignored(self) -> IgnoredStudies:
+        """The studies no rule matched, kept for a while (:mod:`orthanc_plugin.ignored`)."""
         ...
 
     @property

@@ -40,6 +40,7 @@ from lesion_engine.errors import ConfigError
 from lesion_engine.model_card import stored_card
 from orthanc_plugin.admin import AdminApi
 from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
+from orthanc_plugin.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.jobqueue import JobQueue, JobState, QueuePolicy, open_queue
 from orthanc_plugin.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.logsetup import configure_node_logging
@@ -175,6 +176,7 @@ class NodePlugin:
         )
         self.replacement = ResultReplacement(self.api, self.queue)
         self.labels = LabelStore(settings.home / LABELS_FILE)
+        self.ignored = IgnoredStudies(settings.home / IGNORED_FILE, settings.ignored_keep_days * 86400.0)
         self.supervisor: WorkerSupervisor | None = None
         self.errors: list[str] = []
         self._wake = threading.Event()
@@ -599,6 +601,9 @@ class NodePlugin:
                 len(plan.study.series),
                 len(plan.study.excluded),
             )
+            self.ignored.record(study_id, plan.study.study_instance_uid, plan.evaluation())
+        else:
+            self.ignored.forget(study_id)
         self.last_evaluation = Evaluation(study_id, time.time(), tuple(out))
         return out
 

@@ -367,6 +367,14 @@ class NodeSettings(WorkerSettings):
             "0: jobs start at StableAge only",
         ),
     )
+    ignored_keep_days: float = field(
+        default=7.0,
+        metadata=_meta(
+            "IgnoredKeepDays",
+            "how long the admin page lists a study that no rule matched (with each rule's outcome), days "
+            "(at most the last 1000 such studies)",
+        ),
+    )
     disk_warning_mb: int = field(
         default=1024,
         metadata=_meta(
@@ -419,6 +427,11 @@ class NodeSettings(WorkerSettings):
         ):
             raise self._bad(
                 "disk_warning_mb", f"must be an integer from 0 to 10000000 MB, got {self.disk_warning_mb!r}"
+            )
+        keep = self.ignored_keep_days
+        if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 3650:
+            raise self._bad(
+                "ignored_keep_days", f"must be a number of days above 0, at most 3650, got {keep!r}"
             )
         if not 0 <= self.completeness_quiet_s <= 3600:
             raise self._bad(

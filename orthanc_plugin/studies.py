@@ -343,6 +343,24 @@ class StudyPlan:
     matches: list[RuleMatch]
     payloads: list[JobPayload]
     inputs: list[InputRoles | None] = field(default_factory=list)
+    rules: RoutingRules | None = None
+
+    def evaluation(self) -> list[dict[str, str]]:
+        """Why each rule matched or not (:meth:`~orthanc_plugin.rules.RoutingRules.explain`), or why no
+        rule was asked (the loop guard left no input series)."""
+        if not self.study.series:
+            count = len(self.study.all_series)
+            return [
+                {
+                    "rule": "(all)",
+                    "action": "none",
+                    "outcome": f"no series to evaluate: the study's {count} series are all excluded (the node's "
+                    "own results, or series from another node)"
+                    if count
+                    else "no series to evaluate: the study has no series",
+                }
+            ]
+        return self.rules.explain(self.study) if self.rules is not None else []
 
     @property
     def jobs(self) -> list[NewJob]:
@@ -373,6 +391,7 @@ class StudyPlan:
             "already_processed": sorted(
                 k for k in (p.key for p in self.payloads) if k in self.study.record.processed
             ),
+            "evaluation": self.evaluation(),
         }
 
 
@@ -411,7 +430,7 @@ def plan_study(
                 )
         inputs.append(ranked)
     payloads = [payload_for(study, m, model, ranked) for m, ranked in zip(matches, inputs, strict=True)]
-    return StudyPlan(study, matches, payloads, inputs)
+    return StudyPlan(study, matches, payloads, inputs, rules)
 
 
 # -- replacing earlier results -------------------------------------------------------------------------

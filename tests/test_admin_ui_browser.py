@@ -219,10 +219,17 @@ def test_the_admin_page_in_a_browser(fleet: OrthancFleet, tmp_path: Path) -> Non
     ct_uid = make_study(
         tmp_path / "ct", modality="CT", study_description="CT THORAX", body_part="CHEST", series=("thorax",)
     )
-    report = send_files(
-        dicom_files([tmp_path / "study", tmp_path / "ct"]), "127.0.0.1", node.dicom_port, "SCANNER", node.aet
+    knee_uid = make_study(
+        tmp_path / "knee", study_description="MR KNEE", body_part="KNEE", series=("pd_tse_sag",)
     )
-    assert report.sent == 9 and not report.failed
+    report = send_files(
+        dicom_files([tmp_path / "study", tmp_path / "ct", tmp_path / "knee"]),
+        "127.0.0.1",
+        node.dicom_port,
+        "SCANNER",
+        node.aet,
+    )
+    assert report.sent == 12 and not report.failed
 
     def finished() -> list[dict[str, Any]] | None:
         found = jobs(client)
@@ -281,6 +288,14 @@ def test_the_admin_page_in_a_browser(fleet: OrthancFleet, tmp_path: Path) -> Non
         assert driver.execute_script("return document.querySelectorAll('script').length") == 2
         assert browser.no_alert()
         browser.screenshot("02-jobs")
+        # The knee MR matched no rule: listed as ignored, with each rule's outcome.
+        ignored = browser.wait_text("#ignored-table", knee_uid)
+        assert "prostate-mr: not matched: none of its 1 series matches" in ignored, ignored
+        assert "BodyPartExamined is 'KNEE'" in ignored and "ct-research: not matched" in ignored, ignored
+        assert study_uid not in ignored and ct_uid not in ignored
+        driver.execute_script("document.getElementById('ignored-table').scrollIntoView()")
+        browser.screenshot("02b-ignored-studies")
+        driver.execute_script("window.scrollTo(0, 0)")
 
         # The failed job, found by its state, retried from the page.
         Select(driver.find_element("id", "filter-state")).select_by_value("failed")

@@ -135,6 +135,37 @@ def _all_hold(conditions: Conditions, get: Callable[[str], str | None]) -> bool:
     return all(condition.test(get(keyword)) for keyword, condition in conditions)
 
 
+#: Attributes whose values identify the patient: a reason names them without their value.
+_IDENTIFYING = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "OtherPatientIDs",
+        "OtherPatientNames",
+        "AccessionNumber",
+    }
+)
+_SHOWN_CHARS = 64
+
+
+def _shown(keyword: str, text: str | None) -> str:
+    """An attribute's value as a reason shows it: absent, withheld (identifying) or quoted (shortened)."""
+    if text is None:
+        return "absent"
+    if keyword in _IDENTIFYING:
+        return "(value not shown)"
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...")
+
+
+def _first_failure(conditions: Conditions, get: Callable[[str], str | None]) -> str | None:
+    for keyword, condition in conditions:
+        text = get(keyword)
+        if not condition.test(text):
+            return f"{keyword} is {_shown(keyword, text)}, not {condition.describe()}"
+    return None
+
+
 @dataclass(frozen=True)
 class AlternativeMatch:
     """One way a rule can match (every part must hold)."""
@@ -154,6 +185,23 @@ class AlternativeMatch:
             if not any(_all_hold(required, s.attribute) for s in inputs):
                 return None
         return inputs
+
+    def why_not(self, study: StudyView) -> str | None:
+        """Why this alternative does not match ``study`` (its first failing part), or None when it does."""
+        failed = _first_failure(self.study, study.study_attribute)
+        if failed is not None:
+            return f"study: {failed}"
+        inputs = [s for s in study.series if _all_hold(self.series, s.attribute)]
+        if not inputs:
+            if not study.series:
+                return "the study has no series to read"
+            first = _first_failure(self.series, study.series[0].attribute)
+            return f"none of its {len(study.series)} series matches (the first: {first})"
+        for required in self.has_series:
+            if not any(_all_hold(required, s.attribute) for s in inputs):
+                wanted = ", ".join(f"{k} {c.describe()}" for k, c in required)
+                return f"no input series has {wanted}"
+        return None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary."""

@@ -119,6 +119,26 @@ class RoutingRules:
                 break
         return out
 
+    def explain(self, study: StudyView) -> list[dict[str, str]]:
+        """How :meth:`evaluate` went for ``study``, rule by rule until the evaluation ended: each rule's
+        ``rule`` name, ``action`` and ``outcome`` (``matched``, ``disabled``, or ``not matched: WHY``, the
+        first failing part of each alternative). Values that identify the patient are not shown."""
+        out: list[dict[str, str]] = []
+        for rule in self.rules:
+            entry = {"rule": rule.name, "action": rule.action}
+            out.append(entry)
+            if not rule.enabled:
+                entry["outcome"] = "disabled"
+                continue
+            reasons = [alt.why_not(study) for alt in rule.match]
+            if any(reason is None for reason in reasons):
+                entry["outcome"] = "matched"
+                if rule.action == "ignore" or not rule.continue_:
+                    break
+                continue
+            entry["outcome"] = "not matched: " + "; or ".join(r for r in reasons if r is not None)
+        return out
+
     def get(self, name: str) -> RoutingRule | None:
         """The rule called ``name``."""
         return next((r for r in self.rules if r.name == name), None)

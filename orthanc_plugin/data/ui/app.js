@@ -324,6 +324,36 @@
     $("page-prev").disabled = page.offset === 0;
     $("page-next").disabled = !page.has_more;
     if (selectedJob !== null) refreshDetail(false);
+    refreshIgnored();
+  }
+
+  /** The studies no rule matched (GET ignored), each rule's outcome on its own line. */
+  async function refreshIgnored() {
+    const body = $("ignored-table").tBodies[0];
+    let page;
+    try {
+      page = await api("GET", "ignored?limit=20");
+    } catch (error) {
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 3, class: "empty", text: "Ignored studies cannot be read: " + error.message })));
+      return;
+    }
+    $("ignored-note").textContent =
+      page.total + " stud" + (page.total === 1 ? "y" : "ies") + " that no rule matched (no job) in the last " +
+      page.kept_days + " day" + (page.kept_days === 1 ? "" : "s") + (page.total > page.ignored.length ? ", the newest " + page.ignored.length + " shown" : "") +
+      ", with each rule's outcome.";
+    const rows = page.ignored.map((entry) =>
+      el(
+        "tr",
+        { "data-study": entry.study },
+        el("td", { class: "time", text: fmtShort(entry.time), title: fmtTime(entry.time) }),
+        el("td", { class: "uid" },
+          el("a", { href: explorerUrl(entry.study), target: "_blank", rel: "noopener noreferrer", text: entry.study_instance_uid || entry.study, title: "Orthanc ID " + entry.study }),
+        ),
+        el("td", { class: "evaluation" },
+          ...(entry.evaluation || []).map((e) => el("div", {}, el("strong", { text: e.rule + ": " }), e.outcome))),
+      ),
+    );
+    body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 3, class: "empty", text: "no study was ignored" }))]));
   }
 
   function selectJob(id) {
@@ -693,6 +723,7 @@
     const parts = [el("p", {}, "Study ", el("code", { text: result.study_instance_uid || result.study }), el("span", { class: "muted", text: " (Orthanc ID " + result.study + ")" }))];
     if (!result.matches.length) {
       parts.push(el("div", { class: "message error", text: "No rule matches this study: it would not be processed." }));
+      parts.push(el("ul", { class: "evaluation" }, ...(result.evaluation || []).map((e) => el("li", {}, el("strong", { text: e.rule + ": " }), e.outcome))));
     }
     for (const match of result.matches) {
       const box = el("div", { class: "match" });
