@@ -71,7 +71,11 @@ def test_viewer_over_http_behind_auth_typed_and_confined(fleet: OrthancFleet, tm
     assert node.fetch(f"{BASE_URL}viewer?StudyInstanceUIDs=1.2.3")[2] == index  # a route of the app
     status, headers, config = node.fetch(f"{BASE_URL}app-config.js")
     assert (status, headers["content-type"]) == (200, "text/javascript; charset=utf-8")
-    assert b'"routerBasename": "/lesion-ai/viewer"' in config and b'"qidoRoot": "/dicom-web"' in config
+    assert (
+        b'"routerBasename": "/lesion-ai/viewer"' in config
+        and b'"qidoRoot": "/lesion-ai/qido"' in config
+        and b'"wadoRoot": "/dicom-web"' in config
+    )
     # The BulkDataURIs that Orthanc writes from the Host header are read as relative to the page's origin.
     assert f'"startsWith": "http://127.0.0.1:{node.http_port}/dicom-web/"'.encode() in config
 
