@@ -149,8 +149,8 @@ def write_dicom_results(
     Returns
     -------
     list of Path
-        The files written: ``seg.dcm`` (not for a negative study), ``sr.dcm``, ``pmap.dcm``,
-        ``sc_NNN.dcm``.
+        The files written: ``seg.dcm`` (not for a negative study), ``sr.dcm``, ``summary.dcm`` (the result
+        summary image), ``pmap.dcm``, ``sc_NNN.dcm``.
     """
     if outputs is None:
         switches = {
@@ -162,9 +162,9 @@ def write_dicom_results(
         outputs = [output for output, wanted in switches.items() if wanted]
     objects = write_outputs(prepared, result, outputs, settings)
     named = [
-        (f"{output.value}.dcm", ds)
+        (f"{output.value}.dcm" if index == 0 else "summary.dcm", ds)
         for output in (Output.SEG, Output.SR, Output.PMAP)
-        for ds in objects.get(output, [])
+        for index, ds in enumerate(objects.get(output, []))
     ]
     named += [(f"sc_{i + 1:03d}.dcm", ds) for i, ds in enumerate(objects.get(Output.SC, []))]
     written = []

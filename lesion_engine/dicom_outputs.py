@@ -78,7 +78,7 @@ def write_outputs(
     -------
     dict of Output to list of Dataset
         Only the requested outputs are keys. ``SEG``: one Segmentation, or an empty list for a negative
-        study; ``SR``: one Measurement Report; ``PMAP``: one Parametric Map; ``SC``: the overlay images
+        study; ``SR``: one Measurement Report, and the summary image (``write_summary``, the default); ``PMAP``: one Parametric Map; ``SC``: the overlay images
         (possibly none).
 
     Raises
@@ -111,7 +111,8 @@ def write_outputs(
     )
     written: dict[Output, list[Dataset]] = {
         Output.SEG: [objects.seg] if objects.seg is not None else [],
-        Output.SR: [objects.sr],
+        # The summary image is the SR's companion (as the failure notice is the failure SR's).
+        Output.SR: [objects.sr, *([objects.summary] if objects.summary is not None else [])],
         Output.PMAP: [objects.pmap] if objects.pmap is not None else [],
         Output.SC: list(objects.sc),
     }

@@ -69,7 +69,11 @@ def test_only_the_requested_outputs_are_written(prepared: PreparedStudy) -> None
     result = _result(prepared, positive=True)
     default = write_outputs(prepared, result, [Output.SEG, Output.SR], analysis_time=WHEN)
     assert list(default) == [Output.SEG, Output.SR]
-    assert len(default[Output.SEG]) == 1 and len(default[Output.SR]) == 1
+    assert len(default[Output.SEG]) == 1 and len(default[Output.SR]) == 2  # the SR and the summary image
+    assert [str(ds.SOPClassUID) for ds in default[Output.SR]] == [
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "1.2.840.10008.5.1.4.1.1.7",
+    ]
     every = write_outputs(prepared, result, set(Output), analysis_time=WHEN)
     assert list(every) == list(Output)
     assert len(every[Output.PMAP]) == 1 and len(every[Output.SC]) >= 1
@@ -106,8 +110,9 @@ def test_same_objects_as_the_writers_with_the_node_inputs(prepared: PreparedStud
 def test_negative_study_has_no_segmentation_but_an_sr(prepared: PreparedStudy) -> None:
     objects = write_outputs(prepared, _result(prepared, positive=False), list(Output), analysis_time=WHEN)
     assert objects[Output.SEG] == []
-    assert len(objects[Output.SR]) == 1
+    assert len(objects[Output.SR]) == 2  # the SR and the summary image that says "no lesion found"
     assert str(objects[Output.SR][0].SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert objects[Output.SR][1].SeriesDescription == "AI summary: no lesion found (research)"
     assert len(objects[Output.PMAP]) == 1
 
 

@@ -124,10 +124,11 @@ def test_infer_writes_the_nodes_seg_and_sr(prostatex: Path, tmp_path: Path) -> N
     pinned = json.loads(DIGESTS.read_text(encoding="utf-8"))
     pinned_uids = {o["sop_class_uid"]: o["sop_instance_uid"] for o in pinned["objects"]}
     # A negative study (no lesion) has no SEG.
-    names = ("seg.dcm", "sr.dcm") if pinned["lesions"] else ("sr.dcm",)
+    names = ("seg.dcm", "sr.dcm", "summary.dcm") if pinned["lesions"] else ("sr.dcm", "summary.dcm")
     assert (out / "seg.dcm").is_file() == bool(pinned["lesions"])
     written = {name: pydicom.dcmread(out / name, stop_before_pixels=True) for name in names}
     for ds in written.values():
         assert pinned_uids[str(ds.SOPClassUID)] == str(ds.SOPInstanceUID)
     assert str(written["sr.dcm"].SOPClassUID) == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert str(written["summary.dcm"].SOPClassUID) == "1.2.840.10008.5.1.4.1.1.7"
     assert not list(out.glob("pmap.dcm")) and not list(out.glob("sc_*.dcm"))

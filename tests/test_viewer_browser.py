@@ -467,3 +467,44 @@ def check_ohif_shows_the_results(
     assert b"Unknown DICOM tag" not in node.log.read_bytes(), (
         f"Orthanc's DICOMweb could not read one of {searches}"
     )
+
+
+def test_a_negative_study_shows_its_summary_in_ohif(
+    fleet: OrthancFleet, prostatex: Path, tmp_path: Path
+) -> None:
+    """The node's defaults on the fixture (the packaged model with the anatomical gate) find no lesion: no
+    SEG, and an SR that OHIF shows as nothing. The result summary image is listed in OHIF's study browser
+    with the verdict in its description and opens as an image that says it."""
+    node = fleet.node(processor=None, extra={"Device": "cpu"}).start()
+    _viewer_installed(node)
+    client = node.client()
+    report = send_files(dicom_files([prostatex / "dicom"]), "127.0.0.1", node.dicom_port, "SCANNER", node.aet)
+    assert report.sent > 0 and not report.failed
+    wait_for(lambda: [j for j in jobs(client) if j["state"] == "done"] or None, 240, "the fixture processed")
+    study_uid = str(
+        pydicom.dcmread(dicom_files([prostatex / "dicom"])[0], stop_before_pixels=True).StudyInstanceUID
+    )
+    study = find_study(client, study_uid)
+    assert study is not None
+    modalities = {s["MainDicomTags"]["Modality"] for s in client.get_json(f"/studies/{study}/series")}
+    assert "SEG" not in modalities, (
+        "the defaults found a lesion in the fixture: this test needs a negative study"
+    )
+    summary = _result(node, study, "OT")
+    assert summary.SeriesDescription == "AI summary: no lesion found (research)"
+    assert "Prostate volume: " in summary.ImageComments and "not measured" not in summary.ImageComments
+    with headless_chromium(tmp_path / "chromium-profile", node.credentials or {}) as browser:
+        browser.driver.get(f"{node.url}{BASE_URL}viewer?StudyInstanceUIDs={study_uid}")
+        browser.wait(
+            lambda: "no lesion found" in browser.text() or None, 90, "the summary in the study browser"
+        )
+        time.sleep(1.0)
+        browser.dismiss("Skip all")
+        browser.dismiss("Confirm and hide")
+        browser.open_series(str(summary.SeriesDescription))
+        time.sleep(3.0)
+        browser.screenshot("negative-01-summary")
+        requested, failed = browser.requests()
+    assert not failed, f"requests that failed: {failed}"
+    summary_uid = str(summary.SeriesInstanceUID)
+    assert any(summary_uid in u and "/frames/" in u for u in requested), "OHIF did not load the summary image"

@@ -54,6 +54,10 @@ class ResultSettings:
         With ``write_sc``: one image per T2W slice (True) or only for slices that hold a lesion (False).
     write_failure_sc : bool
         For a failed study, also write a Secondary Capture image with the reason burned in.
+    write_summary : bool
+        With every SR, write the result summary: one Secondary Capture image that any viewer shows, with
+        the verdict ("No lesion found", or the lesions), the prostate volume, the model and the research-use
+        notice (:mod:`lesion_engine.results.summary`).
     manufacturer, manufacturer_model_name, software_versions, device_serial_number : str
         Equipment attributes of every object written (the product, not the model).
     institution_name : str or None
@@ -78,6 +82,11 @@ class ResultSettings:
         SeriesDescription of each result series.
     sc_series_description, failure_series_description, failure_sc_series_description : str
         SeriesDescription of the overlay series and of the failure objects.
+    summary_series_number : int
+        SeriesNumber of the summary image.
+    summary_series_description : str
+        SeriesDescription of the summary image; ``{result}`` is replaced by the verdict ("no lesion found",
+        "2 lesions found"), and the whole cut to 64 characters.
     caption : str
         Caption burned into every Secondary Capture image.
     sr_outline : str
@@ -90,6 +99,7 @@ class ResultSettings:
     write_sc: bool = False
     sc_all_slices: bool = False
     write_failure_sc: bool = True
+    write_summary: bool = True
     manufacturer: str = "Lesion AI"
     manufacturer_model_name: str = "Lesion AI prostate bpMRI"
     software_versions: str = __version__
@@ -114,11 +124,20 @@ class ResultSettings:
     sc_series_description: str = "AI lesion overlay (research, not for diagnosis)"
     failure_series_description: str = "AI analysis FAILED (research)"
     failure_sc_series_description: str = "AI analysis FAILED - reason (research)"
+    summary_series_number: int = 9907
+    summary_series_description: str = "AI summary: {result} (research)"
     caption: str = "AI result for review - not a diagnosis. Research use only."
     sr_outline: str = "scoord"
 
     def __post_init__(self) -> None:
-        for name in ("write_seg", "write_pmap", "write_sc", "sc_all_slices", "write_failure_sc"):
+        for name in (
+            "write_seg",
+            "write_pmap",
+            "write_sc",
+            "sc_all_slices",
+            "write_failure_sc",
+            "write_summary",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"result settings: {name} must be true or false")
         for name in (
@@ -206,10 +225,14 @@ class ResultSettings:
         """A short digest of the settings that shape the objects' content, mixed into the derived UIDs.
 
         The switches that only add or drop optional objects (``write_*``, ``sc_all_slices``) are left out,
-        so that turning on an extra output does not give the other objects new UIDs.
+        so that turning on an extra output does not give the other objects new UIDs; so are the summary
+        image's own settings (``summary_*``), which only its UIDs depend on
+        (:func:`lesion_engine.results.summary.write_summary`).
         """
         content = {
-            k: v for k, v in asdict(self).items() if not k.startswith("write_") and k != "sc_all_slices"
+            k: v
+            for k, v in asdict(self).items()
+            if not k.startswith(("write_", "summary_")) and k != "sc_all_slices"
         }
         text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

@@ -29,6 +29,7 @@ from lesion_engine.results.seg import write_seg
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.results.sr import write_sr
 from lesion_engine.results.sr_gland import prostate_volume_of
+from lesion_engine.results.summary import write_summary
 from lesion_engine.results.value_limits import fit_text_values
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class ResultObjects:
         The Parametric Map of the localization map, when enabled.
     sc : list of Dataset
         The Secondary Capture overlay images, when enabled.
+    summary : Dataset or None
+        The result summary image (:mod:`lesion_engine.results.summary`), when enabled (the default).
     timings_s : dict of str to float
         Seconds spent per object.
     """
@@ -59,10 +62,11 @@ class ResultObjects:
     pmap: Dataset | None = None
     sc: list[Dataset] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    summary: Dataset | None = None
 
     def all(self) -> list[Dataset]:
         """Every object, SEG first (the SR references it)."""
-        out = [d for d in (self.seg, self.sr, self.pmap) if d is not None]
+        out = [d for d in (self.seg, self.sr, self.summary, self.pmap) if d is not None]
         return out + list(self.sc)
 
 
@@ -165,6 +169,21 @@ def write_results(
         )
         copy_study_extras(sr, grid.datasets[0])
         timings["sr"] = time.perf_counter() - start
+        summary = None
+        if settings.write_summary:
+            start = time.perf_counter()
+            summary = write_summary(
+                lesions,
+                float(result.patient_score),
+                grid,
+                model,
+                settings,
+                uids,
+                when,
+                prostate=prostate,
+                warnings=shown,
+            )
+            timings["summary"] = time.perf_counter() - start
         pmap = None
         if settings.write_pmap:
             start = time.perf_counter()
@@ -177,7 +196,7 @@ def write_results(
                 lesions, grid, model, settings, uids, when, prostate=prostate, warnings=shown
             )
             timings["sc"] = time.perf_counter() - start
-    objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings)
+    objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings, summary=summary)
     for dataset in objects.all():
         _make_reproducible(dataset, when)
         fit_text_values(dataset)
