@@ -150,7 +150,7 @@ def write_dicom_results(
     -------
     list of Path
         The files written: ``seg.dcm`` (not for a negative study), ``sr.dcm``, ``summary.dcm`` (the result
-        summary image), ``pmap.dcm``, ``sc_NNN.dcm``.
+        summary image), ``pmap.dcm``, ``kos.dcm`` (the Key Object Selection), ``sc_NNN.dcm``.
     """
     if outputs is None:
         switches = {
@@ -158,12 +158,13 @@ def write_dicom_results(
             Output.SR: True,
             Output.PMAP: settings.write_pmap,
             Output.SC: settings.write_sc,
+            Output.KOS: settings.write_kos,
         }
         outputs = [output for output, wanted in switches.items() if wanted]
     objects = write_outputs(prepared, result, outputs, settings)
     named = [
         (f"{output.value}.dcm" if index == 0 else "summary.dcm", ds)
-        for output in (Output.SEG, Output.SR, Output.PMAP)
+        for output in (Output.SEG, Output.SR, Output.PMAP, Output.KOS)
         for index, ds in enumerate(objects.get(output, []))
     ]
     named += [(f"sc_{i + 1:03d}.dcm", ds) for i, ds in enumerate(objects.get(Output.SC, []))]
@@ -232,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [
         Output.SEG,
         Output.SR,
+        Output.KOS,
         *([Output.PMAP] if args.pmap else []),
         *([Output.SC] if args.sc else []),
     ]

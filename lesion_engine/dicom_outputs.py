@@ -70,7 +70,7 @@ def write_outputs(
         The outputs wanted (see :func:`lesion_engine.outputs.parse_outputs` for names).
     settings : ResultSettings, optional
         Product names, series numbers, UID root, ...; defaults to ``ResultSettings()``. Its ``write_seg``,
-        ``write_pmap`` and ``write_sc`` switches are ignored: ``outputs`` decides (on a copy).
+        ``write_pmap``, ``write_sc`` and ``write_kos`` switches are ignored: ``outputs`` decides (on a copy).
     analysis_time : datetime.datetime, optional
         Time of the analysis written into the objects; defaults to now.
 
@@ -101,6 +101,7 @@ def write_outputs(
         write_seg=Output.SEG in wanted,
         write_pmap=Output.PMAP in wanted,
         write_sc=Output.SC in wanted,
+        write_kos=Output.KOS in wanted,
     )
     objects = write_results(
         result,
@@ -115,5 +116,6 @@ def write_outputs(
         Output.SR: [objects.sr, *([objects.summary] if objects.summary is not None else [])],
         Output.PMAP: [objects.pmap] if objects.pmap is not None else [],
         Output.SC: list(objects.sc),
+        Output.KOS: [objects.kos] if objects.kos is not None else [],
     }
     return {output: written[output] for output in Output if output in wanted}

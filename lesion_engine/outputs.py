@@ -12,6 +12,9 @@ and to tell result objects apart without loading the engine.
     Parametric Map of the localization map.
 ``sc``
     Secondary Capture images: T2W slices with the lesion outlines burned in, or the failure notice.
+``kos``
+    Key Object Selection (IHE AI Results): the other result objects and the T2W image at each lesion's
+    index slice, for a PACS that only shows key objects.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ class Output(enum.Enum):
     SR = "sr"
     PMAP = "pmap"
     SC = "sc"
+    KOS = "kos"
 
 
-DEFAULT_OUTPUTS: tuple[Output, ...] = (Output.SEG, Output.SR)
+DEFAULT_OUTPUTS: tuple[Output, ...] = (Output.SEG, Output.SR, Output.KOS)
 """The outputs written when none are asked for."""
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -51,6 +55,7 @@ COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
 PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
 SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+KEY_OBJECT_SELECTION_DOCUMENT_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
 
 SOP_CLASS_UIDS: Mapping[Output, tuple[str, ...]] = MappingProxyType(
     {
@@ -61,6 +66,7 @@ SOP_CLASS_UIDS: Mapping[Output, tuple[str, ...]] = MappingProxyType(
         Output.PMAP: (PARAMETRIC_MAP_STORAGE,),
         # Overlays and the failure notice are single-frame Secondary Capture images.
         Output.SC: (SECONDARY_CAPTURE_IMAGE_STORAGE,),
+        Output.KOS: (KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,),
     }
 )
 """The SOP Class UIDs the result writers use for each output (exact UIDs)."""

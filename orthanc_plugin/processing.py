@@ -335,7 +335,12 @@ class EngineProcessor:
         from lesion_engine.results import ResultSettings
 
         values = dict(self.settings.result_settings)
-        values.update(write_seg="seg" in outputs, write_pmap="pmap" in outputs, write_sc="sc" in outputs)
+        values.update(
+            write_seg="seg" in outputs,
+            write_pmap="pmap" in outputs,
+            write_sc="sc" in outputs,
+            write_kos="kos" in outputs,
+        )
         return ResultSettings.from_mapping(values)
 
     def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:

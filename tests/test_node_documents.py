@@ -79,7 +79,7 @@ def test_documents_round_trip() -> None:
     assert progress.to_json() == {**PROGRESS_BEFORE_VERSIONS, "schema_version": 1}
     assert JobProgress.from_json(json.loads(json.dumps(progress.to_json()))) == progress
     minimal = JobPayload(study="st", rule="r", series=("se",))
-    assert minimal.outputs == (Output.SEG, Output.SR)  # the engine's default outputs
+    assert minimal.outputs == (Output.SEG, Output.SR, Output.KOS)  # the engine's default outputs
     assert JobPayload.from_json(minimal.to_json()) == minimal
 
 

@@ -236,12 +236,18 @@ def test_real_fixture_study_with_the_engine(fleet: OrthancFleet, prostatex: Path
     assert detail["model"].startswith("tiny-random:0.0.1:")
     study = job["study"]
     modalities = count_by_modality(client, study)
-    assert modalities["SEG"] == 1 and modalities["SR"] == 1 and modalities["OT"] == 1
+    assert (modalities["SEG"], modalities["SR"], modalities["OT"], modalities["KO"]) == (1, 1, 1, 1)
     pacs_client = pacs.client()
     uid = client.get_json(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
     wait_for(lambda: find_study(pacs_client, uid), 30, "the results at the PACS")
-    # The SEG, the SR and the result summary (a Secondary Capture, modality OT) reach the PACS.
-    assert count_by_modality(pacs_client, str(find_study(pacs_client, uid))) == {"SEG": 1, "SR": 1, "OT": 1}
+    # The SEG, the SR, the result summary (a Secondary Capture, modality OT) and the Key Object Selection
+    # reach the PACS.
+    expected = {"SEG": 1, "SR": 1, "OT": 1, "KO": 1}
+    wait_for(
+        lambda: count_by_modality(pacs_client, str(find_study(pacs_client, uid))) == expected or None,
+        30,
+        "every result at the PACS",
+    )
     _settle(client)
     assert len(jobs(client)) == 1
     node.note_workers()

@@ -64,7 +64,7 @@ def test_stable_prostate_study_gives_one_job_with_its_mr_series(node: tuple[Fake
     job = jobs[0]
     assert (job.state, job.rule, job.study_id, job.priority) == (JobState.QUEUED, "prostate-mr", study, 0)
     assert sorted(job.payload["series"]) == sorted(fake.studies[study].series)
-    assert job.payload["outputs"] == ["seg", "sr"]
+    assert job.payload["outputs"] == ["seg", "sr", "kos"]
     assert job.model == "processor:tests.node_fakes:factory"
 
 

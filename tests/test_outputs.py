@@ -16,9 +16,9 @@ from tests.results_cases import T2W_SERIES_NUMBER, negative_result, positive_res
 WHEN = datetime.datetime(2024, 5, 6, 7, 8, 9)
 
 
-def test_default_outputs_are_seg_and_sr() -> None:
-    assert DEFAULT_OUTPUTS == (Output.SEG, Output.SR)
-    assert [output.value for output in Output] == ["seg", "sr", "pmap", "sc"]
+def test_default_outputs_are_seg_sr_and_kos() -> None:
+    assert DEFAULT_OUTPUTS == (Output.SEG, Output.SR, Output.KOS)
+    assert [output.value for output in Output] == ["seg", "sr", "pmap", "sc", "kos"]
 
 
 def test_parse_outputs_validates_deduplicates_and_orders() -> None:
@@ -39,6 +39,7 @@ def test_sop_classes_are_exact_uids() -> None:
     assert SOP_CLASS_UIDS[Output.SR] == ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33")
     assert SOP_CLASS_UIDS[Output.PMAP] == ("1.2.840.10008.5.1.4.1.1.30",)
     assert SOP_CLASS_UIDS[Output.SC] == ("1.2.840.10008.5.1.4.1.1.7",)
+    assert SOP_CLASS_UIDS[Output.KOS] == ("1.2.840.10008.5.1.4.1.1.88.59",)
     assert set(SOP_CLASS_UIDS) == set(Output)
     # Not prefixes: other classes that share the leading digits are no output of ours.
     assert output_of("1.2.840.10008.5.1.4.1.1.7.4") is None  # multi-frame true colour SC
@@ -53,11 +54,14 @@ def test_every_object_written_maps_to_its_output(prostatex_series: dict[int, Pat
     all_outputs = ResultSettings(write_pmap=True, write_sc=True)
     objects = write_results(positive_result(t2w), t2w, all_outputs, analysis_time=WHEN)
     assert objects.seg is not None and objects.pmap is not None and objects.sc
+    assert objects.summary is not None and objects.kos is not None
     kinds: list[tuple[Dataset, Output]] = [
         (objects.seg, Output.SEG),
         (objects.sr, Output.SR),
         (objects.pmap, Output.PMAP),
         *((image, Output.SC) for image in objects.sc),
+        (objects.summary, Output.SC),  # a Secondary Capture, written with the SR
+        (objects.kos, Output.KOS),
     ]
     negative = write_results(negative_result(t2w), t2w, all_outputs, analysis_time=WHEN)
     kinds.append((negative.sr, Output.SR))

@@ -178,6 +178,19 @@ def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
 
 
 @pytest.mark.slow
+def test_pixelmed_validates_the_key_object_selections(cases: dict[str, Case]) -> None:
+    """PixelMed's SR validator checks the KOS's IOD and its template (TID 2010), positive and negative."""
+    kos = [p for name in ("positive", "negative") for p in cases[name].of_modality("KO")]
+    assert len(kos) == 2
+    for path in kos:
+        report = validators.pixelmed_sr(path)
+        _show(report, path.name)
+        assert "IOD validation complete" in report.output, report.output
+        assert report.errors == [], f"{path.name}:\n{report.output}"
+        assert "Found Root Template TID_2010" in report.output, report.output
+
+
+@pytest.mark.slow
 def test_pixelmed_sr_validator_on_a_single_lesion_report(cases: dict[str, Case]) -> None:
     # PixelMed (2022) applies TID 1410 to every group when exactly one group holds an Image Region SCOORD;
     # each lesion has two planar groups (outline, long axis), so a one-lesion report must pass as well.

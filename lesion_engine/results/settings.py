@@ -82,6 +82,13 @@ class ResultSettings:
         SeriesDescription of each result series.
     sc_series_description, failure_series_description, failure_sc_series_description : str
         SeriesDescription of the overlay series and of the failure objects.
+    write_kos : bool
+        Write a Key Object Selection of the result set (:mod:`lesion_engine.results.kos`): the result
+        objects and the T2W image at each lesion's index slice.
+    kos_series_number : int
+        SeriesNumber of the Key Object Selection.
+    kos_series_description : str
+        SeriesDescription of the Key Object Selection.
     summary_series_number : int
         SeriesNumber of the summary image.
     summary_series_description : str
@@ -100,6 +107,7 @@ class ResultSettings:
     sc_all_slices: bool = False
     write_failure_sc: bool = True
     write_summary: bool = True
+    write_kos: bool = True
     manufacturer: str = "Lesion AI"
     manufacturer_model_name: str = "Lesion AI prostate bpMRI"
     software_versions: str = __version__
@@ -125,6 +133,8 @@ class ResultSettings:
     failure_series_description: str = "AI analysis FAILED (research)"
     failure_sc_series_description: str = "AI analysis FAILED - reason (research)"
     summary_series_number: int = 9907
+    kos_series_number: int = 9908
+    kos_series_description: str = "AI key objects (research)"
     summary_series_description: str = "AI summary: {result} (research)"
     caption: str = "AI result for review - not a diagnosis. Research use only."
     sr_outline: str = "scoord"
@@ -137,6 +147,7 @@ class ResultSettings:
             "sc_all_slices",
             "write_failure_sc",
             "write_summary",
+            "write_kos",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"result settings: {name} must be true or false")
@@ -153,8 +164,11 @@ class ResultSettings:
             "sc_series_description",
             "failure_series_description",
             "failure_sc_series_description",
+            "kos_series_description",
         ):
             _check_text(name, getattr(self, name), _LO_MAX)
+        # The summary's description is cut to 64 characters once its {result} is filled in.
+        _check_text("summary_series_description", self.summary_series_description, 200)
         for name in ("institution_name", "algorithm_name", "algorithm_version"):
             if getattr(self, name) is not None:
                 _check_text(name, getattr(self, name), _LO_MAX)
@@ -226,13 +240,13 @@ class ResultSettings:
 
         The switches that only add or drop optional objects (``write_*``, ``sc_all_slices``) are left out,
         so that turning on an extra output does not give the other objects new UIDs; so are the summary
-        image's own settings (``summary_*``), which only its UIDs depend on
-        (:func:`lesion_engine.results.summary.write_summary`).
+        image's and the Key Object Selection's own settings (``summary_*``, ``kos_*``), which only their
+        UIDs depend on (:mod:`lesion_engine.results.summary`, :mod:`lesion_engine.results.kos`).
         """
         content = {
             k: v
             for k, v in asdict(self).items()
-            if not k.startswith(("write_", "summary_")) and k != "sc_all_slices"
+            if not k.startswith(("write_", "summary_", "kos_")) and k != "sc_all_slices"
         }
         text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

@@ -22,6 +22,7 @@ from lesion_engine.results.common import (
     t2w_grid,
 )
 from lesion_engine.results.failure import write_failure_objects
+from lesion_engine.results.kos import write_kos
 from lesion_engine.results.overlay import write_overlays
 from lesion_engine.results.pmap import write_pmap
 from lesion_engine.results.protocols import ResultLike
@@ -53,6 +54,9 @@ class ResultObjects:
         The Secondary Capture overlay images, when enabled.
     summary : Dataset or None
         The result summary image (:mod:`lesion_engine.results.summary`), when enabled (the default).
+    kos : Dataset or None
+        The Key Object Selection of the other objects and the lesions' key images
+        (:mod:`lesion_engine.results.kos`), when enabled (the default).
     timings_s : dict of str to float
         Seconds spent per object.
     """
@@ -63,11 +67,13 @@ class ResultObjects:
     sc: list[Dataset] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     summary: Dataset | None = None
+    kos: Dataset | None = None
 
     def all(self) -> list[Dataset]:
-        """Every object, SEG first (the SR references it)."""
+        """Every object, SEG first (the SR references it), the Key Object Selection last (it references
+        the others)."""
         out = [d for d in (self.seg, self.sr, self.summary, self.pmap) if d is not None]
-        return out + list(self.sc)
+        return out + list(self.sc) + ([self.kos] if self.kos is not None else [])
 
 
 @contextmanager
@@ -200,6 +206,13 @@ def write_results(
     for dataset in objects.all():
         _make_reproducible(dataset, when)
         fit_text_values(dataset)
+    if settings.write_kos:  # after the others are final: it references them
+        start = time.perf_counter()
+        with _quiet_highdicom():
+            objects.kos = write_kos(objects.all(), lesions, grid, model, settings, uids, when)
+        _make_reproducible(objects.kos, when)
+        fit_text_values(objects.kos)
+        timings["kos"] = time.perf_counter() - start
     logger.info(
         "results for study %s: SEG %s, SR %s, pmap %s, %d overlay image(s)",
         grid.study_instance_uid,
