@@ -262,12 +262,19 @@ def _node_runs_it_in_shadow(setup: dict[str, Path], artifact: Path, home: Path) 
         job = queue.claim("w")
         assert job is not None and Worker(queue, rest, active, options, models).run_job(job) is JobState.DONE
         queue.close()
-        assert len(rest.stored) == 2  # the active model's SEG and SR, stored into the study
+        # The active model's SEG, SR, result summary and Key Object Selection, stored into the study.
+        modalities = sorted(
+            str(pydicom.dcmread(io.BytesIO(b), stop_before_pixels=True).Modality) for b in rest.stored
+        )
+        assert modalities == ["KO", "OT", "SEG", "SR"]
         store = ShadowStore(plugin.settings.models_folder / "on-picai")
         assert store.studies() == [rest.study_uid]
         kept = json.loads((store.shadow / f"{rest.study_uid}.json").read_text())
         assert kept["shadow_model"] == model_identity(str(artifact)) and kept["active_model"] == identity
-        assert sorted(p.name for p in (store.shadow / rest.study_uid).iterdir()) == ["01.dcm", "02.dcm"]
+        kept_files = sorted((store.shadow / rest.study_uid).iterdir())
+        shadow_modalities = {str(pydicom.dcmread(f, stop_before_pixels=True).Modality) for f in kept_files}
+        assert [f.name for f in kept_files] == [f"{i:02d}.dcm" for i in range(1, len(kept_files) + 1)]
+        assert {"SR", "OT"} <= shadow_modalities  # the shadow model's report and its summary image
         listed = fake.rest("GET", "/lesion-ai/models/on-picai").json()
         assert listed["status"] == "shadow" and listed["shadow_studies"] == 1
         assert listed["card"]["training"]["localization_from"]["mode"] == "frozen"
