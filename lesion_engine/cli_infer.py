@@ -34,10 +34,12 @@ Writes into ``--out``:
 ``localization_map.nii.gz``
     float32 on the T2W grid: the localization network's per-voxel lesion likelihood (0 outside the prostate
     gland dilated by the gate's margin, when the anatomical gate is on).
-``seg.dcm``, ``sr.dcm``
+``seg.dcm``, ``sr.dcm``, ``summary.dcm``, ``kos.dcm``
     The DICOM results a viewer shows: a Segmentation with one segment per lesion (none for a negative
-    study) and a TID 1500 Comprehensive 3D SR; with ``--pmap`` also ``pmap.dcm`` (Parametric Map of the
-    localization map) and with ``--sc`` ``sc_NNN.dcm`` (T2W slices with lesion outlines burned in).
+    study), a TID 1500 Comprehensive 3D SR, the result summary image ("No lesion found" or the lesions, for
+    any viewer) and a Key Object Selection of them and the lesions' key T2W images; with ``--pmap`` also
+    ``pmap.dcm`` (Parametric Map of the localization map) and with ``--sc`` ``sc_NNN.dcm`` (T2W slices with
+    lesion outlines burned in).
     ``--no-dicom`` skips them. When the study cannot be used, ``failure_*.dcm`` say why.
 
 Exit status: 0 done; 1 the study cannot be used (the reason is printed); 2 bad arguments, or the model is
@@ -132,7 +134,8 @@ def write_dicom_results(
     settings: ResultSettings,
     outputs: Collection[Output] | None = None,
 ) -> list[Path]:
-    """Write the DICOM objects of a result (``seg.dcm``, ``sr.dcm`` and the optional ones) into ``out``.
+    """Write the DICOM objects of a result (``seg.dcm``, ``sr.dcm``, ``summary.dcm``, ``kos.dcm`` and the
+    optional ones) into ``out``.
 
     Parameters
     ----------
