@@ -182,8 +182,9 @@ def test_pixelmed_validates_the_key_object_selections(cases: dict[str, Case]) ->
     """PixelMed's SR validator checks the KOS's IOD and its template (TID 2010), positive and negative."""
     kos = [p for name in ("positive", "negative") for p in cases[name].of_modality("KO")]
     assert len(kos) == 2
-    for path in kos:
-        report = validators.pixelmed_sr(path)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(validators.pixelmed_sr, kos))
+    for path, report in zip(kos, reports, strict=True):
         _show(report, path.name)
         assert "IOD validation complete" in report.output, report.output
         assert report.errors == [], f"{path.name}:\n{report.output}"
