@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,3 +266,21 @@ def synthetic_case(folder: Path) -> FixtureCase:
     result = FakeResult(lesions, 0.88, localization, prepared.study_instance_uid)
     inputs = [choice.series_instance_uid for choice in prepared.roles.values()]
     return FixtureCase(datasets, inputs, result)
+
+
+def roundtrip(ds: Dataset) -> Dataset:
+    """Write as a Part 10 file and read it back."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def kos_references(kos: Dataset) -> set[str]:
+    """The SOP Instance UIDs a Key Object Selection's evidence lists."""
+    return {
+        str(instance.ReferencedSOPInstanceUID)
+        for study in kos.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }

@@ -13,7 +13,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from lesion_engine.results import ResultObjects, ResultSettings, write_results
-from tests.results_cases import T2W_SERIES_NUMBER, negative_result, positive_result, read_series
+from tests.results_cases import (
+    T2W_SERIES_NUMBER,
+    kos_references,
+    negative_result,
+    positive_result,
+    read_series,
+)
 
 pytestmark = pytest.mark.fixture
 
@@ -35,15 +41,6 @@ def _concepts(sr: Dataset, code: str, value_type: str | None = None) -> list[Dat
         and item.ConceptNameCodeSequence[0].CodeValue == code
         and (value_type is None or item.ValueType == value_type)
     ]
-
-
-def _kos_references(kos: Dataset) -> set[str]:
-    return {
-        str(i.ReferencedSOPInstanceUID)
-        for study in kos.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for i in series.ReferencedSOPSequence
-    }
 
 
 def findings(objects: ResultObjects, lesions: int, t2w: list[Dataset]) -> None:
@@ -119,7 +116,7 @@ def image_references(objects: ResultObjects, lesions: int, t2w: list[Dataset]) -
         if i.ValueType == "IMAGE"
     }
     assert objects.kos is not None
-    referenced = _kos_references(objects.kos)
+    referenced = kos_references(objects.kos)
     others = {str(ds.SOPInstanceUID) for ds in objects.all() if ds is not objects.kos}
     assert others <= referenced
     if lesions:

@@ -4,18 +4,23 @@ highdicom, for positive and negative studies (validators: tests/test_results_val
 from __future__ import annotations
 
 import datetime
-import io
 from pathlib import Path
 
 import highdicom as hd
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from lesion_engine.contour import index_slice
 from lesion_engine.results import ResultSettings, write_results
 from lesion_engine.results.common import t2w_grid
-from tests.results_cases import T2W_SERIES_NUMBER, negative_result, positive_result, read_series
+from tests.results_cases import (
+    T2W_SERIES_NUMBER,
+    kos_references,
+    negative_result,
+    positive_result,
+    read_series,
+    roundtrip,
+)
 
 pytestmark = pytest.mark.fixture
 
@@ -28,27 +33,11 @@ def t2w(prostatex_series: dict[int, Path]) -> list[Dataset]:
     return read_series(prostatex_series[T2W_SERIES_NUMBER])
 
 
-def _roundtrip(ds: Dataset) -> Dataset:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
-
-
-def _referenced(kos: Dataset) -> set[str]:
-    return {
-        str(instance.ReferencedSOPInstanceUID)
-        for study in kos.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for instance in series.ReferencedSOPSequence
-    }
-
-
 def test_a_positive_result_references_every_object_and_the_key_images(t2w: list[Dataset]) -> None:
     result = positive_result(t2w)
     objects = write_results(result, t2w, ResultSettings(write_pmap=True, write_sc=True), analysis_time=WHEN)
     assert objects.kos is not None and objects.all()[-1] is objects.kos
-    kos = _roundtrip(objects.kos)
+    kos = roundtrip(objects.kos)
     assert str(kos.SOPClassUID) == KO_CLASS and kos.Modality == "KO"
     assert kos.StudyInstanceUID == t2w[0].StudyInstanceUID
     others = [ds for ds in objects.all() if ds is not objects.kos]
@@ -56,7 +45,7 @@ def test_a_positive_result_references_every_object_and_the_key_images(t2w: list[
     grid = t2w_grid(t2w)
     key_slices = {index_slice(lesion.mask) for lesion in result.lesions}
     key_images = {str(grid.slice_sources[k][0].SOPInstanceUID) for k in key_slices}
-    assert _referenced(kos) == {str(ds.SOPInstanceUID) for ds in others} | key_images
+    assert kos_references(kos) == {str(ds.SOPInstanceUID) for ds in others} | key_images
     # Read back by highdicom: its title (CID 7010) and the algorithm as the SR's device observer.
     document = hd.ko.KeyObjectSelectionDocument.from_dataset(kos)
     title = kos.ConceptNameCodeSequence[0]
@@ -85,7 +74,7 @@ def test_a_positive_result_references_every_object_and_the_key_images(t2w: list[
 def test_a_negative_result_references_the_sr_and_the_summary(t2w: list[Dataset]) -> None:
     objects = write_results(negative_result(t2w), t2w, analysis_time=WHEN)
     assert objects.seg is None and objects.kos is not None and objects.summary is not None
-    assert _referenced(_roundtrip(objects.kos)) == {
+    assert kos_references(roundtrip(objects.kos)) == {
         str(objects.sr.SOPInstanceUID),
         str(objects.summary.SOPInstanceUID),
     }

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import io
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
@@ -22,6 +20,7 @@ from tests.results_cases import (
     negative_result,
     positive_result,
     read_series,
+    roundtrip,
     with_gland,
 )
 
@@ -36,13 +35,6 @@ def t2w(prostatex_series: dict[int, Path]) -> list[Dataset]:
     return read_series(prostatex_series[T2W_SERIES_NUMBER])
 
 
-def _roundtrip(ds: Dataset) -> Dataset:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
-
-
 def _save_png(ds: Dataset, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     Image.fromarray(ds.pixel_array).save(ARTIFACTS / name)
@@ -51,7 +43,7 @@ def _save_png(ds: Dataset, name: str) -> None:
 def test_a_negative_study_gets_a_summary_that_says_so(t2w: list[Dataset]) -> None:
     objects = write_results(negative_result(t2w), t2w, analysis_time=WHEN)
     assert objects.seg is None and objects.summary is not None
-    summary = _roundtrip(objects.summary)
+    summary = roundtrip(objects.summary)
     _save_png(summary, "summary-negative.png")
     assert summary.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
     assert summary.SeriesDescription == "AI summary: no lesion found (research)"
@@ -73,7 +65,7 @@ def test_a_positive_study_summary_counts_the_lesions_and_gives_the_prostate(t2w:
     result = with_gland(positive_result(t2w), ellipsoid(shape, (9, 220, 190), (4, 50, 60)), spacing)
     objects = write_results(result, t2w, analysis_time=WHEN)
     assert objects.summary is not None
-    summary = _roundtrip(objects.summary)
+    summary = roundtrip(objects.summary)
     _save_png(summary, "summary-positive.png")
     count = len(result.lesions)
     assert f"Prostate volume: {result.gland_volume_ml:.1f} ml" in summary.ImageComments
@@ -83,7 +75,7 @@ def test_a_positive_study_summary_counts_the_lesions_and_gives_the_prostate(t2w:
     # Another verdict, another image: different pixels (and UIDs) than the negative study's summary.
     negative = write_results(negative_result(t2w), t2w, analysis_time=WHEN).summary
     assert negative is not None
-    assert not np.array_equal(summary.pixel_array, _roundtrip(negative).pixel_array)
+    assert not np.array_equal(summary.pixel_array, roundtrip(negative).pixel_array)
 
 
 def test_the_summary_can_be_turned_off_and_renamed_without_changing_other_uids(t2w: list[Dataset]) -> None:

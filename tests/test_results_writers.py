@@ -30,6 +30,7 @@ from tests.results_cases import (
     positive_result,
     read_series,
     renamed,
+    roundtrip,
 )
 
 pytestmark = pytest.mark.fixture
@@ -47,14 +48,6 @@ def t2w(prostatex_series: dict[int, Path]) -> list[Dataset]:
 def positive(t2w: list[Dataset]) -> tuple[FakeResult, ResultObjects]:
     result = positive_result(t2w)
     return result, write_results(result, t2w, ALL_OUTPUTS, analysis_time=WHEN)
-
-
-def roundtrip(ds: Dataset) -> Dataset:
-    """Write as a Part 10 file and read it back."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    buffer.seek(0)
-    return pydicom.dcmread(buffer)
 
 
 def report_of(sr: Dataset) -> hd.sr.MeasurementReport:

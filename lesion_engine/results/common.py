@@ -41,6 +41,7 @@ __all__ = [
     "evidence_headers",
     "set_body_part",
     "t2w_grid",
+    "text_image",
 ]
 
 #: Segmented property category / finding category of a lesion.
@@ -417,3 +418,54 @@ def check_result(result: ResultLike, grid: T2WGrid) -> list[LesionLike]:
         if len(lesion.center_lps_mm) != 3:
             raise ValueError(f"{label}: center_lps_mm must hold 3 coordinates")
     return sorted(lesions, key=lambda lesion: int(lesion.id))
+
+
+def text_image(
+    reference: Dataset,
+    pixels: NDArray[np.uint8],
+    settings: ResultSettings,
+    when: datetime.datetime,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    series_description: str,
+    equipment: Sequence[hd.ContributingEquipment] | None = None,
+) -> Dataset:
+    """A single-frame MONOCHROME2 Secondary Capture of a text panel (the failure notice, the result summary),
+    with the patient and study of ``reference`` and the product's names from ``settings``.
+
+    A text panel has no anatomical orientation (PatientOrientation is type 2: present, empty) and holds no
+    patient data in its pixels (BurnedInAnnotation NO).
+    """
+    image = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        patient_orientation=("L", "P"),
+        transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
+        contributing_equipment=equipment,
+        series_description=series_description,
+        manufacturer_model_name=settings.manufacturer_model_name,
+        software_versions=settings.software_versions,
+        device_serial_number=settings.device_serial_number,
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+        specific_character_set=character_set_of(reference),
+        institution_name=settings.institution_name,
+    )
+    del image.PatientOrientation
+    image.add_new("PatientOrientation", "CS", None)
+    image.BurnedInAnnotation = "NO"
+    copy_study_extras(image, reference)
+    set_body_part(image, reference)
+    return image

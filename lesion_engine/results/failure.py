@@ -23,7 +23,7 @@ from lesion_engine.results.common import (
     character_set_of,
     copy_study_extras,
     evidence_headers,
-    set_body_part,
+    text_image,
 )
 from lesion_engine.results.drawing import text_panel
 from lesion_engine.results.settings import ResultSettings
@@ -116,37 +116,16 @@ def _failure_sc(
             (f"{settings.manufacturer} {settings.software_versions}", 14),
         ]
     )
-    image = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=reference,
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+    return text_image(
+        reference,
+        pixels,
+        settings,
+        when,
         series_instance_uid=uids.uid("failure-sc", "series"),
         series_number=settings.failure_sc_series_number,
         sop_instance_uid=uids.uid("failure-sc", "instance"),
-        instance_number=1,
-        manufacturer=settings.manufacturer,
-        patient_orientation=("L", "P"),
-        transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
         series_description=settings.failure_sc_series_description,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
-        specific_character_set=character_set_of(reference),
-        institution_name=settings.institution_name,
     )
-    # A text panel has no anatomical orientation (PatientOrientation is type 2: present, empty).
-    del image.PatientOrientation
-    image.add_new("PatientOrientation", "CS", None)
-    image.BurnedInAnnotation = "NO"
-    copy_study_extras(image, reference)
-    set_body_part(image, reference)
-    return image
 
 
 def write_failure_objects(

@@ -26,10 +26,10 @@ from lesion_engine.results.common import (
     character_set_of,
     contributing_equipment,
     copy_study_extras,
-    device_observer_uid,
 )
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.sr import device_observer
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +92,6 @@ def write_kos(
     if not results:
         raise ValueError("a Key Object Selection needs at least one result object (the SR)")
     referenced = [*results, *key_images(lesions, grid)]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_observer_uid(settings),
-            name=settings.device_observer_name,
-            manufacturer_name=settings.manufacturer,
-            model_name=settings.manufacturer_model_name,
-            serial_number=settings.device_serial_number,
-        ),
-    )
     count = len(lesions)
     description = (
         f"AI result ({model.name} {model.version}): "
@@ -111,7 +101,7 @@ def write_kos(
     content = hd.ko.KeyObjectSelection(
         document_title=KOS_TITLE,
         referenced_objects=referenced,
-        observer_device_context=observer,
+        observer_device_context=device_observer(settings),
         description=description[:1024],
     )
     reference = grid.datasets[0]

@@ -95,6 +95,7 @@ __all__ = [
     "NO_LESION_TEXT",
     "PATIENT_SCORE_PREFIX",
     "PATIENT_TRACKING_ID",
+    "device_observer",
     "observation_context",
     "patient_score_text",
     "write_sr",
@@ -111,20 +112,23 @@ NO_LESION_TEXT = "No lesion detected by the AI (research use only)"
 PATIENT_SCORE_PREFIX = "Patient-level probability of clinically significant cancer: "
 
 
+def device_observer(settings: ResultSettings) -> hd.sr.ObserverContext:
+    """The device observer (TID 1004) naming the product: the SR's and the Key Object Selection's."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(settings),
+            name=settings.device_observer_name,
+            manufacturer_name=settings.manufacturer,
+            model_name=settings.manufacturer_model_name,
+            serial_number=settings.device_serial_number,
+        ),
+    )
+
+
 def observation_context(settings: ResultSettings) -> hd.sr.ObservationContext:
     """Device observer context (TID 1004) naming the product."""
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=device_observer_uid(settings),
-                name=settings.device_observer_name,
-                manufacturer_name=settings.manufacturer,
-                model_name=settings.manufacturer_model_name,
-                serial_number=settings.device_serial_number,
-            ),
-        )
-    )
+    return hd.sr.ObservationContext(observer_device_context=device_observer(settings))
 
 
 def _image_library(grid: T2WGrid) -> hd.sr.ContainerContentItem:

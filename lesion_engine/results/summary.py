@@ -15,7 +15,6 @@ import datetime
 import logging
 from collections.abc import Sequence
 
-import highdicom as hd
 from pydicom.dataset import Dataset
 
 from lesion_engine.results.common import (
@@ -23,10 +22,8 @@ from lesion_engine.results.common import (
     T2WGrid,
     UidFactory,
     category_text,
-    character_set_of,
     contributing_equipment,
-    copy_study_extras,
-    set_body_part,
+    text_image,
 )
 from lesion_engine.results.drawing import text_panel
 from lesion_engine.results.protocols import LesionLike
@@ -118,37 +115,17 @@ def write_summary(
     lines.append((f"{settings.manufacturer} {settings.software_versions}", 13))
     reference, _ = grid.slice_sources[grid.shape[0] // 2]
     description = settings.summary_series_description.replace("{result}", headline)[:_LO]
-    image = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=reference,
-        pixel_array=text_panel(lines),
-        photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+    image = text_image(
+        reference,
+        text_panel(lines),
+        settings,
+        when,
         series_instance_uid=uids.uid("summary", "series", settings.summary_series_number, description),
         series_number=settings.summary_series_number,
         sop_instance_uid=uids.uid("summary", "instance", settings.summary_series_number, description),
-        instance_number=1,
-        manufacturer=settings.manufacturer,
-        patient_orientation=("L", "P"),
-        transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
-        contributing_equipment=contributing_equipment(settings, model, when),
         series_description=description,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
-        specific_character_set=character_set_of(reference),
-        institution_name=settings.institution_name,
+        equipment=contributing_equipment(settings, model, when),
     )
-    # A text panel has no anatomical orientation (PatientOrientation is type 2: present, empty).
-    del image.PatientOrientation
-    image.add_new("PatientOrientation", "CS", None)
-    image.BurnedInAnnotation = "NO"
     image.ImageComments = f"{headline}; {volume}; {settings.caption}"[:10240]
-    copy_study_extras(image, reference)
-    set_body_part(image, reference)
     logger.info("summary image for study %s: %s", grid.study_instance_uid, headline)
     return image
