@@ -41,15 +41,18 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lesion_engine.gland_card import GlandCard, GlandModelError, read_gland_card, resolve_weights
+from lesion_engine.gland_card import (
+    GLAND_RUNTIMES,
+    GlandCard,
+    GlandModelError,
+    read_gland_card,
+    resolve_weights,
+)
 from lesion_engine.gland_graph import prepare_graph
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GLAND_RUNTIMES", "GlandModel", "GlandSegmentation", "GlandSettings", "load_gland_model"]
-
-#: What may run the gland network (``GlandSettings.runtime``).
-GLAND_RUNTIMES = ("auto", "torch", "onnxruntime")
 
 _RAS_IN_LPS = (-1.0, -1.0, 1.0)  # R = -x, A = -y, S = +z in DICOM patient coordinates
 

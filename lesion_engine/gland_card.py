@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "GLAND_CARD_FORMAT",
+    "GLAND_RUNTIMES",
     "GlandCard",
     "GlandModelError",
     "default_gland_card",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 GLAND_CARD_FORMAT = "lesion-ai-gland-model"
+#: What may run the gland network (``GlandSettings.runtime``, the node's ``GlandRuntime``).
+GLAND_RUNTIMES = ("auto", "torch", "onnxruntime")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
+from lesion_engine.gland_card import GLAND_RUNTIMES
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +238,11 @@ class WorkerSettings:
                 f"and {_key('gland_max_ml')} must be numbers of ml with 0 <= min < max <= 5000 (10 and 300 are "
                 f"usual), got {low!r} and {high!r}",
             )
-        if self.gland_runtime not in ("auto", "torch", "onnxruntime"):
+        if self.gland_runtime not in GLAND_RUNTIMES:
             raise self._bad(
-                "gland_runtime", f"must be 'auto', 'torch' or 'onnxruntime', got {self.gland_runtime!r}"
+                "gland_runtime",
+                f"must be {', '.join(repr(r) for r in GLAND_RUNTIMES[:-1])} or {GLAND_RUNTIMES[-1]!r}, "
+                f"got {self.gland_runtime!r}",
             )
         if self.gland_required and self.gland_gate == "off":
             raise self._bad(
