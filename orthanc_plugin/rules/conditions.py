@@ -176,32 +176,28 @@ class AlternativeMatch:
 
     def input_series(self, study: StudyView) -> list[SeriesView] | None:
         """The input series when this alternative matches ``study``, else None."""
-        if not _all_hold(self.study, study.study_attribute):
-            return None
-        inputs = [s for s in study.series if _all_hold(self.series, s.attribute)]
-        if not inputs:
-            return None
-        for required in self.has_series:
-            if not any(_all_hold(required, s.attribute) for s in inputs):
-                return None
-        return inputs
+        return self._match(study)[0]
 
     def why_not(self, study: StudyView) -> str | None:
         """Why this alternative does not match ``study`` (its first failing part), or None when it does."""
+        return self._match(study)[1]
+
+    def _match(self, study: StudyView) -> tuple[list[SeriesView] | None, str | None]:
+        """(the input series, None) when this alternative matches, else (None, the first failing part)."""
         failed = _first_failure(self.study, study.study_attribute)
         if failed is not None:
-            return f"study: {failed}"
+            return None, f"study: {failed}"
         inputs = [s for s in study.series if _all_hold(self.series, s.attribute)]
         if not inputs:
             if not study.series:
-                return "the study has no series to read"
+                return None, "the study has no series to read"
             first = _first_failure(self.series, study.series[0].attribute)
-            return f"none of its {len(study.series)} series matches (the first: {first})"
+            return None, f"none of its {len(study.series)} series matches (the first: {first})"
         for required in self.has_series:
             if not any(_all_hold(required, s.attribute) for s in inputs):
                 wanted = ", ".join(f"{k} {c.describe()}" for k, c in required)
-                return f"no input series has {wanted}"
-        return None
+                return None, f"no input series has {wanted}"
+        return inputs, None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary."""
