@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from lesion_engine.errors import ModelArtifactError
 from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, read_any_card
+from orthanc_plugin.models import MAX_UPLOAD_BYTES
 
 __all__ = ["PASSWORD_ENV", "USER_ENV", "artifact_zip", "register"]
 
@@ -251,6 +252,12 @@ def run(args: argparse.Namespace) -> int:
             answers.append(client.get_json("/lesion-ai/models"))
         elif args.action == "add":
             data = artifact_zip(args.artifact)
+            if len(data) > MAX_UPLOAD_BYTES:  # the node would refuse it from its headers (403)
+                sys.stderr.write(
+                    f"lesion-ai models: the artifact is {len(data)} bytes zipped; the node takes uploads of at "
+                    f"most {MAX_UPLOAD_BYTES} bytes\n"
+                )
+                return 2
             answers.append(
                 client.post_bytes(f"/lesion-ai/models/{quote(args.name, safe='')}", data, "application/zip")
             )

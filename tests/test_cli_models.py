@@ -107,3 +107,17 @@ def test_the_zip_holds_the_card_the_weights_and_the_plots_only(artifact: Path, t
     (artifact / "roc.png").write_bytes(b"png")
     names = sorted(zipfile.ZipFile(io.BytesIO(artifact_zip(artifact))).namelist())
     assert CARD_FILE in names and WEIGHTS_FILE in names and "roc.png" in names and "notes.txt" not in names
+
+
+def test_an_artifact_over_the_nodes_upload_cap_is_refused_before_sending(
+    node: str, artifact: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node refuses an upload over its cap from the headers, with a bare 403: the command says why
+    before it sends anything."""
+    size = len(artifact_zip(artifact))
+    monkeypatch.setattr("orthanc_plugin.cli_models.MAX_UPLOAD_BYTES", size - 1)
+    assert _cli(["add", str(artifact), "--name", "big", "--node", node]) == 2
+    assert f"the artifact is {size} bytes zipped; the node takes uploads of at most {size - 1}" in (
+        capsys.readouterr().err
+    )
+    assert _Node.seen == []
