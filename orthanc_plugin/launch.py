@@ -29,7 +29,9 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from orthanc_plugin.admin import MAX_REQUEST_BYTES
 from orthanc_plugin.jobqueue import sqlite_url
+from orthanc_plugin.models import MAX_UPLOAD_BYTES
 from orthanc_plugin.settings import DEFAULT_HTTP_PORT, SECTION, NodeSettings, setting_default
 
 logger = logging.getLogger(__name__)
@@ -200,6 +202,23 @@ def _site_packages() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
+def write_body_limits(home: Path) -> Path:
+    """Write the Lua request filter that refuses a body over its route's cap from the headers, before Orthanc
+    reads it (``orthanc_plugin/data/body_limits.lua.in``, with the caps of
+    :func:`orthanc_plugin.admin.body_limit`). Orthanc's Lua filter, not the Python plugin's: orthanc-python
+    4.0 decodes each request's URI to text before a Python filter runs, and answers 500 for one that is not
+    UTF-8 (``/lesion-ai/%ff``)."""
+    text = Template(packaged_file("body_limits.lua.in")).substitute(
+        request_max=MAX_REQUEST_BYTES, upload_max=MAX_UPLOAD_BYTES
+    )
+    path = home / "body_limits.lua"
+    fd = os.open(path.with_suffix(".lua.tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(path.with_suffix(".lua.tmp"), path)
+    return path
+
+
 def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], bool]:
     """Prepare the data folder and write Orthanc's configuration from ``orthanc_plugin/data/orthanc.json.in``.
 
@@ -256,6 +275,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
         "entry_script": str(ENTRY_SCRIPT),
         "lesion_ai": section,
     }
+    values["lua_scripts"] = [str(write_body_limits(home))]
     template = Template(packaged_file("orthanc.json.in"))
     config = json.loads(template.substitute({k: json.dumps(v) for k, v in values.items()}))
     if not options.with_plugin:

@@ -124,11 +124,6 @@ class OrthancModule(Protocol):
         """Register a REST route (a regular expression)."""
         ...
 
-    def RegisterIncomingHttpRequestFilter(self, callback: Callable[..., bool]) -> None:  # noqa: N802
-        """Register the filter Orthanc calls with each HTTP request's method, URI and headers, after
-        authentication and before it reads the body (one per Orthanc)."""
-        ...
-
     def LogInfo(self, message: str) -> None:  # noqa: N802
         """Log at INFO (shown with Orthanc's --verbose)."""
         ...

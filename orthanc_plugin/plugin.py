@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 from lesion_engine.errors import ConfigError
 from lesion_engine.model_card import stored_card
 from orthanc_plugin.admin import AdminApi
-from orthanc_plugin.body_filter import BodyFilter
 from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
 from orthanc_plugin.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.jobqueue import JobQueue, JobState, QueuePolicy, open_queue
@@ -210,11 +209,9 @@ class NodePlugin:
 
     # -- registration and events ----------------------------------------------------------------------
     def install(self) -> None:
-        """Register the change callback, the REST routes and the request filter that refuses a body over
-        its route's cap before Orthanc reads it (:mod:`orthanc_plugin.body_filter`)."""
+        """Register the change callback and the REST routes."""
         self.orthanc.RegisterOnChangeCallback(self.on_change)
         self.orthanc.RegisterRestCallback(REST_ROUTE, self.on_rest)
-        self.orthanc.RegisterIncomingHttpRequestFilter(BodyFilter(self.rest_leak))
         logger.info("plugin installed; rules from %s, queue %s", self.settings.rules, self.queue)
         if self.viewer.enabled and not self.viewer.installed():
             logger.warning("the OHIF viewer is not installed at %s: run `make setup`", self.viewer.root)

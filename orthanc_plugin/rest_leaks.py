@@ -8,9 +8,6 @@ Orthanc from 82 MB to 1.3 GB) and every request's headers (about 6 KB per reques
 characters). A bare Orthanc with a five-line Python plugin shows the same; upstream fixed it in 4.1
 (2023-08-30, "Fix memory leaks ...": the values are now wrapped in owning objects).
 
-The incoming-HTTP-request filter (:mod:`orthanc_plugin.body_filter`) leaks its arguments the same way
-(``Sources/IncomingHttpRequestFilter.cpp``: ``method``, ``ip``, ``headers`` and ``get`` with their values).
-
 :class:`RestReferenceLeak` drops exactly that one extra reference of each object, once per request, when the
 running plugin is a version that leaks (read from Orthanc's ``/plugins/python`` at the first request). Later
 versions, unknown versions and the tests' fake ``orthanc`` module are left alone: releasing a reference the
@@ -30,16 +27,13 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILTER_KEYS", "FIXED_IN", "REST_KEYS", "RestReferenceLeak", "leaks_references", "plugin_version"]
+__all__ = ["FIXED_IN", "RestReferenceLeak", "leaks_references", "plugin_version"]
 
 #: The first orthanc-python release whose REST callbacks release their arguments.
 FIXED_IN = (4, 1)
 _VERSION = re.compile(r"(\d+)\.(\d+)")
-#: Keys of a REST callback's request the plugin leaks (the values of the mappings among them leak too).
-REST_KEYS = ("method", "groups", "get", "headers", "body")
-#: Keys of an incoming-HTTP-request filter's call it leaks (``Sources/IncomingHttpRequestFilter.cpp``, the
-#: same pattern; fixed in the same release).
-FILTER_KEYS = ("method", "ip", "get", "headers")
+#: Keys of the request the plugin leaks (the values of the mappings among them leak too).
+_LEAKED_KEYS = ("method", "groups", "get", "headers", "body")
 _MAPPINGS = ("get", "headers")
 
 
@@ -106,16 +100,15 @@ class RestReferenceLeak:
         )
         return True
 
-    def release(self, request: Mapping[str, Any], keys: tuple[str, ...] = REST_KEYS) -> None:
-        """Drop the leaked reference of each argument of one request; call once, when it is answered
-        (``keys``: :data:`REST_KEYS` for a REST callback, :data:`FILTER_KEYS` for the request filter)."""
+    def release(self, request: Mapping[str, Any]) -> None:
+        """Drop the leaked reference of each argument of one request; call once, when it is answered."""
         if not self.active or self._decref is None:
             return
         for key in _MAPPINGS:
-            values = request.get(key) if key in keys else None
+            values = request.get(key)
             if isinstance(values, dict):
                 for value in values.values():
                     self._decref(value)
-        for key in keys:
+        for key in _LEAKED_KEYS:
             if key in request:
                 self._decref(request[key])

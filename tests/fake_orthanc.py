@@ -99,7 +99,6 @@ class FakeOrthanc:
         self.peers: list[str] = []
         self.dicomweb: list[str] = []
         self.fail_next_get: Exception | None = None
-        self.request_filter: Callable[..., bool] | None = None
 
     # -- module API ---------------------------------------------------------------------------------
     def GetConfiguration(self) -> str:  # noqa: N802
@@ -120,9 +119,6 @@ class FakeOrthanc:
 
     def RegisterRestCallback(self, uri: str, callback: Callable[..., None]) -> None:  # noqa: N802
         self.rest_callbacks.append((re.compile(uri), callback))
-
-    def RegisterIncomingHttpRequestFilter(self, callback: Callable[..., bool]) -> None:  # noqa: N802
-        self.request_filter = callback
 
     def LogInfo(self, message: str) -> None:  # noqa: N802
         self.logs.append(("info", message))
