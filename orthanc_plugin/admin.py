@@ -177,7 +177,7 @@ class AdminApi:
     def __init__(self, node: AdminNode) -> None:
         self.node = node
         self.rules = RulesRoutes(node)
-        self.models = ModelsRoutes(node.models)
+        self.models = ModelsRoutes(node.models, lambda: node.verdicts.summary())
 
     def handle(
         self,
@@ -215,6 +215,7 @@ class AdminApi:
             "jobs": {"GET": lambda: self.jobs(query)},
             "studies": {"GET": lambda: self.studies(query)},
             "labels": {"GET": lambda: self.labels(query)},
+            "verdicts": {"GET": lambda: self.verdicts(query)},
             "ignored": {"GET": lambda: self.ignored(query)},
             "rules": {"GET": rules.get_rules, "PUT": lambda: rules.put_rules(body, user)},
             "rules/validate": {"POST": lambda: rules.validate(body)},
@@ -473,6 +474,31 @@ class AdminApi:
             "limit": limit,
             "offset": offset,
             "has_more": len(found) > limit,
+        }
+        return 200, body, _JSON
+
+    def verdicts(self, query: dict[str, str]) -> Answer:
+        """``GET verdicts``: the radiologists' verdicts read from their saved SRs, newest first: each study's
+        current ones (``history=true``: every record, refusals included); filters ``study`` (Orthanc ID or
+        StudyInstanceUID) and ``model`` (``name version``); paging ``limit`` (1 to 1000), ``offset``; and per
+        model the totals over the current verdicts (``summary``)."""
+        limit, offset = _int(query, "limit", 100), _int(query, "offset", 0)
+        if not 0 <= offset <= _MAX_SQL_INT:
+            return _error(400, f"offset must be from 0 to {_MAX_SQL_INT}, got {offset}")
+        history = str(query.get("history", "false")).lower()
+        if history not in ("true", "false", "1", "0"):
+            return _error(400, f"history must be true or false, got {query.get('history')!r}")
+        limit = max(1, min(limit, 1000))
+        study, model = query.get("study") or None, query.get("model") or None
+        store = self.node.verdicts
+        found = store.list(study, model, history=history in ("true", "1"), limit=limit + 1, offset=offset)
+        body = {
+            "verdicts": [record.to_json() for record in found[:limit]],
+            "total": store.count(study, model, history=history in ("true", "1")),
+            "limit": limit,
+            "offset": offset,
+            "has_more": len(found) > limit,
+            "summary": store.summary(),
         }
         return 200, body, _JSON
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,29 @@ class ModelsRoutes:
     ----------
     registry : ModelRegistry
         The node's models.
+    verdict_summary : callable, optional
+        Per ``name version`` of a model's card, the radiologists' verdicts on its findings
+        (:meth:`orthanc_plugin.verdicts.VerdictStore.summary`).
     """
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self, registry: ModelRegistry, verdict_summary: Callable[[], dict[str, dict[str, Any]]] | None = None
+    ) -> None:
         self.registry = registry
+        self.verdict_summary = verdict_summary or dict
 
     def _describe(
-        self, model: RegisteredModel, active: str, shadow: tuple[str, ...], full: bool
+        self,
+        model: RegisteredModel,
+        active: str,
+        shadow: tuple[str, ...],
+        full: bool,
+        verdicts: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         card = stored_card(model.path)
+        if verdicts is None:
+            verdicts = self.verdict_summary()
+        algorithm = f"{card.get('name')} {card.get('version')}" if card else None
         out: dict[str, Any] = {
             "name": model.name,
             "identity": model.identity,
@@ -80,6 +95,7 @@ class ModelsRoutes:
             "version": card.get("version") if card else None,
             "created": card.get("created") if card else None,
             "training_data": (card.get("training") or {}).get("data") if card else None,
+            "verdicts": verdicts.get(algorithm) if algorithm else None,
         }
         if model.name != CONFIGURED and model.path is not None:
             store = ShadowStore(Path(model.path))
@@ -97,6 +113,7 @@ class ModelsRoutes:
         except RegistryError as exc:
             return _error(500, str(exc))
         models = [self.registry.get(CONFIGURED)]
+        verdicts = self.verdict_summary()
         for name in self.registry.names():
             try:
                 models.append(self.registry.get(name))
@@ -106,7 +123,7 @@ class ModelsRoutes:
             200,
             {
                 "active": state.active,
-                "models": [self._describe(m, state.active, state.shadow, full=False) for m in models],
+                "models": [self._describe(m, state.active, state.shadow, False, verdicts) for m in models],
                 "history": list(reversed(state.history))[:50],
             },
             _JSON,

@@ -19,6 +19,7 @@ from orthanc_plugin.models import ModelRegistry
 from orthanc_plugin.orthanc_api import InProcessApi
 from orthanc_plugin.rules import RoutingRules
 from orthanc_plugin.studies import StudyPlan
+from orthanc_plugin.verdicts import VerdictStore
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,11 @@ class AdminNode(Protocol):
     @property
     def labels(self) -> LabelStore:
         """The labels radiologists sent back (:mod:`orthanc_plugin.labels`)."""
+        ...
+
+    @property
+    def verdicts(self) -> VerdictStore:
+        """The radiologists' verdicts read from their saved SRs (:mod:`orthanc_plugin.verdicts`)."""
         ...
 
     @property

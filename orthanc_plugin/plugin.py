@@ -61,6 +61,7 @@ from orthanc_plugin.settings import NodeSettings
 from orthanc_plugin.studies import ResultReplacement, StudyPlan, plan_study
 from orthanc_plugin.supervisor import WorkerSupervisor
 from orthanc_plugin.ui import UI_ROUTE, UiFiles
+from orthanc_plugin.verdicts import VERDICTS_FILE, VerdictStore, record_verdicts
 from orthanc_plugin.viewer import BASE_URL, ViewerAnswer, viewer_files
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ class NodePlugin:
         )
         self.replacement = ResultReplacement(self.api, self.queue)
         self.labels = LabelStore(settings.home / LABELS_FILE)
+        self.verdicts = VerdictStore(settings.home / VERDICTS_FILE)
         self.ignored = IgnoredStudies(settings.home / IGNORED_FILE, settings.ignored_keep_days * 86400.0)
         self.supervisor: WorkerSupervisor | None = None
         self.errors: list[str] = []
@@ -559,8 +561,11 @@ class NodePlugin:
             What happened to each job the rules ask for.
         """
         plan = self.plan_study(study_id, self.current_rules())
-        if not early:  # radiologists' SEGs become labels; this queues nothing (orthanc_plugin.labels)
+        if not early:  # radiologists' SEGs become labels, their saved SRs verdicts; this queues nothing
             record_labels(self.api, self.labels, plan.study, (self.manufacturer,))
+            record_verdicts(
+                self.api, self.verdicts, plan.study, (self.manufacturer,), self.settings.verdict_tolerance_mm
+            )
         out: list[EnqueuedJob] = []
         inputs = plan.inputs or [None] * len(plan.payloads)
         for job, payload, ranked in zip(plan.jobs, plan.payloads, inputs, strict=True):

@@ -378,6 +378,14 @@ class NodeSettings(WorkerSettings):
             "(at most the last 1000 such studies)",
         ),
     )
+    verdict_tolerance_mm: float = field(
+        default=3.0,
+        metadata=_meta(
+            "VerdictToleranceMm",
+            "a measurement of a radiologist's saved SR is the AI's measurement kept (accepted) when it lies on "
+            "the same image, of the same tool, within this distance (mm, symmetric Hausdorff of the points)",
+        ),
+    )
     disk_warning_mb: int = field(
         default=1024,
         metadata=_meta(
@@ -435,6 +443,12 @@ class NodeSettings(WorkerSettings):
         if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 3650:
             raise self._bad(
                 "ignored_keep_days", f"must be a number of days above 0, at most 3650, got {keep!r}"
+            )
+        tolerance = self.verdict_tolerance_mm
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 < tolerance <= 50:
+            raise self._bad(
+                "verdict_tolerance_mm",
+                f"must be a number of millimetres above 0, at most 50, got {tolerance!r}",
             )
         if not 0 <= self.completeness_quiet_s <= 3600:
             raise self._bad(

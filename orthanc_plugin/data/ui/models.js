@@ -1,7 +1,8 @@
 /* The Models tab of the admin page (served at /lesion-ai/ui/, after app.js).
  *
  * The node's models (active, in shadow, only registered) with their agreement with the active model and
- * with the radiologists' labels, the buttons that start or stop a model's shadow runs and promote it, the
+ * with the radiologists' labels, the radiologists' verdicts on their findings (read from the SRs saved in the
+ * viewer), the buttons that start or stop a model's shadow runs and promote it, the
  * history of those changes, and the labels the node recorded (radiologists' SEGs), a page at a time.
  * Models are added with the command line (`lesion-ai models add`), not from this page.
  *
@@ -15,7 +16,8 @@
   const { $, el, api, query, fmtTime, fmtDate, plain, views } = window.LesionAI;
   const CONFIGURED = "configured";
   const LABELS_PER_PAGE = 25;
-  const COLUMNS = 13;
+  const COLUMNS = 17;
+  const VERDICTS = ["accepted", "rejected", "missed", "ppv"];
 
   /** The last answer of GET models (its active model is the one a promotion replaces). */
   let listing = null;
@@ -129,6 +131,21 @@
     return el("td", { class: cls }, el("span", { class: "na", text: "n/a", title: why }));
   }
 
+  /** One figure of the radiologists' verdicts on the model's findings (GET verdicts' summary). */
+  function verdictCell(model, key, first) {
+    const cls = "num" + (first ? " sep" : "");
+    const figures = model.verdicts;
+    if (!figures) {
+      return el("td", { class: cls }, el("span", { class: "na", text: "—", title: "no radiologist's SR judged this model's findings yet" }));
+    }
+    const value = figures[key];
+    if (value === null || value === undefined) {
+      return el("td", { class: cls }, el("span", { class: "na", text: "n/a", title: "no finding accepted or rejected yet" }));
+    }
+    const text = key === "ppv" ? Number(value).toFixed(2) : String(value);
+    return el("td", { class: cls, text, "data-verdict": key, title: key === "ppv" ? null : figures.studies + " stud" + (figures.studies === 1 ? "y" : "ies") });
+  }
+
   /** The card's training data in a few words, and the whole of it for the tooltip. */
   function trainingData(data) {
     if (data === null || data === undefined) return ["—", null];
@@ -164,6 +181,7 @@
       el("td", { class: "training", text: training[0], title: training[1] }),
       el("td", { class: "num", text: model.shadow_studies ?? "—" }),
       FIGURES.map(([group, key], i) => figureCell(model, group, key, i === 0 || i === 3)),
+      VERDICTS.map((key, i) => verdictCell(model, key, i === 0)),
       el("td", { class: "buttons sep" },
         el("button", {
           type: "button",
