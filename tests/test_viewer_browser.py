@@ -8,7 +8,8 @@ In the browser: the node processes the real fixture study with the real engine; 
 ``/lesion-ai/viewer/viewer?StudyInstanceUIDs=...`` with the node's credentials, loads the SEG (its segments
 listed in the segmentation panel) and the SR (every lesion's measurements listed in the measurements panel,
 with their values, and the SR not marked incompatible). Screenshots and the browser's console go to
-``test-artifacts/viewer/`` (or ``$LESION_AI_TEST_ARTIFACTS/viewer/``).
+``test-artifacts/viewer/`` (or ``$LESION_AI_TEST_ARTIFACTS/viewer/``). On the same study, a radiologist's
+verdicts are then given in OHIF and read back by the node (:mod:`tests.ohif_verdict_loop`).
 """
 
 from __future__ import annotations
@@ -379,6 +380,11 @@ def test_ohif_shows_the_lesions_of_the_seg_and_the_measurements_of_the_sr(
     assert len(prostate) == 1, "the SR should hold the prostate volume group"
 
     check_ohif_shows_the_results(node, study_uid, seg, sr, tmp_path, groups, segments)
+    # Then the radiologist's verdicts, given in OHIF and read by the node, to the admin page (imported here:
+    # that module uses this one's Browser).
+    from tests.ohif_verdict_loop import check_the_verdict_loop
+
+    check_the_verdict_loop(node, study, study_uid, tmp_path)
 
 
 def check_ohif_shows_the_results(
