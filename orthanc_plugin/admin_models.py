@@ -136,7 +136,30 @@ class ModelsRoutes:
             model = self.registry.get(name)
         except RegistryError as exc:
             return _error(_status(exc), str(exc))
-        return 200, self._describe(model, state.active, state.shadow, full=True), _JSON
+        verdicts = self.verdict_summary()
+        out = self._describe(model, state.active, state.shadow, True, verdicts)
+        if isinstance(out.get("agreement"), dict):
+            out["agreement"] = {
+                **out["agreement"],
+                "active_verdicts": self._active_verdicts(state.active, verdicts),
+            }
+        return 200, out, _JSON
+
+    def _active_verdicts(self, active: str, verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The radiologists' verdicts on the active model's findings, for a shadow model's report (a shadow
+        model writes nothing into the studies, so only the active model is judged in the viewer)."""
+        try:
+            card = stored_card(self.registry.get(active).path)
+        except RegistryError as exc:
+            return {"model": active, "figures": None, "note": str(exc)}
+        algorithm = f"{card.get('name')} {card.get('version')}" if card else None
+        figures = verdicts.get(algorithm) if algorithm else None
+        return {
+            "model": active,
+            "algorithm": algorithm,
+            "figures": figures,
+            **({} if figures else {"note": "no radiologist's SR judged the active model's findings yet"}),
+        }
 
     def add(self, name: str, body: bytes, user: str | None) -> Answer:
         """``POST models/{name}`` with the artifact's zip as the body."""

@@ -18,6 +18,7 @@ import pytest
 from lesion_engine.model_card import CARD_FILE, WEIGHTS_FILE, default_artifact, model_identity
 from lesion_engine.outputs import Output
 from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
+from orthanc_plugin.admin_models import ModelsRoutes
 from orthanc_plugin.jobqueue import (
     JobPayload,
     JobQueue,
@@ -619,3 +620,36 @@ def test_a_missing_active_model_falls_back_to_the_configured_one_logged_once(
     assert [r.getMessage() for r in caplog.records].count(
         f"the active model 'v2' is missing from {tmp_path / 'models'}; using the configured model"
     ) == 1
+
+
+def test_a_shadow_models_report_holds_the_verdicts_on_the_active_models_findings(
+    tmp_path: Path, artifacts: dict[int, Path]
+) -> None:
+    """The Models listing shows each model's verdicts; a shadow model's full report holds those of the active
+    model (a shadow writes nothing into the studies, so only the active model is judged in the viewer)."""
+    registry = ModelRegistry(tmp_path / "models")
+    for name, seed in (("v2", 1), ("v3", 2)):
+        registry.add_zip(name, _zip(artifacts[seed]), "alice")
+    registry.promote("v2", "alice")
+    registry.set_shadow("v3", True, "alice")
+    ShadowStore(tmp_path / "models" / "v3").write_report(
+        {"model": "v3", "with_active": {}, "with_labels": {}}
+    )
+    card = json.loads((artifacts[1] / CARD_FILE).read_text())
+    figures = {"accepted": 7, "rejected": 1, "missed": 1, "studies": 1, "ppv": 0.875}
+    routes = ModelsRoutes(registry, lambda: {f"{card['name']} {card['version']}": figures})
+    status, listing, _ = routes.list_models()
+    assert status == 200 and isinstance(listing, dict)
+    by_name = {m["name"]: m for m in listing["models"]}
+    assert by_name["v2"]["verdicts"] == figures and by_name[CONFIGURED]["verdicts"] is None
+    status, report, _ = routes.get_model("v3")
+    assert status == 200 and isinstance(report, dict)
+    assert report["agreement"]["active_verdicts"] == {
+        "model": "v2",
+        "algorithm": f"{card['name']} {card['version']}",
+        "figures": figures,
+    }
+    # Before any verdict: no figures, and a note saying why.
+    status, report, _ = ModelsRoutes(registry, dict).get_model("v3")
+    assert report["agreement"]["active_verdicts"]["figures"] is None
+    assert "no radiologist's SR" in report["agreement"]["active_verdicts"]["note"]
