@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +40,7 @@ from typing import Any
 from lesion_engine.seg_convention import node_made, parse_grade
 from orthanc_plugin.label_checks import label_problem
 from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
+from orthanc_plugin.private_table import PrivateTable, check_page
 from orthanc_plugin.studies import OrthancSeries, OrthancStudy
 
 logger = logging.getLogger(__name__)
@@ -52,9 +50,6 @@ __all__ = ["LABELS_FILE", "SEG_SOP_CLASS_UID", "Label", "LabelStore", "SegmentTe
 #: The labels' table, in the node's data folder.
 LABELS_FILE = "labels.sqlite"
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
-#: Most labels read in one call, and the largest offset (SQLite's integers are 64-bit signed).
-MAX_PAGE = 10_000
-_MAX_OFFSET = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lesion_ai_labels (
@@ -216,7 +211,7 @@ class Label:
         )
 
 
-class LabelStore:
+class LabelStore(PrivateTable):
     """The labels' table (SQLite, one file of the data folder, 0600).
 
     Parameters
@@ -226,18 +221,7 @@ class LabelStore:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        if self.path.stat().st_mode & 0o077:
-            os.chmod(self.path, 0o600)  # the table names studies: no one else reads it
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-
-    def __repr__(self) -> str:
-        return f"LabelStore({str(self.path)!r})"
+        super().__init__(path, "lesion_ai_labels", _SCHEMA)
 
     def add(self, label: Label) -> bool:
         """Record a label; False when its SEG (SOPInstanceUID) was recorded before (nothing changes)."""
@@ -258,14 +242,6 @@ class LabelStore:
             )
             return cursor.rowcount == 1
 
-    def has_instance(self, instance_id: str) -> bool:
-        """Whether the SEG instance with this Orthanc ID is recorded."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT 1 FROM lesion_ai_labels WHERE instance_id = ? LIMIT 1", (instance_id,)
-            ).fetchone()
-        return row is not None
-
     def list(self, study: str | None = None, limit: int = 100, offset: int = 0) -> list[Label]:
         """Labels, newest first.
 
@@ -274,7 +250,7 @@ class LabelStore:
         study : str, optional
             Only this study's (Orthanc ID or StudyInstanceUID).
         limit : int
-            At most this many (1 to :data:`MAX_PAGE`).
+            At most this many (1 to :data:`orthanc_plugin.private_table.MAX_PAGE`).
         offset : int
             Skip this many first (0 or more).
 
@@ -283,10 +259,7 @@ class LabelStore:
         ValueError
             ``limit`` or ``offset`` out of range.
         """
-        if not 1 <= limit <= MAX_PAGE:
-            raise ValueError(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
-        if not 0 <= offset <= _MAX_OFFSET:
-            raise ValueError(f"offset must be from 0 to {_MAX_OFFSET}, got {offset}")
+        check_page(limit, offset)
         where, args = self._where(study)
         with self._lock:
             rows = self._conn.execute(
@@ -307,11 +280,6 @@ class LabelStore:
         if not study:
             return "", ()
         return " WHERE study_id = ? OR study_uid = ?", (study, study)
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
 
 
 # -- finding labels in a study ---------------------------------------------------------------------------

@@ -28,9 +28,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +42,7 @@ from lesion_engine.errors import LesionAIError
 from lesion_engine.sr_measurements import planar_measurements
 from lesion_engine.verdicts import ImageGeometry, Verdicts, judge, shown_in_viewer
 from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
+from orthanc_plugin.private_table import PrivateTable, check_page
 from orthanc_plugin.studies import OrthancSeries, OrthancStudy
 
 logger = logging.getLogger(__name__)
@@ -64,7 +62,6 @@ SR_SOP_CLASS_UIDS = frozenset(f"1.2.840.10008.5.1.4.1.1.88.{n}" for n in (11, 22
 #: Largest SR file read (a radiologist's report is a few tens of kB).
 MAX_SR_BYTES = 8 << 20
 _PLACEHOLDER_NAMES = {"", "unknown^unknown", "unknown", "anonymous"}
-_MAX_OFFSET = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lesion_ai_verdicts (
@@ -151,7 +148,7 @@ class VerdictRecord:
         }
 
 
-class VerdictStore:
+class VerdictStore(PrivateTable):
     """The verdicts' table (SQLite, one file of the data folder, 0600).
 
     Parameters
@@ -161,15 +158,7 @@ class VerdictStore:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        if self.path.stat().st_mode & 0o077:
-            os.chmod(self.path, 0o600)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
+        super().__init__(path, "lesion_ai_verdicts", _SCHEMA)
 
     def add(self, record: VerdictRecord) -> bool:
         """Store a record; one that gives verdicts becomes its study's current one for its model (earlier
@@ -204,14 +193,6 @@ class VerdictStore:
                 raise
         return added
 
-    def has_instance(self, instance_id: str) -> bool:
-        """Whether the SR instance with this Orthanc ID is recorded."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT 1 FROM lesion_ai_verdicts WHERE instance_id = ? LIMIT 1", (instance_id,)
-            ).fetchone()
-        return row is not None
-
     def _where(self, study: str | None, model: str | None, history: bool) -> tuple[str, tuple[Any, ...]]:
         clauses, args = [], []
         if not history:
@@ -240,10 +221,7 @@ class VerdictStore:
         ValueError
             ``limit`` (1 to 10,000) or ``offset`` out of range.
         """
-        if not 1 <= limit <= 10_000:
-            raise ValueError(f"limit must be from 1 to 10000, got {limit}")
-        if not 0 <= offset <= _MAX_OFFSET:
-            raise ValueError(f"offset must be from 0 to {_MAX_OFFSET}, got {offset}")
+        check_page(limit, offset)
         where, args = self._where(study, model, history)
         with self._lock:
             rows = self._conn.execute(
@@ -277,11 +255,6 @@ class VerdictStore:
             judged = figures["accepted"] + figures["rejected"]
             figures["ppv"] = round(figures["accepted"] / judged, 4) if judged else None
         return out
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._conn.close()
 
 
 def _from_row(row: Any) -> VerdictRecord:
