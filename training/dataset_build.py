@@ -7,6 +7,8 @@ Output (``lesion-ai train --data OUT --data-format picai`` reads it as it is)::
     OUT/picai_labels/anatomical_delineations/whole_gland/provided/<case>.nii.gz       when given
     OUT/picai_labels/anatomical_delineations/zonal_pz_tz/AI/<model>/<case>.nii.gz     when given
     OUT/picai_labels/clinical_information/marksheet.csv
+    OUT/picai_labels/verdicts/negative/<case>.nii.gz                rejected AI findings, T2W grid (--from-node)
+    OUT/picai_labels/verdicts/hints/<case>.nii.gz                   missed findings, T2W grid (--from-node)
     OUT/dataset.json                                                what was built, from what, and what not
 
 Images come from :func:`lesion_engine.preprocess.prepare_study`, the node's own series selection and
@@ -18,10 +20,18 @@ SEG wins over label files; the node's own SEGs are never used). Studies come fro
 lesion-ai node (``--from-node``: the studies radiologists sent a SEG back for, :mod:`training.node_source`),
 or both.
 
-A case is rebuilt only when its inputs (file contents), the options or its outputs changed; otherwise it
-is left alone, so that a second run changes nothing. Each case is written into a temporary folder and moved
-into place when complete; a case that fails leaves no file behind (and its earlier outputs are removed,
-since they no longer match the inputs).
+Radiologists' verdicts on the AI's findings (the node's ``GET /lesion-ai/verdicts``, read from the reports
+they save in the viewer) come with a node's labelled studies: for each such case the rejected findings are
+drawn as negative regions and the missed findings as lesion hints, on the T2W grid of its lesion label
+(:mod:`training.verdict_masks`), and its dataset.json entry gets ``verdicts`` (counts, voxels, the node's
+records, the measurements that could not be placed and why). ``lesion-ai train`` does not read these masks;
+they are there for training code that uses hard negatives and hints. A study with verdicts but no label is
+skipped (not fetched).
+
+A case is rebuilt only when its inputs (file contents, and a node's verdicts), the options or its outputs
+changed; otherwise it is left alone, so that a second run changes nothing. Each case is written into a
+temporary folder and moved into place when complete; a case that fails leaves no file behind (and its
+earlier outputs are removed, since they no longer match the inputs).
 """
 
 from __future__ import annotations
@@ -63,9 +73,11 @@ from training.node_source import (
     USER_ENV,
     NodeSource,
     NodeSourceError,
+    NodeVerdicts,
     add_node_studies,
 )
 from training.synth.truth import MARKSHEET_COLUMNS
+from training.verdict_masks import DRAWING, HINTS_DIR, NEGATIVE_DIR, draw_verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +282,7 @@ def _fingerprint(
     files: LabelFiles,
     given: dict[str, str] | None,
     options: BuildOptions,
+    verdicts: Sequence[NodeVerdicts] = (),
 ) -> str:
     digest = hashlib.sha256()
     parts: dict[str, Any] = {
@@ -281,6 +294,8 @@ def _fingerprint(
         "files": [[p.name, file_sha256(p)] for p in files.paths()],
         "marksheet": given,
     }
+    if verdicts:  # absent without verdicts: the fingerprints of cases built before verdicts existed hold
+        parts["verdicts"] = {"drawing": DRAWING, "records": [v.fingerprint() for v in verdicts]}
     digest.update(json.dumps(parts, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -305,6 +320,7 @@ def _build_case(
     given: dict[str, str] | None,
     options: BuildOptions,
     out: Path,
+    verdicts: Sequence[NodeVerdicts] = (),
 ) -> dict[str, Any]:
     """Build one case into ``out``; returns its dataset.json entry (without fingerprint). Raises _SkipError."""
     if not study.images:
@@ -338,6 +354,15 @@ def _build_case(
         planned.append(
             (_ZONES_DIR / zones_model / f"{case_id}.nii.gz", _image(labels.zones.astype(np.uint8), t2w))
         )
+    verdict_record = None
+    if verdicts:
+        masks = draw_verdicts(verdicts, study.images, t2w, prepared.roles["t2w"].series_instance_uid)
+        planned.append((NEGATIVE_DIR / f"{case_id}.nii.gz", _image(masks.negative, t2w)))
+        planned.append((HINTS_DIR / f"{case_id}.nii.gz", _image(masks.hints, t2w)))
+        verdict_record = masks.record
+        inside = int(np.count_nonzero(masks.negative & (labels.lesion > 0)))
+        if inside:
+            warnings.append(f"{inside} voxel(s) of rejected AI findings lie inside the lesion label")
     staging = out / f".building-{case_id}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -368,6 +393,7 @@ def _build_case(
         "computed_high_b": prepared.computed is not None,
         "labels": {**labels.record, "lesion_values": sorted({int(v) for v in np.unique(values)})},
         "marksheet": row,
+        **({"verdicts": verdict_record} if verdict_record is not None else {}),
         "outputs": outputs,
         "warnings": warnings + prepared.warnings,
     }
@@ -421,9 +447,10 @@ class DatasetBuilder:
         self.result = BuildResult()
         self.cases: dict[str, Any] = {}
 
-    def add(self, study: StudyInput) -> str | None:
-        """Build (or keep) one study's case (its labels: its radiologist SEGs, else the label files); returns
-        its case id, None when skipped (recorded in :attr:`result`)."""
+    def add(self, study: StudyInput, verdicts: Sequence[NodeVerdicts] = ()) -> str | None:
+        """Build (or keep) one study's case (its labels: its radiologist SEGs, else the label files; its
+        verdicts, a node's: drawn beside the labels, see :mod:`training.verdict_masks`); returns its case id,
+        None when skipped (recorded in :attr:`result`)."""
         options, out, result = self.options, self.out, self.result
         case_id = self.mapping.get(study.study_instance_uid) or default_case_id(study.header)
         if case_id in self.cases:
@@ -440,12 +467,12 @@ class DatasetBuilder:
             radiologist = _radiologist_segs(study, options, result)
             files = find_label_files(self.labels, case_id)
             given = self.marksheet.get(case_id)
-            fingerprint = _fingerprint(case_id, study, radiologist, files, given, options)
+            fingerprint = _fingerprint(case_id, study, radiologist, files, given, options, verdicts)
             if old is not None and old.get("fingerprint") == fingerprint and _outputs_intact(out, old):
                 self.cases[case_id] = old
                 result.unchanged.append(case_id)
                 return case_id
-            entry = _build_case(case_id, study, radiologist, files, given, options, out)
+            entry = _build_case(case_id, study, radiologist, files, given, options, out, verdicts)
         except _SkipError as exc:
             result.skipped.append({"case_id": case_id, "input": study.study_instance_uid, "reason": str(exc)})
             if old is not None:
@@ -570,7 +597,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "csPCa; PI-RADS-only segments at or above --pirads-cspca are csPCa of unknown grade; a 'prostate' "
         "segment is the gland mask. SEGs made by the node (Manufacturer --node-manufacturer) are never used. "
         "With --from-node, the studies for which radiologists sent a SEG back to a lesion-ai node "
-        "(GET /lesion-ai/labels) are fetched from it, one at a time, and built with that SEG as labels. "
+        "(GET /lesion-ai/labels) are fetched from it, one at a time, and built with that SEG as labels; "
+        "their radiologists' verdicts on the AI's findings (GET /lesion-ai/verdicts) are drawn on the T2W "
+        "grid beside the labels: rejected findings in OUT/picai_labels/verdicts/negative/<case>.nii.gz "
+        "(hard negatives), missed findings in OUT/picai_labels/verdicts/hints/<case>.nii.gz (lesion hints), "
+        "for training code that uses them (`lesion-ai train` does not read them); studies with verdicts but "
+        "no label are skipped. "
         "Unchanged cases are not rebuilt; OUT/dataset.json says what was built and what was skipped and why.",
     )
     build.add_argument(
