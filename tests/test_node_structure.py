@@ -47,6 +47,7 @@ def test_the_plugin_is_an_admin_node() -> None:
         "api",
         "queue",
         "labels",
+        "verdicts",
         "ignored",
         "models",
         "data_dir",
