@@ -10,6 +10,26 @@ import pydicom
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker its own share of the CPUs (its processes inherit it).
+
+    Every torch process sizes its thread pool to the CPUs it may run on
+    (:func:`lesion_engine.devices.configure_cpu_threads`); with two workers on two CPUs, each worker's
+    engines, trainings, Orthancs and reference runs would otherwise start two spinning OpenMP threads, four
+    on two CPUs, and run several times slower than on one CPU each.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < count:
+        return
+    share = cpus[int(worker[2:]) % count :: count]
+    os.sched_setaffinity(0, share)
+    os.environ["OMP_NUM_THREADS"] = str(len(share))
 FIXTURE_ROOT = Path(
     os.environ.get("LESION_AI_FIXTURE", REPO.parent / "shared" / "fixtures" / "prostatex-0001")
 )
