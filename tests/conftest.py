@@ -30,6 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     share = cpus[int(worker[2:]) % count :: count]
     os.sched_setaffinity(0, share)
     os.environ["OMP_NUM_THREADS"] = str(len(share))
+
+
 FIXTURE_ROOT = Path(
     os.environ.get("LESION_AI_FIXTURE", REPO.parent / "shared" / "fixtures" / "prostatex-0001")
 )
