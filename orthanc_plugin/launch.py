@@ -54,7 +54,8 @@ DEFAULT_DICOM_PORT = 4342
 #:   waits for a delayed ACK (about 40 ms per instance): ingestion is several times faster without it.
 #: * ``MALLOC_MMAP_THRESHOLD_=1048576``: glibc serves each buffer of 1 MB or more (a request body, a DICOM
 #:   file) from its own mapping and returns it to the system when freed. With glibc's default, sliding
-#:   threshold, 200 refused 6 MB requests left Orthanc 60 to 80 MB larger, kept in its heaps for good.
+#:   threshold, 200 refused 6 MB requests left Orthanc 60 to 80 MB larger, kept in its heaps for good. The
+#:   workers Orthanc's plugin starts do not inherit it (:data:`orthanc_plugin.supervisor.ORTHANC_ONLY_ENVIRONMENT`).
 ORTHANC_ENVIRONMENT = {"TCP_NODELAY": "1", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 DEFAULT_AET = "LESIONAI"
 DEFAULT_PLUGINS_DIR = "/usr/share/orthanc/plugins"

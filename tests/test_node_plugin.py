@@ -17,6 +17,7 @@ import pytest
 
 from orthanc_plugin.admin import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.jobqueue import JobState, NewJob
+from orthanc_plugin.launch import ORTHANC_ENVIRONMENT
 from orthanc_plugin.logsetup import remove_orthanc_logging
 from orthanc_plugin.node_protocol import EnqueuedJob
 from orthanc_plugin.orthanc_api import OrthancLogHandler
@@ -667,3 +668,26 @@ def test_a_stable_study_whose_change_orthanc_could_not_log_is_found_by_the_sweep
     assert [j.study_id for j in plugin.queue.list()] == [study]
     assert study not in plugin.follower.pending
     plugin.stop()
+
+
+def test_workers_do_not_inherit_orthancs_malloc_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc runs with ``MALLOC_MMAP_THRESHOLD_`` (its request buffers go back to the system); a worker
+    started from it must not: glibc would map and unmap each of its tensors, and the engine runs ~40 % slower."""
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", ORTHANC_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"])
+    monkeypatch.setenv("TCP_NODELAY", "1")
+    out = tmp_path / "env.json"
+    command = [sys.executable, "-c", f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"]
+    supervisor = WorkerSupervisor(command, 1, {"LESION_AI_EXTRA": "x"}, tmp_path / "logs", check_s=0.1)
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        seen = json.loads(out.read_text())
+    finally:
+        supervisor.stop(timeout_s=5)
+    assert "MALLOC_MMAP_THRESHOLD_" not in seen
+    assert seen["TCP_NODELAY"] == "1" and seen["LESION_AI_EXTRA"] == "x"
