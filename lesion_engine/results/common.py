@@ -8,7 +8,7 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -162,6 +162,24 @@ def character_set_of(dataset: Dataset) -> str | list[str] | None:
     if isinstance(value, str):
         return value
     return [str(v) for v in value]
+
+
+def device_and_dates(settings: ResultSettings, when: datetime.datetime, reference: Dataset) -> dict[str, Any]:
+    """The header arguments every result writer gives highdicom alike: the device (manufacturer, model name,
+    software versions, serial number, institution), the series and content date and time (``when``) and
+    the character set of the ``reference`` image."""
+    return {
+        "manufacturer": settings.manufacturer,
+        "institution_name": settings.institution_name,
+        "manufacturer_model_name": settings.manufacturer_model_name,
+        "software_versions": settings.software_versions,
+        "device_serial_number": settings.device_serial_number,
+        "content_date": when.date(),
+        "content_time": when.time(),
+        "series_date": when.date(),
+        "series_time": when.time(),
+        "specific_character_set": character_set_of(reference),
+    }
 
 
 def contributing_equipment(
@@ -448,20 +466,11 @@ def text_image(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=1,
-        manufacturer=settings.manufacturer,
+        **device_and_dates(settings, when, reference),
         patient_orientation=("L", "P"),
         transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
         contributing_equipment=equipment,
         series_description=series_description,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
-        specific_character_set=character_set_of(reference),
-        institution_name=settings.institution_name,
     )
     del image.PatientOrientation
     image.add_new("PatientOrientation", "CS", None)

@@ -20,8 +20,8 @@ from lesion_engine.results.common import (
     FINDING,
     NOT_RUN,
     UidFactory,
-    character_set_of,
     copy_study_extras,
+    device_and_dates,
     evidence_headers,
     text_image,
 )
@@ -86,20 +86,11 @@ def _failure_sr(
         series_number=settings.failure_series_number,
         sop_instance_uid=uids.uid("failure-sr", "instance"),
         instance_number=1,
-        manufacturer=settings.manufacturer,
+        **device_and_dates(settings, when, reference),
         is_complete=True,
         is_final=False,
         record_evidence=False,
-        institution_name=settings.institution_name,
         series_description=settings.failure_series_description,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
-        specific_character_set=character_set_of(reference),
     )
     copy_study_extras(sr, reference)
     return sr

@@ -23,9 +23,9 @@ from lesion_engine.results.common import (
     ModelInfo,
     T2WGrid,
     UidFactory,
-    character_set_of,
     contributing_equipment,
     copy_study_extras,
+    device_and_dates,
 )
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
@@ -116,18 +116,9 @@ def write_kos(
             "kos", "instance", settings.kos_series_number, settings.kos_series_description
         ),
         instance_number=1,
-        manufacturer=settings.manufacturer,
-        institution_name=settings.institution_name,
+        **device_and_dates(settings, when, reference),
         contributing_equipment=contributing_equipment(settings, model, when),
-        specific_character_set=character_set_of(reference),
         series_description=settings.kos_series_description,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
     )
     # TID 2010 gives its IMAGE and COMPOSITE rows no concept name (PixelMed: "Purpose of Reference is
     # forbidden"); highdicom names them "Source" (SCT 260753009), which PS3.3 allows in general.

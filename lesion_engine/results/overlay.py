@@ -23,9 +23,9 @@ from lesion_engine.results.common import (
     T2WGrid,
     UidFactory,
     category_text,
-    character_set_of,
     contributing_equipment,
     copy_study_extras,
+    device_and_dates,
     set_body_part,
 )
 from lesion_engine.results.drawing import draw_lines, font, wrap
@@ -184,20 +184,11 @@ def write_overlays(
             series_number=settings.sc_series_number,
             sop_instance_uid=uids.uid("sc", "instance", k),
             instance_number=number,
-            manufacturer=settings.manufacturer,
+            **device_and_dates(settings, when, dataset),
             patient_orientation=orientation,
             transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
             contributing_equipment=equipment,
             series_description=settings.sc_series_description,
-            manufacturer_model_name=settings.manufacturer_model_name,
-            software_versions=settings.software_versions,
-            device_serial_number=settings.device_serial_number,
-            content_date=when.date(),
-            content_time=when.time(),
-            series_date=when.date(),
-            series_time=when.time(),
-            specific_character_set=character_set_of(dataset),
-            institution_name=settings.institution_name,
         )
         image.BurnedInAnnotation = "NO"
         image.DerivationDescription = "T2W slice with AI lesion outlines burned in; not for diagnosis"

@@ -16,8 +16,8 @@ from lesion_engine.results.common import (
     ModelInfo,
     T2WGrid,
     UidFactory,
-    character_set_of,
     contributing_equipment,
+    device_and_dates,
     set_body_part,
 )
 from lesion_engine.results.settings import ResultSettings
@@ -88,10 +88,7 @@ def write_pmap(
         series_number=settings.pmap_series_number,
         sop_instance_uid=uids.uid("pmap", "instance"),
         instance_number=1,
-        manufacturer=settings.manufacturer,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
+        **device_and_dates(settings, when, grid.datasets[0]),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
@@ -99,12 +96,6 @@ def write_pmap(
         content_label="AI_LIKELIHOOD",
         contributing_equipment=contributing_equipment(settings, model, when),
         series_description=settings.pmap_series_description,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
-        specific_character_set=character_set_of(grid.datasets[0]),
-        institution_name=settings.institution_name,
     )
     set_body_part(pmap, grid.datasets[0])
     logger.info("Parametric Map %s on T2W series %s", pmap.SOPInstanceUID, grid.series_instance_uid)

@@ -23,8 +23,8 @@ from lesion_engine.results.common import (
     UidFactory,
     algorithm_identity,
     category_text,
-    character_set_of,
     contributing_equipment,
+    device_and_dates,
 )
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
@@ -113,22 +113,13 @@ def write_seg(
         series_number=settings.seg_series_number,
         sop_instance_uid=uids.uid("seg", "instance"),
         instance_number=1,
-        manufacturer=settings.manufacturer,
-        manufacturer_model_name=settings.manufacturer_model_name,
-        software_versions=settings.software_versions,
-        device_serial_number=settings.device_serial_number,
+        **device_and_dates(settings, when, reference),
         content_description="AI lesion segmentation, research use only",
         content_label="AI_LESIONS",
         content_creator_name=None,
         omit_empty_frames=True,
         contributing_equipment=contributing_equipment(settings, model, when),
         series_description=settings.seg_series_description,
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
-        specific_character_set=character_set_of(reference),
-        institution_name=settings.institution_name,
     )
     logger.info(
         "SEG %s: %d segment(s) on T2W series %s",
