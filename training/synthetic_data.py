@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,54 +150,121 @@ def _to_index(grid: sitk.Image, point: NDArray[np.float64]) -> tuple[float, floa
     return (float(z), float(y), float(x))
 
 
-def build_lesions(
-    grid: sitk.Image,
-    cspca: NDArray[np.int16],
-    zones: NDArray[np.uint8],
-    truth_lesions: list[TruthLesion],
-) -> tuple[NDArray[np.int16], tuple[LesionRecord, ...]]:
-    """The ``lesion_index`` map and lesion records of a synthetic case on the model grid.
+@dataclass(frozen=True)
+class _PaintedLesion:
+    """A lesion mask to paint on the model grid, with the truth lesion it stands for and its ISUP grade."""
 
-    Non-csPCa lesions are painted first and csPCa components last, so that a csPCa voxel always belongs to
-    its cancer. A truth lesion that covers no voxel of the grid is left out (logged).
+    mask: NDArray[np.bool_]
+    truth: TruthLesion | None
+    isup: int
+
+
+def _rasterized(
+    grid: sitk.Image, points: NDArray[np.float64], shape: tuple[int, ...], lesion: TruthLesion
+) -> NDArray[np.bool_] | None:
+    """The mask of a truth lesion's ellipsoid on the model grid.
+
+    Parameters
+    ----------
+    grid
+        The model grid.
+    points
+        Its voxel centres (LPS mm), shape (Z, Y, X, 3).
+    shape
+        Its shape (Z, Y, X).
+    lesion
+        The truth lesion.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The voxels inside the ellipsoid; the voxel at its centre when the ellipsoid is too small to cover a
+        voxel centre; None (logged) when that centre lies outside the grid.
     """
+    mask = lesion.mask(points)
+    if mask.any():
+        return mask
+    z, y, x = (round(v) for v in _to_index(grid, lesion.center))
+    if 0 <= z < shape[0] and 0 <= y < shape[1] and 0 <= x < shape[2]:
+        mask[z, y, x] = True
+        return mask
+    logger.info("lesion %s (%s) lies outside the model grid; left out", lesion.lesion_id, lesion.kind)
+    return None
+
+
+def _other_lesions(
+    grid: sitk.Image, cspca: NDArray[np.int16], truth_lesions: list[TruthLesion]
+) -> list[_PaintedLesion]:
+    """The lesions that are not in the csPCa label, rasterized from the truth, less the csPCa voxels."""
     shape = cspca.shape
     points = grid_points_lps(grid)
-    masks: list[tuple[NDArray[np.bool_], TruthLesion | None, int]] = []
+    painted: list[_PaintedLesion] = []
     for lesion in truth_lesions:
         if lesion.kind == "cspca":
             continue
-        mask = lesion.mask(points)
-        if not mask.any():
-            z, y, x = (round(v) for v in _to_index(grid, lesion.center))
-            if 0 <= z < shape[0] and 0 <= y < shape[1] and 0 <= x < shape[2]:
-                mask[z, y, x] = True
-            else:
-                logger.info(
-                    "lesion %s (%s) lies outside the model grid; left out", lesion.lesion_id, lesion.kind
-                )
-                continue
-        masks.append((mask & (cspca == 0), lesion, lesion.isup))
+        mask = _rasterized(grid, points, shape, lesion)
+        if mask is not None:
+            painted.append(_PaintedLesion(mask & (cspca == 0), lesion, lesion.isup))
+    return painted
+
+
+def _nearest_unused(cancers: list[TruthLesion], used: set[int], centre: NDArray[np.float64]) -> int | None:
+    """Index of the truth cancer nearest to ``centre`` that is not in ``used``; None when none is left."""
+    if not cancers:
+        return None
+    distances = [
+        float(np.linalg.norm(t.center - centre)) if i not in used else np.inf for i, t in enumerate(cancers)
+    ]
+    best = int(np.argmin(distances))
+    return best if np.isfinite(distances[best]) else None
+
+
+def _cancer_components(
+    grid: sitk.Image, cspca: NDArray[np.int16], truth_lesions: list[TruthLesion]
+) -> list[_PaintedLesion]:
+    """The connected components of the csPCa label, each matched to the nearest unmatched truth cancer.
+
+    A component whose grade the label does not give takes that of its truth cancer (or stays unknown).
+    """
     cancers = [t for t in truth_lesions if t.kind == "cspca"]
     used: set[int] = set()
+    painted: list[_PaintedLesion] = []
     for component, isup in components_as_lesions(cspca):
         cz, cy, cx = lesion_centroid(component)
         centre = np.asarray(grid.TransformContinuousIndexToPhysicalPoint((cx, cy, cz)), dtype=np.float64)
+        best = _nearest_unused(cancers, used, centre)
         match: TruthLesion | None = None
-        if cancers:
-            distances = [
-                float(np.linalg.norm(t.center - centre)) if i not in used else np.inf
-                for i, t in enumerate(cancers)
-            ]
-            best = int(np.argmin(distances))
-            if np.isfinite(distances[best]):
-                used.add(best)
-                match = cancers[best]
+        if best is not None:
+            used.add(best)
+            match = cancers[best]
         grade = isup if isup != UNKNOWN else (match.isup if match is not None else UNKNOWN)
-        masks.append((component, match, grade))
+        painted.append(_PaintedLesion(component, match, grade))
+    return painted
+
+
+def _paint(
+    painted: list[_PaintedLesion], zones: NDArray[np.uint8], shape: tuple[int, ...]
+) -> tuple[NDArray[np.int16], list[LesionRecord]]:
+    """Paint the non-empty masks in order, each over the earlier ones, and record each lesion.
+
+    Parameters
+    ----------
+    painted
+        The lesions, in painting order.
+    zones
+        The zone label on the model grid.
+    shape
+        The grid's shape (Z, Y, X).
+
+    Returns
+    -------
+    lesion_index, records
+        The map of 1-based labels and one record per painted lesion (label = its position).
+    """
     lesion_index = np.zeros(shape, dtype=np.int16)
     records: list[LesionRecord] = []
-    for mask, truth, isup in masks:
+    for lesion in painted:
+        mask, truth, isup = lesion.mask, lesion.truth, lesion.isup
         if not mask.any():
             continue
         label = len(records) + 1
@@ -214,7 +282,13 @@ def build_lesions(
                 zone=_zone_of(mask, zones, truth.zone if truth is not None else None),
             )
         )
-    # Later (csPCa) masks may have overwritten earlier ones: recompute what each label kept.
+    return lesion_index, records
+
+
+def _kept(
+    lesion_index: NDArray[np.int16], records: list[LesionRecord]
+) -> tuple[NDArray[np.int16], tuple[LesionRecord, ...]]:
+    """What each label kept after later masks painted over it: labels renumbered, emptied ones dropped."""
     final: list[LesionRecord] = []
     relabel = np.zeros(len(records) + 1, dtype=np.int16)
     for record in records:
@@ -224,18 +298,26 @@ def build_lesions(
         new_label = len(final) + 1
         relabel[record.label] = new_label
         final.append(
-            LesionRecord(
-                lesion_id=record.lesion_id,
-                kind=record.kind,
-                isup=record.isup,
-                category=record.category,
-                label=new_label,
-                center_zyx=lesion_centroid(mask),
-                voxels=int(mask.sum()),
-                zone=record.zone,
-            )
+            replace(record, label=new_label, center_zyx=lesion_centroid(mask), voxels=int(mask.sum()))
         )
     return relabel[lesion_index], tuple(final)
+
+
+def build_lesions(
+    grid: sitk.Image,
+    cspca: NDArray[np.int16],
+    zones: NDArray[np.uint8],
+    truth_lesions: list[TruthLesion],
+) -> tuple[NDArray[np.int16], tuple[LesionRecord, ...]]:
+    """The ``lesion_index`` map and lesion records of a synthetic case on the model grid.
+
+    Non-csPCa lesions are painted first and csPCa components last, so that a csPCa voxel always belongs to
+    its cancer. A truth lesion that covers no voxel of the grid is left out (logged).
+    """
+    painted = _other_lesions(grid, cspca, truth_lesions) + _cancer_components(grid, cspca, truth_lesions)
+    lesion_index, records = _paint(painted, zones, cspca.shape)
+    # Later (csPCa) masks may have overwritten earlier ones: recompute what each label kept.
+    return _kept(lesion_index, records)
 
 
 def synthetic_case(case_dir: Path, config: PreprocessConfig) -> TrainingCase:

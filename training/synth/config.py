@@ -279,11 +279,6 @@ def case_rng(seed: int, case_index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, case_index, stream])
 
 
-def _pick_bool(value: bool | None, rng: np.random.Generator, p_true: float) -> bool:
-    drawn = bool(rng.random() < p_true)
-    return drawn if value is None else value
-
-
 def _extra_b_values(extra: str, top: int, high_low: int, high_first: int) -> tuple[int, ...]:
     """b-values of the extra acquisition ``extra`` of a study whose standard acquisition reaches ``top``.
 
@@ -298,6 +293,159 @@ def _extra_b_values(extra: str, top: int, high_low: int, high_first: int) -> tup
     if extra == "dti":
         return (0, _DTI_B if top > _DTI_B else top - _DTI_B_BELOW_TOP)
     return ()
+
+
+@dataclass(frozen=True)
+class _CaseDraws:
+    """Every value drawn for one case, before the configuration overrides any of them.
+
+    Every value is drawn, in a fixed order, whether the configuration fixes it or not, so that fixing one
+    field leaves the others unchanged.
+    """
+
+    vendor: str
+    tilt_deg: float
+    repeat_t2: bool
+    calc_bvalue: bool
+    dce: bool
+    coil_reference: bool
+    coil_reference_early: bool
+    screenshot: bool
+    n_localizers: int
+    second_localizer_sagittal: bool
+    b_values: tuple[int, ...]
+    calc_b_values: tuple[int, ...]
+    siemens_private_as_ob: bool
+    extra_dwi: str
+    b0_first: bool
+    high_b_low: int
+    high_b_first: int
+
+
+def _draw_case(rng: np.random.Generator) -> _CaseDraws:
+    """Draw every choice of a case from its main random stream, in the order that fixes them for a seed.
+
+    Parameters
+    ----------
+    rng
+        Stream 0 of the case (see :func:`case_rng`).
+
+    Returns
+    -------
+    _CaseDraws
+        The drawn values.
+    """
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    tilt = 0.0 if rng.random() < 0.35 else float(np.round(rng.uniform(2.0, 9.0) * rng.choice([-1, 1]), 2))
+    repeat_t2 = bool(rng.random() < 0.35)
+    calc = bool(rng.random() < 0.5)
+    dce = bool(rng.random() < 0.4)
+    coil = bool(rng.random() < 0.5)
+    coil_early = bool(rng.random() < 0.5)
+    shot = bool(rng.random() < 0.3)
+    n_localizers = 1 + int(rng.random() < 0.4)
+    second_sag = bool(rng.random() < 0.5)
+    b_values = _DWI_B_SETS[int(rng.integers(len(_DWI_B_SETS)))]
+    calc_b_values = _CALC_B_SETS[int(rng.integers(len(_CALC_B_SETS)))]
+    as_ob = bool(rng.random() < 0.6)
+    # Later additions: drawn after the values above, so that those stay what they were for a seed.
+    extra = EXTRA_DWI[int(rng.choice(len(EXTRA_DWI), p=_EXTRA_DWI_P))]
+    b0_first = bool(rng.random() < 0.7)
+    high_low = _HIGH_B_LOW[int(rng.integers(len(_HIGH_B_LOW)))]
+    high_first = int(rng.integers(len(_HIGH_B_HIGH)))
+    return _CaseDraws(
+        vendor=vendor,
+        tilt_deg=tilt,
+        repeat_t2=repeat_t2,
+        calc_bvalue=calc,
+        dce=dce,
+        coil_reference=coil,
+        coil_reference_early=coil_early,
+        screenshot=shot,
+        n_localizers=n_localizers,
+        second_localizer_sagittal=second_sag,
+        b_values=b_values,
+        calc_b_values=calc_b_values,
+        siemens_private_as_ob=as_ob,
+        extra_dwi=extra,
+        b0_first=b0_first,
+        high_b_low=high_low,
+        high_b_first=high_first,
+    )
+
+
+def _either(value: bool | None, drawn: bool) -> bool:
+    """The configured ``value``, or ``drawn`` when the configuration leaves it to the seed."""
+    return drawn if value is None else value
+
+
+def _case_vendor(config: SynthConfig, case_index: int, drawn: str) -> str:
+    """Vendor of a case: the configured one, cycled by case index for ``mixed``, or ``drawn``."""
+    if config.vendor is None:
+        return drawn
+    if config.vendor == "mixed":
+        return VENDORS[case_index % len(VENDORS)]
+    return config.vendor
+
+
+def _acquired_b_values(config: SynthConfig, vendor: str, calc: bool, draws: _CaseDraws) -> tuple[int, ...]:
+    """b-values of the standard DWI acquisition of a case.
+
+    Parameters
+    ----------
+    config
+        The generator configuration.
+    vendor
+        The case's vendor.
+    calc
+        Whether the case has a calculated high-b series.
+    draws
+        The case's drawn values.
+
+    Returns
+    -------
+    tuple of int
+        The configured b-values, else the drawn set (a low set when configured calculated b-values would
+        not lie above the drawn one; starting at b = 0 for most cases of the ``standard`` vendor).
+    """
+    if config.b_values is not None:
+        b_values = config.b_values
+    elif config.calc_b_values is not None and calc and max(draws.b_values) >= min(config.calc_b_values):
+        b_values = (50, 400, 800)  # keep the calculated b-values above the acquired ones
+    else:
+        b_values = draws.b_values
+    if vendor == "standard" and config.b_values is None and b_values[0] > 0 and draws.b0_first:
+        # This convention writes no b-value tag on b = 0 images: acquire b = 0 so that it shows.
+        b_values = (0, *b_values[1:])
+    return b_values
+
+
+def _calculated_b_values(
+    config: SynthConfig, calc: bool, b_values: tuple[int, ...], drawn: tuple[int, ...]
+) -> tuple[int, ...]:
+    """b-values of the calculated series (empty without one), each above every acquired b-value.
+
+    Parameters
+    ----------
+    config
+        The generator configuration.
+    calc
+        Whether the case has a calculated high-b series.
+    b_values
+        The acquired b-values.
+    drawn
+        The drawn calculated b-values.
+
+    Returns
+    -------
+    tuple of int
+        The configured ones, else those drawn above ``b_values`` (or 600 above their largest).
+    """
+    if not calc:
+        return ()
+    if config.calc_b_values is not None:
+        return config.calc_b_values
+    return tuple(b for b in drawn if b > max(b_values)) or (max(b_values) + 600,)
 
 
 def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
@@ -319,52 +467,13 @@ def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
     """
     if seed < 0 or case_index < 0:
         raise ValueError(f"seed ({seed}) and case_index ({case_index}) must be non-negative integers")
-    rng = case_rng(seed, case_index, 0)
-    # Draw every value unconditionally, in a fixed order, so that fixing one field leaves the others unchanged.
-    vendor_drawn = VENDORS[int(rng.integers(len(VENDORS)))]
-    tilt_drawn = (
-        0.0 if rng.random() < 0.35 else float(np.round(rng.uniform(2.0, 9.0) * rng.choice([-1, 1]), 2))
-    )
-    repeat_t2 = _pick_bool(config.repeat_t2, rng, 0.35)
-    calc = _pick_bool(config.calc_bvalue, rng, 0.5)
-    dce = _pick_bool(config.dce, rng, 0.4)
-    coil = _pick_bool(config.coil_reference, rng, 0.5)
-    coil_early = bool(rng.random() < 0.5)
-    shot = _pick_bool(config.screenshot, rng, 0.3)
-    n_loc_drawn = 1 + int(rng.random() < 0.4)
-    second_sag = bool(rng.random() < 0.5)
-    b_drawn = _DWI_B_SETS[int(rng.integers(len(_DWI_B_SETS)))]
-    calc_drawn = _CALC_B_SETS[int(rng.integers(len(_CALC_B_SETS)))]
-    as_ob = bool(rng.random() < 0.6)
-    # Later additions: drawn after the values above, so that those stay what they were for a seed.
-    extra_drawn = EXTRA_DWI[int(rng.choice(len(EXTRA_DWI), p=_EXTRA_DWI_P))]
-    b0_first = bool(rng.random() < 0.7)
-    high_low = _HIGH_B_LOW[int(rng.integers(len(_HIGH_B_LOW)))]
-    high_first = int(rng.integers(len(_HIGH_B_HIGH)))
-
-    if config.vendor is None:
-        vendor = vendor_drawn
-    elif config.vendor == "mixed":
-        vendor = VENDORS[case_index % len(VENDORS)]
-    else:
-        vendor = config.vendor
-    if config.b_values is not None:
-        b_values = config.b_values
-    elif config.calc_b_values is not None and calc and max(b_drawn) >= min(config.calc_b_values):
-        b_values = (50, 400, 800)  # keep the calculated b-values above the acquired ones
-    else:
-        b_values = b_drawn
-    if vendor == "standard" and config.b_values is None and b_values[0] > 0 and b0_first:
-        # This convention writes no b-value tag on b = 0 images: acquire b = 0 so that it shows.
-        b_values = (0, *b_values[1:])
-    calc_b: tuple[int, ...] = ()
-    if calc:
-        if config.calc_b_values is not None:
-            calc_b = config.calc_b_values
-        else:
-            calc_b = tuple(b for b in calc_drawn if b > max(b_values)) or (max(b_values) + 600,)
-    extra = config.extra_dwi if config.extra_dwi is not None else extra_drawn
-    extra_b = _extra_b_values(extra, max((*b_values, *calc_b)), high_low, high_first)
+    draws = _draw_case(case_rng(seed, case_index, 0))
+    vendor = _case_vendor(config, case_index, draws.vendor)
+    calc = _either(config.calc_bvalue, draws.calc_bvalue)
+    b_values = _acquired_b_values(config, vendor, calc, draws)
+    calc_b = _calculated_b_values(config, calc, b_values, draws.calc_b_values)
+    extra = config.extra_dwi if config.extra_dwi is not None else draws.extra_dwi
+    extra_b = _extra_b_values(extra, max((*b_values, *calc_b)), draws.high_b_low, draws.high_b_first)
     patient_id, study_id = case_ids(seed, case_index)
     plan = CasePlan(
         seed=seed,
@@ -375,19 +484,19 @@ def resolve_case(config: SynthConfig, seed: int, case_index: int) -> CasePlan:
         enhanced=config.enhanced,
         compress=config.compress,
         profile=config.profile,
-        tilt_deg=float(config.tilt_deg) if config.tilt_deg is not None else tilt_drawn,
-        repeat_t2=repeat_t2,
+        tilt_deg=float(config.tilt_deg) if config.tilt_deg is not None else draws.tilt_deg,
+        repeat_t2=_either(config.repeat_t2, draws.repeat_t2),
         calc_b_values=calc_b,
-        dce=dce,
-        coil_reference=coil,
-        coil_reference_early=coil_early,
-        screenshot=shot,
-        n_localizers=config.n_localizers if config.n_localizers is not None else n_loc_drawn,
-        second_localizer_sagittal=second_sag,
+        dce=_either(config.dce, draws.dce),
+        coil_reference=_either(config.coil_reference, draws.coil_reference),
+        coil_reference_early=draws.coil_reference_early,
+        screenshot=_either(config.screenshot, draws.screenshot),
+        n_localizers=config.n_localizers if config.n_localizers is not None else draws.n_localizers,
+        second_localizer_sagittal=draws.second_localizer_sagittal,
         b_values=b_values,
         lesion_kinds=config.lesion_kinds,
         noise=float(config.noise),
-        siemens_private_as_ob=as_ob,
+        siemens_private_as_ob=draws.siemens_private_as_ob,
         extra_dwi=extra,
         extra_b_values=extra_b,
         dwi_scheme=config.dwi_scheme,

@@ -11,6 +11,7 @@ groups.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -18,7 +19,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedMRImageStorage
 
 from training.synth.config import case_rng
-from training.synth.conventions import NON_DIFFUSION_KINDS, SeriesStyle, vendor_info
+from training.synth.conventions import NON_DIFFUSION_KINDS, SeriesStyle, VendorInfo, vendor_info
 from training.synth.dicom_common import (
     block_of,
     code,
@@ -84,50 +85,36 @@ def _pulse_sequence(ds: Dataset, style: SeriesStyle, kind: str) -> None:
     ds.NumberOfKSpaceTrajectories = 1
 
 
-def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, grid: Grid) -> Dataset:
-    style = series.style
-    info = vendor_info(study.plan.vendor)
-    cols, rows, _ = grid.size
-    shared = Dataset()
-    shared.PixelMeasuresSequence = Sequence(
-        [
-            item(
-                PixelSpacing=[ds_str(v) for v in grid.pixel_spacing],
-                SliceThickness=ds_str(grid.thickness),
-                SpacingBetweenSlices=ds_str(grid.spacing[2]),
-            )
-        ]
+def _pixel_measures(grid: Grid) -> Dataset:
+    """Pixel Measures item: pixel spacing, slice thickness and spacing of ``grid``."""
+    return item(
+        PixelSpacing=[ds_str(v) for v in grid.pixel_spacing],
+        SliceThickness=ds_str(grid.thickness),
+        SpacingBetweenSlices=ds_str(grid.spacing[2]),
     )
-    if len(series.grids) == 1:
-        shared.PlaneOrientationSequence = Sequence(
-            [item(ImageOrientationPatient=[ds_str(v) for v in grid.image_orientation])]
-        )
-    anatomy = item(FrameLaterality="U")
-    anatomy.AnatomicRegionSequence = Sequence([code("41216001", "SCT", "Prostate")])
-    shared.FrameAnatomySequence = Sequence([anatomy])
-    wc, ww = window(images)
-    shared.FrameVOILUTSequence = Sequence([item(WindowCenter=wc, WindowWidth=ww)])
-    shared.PixelValueTransformationSequence = Sequence(
-        [item(RescaleIntercept=ds_str(images.intercept), RescaleSlope=ds_str(images.slope), RescaleType="US")]
+
+
+def _frame_type(style: SeriesStyle) -> Dataset:
+    """MR Image Frame Type item of a series of ``style``."""
+    return item(
+        FrameType=list(style.enhanced_image_type),
+        PixelPresentation="MONOCHROME",
+        VolumetricProperties="VOLUME",
+        VolumeBasedCalculationTechnique="NONE",
+        ComplexImageComponent="MAGNITUDE",
+        AcquisitionContrast=style.acquisition_contrast,
     )
-    shared.MRImageFrameTypeSequence = Sequence(
-        [
-            item(
-                FrameType=list(style.enhanced_image_type),
-                PixelPresentation="MONOCHROME",
-                VolumetricProperties="VOLUME",
-                VolumeBasedCalculationTechnique="NONE",
-                ComplexImageComponent="MAGNITUDE",
-                AcquisitionContrast=style.acquisition_contrast,
-            )
-        ]
-    )
+
+
+def _timing(style: SeriesStyle) -> Dataset:
+    """MR Timing and Related Parameters item: repetition time, echo trains, SAR and operating modes."""
+    gradient = style.scanning_sequence == ("GR",)
     timing = item(
         RepetitionTime=style.repetition_time,
         FlipAngle=style.flip_angle,
         EchoTrainLength=style.echo_train_length,
-        RFEchoTrainLength=style.echo_train_length if style.scanning_sequence != ("GR",) else 0,
-        GradientEchoTrainLength=1 if style.scanning_sequence == ("GR",) else 0,
+        RFEchoTrainLength=style.echo_train_length if not gradient else 0,
+        GradientEchoTrainLength=1 if gradient else 0,
         GradientOutputType="DB_DT",
         GradientOutput=0.0,
     )
@@ -141,7 +128,12 @@ def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, g
             item(OperatingModeType="GRADIENT", OperatingMode="IEC_NORMAL"),
         ]
     )
-    shared.MRTimingAndRelatedParametersSequence = Sequence([timing])
+    return timing
+
+
+def _fov_geometry(style: SeriesStyle, grid: Grid) -> Dataset:
+    """MR FOV/Geometry item: phase encoding along the rows, steps from the size of ``grid``."""
+    cols, rows, _ = grid.size
     fov = item(
         InPlanePhaseEncodingDirection="ROW",
         MRAcquisitionFrequencyEncodingSteps=rows,
@@ -151,8 +143,11 @@ def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, g
     )
     if style.acquisition_type == "3D":
         fov.MRAcquisitionPhaseEncodingStepsOutOfPlane = grid.size[2]
-    shared.MRFOVGeometrySequence = Sequence([fov])
-    shared.MREchoSequence = Sequence([item(EffectiveEchoTime=style.echo_time)])
+    return fov
+
+
+def _modifier(style: SeriesStyle) -> Dataset:
+    """MR Modifier item: no preparation, RF spoiling for gradient echo."""
     modifier = item(
         InversionRecovery="NO",
         FlowCompensation="NONE",
@@ -164,18 +159,22 @@ def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, g
     )
     if style.scanning_sequence == ("GR",):
         modifier.Spoiling = "RF"
-    shared.MRModifierSequence = Sequence([modifier])
-    shared.MRImagingModifierSequence = Sequence(
-        [
-            item(
-                MagnetizationTransfer="NONE",
-                BloodSignalNulling="NO",
-                Tagging="NONE",
-                TransmitterFrequency=123.2424,
-                PixelBandwidth=ds_str(style.pixel_bandwidth),
-            )
-        ]
+    return modifier
+
+
+def _imaging_modifier(style: SeriesStyle) -> Dataset:
+    """MR Imaging Modifier item: transmitter frequency and pixel bandwidth."""
+    return item(
+        MagnetizationTransfer="NONE",
+        BloodSignalNulling="NO",
+        Tagging="NONE",
+        TransmitterFrequency=123.2424,
+        PixelBandwidth=ds_str(style.pixel_bandwidth),
     )
+
+
+def _receive_coil(info: VendorInfo) -> Dataset:
+    """MR Receive Coil item: the vendor's body and spine multi-coil."""
     coil = item(
         ReceiveCoilName=info.coil,
         ReceiveCoilManufacturerName=info.manufacturer,
@@ -186,7 +185,65 @@ def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, g
         [item(MultiCoilElementName=name, MultiCoilElementUsed="YES") for name in ("BODY", "SPINE")]
     )
     coil.MultiCoilConfiguration = "BODY+SPINE"
-    shared.MRReceiveCoilSequence = Sequence([coil])
+    return coil
+
+
+def _adc_mapping(images: SeriesImages) -> Dataset:
+    """Real World Value Mapping item of an ADC map: stored values to um2/s."""
+    mapping = item(
+        RealWorldValueFirstValueMapped=0,
+        RealWorldValueLastValueMapped=2**images.bits_stored - 1,
+        RealWorldValueIntercept=images.intercept,
+        RealWorldValueSlope=images.slope,
+        LUTExplanation="Apparent diffusion coefficient",
+        LUTLabel="ADC",
+    )
+    mapping.MeasurementUnitsCodeSequence = Sequence([code("um2/s", "UCUM", "um2/s")])
+    return mapping
+
+
+def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, grid: Grid) -> Dataset:
+    """The Shared Functional Groups item of a series: what is the same for every frame.
+
+    Parameters
+    ----------
+    study
+        The study.
+    series
+        The series.
+    images
+        Its pixel data (window, rescale and, for an ADC map, its real-world value mapping).
+    grid
+        Its first stack.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The item.
+    """
+    style = series.style
+    info = vendor_info(study.plan.vendor)
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([_pixel_measures(grid)])
+    if len(series.grids) == 1:
+        shared.PlaneOrientationSequence = Sequence(
+            [item(ImageOrientationPatient=[ds_str(v) for v in grid.image_orientation])]
+        )
+    anatomy = item(FrameLaterality="U")
+    anatomy.AnatomicRegionSequence = Sequence([code("41216001", "SCT", "Prostate")])
+    shared.FrameAnatomySequence = Sequence([anatomy])
+    wc, ww = window(images)
+    shared.FrameVOILUTSequence = Sequence([item(WindowCenter=wc, WindowWidth=ww)])
+    shared.PixelValueTransformationSequence = Sequence(
+        [item(RescaleIntercept=ds_str(images.intercept), RescaleSlope=ds_str(images.slope), RescaleType="US")]
+    )
+    shared.MRImageFrameTypeSequence = Sequence([_frame_type(style)])
+    shared.MRTimingAndRelatedParametersSequence = Sequence([_timing(style)])
+    shared.MRFOVGeometrySequence = Sequence([_fov_geometry(style, grid)])
+    shared.MREchoSequence = Sequence([item(EffectiveEchoTime=style.echo_time)])
+    shared.MRModifierSequence = Sequence([_modifier(style)])
+    shared.MRImagingModifierSequence = Sequence([_imaging_modifier(style)])
+    shared.MRReceiveCoilSequence = Sequence([_receive_coil(info)])
     shared.MRTransmitCoilSequence = Sequence(
         [
             item(
@@ -202,16 +259,7 @@ def _shared_groups(study: StudyPlan, series: SeriesPlan, images: SeriesImages, g
         if b0 is not None:
             shared.MRDiffusionSequence = Sequence([b0])
     if series.kind == "adc":
-        mapping = item(
-            RealWorldValueFirstValueMapped=0,
-            RealWorldValueLastValueMapped=2**images.bits_stored - 1,
-            RealWorldValueIntercept=images.intercept,
-            RealWorldValueSlope=images.slope,
-            LUTExplanation="Apparent diffusion coefficient",
-            LUTLabel="ADC",
-        )
-        mapping.MeasurementUnitsCodeSequence = Sequence([code("um2/s", "UCUM", "um2/s")])
-        shared.RealWorldValueMappingSequence = Sequence([mapping])
+        shared.RealWorldValueMappingSequence = Sequence([_adc_mapping(images)])
     return shared
 
 
@@ -294,37 +342,54 @@ def _dimensions(ds: Dataset, series: SeriesPlan, images: SeriesImages, dim_uid: 
         ds.DimensionOrganizationType = "3D"
 
 
-def enhanced_dataset(study: StudyPlan, series: SeriesPlan, images: SeriesImages) -> Dataset:
-    """The Enhanced MR Image object of one series.
+@dataclass(frozen=True)
+class _FrameLayout:
+    """How the frames of a series are written.
+
+    Attributes
+    ----------
+    order
+        Indices of ``SeriesImages.frames`` in the order written.
+    n_slices
+        Slices per stack.
+    n_blocks
+        Blocks of frames (stack, b-value and direction, or time point).
+    directional
+        Whether frames have a gradient direction.
+    """
+
+    order: list[int]
+    n_slices: int
+    n_blocks: int
+    directional: bool
+
+
+def _frame_layout(images: SeriesImages, series: SeriesPlan, descending: bool) -> _FrameLayout:
+    """The frame order of a series (by block, then by position, ``descending`` or not) and its counts."""
+    order = _frame_order(images, series, descending=descending)
+    n_slices = max(f.slice_index for f in images.frames) + 1
+    return _FrameLayout(
+        order=order,
+        n_slices=n_slices,
+        n_blocks=len(order) // n_slices,
+        directional=any(f.direction_index is not None for f in images.frames),
+    )
+
+
+def _image_attributes(ds: Dataset, study: StudyPlan, series: SeriesPlan) -> None:
+    """Set the object-level attributes of an Enhanced MR Image (SOP, image, acquisition, frame of reference).
 
     Parameters
     ----------
+    ds
+        The dataset, which already holds the study-level attributes.
     study
         The study.
     series
-        The series (any kind but a screenshot).
-    images
-        Its pixel data.
-
-    Returns
-    -------
-    pydicom.dataset.Dataset
-        The dataset with file meta and (possibly compressed) pixel data.
+        The series.
     """
     plan = study.plan
     style = series.style
-    rng = case_rng(plan.seed, plan.case_index, 6000 + series.number)
-    order = _frame_order(images, series, descending=bool(rng.random() < 0.5))
-    grid = series.grids[0]
-    n = len(order)
-    n_slices = max(f.slice_index for f in images.frames) + 1
-    n_blocks = n // n_slices
-    directional = any(f.direction_index is not None for f in images.frames)
-
-    ds = Dataset()
-    for key, value in study_attrs(study, series):
-        setattr(ds, key, value)
-    del ds.AcquisitionDate  # not in the Enhanced MR IOD (Acquisition DateTime is)
     ds.SOPClassUID = EnhancedMRImageStorage
     ds.SOPInstanceUID = uid_for(plan, "instance", series.key, "enhanced")
     ds.ImageType = list(style.enhanced_image_type)
@@ -350,47 +415,98 @@ def enhanced_dataset(study: StudyPlan, series: SeriesPlan, images: SeriesImages)
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.AcquisitionContextSequence = Sequence([])
-    if style.enhanced_image_type[0] == "ORIGINAL":
-        _pulse_sequence(ds, style, series.kind)
-    if series.kind == "dce":
-        ds.ContrastBolusAgentSequence = Sequence(
+
+
+def _contrast_agent() -> Dataset:
+    """Contrast/Bolus Agent item of a DCE series: intravenous gadolinium."""
+    return item(
+        CodeValue="C-B0322",
+        CodingSchemeDesignator="SRT",
+        CodeMeaning="Gadolinium",
+        ContrastBolusAgentNumber=1,
+        ContrastBolusVolume=15.0,
+        ContrastBolusIngredientConcentration=279.3,
+        ContrastBolusAdministrationRouteSequence=Sequence([code("G-D101", "SRT", "Intravenous route")]),
+        ContrastBolusIngredientCodeSequence=Sequence([code("C-17800", "SRT", "Gadolinium")]),
+    )
+
+
+def _mark_contrast_usage(per_frame: Sequence) -> None:
+    """Add Contrast/Bolus Usage to each frame of a DCE series: given and seen after the first time point."""
+    for group in per_frame:
+        temporal = int(group.FrameContentSequence[0].TemporalPositionIndex)
+        group.ContrastBolusUsageSequence = Sequence(
             [
                 item(
-                    CodeValue="C-B0322",
-                    CodingSchemeDesignator="SRT",
-                    CodeMeaning="Gadolinium",
                     ContrastBolusAgentNumber=1,
-                    ContrastBolusVolume=15.0,
-                    ContrastBolusIngredientConcentration=279.3,
-                    ContrastBolusAdministrationRouteSequence=Sequence(
-                        [code("G-D101", "SRT", "Intravenous route")]
-                    ),
-                    ContrastBolusIngredientCodeSequence=Sequence([code("C-17800", "SRT", "Gadolinium")]),
+                    ContrastBolusAgentAdministered="YES" if temporal > 1 else "NO",
+                    ContrastBolusAgentDetected="YES" if temporal > 1 else "NO",
                 )
             ]
         )
-    _dimensions(ds, series, images, uid_for(plan, "dimensions", series.key))
-    ds.SharedFunctionalGroupsSequence = Sequence([_shared_groups(study, series, images, grid)])
-    ds.PerFrameFunctionalGroupsSequence = Sequence(
-        [_per_frame(study, series, images.frames[i], n_blocks, n_slices, directional) for i in order]
-    )
-    if series.kind == "dce":
-        for group in ds.PerFrameFunctionalGroupsSequence:
-            temporal = int(group.FrameContentSequence[0].TemporalPositionIndex)
-            group.ContrastBolusUsageSequence = Sequence(
-                [
-                    item(
-                        ContrastBolusAgentNumber=1,
-                        ContrastBolusAgentAdministered="YES" if temporal > 1 else "NO",
-                        ContrastBolusAgentDetected="YES" if temporal > 1 else "NO",
-                    )
-                ]
-            )
-    ds.NumberOfFrames = n
+
+
+def _pixel_data(ds: Dataset, images: SeriesImages, order: list[int], compress: str | None) -> None:
+    """Set the frame count, Image Pixel attributes, file meta and (possibly compressed) pixel data.
+
+    Parameters
+    ----------
+    ds
+        The dataset.
+    images
+        The series' pixel data.
+    order
+        Frames in the order written.
+    compress
+        The case's pixel encoding.
+    """
+    ds.NumberOfFrames = len(order)
     image_pixel(ds, images, int(images.stored.shape[1]), int(images.stored.shape[2]))
     stored = np.ascontiguousarray(images.stored[order])
     file_meta(ds)
-    encoded = encode_frames_dcmtk(stored, images.bits_stored) if plan.compress == "jpeg-lossless" else None
-    set_pixel_data(ds, stored, plan.compress, encoded)
-    logger.debug("enhanced series %d: %d frames", series.number, n)
+    encoded = encode_frames_dcmtk(stored, images.bits_stored) if compress == "jpeg-lossless" else None
+    set_pixel_data(ds, stored, compress, encoded)
+
+
+def enhanced_dataset(study: StudyPlan, series: SeriesPlan, images: SeriesImages) -> Dataset:
+    """The Enhanced MR Image object of one series.
+
+    Parameters
+    ----------
+    study
+        The study.
+    series
+        The series (any kind but a screenshot).
+    images
+        Its pixel data.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The dataset with file meta and (possibly compressed) pixel data.
+    """
+    plan = study.plan
+    rng = case_rng(plan.seed, plan.case_index, 6000 + series.number)
+    layout = _frame_layout(images, series, descending=bool(rng.random() < 0.5))
+    ds = Dataset()
+    for key, value in study_attrs(study, series):
+        setattr(ds, key, value)
+    del ds.AcquisitionDate  # not in the Enhanced MR IOD (Acquisition DateTime is)
+    _image_attributes(ds, study, series)
+    if series.style.enhanced_image_type[0] == "ORIGINAL":
+        _pulse_sequence(ds, series.style, series.kind)
+    if series.kind == "dce":
+        ds.ContrastBolusAgentSequence = Sequence([_contrast_agent()])
+    _dimensions(ds, series, images, uid_for(plan, "dimensions", series.key))
+    ds.SharedFunctionalGroupsSequence = Sequence([_shared_groups(study, series, images, series.grids[0])])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(
+        [
+            _per_frame(study, series, images.frames[i], layout.n_blocks, layout.n_slices, layout.directional)
+            for i in layout.order
+        ]
+    )
+    if series.kind == "dce":
+        _mark_contrast_usage(ds.PerFrameFunctionalGroupsSequence)
+    _pixel_data(ds, images, layout.order, plan.compress)
+    logger.debug("enhanced series %d: %d frames", series.number, len(layout.order))
     return ds

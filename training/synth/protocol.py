@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from training.synth.config import CasePlan, case_rng
 from training.synth.conventions import SeriesStyle, series_style, vendor_info
@@ -256,18 +257,208 @@ def _numbering(vendor: str, kinds: list[str]) -> list[int]:
     return numbers
 
 
-def _extra_diffusion(extra: str, grids: tuple[Grid, ...]) -> list[tuple[str, str, tuple[Grid, ...], str]]:
+@dataclass(frozen=True)
+class _SeriesEntry:
+    """A series of the study before numbering and timing.
+
+    Attributes
+    ----------
+    kind, key
+        As in :class:`SeriesPlan`.
+    grids
+        Its slice stacks.
+    acquisition
+        Key of the acquired series of its diffusion acquisition; empty for other series.
+    """
+
+    kind: str
+    key: str
+    grids: tuple[Grid, ...]
+    acquisition: str = ""
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Drawn placement of a case's stacks (LPS mm): centres and offsets along the slice normal."""
+
+    t2_centre: NDArray[np.float64]
+    t2_offset: float
+    dwi_centre: NDArray[np.float64]
+    dwi_offset: float
+    isocentre: NDArray[np.float64]
+    sagittal_localizer_centre: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class _SeriesTiming:
+    """When a series was acquired and created (seconds after midnight) and how long it took (seconds)."""
+
+    acquisition_time: float
+    series_time: float
+    duration_s: float
+
+
+def _draw_placement(rng: np.random.Generator, gland_centre: NDArray[np.float64]) -> _Placement:
+    """Draw the placement of the axial T2W and DWI stacks and of the localizers around the gland.
+
+    Parameters
+    ----------
+    rng
+        The study's random stream (its first draws).
+    gland_centre
+        Centre of the prostate (LPS mm).
+
+    Returns
+    -------
+    _Placement
+        The drawn placement.
+    """
+    t2_jitter = rng.uniform(-1, 1, 3)
+    dwi_jitter = rng.uniform(-1, 1, 3)
+    isocentre = np.round(rng.uniform(-5, 5, 3), 1)
+    sagittal_centre = gland_centre + rng.uniform(-5, 5, 3)
+    return _Placement(
+        t2_centre=gland_centre + np.array([t2_jitter[0] * 8, t2_jitter[1] * 8, 0.0]),
+        t2_offset=float(t2_jitter[2] * 2.0),
+        dwi_centre=gland_centre + np.array([dwi_jitter[0] * 8, dwi_jitter[1] * 8, 0.0]),
+        dwi_offset=float(dwi_jitter[2] * 3.0),
+        isocentre=isocentre,
+        sagittal_localizer_centre=sagittal_centre,
+    )
+
+
+def _localizer_entries(plan: CasePlan, placement: _Placement) -> list[_SeriesEntry]:
+    """The localizer series: a 3-plane one at the isocentre, optionally a second (3-plane or sagittal)."""
+    entries = [
+        _SeriesEntry("localizer", "localizer", _localizer_grids(plan.profile, placement.isocentre, False))
+    ]
+    if plan.n_localizers == 2:
+        sagittal = plan.second_localizer_sagittal
+        centre = placement.sagittal_localizer_centre if sagittal else placement.isocentre
+        entries.append(
+            _SeriesEntry("localizer", "localizer_2", _localizer_grids(plan.profile, centre, sagittal))
+        )
+    return entries
+
+
+def _extra_diffusion(extra: str, grids: tuple[Grid, ...]) -> list[_SeriesEntry]:
     """Series of the extra diffusion acquisition ``extra`` (on the standard DWI's ``grids``), in order."""
     if extra == "high_b":
-        return [("dwi", "dwi_high_b", grids, "dwi_high_b"), ("adc", "adc_high_b", grids, "dwi_high_b")]
+        return [
+            _SeriesEntry("dwi", "dwi_high_b", grids, "dwi_high_b"),
+            _SeriesEntry("adc", "adc_high_b", grids, "dwi_high_b"),
+        ]
     if extra == "dti":
         return [
-            ("dti", "dti", grids, "dti"),
-            ("trace", "dti_trace", grids, "dti"),
-            ("adc", "dti_adc", grids, "dti"),
-            ("fa", "dti_fa", grids, "dti"),
+            _SeriesEntry("dti", "dti", grids, "dti"),
+            _SeriesEntry("trace", "dti_trace", grids, "dti"),
+            _SeriesEntry("adc", "dti_adc", grids, "dti"),
+            _SeriesEntry("fa", "dti_fa", grids, "dti"),
         ]
     return []
+
+
+def _diffusion_entries(plan: CasePlan, grids: tuple[Grid, ...]) -> list[_SeriesEntry]:
+    """The diffusion series on the DWI ``grids``: the standard acquisition, then the extra one, if any."""
+    entries: list[_SeriesEntry] = []
+    # An MDDW scan's own (directional) images come first; its TRACEW, ADC and CALC follow.
+    if plan.dwi_scheme == "mddw":
+        entries.append(_SeriesEntry("dti", "dwi_directions", grids, "dwi"))
+    entries.append(_SeriesEntry("dwi", "dwi", grids, "dwi"))
+    entries.append(_SeriesEntry("adc", "adc", grids, "dwi"))
+    if plan.calc_b_values:
+        entries.append(_SeriesEntry("calc", "calc", grids, "dwi"))
+    return entries + _extra_diffusion(plan.extra_dwi, grids)
+
+
+def _series_entries(plan: CasePlan, ph: Phantom, placement: _Placement) -> list[_SeriesEntry]:
+    """Every series of the study with its geometry, in acquisition order.
+
+    Parameters
+    ----------
+    plan
+        The resolved case.
+    ph
+        Its phantom (the stacks cover the gland).
+    placement
+        The drawn placement of the stacks.
+
+    Returns
+    -------
+    list of _SeriesEntry
+        The series, in acquisition order.
+    """
+    profile = plan.profile
+    tra = oblique_axes("tra", plan.tilt_deg)
+    gc = ph.gland_centre
+    entries = _localizer_entries(plan, placement)
+    coil = _SeriesEntry("coil_reference", "coil_reference", (_stack(ph, profile, "coil_reference", tra, gc),))
+    if plan.coil_reference and plan.coil_reference_early:
+        entries.append(coil)
+    for kind, plane in (("t2_sag", "sag"), ("t2_cor", "cor")):
+        entries.append(
+            _SeriesEntry(kind, kind, (_stack(ph, profile, kind, oblique_axes(plane, plan.tilt_deg), gc),))
+        )
+    t2_grid = _stack(ph, profile, "t2w", tra, placement.t2_centre, placement.t2_offset)
+    entries.append(_SeriesEntry("t2w", "t2w", (t2_grid,)))
+    dwi_grid = _stack(ph, profile, "dwi", tra, placement.dwi_centre, placement.dwi_offset)
+    entries += _diffusion_entries(plan, (dwi_grid,))
+    if plan.repeat_t2:
+        entries.append(_SeriesEntry("t2w", "t2w_repeat", (t2_grid,)))
+    if plan.coil_reference and not plan.coil_reference_early:
+        entries.append(coil)
+    if plan.dce:
+        entries.append(_SeriesEntry("dce", "dce", (_stack(ph, profile, "dce", tra, gc),)))
+    if plan.screenshot:
+        entries.append(_SeriesEntry("screenshot", "screenshot", ()))
+    return entries
+
+
+def _series_timings(
+    entries: list[_SeriesEntry], rng: np.random.Generator, start: float
+) -> list[_SeriesTiming]:
+    """Times of every series, the scanner's clock starting at ``start`` (seconds after midnight).
+
+    Acquired series follow each other with a drawn duration and pause; series derived from a diffusion
+    acquisition (ADC, calculated, TRACEW, FA) are computed near the end of it and created just after it; a
+    screenshot is taken at the current clock.
+
+    Parameters
+    ----------
+    entries
+        The series, in acquisition order.
+    rng
+        The study's random stream.
+    start
+        Start of the first acquisition.
+
+    Returns
+    -------
+    list of _SeriesTiming
+        One per entry, rounded as written.
+    """
+    clock = start
+    timings: list[_SeriesTiming] = []
+    source_times: dict[str, tuple[float, float, float]] = {}  # acquisition -> start, duration, series time
+    for entry in entries:
+        if entry.kind in _DERIVED_SERIES_TIME:
+            begin, source_duration, source_series_time = source_times[entry.acquisition]
+            acq = begin + 0.75 * source_duration
+            series_time = source_series_time + _DERIVED_SERIES_TIME[entry.kind]
+            duration = 0.0
+        elif entry.kind == "screenshot":
+            acq = clock
+            duration = 0.0
+            series_time = clock + 5.0
+        else:
+            duration = _DURATION[entry.kind] * float(rng.uniform(0.9, 1.1))
+            acq = clock
+            series_time = clock + duration + float(rng.uniform(5, 20))
+            clock = series_time + float(rng.uniform(15, 60))
+            if entry.acquisition:
+                source_times[entry.acquisition] = (acq, duration, series_time)
+        timings.append(_SeriesTiming(round(acq, 4), round(series_time, 4), round(duration, 3)))
+    return timings
 
 
 def _series_b_values(plan: CasePlan, kind: str, acquisition: str) -> tuple[int, ...]:
@@ -279,6 +470,57 @@ def _series_b_values(plan: CasePlan, kind: str, acquisition: str) -> tuple[int, 
     if kind == "trace":
         return plan.extra_b_values[-1:]
     return plan.extra_b_values
+
+
+def _series_plan(plan: CasePlan, entry: _SeriesEntry, number: int, timing: _SeriesTiming) -> SeriesPlan:
+    """The complete plan of one series: its vendor style, b-values, directions, UID and times.
+
+    Parameters
+    ----------
+    plan
+        The resolved case.
+    entry
+        The series and its geometry.
+    number
+        Its Series Number.
+    timing
+        Its times.
+
+    Returns
+    -------
+    SeriesPlan
+        The series.
+    """
+    kind, acquisition = entry.kind, entry.acquisition
+    mddw = plan.dwi_scheme == "mddw"
+    b_values = _series_b_values(plan, kind, acquisition)
+    variant = "mddw" if mddw and acquisition == "dwi" else ACQUISITION_VARIANTS.get(acquisition, "")
+    directions = DTI_DIRECTIONS if variant in ("dti", "mddw") else ()
+    style = series_style(
+        plan.vendor,
+        kind,
+        b_values if kind != "trace" else plan.extra_b_values,
+        plan.calc_b_values,
+        second_localizer=entry.key == "localizer_2" and plan.second_localizer_sagittal,
+        variant=variant,
+        n_directions=len(directions),
+    )
+    return SeriesPlan(
+        kind=kind,
+        key=entry.key,
+        number=number,
+        uid=uid_for(plan, "series", entry.key),
+        style=style,
+        grids=entry.grids,
+        b_values=b_values,
+        times_s=_DCE_TIMES[plan.profile] if kind == "dce" else (),
+        acquisition_time=timing.acquisition_time,
+        series_time=timing.series_time,
+        duration_s=timing.duration_s,
+        acquisition=acquisition,
+        directions=directions if kind == "dti" else (),
+        flagged_directional=mddw and acquisition == "dwi" and kind in ("dwi", "adc", "calc"),
+    )
 
 
 def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
@@ -297,111 +539,14 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
         The study.
     """
     rng = case_rng(plan.seed, plan.case_index, 3)
-    profile = plan.profile
-    tra = oblique_axes("tra", plan.tilt_deg)
-    gc = ph.gland_centre
-    jitter = rng.uniform(-1, 1, 3)
-    t2_centre = gc + np.array([jitter[0] * 8, jitter[1] * 8, 0.0])
-    t2_off = float(jitter[2] * 2.0)
-    dwi_jit = rng.uniform(-1, 1, 3)
-    dwi_centre = gc + np.array([dwi_jit[0] * 8, dwi_jit[1] * 8, 0.0])
-    dwi_off = float(dwi_jit[2] * 3.0)
-    iso = np.round(rng.uniform(-5, 5, 3), 1)
-    loc_sag_centre = gc + rng.uniform(-5, 5, 3)
-
-    entries: list[tuple[str, str, tuple[Grid, ...], str]] = []  # (kind, key, grids, acquisition)
-    entries.append(("localizer", "localizer", _localizer_grids(profile, iso, False), ""))
-    if plan.n_localizers == 2:
-        centre = loc_sag_centre if plan.second_localizer_sagittal else iso
-        entries.append(
-            (
-                "localizer",
-                "localizer_2",
-                _localizer_grids(profile, centre, plan.second_localizer_sagittal),
-                "",
-            )
-        )
-    coil = ("coil_reference", "coil_reference", (_stack(ph, profile, "coil_reference", tra, gc),), "")
-    if plan.coil_reference and plan.coil_reference_early:
-        entries.append(coil)
-    entries.append(
-        ("t2_sag", "t2_sag", (_stack(ph, profile, "t2_sag", oblique_axes("sag", plan.tilt_deg), gc),), "")
-    )
-    entries.append(
-        ("t2_cor", "t2_cor", (_stack(ph, profile, "t2_cor", oblique_axes("cor", plan.tilt_deg), gc),), "")
-    )
-    t2_grid = _stack(ph, profile, "t2w", tra, t2_centre, t2_off)
-    entries.append(("t2w", "t2w", (t2_grid,), ""))
-    dwi_grid = (_stack(ph, profile, "dwi", tra, dwi_centre, dwi_off),)
-    mddw = plan.dwi_scheme == "mddw"
-    if mddw:  # the multi-direction scan's own images come first; its TRACEW, ADC and CALC follow
-        entries.append(("dti", "dwi_directions", dwi_grid, "dwi"))
-    entries.append(("dwi", "dwi", dwi_grid, "dwi"))
-    entries.append(("adc", "adc", dwi_grid, "dwi"))
-    if plan.calc_b_values:
-        entries.append(("calc", "calc", dwi_grid, "dwi"))
-    entries += _extra_diffusion(plan.extra_dwi, dwi_grid)
-    if plan.repeat_t2:
-        entries.append(("t2w", "t2w_repeat", (t2_grid,), ""))
-    if plan.coil_reference and not plan.coil_reference_early:
-        entries.append(coil)
-    if plan.dce:
-        entries.append(("dce", "dce", (_stack(ph, profile, "dce", tra, gc),), ""))
-    if plan.screenshot:
-        entries.append(("screenshot", "screenshot", (), ""))
-
-    numbers = _numbering(plan.vendor, [k for k, _, _, _ in entries])
+    entries = _series_entries(plan, ph, _draw_placement(rng, ph.gland_centre))
+    numbers = _numbering(plan.vendor, [entry.kind for entry in entries])
     study_time = float(rng.integers(7 * 3600, 17 * 3600)) + float(np.round(rng.random(), 3))
-    clock = study_time + 60.0
-    series: list[SeriesPlan] = []
-    source_times: dict[str, tuple[float, float, float]] = {}  # acquisition -> start, duration, series time
-    for (kind, key, grids, acquisition), number in zip(entries, numbers, strict=True):
-        b_values = _series_b_values(plan, kind, acquisition)
-        times: tuple[float, ...] = _DCE_TIMES[profile] if kind == "dce" else ()
-        if kind in _DERIVED_SERIES_TIME:
-            start, duration, source_series_time = source_times[acquisition]
-            acq = start + 0.75 * duration
-            series_time = source_series_time + _DERIVED_SERIES_TIME[kind]
-        elif kind == "screenshot":
-            acq = clock
-            duration = 0.0
-            series_time = clock + 5.0
-        else:
-            duration = _DURATION[kind] * float(rng.uniform(0.9, 1.1))
-            acq = clock
-            series_time = clock + duration + float(rng.uniform(5, 20))
-            clock = series_time + float(rng.uniform(15, 60))
-            if acquisition:
-                source_times[acquisition] = (acq, duration, series_time)
-        variant = "mddw" if mddw and acquisition == "dwi" else ACQUISITION_VARIANTS.get(acquisition, "")
-        directions = DTI_DIRECTIONS if variant in ("dti", "mddw") else ()
-        style = series_style(
-            plan.vendor,
-            kind,
-            b_values if kind != "trace" else plan.extra_b_values,
-            plan.calc_b_values,
-            second_localizer=key == "localizer_2" and plan.second_localizer_sagittal,
-            variant=variant,
-            n_directions=len(directions),
-        )
-        series.append(
-            SeriesPlan(
-                kind=kind,
-                key=key,
-                number=number,
-                uid=uid_for(plan, "series", key),
-                style=style,
-                grids=grids,
-                b_values=b_values,
-                times_s=times,
-                acquisition_time=round(acq, 4),
-                series_time=round(series_time, 4),
-                duration_s=round(duration if kind not in _DERIVED_SERIES_TIME else 0.0, 3),
-                acquisition=acquisition,
-                directions=directions if kind == "dti" else (),
-                flagged_directional=mddw and acquisition == "dwi" and kind in ("dwi", "adc", "calc"),
-            )
-        )
+    timings = _series_timings(entries, rng, study_time + 60.0)
+    series = tuple(
+        _series_plan(plan, entry, number, timing)
+        for entry, number, timing in zip(entries, numbers, timings, strict=True)
+    )
     info = vendor_info(plan.vendor)
     logger.debug("study of case %d: %d series (%s)", plan.case_index, len(series), info.manufacturer)
     return StudyPlan(
@@ -415,5 +560,5 @@ def plan_study(plan: CasePlan, ph: Phantom) -> StudyPlan:
         accession=f"SYN{plan.seed % 1000:03d}{plan.case_index:06d}",
         study_date=dt.date(2015, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3000))),
         study_time=study_time,
-        series=tuple(series),
+        series=series,
     )

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from training.synth.config import case_rng
 from training.synth.geometry import Grid
-from training.synth.phantom import Phantom
+from training.synth.phantom import Lesion, Phantom
 from training.synth.protocol import SeriesPlan, StudyPlan
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,79 @@ def _role(series: SeriesPlan) -> dict[str, Any]:
     return {"series_instance_uid": series.uid, "series_number": series.number}
 
 
+def _lesion_entry(les: Lesion, count: int, voxel_ml: float) -> dict[str, Any]:
+    """The ``truth.json`` entry of one lesion that covers ``count`` voxels of ``voxel_ml`` on the T2W grid."""
+    return {
+        "id": les.id,
+        "kind": les.kind,
+        "isup": les.isup,
+        "gleason": les.gleason,
+        "pirads": les.pirads,
+        "zone": les.zone,
+        "center_lps_mm": [round(float(v), 3) for v in les.shape.centre],
+        "radii_mm": [round(float(v), 3) for v in les.shape.radii],
+        "axes": [[round(float(v), 6) for v in row] for row in les.shape.rotation],
+        "volume_ml": round(count * voxel_ml, 4),
+        "label_value": les.label_value,
+        "t2_relative": round(les.t2, 4),
+        "adc": round(les.adc, 1),
+    }
+
+
+def _lesion_entries(
+    ph: Phantom, labels: LabelVolumes, voxel_ml: float, patient_id: str
+) -> list[dict[str, Any]]:
+    """The ``truth.json`` entries of every lesion; a labelled lesion without a T2W voxel is logged."""
+    lesions = []
+    for les, count in zip(ph.lesions, labels.counts, strict=True):
+        if les.label_value and count == 0:
+            logger.warning("csPCa lesion %d of case %s has no voxel on the T2W grid", les.id, patient_id)
+        lesions.append(_lesion_entry(les, count, voxel_ml))
+    return lesions
+
+
+def _roles(
+    study: StudyPlan, t2w: SeriesPlan, hbv: SeriesPlan, adc: SeriesPlan, dwi: SeriesPlan
+) -> dict[str, Any]:
+    """The ``roles`` entry: the expected T2W, ADC, HBV and DWI series, and whether b = 1400 is computed."""
+    all_b = [b for s in study.series if s.kind in TRACE_KINDS for b in s.b_values]
+    return {
+        "t2w": _role(t2w),
+        "adc": _role(adc),
+        "hbv": {**_role(hbv), "b_value": max(hbv.b_values), "computed": False},
+        "dwi": _role(dwi),
+        "b1400_computed": not any(b >= 1400 for b in all_b),
+    }
+
+
+def _series_entries(study: StudyPlan, folders: dict[str, str], files: dict[str, int]) -> list[dict[str, Any]]:
+    """One ``truth.json`` entry per series: identity, kind, folder, file count and times."""
+    return [
+        {
+            "series_number": s.number,
+            "series_instance_uid": s.uid,
+            "description": s.style.description,
+            "kind": s.kind,
+            "key": s.key,
+            "folder": f"dicom/{folders[s.key]}",
+            "files": files[s.key],
+            "acquisition_time": s.acquisition_time,
+            "series_time": s.series_time,
+        }
+        for s in study.series
+    ]
+
+
+def _grid_entry(grid: Grid) -> dict[str, Any]:
+    """Size, spacing, origin and direction of a grid, as written in ``truth.json``."""
+    return {
+        "size": list(grid.size),
+        "spacing": list(grid.spacing),
+        "origin": list(grid.origin),
+        "direction": list(grid.sitk_direction()),
+    }
+
+
 def truth_record(
     study: StudyPlan,
     ph: Phantom,
@@ -241,31 +314,8 @@ def truth_record(
     plan = study.plan
     t2w = expected_t2w(study)
     hbv, adc, dwi = expected_diffusion(study)
-    hbv_b = max(hbv.b_values)
-    all_b = [b for s in study.series if s.kind in TRACE_KINDS for b in s.b_values]
     voxel_ml = float(np.prod(labels.grid.spacing)) / 1000.0
-    lesions = []
-    for les, count in zip(ph.lesions, labels.counts, strict=True):
-        if les.label_value and count == 0:
-            logger.warning("csPCa lesion %d of case %s has no voxel on the T2W grid", les.id, plan.patient_id)
-        lesions.append(
-            {
-                "id": les.id,
-                "kind": les.kind,
-                "isup": les.isup,
-                "gleason": les.gleason,
-                "pirads": les.pirads,
-                "zone": les.zone,
-                "center_lps_mm": [round(float(v), 3) for v in les.shape.centre],
-                "radii_mm": [round(float(v), 3) for v in les.shape.radii],
-                "axes": [[round(float(v), 6) for v in row] for row in les.shape.rotation],
-                "volume_ml": round(count * voxel_ml, 4),
-                "label_value": les.label_value,
-                "t2_relative": round(les.t2, 4),
-                "adc": round(les.adc, 1),
-            }
-        )
-    grid = labels.grid
+    lesions = _lesion_entries(ph, labels, voxel_ml, plan.patient_id)
     return {
         "patient_id": plan.patient_id,
         "study_id": plan.study_id,
@@ -279,13 +329,7 @@ def truth_record(
         "profile": plan.profile,
         "tilt_deg": plan.tilt_deg,
         "extra_dwi": plan.extra_dwi,
-        "roles": {
-            "t2w": _role(t2w),
-            "adc": _role(adc),
-            "hbv": {**_role(hbv), "b_value": hbv_b, "computed": False},
-            "dwi": _role(dwi),
-            "b1400_computed": not any(b >= 1400 for b in all_b),
-        },
+        "roles": _roles(study, t2w, hbv, adc, dwi),
         "t2w_alternatives": [s.number for s in study.series if s.kind == "t2w" and s.uid != t2w.uid],
         "ignored_series": [
             {"series_number": s.number, "description": s.style.description, "kind": s.kind}
@@ -299,27 +343,9 @@ def truth_record(
         "lesions": lesions,
         "case_isup": max((les.isup for les in ph.lesions), default=0),
         "gland_volume_ml": round(float(labels.gland.sum()) * voxel_ml, 3),
-        "series": [
-            {
-                "series_number": s.number,
-                "series_instance_uid": s.uid,
-                "description": s.style.description,
-                "kind": s.kind,
-                "key": s.key,
-                "folder": f"dicom/{folders[s.key]}",
-                "files": files[s.key],
-                "acquisition_time": s.acquisition_time,
-                "series_time": s.series_time,
-            }
-            for s in study.series
-        ],
+        "series": _series_entries(study, folders, files),
         "labels": {name: f"labels/{fname}" for name, fname in label_files.items()},
-        "t2w_grid": {
-            "size": list(grid.size),
-            "spacing": list(grid.spacing),
-            "origin": list(grid.origin),
-            "direction": list(grid.sitk_direction()),
-        },
+        "t2w_grid": _grid_entry(labels.grid),
     }
 
 
