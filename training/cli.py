@@ -83,6 +83,15 @@ def register_train(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "Several GPUs: torchrun --nproc-per-node N -m lesion_engine.cli train ...",
     )
     _add_data_arguments(parser, "train")
+    _add_run_arguments(parser)
+    _add_optimization_arguments(parser)
+    _add_architecture_arguments(parser)
+    _add_localization_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run`` options of ``train``: output, resume, export, seeds, devices, cache and stopping."""
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (default runs/train)")
     run.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
@@ -114,6 +123,10 @@ def register_train(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     run.add_argument("--time-limit-min", type=float, help="stop after the first step past N minutes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_optimization_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``optimization`` options of ``train``: schedule, loss weights, warm-up, crops and candidates."""
     opt = parser.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, default=20, help="epochs, warm-up included (default 20)")
     opt.add_argument("--samples-per-epoch", type=int, help="crops per epoch (default: one per case)")
@@ -146,6 +159,10 @@ def register_train(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     opt.add_argument("--no-augment", action="store_true", help="no data augmentation")
     opt.add_argument("--random-negatives", type=int, default=2, help="random background candidates per crop")
     opt.add_argument("--map-candidates", type=int, default=3, help="candidates from the current map per crop")
+
+
+def _add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``architecture`` options of ``train``: channels of the two networks."""
     arch = parser.add_argument_group("architecture")
     arch.add_argument(
         "--loc-channels", type=int, nargs="+", help="our U-Net's channels per level (default 16 32 64 128)"
@@ -153,8 +170,6 @@ def register_train(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     arch.add_argument(
         "--cls-channels", type=int, nargs="+", default=(16, 32, 64), help="classifier channels per stage"
     )
-    _add_localization_arguments(parser)
-    parser.set_defaults(func=run_train)
 
 
 def _add_localization_arguments(parser: argparse.ArgumentParser) -> None:

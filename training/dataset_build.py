@@ -312,34 +312,32 @@ def _remove_outputs(out: Path, entry: dict[str, Any]) -> None:
         (out / rel).unlink(missing_ok=True)
 
 
-def _build_case(
-    case_id: str,
-    study: StudyInput,
-    segs: list[Path],
-    files: LabelFiles,
-    given: dict[str, str] | None,
-    options: BuildOptions,
-    out: Path,
-    verdicts: Sequence[NodeVerdicts] = (),
-) -> dict[str, Any]:
-    """Build one case into ``out``; returns its dataset.json entry (without fingerprint). Raises _SkipError."""
+def _prepared(study: StudyInput) -> PreparedStudy:
+    """The study as the node reads it (series selection, co-registration); _SkipError when it cannot be read."""
     if not study.images:
         raise _SkipError("no images: only SEG objects of this study were found")
     try:
-        prepared = prepare_study(study.images)
+        return prepare_study(study.images)
     except LesionAIError as exc:
         raise _SkipError(f"{type(exc).__name__}: {exc}") from exc
-    t2w = prepared.t2w
+
+
+def _case_labels(segs: list[Path], files: LabelFiles, t2w: sitk.Image, options: BuildOptions) -> _Labels:
+    """The case's labels on the T2W grid: its radiologist SEG's, else its label files'; _SkipError if unusable."""
     try:
         labels = _labels_from_segs(segs, t2w, options) if segs else _labels_from_files(files, t2w)
     except LabelError as exc:
         raise _SkipError(str(exc)) from exc
     if segs and files.lesion is not None:
         labels.record["not_used"] = [f"{p.name}: a radiologist SEG exists" for p in files.paths()]
-    warnings = []
-    row = _marksheet_row(case_id, study, labels, given, options)
-    if row["case_csPCa"].upper() == "YES" and not np.any(labels.lesion > 0):
-        warnings.append("csPCa by the marksheet but the lesion label is empty: training will skip this case")
+    return labels
+
+
+def _planned_volumes(
+    case_id: str, prepared: PreparedStudy, labels: _Labels, options: BuildOptions
+) -> list[tuple[Path, sitk.Image]]:
+    """The case's images and label volumes, each with its path relative to the output folder."""
+    t2w = prepared.t2w
     patient = case_id.split("_", 1)[0]
     zones_model = labels.zones_model or options.zones_model
     planned: list[tuple[Path, sitk.Image]] = [
@@ -354,15 +352,52 @@ def _build_case(
         planned.append(
             (_ZONES_DIR / zones_model / f"{case_id}.nii.gz", _image(labels.zones.astype(np.uint8), t2w))
         )
-    verdict_record = None
-    if verdicts:
-        masks = draw_verdicts(verdicts, study.images, t2w, prepared.roles["t2w"].series_instance_uid)
-        planned.append((NEGATIVE_DIR / f"{case_id}.nii.gz", _image(masks.negative, t2w)))
-        planned.append((HINTS_DIR / f"{case_id}.nii.gz", _image(masks.hints, t2w)))
-        verdict_record = masks.record
-        inside = int(np.count_nonzero(masks.negative & (labels.lesion > 0)))
-        if inside:
-            warnings.append(f"{inside} voxel(s) of rejected AI findings lie inside the lesion label")
+    return planned
+
+
+@dataclass(frozen=True)
+class _VerdictOutputs:
+    """A case's verdicts drawn on its T2W grid.
+
+    Attributes
+    ----------
+    planned : list of (Path, SimpleITK.Image)
+        The negative and hint masks, each with its path relative to the output folder.
+    record : dict
+        The case's ``verdicts`` entry of dataset.json.
+    warnings : list of str
+        A warning when rejected findings lie inside the lesion label.
+    """
+
+    planned: list[tuple[Path, sitk.Image]]
+    record: dict[str, Any]
+    warnings: list[str]
+
+
+def _verdict_outputs(
+    case_id: str,
+    verdicts: Sequence[NodeVerdicts],
+    study: StudyInput,
+    prepared: PreparedStudy,
+    labels: _Labels,
+) -> _VerdictOutputs:
+    """Draw the case's verdicts as negative and hint masks on its T2W grid."""
+    t2w = prepared.t2w
+    masks = draw_verdicts(verdicts, study.images, t2w, prepared.roles["t2w"].series_instance_uid)
+    planned = [
+        (NEGATIVE_DIR / f"{case_id}.nii.gz", _image(masks.negative, t2w)),
+        (HINTS_DIR / f"{case_id}.nii.gz", _image(masks.hints, t2w)),
+    ]
+    inside = int(np.count_nonzero(masks.negative & (labels.lesion > 0)))
+    warnings = [f"{inside} voxel(s) of rejected AI findings lie inside the lesion label"] if inside else []
+    return _VerdictOutputs(planned, masks.record, warnings)
+
+
+def _write_outputs(case_id: str, planned: list[tuple[Path, sitk.Image]], out: Path) -> dict[str, str]:
+    """Write a case's volumes into a staging folder, then move them into ``out``; their SHA-256 by path.
+
+    The staging folder is removed in any case, so a case that fails to write leaves no partial output there.
+    """
     staging = out / f".building-{case_id}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -377,7 +412,12 @@ def _build_case(
             os.replace(staging / rel, out / rel)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    roles = {
+    return outputs
+
+
+def _roles_record(prepared: PreparedStudy) -> dict[str, dict[str, Any]]:
+    """The series chosen for each role (the ``images`` entry of dataset.json)."""
+    return {
         role: {
             "series_instance_uid": c.series_instance_uid,
             "series_number": c.series_number,
@@ -386,10 +426,37 @@ def _build_case(
         }
         for role, c in prepared.roles.items()
     }
+
+
+def _build_case(
+    case_id: str,
+    study: StudyInput,
+    segs: list[Path],
+    files: LabelFiles,
+    given: dict[str, str] | None,
+    options: BuildOptions,
+    out: Path,
+    verdicts: Sequence[NodeVerdicts] = (),
+) -> dict[str, Any]:
+    """Build one case into ``out``; returns its dataset.json entry (without fingerprint). Raises _SkipError."""
+    prepared = _prepared(study)
+    labels = _case_labels(segs, files, prepared.t2w, options)
+    warnings = []
+    row = _marksheet_row(case_id, study, labels, given, options)
+    if row["case_csPCa"].upper() == "YES" and not np.any(labels.lesion > 0):
+        warnings.append("csPCa by the marksheet but the lesion label is empty: training will skip this case")
+    planned = _planned_volumes(case_id, prepared, labels, options)
+    verdict_record = None
+    if verdicts:
+        drawn = _verdict_outputs(case_id, verdicts, study, prepared, labels)
+        planned += drawn.planned
+        verdict_record = drawn.record
+        warnings += drawn.warnings
+    outputs = _write_outputs(case_id, planned, out)
     values = labels.lesion[labels.lesion > 0]
     return {
         "study_instance_uid": study.study_instance_uid,
-        "images": roles,
+        "images": _roles_record(prepared),
         "computed_high_b": prepared.computed is not None,
         "labels": {**labels.record, "lesion_values": sorted({int(v) for v in np.unique(values)})},
         "marksheet": row,

@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -242,6 +243,87 @@ def _box(image: sitk.Image) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     return points.min(axis=0), points.max(axis=0)
 
 
+def _read_label(path: Path, where: str) -> sitk.Image:
+    """Read a label file as a 3D scalar image (LabelError when it is not one)."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise LabelError(f"{where} cannot be read: {str(exc).strip().splitlines()[-1]}") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise LabelError(
+            f"{where}: expected a 3D scalar image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s)"
+        )
+    return image
+
+
+def _label_values(image: sitk.Image, kind: str, where: str) -> NDArray[Any]:
+    """A label's voxel values as (Z, Y, X), checked against ``kind`` (a gland mask made 0/1 in int16)."""
+    values = sitk.GetArrayFromImage(image)
+    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+        raise LabelError(f"{where}: values must be whole numbers")
+    allowed = {"lesion": set(range(6)), "zones": {0, 1, 2}}.get(kind)
+    found = {int(v) for v in np.unique(values)}
+    if allowed is not None and not found <= allowed:
+        raise LabelError(
+            f"{where}: values {sorted(found - allowed)} are not allowed "
+            f"({'ISUP grades 0..5' if kind == 'lesion' else '0, 1 = PZ, 2 = TZ'})"
+        )
+    if kind == "gland":
+        values = (values != 0).astype(np.int16)
+    return values
+
+
+def _on_t2w_grid(image: sitk.Image, t2w: sitk.Image) -> bool:
+    """Whether a label has the T2W's grid (size, origin within half a voxel, direction, spacing)."""
+    spacing = np.asarray(t2w.GetSpacing())
+    return bool(
+        image.GetSize() == t2w.GetSize()
+        and np.all(np.abs(np.subtract(image.GetOrigin(), t2w.GetOrigin())) < spacing / 2)
+        and np.allclose(image.GetDirection(), t2w.GetDirection(), atol=1e-3)
+        and np.allclose(image.GetSpacing(), spacing, rtol=1e-3)
+    )
+
+
+def _check_overlap(image: sitk.Image, t2w: sitk.Image, where: str) -> None:
+    """LabelError when the label's volume and the T2W's do not overlap at all."""
+    low, high = _box(image)
+    t_low, t_high = _box(t2w)
+    if np.any(high < t_low) or np.any(t_high < low):
+        raise LabelError(
+            f"{where} is on another grid that does not overlap the T2W volume (label origin "
+            f"{tuple(round(v, 1) for v in image.GetOrigin())}, T2W origin {tuple(round(v, 1) for v in t2w.GetOrigin())}); "
+            "is it the label of another study?"
+        )
+
+
+def _check_inside(values: NDArray[Any], image: sitk.Image, t2w: sitk.Image, where: str) -> None:
+    """LabelError when labelled voxels of ``image`` (``values``) lie outside the T2W volume."""
+    labelled = np.argwhere(values != 0)
+    if not labelled.size:
+        return
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    points = np.asarray(image.GetOrigin()) + labelled[:, ::-1] @ matrix.T
+    t_matrix = np.asarray(t2w.GetDirection()).reshape(3, 3) * np.asarray(t2w.GetSpacing())
+    index = (points - np.asarray(t2w.GetOrigin())) @ np.linalg.inv(t_matrix).T
+    outside = np.any((index < -0.5) | (index > np.asarray(t2w.GetSize()) - 0.5), axis=1)
+    if outside.any():
+        raise LabelError(
+            f"{where} is on another grid: {int(outside.sum())} of {len(labelled)} labelled voxel(s) lie outside "
+            "the T2W volume; resample it onto the T2W series first"
+        )
+
+
+def _check_nothing_lost(values: NDArray[Any], out: NDArray[np.int16], where: str) -> None:
+    """LabelError when label values of ``values`` are missing from their resampled ``out``."""
+    lost = {int(v) for v in np.unique(values) if v} - {int(v) for v in np.unique(out) if v}
+    if lost:
+        raise LabelError(
+            f"{where} is on another grid: the value(s) {sorted(lost)} vanish on the T2W grid (too small to "
+            "resample); resample it onto the T2W series first"
+        )
+
+
 def label_on_t2w(path: Path, t2w: sitk.Image, kind: str) -> NDArray[np.int16]:
     """A label file on the T2W grid (nearest neighbour), as (Z, Y, X).
 
@@ -261,65 +343,16 @@ def label_on_t2w(path: Path, t2w: sitk.Image, kind: str) -> NDArray[np.int16]:
         T2W volume, labelled voxels outside it, or labels lost on the T2W grid).
     """
     where = f"{kind} label {path.name}"
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise LabelError(f"{where} cannot be read: {str(exc).strip().splitlines()[-1]}") from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise LabelError(
-            f"{where}: expected a 3D scalar image, got {image.GetDimension()}D with "
-            f"{image.GetNumberOfComponentsPerPixel()} component(s)"
-        )
-    values = sitk.GetArrayFromImage(image)
-    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-        raise LabelError(f"{where}: values must be whole numbers")
-    allowed = {"lesion": set(range(6)), "zones": {0, 1, 2}}.get(kind)
-    found = {int(v) for v in np.unique(values)}
-    if allowed is not None and not found <= allowed:
-        raise LabelError(
-            f"{where}: values {sorted(found - allowed)} are not allowed "
-            f"({'ISUP grades 0..5' if kind == 'lesion' else '0, 1 = PZ, 2 = TZ'})"
-        )
-    if kind == "gland":
-        values = (values != 0).astype(np.int16)
+    image = _read_label(path, where)
+    values = _label_values(image, kind, where)
+    if _on_t2w_grid(image, t2w):
+        return values.astype(np.int16)
+    _check_overlap(image, t2w, where)
     label = sitk.GetImageFromArray(values.astype(np.int16))
     label.CopyInformation(image)
-    same_size = image.GetSize() == t2w.GetSize()
-    spacing = np.asarray(t2w.GetSpacing())
-    if (
-        same_size
-        and np.all(np.abs(np.subtract(image.GetOrigin(), t2w.GetOrigin())) < spacing / 2)
-        and np.allclose(image.GetDirection(), t2w.GetDirection(), atol=1e-3)
-        and np.allclose(image.GetSpacing(), spacing, rtol=1e-3)
-    ):
-        return values.astype(np.int16)
-    low, high = _box(image)
-    t_low, t_high = _box(t2w)
-    if np.any(high < t_low) or np.any(t_high < low):
-        raise LabelError(
-            f"{where} is on another grid that does not overlap the T2W volume (label origin "
-            f"{tuple(round(v, 1) for v in image.GetOrigin())}, T2W origin {tuple(round(v, 1) for v in t2w.GetOrigin())}); "
-            "is it the label of another study?"
-        )
     on_t2w = sitk.Resample(label, t2w, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkInt16)
     out = sitk.GetArrayFromImage(on_t2w).astype(np.int16)
-    labelled = np.argwhere(values != 0)
-    if labelled.size:
-        matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-        points = np.asarray(image.GetOrigin()) + labelled[:, ::-1] @ matrix.T
-        t_matrix = np.asarray(t2w.GetDirection()).reshape(3, 3) * spacing
-        index = (points - np.asarray(t2w.GetOrigin())) @ np.linalg.inv(t_matrix).T
-        outside = np.any((index < -0.5) | (index > np.asarray(t2w.GetSize()) - 0.5), axis=1)
-        if outside.any():
-            raise LabelError(
-                f"{where} is on another grid: {int(outside.sum())} of {len(labelled)} labelled voxel(s) lie outside "
-                "the T2W volume; resample it onto the T2W series first"
-            )
-    lost = {int(v) for v in np.unique(values) if v} - {int(v) for v in np.unique(out) if v}
-    if lost:
-        raise LabelError(
-            f"{where} is on another grid: the value(s) {sorted(lost)} vanish on the T2W grid (too small to "
-            "resample); resample it onto the T2W series first"
-        )
+    _check_inside(values, image, t2w, where)
+    _check_nothing_lost(values, out, where)
     logger.info("%s resampled onto the T2W grid", where)
     return out

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lesion_engine.artifact import read_card
+from lesion_engine.artifact import ModelCard, read_card
 
 logger = logging.getLogger(__name__)
 
@@ -86,25 +86,11 @@ def _figure_lines(folder: Path) -> list[str]:
     return ["Figures (joint model):", "", *[f"- [{caption}]({name})" for name, caption in present], ""]
 
 
-def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: dict[str, Any]) -> Path:
-    """Write ``MODEL_CARD.md`` into an installed artifact folder.
-
-    Parameters
-    ----------
-    folder : Path
-        The artifact folder (its ``model.json`` is read for architecture and settings).
-    runs : dict
-        ``joint`` (and ``detached_map``) run records of :func:`training.default_model.reproduce`.
-    training : dict
-        The card's training record (data, commands).
-    """
-    card = read_card(folder)
-    joint = runs["joint"]
-    held = joint["held_out"]
-    data = training["data"]
+def _description_lines(card: ModelCard, training: dict[str, Any]) -> list[str]:
+    """The card's title, its research-only warning and "What it is" (architecture and training scheme)."""
     loc = card.localization
     pre = card.preprocessing
-    lines = [
+    return [
         f"# Model card: {card.name} {card.version}",
         "",
         "**For research and demonstration only. Not for diagnosis, not a medical device.** This model has never "
@@ -128,6 +114,12 @@ def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: di
         f"- model grid: {list(pre.size_zyx)} voxels of {list(pre.spacing_zyx)} mm (z, y, x), centred on the T2W; "
         f"weights: {card.weights_sha256[:16]}... (sha256 in model.json).",
         "",
+    ]
+
+
+def _training_data_lines(data: dict[str, Any]) -> list[str]:
+    """The "Training data" section: the synthetic phantoms the model learnt from."""
+    return [
         "## Training data",
         "",
         f"Synthetic phantoms only ({data.get('generator', 'training.synth')}): {data['train']['cases']} training "
@@ -137,6 +129,15 @@ def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: di
         "indolent cancer, BPH nodules and prostatitis (the benign mimics and indolent cancers are the "
         "classifier's hard negatives). The studies go through the engine's own DICOM input pipeline.",
         "",
+    ]
+
+
+def _results_lines(
+    folder: Path, runs: dict[str, dict[str, Any]], held: dict[str, Any], data: dict[str, Any]
+) -> list[str]:
+    """The "Held-out results" section: metrics of the joint run (``held``) and its ablation, per kind, figures."""
+    joint = runs["joint"]
+    lines = [
         "## Held-out results",
         "",
         f"Evaluated with picai_eval on {held['num_cases']} held-out synthetic cases (seed {data['test']['seed']}, "
@@ -155,7 +156,8 @@ def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: di
             "The ablation is trained on the same data, seeds and step budget, with `JointModel(detach_map=True)`: "
             "the classifier still reads the map, but its gradients stop there.",
         ]
-    lines += [
+    return [
+        *lines,
         "",
         "Per lesion kind (joint model; detected = a reported lesion with IoU >= 0.10; called csPCa = detected "
         "with probability >= 0.5):",
@@ -166,6 +168,13 @@ def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: di
         "",
         *_confusion_lines(held.get("category_confusion")),
         *_figure_lines(folder),
+    ]
+
+
+def _reproduce_lines(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """The "Reproduce" section: the run's duration and the commands that made the model."""
+    joint = runs["joint"]
+    lines = [
         "## Reproduce",
         "",
         f"Training took {joint['train_seconds'] / 60:.1f} min for {joint['steps']} steps on the CPU of the build "
@@ -181,36 +190,67 @@ def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: di
     ]
     if "detached_map" in runs:
         lines.append(runs["detached_map"]["train_command"])
-    lines += [
-        "```",
-        "",
-        "## Training on PI-CAI",
-        "",
-        "The PI-CAI public training set (1500 cases; images from zenodo, labels from the picai_labels "
-        "repository, CC BY-NC 4.0) is read in its published layout: `IMAGES/<patient>/<patient>_<study>_"
-        "{t2w,adc,hbv}.mha`, `picai_labels/csPCa_lesion_delineations/human_expert/resampled/`, "
-        "`.../AI/Bosma22a/` (used where the expert label is missing), optional "
-        "`anatomical_delineations/zonal_pz_tz/AI/<model>/`, `clinical_information/marksheet.csv`, and the "
-        "picai_baseline 5-fold splits (`ds-config-{train,valid}-fold-K.json` or nnU-Net's `splits.json`):",
-        "",
-        "```sh",
-        "lesion-ai train --data IMAGES --data-format picai --picai-labels picai_labels \\",
-        "    --split SPLITS --fold 0 --out runs/picai-fold0 --epochs 100 --device cuda",
-        "lesion-ai evaluate --data IMAGES --data-format picai --picai-labels picai_labels \\",
-        "    --split SPLITS --fold 0 --subset valid --model runs/picai-fold0/artifact --out runs/picai-fold0/eval",
-        "# several GPUs: torchrun --nproc-per-node 4 -m lesion_engine.cli train ...",
-        "```",
-        "",
-        "PI-CAI delineates csPCa only: there are no benign-mimic masks, so the classifier's hard negatives come "
-        "from the candidates of the current map. Check the label licences before shipping a model trained on them.",
-        "",
-        "## Limitations",
-        "",
-        "- Synthetic phantoms are far simpler than real anatomy, pathology, artefacts and scanner variation.",
-        "- The suspicion category is learned from a fixed mapping (benign mimic 2, ISUP 1 -> 3, ISUP 2 -> 4, "
-        "ISUP >= 3 -> 5), not from radiologists' PI-RADS scores.",
-        "- Metrics are on synthetic data from the same generator as the training data.",
-        "",
+    return [*lines, "```", ""]
+
+
+_PICAI_LINES: tuple[str, ...] = (
+    "## Training on PI-CAI",
+    "",
+    "The PI-CAI public training set (1500 cases; images from zenodo, labels from the picai_labels "
+    "repository, CC BY-NC 4.0) is read in its published layout: `IMAGES/<patient>/<patient>_<study>_"
+    "{t2w,adc,hbv}.mha`, `picai_labels/csPCa_lesion_delineations/human_expert/resampled/`, "
+    "`.../AI/Bosma22a/` (used where the expert label is missing), optional "
+    "`anatomical_delineations/zonal_pz_tz/AI/<model>/`, `clinical_information/marksheet.csv`, and the "
+    "picai_baseline 5-fold splits (`ds-config-{train,valid}-fold-K.json` or nnU-Net's `splits.json`):",
+    "",
+    "```sh",
+    "lesion-ai train --data IMAGES --data-format picai --picai-labels picai_labels \\",
+    "    --split SPLITS --fold 0 --out runs/picai-fold0 --epochs 100 --device cuda",
+    "lesion-ai evaluate --data IMAGES --data-format picai --picai-labels picai_labels \\",
+    "    --split SPLITS --fold 0 --subset valid --model runs/picai-fold0/artifact --out runs/picai-fold0/eval",
+    "# several GPUs: torchrun --nproc-per-node 4 -m lesion_engine.cli train ...",
+    "```",
+    "",
+    "PI-CAI delineates csPCa only: there are no benign-mimic masks, so the classifier's hard negatives come "
+    "from the candidates of the current map. Check the label licences before shipping a model trained on them.",
+    "",
+)
+"""The "Training on PI-CAI" section: the commands that train and evaluate on the PI-CAI public set."""
+
+_LIMITATIONS_LINES: tuple[str, ...] = (
+    "## Limitations",
+    "",
+    "- Synthetic phantoms are far simpler than real anatomy, pathology, artefacts and scanner variation.",
+    "- The suspicion category is learned from a fixed mapping (benign mimic 2, ISUP 1 -> 3, ISUP 2 -> 4, "
+    "ISUP >= 3 -> 5), not from radiologists' PI-RADS scores.",
+    "- Metrics are on synthetic data from the same generator as the training data.",
+    "",
+)
+"""The "Limitations" section."""
+
+
+def write_model_card(folder: Path, runs: dict[str, dict[str, Any]], training: dict[str, Any]) -> Path:
+    """Write ``MODEL_CARD.md`` into an installed artifact folder.
+
+    Parameters
+    ----------
+    folder : Path
+        The artifact folder (its ``model.json`` is read for architecture and settings).
+    runs : dict
+        ``joint`` (and ``detached_map``) run records of :func:`training.default_model.reproduce`.
+    training : dict
+        The card's training record (data, commands).
+    """
+    card = read_card(folder)
+    held = runs["joint"]["held_out"]
+    data = training["data"]
+    lines = [
+        *_description_lines(card, training),
+        *_training_data_lines(data),
+        *_results_lines(folder, runs, held, data),
+        *_reproduce_lines(runs),
+        *_PICAI_LINES,
+        *_LIMITATIONS_LINES,
     ]
     path = folder / "MODEL_CARD.md"
     path.write_text("\n".join(lines), encoding="utf-8")

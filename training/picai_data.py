@@ -313,6 +313,89 @@ def cspca_label_image(
     return None, "none"
 
 
+def _read_images(
+    layout: PicaiLayout, case_id: str, config: PreprocessConfig
+) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """A case's T2W, ADC and HBV images, as float32 (or in their stored type for the PI-CAI crop)."""
+    # The PI-CAI crop resamples the images in their stored type, as the PI-CAI pipeline reads them.
+    native = config.kind == PICAI_CROP and config.input_pixel_type == "dicom"
+    pixel_type = sitk.sitkUnknown if native else sitk.sitkFloat32
+    t2w = sitk.ReadImage(str(layout.image_path(case_id, "t2w")), pixel_type)
+    adc = sitk.ReadImage(str(layout.image_path(case_id, "adc")), pixel_type)
+    hbv = sitk.ReadImage(str(layout.image_path(case_id, "hbv")), pixel_type)
+    return t2w, adc, hbv
+
+
+def _case_label(
+    layout: PicaiLayout, case_id: str, t2w: sitk.Image, row: MarksheetRow | None
+) -> tuple[sitk.Image, str] | None:
+    """A case's csPCa label and where it came from: an empty label when the marksheet says negative and
+    there is none; None (with a warning) when there is none otherwise."""
+    label, label_source = cspca_label_image(layout, case_id, t2w, row)
+    if label is not None:
+        return label, label_source
+    if row is not None and row.case_cspca is False:
+        empty = sitk.Image(t2w.GetSize(), sitk.sitkUInt8)
+        empty.CopyInformation(t2w)
+        return empty, "marksheet (negative)"
+    logger.warning(
+        "%s: no csPCa label (%s) and not negative by the marksheet; skipped",
+        case_id,
+        layout.label_source,
+    )
+    return None
+
+
+def _zones_on_grid(
+    layout: PicaiLayout, zones_path: Path | None, t2w: sitk.Image, grid: sitk.Image, shape: tuple[int, ...]
+) -> NDArray[np.uint8]:
+    """The zonal mask on the model grid, as 1 = PZ, 2 = TZ (all 0 without a mask)."""
+    zones = np.zeros(shape, dtype=np.uint8)
+    if zones_path is not None:
+        raw = resample_label(_read_on(zones_path, t2w), grid)
+        zones[raw == layout.zone_values[0]] = 1
+        zones[raw == layout.zone_values[1]] = 2
+    return zones
+
+
+def _lesion_records(
+    case_id: str, cspca: NDArray[np.int16], zones: NDArray[np.uint8] | None
+) -> tuple[NDArray[np.int16], tuple[LesionRecord, ...]]:
+    """The csPCa lesions of a label on the model grid: their index map (1-based) and their records.
+
+    ``zones`` is the zonal mask, or None when the case has none (the lesions' zones are then unknown).
+    """
+    lesion_index = np.zeros(cspca.shape, dtype=np.int16)
+    lesions: list[LesionRecord] = []
+    for mask, isup in components_as_lesions(cspca):
+        label_value = len(lesions) + 1
+        lesion_index[mask] = label_value
+        lesions.append(
+            LesionRecord(
+                lesion_id=f"{case_id}-{label_value}",
+                kind="cspca",
+                isup=isup,
+                category=target_category("cspca", isup),
+                label=label_value,
+                center_zyx=lesion_centroid(mask),
+                voxels=int(mask.sum()),
+                zone=_zone_name(mask, zones) if zones is not None else None,
+            )
+        )
+    return lesion_index, tuple(lesions)
+
+
+def _case_meta(label_source: str, zones_path: Path | None, row: MarksheetRow | None) -> dict[str, Any]:
+    """The ``meta`` of a PI-CAI training case: where its labels came from, and its marksheet facts."""
+    return {
+        "label_source": label_source,
+        "zones_source": None if zones_path is None else zones_path.parent.name,
+        "marksheet": None
+        if row is None
+        else {"case_csPCa": row.case_cspca, "case_ISUP": row.case_isup, "center": row.center},
+    }
+
+
 def picai_case(
     layout: PicaiLayout,
     case_id: str,
@@ -340,25 +423,11 @@ def picai_case(
     if marksheet is None:
         marksheet = read_marksheet(layout.marksheet_path)
     row = marksheet.get(case_id)
-    # The PI-CAI crop resamples the images in their stored type, as the PI-CAI pipeline reads them.
-    native = config.kind == PICAI_CROP and config.input_pixel_type == "dicom"
-    pixel_type = sitk.sitkUnknown if native else sitk.sitkFloat32
-    t2w = sitk.ReadImage(str(layout.image_path(case_id, "t2w")), pixel_type)
-    adc = sitk.ReadImage(str(layout.image_path(case_id, "adc")), pixel_type)
-    hbv = sitk.ReadImage(str(layout.image_path(case_id, "hbv")), pixel_type)
-    label, label_source = cspca_label_image(layout, case_id, t2w, row)
-    if label is None:
-        if row is not None and row.case_cspca is False:
-            label = sitk.Image(t2w.GetSize(), sitk.sitkUInt8)
-            label.CopyInformation(t2w)
-            label_source = "marksheet (negative)"
-        else:
-            logger.warning(
-                "%s: no csPCa label (%s) and not negative by the marksheet; skipped",
-                case_id,
-                layout.label_source,
-            )
-            return None
+    t2w, adc, hbv = _read_images(layout, case_id, config)
+    labelled = _case_label(layout, case_id, t2w, row)
+    if labelled is None:
+        return None
+    label, label_source = labelled
     model_input = to_model_input_from_images(t2w, adc, hbv, config)
     grid = model_input.grid
     cspca = resample_label(label, grid).astype(np.int16)
@@ -368,45 +437,18 @@ def picai_case(
         )
         return None
     zones_path = layout.zones_path(case_id)
-    zones = np.zeros(cspca.shape, dtype=np.uint8)
-    if zones_path is not None:
-        raw = resample_label(_read_on(zones_path, t2w), grid)
-        zones[raw == layout.zone_values[0]] = 1
-        zones[raw == layout.zone_values[1]] = 2
-    lesion_index = np.zeros(cspca.shape, dtype=np.int16)
-    lesions: list[LesionRecord] = []
-    for mask, isup in components_as_lesions(cspca):
-        label_value = len(lesions) + 1
-        lesion_index[mask] = label_value
-        lesions.append(
-            LesionRecord(
-                lesion_id=f"{case_id}-{label_value}",
-                kind="cspca",
-                isup=isup,
-                category=target_category("cspca", isup),
-                label=label_value,
-                center_zyx=lesion_centroid(mask),
-                voxels=int(mask.sum()),
-                zone=_zone_name(mask, zones) if zones_path is not None else None,
-            )
-        )
-    meta: dict[str, Any] = {
-        "label_source": label_source,
-        "zones_source": None if zones_path is None else zones_path.parent.name,
-        "marksheet": None
-        if row is None
-        else {"case_csPCa": row.case_cspca, "case_ISUP": row.case_isup, "center": row.center},
-    }
+    zones = _zones_on_grid(layout, zones_path, t2w, grid, cspca.shape)
+    lesion_index, lesions = _lesion_records(case_id, cspca, zones if zones_path is not None else None)
     return TrainingCase(
         case_id=case_id,
         images=model_input.images,
         cspca=cspca,
         zones=zones,
         lesion_index=lesion_index,
-        lesions=tuple(lesions),
+        lesions=lesions,
         has_zones=zones_path is not None,
         source="picai",
-        meta=meta,
+        meta=_case_meta(label_source, zones_path, row),
     )
 
 

@@ -42,14 +42,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from lesion_engine.networks import JointModel, LocalizationNet
+from lesion_engine.networks import JointModel, JointOutput, LocalizationNet
 from training.augment import AugmentConfig
-from training.candidate_sampling import SamplingConfig, concatenate, ground_truth_and_random, map_candidates
+from training.candidate_sampling import (
+    CandidateSet,
+    SamplingConfig,
+    concatenate,
+    ground_truth_and_random,
+    map_candidates,
+)
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.dataset import Batch, CropDataset, build_cache, cached_files, collate
 from training.distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup, teardown
 from training.logs import CsvLog, plot_losses
-from training.losses import LossConfig, joint_loss
+from training.losses import LossConfig, LossTerms, joint_loss
 from training.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -126,6 +132,112 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.default_rng([seed, step, rank, 1]).integers(2**62))
 
 
+@dataclass(frozen=True)
+class _Classified:
+    """The candidates of a step and their classification logits.
+
+    Attributes
+    ----------
+    candidates : CandidateSet
+        Ground-truth and random centres, then those of the current map.
+    cancer_logits : Tensor
+        (N,) one per candidate, in the order of ``candidates``.
+    category_logits : Tensor
+        (N, K).
+    from_map : int
+        How many of the candidates come from the current map.
+    """
+
+    candidates: CandidateSet
+    cancer_logits: torch.Tensor
+    category_logits: torch.Tensor
+    from_map: int
+
+
+def _with_map_candidates(
+    joint: JointModel,
+    out: JointOutput,
+    batch: Batch,
+    images: torch.Tensor,
+    first: CandidateSet,
+    sampling: SamplingConfig,
+    device: torch.device,
+) -> _Classified:
+    """Add the candidates of the current map to ``first``, classified from the same map tensor.
+
+    Parameters
+    ----------
+    joint : JointModel
+        The model (its ``detach_map`` says whether the classification gradients reach the map).
+    out : JointOutput
+        The forward pass over ``first``.
+    batch : Batch
+        The crops (on the CPU, for candidate labelling).
+    images : Tensor
+        The crops' images on ``device``.
+    first : CandidateSet
+        The ground-truth and random candidates of ``out``.
+    sampling : SamplingConfig
+        Candidate settings.
+    device : torch.device
+        Where the model is.
+    """
+    probability = out.localization_map.detach()[:, 0].float().cpu().numpy()
+    from_map = map_candidates(probability, batch.lesions, batch.lesion_index, sampling)
+    if not len(from_map):
+        return _Classified(first, out.cancer_logits, out.category_logits, 0)
+    seen = out.localization_map.detach() if joint.detach_map else out.localization_map
+    more_cancer, more_category = joint.classify(
+        images,
+        seen,
+        torch.from_numpy(from_map.centers).to(device),
+        torch.from_numpy(from_map.batch_index).to(device),
+    )
+    return _Classified(
+        concatenate(first, from_map),
+        torch.cat([out.cancer_logits, more_cancer]),
+        torch.cat([out.category_logits, more_category]),
+        len(from_map),
+    )
+
+
+def _step_loss(
+    out: JointOutput,
+    on_device: Batch,
+    classified: _Classified,
+    loss_config: LossConfig,
+    joint_phase: bool,
+    device: torch.device,
+) -> LossTerms:
+    """The joint loss of a step (no classification term during the warm-up)."""
+    return joint_loss(
+        out.loc_logits,
+        out.zone_logits,
+        classified.cancer_logits,
+        classified.category_logits,
+        cspca=on_device.cspca,
+        zones=on_device.zones,
+        has_zones=on_device.has_zones,
+        cancer_target=torch.from_numpy(classified.candidates.cancer).to(device),
+        category_target=torch.from_numpy(classified.candidates.category).to(device),
+        config=loss_config,
+        cls_scale=1.0 if joint_phase else 0.0,
+    )
+
+
+def _apply_gradients(
+    terms: LossTerms, joint: JointModel, optimizer: torch.optim.Optimizer, grad_clip: float
+) -> None:
+    """Back-propagate the loss and step the optimizer (FloatingPointError when the loss is not finite)."""
+    if not torch.isfinite(terms.total):
+        raise FloatingPointError(f"the loss is not finite ({terms.as_dict()}); lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()  # type: ignore[no-untyped-call]
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(joint.parameters(), grad_clip)
+    optimizer.step()
+
+
 def train_step(
     model: nn.Module,
     joint: JointModel,
@@ -170,47 +282,15 @@ def train_step(
     )
     centers = torch.from_numpy(first.centers).to(device)
     batch_index = torch.from_numpy(first.batch_index).to(device)
-    out = model(on_device.images, centers, batch_index)
-    cancer_logits, category_logits, candidates = out.cancer_logits, out.category_logits, first
-    n_map = 0
+    out: JointOutput = model(on_device.images, centers, batch_index)
+    classified = _Classified(first, out.cancer_logits, out.category_logits, 0)
     if joint_phase and sampling.max_map_candidates > 0:
-        probability = out.localization_map.detach()[:, 0].float().cpu().numpy()
-        from_map = map_candidates(probability, batch.lesions, batch.lesion_index, sampling)
-        n_map = len(from_map)
-        if n_map:
-            seen = out.localization_map.detach() if joint.detach_map else out.localization_map
-            more_cancer, more_category = joint.classify(
-                on_device.images,
-                seen,
-                torch.from_numpy(from_map.centers).to(device),
-                torch.from_numpy(from_map.batch_index).to(device),
-            )
-            cancer_logits = torch.cat([cancer_logits, more_cancer])
-            category_logits = torch.cat([category_logits, more_category])
-            candidates = concatenate(first, from_map)
-    terms = joint_loss(
-        out.loc_logits,
-        out.zone_logits,
-        cancer_logits,
-        category_logits,
-        cspca=on_device.cspca,
-        zones=on_device.zones,
-        has_zones=on_device.has_zones,
-        cancer_target=torch.from_numpy(candidates.cancer).to(device),
-        category_target=torch.from_numpy(candidates.category).to(device),
-        config=loss_config,
-        cls_scale=1.0 if joint_phase else 0.0,
-    )
-    if not torch.isfinite(terms.total):
-        raise FloatingPointError(f"the loss is not finite ({terms.as_dict()}); lower the learning rate")
-    optimizer.zero_grad(set_to_none=True)
-    terms.total.backward()  # type: ignore[no-untyped-call]
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(joint.parameters(), grad_clip)
-    optimizer.step()
+        classified = _with_map_candidates(joint, out, batch, on_device.images, first, sampling, device)
+    terms = _step_loss(out, on_device, classified, loss_config, joint_phase, device)
+    _apply_gradients(terms, joint, optimizer, grad_clip)
     values = terms.as_dict()
-    values["candidates"] = float(len(candidates))
-    values["map_candidates"] = float(n_map)
+    values["candidates"] = float(len(classified.candidates))
+    values["map_candidates"] = float(classified.from_map)
     return values
 
 
@@ -314,18 +394,121 @@ def train(
         teardown(info)
 
 
-def _train(
-    config: TrainConfig,
-    info: DistInfo,
-    resume: bool,
-    argv: list[str],
-    export: Path | None,
-    metrics: dict[str, Any] | None,
-    on_step: Callable[[int, dict[str, float]], None] | None,
-) -> TrainResult:
-    if info.is_main:
-        _write_config(config, info, argv)
-    barrier(info)
+@dataclass(frozen=True)
+class _Schedule:
+    """How many optimizer steps a run takes.
+
+    Attributes
+    ----------
+    steps_per_epoch : int
+        Steps of one epoch on one rank.
+    total_steps : int
+        Steps of the whole run (``max_steps`` included).
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _schedule(samples: int, config: TrainConfig, info: DistInfo) -> _Schedule:
+    """The step counts of a run over ``samples`` crops per epoch, shared among the ranks."""
+    per_rank = math.ceil(samples / info.world_size)
+    steps_per_epoch = math.ceil(per_rank / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return _Schedule(steps_per_epoch, total_steps)
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a run stands.
+
+    Attributes
+    ----------
+    epoch : int
+        The current epoch.
+    step_in_epoch : int
+        Steps done in it.
+    global_step : int
+        Steps done in all.
+    """
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+
+    def stepped(self) -> _Position:
+        """The position one optimizer step later."""
+        return _Position(self.epoch, self.step_in_epoch + 1, self.global_step + 1)
+
+    def next_epoch_if_done(self, steps_per_epoch: int) -> _Position:
+        """The start of the next epoch when this one is complete, else this position."""
+        if self.step_in_epoch >= steps_per_epoch:
+            return _Position(self.epoch + 1, 0, self.global_step)
+        return self
+
+
+@dataclass(frozen=True)
+class _Logs:
+    """The CSV logs of rank 0: one row per step and one per finished epoch."""
+
+    steps: CsvLog
+    epochs: CsvLog
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What the training loop works with, fixed for the run.
+
+    Attributes
+    ----------
+    config : TrainConfig
+        The run.
+    info : DistInfo
+        This process's place in the run.
+    model : nn.Module
+        ``joint``, or its DistributedDataParallel wrapper.
+    joint : JointModel
+        The model.
+    optimizer : torch.optim.Optimizer
+        Its optimizer.
+    dataset : CropDataset
+        The crops.
+    schedule : _Schedule
+        Step counts.
+    checkpoints : Path
+        The checkpoint folder.
+    logs : _Logs or None
+        The CSV logs (rank 0 only).
+    progress : tqdm or None
+        The progress bar (rank 0, when asked for).
+    on_step : callable or None
+        Called on rank 0 with (global step, loss terms) after each step.
+    loss_config, sampling
+        Loss weights and candidate settings.
+    started : float
+        ``time.perf_counter()`` when the loop started (for the time limit).
+    """
+
+    config: TrainConfig
+    info: DistInfo
+    model: nn.Module
+    joint: JointModel
+    optimizer: torch.optim.Optimizer
+    dataset: CropDataset
+    schedule: _Schedule
+    checkpoints: Path
+    logs: _Logs | None
+    progress: Any
+    on_step: Callable[[int, dict[str, float]], None] | None
+    loss_config: LossConfig
+    sampling: SamplingConfig
+    started: float
+
+
+def _training_data(config: TrainConfig, info: DistInfo) -> tuple[list[Path], CropDataset]:
+    """The cached cases (the cache built in shards by all ranks) and the dataset of their crops."""
     files = build_cache(
         config.data,
         config.preprocess,
@@ -347,142 +530,275 @@ def _train(
         foreground_prob=config.foreground_prob,
         preload=config.preload,
     )
-    per_rank = math.ceil(len(dataset) / info.world_size)
-    steps_per_epoch = math.ceil(per_rank / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    return files, dataset
 
-    joint = build_model(config).to(info.device)
-    model: nn.Module = joint
-    if info.distributed:
-        model = DistributedDataParallel(
-            joint, device_ids=[info.device.index] if info.device.type == "cuda" else None
+
+def _parallel(joint: JointModel, info: DistInfo) -> nn.Module:
+    """``joint``, wrapped in DistributedDataParallel when the run has several processes."""
+    if not info.distributed:
+        return joint
+    return DistributedDataParallel(
+        joint, device_ids=[info.device.index] if info.device.type == "cuda" else None
+    )
+
+
+def _resume_position(
+    checkpoints: Path,
+    joint: JointModel,
+    optimizer: torch.optim.Optimizer,
+    info: DistInfo,
+    steps_per_epoch: int,
+) -> _Position:
+    """Load the last checkpoint into ``joint`` and ``optimizer``; the position to go on from."""
+    state = load_checkpoint(checkpoints, joint, optimizer, device=info.device)
+    position = _Position(state.epoch, state.step_in_epoch, state.global_step)
+    position = position.next_epoch_if_done(steps_per_epoch)
+    logger.info(
+        "resuming at epoch %d, step %d (global step %d)",
+        position.epoch,
+        position.step_in_epoch,
+        position.global_step,
+    )
+    return position
+
+
+def _open_logs(config: TrainConfig, info: DistInfo, position: _Position) -> _Logs | None:
+    """Rank 0's CSV logs, less the rows past ``position`` (left by a run that went on after its checkpoint)."""
+    if not info.is_main:
+        return None
+    logs = _Logs(
+        CsvLog(config.out_dir / "steps.csv", STEP_FIELDS), CsvLog(config.out_dir / "epochs.csv", EPOCH_FIELDS)
+    )
+    logs.steps.truncate("step", position.global_step)
+    logs.epochs.truncate("epoch", position.epoch - 1)
+    return logs
+
+
+def _progress_bar(config: TrainConfig, info: DistInfo, schedule: _Schedule, global_step: int) -> Any:
+    """A tqdm progress bar over the run's steps (rank 0, when asked for), or None."""
+    if not (info.is_main and config.progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=schedule.total_steps, initial=global_step, desc="train", unit="step", dynamic_ncols=True
+    )
+
+
+def _checkpoint(loop: _Loop, position: _Position) -> None:
+    """Save the model and optimizer at ``position`` (rank 0), then wait for every rank."""
+    if loop.info.is_main:
+        save_checkpoint(
+            loop.checkpoints,
+            loop.joint,
+            loop.optimizer,
+            epoch=position.epoch,
+            step_in_epoch=position.step_in_epoch,
+            global_step=position.global_step,
+            extra={
+                "steps_per_epoch": loop.schedule.steps_per_epoch,
+                "total_steps": loop.schedule.total_steps,
+            },
         )
+    barrier(loop.info)
+
+
+def _loader(loop: _Loop, position: _Position) -> DataLoader[dict[str, Any]]:
+    """The batches of this rank for the epoch of ``position``, less those of its steps already done."""
+    config = loop.config
+    return DataLoader(
+        loop.dataset,
+        batch_size=config.batch_size,
+        sampler=_sampler(
+            loop.dataset, loop.info, config.seed, position.epoch, position.step_in_epoch * config.batch_size
+        ),
+        num_workers=config.workers,
+        collate_fn=collate,
+        pin_memory=loop.info.device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed + position.epoch),  # leaves the global RNG alone
+    )
+
+
+def _set_learning_rate(loop: _Loop, global_step: int) -> None:
+    """Set each parameter group's learning rate for a global step (times the group's ``lr_scale``)."""
+    for group in loop.optimizer.param_groups:
+        group["lr"] = lr_at(global_step, loop.schedule.total_steps, loop.config) * group.get("lr_scale", 1.0)
+
+
+def _step(loop: _Loop, batch: Batch, position: _Position) -> tuple[_Position, dict[str, float]]:
+    """One optimizer step at ``position``, reported; the position after it and its loss terms (mean of ranks)."""
+    config, info = loop.config, loop.info
+    joint_phase = position.epoch >= config.warmup_epochs
+    _set_learning_rate(loop, position.global_step)
+    step_started = time.perf_counter()
+    torch.manual_seed(
+        _step_seed(config.seed, position.global_step, info.rank)
+    )  # dropout: same after a resume
+    values = train_step(
+        loop.model,
+        loop.joint,
+        batch,
+        loop.optimizer,
+        loss_config=loop.loss_config,
+        sampling=loop.sampling,
+        rng=np.random.default_rng([config.seed, position.global_step, info.rank]),
+        joint_phase=joint_phase,
+        device=info.device,
+        grad_clip=config.grad_clip,
+    )
+    values = all_reduce_mean(values, info)
+    position = position.stepped()
+    _report_step(loop, position, values, joint_phase, time.perf_counter() - step_started)
+    return position, values
+
+
+def _report_step(
+    loop: _Loop, position: _Position, values: dict[str, float], joint_phase: bool, seconds: float
+) -> None:
+    """Report a finished step: its row in ``steps.csv``, the progress bar, and ``on_step`` (rank 0)."""
+    if loop.logs is not None:
+        loop.logs.steps.append(
+            {
+                "step": position.global_step,
+                "epoch": position.epoch,
+                **{k: round(values[k], 6) for k in LOSS_TERMS},
+                "candidates": int(values["candidates"]),
+                "map_candidates": int(values["map_candidates"]),
+                "lr": f"{loop.optimizer.param_groups[0]['lr']:.6g}",
+                "seconds": round(seconds, 3),
+            }
+        )
+    if loop.progress is not None:
+        loop.progress.update(1)
+        loop.progress.set_postfix(epoch=position.epoch, loss=f"{values['loss']:.3f}", joint=joint_phase)
+    if loop.on_step is not None and loop.info.is_main:
+        loop.on_step(position.global_step, values)
+
+
+def _should_stop(loop: _Loop, position: _Position) -> bool:
+    """Whether the run ends at ``position``: every step done, or past the time limit on any rank."""
+    config = loop.config
+    out_of_time = config.time_limit_s is not None and any_rank(
+        time.perf_counter() - loop.started > config.time_limit_s, loop.info
+    )
+    return position.global_step >= loop.schedule.total_steps or out_of_time
+
+
+def _run_epoch(
+    loop: _Loop, position: _Position, last: dict[str, float]
+) -> tuple[_Position, dict[str, float], bool]:
+    """Train the epoch of ``position`` from its step there, then checkpoint.
+
+    Returns
+    -------
+    (position, last, stop)
+        The position after it (the next epoch's start when the epoch is complete), the loss terms of its last
+        step (``last`` when it took none), and whether the run ends.
+    """
+    config, steps_per_epoch = loop.config, loop.schedule.steps_per_epoch
+    loop.dataset.set_epoch(position.epoch)
+    stop = False
+    for batch in _loader(loop, position):
+        position, last = _step(loop, batch, position)
+        stop = _should_stop(loop, position)
+        if (
+            config.checkpoint_every_steps
+            and position.global_step % config.checkpoint_every_steps == 0
+            and not stop
+        ):
+            _checkpoint(loop, position)
+        if stop:
+            break
+    if loop.logs is not None and position.step_in_epoch >= steps_per_epoch:
+        _log_epoch(loop.logs.epochs, loop.logs.steps, position.epoch)
+    _checkpoint(loop, position)
+    return position.next_epoch_if_done(steps_per_epoch), last, stop
+
+
+def _run_epochs(loop: _Loop, position: _Position) -> tuple[_Position, dict[str, float]]:
+    """Train from ``position`` to the end of the run or the time limit; the final position and loss terms."""
+    last: dict[str, float] = {}
+    stop = position.global_step >= loop.schedule.total_steps
+    while position.epoch < loop.config.epochs and not stop:
+        position, last, stop = _run_epoch(loop, position, last)
+    return position, last
+
+
+def _export_artifacts(
+    loop: _Loop,
+    argv: list[str],
+    position: _Position,
+    seconds: float,
+    cases: int,
+    export: Path | None,
+    metrics: dict[str, Any] | None,
+) -> Path:
+    """Plot the loss curves and export the model artifact (and its copy in ``export``); rank 0's work."""
+    config = loop.config
+    plot_losses(
+        config.out_dir / "steps.csv",
+        config.out_dir / "epochs.csv",
+        config.out_dir / "loss.png",
+        LOSS_TERMS,
+    )
+    from training.export import export_run
+
+    record = training_record(config, loop.info, argv, position.global_step, position.epoch, seconds, cases)
+    artifact = export_run(loop.joint, config, config.out_dir / "artifact", record, metrics or {})
+    if export is not None:
+        export_run(loop.joint, config, export, record, metrics or {})
+    return artifact
+
+
+def _train(
+    config: TrainConfig,
+    info: DistInfo,
+    resume: bool,
+    argv: list[str],
+    export: Path | None,
+    metrics: dict[str, Any] | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    """The body of :func:`train`, once the process group is set up."""
+    if info.is_main:
+        _write_config(config, info, argv)
+    barrier(info)
+    files, dataset = _training_data(config, info)
+    schedule = _schedule(len(dataset), config, info)
+    joint = build_model(config).to(info.device)
+    model = _parallel(joint, info)
     optimizer = build_optimizer(joint, config)
     checkpoints = config.out_dir / "checkpoints"
-    epoch, step_in_epoch, global_step = 0, 0, 0
+    position = _Position(0, 0, 0)
     if resume:
-        state = load_checkpoint(checkpoints, joint, optimizer, device=info.device)
-        epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
-        if step_in_epoch >= steps_per_epoch:
-            epoch, step_in_epoch = epoch + 1, 0
-        logger.info("resuming at epoch %d, step %d (global step %d)", epoch, step_in_epoch, global_step)
-    steps_log = CsvLog(config.out_dir / "steps.csv", STEP_FIELDS) if info.is_main else None
-    epochs_log = CsvLog(config.out_dir / "epochs.csv", EPOCH_FIELDS) if info.is_main else None
-    if steps_log is not None and epochs_log is not None:
-        steps_log.truncate("step", global_step)
-        epochs_log.truncate("epoch", epoch - 1)
-
-    progress = None
-    if info.is_main and config.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total_steps, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
-    loss_config, sampling = config.loss_config(), config.sampling_config()
-    started = time.perf_counter()
-    last: dict[str, float] = {}
-    stop = global_step >= total_steps
-
-    def checkpoint(epoch_: int, step_: int) -> None:
-        if info.is_main:
-            save_checkpoint(
-                checkpoints,
-                joint,
-                optimizer,
-                epoch=epoch_,
-                step_in_epoch=step_,
-                global_step=global_step,
-                extra={"steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-            )
-        barrier(info)
-
-    while epoch < config.epochs and not stop:
-        dataset.set_epoch(epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            sampler=_sampler(dataset, info, config.seed, epoch, step_in_epoch * config.batch_size),
-            num_workers=config.workers,
-            collate_fn=collate,
-            pin_memory=info.device.type == "cuda",
-            generator=torch.Generator().manual_seed(config.seed + epoch),  # leaves the global RNG alone
-        )
-        for batch in loader:
-            joint_phase = epoch >= config.warmup_epochs
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total_steps, config) * group.get("lr_scale", 1.0)
-            step_started = time.perf_counter()
-            torch.manual_seed(_step_seed(config.seed, global_step, info.rank))  # dropout: same after a resume
-            values = train_step(
-                model,
-                joint,
-                batch,
-                optimizer,
-                loss_config=loss_config,
-                sampling=sampling,
-                rng=np.random.default_rng([config.seed, global_step, info.rank]),
-                joint_phase=joint_phase,
-                device=info.device,
-                grad_clip=config.grad_clip,
-            )
-            values = all_reduce_mean(values, info)
-            global_step += 1
-            step_in_epoch += 1
-            last = values
-            if steps_log is not None:
-                steps_log.append(
-                    {
-                        "step": global_step,
-                        "epoch": epoch,
-                        **{k: round(values[k], 6) for k in LOSS_TERMS},
-                        "candidates": int(values["candidates"]),
-                        "map_candidates": int(values["map_candidates"]),
-                        "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                        "seconds": round(time.perf_counter() - step_started, 3),
-                    }
-                )
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(epoch=epoch, loss=f"{values['loss']:.3f}", joint=joint_phase)
-            if on_step is not None and info.is_main:
-                on_step(global_step, values)
-            out_of_time = config.time_limit_s is not None and any_rank(
-                time.perf_counter() - started > config.time_limit_s, info
-            )
-            stop = global_step >= total_steps or out_of_time
-            if (
-                config.checkpoint_every_steps
-                and global_step % config.checkpoint_every_steps == 0
-                and not stop
-            ):
-                checkpoint(epoch, step_in_epoch)
-            if stop:
-                break
-        if epochs_log is not None and steps_log is not None and step_in_epoch >= steps_per_epoch:
-            _log_epoch(epochs_log, steps_log, epoch)
-        checkpoint(epoch, step_in_epoch)
-        if step_in_epoch >= steps_per_epoch:
-            epoch, step_in_epoch = epoch + 1, 0
+        position = _resume_position(checkpoints, joint, optimizer, info, schedule.steps_per_epoch)
+    logs = _open_logs(config, info, position)
+    progress = _progress_bar(config, info, schedule, position.global_step)
+    loop = _Loop(
+        config=config,
+        info=info,
+        model=model,
+        joint=joint,
+        optimizer=optimizer,
+        dataset=dataset,
+        schedule=schedule,
+        checkpoints=checkpoints,
+        logs=logs,
+        progress=progress,
+        on_step=on_step,
+        loss_config=config.loss_config(),
+        sampling=config.sampling_config(),
+        started=time.perf_counter(),
+    )
+    position, last = _run_epochs(loop, position)
     if progress is not None:
         progress.close()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - loop.started
     artifact: Path | None = None
     if info.is_main:
-        plot_losses(
-            config.out_dir / "steps.csv",
-            config.out_dir / "epochs.csv",
-            config.out_dir / "loss.png",
-            LOSS_TERMS,
-        )
-        from training.export import export_run
-
-        record = training_record(config, info, argv, global_step, epoch, seconds, len(files))
-        artifact = export_run(joint, config, config.out_dir / "artifact", record, metrics or {})
-        if export is not None:
-            export_run(joint, config, export, record, metrics or {})
+        artifact = _export_artifacts(loop, argv, position, seconds, len(files), export, metrics)
     barrier(info)
-    return TrainResult(config.out_dir, artifact, global_step, epoch, seconds, last)
+    return TrainResult(config.out_dir, artifact, position.global_step, position.epoch, seconds, last)
 
 
 def _log_epoch(epochs_log: CsvLog, steps_log: CsvLog, epoch: int) -> None:
