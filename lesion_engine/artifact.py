@@ -92,6 +92,63 @@ def write_atomic(path: Path, write: Any) -> None:
         raise
 
 
+def _card_label_map(model: JointModel, label_map: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The card's label map: as given, else :data:`DEFAULT_LABEL_MAP` (no zones without a zonal head).
+
+    Parameters
+    ----------
+    model : JointModel
+        The model.
+    label_map : mapping or None
+        The label map given.
+
+    Returns
+    -------
+    dict
+    """
+    labels = dict(label_map) if label_map is not None else dict(DEFAULT_LABEL_MAP)
+    if label_map is None and model.loc.config.num_zones == 0:
+        labels["zones"] = []
+    return labels
+
+
+def _validate_card_data(card_data: Mapping[str, Any], card_path: Path) -> None:
+    """Check that a card to be written is JSON-ready and valid, before anything is written.
+
+    Parameters
+    ----------
+    card_data : mapping
+        The card's content.
+    card_path : Path
+        Where it will be written (for messages).
+
+    Raises
+    ------
+    ModelArtifactError
+        A record is not JSON-ready, or the card is invalid (naming the field).
+    """
+    try:
+        text = json.dumps(card_data)
+    except (TypeError, ValueError) as exc:
+        raise ModelArtifactError(f"the training or metrics record is not JSON-ready: {exc}") from exc
+    ModelCard.from_dict(json.loads(text), card_path)
+
+
+def _cpu_state(model: JointModel) -> dict[str, torch.Tensor]:
+    """Copies of the model's tensors on the CPU, contiguous (the model is not changed).
+
+    Parameters
+    ----------
+    model : JointModel
+        The model.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+    """
+    return {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+
+
 def save_artifact(
     model: JointModel,
     folder: Path | str,
@@ -138,9 +195,7 @@ def save_artifact(
         raise ModelArtifactError(f"save_artifact needs a JointModel, got {type(model).__name__}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    labels = dict(label_map) if label_map is not None else dict(DEFAULT_LABEL_MAP)
-    if label_map is None and model.loc.config.num_zones == 0:
-        labels["zones"] = []
+    labels = _card_label_map(model, label_map)
     card_data = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -159,14 +214,8 @@ def save_artifact(
         "intended_use": INTENDED_USE,
         "weights_sha256": "0" * 64,
     }
-    try:
-        text = json.dumps(card_data)
-    except (TypeError, ValueError) as exc:
-        raise ModelArtifactError(f"the training or metrics record is not JSON-ready: {exc}") from exc
-    ModelCard.from_dict(json.loads(text), out / CARD_FILE)  # validate before writing anything
-    tensors = {
-        key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()
-    }
+    _validate_card_data(card_data, out / CARD_FILE)  # before writing anything
+    tensors = _cpu_state(model)
     weights = out / WEIGHTS_FILE
     write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     card_data["weights_sha256"] = file_sha256(weights)

@@ -21,6 +21,7 @@ Arrays are (z, y, x).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,120 @@ def _bounding_box(mask: NDArray[np.bool_], margin: int) -> Box:
     return (slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2])))
 
 
+def _map_values(probability_map: NDArray[Any]) -> NDArray[Any]:
+    """The localization map as an array, checked to be 3D and (unless empty) finite.
+
+    Parameters
+    ----------
+    probability_map : ndarray
+        (Z, Y, X) lesion likelihood.
+
+    Returns
+    -------
+    ndarray
+        The map as given (no copy where it already is an array).
+
+    Raises
+    ------
+    ValueError
+        When the map is not 3D or holds non-finite values.
+    """
+    values = np.asarray(probability_map)
+    if values.ndim != 3:
+        raise ValueError(f"the localization map must be 3D (z, y, x), got shape {values.shape}")
+    if values.size and not np.all(np.isfinite(values)):
+        raise ValueError("the localization map holds NaN or infinite values")
+    return values
+
+
+def _seed_order(flat_work: NDArray[np.float32], min_peak: float) -> Iterator[int]:
+    """Flat indices of the voxels at or above ``min_peak``, in descending order of value.
+
+    Ties go to the lowest flat index, as ``np.argmax``. Extraction rounds only zero voxels, so the maximum of
+    what is left of the map is always the first of these not yet zeroed.
+
+    Parameters
+    ----------
+    flat_work : ndarray
+        The map, flattened.
+    min_peak : float
+        The lowest peak a candidate may have.
+
+    Returns
+    -------
+    iterator of int
+    """
+    above = np.flatnonzero(flat_work >= min_peak)
+    return iter(above[np.argsort(-flat_work[above], kind="stable")].tolist())
+
+
+def _candidate_from_region(
+    values: NDArray[Any],
+    region: NDArray[np.bool_],
+    box: Box,
+    local: NDArray[np.bool_],
+    index: int,
+    voxels: int,
+) -> Candidate:
+    """The candidate of an accepted region: its peak on the original map and its centre.
+
+    Parameters
+    ----------
+    values : ndarray
+        (Z, Y, X) the original map.
+    region : ndarray of bool
+        (Z, Y, X) the region on the whole grid.
+    box : Box
+        A box of the grid holding the region.
+    local : ndarray of bool
+        The region inside ``box``.
+    index : int
+        1-based order of extraction.
+    voxels : int
+        Number of voxels of the region.
+
+    Returns
+    -------
+    Candidate
+    """
+    best = np.unravel_index(int(np.argmax(np.where(local, values[box], -np.inf))), local.shape)
+    best_zyx: Triple = (
+        int(best[0]) + box[0].start,
+        int(best[1]) + box[1].start,
+        int(best[2]) + box[2].start,
+    )
+    starts: Triple = (box[0].start, box[1].start, box[2].start)
+    return Candidate(
+        index=index,
+        mask=region,
+        peak=float(values[best_zyx]),
+        peak_zyx=best_zyx,
+        center_zyx=_center_inside(local, starts),
+        voxels=voxels,
+    )
+
+
+def _forbid_around(
+    forbidden: NDArray[np.bool_], region: NDArray[np.bool_], box: Box, local: NDArray[np.bool_]
+) -> None:
+    """Mark an accepted region and its 26-neighbourhood as forbidden to later candidates (in place).
+
+    Parameters
+    ----------
+    forbidden : ndarray of bool
+        (Z, Y, X) accepted blobs and their neighbourhood so far; updated.
+    region : ndarray of bool
+        (Z, Y, X) the region on the whole grid.
+    box : Box
+        A box of the grid holding the region.
+    local : ndarray of bool
+        The region inside ``box``.
+    """
+    tight = _bounding_box(local, 1)
+    grown = shift_box(tight, box)
+    forbidden[grown] |= _dilate_touch(region[grown])
+
+
 def extract_candidates(
     probability_map: NDArray[Any], config: CandidateConfig | None = None
 ) -> list[Candidate]:
@@ -184,22 +299,15 @@ def extract_candidates(
         When the map is not 3D or holds non-finite values.
     """
     config = config or CandidateConfig()
-    values = np.asarray(probability_map)
-    if values.ndim != 3:
-        raise ValueError(f"the localization map must be 3D (z, y, x), got shape {values.shape}")
+    values = _map_values(probability_map)
     if values.size == 0:
         return []
-    if not np.all(np.isfinite(values)):
-        raise ValueError("the localization map holds NaN or infinite values")
     work = values.astype(np.float32, copy=True)
     structure = _structure(config.connectivity)
     forbidden = np.zeros(work.shape, dtype=bool)  # accepted blobs and their 26-neighbourhood
     candidates: list[Candidate] = []
-    # The map's maximum, round after round: rounds only zero voxels, so the maximum of what is left is the
-    # first voxel not yet zeroed in descending order of value (ties: lowest flat index, as np.argmax).
     flat_work = work.reshape(-1)
-    above = np.flatnonzero(flat_work >= config.min_peak)
-    seeds = iter(above[np.argsort(-flat_work[above], kind="stable")].tolist())
+    seeds = _seed_order(flat_work, config.min_peak)
     # Each round zeroes at least the peak voxel; bound the rounds spent on dropped regions all the same.
     rejected, max_rejected = 0, 100 * config.max_lesions + 1000
     while len(candidates) < config.max_lesions and rejected < max_rejected:
@@ -228,26 +336,8 @@ def extract_candidates(
             continue
         region = np.zeros(work.shape, dtype=bool)
         region[box] = local
-        best = np.unravel_index(int(np.argmax(np.where(local, values[box], -np.inf))), local.shape)
-        best_zyx: Triple = (
-            int(best[0]) + box[0].start,
-            int(best[1]) + box[1].start,
-            int(best[2]) + box[2].start,
-        )
-        starts: Triple = (box[0].start, box[1].start, box[2].start)
-        tight = _bounding_box(local, 1)
-        grown = shift_box(tight, box)
-        forbidden[grown] |= _dilate_touch(region[grown])
-        candidates.append(
-            Candidate(
-                index=len(candidates) + 1,
-                mask=region,
-                peak=float(values[best_zyx]),
-                peak_zyx=best_zyx,
-                center_zyx=_center_inside(local, starts),
-                voxels=voxels,
-            )
-        )
+        _forbid_around(forbidden, region, box, local)
+        candidates.append(_candidate_from_region(values, region, box, local, len(candidates) + 1, voxels))
     if rejected >= max_rejected:
         logger.info("candidate extraction stopped after dropping %d regions", rejected)
     return candidates

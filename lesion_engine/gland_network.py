@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -208,6 +209,196 @@ def _only(nodes: list[Any], op_type: str, after: str) -> Any:
     return nodes[0]
 
 
+@dataclass(frozen=True)
+class _GraphTables:
+    """Look-up tables of an ONNX graph.
+
+    Attributes
+    ----------
+    nodes : sequence
+        The graph's nodes, in graph order.
+    initializers : dict of str to ndarray
+        The initializers by name.
+    constants : dict of str to ndarray
+        The values of the ``Constant`` nodes by output name.
+    consumers : dict of str to list
+        The nodes that read each value.
+    """
+
+    nodes: Sequence[Any]
+    initializers: dict[str, np.ndarray[Any, Any]]
+    constants: dict[str, np.ndarray[Any, Any]]
+    consumers: dict[str, list[Any]]
+
+
+def _check_operators(graph: Any) -> None:
+    """Refuse a graph with an operator that an exported SegResNetDS has not.
+
+    Parameters
+    ----------
+    graph : onnx.GraphProto
+        The graph.
+
+    Raises
+    ------
+    GlandNetworkError
+        Naming the unexpected operators.
+    """
+    unexpected = sorted({node.op_type for node in graph.node} - _EXPECTED_OPS)
+    if unexpected:
+        raise GlandNetworkError(
+            f"the graph has operators an exported SegResNetDS has not: {', '.join(unexpected)}"
+        )
+
+
+def _graph_tables(graph: Any) -> _GraphTables:
+    """The initializers, constants and consumers of an ONNX graph.
+
+    Parameters
+    ----------
+    graph : onnx.GraphProto
+        The graph.
+
+    Returns
+    -------
+    _GraphTables
+    """
+    from onnx import numpy_helper
+
+    initializers = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    constants = {
+        node.output[0]: numpy_helper.to_array(node.attribute[0].t)
+        for node in graph.node
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
+    }
+    return _GraphTables(graph.node, initializers, constants, _consumers(graph))
+
+
+def _conv_weights(tables: _GraphTables) -> dict[str, np.ndarray[Any, Any]]:
+    """The weights (and biases) of every convolution, by their initializer names, in graph order.
+
+    Parameters
+    ----------
+    tables : _GraphTables
+        The graph's look-up tables.
+
+    Returns
+    -------
+    dict of str to ndarray
+
+    Raises
+    ------
+    GlandNetworkError
+        A convolution's weight is not a constant.
+    """
+    weights: dict[str, np.ndarray[Any, Any]] = {}
+    for node in tables.nodes:
+        if node.op_type in ("Conv", "ConvTranspose"):
+            for name in node.input[1:]:
+                if name not in tables.initializers:
+                    raise GlandNetworkError(
+                        f"the weight {name!r} of {node.op_type} {node.name!r} is not a constant"
+                    )
+                weights[name] = tables.initializers[name]
+    return weights
+
+
+def _check_group_norm(node: Any, tables: _GraphTables) -> None:
+    """Refuse an ``InstanceNormalization`` that is not the core of an exported 8-group norm, epsilon 1e-5.
+
+    Parameters
+    ----------
+    node : onnx.NodeProto
+        The ``InstanceNormalization`` node.
+    tables : _GraphTables
+        The graph's look-up tables.
+
+    Raises
+    ------
+    GlandNetworkError
+        Naming the normalisation.
+    """
+    from onnx import helper
+
+    epsilon = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
+    reshape_in = next((n for n in tables.nodes if node.input[0] in n.output), None)
+    if reshape_in is None or reshape_in.op_type != "Reshape" or reshape_in.input[1] not in tables.constants:
+        raise GlandNetworkError(f"the normalisation {node.name!r} is not a group norm as exported")
+    groups = int(tables.constants[reshape_in.input[1]][1])
+    scale, shift = (tables.constants.get(name, tables.initializers.get(name)) for name in node.input[1:3])
+    if (
+        groups != 8
+        or abs(float(epsilon) - _NORM_EPS) > 1e-9
+        or scale is None
+        or shift is None
+        or not np.all(scale == 1.0)
+        or not np.all(shift == 0.0)
+    ):
+        raise GlandNetworkError(
+            f"the normalisation {node.name!r} is not an 8-group norm with epsilon 1e-5 as exported "
+            f"(groups {groups}, epsilon {epsilon})"
+        )
+
+
+def _group_norm_affine(
+    node: Any, tables: _GraphTables
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], str]:
+    """A group norm's scale and shift: the ``Reshape -> Mul -> Add`` that follows its normalisation.
+
+    Parameters
+    ----------
+    node : onnx.NodeProto
+        The ``InstanceNormalization`` node.
+    tables : _GraphTables
+        The graph's look-up tables.
+
+    Returns
+    -------
+    weight, bias : ndarray
+        The scale and shift (as stored).
+    output : str
+        The name of the group norm's output (the ``Add``'s).
+
+    Raises
+    ------
+    GlandNetworkError
+        The graph after the normalisation is not as exported, or the scale or shift is not a constant.
+    """
+    reshape_out = _only(tables.consumers.get(node.output[0], []), "Reshape", node.name)
+    mul = _only(tables.consumers.get(reshape_out.output[0], []), "Mul", reshape_out.name)
+    add = _only(tables.consumers.get(mul.output[0], []), "Add", mul.name)
+    weight = next((tables.initializers[n] for n in mul.input if n in tables.initializers), None)
+    bias = next((tables.initializers[n] for n in add.input if n in tables.initializers), None)
+    if weight is None or bias is None:
+        raise GlandNetworkError(f"the group norm {node.name!r} has no constant scale and shift")
+    return weight, bias, str(add.output[0])
+
+
+def _norm_prefix(norm_name: str, target: str) -> str:
+    """MONAI's name of a group norm (``...norm1``) from the convolution weight it feeds (``...conv1.weight``).
+
+    Parameters
+    ----------
+    norm_name : str
+        The normalisation node's name (for messages).
+    target : str
+        The weight name of the convolution the norm feeds.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    GlandNetworkError
+        ``target`` is not a block's convolution.
+    """
+    match = re.match(r"^(.*)\.conv([12])\.weight$", target)
+    if match is None:
+        raise GlandNetworkError(f"the group norm {norm_name!r} feeds {target!r}, not a block's convolution")
+    return f"{match.group(1)}.norm{match.group(2)}"
+
+
 def state_dict_from_onnx(model: Any) -> dict[str, torch.Tensor]:
     """The parameters of an exported SegResNetDS, with MONAI's names, read from its ONNX graph.
 
@@ -226,65 +417,16 @@ def state_dict_from_onnx(model: Any) -> dict[str, torch.Tensor]:
     GlandNetworkError
         When the graph holds an operator, a normalisation or a tensor that the exported SegResNetDS does not.
     """
-    from onnx import helper, numpy_helper
-
     graph = model.graph
-    unexpected = sorted({node.op_type for node in graph.node} - _EXPECTED_OPS)
-    if unexpected:
-        raise GlandNetworkError(
-            f"the graph has operators an exported SegResNetDS has not: {', '.join(unexpected)}"
-        )
-    initializers = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
-    constants = {
-        node.output[0]: numpy_helper.to_array(node.attribute[0].t)
-        for node in graph.node
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
-    }
-    consumers = _consumers(graph)
-    state: dict[str, np.ndarray[Any, Any]] = {}
-    for node in graph.node:
-        if node.op_type in ("Conv", "ConvTranspose"):
-            for name in node.input[1:]:
-                if name not in initializers:
-                    raise GlandNetworkError(
-                        f"the weight {name!r} of {node.op_type} {node.name!r} is not a constant"
-                    )
-                state[name] = initializers[name]
+    _check_operators(graph)
+    tables = _graph_tables(graph)
+    state = _conv_weights(tables)
     for node in graph.node:
         if node.op_type != "InstanceNormalization":
             continue
-        epsilon = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
-        reshape_in = next((n for n in graph.node if node.input[0] in n.output), None)
-        if reshape_in is None or reshape_in.op_type != "Reshape" or reshape_in.input[1] not in constants:
-            raise GlandNetworkError(f"the normalisation {node.name!r} is not a group norm as exported")
-        groups = int(constants[reshape_in.input[1]][1])
-        scale, shift = (constants.get(name, initializers.get(name)) for name in node.input[1:3])
-        if (
-            groups != 8
-            or abs(float(epsilon) - _NORM_EPS) > 1e-9
-            or scale is None
-            or shift is None
-            or not np.all(scale == 1.0)
-            or not np.all(shift == 0.0)
-        ):
-            raise GlandNetworkError(
-                f"the normalisation {node.name!r} is not an 8-group norm with epsilon 1e-5 as exported "
-                f"(groups {groups}, epsilon {epsilon})"
-            )
-        reshape_out = _only(consumers.get(node.output[0], []), "Reshape", node.name)
-        mul = _only(consumers.get(reshape_out.output[0], []), "Mul", reshape_out.name)
-        add = _only(consumers.get(mul.output[0], []), "Add", mul.name)
-        weight = next((initializers[n] for n in mul.input if n in initializers), None)
-        bias = next((initializers[n] for n in add.input if n in initializers), None)
-        if weight is None or bias is None:
-            raise GlandNetworkError(f"the group norm {node.name!r} has no constant scale and shift")
-        target = _conv_fed_by(add.output[0], consumers)
-        match = re.match(r"^(.*)\.conv([12])\.weight$", target)
-        if match is None:
-            raise GlandNetworkError(
-                f"the group norm {node.name!r} feeds {target!r}, not a block's convolution"
-            )
-        prefix = f"{match.group(1)}.norm{match.group(2)}"
+        _check_group_norm(node, tables)
+        weight, bias, output = _group_norm_affine(node, tables)
+        prefix = _norm_prefix(node.name, _conv_fed_by(output, tables.consumers))
         state[f"{prefix}.weight"] = weight.reshape(-1)
         state[f"{prefix}.bias"] = bias.reshape(-1)
     return {

@@ -249,36 +249,44 @@ def invalid_value_error(problems: list[str], cause: str | None = None) -> Invali
     )
 
 
-def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
-    """Read one DICOM study.
+@dataclass(frozen=True)
+class _InputScan:
+    """The inputs of a study sorted out: image instances by series, and what was skipped or ignored.
+
+    Attributes
+    ----------
+    n_inputs : int
+        How many inputs were read.
+    skipped : list of SkippedInstance
+        Inputs that could not be used, with the reason.
+    ignored : list of IgnoredObject
+        Non-image objects.
+    by_series : dict of str to list of (str, Dataset)
+        The image instances (label, dataset) of each SeriesInstanceUID, in input order.
+    """
+
+    n_inputs: int
+    skipped: list[SkippedInstance]
+    ignored: list[IgnoredObject]
+    by_series: dict[str, list[tuple[str, Dataset]]]
+
+
+def _scan_inputs(source: Source | Iterable[Source]) -> _InputScan:
+    """Parse every input (pixel data deferred) and sort it into image instances, skipped and ignored.
 
     Parameters
     ----------
     source : path, bytes, or an iterable of them
-        A folder (walked recursively), a file, the bytes of one DICOM file, or a list mixing these.
+        As :func:`load_study` takes it.
 
     Returns
     -------
-    LoadedStudy
-        The study's image series (headers parsed, pixel data not yet decoded), the skipped inputs and the
-        ignored non-image objects.
+    _InputScan
 
     Raises
     ------
     FileNotFoundError
         A path does not exist.
-    NoImagesError
-        Nothing readable holds an image.
-    MixedSeriesError
-        One series' images belong to more than one study or patient.
-    MultipleStudiesError
-        The inputs hold images of more than one study.
-    MixedPatientsError
-        The images belong to more than one patient (PatientID and its issuer differ).
-    InvalidValueError
-        Every image series holds a value that places or scales its images but that DICOM does not allow (a
-        non-numeric PixelSpacing, an ImagePositionPatient with 2 values, ...). A series with such values is
-        left out (:attr:`LoadedStudy.invalid`); a study that then lacks a series it needs fails naming them.
     """
     skipped: list[SkippedInstance] = []
     ignored: list[IgnoredObject] = []
@@ -315,7 +323,23 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
             continue
         seen_sop.add(sop_uid)
         by_series.setdefault(series_uid, []).append((label, ds))
+    return _InputScan(n_inputs, skipped, ignored, by_series)
 
+
+def _report_scan(scan: _InputScan) -> None:
+    """Log the skipped and ignored inputs; raise :class:`NoImagesError` when no image was found.
+
+    Parameters
+    ----------
+    scan : _InputScan
+        The sorted inputs.
+
+    Raises
+    ------
+    NoImagesError
+        Nothing readable holds an image.
+    """
+    skipped, ignored = scan.skipped, scan.ignored
     for entry in skipped:
         logger.warning("skipped %s: %s", entry.source, entry.reason)
     if ignored:
@@ -324,9 +348,9 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
             len(ignored),
             ", ".join(sorted({f"{o.sop_class_name} ({o.modality})" for o in ignored})),
         )
-    if not by_series:
+    if not scan.by_series:
         raise NoImagesError(
-            f"no readable DICOM image among {n_inputs} input(s)"
+            f"no readable DICOM image among {scan.n_inputs} input(s)"
             + (
                 f"; {len(skipped)} skipped (first: {skipped[0].source}: {skipped[0].reason})"
                 if skipped
@@ -334,14 +358,45 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
             )
             + (f"; {len(ignored)} non-image object(s) ignored" if ignored else "")
         )
-    _check_series_identity(by_series)
+
+
+def _study_uid(by_series: dict[str, list[tuple[str, Dataset]]]) -> str:
+    """The one StudyInstanceUID of the images; raise :class:`MultipleStudiesError` when there are more.
+
+    Parameters
+    ----------
+    by_series : dict of str to list of (str, Dataset)
+        The image instances of each series.
+
+    Returns
+    -------
+    str
+    """
     studies = {str(ds.StudyInstanceUID) for items in by_series.values() for _, ds in items}
     if len(studies) > 1:
         raise MultipleStudiesError(
             f"the input holds images of {len(studies)} studies ({', '.join(sorted(studies))}); "
             "pass the files of one study at a time"
         )
-    _check_one_patient(by_series)
+    return studies.pop()
+
+
+def _build_all_series(
+    by_series: dict[str, list[tuple[str, Dataset]]], skipped: list[SkippedInstance]
+) -> list[Series]:
+    """The image series built from their instances, in SeriesNumber order.
+
+    Parameters
+    ----------
+    by_series : dict of str to list of (str, Dataset)
+        The image instances of each series.
+    skipped : list of SkippedInstance
+        Appended to: the instances a series could not use.
+
+    Returns
+    -------
+    list of Series
+    """
     series: list[Series] = []
     for series_uid, items in by_series.items():
         built, bad = build_series(series_uid, items)
@@ -351,6 +406,29 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
     series.sort(
         key=lambda s: (s.series_number if s.series_number is not None else 1 << 31, s.series_instance_uid)
     )
+    return series
+
+
+def _usable_series(series: list[Series]) -> tuple[list[Series], list[str]]:
+    """The series without invalid values, and what is wrong in the others (logged).
+
+    Parameters
+    ----------
+    series : list of Series
+        All image series.
+
+    Returns
+    -------
+    usable : list of Series
+        The series whose values DICOM allows, in the same order.
+    invalid : list of str
+        What is wrong in the series left out (:func:`_invalid_values`).
+
+    Raises
+    ------
+    InvalidValueError
+        Every series holds an invalid value.
+    """
     invalid: list[str] = []
     usable: list[Series] = []
     for one in series:
@@ -362,4 +440,45 @@ def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
         logger.warning("series left out for invalid values: %s", "; ".join(invalid[:3]))
     if not usable:
         raise invalid_value_error(invalid)
-    return LoadedStudy(studies.pop(), usable, skipped, ignored, invalid)
+    return usable, invalid
+
+
+def load_study(source: Source | Iterable[Source]) -> LoadedStudy:
+    """Read one DICOM study.
+
+    Parameters
+    ----------
+    source : path, bytes, or an iterable of them
+        A folder (walked recursively), a file, the bytes of one DICOM file, or a list mixing these.
+
+    Returns
+    -------
+    LoadedStudy
+        The study's image series (headers parsed, pixel data not yet decoded), the skipped inputs and the
+        ignored non-image objects.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    NoImagesError
+        Nothing readable holds an image.
+    MixedSeriesError
+        One series' images belong to more than one study or patient.
+    MultipleStudiesError
+        The inputs hold images of more than one study.
+    MixedPatientsError
+        The images belong to more than one patient (PatientID and its issuer differ).
+    InvalidValueError
+        Every image series holds a value that places or scales its images but that DICOM does not allow (a
+        non-numeric PixelSpacing, an ImagePositionPatient with 2 values, ...). A series with such values is
+        left out (:attr:`LoadedStudy.invalid`); a study that then lacks a series it needs fails naming them.
+    """
+    scan = _scan_inputs(source)
+    _report_scan(scan)
+    _check_series_identity(scan.by_series)
+    study_uid = _study_uid(scan.by_series)
+    _check_one_patient(scan.by_series)
+    series = _build_all_series(scan.by_series, scan.skipped)
+    usable, invalid = _usable_series(series)
+    return LoadedStudy(study_uid, usable, scan.skipped, scan.ignored, invalid)

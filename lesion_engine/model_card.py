@@ -195,65 +195,12 @@ class ModelCard:
             raise ModelArtifactError(
                 f"invalid model card {src}: expected a JSON object, got {type(data).__name__}"
             )
-        if data.get("kind", JOINT_KIND) == DETECTION_KIND:
-            raise ModelArtifactError(
-                f"{src} is a detection-map model (kind {DETECTION_KIND!r}, e.g. an imported PI-CAI U-Net): it "
-                "has no classification network, so it cannot be used where a jointly trained model is needed "
-                "(training export, resume); the engine and the node run it as it is"
-            )
-        if data.get("kind", JOINT_KIND) != JOINT_KIND:
-            raise _fail(src, "kind", f"expected {JOINT_KIND!r} or {DETECTION_KIND!r}, got {data['kind']!r}")
-        for key in _REQUIRED:
-            if key not in data:
-                raise _fail(src, key, "missing")
-        unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
-        if unknown:
-            raise _fail(src, unknown[0], f"unknown field (known: {', '.join(_REQUIRED + _OPTIONAL)})")
-        if data["format"] != FORMAT:
-            raise _fail(src, "format", f"expected {FORMAT!r}, got {data['format']!r}")
-        if type(data["format_version"]) is not int or data["format_version"] != FORMAT_VERSION:
-            raise _fail(
-                src,
-                "format_version",
-                f"this engine reads version {FORMAT_VERSION}, got {data['format_version']!r}; "
-                "use a matching engine release or re-export the model",
-            )
-        for key in ("name", "version", "created", "intended_use"):
-            if not isinstance(data[key], str) or not data[key].strip():
-                raise _fail(src, key, f"must be a non-empty string, got {data[key]!r}")
-        try:
-            datetime.fromisoformat(data["created"])
-        except ValueError:
-            raise _fail(src, "created", f"not an ISO 8601 time: {data['created']!r}") from None
-        sha = data["weights_sha256"]
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise _fail(src, "weights_sha256", f"must be 64 lower-case hex digits, got {sha!r}")
-        architecture = data["architecture"]
-        if not isinstance(architecture, dict):
-            raise _fail(src, "architecture", "must be an object with 'localization' and 'classification'")
-        localization = _parse(
-            src, "architecture.localization", architecture.get("localization"), LocalizationNetConfig
-        )
-        classification = _parse(
-            src, "architecture.classification", architecture.get("classification"), ClassificationNetConfig
-        )
-        preprocessing = _parse(src, "preprocessing", data["preprocessing"], PreprocessConfig)
-        candidates = _parse(src, "candidates", data["candidates"], CandidateConfig)
-        if classification.in_channels != localization.in_channels + 1:
-            raise _fail(
-                src,
-                "architecture.classification.in_channels",
-                f"must be the localization input channels + 1 (the map) = {localization.in_channels + 1}, "
-                f"got {classification.in_channels}",
-            )
-        divisor = localization.divisor
-        if any(s % d for s, d in zip(preprocessing.size_zyx, divisor, strict=True)):
-            raise _fail(
-                src,
-                "preprocessing.size_zyx",
-                f"{list(preprocessing.size_zyx)} must be a multiple of the network's divisor {list(divisor)}",
-            )
-        label_map = _check_label_map(src, data["label_map"], classification, localization)
+        _check_kind(src, data)
+        _check_fields(src, data)
+        _check_format(src, data)
+        sha = _check_identity(src, data)
+        networks = _parse_networks(src, data)
+        label_map = _check_label_map(src, data["label_map"], networks.classification, networks.localization)
         for key in _OPTIONAL:
             if not isinstance(data.get(key, {}), dict):
                 raise _fail(src, key, "must be an object")
@@ -261,10 +208,10 @@ class ModelCard:
             name=data["name"],
             version=data["version"],
             created=data["created"],
-            localization=localization,
-            classification=classification,
-            preprocessing=preprocessing,
-            candidates=candidates,
+            localization=networks.localization,
+            classification=networks.classification,
+            preprocessing=networks.preprocessing,
+            candidates=networks.candidates,
             label_map=label_map,
             weights_sha256=sha,
             training=dict(data.get("training", {})),
@@ -272,6 +219,170 @@ class ModelCard:
             intended_use=data["intended_use"],
             format_version=int(data["format_version"]),
         )
+
+
+def _check_kind(src: Path, data: dict[str, Any]) -> None:
+    """Refuse a card whose ``kind`` is not a jointly trained model's.
+
+    Parameters
+    ----------
+    src : Path
+        The card file (for messages).
+    data : dict
+        The parsed card.
+
+    Raises
+    ------
+    ModelArtifactError
+        A detection-map model's card, or an unknown kind.
+    """
+    if data.get("kind", JOINT_KIND) == DETECTION_KIND:
+        raise ModelArtifactError(
+            f"{src} is a detection-map model (kind {DETECTION_KIND!r}, e.g. an imported PI-CAI U-Net): it "
+            "has no classification network, so it cannot be used where a jointly trained model is needed "
+            "(training export, resume); the engine and the node run it as it is"
+        )
+    if data.get("kind", JOINT_KIND) != JOINT_KIND:
+        raise _fail(src, "kind", f"expected {JOINT_KIND!r} or {DETECTION_KIND!r}, got {data['kind']!r}")
+
+
+def _check_fields(src: Path, data: dict[str, Any]) -> None:
+    """Refuse a card that lacks a required field or has an unknown one.
+
+    Parameters
+    ----------
+    src : Path
+        The card file (for messages).
+    data : dict
+        The parsed card.
+
+    Raises
+    ------
+    ModelArtifactError
+        Naming the first missing or unknown field.
+    """
+    for key in _REQUIRED:
+        if key not in data:
+            raise _fail(src, key, "missing")
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise _fail(src, unknown[0], f"unknown field (known: {', '.join(_REQUIRED + _OPTIONAL)})")
+
+
+def _check_format(src: Path, data: dict[str, Any]) -> None:
+    """Refuse a card of another format, or of another version of this format.
+
+    Parameters
+    ----------
+    src : Path
+        The card file (for messages).
+    data : dict
+        The parsed card.
+
+    Raises
+    ------
+    ModelArtifactError
+        Naming ``format`` or ``format_version``.
+    """
+    if data["format"] != FORMAT:
+        raise _fail(src, "format", f"expected {FORMAT!r}, got {data['format']!r}")
+    if type(data["format_version"]) is not int or data["format_version"] != FORMAT_VERSION:
+        raise _fail(
+            src,
+            "format_version",
+            f"this engine reads version {FORMAT_VERSION}, got {data['format_version']!r}; "
+            "use a matching engine release or re-export the model",
+        )
+
+
+def _check_identity(src: Path, data: dict[str, Any]) -> str:
+    """Check the texts that say what the model is, its export time and its weights' sha256.
+
+    Parameters
+    ----------
+    src : Path
+        The card file (for messages).
+    data : dict
+        The parsed card.
+
+    Returns
+    -------
+    str
+        ``weights_sha256``.
+
+    Raises
+    ------
+    ModelArtifactError
+        Naming the field that is wrong.
+    """
+    for key in ("name", "version", "created", "intended_use"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise _fail(src, key, f"must be a non-empty string, got {data[key]!r}")
+    try:
+        datetime.fromisoformat(data["created"])
+    except ValueError:
+        raise _fail(src, "created", f"not an ISO 8601 time: {data['created']!r}") from None
+    sha = data["weights_sha256"]
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _fail(src, "weights_sha256", f"must be 64 lower-case hex digits, got {sha!r}")
+    return sha
+
+
+@dataclass(frozen=True)
+class _Networks:
+    """The configurations a card gives for building and running the networks."""
+
+    localization: LocalizationNetConfig
+    classification: ClassificationNetConfig
+    preprocessing: PreprocessConfig
+    candidates: CandidateConfig
+
+
+def _parse_networks(src: Path, data: dict[str, Any]) -> _Networks:
+    """The card's architecture, preprocessing and candidate settings, checked against each other.
+
+    Parameters
+    ----------
+    src : Path
+        The card file (for messages).
+    data : dict
+        The parsed card.
+
+    Returns
+    -------
+    _Networks
+
+    Raises
+    ------
+    ModelArtifactError
+        Naming the field that is missing, wrong, or does not fit the others.
+    """
+    architecture = data["architecture"]
+    if not isinstance(architecture, dict):
+        raise _fail(src, "architecture", "must be an object with 'localization' and 'classification'")
+    localization = _parse(
+        src, "architecture.localization", architecture.get("localization"), LocalizationNetConfig
+    )
+    classification = _parse(
+        src, "architecture.classification", architecture.get("classification"), ClassificationNetConfig
+    )
+    preprocessing = _parse(src, "preprocessing", data["preprocessing"], PreprocessConfig)
+    candidates = _parse(src, "candidates", data["candidates"], CandidateConfig)
+    if classification.in_channels != localization.in_channels + 1:
+        raise _fail(
+            src,
+            "architecture.classification.in_channels",
+            f"must be the localization input channels + 1 (the map) = {localization.in_channels + 1}, "
+            f"got {classification.in_channels}",
+        )
+    divisor = localization.divisor
+    if any(s % d for s, d in zip(preprocessing.size_zyx, divisor, strict=True)):
+        raise _fail(
+            src,
+            "preprocessing.size_zyx",
+            f"{list(preprocessing.size_zyx)} must be a multiple of the network's divisor {list(divisor)}",
+        )
+    return _Networks(localization, classification, preprocessing, candidates)
 
 
 def _parse(src: Path, name: str, value: Any, kind: Any) -> Any:

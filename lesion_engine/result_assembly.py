@@ -146,6 +146,197 @@ def _localization_on_t2w(
     return from_model_grid(loc_map.astype(np.float32), grid, t2w)
 
 
+def _gate_localization(localization: sitk.Image, gland: GlandRegion | None, t2w: sitk.Image) -> sitk.Image:
+    """The localization map on the T2W grid, 0 outside the dilated gland (unchanged without a gland).
+
+    Parameters
+    ----------
+    localization : SimpleITK.Image
+        The localization map on the T2W grid.
+    gland : GlandRegion or None
+        The gland of the anatomical gate; None without the gate.
+    t2w : SimpleITK.Image
+        The T2W image (its geometry is copied).
+
+    Returns
+    -------
+    SimpleITK.Image
+    """
+    if gland is None:
+        return localization
+    gated = sitk.GetArrayFromImage(localization) * gland.allowed
+    out = sitk.GetImageFromArray(gated.astype(np.float32))
+    out.CopyInformation(t2w)
+    return out
+
+
+@dataclass(frozen=True)
+class _RankedBlobs:
+    """The candidates' blobs on the T2W grid, labelled by rank (1 = most probable).
+
+    Attributes
+    ----------
+    order : list of int
+        Index into the study's candidates of each rank (rank ``n`` is ``order[n - 1]``).
+    labels : ndarray
+        uint16 (Z, Y, X) on the T2W grid: the rank of the blob at each voxel, 0 elsewhere.
+    blob_box : Box or None
+        A box of the T2W grid holding every blob; None when no blob landed.
+    boxes : list of Box or None
+        The bounding box of each rank's blob; None for a blob that vanished.
+    """
+
+    order: list[int]
+    labels: NDArray[np.uint16]
+    blob_box: Box | None
+    boxes: list[Box | None]
+
+
+def _rank_blobs(study: StudyWork, mapping: GridMap) -> _RankedBlobs:
+    """Rank the candidates by probability and resample their blobs onto the T2W grid, kept non-touching.
+
+    The label is the rank, so that a more probable blob wins where two would touch.
+
+    Parameters
+    ----------
+    study : StudyWork
+        The study with its candidates and their probabilities.
+    mapping : GridMap
+        From the model grid to the T2W grid.
+
+    Returns
+    -------
+    _RankedBlobs
+    """
+    order = sorted(range(len(study.candidates)), key=lambda k: -study.probabilities[k])
+    ranked = np.zeros(len(study.candidates) + 1, dtype=np.uint16)
+    for rank, k in enumerate(order, start=1):
+        ranked[study.candidates[k].index] = rank
+    shape_zyx = study.coverage.shape
+    model_labels = ranked[label_map(study.candidates, (shape_zyx[0], shape_zyx[1], shape_zyx[2]))]
+    # Nearest neighbour onto the T2W grid, computed only where the blobs can land (a small box).
+    labels, blob_box = resample_nearest(model_labels, mapping)
+    boxes: list[Box | None] = [None] * len(order)
+    if blob_box is not None:
+        labels[blob_box] = separate_labels(labels[blob_box])
+        for n, found in enumerate(ndimage.find_objects(labels[blob_box], max_label=len(order))):
+            if found is not None:
+                boxes[n] = shift_box(found, blob_box)
+    return _RankedBlobs(order=order, labels=labels, blob_box=blob_box, boxes=boxes)
+
+
+def _lesions(
+    study: StudyWork,
+    blobs: _RankedBlobs,
+    zone_logits: NDArray[np.float32] | None,
+    zone_names: Sequence[str],
+    warnings: list[str],
+) -> tuple[list[Lesion], NDArray[np.float32]]:
+    """The reported lesions, measured on the T2W grid, numbered 1..n by decreasing probability.
+
+    A blob that vanished on the T2W grid is reported in ``warnings`` (appended to); one centred outside the
+    dilated gland is logged and left out.
+
+    Parameters
+    ----------
+    study : StudyWork
+        The study with its candidates, their probabilities and categories, and its gland.
+    blobs : _RankedBlobs
+        The ranked blobs on the T2W grid.
+    zone_logits : ndarray or None
+        (K, Z, Y, X) zonal logits on the model grid, or None.
+    zone_names : sequence of str
+        The name of each zonal output.
+    warnings : list of str
+        The study's warnings, appended to.
+
+    Returns
+    -------
+    lesions : list of Lesion
+    fill : ndarray
+        float32, indexed by rank: the probability of each reported lesion, 0 for the others.
+    """
+    t2w, gland, labels = study.prepared.t2w, study.gland, blobs.labels
+    lesions: list[Lesion] = []
+    fill = np.zeros(len(blobs.order) + 1, dtype=np.float32)
+    for rank, k in enumerate(blobs.order, start=1):
+        candidate = study.candidates[k]
+        box = blobs.boxes[rank - 1]
+        if box is None:
+            warnings.append(
+                f"a candidate (peak {candidate.peak:.3f}) vanished when resampled to the T2W grid and is not reported"
+            )
+            continue
+        mask = np.zeros(labels.shape, dtype=bool)
+        mask[box] = labels[box] == rank
+        center = center_lps_mm(mask, t2w, box)
+        if gland is not None and not gland.contains(center):
+            logger.info(
+                "a candidate (peak %.3f) centred outside the prostate gland (+%.1f mm) is not reported",
+                candidate.peak,
+                gland.margin_mm,
+            )
+            continue
+        probability = study.probabilities[k]
+        fill[rank] = probability
+        lesions.append(
+            Lesion(
+                id=len(lesions) + 1,
+                center_lps_mm=center,
+                mask=mask,
+                volume_ml=volume_ml(mask, t2w, box),
+                max_diameter_mm=max_diameter_mm(mask, t2w, box),
+                axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
+                probability=probability,
+                category=study.categories[k],
+                zone=anatomical_zone(gland, center, zone_logits, candidate.mask, zone_names),
+                peak=candidate.peak,
+            )
+        )
+    return lesions, fill
+
+
+def _detection_map(blobs: _RankedBlobs, fill: NDArray[np.float32], t2w: sitk.Image) -> sitk.Image:
+    """The detection map on the T2W grid: each reported lesion's blob filled with its probability.
+
+    Parameters
+    ----------
+    blobs : _RankedBlobs
+        The ranked blobs on the T2W grid.
+    fill : ndarray
+        float32, indexed by rank: the value of each blob (0 for one not reported).
+    t2w : SimpleITK.Image
+        The T2W image (its geometry is copied).
+
+    Returns
+    -------
+    SimpleITK.Image
+    """
+    detection_values = np.zeros(blobs.labels.shape, dtype=np.float32)
+    if blobs.blob_box is not None:
+        detection_values[blobs.blob_box] = fill[blobs.labels[blobs.blob_box]]
+    detection = sitk.GetImageFromArray(detection_values)
+    detection.CopyInformation(t2w)
+    return detection
+
+
+def _stage_timings(timings: Mapping[str, float]) -> dict[str, float]:
+    """Seconds per engine stage (0 for a stage not run) and their ``total``.
+
+    Parameters
+    ----------
+    timings : mapping of str to float
+        Seconds per stage as recorded.
+
+    Returns
+    -------
+    dict of str to float
+    """
+    out = {key: timings.get(key, 0.0) for key in _STAGES}
+    out["total"] = sum(out.values())
+    return out
+
+
 def assemble_result(
     study: StudyWork,
     loc_map: NDArray[np.float32],
@@ -184,78 +375,18 @@ def assemble_result(
     mapping = grid_map(grid, t2w)
     localization = _localization_on_t2w(loc_map, grid, t2w, mapping, loc_map_on_device)
     gland = study.gland
-    if gland is not None:
-        gated = sitk.GetArrayFromImage(localization) * gland.allowed
-        localization = sitk.GetImageFromArray(gated.astype(np.float32))
-        localization.CopyInformation(t2w)
-
-    # Rank by probability; label = rank on the T2W grid, so that a more probable blob wins where two touch.
-    order = sorted(range(len(study.candidates)), key=lambda k: -study.probabilities[k])
-    ranked = np.zeros(len(study.candidates) + 1, dtype=np.uint16)
-    for rank, k in enumerate(order, start=1):
-        ranked[study.candidates[k].index] = rank
-    shape_zyx = study.coverage.shape
-    model_labels = ranked[label_map(study.candidates, (shape_zyx[0], shape_zyx[1], shape_zyx[2]))]
-    # Nearest neighbour onto the T2W grid, computed only where the blobs can land (a small box).
-    labels, blob_box = resample_nearest(model_labels, mapping)
-    boxes: list[Box | None] = [None] * len(order)
-    if blob_box is not None:
-        labels[blob_box] = separate_labels(labels[blob_box])
-        for n, found in enumerate(ndimage.find_objects(labels[blob_box], max_label=len(order))):
-            if found is not None:
-                boxes[n] = shift_box(found, blob_box)
-
-    lesions: list[Lesion] = []
-    fill = np.zeros(len(order) + 1, dtype=np.float32)
-    for rank, k in enumerate(order, start=1):
-        candidate = study.candidates[k]
-        box = boxes[rank - 1]
-        if box is None:
-            warnings.append(
-                f"a candidate (peak {candidate.peak:.3f}) vanished when resampled to the T2W grid and is not reported"
-            )
-            continue
-        mask = np.zeros(labels.shape, dtype=bool)
-        mask[box] = labels[box] == rank
-        center = center_lps_mm(mask, t2w, box)
-        if gland is not None and not gland.contains(center):
-            logger.info(
-                "a candidate (peak %.3f) centred outside the prostate gland (+%.1f mm) is not reported",
-                candidate.peak,
-                gland.margin_mm,
-            )
-            continue
-        probability = study.probabilities[k]
-        fill[rank] = probability
-        lesions.append(
-            Lesion(
-                id=len(lesions) + 1,
-                center_lps_mm=center,
-                mask=mask,
-                volume_ml=volume_ml(mask, t2w, box),
-                max_diameter_mm=max_diameter_mm(mask, t2w, box),
-                axial_diameter_mm=axial_diameter_mm(mask, t2w, box),
-                probability=probability,
-                category=study.categories[k],
-                zone=anatomical_zone(gland, center, zone_logits, candidate.mask, zone_names),
-                peak=candidate.peak,
-            )
-        )
-    detection_values = np.zeros(labels.shape, dtype=np.float32)
-    if blob_box is not None:
-        detection_values[blob_box] = fill[labels[blob_box]]
-    detection = sitk.GetImageFromArray(detection_values)
-    detection.CopyInformation(t2w)
+    localization = _gate_localization(localization, gland, t2w)
+    blobs = _rank_blobs(study, mapping)
+    lesions, fill = _lesions(study, blobs, zone_logits, zone_names, warnings)
+    detection = _detection_map(blobs, fill, t2w)
     study.timings["outputs"] = time.perf_counter() - start
-    timings = {key: study.timings.get(key, 0.0) for key in _STAGES}
-    timings["total"] = sum(timings.values())
     return EngineResult(
         study_instance_uid=prepared.study_instance_uid,
         lesions=lesions,
         patient_score=max((lesion.probability for lesion in lesions), default=0.0),
         localization_map=localization,
         detection_map=detection,
-        timings_s=timings,
+        timings_s=_stage_timings(study.timings),
         model=dict(model),
         series={role: prepared.roles[role].series_instance_uid for role in ("t2w", "adc", "hbv")},
         roles=role_report(prepared.roles, prepared.computed),

@@ -190,6 +190,217 @@ def read_fold(
     return plans, tensors
 
 
+def _wanted_folds(folder: Path, folds: Sequence[int]) -> list[int]:
+    """The folds to import, checked to be distinct numbers 0..99, from an existing model folder.
+
+    Parameters
+    ----------
+    folder : Path
+        The nnU-Net model folder.
+    folds : sequence of int
+        The folds asked for.
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    CheckpointImportError
+        ``folder`` is not a folder, or the folds are not distinct numbers 0..99.
+    """
+    if not folder.is_dir():
+        raise CheckpointImportError(
+            f"{folder} is not a folder (expected the nnU-Net model folder with plans.pkl)"
+        )
+    wanted = list(folds)
+    if not wanted or len(set(wanted)) != len(wanted) or any(not 0 <= f < 100 for f in wanted):
+        raise CheckpointImportError(f"folds must be distinct numbers 0..99, got {wanted!r}")
+    return wanted
+
+
+def _read_plans_file(folder: Path) -> tuple[Path, Any]:
+    """The model folder's ``plans.pkl``: its path and its (restricted-unpickled) content.
+
+    Parameters
+    ----------
+    folder : Path
+        The nnU-Net model folder.
+
+    Returns
+    -------
+    path : Path
+    content : object
+
+    Raises
+    ------
+    CheckpointImportError
+        The file is missing, unreadable or refused.
+    """
+    plans_path = folder / "plans.pkl"
+    if not plans_path.is_file():
+        raise CheckpointImportError(f"{folder} has no plans.pkl: not an nnU-Net v1 model folder")
+    return plans_path, _plain(plans_path, "plans.pkl")
+
+
+def _read_folds(
+    folder: Path, wanted: list[int], checkpoint: str
+) -> tuple[NnunetPlans, dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Every wanted fold's plans (the same for all), tensors (named ``fold<k>.<name>``) and source files.
+
+    Parameters
+    ----------
+    folder : Path
+        The nnU-Net model folder.
+    wanted : list of int
+        The folds to read (at least one).
+    checkpoint : str
+        The checkpoint's name.
+
+    Returns
+    -------
+    plans : NnunetPlans
+    tensors : dict of str to Tensor
+    sources : list of dict
+        The record of each fold's ``.model`` and ``.model.pkl`` (:func:`_source_entry`).
+
+    Raises
+    ------
+    CheckpointImportError
+        A fold is refused or does not fit, or its plans differ from the first fold's.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    plans: NnunetPlans | None = None
+    sources = []
+    for fold in wanted:
+        fold_plans, fold_tensors = read_fold(folder, fold, checkpoint)
+        if plans is not None and fold_plans != plans:
+            raise CheckpointImportError(f"fold {fold}: its plans differ from fold {wanted[0]}'s")
+        plans = fold_plans
+        for key, tensor in fold_tensors.items():
+            tensors[f"fold{fold}.{key}"] = tensor
+        for path in (
+            folder / f"fold_{fold}" / f"{checkpoint}.model",
+            folder / f"fold_{fold}" / f"{checkpoint}.model.pkl",
+        ):
+            sources.append(_source_entry(path, folder, fold))
+        logger.info("fold %d read from %s", fold, folder / f"fold_{fold}")
+    assert plans is not None
+    return plans, tensors, sources
+
+
+def _check_plans_file(plans_file: Any, plans: NnunetPlans) -> None:
+    """Refuse a ``plans.pkl`` whose number of modalities is not the folds' (``nnUNet_predict`` reads it).
+
+    Parameters
+    ----------
+    plans_file : object
+        The unpickled ``plans.pkl``.
+    plans : NnunetPlans
+        The folds' plans.
+
+    Raises
+    ------
+    CheckpointImportError
+        The numbers differ (or ``plans.pkl`` is not a dictionary).
+    """
+    if not isinstance(plans_file, Mapping) or plans_file.get("num_modalities") != len(plans.modalities):
+        found = plans_file.get("num_modalities") if isinstance(plans_file, Mapping) else None
+        raise CheckpointImportError(
+            f"plans.pkl gives {found!r} modalities, the folds' plans {len(plans.modalities)}"
+        )
+
+
+def _card_data(
+    *,
+    name: str,
+    version: str,
+    created: datetime | None,
+    plans: NnunetPlans,
+    folds: list[int],
+    checkpoint: str,
+    pipeline: NnunetPipeline | None,
+    sources: list[dict[str, Any]],
+    plans_entry: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of the imported model's ``model.json``, with a placeholder ``weights_sha256``.
+
+    Parameters
+    ----------
+    name, version : str
+        The model's name and version.
+    created : datetime or None
+        Import time; now when None.
+    plans : NnunetPlans
+        The folds' plans.
+    folds : list of int
+        The folds imported.
+    checkpoint : str
+        The checkpoint's name.
+    pipeline : NnunetPipeline or None
+        The pipeline (the reference's when None).
+    sources : list of dict
+        The record of each fold's source files.
+    plans_entry : dict
+        The record of ``plans.pkl``.
+
+    Returns
+    -------
+    dict
+    """
+    return {
+        "format": "lesion-ai-model",
+        "format_version": DETECTION_FORMAT_VERSION,
+        "kind": DETECTION_KIND,
+        "name": name,
+        "version": version,
+        "created": (created or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "architecture": NnunetArchitecture(plans=plans, folds=tuple(folds)).to_dict(),
+        "pipeline": (pipeline or NnunetPipeline()).to_dict(),
+        "label_map": {"cancer": "csPCa (ISUP >= 2) likelihood, localization only (no category, no zone)"},
+        "source": {
+            **PICAI_NNUNET_SOURCE,
+            "checkpoint": checkpoint,
+            "checkpoints": [entry for entry in sources if entry["file"].endswith(".model")],
+            "pickles": [entry for entry in sources if entry["file"].endswith(".pkl")] + [plans_entry],
+            "read_with": "restricted unpickler (numpy arrays and scalars, numpy.dtype, OrderedDict only); "
+            "torch.load(weights_only=True) with those numpy globals",
+        },
+        "training": PICAI_NNUNET_TRAINING,
+        "metrics": {},
+        "intended_use": INTENDED_USE,
+        "weights_sha256": "0" * 64,
+    }
+
+
+def _write_artifact(
+    out_dir: Path, tensors: dict[str, torch.Tensor], card_data: dict[str, Any]
+) -> NnunetModelCard:
+    """Write ``model.safetensors``, then ``model.json`` (validated) and ``MODEL_CARD.md``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The artifact folder (exists).
+    tensors : dict of str to Tensor
+        The weights.
+    card_data : dict
+        The card's content; its ``weights_sha256`` is set to the written weights'.
+
+    Returns
+    -------
+    NnunetModelCard
+        The card written.
+    """
+    weights = out_dir / WEIGHTS_FILE
+    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": "lesion-ai-model"}))
+    card_data["weights_sha256"] = file_sha256(weights)
+    card = NnunetModelCard.from_dict(card_data, out_dir / CARD_FILE)
+    write_atomic(out_dir / CARD_FILE, lambda p: p.write_text(json.dumps(card.to_dict(), indent=2) + "\n"))
+    write_atomic(out_dir / "MODEL_CARD.md", lambda p: p.write_text(model_card_text(card)))
+    return card
+
+
 def import_picai_nnunet(
     model_dir: Path | str,
     out: Path | str,
@@ -226,72 +437,26 @@ def import_picai_nnunet(
         Naming the fold and the file, tensor or setting.
     """
     folder = Path(model_dir)
-    if not folder.is_dir():
-        raise CheckpointImportError(
-            f"{folder} is not a folder (expected the nnU-Net model folder with plans.pkl)"
-        )
-    wanted = list(folds)
-    if not wanted or len(set(wanted)) != len(wanted) or any(not 0 <= f < 100 for f in wanted):
-        raise CheckpointImportError(f"folds must be distinct numbers 0..99, got {wanted!r}")
-    plans_path = folder / "plans.pkl"
-    if not plans_path.is_file():
-        raise CheckpointImportError(f"{folder} has no plans.pkl: not an nnU-Net v1 model folder")
-    plans_file = _plain(plans_path, "plans.pkl")
-    tensors: dict[str, torch.Tensor] = {}
-    plans: NnunetPlans | None = None
-    sources = []
-    for fold in wanted:
-        fold_plans, fold_tensors = read_fold(folder, fold, checkpoint)
-        if plans is not None and fold_plans != plans:
-            raise CheckpointImportError(f"fold {fold}: its plans differ from fold {wanted[0]}'s")
-        plans = fold_plans
-        for key, tensor in fold_tensors.items():
-            tensors[f"fold{fold}.{key}"] = tensor
-        for path in (
-            folder / f"fold_{fold}" / f"{checkpoint}.model",
-            folder / f"fold_{fold}" / f"{checkpoint}.model.pkl",
-        ):
-            sources.append(_source_entry(path, folder, fold))
-        logger.info("fold %d read from %s", fold, folder / f"fold_{fold}")
-    assert plans is not None
+    wanted = _wanted_folds(folder, folds)
+    plans_path, plans_file = _read_plans_file(folder)
+    plans, tensors, sources = _read_folds(folder, wanted, checkpoint)
     # nnUNet_predict reads only the number of modalities from plans.pkl (the folds' own plans do the rest).
-    if not isinstance(plans_file, Mapping) or plans_file.get("num_modalities") != len(plans.modalities):
-        found = plans_file.get("num_modalities") if isinstance(plans_file, Mapping) else None
-        raise CheckpointImportError(
-            f"plans.pkl gives {found!r} modalities, the folds' plans {len(plans.modalities)}"
-        )
+    _check_plans_file(plans_file, plans)
     plans_entry = _source_entry(plans_path, folder, None)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    card_data: dict[str, Any] = {
-        "format": "lesion-ai-model",
-        "format_version": DETECTION_FORMAT_VERSION,
-        "kind": DETECTION_KIND,
-        "name": name,
-        "version": version,
-        "created": (created or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "architecture": NnunetArchitecture(plans=plans, folds=tuple(wanted)).to_dict(),
-        "pipeline": (pipeline or NnunetPipeline()).to_dict(),
-        "label_map": {"cancer": "csPCa (ISUP >= 2) likelihood, localization only (no category, no zone)"},
-        "source": {
-            **PICAI_NNUNET_SOURCE,
-            "checkpoint": checkpoint,
-            "checkpoints": [entry for entry in sources if entry["file"].endswith(".model")],
-            "pickles": [entry for entry in sources if entry["file"].endswith(".pkl")] + [plans_entry],
-            "read_with": "restricted unpickler (numpy arrays and scalars, numpy.dtype, OrderedDict only); "
-            "torch.load(weights_only=True) with those numpy globals",
-        },
-        "training": PICAI_NNUNET_TRAINING,
-        "metrics": {},
-        "intended_use": INTENDED_USE,
-        "weights_sha256": "0" * 64,
-    }
-    weights = out_dir / WEIGHTS_FILE
-    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": "lesion-ai-model"}))
-    card_data["weights_sha256"] = file_sha256(weights)
-    card = NnunetModelCard.from_dict(card_data, out_dir / CARD_FILE)
-    write_atomic(out_dir / CARD_FILE, lambda p: p.write_text(json.dumps(card.to_dict(), indent=2) + "\n"))
-    write_atomic(out_dir / "MODEL_CARD.md", lambda p: p.write_text(model_card_text(card)))
+    card_data = _card_data(
+        name=name,
+        version=version,
+        created=created,
+        plans=plans,
+        folds=wanted,
+        checkpoint=checkpoint,
+        pipeline=pipeline,
+        sources=sources,
+        plans_entry=plans_entry,
+    )
+    card = _write_artifact(out_dir, tensors, card_data)
     logger.info("imported %d nnU-Net folds as %s %s into %s", len(wanted), name, version, out_dir)
     return card
 

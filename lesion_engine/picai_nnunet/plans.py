@@ -328,6 +328,176 @@ def _stage(plans: Mapping[str, Any], init: Sequence[Any]) -> Mapping[str, Any]:
     return chosen
 
 
+def _model_pickle_parts(model_info: Any) -> tuple[Mapping[str, Any], Sequence[Any]]:
+    """The ``plans`` and ``init`` of a fold's unpickled ``<checkpoint>.model.pkl`` (nnU-Net v1's layout).
+
+    Parameters
+    ----------
+    model_info : object
+        The unpickled model pickle.
+
+    Returns
+    -------
+    plans : mapping
+    init : sequence
+        The trainer's arguments.
+
+    Raises
+    ------
+    ValueError
+        Not the layout of an nnU-Net v1 model pickle.
+    """
+    if not isinstance(model_info, Mapping) or not {"init", "name", "plans"} <= set(model_info):
+        raise ValueError("not an nnU-Net v1 model pickle (a dictionary with 'init', 'name' and 'plans')")
+    plans = model_info["plans"]
+    if not isinstance(plans, Mapping):
+        raise ValueError("the model pickle's 'plans' is not a dictionary")
+    init = model_info["init"]
+    if not isinstance(init, Sequence) or isinstance(init, str):
+        raise ValueError("the model pickle's 'init' is not a sequence")
+    return plans, init
+
+
+def _check_plans_file(plans_file: Any, count: int) -> None:
+    """Refuse a ``plans.pkl`` whose number of modalities is not the fold's.
+
+    Parameters
+    ----------
+    plans_file : object
+        The unpickled ``plans.pkl``.
+    count : int
+        The fold's number of modalities.
+
+    Raises
+    ------
+    ValueError
+        ``plans.pkl`` is not a dictionary, or the numbers differ.
+    """
+    if not isinstance(plans_file, Mapping):
+        raise ValueError("plans.pkl is not a dictionary")
+    if plans_file.get("num_modalities") != count:
+        raise ValueError(
+            f"plans.pkl has {plans_file.get('num_modalities')!r} modalities, the fold's plans {count}"
+        )
+
+
+def _check_preprocessor(plans: Mapping[str, Any], use_mask: Sequence[Any]) -> None:
+    """Refuse a preprocessor other than ``GenericPreprocessor``, and normalisation within the nonzero mask.
+
+    Parameters
+    ----------
+    plans : mapping
+        The fold's plans.
+    use_mask : sequence
+        ``use_mask_for_norm`` per modality.
+
+    Raises
+    ------
+    ValueError
+        Naming what is not supported.
+    """
+    if plans.get("preprocessor_name", "GenericPreprocessor") != "GenericPreprocessor":
+        raise ValueError(
+            f"preprocessor {plans.get('preprocessor_name')!r} is not supported (GenericPreprocessor)"
+        )
+    if any(bool(flag) for flag in use_mask):
+        raise ValueError(
+            "normalisation within the nonzero mask (use_mask_for_norm) is not supported; PI-CAI's plans do not "
+            "use it"
+        )
+
+
+def _intensity_records(
+    schemes: Sequence[Any], intensity: Any
+) -> tuple[list[dict[str, float] | None], list[dict[str, str] | None]]:
+    """The intensity properties of each ``CT`` or ``CT2`` modality, and the type each value had in the pickle.
+
+    Parameters
+    ----------
+    schemes : sequence
+        The normalisation scheme of each modality.
+    intensity : object
+        The plans' ``dataset_properties.intensityproperties`` (None when absent).
+
+    Returns
+    -------
+    properties : list of dict or None
+        Per modality: :data:`_CT_KEYS` as floats for ``CT`` and ``CT2``, else None.
+    types : list of dict or None
+        Per modality: the :data:`SCALAR_TYPES` name of each of those values, else None.
+
+    Raises
+    ------
+    ValueError
+        A ``CT`` or ``CT2`` modality without (valid) intensity properties.
+    KeyError
+        A property is missing.
+    """
+    properties: list[dict[str, float] | None] = []
+    types: list[dict[str, str] | None] = []
+    for index, scheme in enumerate(schemes):
+        if scheme in ("CT", "CT2"):
+            if not isinstance(intensity, Mapping) or index not in intensity:
+                raise ValueError(f"modality {index} ({scheme}) has no intensity properties in the plans")
+            properties.append({key: _real(key, intensity[index][key]) for key in _CT_KEYS})
+            types.append({key: _scalar_type(intensity[index][key]) for key in _CT_KEYS})
+        else:
+            properties.append(None)
+            types.append(None)
+    return properties, types
+
+
+@dataclass(frozen=True)
+class _Normalisation:
+    """How the plans normalise each modality.
+
+    Attributes
+    ----------
+    modalities : list of str
+        The modalities' names.
+    schemes : list
+        The normalisation scheme of each modality (as in the plans).
+    properties, types : list of dict or None
+        As :func:`_intensity_records` gives them.
+    """
+
+    modalities: list[str]
+    schemes: list[Any]
+    properties: list[dict[str, float] | None]
+    types: list[dict[str, str] | None]
+
+
+def _normalisation(plans: Mapping[str, Any], count: int) -> _Normalisation:
+    """The per-modality names and intensity normalisation of the plans, checked to be supported.
+
+    Parameters
+    ----------
+    plans : mapping
+        The fold's plans.
+    count : int
+        The number of modalities.
+
+    Returns
+    -------
+    _Normalisation
+
+    Raises
+    ------
+    ValueError
+        An unsupported preprocessor or setting, or invalid per-modality entries.
+    KeyError
+        An entry the plans must have is missing.
+    """
+    use_mask = _per_modality("use_mask_for_norm", plans["use_mask_for_norm"], count)
+    schemes = _per_modality("normalization_schemes", plans["normalization_schemes"], count)
+    modalities_map = plans.get("modalities") or {k: str(k) for k in range(count)}
+    modalities = [str(m) for m in _per_modality("modalities", modalities_map, count)]
+    intensity = plans.get("dataset_properties", {}).get("intensityproperties")
+    _check_preprocessor(plans, use_mask)
+    properties, types = _intensity_records(schemes, intensity)
+    return _Normalisation(modalities, schemes, properties, types)
+
+
 def plans_from_pickles(model_info: Any, plans_file: Any | None = None) -> NnunetPlans:
     """:class:`NnunetPlans` from a fold's unpickled ``<checkpoint>.model.pkl`` (its ``plans``, ``name`` and
     ``init``), checked against the unpickled ``plans.pkl`` when given (``nnUNet_predict`` reads its
@@ -338,49 +508,13 @@ def plans_from_pickles(model_info: Any, plans_file: Any | None = None) -> Nnunet
     ValueError
         A layout other than nnU-Net v1's, an unsupported trainer or setting (the message says which).
     """
-    if not isinstance(model_info, Mapping) or not {"init", "name", "plans"} <= set(model_info):
-        raise ValueError("not an nnU-Net v1 model pickle (a dictionary with 'init', 'name' and 'plans')")
-    plans = model_info["plans"]
-    if not isinstance(plans, Mapping):
-        raise ValueError("the model pickle's 'plans' is not a dictionary")
-    init = model_info["init"]
-    if not isinstance(init, Sequence) or isinstance(init, str):
-        raise ValueError("the model pickle's 'init' is not a sequence")
+    plans, init = _model_pickle_parts(model_info)
     count = _int("num_modalities", plans.get("num_modalities"), 1)
     if plans_file is not None:
-        if not isinstance(plans_file, Mapping):
-            raise ValueError("plans.pkl is not a dictionary")
-        if plans_file.get("num_modalities") != count:
-            raise ValueError(
-                f"plans.pkl has {plans_file.get('num_modalities')!r} modalities, the fold's plans {count}"
-            )
+        _check_plans_file(plans_file, count)
     stage = _stage(plans, init)
     try:
-        use_mask = _per_modality("use_mask_for_norm", plans["use_mask_for_norm"], count)
-        schemes = _per_modality("normalization_schemes", plans["normalization_schemes"], count)
-        modalities_map = plans.get("modalities") or {k: str(k) for k in range(count)}
-        modalities = [str(m) for m in _per_modality("modalities", modalities_map, count)]
-        intensity = plans.get("dataset_properties", {}).get("intensityproperties")
-        if plans.get("preprocessor_name", "GenericPreprocessor") != "GenericPreprocessor":
-            raise ValueError(
-                f"preprocessor {plans.get('preprocessor_name')!r} is not supported (GenericPreprocessor)"
-            )
-        if any(bool(flag) for flag in use_mask):
-            raise ValueError(
-                "normalisation within the nonzero mask (use_mask_for_norm) is not supported; PI-CAI's plans do not "
-                "use it"
-            )
-        properties: list[dict[str, float] | None] = []
-        types: list[dict[str, str] | None] = []
-        for index, scheme in enumerate(schemes):
-            if scheme in ("CT", "CT2"):
-                if not isinstance(intensity, Mapping) or index not in intensity:
-                    raise ValueError(f"modality {index} ({scheme}) has no intensity properties in the plans")
-                properties.append({key: _real(key, intensity[index][key]) for key in _CT_KEYS})
-                types.append({key: _scalar_type(intensity[index][key]) for key in _CT_KEYS})
-            else:
-                properties.append(None)
-                types.append(None)
+        norm = _normalisation(plans, count)
         export = plans.get("segmentation_export_params") or {}
         spacing = [_real("current_spacing", v) for v in _seq("current_spacing", stage["current_spacing"])]
         if len(spacing) != 3:
@@ -389,7 +523,7 @@ def plans_from_pickles(model_info: Any, plans_file: Any | None = None) -> Nnunet
         transpose_backward = plans.get("transpose_backward") or [0, 1, 2]
         return NnunetPlans(
             trainer=str(model_info["name"]),
-            modalities=tuple(modalities),
+            modalities=tuple(norm.modalities),
             num_classes=_int("num_classes", plans["num_classes"], 1) + 1,
             base_num_features=_int("base_num_features", plans["base_num_features"], 1),
             conv_per_stage=_int("conv_per_stage", plans.get("conv_per_stage", 2), 1),
@@ -404,9 +538,9 @@ def plans_from_pickles(model_info: Any, plans_file: Any | None = None) -> Nnunet
             target_spacing=(spacing[0], spacing[1], spacing[2]),
             transpose_forward=_triple("transpose_forward", transpose_forward, 0),
             transpose_backward=_triple("transpose_backward", transpose_backward, 0),
-            normalization_schemes=tuple(str(s) for s in schemes),
-            intensity_properties=tuple(properties),
-            intensity_types=tuple(types),
+            normalization_schemes=tuple(str(s) for s in norm.schemes),
+            intensity_properties=tuple(norm.properties),
+            intensity_types=tuple(norm.types),
             force_separate_z=export.get("force_separate_z"),
             export_order=_int("interpolation_order", export.get("interpolation_order", 1)),
             export_order_z=_int("interpolation_order_z", export.get("interpolation_order_z", 0)),

@@ -211,6 +211,190 @@ def _some(items: Sequence[str], limit: int = 4) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _wanted_folds(source: Path, folds: Sequence[int]) -> list[int]:
+    """The folds to import, checked to be distinct numbers with a checkpoint each in ``source``.
+
+    Parameters
+    ----------
+    source : Path
+        The folder with ``unet_F<k>.pt``.
+    folds : sequence of int
+        The folds asked for.
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    CheckpointImportError
+        ``source`` is not a folder, the folds are not distinct numbers 0..99, or a fold's file is missing.
+    """
+    if not source.is_dir():
+        raise CheckpointImportError(f"{source} is not a folder (expected the folder holding unet_F0.pt ...)")
+    wanted = list(folds)
+    if not wanted or len(set(wanted)) != len(wanted) or any(not 0 <= f < 100 for f in wanted):
+        raise CheckpointImportError(f"folds must be distinct numbers 0..99, got {wanted!r}")
+    missing = [f for f in wanted if not (source / FOLD_FILE.format(fold=f)).is_file()]
+    if missing:
+        present = sorted(p.name for p in source.glob("*.pt"))
+        raise CheckpointImportError(
+            f"{source} lacks fold(s) {', '.join(map(str, missing))} "
+            f"({', '.join(FOLD_FILE.format(fold=f) for f in missing)}; found: {', '.join(present) or 'no .pt file'}). "
+            "Fetch all folds with `git lfs pull` in the algorithm repository, or name the folds to import"
+        )
+    return wanted
+
+
+def _checkpoint_entry(path: Path, fold: int) -> dict[str, Any]:
+    """The card's record of a fold's source checkpoint (a warning is logged when it is not a published one).
+
+    Parameters
+    ----------
+    path : Path
+        The fold's checkpoint.
+    fold : int
+        The fold number.
+
+    Returns
+    -------
+    dict
+        ``fold``, ``file``, ``sha256``, ``bytes`` and ``published`` (None when not a published checkpoint).
+    """
+    digest = file_sha256(path)
+    published = PUBLISHED_CHECKPOINTS.get(digest)
+    entry = {
+        "fold": fold,
+        "file": path.name,
+        "sha256": digest,
+        "bytes": path.stat().st_size,
+        "published": f"{published} of {PUBLISHED_RELEASE}" if published else None,
+    }
+    if published is None:
+        logger.warning(
+            "fold %d (%s) is not one of the published checkpoints (sha256 %s)", fold, path.name, digest
+        )
+    return entry
+
+
+def _read_folds(
+    source: Path, wanted: Sequence[int], config: PicaiUNetConfig
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Every wanted fold's tensors (named ``fold<k>.<name>``) and the record of its checkpoint.
+
+    Parameters
+    ----------
+    source : Path
+        The folder with ``unet_F<k>.pt``.
+    wanted : sequence of int
+        The folds to read.
+    config : PicaiUNetConfig
+        The expected architecture.
+
+    Returns
+    -------
+    tensors : dict of str to Tensor
+    checkpoints : list of dict
+        One :func:`_checkpoint_entry` per fold.
+
+    Raises
+    ------
+    CheckpointImportError
+        A fold is refused or does not fit.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    checkpoints = []
+    for fold in wanted:
+        path = source / FOLD_FILE.format(fold=fold)
+        for key, tensor in read_fold_checkpoint(path, fold, config).items():
+            tensors[f"fold{fold}.{key}"] = tensor
+        checkpoints.append(_checkpoint_entry(path, fold))
+        logger.info("fold %d read from %s", fold, path.name)
+    return tensors, checkpoints
+
+
+def _card_data(
+    *,
+    name: str,
+    version: str,
+    created: datetime | None,
+    config: PicaiUNetConfig,
+    folds: list[int],
+    pipeline: PicaiPipeline | None,
+    checkpoints: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The content of the imported model's ``model.json``, with a placeholder ``weights_sha256``.
+
+    Parameters
+    ----------
+    name, version : str
+        The model's name and version.
+    created : datetime or None
+        Import time; now when None.
+    config : PicaiUNetConfig
+        The architecture.
+    folds : list of int
+        The folds imported.
+    pipeline : PicaiPipeline or None
+        The inference pipeline (the reference's when None).
+    checkpoints : list of dict
+        The record of each fold's source checkpoint.
+
+    Returns
+    -------
+    dict
+    """
+    return {
+        "format": "lesion-ai-model",
+        "format_version": DETECTION_FORMAT_VERSION,
+        "kind": DETECTION_KIND,
+        "name": name,
+        "version": version,
+        "created": (created or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "architecture": {**config.to_dict(), "folds": folds},
+        "pipeline": (pipeline or PicaiPipeline()).to_dict(),
+        "label_map": {"cancer": "csPCa (ISUP >= 2): likelihood read from the detection map"},
+        "source": {
+            **PICAI_UNET_SOURCE,
+            "checkpoints": checkpoints,
+            "importer": "lesion-ai models import picai-unet",
+        },
+        "training": dict(PICAI_UNET_TRAINING),
+        "metrics": {},
+        "intended_use": INTENDED_USE,
+        "weights_sha256": "0" * 64,
+    }
+
+
+def _write_artifact(
+    folder: Path, tensors: dict[str, torch.Tensor], card_data: dict[str, Any]
+) -> DetectionModelCard:
+    """Validate the card, then write ``model.safetensors``, ``model.json`` and ``MODEL_CARD.md``.
+
+    Parameters
+    ----------
+    folder : Path
+        The artifact folder (exists).
+    tensors : dict of str to Tensor
+        The weights.
+    card_data : dict
+        The card's content; its ``weights_sha256`` is set to the written weights'.
+
+    Returns
+    -------
+    DetectionModelCard
+        The card written.
+    """
+    DetectionModelCard.from_dict(card_data, folder / CARD_FILE)  # validate before writing anything
+    weights = folder / WEIGHTS_FILE
+    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": "lesion-ai-model"}))
+    card_data["weights_sha256"] = file_sha256(weights)
+    card = DetectionModelCard.from_dict(card_data, folder / CARD_FILE)
+    write_atomic(folder / CARD_FILE, lambda p: p.write_text(json.dumps(card.to_dict(), indent=2) + "\n"))
+    write_atomic(folder / "MODEL_CARD.md", lambda p: p.write_text(model_card_text(card)))
+    return card
+
+
 def import_picai_unet(
     weights_dir: Path | str,
     out: Path | str,
@@ -252,71 +436,21 @@ def import_picai_unet(
         A fold is missing, refused or does not fit (the message names it and the tensor).
     """
     source = Path(weights_dir)
-    if not source.is_dir():
-        raise CheckpointImportError(f"{source} is not a folder (expected the folder holding unet_F0.pt ...)")
-    wanted = list(folds)
-    if not wanted or len(set(wanted)) != len(wanted) or any(not 0 <= f < 100 for f in wanted):
-        raise CheckpointImportError(f"folds must be distinct numbers 0..99, got {wanted!r}")
-    missing = [f for f in wanted if not (source / FOLD_FILE.format(fold=f)).is_file()]
-    if missing:
-        present = sorted(p.name for p in source.glob("*.pt"))
-        raise CheckpointImportError(
-            f"{source} lacks fold(s) {', '.join(map(str, missing))} "
-            f"({', '.join(FOLD_FILE.format(fold=f) for f in missing)}; found: {', '.join(present) or 'no .pt file'}). "
-            "Fetch all folds with `git lfs pull` in the algorithm repository, or name the folds to import"
-        )
+    wanted = _wanted_folds(source, folds)
     cfg = config or PicaiUNetConfig()
-    tensors: dict[str, torch.Tensor] = {}
-    checkpoints = []
-    for fold in wanted:
-        path = source / FOLD_FILE.format(fold=fold)
-        for key, tensor in read_fold_checkpoint(path, fold, cfg).items():
-            tensors[f"fold{fold}.{key}"] = tensor
-        digest = file_sha256(path)
-        published = PUBLISHED_CHECKPOINTS.get(digest)
-        checkpoints.append(
-            {
-                "fold": fold,
-                "file": path.name,
-                "sha256": digest,
-                "bytes": path.stat().st_size,
-                "published": f"{published} of {PUBLISHED_RELEASE}" if published else None,
-            }
-        )
-        if published is None:
-            logger.warning(
-                "fold %d (%s) is not one of the published checkpoints (sha256 %s)", fold, path.name, digest
-            )
-        logger.info("fold %d read from %s", fold, path.name)
+    tensors, checkpoints = _read_folds(source, wanted, cfg)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    card_data: dict[str, Any] = {
-        "format": "lesion-ai-model",
-        "format_version": DETECTION_FORMAT_VERSION,
-        "kind": DETECTION_KIND,
-        "name": name,
-        "version": version,
-        "created": (created or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "architecture": {**cfg.to_dict(), "folds": wanted},
-        "pipeline": (pipeline or PicaiPipeline()).to_dict(),
-        "label_map": {"cancer": "csPCa (ISUP >= 2): likelihood read from the detection map"},
-        "source": {
-            **PICAI_UNET_SOURCE,
-            "checkpoints": checkpoints,
-            "importer": "lesion-ai models import picai-unet",
-        },
-        "training": dict(PICAI_UNET_TRAINING),
-        "metrics": {},
-        "intended_use": INTENDED_USE,
-        "weights_sha256": "0" * 64,
-    }
-    DetectionModelCard.from_dict(card_data, folder / CARD_FILE)  # validate before writing anything
-    weights = folder / WEIGHTS_FILE
-    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": "lesion-ai-model"}))
-    card_data["weights_sha256"] = file_sha256(weights)
-    card = DetectionModelCard.from_dict(card_data, folder / CARD_FILE)
-    write_atomic(folder / CARD_FILE, lambda p: p.write_text(json.dumps(card.to_dict(), indent=2) + "\n"))
-    write_atomic(folder / "MODEL_CARD.md", lambda p: p.write_text(model_card_text(card)))
+    card_data = _card_data(
+        name=name,
+        version=version,
+        created=created,
+        config=cfg,
+        folds=wanted,
+        pipeline=pipeline,
+        checkpoints=checkpoints,
+    )
+    card = _write_artifact(folder, tensors, card_data)
     logger.info("PI-CAI U-Net %s %s (%d folds) written to %s", name, version, len(wanted), folder)
     return card
 
