@@ -24,7 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,11 @@ import torch
 
 from benchmarks import DEFAULT_FIXTURE, REPO, write_report
 from lesion_engine.devices import configure_cpu_threads
+from lesion_engine.picai_unet.card import DetectionModelCard
 from lesion_engine.picai_unet.checkpoint import import_picai_unet
 from lesion_engine.picai_unet.engine import DetectionEngine
 from lesion_engine.picai_unet.pipeline import crop_or_pad
-from lesion_engine.preprocess import prepare_study
+from lesion_engine.preprocess import PreparedStudy, prepare_study
 
 logger = logging.getLogger(__name__)
 
@@ -83,41 +85,138 @@ def _agreement(result: Any, reference: Any) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Imported:
+    """The fold checkpoints imported as the node's artifact and loaded on the CPU, with their seconds."""
+
+    engine: DetectionEngine
+    import_s: float
+    warm_up_s: float
+
+
+def _import_folds(weights: Path, artifact: Path) -> _Imported:
+    """Import the fold checkpoints in ``weights`` into ``artifact``, load it on the CPU and warm it up."""
+    started = time.perf_counter()
+    import_picai_unet(weights, artifact, name="picai-unet-bench", version="synthetic-folds")
+    import_s = time.perf_counter() - started
+    engine = DetectionEngine.from_artifact(artifact, "cpu")
+    warm_up_s = engine.warm_up()
+    return _Imported(engine, import_s, warm_up_s)
+
+
+@dataclass(frozen=True)
+class _Alternating:
+    """Alternating runs of ours (each card) and of the reference.
+
+    Attributes
+    ----------
+    times : dict of str to list of float
+        Seconds per run, by name (``ours``, ``ours_fast``, ``reference``).
+    stages : dict of str to list of dict
+        Ours' seconds per stage, by card name.
+    results : dict of str to EngineResult
+        Ours' last result, by card name.
+    reference : ReferenceOutput or None
+        The reference's last output (None without runs).
+    """
+
+    times: dict[str, list[float]]
+    stages: dict[str, list[dict[str, float]]]
+    results: dict[str, Any]
+    reference: Any
+
+
+def _time_alternating(
+    engine: DetectionEngine,
+    cards: Sequence[tuple[str, DetectionModelCard]],
+    prepared: PreparedStudy,
+    inputs: tuple[Path, Path, Path],
+    models: list[torch.nn.Module],
+    work: Path,
+    repeats: int,
+) -> _Alternating:
+    """Run ours with each card, then the reference, ``repeats`` times.
+
+    Parameters
+    ----------
+    engine : DetectionEngine
+        Ours, on the CPU; its card is set before each run.
+    cards : sequence of (str, DetectionModelCard)
+        The pipelines of ours to time, by name.
+    prepared : PreparedStudy
+        The study, prepared once.
+    inputs : tuple of Path
+        The reference's T2W, ADC and HBV ``.mha`` files.
+    models : list of torch.nn.Module
+        The reference's fold networks.
+    work : Path
+        Scratch folder (the reference writes its outputs under ``reference``).
+    repeats : int
+        Rounds of runs.
+
+    Returns
+    -------
+    _Alternating
+    """
+    from tests.picai_reference import run_reference
+
+    times: dict[str, list[float]] = {"ours": [], "ours_fast": [], "reference": []}
+    stages: dict[str, list[dict[str, float]]] = {"ours": [], "ours_fast": []}
+    results: dict[str, Any] = {}
+    reference = None
+    for _ in range(repeats):
+        for name, card in cards:
+            engine.card = card
+            started = time.perf_counter()
+            results[name] = engine.run(prepared)
+            times[name].append(time.perf_counter() - started)
+            stages[name].append(results[name].timings_s)
+        reference = run_reference(*inputs, models, work / "reference")
+        times["reference"].append(reference.seconds)
+    return _Alternating(times, stages, results, reference)
+
+
+def _variant_section(runs: _Alternating, name: str, median_s: float, what: str) -> dict[str, Any]:
+    """The report's section of one variant of ours: median time, stages and agreement with the reference."""
+    return {
+        "what": what,
+        "study_s_median": round(median_s, 3),
+        "stages_s_median": _stages(runs.stages[name]),
+        "agreement": _agreement(runs.results[name], runs.reference),
+    }
+
+
+def _bound_section(stages: list[dict[str, float]], reference_s: float) -> dict[str, Any]:
+    """The report's ``bound``: the folds' forward passes alone, and the speed ratio they allow at most."""
+    return {
+        "what": "the five folds' forward passes (input and flip) alone, as ours times them: no pipeline "
+        "that runs the same networks with the same numbers on this device can be faster than the "
+        "reference by more than reference / networks",
+        "networks_s_median": round(statistics.median(run["localization"] for run in stages), 3),
+        "max_speed_ratio": round(reference_s / statistics.median(run["localization"] for run in stages), 2),
+    }
+
+
 def run(dicom_dir: Path, repeats: int = 3) -> dict[str, Any]:
     """Time the node's ensemble (the reference's pipeline, and only the crops resampled) and the reference pipeline
     side by side; return the report."""
-    from tests.picai_reference import fixture_reference_inputs, load_reference_folds, run_reference
+    from tests.picai_reference import fixture_reference_inputs, load_reference_folds
 
     threads = configure_cpu_threads()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         weights = _folds()
-        started = time.perf_counter()
-        import_picai_unet(weights, work / "artifact", name="picai-unet-bench", version="synthetic-folds")
-        import_s = time.perf_counter() - started
-        engine = DetectionEngine.from_artifact(work / "artifact", "cpu")
-        warm_up_s = engine.warm_up()
-        exact_card = engine.card
+        imported = _import_folds(weights, work / "artifact")
+        exact_card = imported.engine.card
         fast_card = replace(exact_card, pipeline=exact_card.pipeline.replace(**FAST))
         prepared = prepare_study(dicom_dir)
         inputs = fixture_reference_inputs(_series_folders(dicom_dir), work / "mha")
         models = load_reference_folds(weights)
-
-        times: dict[str, list[float]] = {"ours": [], "ours_fast": [], "reference": []}
-        stages: dict[str, list[dict[str, float]]] = {"ours": [], "ours_fast": []}
-        results: dict[str, Any] = {}
-        for _ in range(repeats):
-            for name, card in (("ours", exact_card), ("ours_fast", fast_card)):
-                engine.card = card
-                started = time.perf_counter()
-                results[name] = engine.run(prepared)
-                times[name].append(time.perf_counter() - started)
-                stages[name].append(results[name].timings_s)
-            reference = run_reference(*inputs, models, work / "reference")
-            times["reference"].append(reference.seconds)
+        cards = (("ours", exact_card), ("ours_fast", fast_card))
+        runs = _time_alternating(imported.engine, cards, prepared, inputs, models, work, repeats)
         cuda = _cuda(work / "artifact", prepared, repeats)
 
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = {name: statistics.median(values) for name, values in runs.times.items()}
     ratio = median["reference"] / median["ours"]
     fast_ratio = median["reference"] / median["ours_fast"]
     return {
@@ -126,21 +225,21 @@ def run(dicom_dir: Path, repeats: int = 3) -> dict[str, Any]:
         "repeats": repeats,
         "weights": "the tests' folds: picai_baseline's neural_network_for_run, fixed seeds, trained briefly on "
         "synthetic studies (the reference's candidate extraction takes longer on maps with more structure)",
-        "import_s": round(import_s, 2),
-        "warm_up_s": round(warm_up_s, 2),
-        "ours": {
-            "what": "prepared study -> result, the reference's pipeline (the default): resampling, "
+        "import_s": round(imported.import_s, 2),
+        "warm_up_s": round(imported.warm_up_s, 2),
+        "ours": _variant_section(
+            runs,
+            "ours",
+            median["ours"],
+            "prepared study -> result, the reference's pipeline (the default): resampling, "
             "normalisation, 5 folds x (input, flipped), blur, back to the T2W grid, dynamic candidates, lesions",
-            "study_s_median": round(median["ours"], 3),
-            "stages_s_median": _stages(stages["ours"]),
-            "agreement": _agreement(results["ours"], reference),
-        },
-        "ours_fast": {
-            "what": f"the same with the deliberate differences {FAST} (only the crop of each scan resampled)",
-            "study_s_median": round(median["ours_fast"], 3),
-            "stages_s_median": _stages(stages["ours_fast"]),
-            "agreement": _agreement(results["ours_fast"], reference),
-        },
+        ),
+        "ours_fast": _variant_section(
+            runs,
+            "ours_fast",
+            median["ours_fast"],
+            f"the same with the deliberate differences {FAST} (only the crop of each scan resampled)",
+        ),
         "reference": {
             "what": "process.py predict(): read the .mha files, picai_prep preprocessing, 5 folds x 2 flips, "
             "blur per prediction, undo, extract_lesion_candidates, write the outputs",
@@ -148,15 +247,7 @@ def run(dicom_dir: Path, repeats: int = 3) -> dict[str, Any]:
         },
         "speed_ratio": round(ratio, 2),
         "speed_ratio_fast": round(fast_ratio, 2),
-        "bound": {
-            "what": "the five folds' forward passes (input and flip) alone, as ours times them: no pipeline "
-            "that runs the same networks with the same numbers on this device can be faster than the "
-            "reference by more than reference / networks",
-            "networks_s_median": round(statistics.median(run["localization"] for run in stages["ours"]), 3),
-            "max_speed_ratio": round(
-                median["reference"] / statistics.median(run["localization"] for run in stages["ours"]), 2
-            ),
-        },
+        "bound": _bound_section(runs.stages["ours"], median["reference"]),
         "targets": {"speed_ratio_min": TARGET_RATIO},
         "meets_targets": {
             "speed_ratio": ratio >= TARGET_RATIO,

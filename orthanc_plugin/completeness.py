@@ -36,7 +36,10 @@ from typing import TYPE_CHECKING, Literal
 from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
-    from lesion_engine.series import Series
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from lesion_engine.series import Frame, Series
     from lesion_engine.series_rules import SeriesRules
 
 logger = logging.getLogger(__name__)
@@ -129,6 +132,89 @@ def _announced(series: Series, frames: int, temporal: set[int]) -> SeriesCheck |
     return None
 
 
+#: What tells a series' stacks apart: b-value (to 0.1 s/mm²), temporal position, directional, derived map.
+_StackKey = tuple[float | None, int | None, bool, bool]
+
+
+def _normal_offsets(frames: Sequence[Frame], normal: NDArray[np.float64]) -> list[float] | None:
+    """Each frame's position along ``normal`` (mm).
+
+    Returns None when a frame lies in another orientation or has no position.
+    """
+    offsets: list[float] = []
+    for frame in frames:
+        other = frame.normal
+        if other is None or abs(float(other @ normal)) < _PARALLEL or frame.position is None:
+            return None
+        offsets.append(float(normal @ frame.position))
+    return offsets
+
+
+def _spacing_check(levels: list[float], step: float, tolerance: float) -> SeriesCheck | None:
+    """Judge the gaps between neighbouring slice positions against the smallest one.
+
+    Parameters
+    ----------
+    levels : list of float
+        The distinct slice positions (mm), sorted.
+    step : float
+        The smallest gap between them (mm).
+    tolerance : float
+        How far (relative) a gap may be from a whole number of steps.
+
+    Returns
+    -------
+    SeriesCheck or None
+        ``unknown`` for an irregular spacing, ``incomplete`` for a missing slice position, None when the
+        positions are regular without gaps.
+    """
+    gaps = [b - a for a, b in itertools.pairwise(levels)]
+    for index, gap in enumerate(gaps):
+        ratio = gap / step
+        steps = round(ratio)
+        if abs(ratio - steps) > tolerance * steps:
+            return SeriesCheck("unknown", f"irregular slice spacing ({gap:.2f} mm beside {step:.2f} mm)")
+        if steps >= 2:
+            return SeriesCheck(
+                "incomplete",
+                f"no image at {steps - 1} slice position(s) between {levels[index]:.1f} and "
+                f"{levels[index + 1]:.1f} mm along the normal",
+            )
+    return None
+
+
+def _stacks(
+    frames: Sequence[Frame], offsets: Sequence[float], levels: list[float]
+) -> dict[_StackKey, Counter[int]]:
+    """The images per slice position of each stack (b-value, temporal position, directional, map)."""
+    stacks: dict[_StackKey, Counter[int]] = {}
+    for frame, offset in zip(frames, offsets, strict=True):
+        key = (
+            None if frame.b_value is None else round(frame.b_value, 1),
+            frame.temporal_index,
+            frame.directional,
+            frame.derived_map,
+        )
+        stacks.setdefault(key, Counter())[_level_of(levels, offset)] += 1
+    return stacks
+
+
+def _coverage_check(stacks: Mapping[_StackKey, Counter[int]], positions: int) -> SeriesCheck | None:
+    """``incomplete`` when a stack misses a slice position or holds some more often than others, else None."""
+    for key, counts in stacks.items():
+        label = _stack_label(key, len(stacks))
+        if len(counts) < positions:
+            return SeriesCheck(
+                "incomplete", f"{label}has images at {len(counts)} of the {positions} slice positions"
+            )
+        if min(counts.values()) != max(counts.values()):
+            return SeriesCheck(
+                "incomplete",
+                f"{label}has {min(counts.values())} to {max(counts.values())} images per slice position",
+            )
+    return None
+
+
 def check_series(series: Series, rules: SeriesRules, received: int | None = None) -> SeriesCheck:
     """Judge from its headers whether a series is complete (see the module docstring).
 
@@ -158,49 +244,20 @@ def check_series(series: Series, rules: SeriesRules, received: int | None = None
     normal = frames[0].normal
     if normal is None:
         return SeriesCheck("unknown", "its ImageOrientationPatient gives no slice normal")
-    offsets: list[float] = []
-    for frame in frames:
-        other = frame.normal
-        if other is None or abs(float(other @ normal)) < _PARALLEL or frame.position is None:
-            return SeriesCheck("unknown", "its images lie in several orientations")
-        offsets.append(float(normal @ frame.position))
+    offsets = _normal_offsets(frames, normal)
+    if offsets is None:
+        return SeriesCheck("unknown", "its images lie in several orientations")
     levels = _levels(offsets)
     if len(levels) < max(rules.min_slices, 2):
         return SeriesCheck("unknown", f"{len(levels)} slice position(s): too few to judge coverage")
-    gaps = [b - a for a, b in itertools.pairwise(levels)]
-    step = min(gaps)
-    tolerance = rules.slice_spacing_tolerance
-    for index, gap in enumerate(gaps):
-        ratio = gap / step
-        steps = round(ratio)
-        if abs(ratio - steps) > tolerance * steps:
-            return SeriesCheck("unknown", f"irregular slice spacing ({gap:.2f} mm beside {step:.2f} mm)")
-        if steps >= 2:
-            return SeriesCheck(
-                "incomplete",
-                f"no image at {steps - 1} slice position(s) between {levels[index]:.1f} and "
-                f"{levels[index + 1]:.1f} mm along the normal",
-            )
-    stacks: dict[tuple[float | None, int | None, bool, bool], Counter[int]] = {}
-    for frame, offset in zip(frames, offsets, strict=True):
-        key = (
-            None if frame.b_value is None else round(frame.b_value, 1),
-            frame.temporal_index,
-            frame.directional,
-            frame.derived_map,
-        )
-        stacks.setdefault(key, Counter())[_level_of(levels, offset)] += 1
-    for key, counts in stacks.items():
-        label = _stack_label(key, len(stacks))
-        if len(counts) < len(levels):
-            return SeriesCheck(
-                "incomplete", f"{label}has images at {len(counts)} of the {len(levels)} slice positions"
-            )
-        if min(counts.values()) != max(counts.values()):
-            return SeriesCheck(
-                "incomplete",
-                f"{label}has {min(counts.values())} to {max(counts.values())} images per slice position",
-            )
+    step = min(b - a for a, b in itertools.pairwise(levels))
+    spacing = _spacing_check(levels, step, rules.slice_spacing_tolerance)
+    if spacing is not None:
+        return spacing
+    stacks = _stacks(frames, offsets, levels)
+    coverage = _coverage_check(stacks, len(levels))
+    if coverage is not None:
+        return coverage
     temporal = {f.temporal_index for f in frames if f.temporal_index is not None}
     announced = _announced(series, len(frames), temporal)
     if announced is not None:
@@ -216,7 +273,7 @@ def check_series(series: Series, rules: SeriesRules, received: int | None = None
     )
 
 
-def _stack_label(key: tuple[float | None, int | None, bool, bool], stacks: int) -> str:
+def _stack_label(key: _StackKey, stacks: int) -> str:
     if stacks == 1:
         return "the series "
     b_value, temporal, directional, derived = key

@@ -52,6 +52,26 @@ def key_images(lesions: Sequence[LesionLike], grid: T2WGrid) -> list[Dataset]:
     return out
 
 
+def _description(count: int, model: ModelInfo, settings: ResultSettings) -> str:
+    """The document's description: the model, how many lesions were found, and the caption."""
+    return (
+        f"AI result ({model.name} {model.version}): "
+        + (f"{count} lesion{'s' if count != 1 else ''}, " if count else "no lesion found, ")
+        + f"{settings.caption}"
+    )
+
+
+def _drop_reference_concept_names(kos: Dataset) -> None:
+    """Remove the concept names of the document's IMAGE and COMPOSITE items, in place.
+
+    TID 2010 gives its IMAGE and COMPOSITE rows no concept name (PixelMed: "Purpose of Reference is
+    forbidden"); highdicom names them "Source" (SCT 260753009), which PS3.3 allows in general.
+    """
+    for item in kos.ContentSequence:
+        if item.ValueType in ("IMAGE", "COMPOSITE") and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence
+
+
 def write_kos(
     results: Sequence[Dataset],
     lesions: Sequence[LesionLike],
@@ -92,17 +112,11 @@ def write_kos(
     if not results:
         raise ValueError("a Key Object Selection needs at least one result object (the SR)")
     referenced = [*results, *key_images(lesions, grid)]
-    count = len(lesions)
-    description = (
-        f"AI result ({model.name} {model.version}): "
-        + (f"{count} lesion{'s' if count != 1 else ''}, " if count else "no lesion found, ")
-        + f"{settings.caption}"
-    )
     content = hd.ko.KeyObjectSelection(
         document_title=KOS_TITLE,
         referenced_objects=referenced,
         observer_device_context=device_observer(settings),
-        description=description[:1024],
+        description=_description(len(lesions), model, settings)[:1024],
     )
     reference = grid.datasets[0]
     kos = hd.ko.KeyObjectSelectionDocument(
@@ -120,11 +134,7 @@ def write_kos(
         contributing_equipment=contributing_equipment(settings, model, when),
         series_description=settings.kos_series_description,
     )
-    # TID 2010 gives its IMAGE and COMPOSITE rows no concept name (PixelMed: "Purpose of Reference is
-    # forbidden"); highdicom names them "Source" (SCT 260753009), which PS3.3 allows in general.
-    for item in kos.ContentSequence:
-        if item.ValueType in ("IMAGE", "COMPOSITE") and "ConceptNameCodeSequence" in item:
-            del item.ConceptNameCodeSequence
+    _drop_reference_concept_names(kos)
     copy_study_extras(kos, reference)
     logger.info(
         "key object selection for study %s: %d object(s), %d key image(s)",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
+from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from lesion_engine.results.common import (
@@ -42,6 +43,51 @@ def tracking_id(lesion: LesionLike) -> str:
 def segment_label(lesion: LesionLike) -> str:
     """Segment label shown by viewers: lesion number, category and probability."""
     return f"Lesion {int(lesion.id)}: {category_text(lesion, 'category ')}p={float(lesion.probability):.2f}"
+
+
+def _segment_description(
+    number: int, lesion: LesionLike, algorithm: hd.AlgorithmIdentificationSequence, uids: UidFactory
+) -> hd.seg.SegmentDescription:
+    """The description of one lesion's segment: label, colour, tracking and anatomy.
+
+    Parameters
+    ----------
+    number : int
+        The segment number (from 1); picks the display colour.
+    lesion : LesionLike
+        The lesion the segment holds.
+    algorithm : highdicom.AlgorithmIdentificationSequence
+        The algorithm that found the lesion.
+    uids : UidFactory
+        Derives the tracking UID (equal to the SR's volumetric group's).
+
+    Returns
+    -------
+    highdicom.seg.SegmentDescription
+    """
+    rgb = LESION_COLORS[(number - 1) % len(LESION_COLORS)]
+    zone = ZONE_CODES.get(lesion.zone) if lesion.zone else None
+    outside = lesion.zone == OUTSIDE_PROSTATE
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=segment_label(lesion),
+        segmented_property_category=ABNORMAL_STRUCTURE,
+        segmented_property_type=LESION,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=uids.uid("lesion", int(lesion.id)),
+        tracking_id=tracking_id(lesion),
+        anatomic_regions=None if outside else [PROSTATE],
+        primary_anatomic_structures=[zone] if zone is not None else None,
+        display_color=hd.color.CIELabColor.from_rgb(*rgb),
+    )
+
+
+def _pixel_array(lesions: Sequence[LesionLike], grid: T2WGrid) -> NDArray[np.uint8]:
+    """The lesion masks as a (frames, rows, columns, segments) uint8 array, frames in source frame order."""
+    stacked = np.stack([np.asarray(lesion.mask, dtype=bool) for lesion in lesions], axis=-1)
+    frames: NDArray[np.uint8] = stacked[np.asarray(grid.frame_slices)].astype(np.uint8)
+    return frames
 
 
 def write_seg(
@@ -80,29 +126,11 @@ def write_seg(
     algorithm = hd.AlgorithmIdentificationSequence(
         name=name, family=AI_FAMILY, version=version, source=settings.algorithm_source
     )
-    descriptions = []
-    for number, lesion in enumerate(lesions, start=1):
-        rgb = LESION_COLORS[(number - 1) % len(LESION_COLORS)]
-        zone = ZONE_CODES.get(lesion.zone) if lesion.zone else None
-        outside = lesion.zone == OUTSIDE_PROSTATE
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=segment_label(lesion),
-                segmented_property_category=ABNORMAL_STRUCTURE,
-                segmented_property_type=LESION,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_uid=uids.uid("lesion", int(lesion.id)),
-                tracking_id=tracking_id(lesion),
-                anatomic_regions=None if outside else [PROSTATE],
-                primary_anatomic_structures=[zone] if zone is not None else None,
-                display_color=hd.color.CIELabColor.from_rgb(*rgb),
-            )
-        )
-    # (frames, rows, columns, segments), frames in the order of the source frames.
-    stacked = np.stack([np.asarray(lesion.mask, dtype=bool) for lesion in lesions], axis=-1)
-    pixel_array = stacked[np.asarray(grid.frame_slices)].astype(np.uint8)
+    descriptions = [
+        _segment_description(number, lesion, algorithm, uids)
+        for number, lesion in enumerate(lesions, start=1)
+    ]
+    pixel_array = _pixel_array(lesions, grid)
     reference = grid.datasets[0]
     seg = hd.seg.Segmentation(
         source_images=grid.datasets,

@@ -58,6 +58,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -243,6 +244,167 @@ def _document_evaluations(
     return container
 
 
+_MeasurementGroup: TypeAlias = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def _measurement_groups(
+    lesions: Sequence[LesionLike],
+    patient_score: float,
+    seg: Dataset | None,
+    grid: T2WGrid,
+    uids: UidFactory,
+    algorithm: hd.sr.AlgorithmIdentification,
+    settings: ResultSettings,
+    prostate: ProstateVolume | None,
+) -> list[_MeasurementGroup]:
+    """The report's measurement groups, in the order of TID 1500's rows.
+
+    Parameters
+    ----------
+    lesions : sequence of LesionLike
+        The lesions, in SEG segment order; empty for a negative study.
+    patient_score : float
+        Patient-level probability of cancer (a TID 1501 group only when there is no lesion).
+    seg : Dataset or None
+        The SEG referenced by the volumetric groups; None when no SEG was written.
+    grid : T2WGrid
+        The T2W source instances (geometry of the outlines).
+    uids : UidFactory
+        Derives the tracking UIDs.
+    algorithm : highdicom.sr.AlgorithmIdentification
+        The algorithm identification carried by every NUM.
+    settings : ResultSettings
+        Chooses the kind of outline coordinates.
+    prostate : ProstateVolume or None
+        The prostate gland found by the anatomical gate, if any.
+
+    Returns
+    -------
+    list
+        All TID 1410 groups, then all TID 1411 groups (the prostate's last), then TID 1501.
+    """
+    planar: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    volumetric: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
+    for number, lesion in enumerate(lesions, start=1):
+        lesion_set = lesion_groups(lesion, number, seg, grid, uids, algorithm, settings.sr_outline)
+        planar.extend([lesion_set.outline, lesion_set.long_axis])
+        if lesion_set.volumetric is not None:
+            volumetric.append(lesion_set.volumetric)
+    # In the order of TID 1500's rows (1410, 1411, 1501): validators match groups to rows in order.
+    groups: list[_MeasurementGroup] = [*planar, *volumetric]
+    if prostate is not None:
+        groups.append(prostate_group(prostate, grid, uids, settings.sr_outline))
+    if not lesions:
+        # A negative study: the patient score is the one measurement (TID 1501; no spatial coordinates).
+        groups.append(_patient_group(patient_score, uids, algorithm))
+    return groups
+
+
+def _report_content(
+    groups: Sequence[_MeasurementGroup],
+    lesions: Sequence[LesionLike],
+    patient_score: float,
+    grid: T2WGrid,
+    settings: ResultSettings,
+    prostate: ProstateVolume | None,
+    warnings: Sequence[str],
+) -> Dataset:
+    """The root content item of the TID 1500 Measurement Report.
+
+    Parameters
+    ----------
+    groups : sequence of measurement groups
+        The Imaging Measurements, in TID 1500 row order.
+    lesions : sequence of LesionLike
+        The lesions (for the document-level evaluations).
+    patient_score : float
+        Patient-level probability of cancer.
+    grid : T2WGrid
+        The T2W source instances (Image Library).
+    settings : ResultSettings
+        Names of the product (device observer).
+    prostate : ProstateVolume or None
+        The prostate gland, written as a line of the evaluations when present.
+    warnings : sequence of str
+        Warnings written as document-level findings.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The root CONTAINER: observation context, procedure, Image Library, Imaging Measurements and
+        Qualitative Evaluations, with the templates' code meanings.
+    """
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(settings),
+        procedure_reported=PROCEDURE,
+        imaging_measurements=groups,
+        title=codes.cid7021.ImagingMeasurementReport,
+    )
+    # The Image Library goes before the Imaging Measurements (TID 1500 row order).
+    content = report[0].ContentSequence
+    index = next(i for i, item in enumerate(content) if item.ValueType == "CONTAINER")
+    content.insert(index, _image_library(grid))
+    report[0].ContentSequence.append(_document_evaluations(lesions, patient_score, prostate, warnings))
+    _fix_meanings(report[0])
+    root: Dataset = report[0]
+    return root
+
+
+def _comprehensive_sr(
+    content: Dataset,
+    seg: Dataset | None,
+    grid: T2WGrid,
+    model: ModelInfo,
+    settings: ResultSettings,
+    uids: UidFactory,
+    when: datetime.datetime,
+) -> hd.sr.Comprehensive3DSR:
+    """The Comprehensive 3D SR instance holding the report content.
+
+    Parameters
+    ----------
+    content : pydicom.Dataset
+        The report's root content item.
+    seg : Dataset or None
+        The SEG, added to the evidence when written.
+    grid : T2WGrid
+        The T2W source instances (evidence, patient and study attributes).
+    model : ModelInfo
+        The model that produced the result (contributing equipment).
+    settings : ResultSettings
+        Names and numbers of the product.
+    uids : UidFactory
+        Derives the series and instance UIDs.
+    when : datetime.datetime
+        Time of the analysis.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        The complete, unverified SR.
+    """
+    evidence = evidence_headers(grid.datasets)
+    if seg is not None:
+        evidence.append(seg)
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=content,
+        series_instance_uid=uids.uid("sr", "series"),
+        series_number=settings.sr_series_number,
+        sop_instance_uid=uids.uid("sr", "instance"),
+        instance_number=1,
+        **device_and_dates(settings, when, grid.datasets[0]),
+        is_complete=True,
+        is_final=False,
+        contributing_equipment=contributing_equipment(settings, model, when),
+        series_description=settings.sr_series_description,
+    )
+
+
 def write_sr(
     lesions: Sequence[LesionLike],
     patient_score: float,
@@ -289,52 +451,9 @@ def write_sr(
     """
     name, version = algorithm_identity(settings, model)
     algorithm = hd.sr.AlgorithmIdentification(name=name, version=version)
-    planar: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
-    volumetric: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
-    for number, lesion in enumerate(lesions, start=1):
-        lesion_set = lesion_groups(lesion, number, seg, grid, uids, algorithm, settings.sr_outline)
-        planar.extend([lesion_set.outline, lesion_set.long_axis])
-        if lesion_set.volumetric is not None:
-            volumetric.append(lesion_set.volumetric)
-    # In the order of TID 1500's rows (1410, 1411, 1501): validators match groups to rows in order.
-    groups: list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = [*planar, *volumetric]
-    if prostate is not None:
-        groups.append(prostate_group(prostate, grid, uids, settings.sr_outline))
-    if not lesions:
-        # A negative study: the patient score is the one measurement (TID 1501; no spatial coordinates).
-        groups.append(_patient_group(patient_score, uids, algorithm))
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(settings),
-        procedure_reported=PROCEDURE,
-        imaging_measurements=groups,
-        title=codes.cid7021.ImagingMeasurementReport,
-    )
-    # The Image Library goes before the Imaging Measurements (TID 1500 row order).
-    content = report[0].ContentSequence
-    index = next(i for i, item in enumerate(content) if item.ValueType == "CONTAINER")
-    content.insert(index, _image_library(grid))
-    report[0].ContentSequence.append(_document_evaluations(lesions, patient_score, prostate, warnings))
-    _fix_meanings(report[0])
-    evidence = evidence_headers(grid.datasets)
-    if seg is not None:
-        evidence.append(seg)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report[0],
-        series_instance_uid=uids.uid("sr", "series"),
-        series_number=settings.sr_series_number,
-        sop_instance_uid=uids.uid("sr", "instance"),
-        instance_number=1,
-        **device_and_dates(settings, when, grid.datasets[0]),
-        is_complete=True,
-        is_final=False,
-        contributing_equipment=contributing_equipment(settings, model, when),
-        series_description=settings.sr_series_description,
-    )
+    groups = _measurement_groups(lesions, patient_score, seg, grid, uids, algorithm, settings, prostate)
+    content = _report_content(groups, lesions, patient_score, grid, settings, prostate, warnings)
+    sr = _comprehensive_sr(content, seg, grid, model, settings, uids, when)
     logger.info(
         "SR %s: %d lesion(s), prostate volume %s, T2W series %s",
         sr.SOPInstanceUID,

@@ -301,6 +301,185 @@ def _referenced_segment(seg: Dataset, segment_number: int) -> hd.sr.ReferencedSe
     )
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """Where a lesion's coordinates are written: its index slice of the T2W grid, as SCOORD or SCOORD3D."""
+
+    where: _IndexSlice
+    grid: T2WGrid
+    kind: str
+
+    def region(self, vertices: NDArray[np.float64]) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+        """TID 1410's Image Region through ``vertices`` of the index slice."""
+        return image_region(vertices, self.where.k, self.grid, self.kind)
+
+    def source(self, vertices: NDArray[np.float64]) -> Coordinates:
+        """The coordinates a NUM is INFERRED FROM, through ``vertices`` of the index slice."""
+        return source_coordinates(vertices, self.where.k, self.grid, self.kind)
+
+
+def _finding_sites(lesion: LesionLike) -> list[hd.sr.FindingSite] | None:
+    """The finding site of a lesion's groups: its zone, the prostate when unknown.
+
+    A lesion centred outside the gland has no prostate finding site (its text says where it is): None.
+    """
+    if lesion.zone == OUTSIDE_PROSTATE:
+        return None
+    return [hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)]
+
+
+def _category_evaluations(lesion: LesionLike) -> list[hd.sr.QualitativeEvaluation]:
+    """The PI-RADS-like category of a lesion as a qualitative evaluation; empty without a category."""
+    if lesion.category is None:
+        return []
+    return [hd.sr.QualitativeEvaluation(ASSESSMENT_CATEGORY, CATEGORY_CODES[int(lesion.category)])]
+
+
+def _outline_group(
+    lesion: LesionLike,
+    geometry: _Geometry,
+    sites: list[hd.sr.FindingSite] | None,
+    categories: list[hd.sr.QualitativeEvaluation],
+    carries_lesion: bool,
+    uids: UidFactory,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> PlanarGroup:
+    """The TID 1410 outline group: its area INFERRED FROM the closed outline on the index slice.
+
+    Parameters
+    ----------
+    lesion : LesionLike
+        The lesion.
+    geometry : _Geometry
+        Its index slice and how coordinates are written.
+    sites : list of highdicom.sr.FindingSite or None
+        The finding site.
+    categories : list of highdicom.sr.QualitativeEvaluation
+        The category evaluation, written only when ``carries_lesion``.
+    carries_lesion : bool
+        True without a SEG: the group then carries the lesion's measurements and category itself (after
+        the area).
+    uids : UidFactory
+        Derives the group's tracking UID.
+    algorithm : highdicom.sr.AlgorithmIdentification
+        Written as child content of every NUM.
+
+    Returns
+    -------
+    PlanarGroup
+    """
+    where = geometry.where
+    area = hd.sr.Measurement(
+        name=AREA, value=round(where.area_mm2, 2), unit=SQUARE_MILLIMETRE, algorithm_id=algorithm
+    )
+    group = PlanarGroup(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.uid("lesion", int(lesion.id), "outline"), identifier=OUTLINE_TRACKING_ID
+        ),
+        referenced_region=geometry.region(where.outline),
+        finding_type=LESION,
+        finding_sites=sites,
+        measurements=[area, *(_lesion_measurements(lesion, algorithm) if carries_lesion else [])],
+        qualitative_evaluations=(categories or None) if carries_lesion else None,
+    )
+    inferred_from(area, geometry.source(where.outline))
+    return group
+
+
+def _long_axis_group(
+    lesion: LesionLike,
+    geometry: _Geometry,
+    sites: list[hd.sr.FindingSite] | None,
+    uids: UidFactory,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> PlanarGroup:
+    """The TID 1410 long axis group: its length INFERRED FROM the two-point chord on the index slice.
+
+    Parameters
+    ----------
+    lesion : LesionLike
+        The lesion.
+    geometry : _Geometry
+        Its index slice and how coordinates are written.
+    sites : list of highdicom.sr.FindingSite or None
+        The finding site.
+    uids : UidFactory
+        Derives the group's tracking UID.
+    algorithm : highdicom.sr.AlgorithmIdentification
+        Written as child content of the NUM.
+
+    Returns
+    -------
+    PlanarGroup
+    """
+    where = geometry.where
+    axis = hd.sr.Measurement(
+        name=LONG_AXIS, value=round(where.axis_mm, 2), unit=MILLIMETRE, algorithm_id=algorithm
+    )
+    group = PlanarGroup(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.uid("lesion", int(lesion.id), "long-axis"), identifier=LONG_AXIS_TRACKING_ID
+        ),
+        referenced_region=geometry.region(where.axis_ends),
+        finding_type=LESION,
+        finding_sites=sites,
+        measurements=[axis],
+    )
+    inferred_from(axis, geometry.source(where.axis_ends))
+    return group
+
+
+def _volumetric_group(
+    lesion: LesionLike,
+    segment_number: int,
+    seg: Dataset,
+    geometry: _Geometry,
+    sites: list[hd.sr.FindingSite] | None,
+    categories: list[hd.sr.QualitativeEvaluation],
+    uids: UidFactory,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> VolumetricGroup:
+    """The TID 1411 group of the lesion's SEG segment, under the segment's tracking identifier and UID.
+
+    Parameters
+    ----------
+    lesion : LesionLike
+        The lesion.
+    segment_number : int
+        Its segment in ``seg``.
+    seg : Dataset
+        The SEG of the lesions.
+    geometry : _Geometry
+        Its index slice and how coordinates are written.
+    sites : list of highdicom.sr.FindingSite or None
+        The finding site.
+    categories : list of highdicom.sr.QualitativeEvaluation
+        The category evaluation, if any.
+    uids : UidFactory
+        Derives the tracking UID (equal to the SEG segment's).
+    algorithm : highdicom.sr.AlgorithmIdentification
+        Written as child content of every NUM.
+
+    Returns
+    -------
+    VolumetricGroup
+    """
+    measurements = _lesion_measurements(lesion, algorithm)
+    group = VolumetricGroup(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.uid("lesion", int(lesion.id)), identifier=tracking_id(lesion)
+        ),
+        referenced_segment=_referenced_segment(seg, segment_number),
+        finding_type=LESION,
+        finding_sites=sites,
+        measurements=measurements,
+        qualitative_evaluations=categories or None,
+    )
+    # Every group needs coordinates for OHIF's SR loader (see lesion_engine.results.sr).
+    inferred_from(measurements[0], geometry.source(geometry.where.outline))
+    return group
+
+
 def lesion_groups(
     lesion: LesionLike,
     segment_number: int,
@@ -336,65 +515,20 @@ def lesion_groups(
     """
     where = _index_slice(lesion, grid)
     labels = lesion_labels(lesion)
-    # A lesion centred outside the gland has no prostate finding site (its text says where it is).
-    sites = (
-        None
-        if lesion.zone == OUTSIDE_PROSTATE
-        else [hd.sr.FindingSite(ZONE_CODES[lesion.zone] if lesion.zone else PROSTATE)]
-    )
-    categories = (
-        []
-        if lesion.category is None
-        else [hd.sr.QualitativeEvaluation(ASSESSMENT_CATEGORY, CATEGORY_CODES[int(lesion.category)])]
-    )
+    sites = _finding_sites(lesion)
+    categories = _category_evaluations(lesion)
+    geometry = _Geometry(where, grid, outline_kind)
 
-    area = hd.sr.Measurement(
-        name=AREA, value=round(where.area_mm2, 2), unit=SQUARE_MILLIMETRE, algorithm_id=algorithm
-    )
-    outline_group = PlanarGroup(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.uid("lesion", int(lesion.id), "outline"), identifier=OUTLINE_TRACKING_ID
-        ),
-        referenced_region=image_region(where.outline, where.k, grid, outline_kind),
-        finding_type=LESION,
-        finding_sites=sites,
-        # Without a SEG the outline group carries the lesion's measurements itself (after the area).
-        measurements=[area, *(_lesion_measurements(lesion, algorithm) if seg is None else [])],
-        qualitative_evaluations=(categories or None) if seg is None else None,
-    )
-    inferred_from(area, source_coordinates(where.outline, where.k, grid, outline_kind))
+    outline_group = _outline_group(lesion, geometry, sites, categories, seg is None, uids, algorithm)
     with_comment(outline_group, labels.outline)
-
-    axis = hd.sr.Measurement(
-        name=LONG_AXIS, value=round(where.axis_mm, 2), unit=MILLIMETRE, algorithm_id=algorithm
-    )
-    axis_group = PlanarGroup(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.uid("lesion", int(lesion.id), "long-axis"), identifier=LONG_AXIS_TRACKING_ID
-        ),
-        referenced_region=image_region(where.axis_ends, where.k, grid, outline_kind),
-        finding_type=LESION,
-        finding_sites=sites,
-        measurements=[axis],
-    )
-    inferred_from(axis, source_coordinates(where.axis_ends, where.k, grid, outline_kind))
+    axis_group = _long_axis_group(lesion, geometry, sites, uids, algorithm)
     with_comment(axis_group, labels.long_axis)
 
     volumetric = None
     if seg is not None:
-        measurements = _lesion_measurements(lesion, algorithm)
-        volumetric = VolumetricGroup(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=uids.uid("lesion", int(lesion.id)), identifier=tracking_id(lesion)
-            ),
-            referenced_segment=_referenced_segment(seg, segment_number),
-            finding_type=LESION,
-            finding_sites=sites,
-            measurements=measurements,
-            qualitative_evaluations=categories or None,
+        volumetric = _volumetric_group(
+            lesion, segment_number, seg, geometry, sites, categories, uids, algorithm
         )
-        # Every group needs coordinates for OHIF's SR loader (see lesion_engine.results.sr).
-        inferred_from(measurements[0], source_coordinates(where.outline, where.k, grid, outline_kind))
         with_comment(volumetric, labels.lesion)
     logger.debug("SR groups of lesion %d: index slice %d, %s", int(lesion.id), where.k, labels.outline)
     return LesionGroups(outline_group, axis_group, volumetric)
