@@ -95,7 +95,8 @@ _REQUIRED = (
     "intended_use",
     "weights_sha256",
 )
-_OPTIONAL = ("training", "metrics", "kind")
+_OBJECTS = ("training", "metrics")  # optional fields whose values are JSON objects
+_OPTIONAL = (*_OBJECTS, "kind")
 #: The kind of a jointly trained model (localization + classification networks): the default.
 JOINT_KIND = "joint"
 
@@ -201,7 +202,7 @@ class ModelCard:
         sha = _check_identity(src, data)
         networks = _parse_networks(src, data)
         label_map = _check_label_map(src, data["label_map"], networks.classification, networks.localization)
-        for key in _OPTIONAL:
+        for key in _OBJECTS:
             if not isinstance(data.get(key, {}), dict):
                 raise _fail(src, key, "must be an object")
         return cls(

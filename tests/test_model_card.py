@@ -40,6 +40,13 @@ def test_default_artifact_is_the_packaged_model() -> None:
     assert (folder / CARD_FILE).is_file()
 
 
+def test_a_card_may_name_its_kind(card_data: dict[str, Any]) -> None:
+    """``kind`` is a text ("joint" or "detection-map"), not an object like ``training`` and ``metrics``."""
+    assert ModelCard.from_dict({**card_data, "kind": "joint"}) == ModelCard.from_dict(card_data)
+    with pytest.raises(ModelArtifactError, match="'kind'"):
+        ModelCard.from_dict({**card_data, "kind": "segmentation"})
+
+
 def test_card_round_trips(card_data: dict[str, Any]) -> None:
     card = ModelCard.from_dict(card_data)
     assert ModelCard.from_dict(card.to_dict()) == card
