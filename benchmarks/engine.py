@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from lesion_engine.artifact import save_artifact
 from lesion_engine.candidates import CandidateConfig
 from lesion_engine.devices import configure_cpu_threads
 from lesion_engine.engine import DEFAULT_ARTIFACT, Engine
-from lesion_engine.loading import load_study
+from lesion_engine.loading import LoadedStudy, load_study
 from lesion_engine.model_input import PreprocessConfig
 from lesion_engine.networks import JointModel
 from lesion_engine.preprocess import prepare_loaded_study
@@ -106,6 +107,114 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+@dataclass(frozen=True)
+class _Timings:
+    """Interleaved runs of ours and of the baseline: one entry per repeat in each list.
+
+    Attributes
+    ----------
+    first_run_s : float
+        Ours, loaded study -> result, the first (cold) run.
+    loaded_to_result_s : list of float
+        Ours, loaded study -> result.
+    prepared_to_result_s : list of float
+        Ours, prepared study -> result.
+    stages_s : list of dict of str to float
+        The engine's per-stage seconds.
+    baseline_study_s : list of float
+        One baseline study (all passes, extrapolated from the measured ones).
+    lesions_found : int
+        Lesions in ours' last result.
+    """
+
+    first_run_s: float
+    loaded_to_result_s: list[float]
+    prepared_to_result_s: list[float]
+    stages_s: list[dict[str, float]]
+    baseline_study_s: list[float]
+    lesions_found: int
+
+
+def _time_interleaved(engine: Engine, loaded: LoadedStudy, repeats: int, baseline_passes: int) -> _Timings:
+    """Time ours once cold, then ``repeats`` times, each run followed by one baseline study.
+
+    Parameters
+    ----------
+    engine : Engine
+        Ours, on the CPU.
+    loaded : LoadedStudy
+        The study, loaded once.
+    repeats : int
+        Runs of ours (and baseline studies).
+    baseline_passes : int
+        Baseline forward passes measured per study; extrapolated to :data:`BASELINE_PASSES`.
+
+    Returns
+    -------
+    _Timings
+    """
+    start = time.perf_counter()
+    result = engine.run(prepare_loaded_study(loaded))
+    first_run = time.perf_counter() - start
+
+    baseline = BaselineUNet().eval()
+    images = torch.randn(1, *INPUT_SHAPE)
+    _baseline_study(baseline, images, 1)  # warm up
+
+    ours_loaded, ours_prepared, stages, base = [], [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prepared = prepare_loaded_study(loaded)
+        middle = time.perf_counter()
+        result = engine.run(prepared)
+        end = time.perf_counter()
+        ours_loaded.append(end - start)
+        ours_prepared.append(end - middle)
+        stages.append(result.timings_s)
+        base.append(_baseline_study(baseline, images, baseline_passes) * BASELINE_PASSES / baseline_passes)
+    return _Timings(first_run, ours_loaded, ours_prepared, stages, base, len(result.lesions))
+
+
+def _model_section(engine: Engine, weights: str) -> dict[str, Any]:
+    """The report's ``model``: identity, weights note and the architecture of the timed artifact."""
+    card = engine.card
+    return {
+        **engine.model_info.to_dict(),
+        "weights": weights,
+        "localization": card.localization.to_dict() | {"num_zones": card.localization.num_zones},
+        "classification": card.classification.to_dict(),
+        "model_grid_zyx": list(card.preprocessing.size_zyx),
+    }
+
+
+def _ours_section(timings: _Timings, ours_s: float, ours_rss: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``ours``: medians of the engine's runs, per stage too, and its peak memory."""
+    stages = timings.stages_s
+    return {
+        "what": "loaded study -> roles, co-registered volumes, model input, networks, candidates, outputs",
+        "loaded_to_result_s_median": round(ours_s, 4),
+        "prepared_to_result_s_median": round(statistics.median(timings.prepared_to_result_s), 4),
+        "first_run_loaded_to_result_s": round(timings.first_run_s, 4),
+        "stages_s_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stages[0]},
+        "lesions_found": timings.lesions_found,
+        "peak_rss_mb_fresh_process": ours_rss,
+    }
+
+
+def _baseline_section(baseline_passes: int, base_s: float, baseline_rss: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``picai_baseline``: what the baseline recipe is, its median study time and memory."""
+    return {
+        "what": "forward passes only (no resampling, no candidate extraction): plain 3D U-Net, channels "
+        "(32, 64, 128, 256, 512, 1024), strides [(2,2,2), (1,2,2), (1,2,2), (1,2,2), (2,2,2)], input "
+        "3x20x256x256, 5 folds x 2 flips, random weights",
+        "passes": BASELINE_PASSES,
+        "measured_passes": baseline_passes,
+        "extrapolated": baseline_passes != BASELINE_PASSES,
+        "study_s_median": round(base_s, 4),
+        "peak_rss_mb_fresh_process": baseline_rss,
+    }
+
+
 def run(
     dicom_dir: Path, artifact: Path | None = None, repeats: int = 5, baseline_passes: int = BASELINE_PASSES
 ) -> dict[str, Any]:
@@ -129,65 +238,21 @@ def run(
         artifact_path, weights = _artifact(artifact, Path(scratch))
         loaded = load_study(dicom_dir)
         engine = Engine.from_artifact(artifact_path, "cpu")
-        start = time.perf_counter()
-        result = engine.run(prepare_loaded_study(loaded))
-        first_run = time.perf_counter() - start
-
-        baseline = BaselineUNet().eval()
-        images = torch.randn(1, *INPUT_SHAPE)
-        _baseline_study(baseline, images, 1)  # warm up
-
-        ours_loaded, ours_prepared, stages, base = [], [], [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            prepared = prepare_loaded_study(loaded)
-            middle = time.perf_counter()
-            result = engine.run(prepared)
-            end = time.perf_counter()
-            ours_loaded.append(end - start)
-            ours_prepared.append(end - middle)
-            stages.append(result.timings_s)
-            base.append(
-                _baseline_study(baseline, images, baseline_passes) * BASELINE_PASSES / baseline_passes
-            )
+        timings = _time_interleaved(engine, loaded, repeats, baseline_passes)
         ours_rss = _probe("engine", str(dicom_dir), str(artifact_path))
     baseline_rss = _probe("baseline")
 
-    ours_s = statistics.median(ours_loaded)
-    base_s = statistics.median(base)
+    ours_s = statistics.median(timings.loaded_to_result_s)
+    base_s = statistics.median(timings.baseline_study_s)
     ratio = base_s / ours_s
     rss_mb = float(ours_rss.get("peak_rss_mb", float("nan")))
-    card = engine.card
     return {
         "device": "cpu",
         "threads": threads,
         "repeats": repeats,
-        "model": {
-            **engine.model_info,
-            "weights": weights,
-            "localization": card.localization.to_dict() | {"num_zones": card.localization.num_zones},
-            "classification": card.classification.to_dict(),
-            "model_grid_zyx": list(card.preprocessing.size_zyx),
-        },
-        "ours": {
-            "what": "loaded study -> roles, co-registered volumes, model input, networks, candidates, outputs",
-            "loaded_to_result_s_median": round(ours_s, 4),
-            "prepared_to_result_s_median": round(statistics.median(ours_prepared), 4),
-            "first_run_loaded_to_result_s": round(first_run, 4),
-            "stages_s_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stages[0]},
-            "lesions_found": len(result.lesions),
-            "peak_rss_mb_fresh_process": ours_rss,
-        },
-        "picai_baseline": {
-            "what": "forward passes only (no resampling, no candidate extraction): plain 3D U-Net, channels "
-            "(32, 64, 128, 256, 512, 1024), strides [(2,2,2), (1,2,2), (1,2,2), (1,2,2), (2,2,2)], input "
-            "3x20x256x256, 5 folds x 2 flips, random weights",
-            "passes": BASELINE_PASSES,
-            "measured_passes": baseline_passes,
-            "extrapolated": baseline_passes != BASELINE_PASSES,
-            "study_s_median": round(base_s, 4),
-            "peak_rss_mb_fresh_process": baseline_rss,
-        },
+        "model": _model_section(engine, weights),
+        "ours": _ours_section(timings, ours_s, ours_rss),
+        "picai_baseline": _baseline_section(baseline_passes, base_s, baseline_rss),
         "speed_ratio": round(ratio, 2),
         "targets": {
             "speed_ratio_min": TARGET_RATIO,

@@ -70,7 +70,7 @@ from lesion_engine.picai_unet.card import DETECTION_KIND
 from lesion_engine.picai_unet.engine import DetectionEngine
 from lesion_engine.preprocess import PreparedStudy
 from lesion_engine.result_assembly import StudyWork, assemble_result
-from lesion_engine.result_types import SCHEMA_VERSION, EngineResult, Lesion
+from lesion_engine.result_types import SCHEMA_VERSION, EngineResult, Lesion, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ __all__ = [
     "EngineResult",
     "GlandSettings",
     "Lesion",
+    "ModelInfo",
     "NnunetDetectionEngine",
     "axial_diameter_mm",
     "configure_cpu_threads",
@@ -206,9 +207,9 @@ class Engine:
         )
 
     @property
-    def model_info(self) -> dict[str, str]:
-        """``name``, ``version`` and ``sha256`` of the model."""
-        return {"name": self.card.name, "version": self.card.version, "sha256": self.card.weights_sha256}
+    def model_info(self) -> ModelInfo:
+        """Name, version and weight digest of the model."""
+        return ModelInfo(self.card.name, self.card.version, self.card.weights_sha256)
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -301,7 +302,7 @@ class Engine:
                     maps[i],
                     zone_logits,
                     zone_names=self.card.label_map["zones"],
-                    model=self.model_info,
+                    model=self.model_info.to_dict(),
                     loc_map_on_device=on_device,
                 )
             )

@@ -23,7 +23,7 @@ from lesion_engine.devices import configure_cpu_threads, resolve_device
 from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
 from lesion_engine.measurements import axial_diameter_mm, max_diameter_mm, volume_ml
 from lesion_engine.preprocess import PreparedStudy
-from lesion_engine.result_types import Lesion
+from lesion_engine.result_types import Lesion, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class EnsembleEngine(ABC, Generic[FoldT, CardT]):
         )
 
     @property
-    def model_info(self) -> dict[str, str]:
-        """``name``, ``version`` and ``sha256`` of the model."""
-        return {"name": self.card.name, "version": self.card.version, "sha256": self.card.weights_sha256}
+    def model_info(self) -> ModelInfo:
+        """Name, version and weight digest of the model."""
+        return ModelInfo(self.card.name, self.card.version, self.card.weights_sha256)
 
 
 #: One blob of a detection map: (likelihood, blob label, mask on the T2W grid, its box, centre LPS mm).

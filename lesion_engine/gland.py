@@ -12,7 +12,7 @@ agrees with the PI-CAI gland mask as well as the larger one (Dice 0.83 against 0
 time (``make bench`` key ``gland``).
 
 Two runtimes run the same network from the same ONNX file (its sha256 checked first), chosen by
-``GlandSettings.runtime``:
+``GlandSettings.runtime`` (:mod:`lesion_engine.gland_settings`):
 
 * ``torch`` (:mod:`lesion_engine.gland_network`): the weights are read from the ONNX graph into a SegResNetDS
   written in torch, and run on the engine's device with the networks (CUDA where the engine runs on CUDA);
@@ -33,7 +33,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,64 +48,13 @@ from lesion_engine.gland_card import (
     resolve_weights,
 )
 from lesion_engine.gland_graph import prepare_graph
+from lesion_engine.gland_settings import GlandSettings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GLAND_RUNTIMES", "GlandModel", "GlandSegmentation", "GlandSettings", "load_gland_model"]
 
 _RAS_IN_LPS = (-1.0, -1.0, 1.0)  # R = -x, A = -y, S = +z in DICOM patient coordinates
-
-
-@dataclass(frozen=True)
-class GlandSettings:
-    """How the engine uses the gland model as an anatomical gate.
-
-    Attributes
-    ----------
-    enabled : bool
-        Run the gland model and gate the lesions with it.
-    margin_mm : float
-        The gland is dilated by this margin: no lesion whose centre lies outside is reported, and the
-        localization map is 0 outside.
-    required : bool
-        When True, a missing or failing gland model is an error; when False (default), the engine runs
-        without the gate and says so in each result's warnings and in the log.
-    card : Path or None
-        A gland card; the packaged one when None.
-    min_volume_ml, max_volume_ml : float
-        A gland found outside this range is implausible (real prostates are roughly 10 to 300 ml): the gate
-        does not use it and says so (with ``required``, the study fails).
-    runtime : {"auto", "torch", "onnxruntime"}
-        What runs the gland network: ``auto`` and ``torch`` run it in torch with the networks, on the
-        engine's device; ``onnxruntime`` on ONNX Runtime (the optional extra ``onnxruntime``; its CUDA
-        provider where the engine runs on CUDA and the installed build has one).
-    """
-
-    enabled: bool = True
-    margin_mm: float = 5.0
-    required: bool = False
-    card: Path | None = None
-    min_volume_ml: float = 10.0
-    max_volume_ml: float = 300.0
-    runtime: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.runtime not in GLAND_RUNTIMES:
-            raise ValueError(
-                f"GlandSettings.runtime must be one of {', '.join(GLAND_RUNTIMES)}, got {self.runtime!r}"
-            )
-        if not isinstance(self.margin_mm, int | float) or isinstance(self.margin_mm, bool):
-            raise TypeError(f"GlandSettings.margin_mm must be a number of mm, got {self.margin_mm!r}")
-        if not 0.0 <= float(self.margin_mm) <= 50.0:
-            raise ValueError(f"GlandSettings.margin_mm must be between 0 and 50 mm, got {self.margin_mm}")
-        low, high = self.min_volume_ml, self.max_volume_ml
-        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (low, high)) or not (
-            0.0 <= float(low) < float(high) <= 5000.0
-        ):
-            raise ValueError(
-                "GlandSettings.min_volume_ml and max_volume_ml must be numbers of ml with 0 <= min < max <= "
-                f"5000 (10 and 300 are usual), got {low!r} and {high!r}"
-            )
 
 
 @dataclass(frozen=True)

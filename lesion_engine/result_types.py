@@ -7,7 +7,8 @@ is the ``lesions.json`` document of ``lesion-ai infer``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OUTSIDE_PROSTATE", "SCHEMA_VERSION", "EngineResult", "Lesion"]
+__all__ = ["OUTSIDE_PROSTATE", "SCHEMA_VERSION", "EngineResult", "Lesion", "ModelInfo"]
 
 OUTSIDE_PROSTATE = "outside"
 """The zone of a lesion centred outside the prostate gland, beside it within the gate's margin: no zone of the
@@ -24,6 +25,49 @@ prostate, and no prostate anatomy in the SEG and the SR."""
 
 SCHEMA_VERSION = "1.4"
 """Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Name, version and weight digest of the model that produced a result (an engine's ``model_info``).
+
+    Attributes
+    ----------
+    name, version : str
+        The model card's name and version.
+    sha256 : str
+        The digest of the model's weights (hex).
+    """
+
+    name: str
+    version: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"ModelInfo.{f.name} must be non-empty text, got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, model: Mapping[str, str]) -> ModelInfo:
+        """Read and check a result's ``model`` mapping (``name``, ``version`` and ``sha256``).
+
+        Raises
+        ------
+        ValueError
+            ``model`` is not a mapping, or lacks one of the three.
+        """
+        if not isinstance(model, Mapping):
+            raise ValueError("result.model must be a mapping with name, version and sha256")
+        missing = [k for k in ("name", "version", "sha256") if not str(model.get(k) or "").strip()]
+        if missing:
+            raise ValueError(f"result.model lacks {', '.join(missing)}")
+        return cls(str(model["name"]), str(model["version"]), str(model["sha256"]))
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``name``, ``version`` and ``sha256`` mapping (a result's ``model``, JSON-ready)."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from lesion_engine.errors import LesionAIError
+from lesion_engine.results.settings import PRODUCT_NAME
 from lesion_engine.seg_convention import node_made, parse_grade
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,12 @@ class SegLabelOptions:
         A PI-RADS-only segment at or above this category is csPCa with unknown grade (label value 1);
         None: PI-RADS-only segments are never csPCa.
     node_manufacturers : tuple of str
-        Manufacturer names of this product's own results (``ResultSettings.manufacturer``).
+        Manufacturer names of this product's own results (``ResultSettings.manufacturer``; by default the
+        product's name, :data:`lesion_engine.results.settings.PRODUCT_NAME`).
     """
 
     pirads_cspca: int | None = 4
-    node_manufacturers: tuple[str, ...] = ("Lesion AI",)
+    node_manufacturers: tuple[str, ...] = (PRODUCT_NAME,)
 
     def __post_init__(self) -> None:
         if self.pirads_cspca is not None and self.pirads_cspca not in (1, 2, 3, 4, 5):

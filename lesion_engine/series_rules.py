@@ -6,9 +6,11 @@ package (``lesion_engine/data/series_rules.yaml``); a site overrides fields in i
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ __all__ = [
     "SeriesRules",
     "load_series_rules",
     "series_rules_from_document",
+    "series_rules_from_json",
 ]
 
 _TOP_LEVEL = {
@@ -111,7 +114,13 @@ class RoleRule:
 
 @dataclass(frozen=True)
 class SeriesRules:
-    """Validated series-selection rules (see ``lesion_engine/data/series_rules.yaml`` for each field)."""
+    """Validated series-selection rules (see ``lesion_engine/data/series_rules.yaml`` for each field).
+
+    ``source`` names where the rules' overrides came from (``<defaults>`` without any), and ``overrides``
+    holds those overrides as written, so that the same rules can be rebuilt elsewhere (e.g. in another
+    process) from :meth:`to_json` and ``source`` with :func:`series_rules_from_json`; two rules built from
+    different overrides that select alike compare equal when their sources do.
+    """
 
     t2w_max_tilt_deg: float
     min_slices: int
@@ -124,6 +133,7 @@ class SeriesRules:
     dwi: RoleRule
     diffusion_source: str = "same_acquisition"
     source: str = "<defaults>"
+    overrides: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.t2w_max_tilt_deg < 45:
@@ -143,6 +153,12 @@ class SeriesRules:
                 "need 0 < hbv_min_b_value <= computed_b_value, got "
                 f"{self.hbv_min_b_value} and {self.computed_b_value}"
             )
+        object.__setattr__(self, "overrides", copy.deepcopy(dict(self.overrides)))
+
+    def to_json(self) -> dict[str, Any]:
+        """The overrides these rules were built from over the packaged defaults, as written (a detached
+        copy; empty for the defaults): what :func:`series_rules_from_json` reads back."""
+        return copy.deepcopy(dict(self.overrides))
 
 
 def _number(doc: YamlDocument, data: dict[str, Any], key: str, kind: type) -> Any:
@@ -272,6 +288,7 @@ def _build(default: YamlDocument, override: YamlDocument | None) -> SeriesRules:
             dwi=role("dwi"),
             diffusion_source=_choice(origin["diffusion_source"], data, "diffusion_source", DIFFUSION_SOURCES),
             source=override.source if override is not None else default.source,
+            overrides=override.data if override is not None else {},
         )
     except ConfigError:
         raise
@@ -325,3 +342,22 @@ def series_rules_from_document(override: YamlDocument) -> SeriesRules:
     still name that file's lines. See :func:`load_series_rules` for the fields and the errors raised.
     """
     return _build(_default_document(), override)
+
+
+def series_rules_from_json(overrides: Mapping[str, Any], source: str) -> SeriesRules:
+    """Build the series-selection rules again from the overrides of :meth:`SeriesRules.to_json`.
+
+    Parameters
+    ----------
+    overrides : mapping
+        The override fields (as :meth:`SeriesRules.to_json` gives them, e.g. read back from JSON).
+    source : str
+        Where they came from (``SeriesRules.source``), named by the errors.
+
+    Raises
+    ------
+    ConfigError
+        A field is invalid (see :func:`load_series_rules`); the message names ``source`` and the field.
+    """
+    data = dict(overrides) if isinstance(overrides, Mapping) else overrides
+    return _build(_default_document(), YamlDocument(source, data, {}))

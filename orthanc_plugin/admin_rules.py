@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lesion_engine.errors import ConfigError
+from lesion_engine.series_rules import SeriesRules
 from orthanc_plugin.node_protocol import AdminNode
 from orthanc_plugin.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
 from orthanc_plugin.rules import DESTINATION_KINDS, RoutingRules
@@ -67,7 +68,7 @@ def _error(status: int, message: str) -> Answer:
     return status, {"error": message}, _JSON
 
 
-def describe_roles(api: RestApi, series: list[OrthancSeries], rules: Any) -> dict[str, Any]:
+def describe_roles(api: RestApi, series: list[OrthancSeries], rules: SeriesRules | None) -> dict[str, Any]:
     """Header-only roles of series (what ``lesion-ai inspect`` would say before reading pixels).
 
     Parameters

@@ -9,8 +9,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lesion_engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lesion_engine.results.settings import ResultSettings
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +189,28 @@ def register_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.set_defaults(func=run_worker)
 
 
+def _result_settings(text: str | None) -> ResultSettings:
+    """The result settings of ``--result-settings`` (a JSON object; none: the defaults).
+
+    Raises
+    ------
+    ConfigError
+        The text is not a JSON object of valid result settings.
+    """
+    from lesion_engine.results.settings import ResultSettings
+
+    try:
+        values = json.loads(text) if text else {}
+    except ValueError as exc:
+        raise ConfigError(f"--result-settings is not JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--result-settings must be a JSON object, got {values!r}")
+    try:
+        return ResultSettings.from_mapping(values)
+    except ConfigError as exc:
+        raise ConfigError(f"--result-settings: {exc}") from exc
+
+
 def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
     from orthanc_plugin.settings import PASSWORD_ENV, USERNAME_ENV
 
@@ -204,13 +230,10 @@ def run_worker(args: argparse.Namespace) -> int:
     level = min(logging.INFO, logging.getLogger("orthanc_plugin").getEffectiveLevel())
     configure_node_logging(worker=args.name, level=level)
     try:
-        result_settings = json.loads(args.result_settings) if args.result_settings else {}
-        if not isinstance(result_settings, dict):
-            raise ValueError("--result-settings must be a JSON object")
         settings = WorkerSettings(
             queue=args.queue,
             orthanc_url=args.orthanc_url,
-            result_settings=result_settings,
+            result_settings=_result_settings(args.result_settings),
             gland_required=args.gland_required,
             **{name: getattr(args, name) for _, name in _WORKER_SETTING_OPTIONS},
         )
@@ -231,7 +254,9 @@ def run_worker(args: argparse.Namespace) -> int:
 
 # -- send ---------------------------------------------------------------------------------------------
 def register_send(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``send`` sub-command."""
+    """Add the ``send`` sub-command (its defaults: the node's DICOM port and AE title)."""
+    from orthanc_plugin.settings import DEFAULT_AET, DEFAULT_CALLING_AET, DEFAULT_DICOM_PORT
+
     parser = subparsers.add_parser(
         "send",
         help="send DICOM files to a node or PACS (C-STORE)",
@@ -240,9 +265,18 @@ def register_send(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     )
     parser.add_argument("paths", nargs="+", type=Path, help="files or folders (searched recursively)")
     parser.add_argument("--host", default="127.0.0.1", help="receiver's host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=4342, help="receiver's DICOM port (default 4342)")
-    parser.add_argument("--aet", default="LESIONAI-SCU", help="calling AE title (default LESIONAI-SCU)")
-    parser.add_argument("--called-aet", default="LESIONAI", help="called AE title (default LESIONAI)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_DICOM_PORT,
+        help=f"receiver's DICOM port (default {DEFAULT_DICOM_PORT}, the node's)",
+    )
+    parser.add_argument(
+        "--aet", default=DEFAULT_CALLING_AET, help=f"calling AE title (default {DEFAULT_CALLING_AET})"
+    )
+    parser.add_argument(
+        "--called-aet", default=DEFAULT_AET, help=f"called AE title (default {DEFAULT_AET}, the node's)"
+    )
     parser.set_defaults(func=run_send)
 
 

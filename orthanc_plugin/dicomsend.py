@@ -20,6 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
+from orthanc_plugin.settings import DEFAULT_AET, DEFAULT_CALLING_AET
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SendReport", "dicom_files", "no_delay", "send_files"]
@@ -93,8 +95,8 @@ def send_files(
     files: Iterable[Path],
     host: str,
     port: int,
-    calling_aet: str = "LESIONAI-SCU",
-    called_aet: str = "LESIONAI",
+    calling_aet: str = DEFAULT_CALLING_AET,
+    called_aet: str = DEFAULT_AET,
     timeout_s: float = 60.0,
 ) -> SendReport:
     """Send DICOM files with C-STORE over as few associations as the presentation contexts allow.

@@ -32,11 +32,19 @@ from typing import Any
 from orthanc_plugin.admin import MAX_REQUEST_BYTES
 from orthanc_plugin.jobqueue import sqlite_url
 from orthanc_plugin.models import MAX_UPLOAD_BYTES
-from orthanc_plugin.settings import DEFAULT_HTTP_PORT, SECTION, NodeSettings, setting_default
+from orthanc_plugin.settings import (
+    DEFAULT_AET,
+    DEFAULT_DICOM_PORT,
+    DEFAULT_HTTP_PORT,
+    SECTION,
+    NodeSettings,
+    setting_default,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_AET",
     "DEFAULT_DICOM_PORT",
     "DEFAULT_HTTP_PORT",
     "ORTHANC_ENVIRONMENT",
@@ -47,7 +55,6 @@ __all__ = [
     "write_configuration",
 ]
 
-DEFAULT_DICOM_PORT = 4342
 #: Environment variables Orthanc runs with (set when the environment does not already give them):
 #:
 #: * ``TCP_NODELAY=1``: DCMTK (Orthanc's DICOM layer) keeps Nagle's algorithm on otherwise, and every C-STORE
@@ -57,7 +64,6 @@ DEFAULT_DICOM_PORT = 4342
 #:   threshold, 200 refused 6 MB requests left Orthanc 60 to 80 MB larger, kept in its heaps for good. The
 #:   workers Orthanc's plugin starts do not inherit it (:data:`orthanc_plugin.supervisor.ORTHANC_ONLY_ENVIRONMENT`).
 ORTHANC_ENVIRONMENT = {"TCP_NODELAY": "1", "MALLOC_MMAP_THRESHOLD_": "1048576"}
-DEFAULT_AET = "LESIONAI"
 DEFAULT_PLUGINS_DIR = "/usr/share/orthanc/plugins"
 METADATA_KEY = 1024
 ENTRY_SCRIPT = Path(__file__).resolve().parent / "entry" / "lesion_ai_entry.py"

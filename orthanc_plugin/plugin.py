@@ -157,7 +157,7 @@ class NodePlugin:
         self.api = InProcessApi(orthanc)
         self.settings = settings
         self.started_at = time.time()
-        self.manufacturer = str(settings.result_settings.get("manufacturer", "Lesion AI"))
+        self.manufacturer = settings.result_settings.manufacturer
         self.queue: JobQueue = open_queue(settings.queue, QueuePolicy.from_settings(settings))
         self._rules_lock = threading.Lock()
         self._rules_stamp = _stamp(settings.rules)

@@ -26,20 +26,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
+from lesion_engine.gland_settings import GlandSettings
 from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
+from lesion_engine.results.settings import ResultSettings
 from orthanc_plugin.jobqueue import JobPayload
+from orthanc_plugin.settings import GLAND_GATES, WorkerSettings, one_of, setting_default
 
 if TYPE_CHECKING:
     from lesion_engine.engine import AnyEngine
-    from lesion_engine.gland import GlandSettings
     from lesion_engine.series_rules import SeriesRules
-    from orthanc_plugin.settings import WorkerSettings
     from orthanc_plugin.shadow import StudyEvidence
 
 logger = logging.getLogger(__name__)
-
-#: ``GlandGate`` values and whether they turn the gate on (None: the engine's default for the model).
-_GLAND_GATES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 __all__ = [
     "EngineProcessor",
@@ -51,7 +49,6 @@ __all__ = [
     "headers_of",
     "load_processor",
     "process_study",
-    "series_rules_of",
 ]
 
 
@@ -69,10 +66,8 @@ class ProcessingRequest:
         The routing rule.
     outputs : tuple of Output
         Result objects wanted.
-    series_rules : dict or None
-        The rule's series-selection overrides (None: the engine's defaults).
-    series_rules_source : str or None
-        Where the overrides came from (for messages).
+    series_rules : SeriesRules or None
+        The rule's series-selection rules, as read from the job (None: the engine's defaults).
     model : str
         The model identity the job was queued for.
     """
@@ -81,8 +76,7 @@ class ProcessingRequest:
     study_id: str
     rule: str
     outputs: tuple[Output, ...] = DEFAULT_OUTPUTS
-    series_rules: dict[str, Any] | None = None
-    series_rules_source: str | None = None
+    series_rules: SeriesRules | None = None
     model: str = ""
 
     def __post_init__(self) -> None:
@@ -101,7 +95,6 @@ class ProcessingRequest:
             rule=payload.rule,
             outputs=payload.outputs,
             series_rules=payload.series_rules,
-            series_rules_source=payload.series_rules_source,
             model=payload.model,
         )
 
@@ -189,7 +182,10 @@ class Processor(Protocol):
 
 @dataclass(frozen=True)
 class ProcessorSettings:
-    """How a worker builds its processor (the node's: :meth:`from_settings`).
+    """How a worker builds its processor: the node's settings that the engine needs (:meth:`from_settings`).
+
+    Every default is the node setting's (:class:`~orthanc_plugin.settings.WorkerSettings`, whose gate
+    fields take theirs from the engine's :class:`~lesion_engine.gland_settings.GlandSettings`).
 
     Attributes
     ----------
@@ -199,8 +195,8 @@ class ProcessorSettings:
         Device for the engine (``cpu``, ``cuda``, ...); None: automatic.
     threads : int or None
         CPU threads for the engine; None: all.
-    result_settings : dict
-        Fields of :class:`lesion_engine.results.ResultSettings`.
+    result_settings : ResultSettings
+        The result writers' settings.
     gland_gate : str
         The anatomical gate: ``auto`` (the engine's default for the model), ``on`` or ``off``.
     gland_margin_mm : float
@@ -209,42 +205,47 @@ class ProcessorSettings:
         Whether a gland model that cannot load or run, or finds an implausible gland, fails the study (else
         it is analysed ungated).
     gland_min_ml, gland_max_ml : float
-        The plausible prostate volumes (the engine's :class:`~lesion_engine.gland.GlandSettings` checks them).
+        The plausible prostate volumes (the engine's :class:`~lesion_engine.gland_settings.GlandSettings`
+        checks them).
     gland_runtime : str
         What runs the gland model: ``auto``, ``torch`` or ``onnxruntime`` (checked by
-        :class:`~lesion_engine.gland.GlandSettings`).
+        :class:`~lesion_engine.gland_settings.GlandSettings`).
     """
 
-    model: str | None = None
-    device: str | None = None
-    threads: int | None = None
-    result_settings: dict[str, Any] = field(default_factory=dict)
-    gland_gate: str = "auto"
-    gland_margin_mm: float = 5.0
-    gland_required: bool = False
-    gland_min_ml: float = 10.0
-    gland_max_ml: float = 300.0
-    gland_runtime: str = "auto"
+    model: str | None = setting_default("model")
+    device: str | None = setting_default("device")
+    threads: int | None = setting_default("threads")
+    result_settings: ResultSettings = field(default_factory=ResultSettings)
+    gland_gate: str = setting_default("gland_gate")
+    gland_margin_mm: float = setting_default("gland_margin_mm")
+    gland_required: bool = setting_default("gland_required")
+    gland_min_ml: float = setting_default("gland_min_ml")
+    gland_max_ml: float = setting_default("gland_max_ml")
+    gland_runtime: str = setting_default("gland_runtime")
 
     def __post_init__(self) -> None:
-        if self.gland_gate not in _GLAND_GATES:
-            raise ValueError(
-                f"ProcessorSettings.gland_gate must be 'auto', 'on' or 'off', got {self.gland_gate!r}"
+        if not isinstance(self.result_settings, ResultSettings):
+            raise TypeError(
+                "ProcessorSettings.result_settings must be a ResultSettings (read a mapping with "
+                f"ResultSettings.from_mapping), got {type(self.result_settings).__name__}"
             )
-        margin = self.gland_margin_mm
-        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin <= 50:
-            raise ValueError(f"ProcessorSettings.gland_margin_mm must be 0 to 50 mm, got {margin!r}")
+        if self.gland_gate not in GLAND_GATES:
+            raise ValueError(
+                f"ProcessorSettings.gland_gate must be {one_of(GLAND_GATES)}, got {self.gland_gate!r}"
+            )
+        problem = GlandSettings.margin_problem(self.gland_margin_mm)
+        if problem is not None:
+            raise ValueError(f"ProcessorSettings.gland_margin_mm {problem}")
         if not isinstance(self.gland_required, bool):
             raise ValueError(f"ProcessorSettings.gland_required must be a bool, got {self.gland_required!r}")
 
     def gland_settings(self) -> GlandSettings:
-        """The engine's :class:`~lesion_engine.gland.GlandSettings` of these settings (``auto``: on for the
-        packaged default model, off for another artifact).
+        """The engine's :class:`~lesion_engine.gland_settings.GlandSettings` of these settings (``auto``: on
+        for the packaged default model, off for another artifact).
         """
         from lesion_engine.engine import gate_on_by_default
-        from lesion_engine.gland import GlandSettings
 
-        enabled = _GLAND_GATES[self.gland_gate]
+        enabled = GLAND_GATES[self.gland_gate]
         return GlandSettings(
             enabled=gate_on_by_default(self.model) if enabled is None else enabled,
             margin_mm=self.gland_margin_mm,
@@ -263,7 +264,7 @@ class ProcessorSettings:
             model=settings.model,
             device=settings.device,
             threads=settings.threads,
-            result_settings=dict(settings.result_settings),
+            result_settings=settings.result_settings,
             gland_gate=settings.gland_gate,
             gland_margin_mm=settings.gland_margin_mm,
             gland_required=settings.gland_required,
@@ -289,17 +290,6 @@ def headers_of(instances: Sequence[bytes]) -> list[Dataset]:
         except Exception as exc:  # a corrupt instance: skipped, the engine reports it
             logger.debug("unreadable instance skipped: %s", exc)
     return [ds for ds in out if "StudyInstanceUID" in ds]
-
-
-def series_rules_of(request: ProcessingRequest) -> SeriesRules | None:
-    """The job's series-selection rules (its rule's overrides), or None for the engine's defaults."""
-    if not request.series_rules:
-        return None
-    from lesion_engine.series_rules import series_rules_from_document
-    from lesion_engine.yamlconfig import YamlDocument
-
-    source = request.series_rules_source or f"series_rules of rule {request.rule!r}"
-    return series_rules_from_document(YamlDocument(source, request.series_rules, {}))
 
 
 class EngineProcessor:
@@ -331,22 +321,10 @@ class EngineProcessor:
                 logger.info("model loaded: %s", self._engine.model_info)
             return self._engine
 
-    def _result_settings(self, outputs: Sequence[str]) -> Any:
-        from lesion_engine.results import ResultSettings
-
-        values = dict(self.settings.result_settings)
-        values.update(
-            write_seg="seg" in outputs,
-            write_pmap="pmap" in outputs,
-            write_sc="sc" in outputs,
-            write_kos="kos" in outputs,
-        )
-        return ResultSettings.from_mapping(values)
-
     def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
         """Failure report objects (see :func:`lesion_engine.results.write_failure`); empty when none can be
         written (no readable instance, or the writer fails: logged)."""
-        from lesion_engine.results import ResultSettings, write_failure
+        from lesion_engine.results import write_failure
 
         datasets = headers_of(instances)
         if not datasets:
@@ -355,9 +333,8 @@ class EngineProcessor:
         studies = {str(ds.StudyInstanceUID) for ds in datasets}
         if len(studies) > 1:
             datasets = [ds for ds in datasets if str(ds.StudyInstanceUID) == sorted(studies)[0]]
-        settings = ResultSettings.from_mapping(self.settings.result_settings)
         try:
-            return [encode(ds) for ds in write_failure(datasets, reason, settings)]
+            return [encode(ds) for ds in write_failure(datasets, reason, self.settings.result_settings)]
         except Exception:  # the failure stays recorded on the job even when no report can be written
             logger.exception("the failure report could not be written")
             return []
@@ -368,11 +345,10 @@ class EngineProcessor:
         from lesion_engine.errors import ConfigError, ModelArtifactError, StudyError
         from lesion_engine.gland_card import GlandModelError
         from lesion_engine.preprocess import prepare_study
-        from lesion_engine.results import ResultSettings
         from orthanc_plugin.shadow import StudyEvidence
 
         try:
-            prepared = prepare_study(list(instances), series_rules_of(request))
+            prepared = prepare_study(list(instances), request.series_rules)
         except StudyError as exc:
             reason = str(exc)
             return ProcessingOutcome.could_not_analyse(reason, self.failure(instances, reason))
@@ -386,9 +362,7 @@ class EngineProcessor:
         except GlandModelError as exc:  # GlandRequired: the gland model failed on this study
             reason = f"the anatomical gate's gland model failed on this study: {exc}"
             return ProcessingOutcome.could_not_analyse(reason, self.failure(instances, reason))
-        written = write_outputs(
-            prepared, result, request.outputs, ResultSettings.from_mapping(self.settings.result_settings)
-        )
+        written = write_outputs(prepared, result, request.outputs, self.settings.result_settings)
         return ProcessingOutcome.analysed(
             {output: [encode(ds) for ds in datasets] for output, datasets in written.items()},
             model=result.model,

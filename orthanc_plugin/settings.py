@@ -3,6 +3,10 @@ each of them, its default and its configuration key are written.
 
 ``lesion-ai node`` writes that section when it generates Orthanc's configuration; a site that writes its
 own Orthanc configuration adds it by hand (see the README). Every field is validated, and errors name it.
+The anatomical gate's fields take their defaults and bounds from the engine's
+:class:`~lesion_engine.gland_settings.GlandSettings`; ``ResultSettings`` is read once, into the engine's
+:class:`~lesion_engine.results.settings.ResultSettings`, and written back as the fields that differ from
+their defaults.
 
 :class:`WorkerSettings` holds what a worker needs (queue, Orthanc's URL, leases, retries, model, ...);
 :class:`NodeSettings` adds what the plugin inside Orthanc needs (data folder, rules, worker processes, ...).
@@ -20,24 +24,32 @@ import json
 import logging
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
 from lesion_engine.gland_card import GLAND_RUNTIMES
+from lesion_engine.gland_settings import GlandSettings
+from lesion_engine.results.settings import ResultSettings
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_AET",
+    "DEFAULT_CALLING_AET",
+    "DEFAULT_DICOM_PORT",
     "DEFAULT_HTTP_PORT",
+    "GLAND_GATES",
     "PARENT_PID_ENV",
     "PASSWORD_ENV",
     "SECTION",
     "USERNAME_ENV",
     "NodeSettings",
     "WorkerSettings",
+    "one_of",
     "setting_default",
     "setting_doc",
     "setting_type",
@@ -47,12 +59,28 @@ __all__ = [
 SECTION = "LesionAI"
 #: Orthanc's HTTP port unless configured otherwise (``lesion-ai node`` and the default ``OrthancUrl``).
 DEFAULT_HTTP_PORT = 8142
+#: The node's DICOM port and AE title unless configured otherwise (``lesion-ai node``; what ``lesion-ai send``
+#: calls by default).
+DEFAULT_DICOM_PORT = 4342
+DEFAULT_AET = "LESIONAI"
+#: The AE title ``lesion-ai send`` calls itself unless told otherwise.
+DEFAULT_CALLING_AET = "LESIONAI-SCU"
 #: Environment variables of a worker: Orthanc's credentials, and the process to watch (Orthanc).
 USERNAME_ENV = "LESION_AI_ORTHANC_USERNAME"
 PASSWORD_ENV = "LESION_AI_ORTHANC_PASSWORD"  # noqa: S105 - the variable's name, not a password
 PARENT_PID_ENV = "LESION_AI_PARENT_PID"
+#: ``GlandGate`` values and whether they turn the gate on (None: the engine's default for the model).
+GLAND_GATES: Mapping[str, bool | None] = MappingProxyType({"auto": None, "on": True, "off": False})
 
 S = TypeVar("S", bound="WorkerSettings")
+#: The engine's gate settings, whose defaults the gate's settings take.
+_ENGINE_GLAND = GlandSettings()
+
+
+def one_of(choices: Iterable[str]) -> str:
+    """``'a', 'b' or 'c'``: the allowed values of a setting, for messages."""
+    quoted = [repr(choice) for choice in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def _meta(key: str, doc: str) -> dict[str, str]:
@@ -118,14 +146,15 @@ class WorkerSettings:
         ),
     )
     gland_margin_mm: float = field(
-        default=5.0,
+        default=_ENGINE_GLAND.margin_mm,
         metadata=_meta(
             "GlandMarginMm",
-            "the gate's margin around the gland, mm (0 to 50): no lesion centred farther out is reported",
+            f"the gate's margin around the gland, mm (0 to {GlandSettings.MAX_MARGIN_MM:g}): no lesion "
+            "centred farther out is reported",
         ),
     )
     gland_required: bool = field(
-        default=False,
+        default=_ENGINE_GLAND.required,
         metadata=_meta(
             "GlandRequired",
             "true: a study whose gland model cannot load or run, or finds an implausible gland, fails; "
@@ -133,7 +162,7 @@ class WorkerSettings:
         ),
     )
     gland_min_ml: float = field(
-        default=10.0,
+        default=_ENGINE_GLAND.min_volume_ml,
         metadata=_meta(
             "GlandMinMl",
             "smallest plausible prostate, ml: a smaller gland found by the gland model is not used by the gate "
@@ -141,11 +170,11 @@ class WorkerSettings:
         ),
     )
     gland_max_ml: float = field(
-        default=300.0,
+        default=_ENGINE_GLAND.max_volume_ml,
         metadata=_meta("GlandMaxMl", "largest plausible prostate, ml (as GlandMinMl)"),
     )
     gland_runtime: str = field(
-        default="auto",
+        default=_ENGINE_GLAND.runtime,
         metadata=_meta(
             "GlandRuntime",
             "what runs the gland model: auto or torch (torch, on the engine's device), or onnxruntime (needs "
@@ -187,8 +216,8 @@ class WorkerSettings:
         default=600.0,
         metadata=_meta("ForwardTimeoutSeconds", "how long a worker waits for one Orthanc send job, seconds"),
     )
-    result_settings: dict[str, Any] = field(
-        default_factory=dict,
+    result_settings: ResultSettings = field(
+        default_factory=ResultSettings,
         metadata=_meta(
             "ResultSettings",
             "fields of lesion_engine.results.ResultSettings (manufacturer, series numbers, ...)",
@@ -218,32 +247,28 @@ class WorkerSettings:
             )
         if self.processor is not None and ":" not in self.processor:
             raise self._bad("processor", f"must be 'module:function', got {self.processor!r}")
+        if not isinstance(self.result_settings, ResultSettings):
+            raise self._bad(
+                "result_settings",
+                "must be lesion_engine.results.ResultSettings (read its JSON object with "
+                f"ResultSettings.from_mapping), got {type(self.result_settings).__name__}",
+            )
 
     def _check_gland(self) -> None:
-        if self.gland_gate not in ("auto", "on", "off"):
-            raise self._bad("gland_gate", f"must be 'auto', 'on' or 'off', got {self.gland_gate!r}")
-        margin = self.gland_margin_mm
-        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin <= 50:
-            raise self._bad(
-                "gland_margin_mm", f"must be a number of mm from 0 to 50 (5 is usual), got {margin!r}"
-            )
+        """The gate's fields: the gate values here, the numbers' bounds as the engine's
+        :class:`~lesion_engine.gland_settings.GlandSettings` has them."""
+        if self.gland_gate not in GLAND_GATES:
+            raise self._bad("gland_gate", f"must be {one_of(GLAND_GATES)}, got {self.gland_gate!r}")
+        problem = GlandSettings.margin_problem(self.gland_margin_mm)
+        if problem is not None:
+            raise self._bad("gland_margin_mm", problem)
         if not isinstance(self.gland_required, bool):
             raise self._bad("gland_required", f"must be true or false, got {self.gland_required!r}")
-        low, high = self.gland_min_ml, self.gland_max_ml
-        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in (low, high)) or not (
-            0 <= low < high <= 5000
-        ):
-            raise self._bad(
-                "gland_min_ml",
-                f"and {_key('gland_max_ml')} must be numbers of ml with 0 <= min < max <= 5000 (10 and 300 are "
-                f"usual), got {low!r} and {high!r}",
-            )
+        problem = GlandSettings.volume_problem(self.gland_min_ml, self.gland_max_ml)
+        if problem is not None:
+            raise self._bad("gland_min_ml", f"and {_key('gland_max_ml')} {problem}")
         if self.gland_runtime not in GLAND_RUNTIMES:
-            raise self._bad(
-                "gland_runtime",
-                f"must be {', '.join(repr(r) for r in GLAND_RUNTIMES[:-1])} or {GLAND_RUNTIMES[-1]!r}, "
-                f"got {self.gland_runtime!r}",
-            )
+            raise self._bad("gland_runtime", f"must be {one_of(GLAND_RUNTIMES)}, got {self.gland_runtime!r}")
         if self.gland_required and self.gland_gate == "off":
             raise self._bad(
                 "gland_required",
@@ -260,7 +285,11 @@ class WorkerSettings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[_key(f.name)] = str(value) if isinstance(value, Path) else value
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, ResultSettings):
+                value = value.to_mapping()
+            out[_key(f.name)] = value
         return out
 
     @classmethod
@@ -297,6 +326,8 @@ class WorkerSettings:
             kind = _base_type(hints[f.name])
             try:
                 values[f.name] = _convert(value, kind)
+            except ConfigError as exc:  # a value of its own settings object (ResultSettings)
+                raise ConfigError(f"{where}, field {key}: {exc}") from exc
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}, field {key}: expected {kind.__name__}, got {value!r}") from exc
         return cls(**values)
@@ -539,8 +570,8 @@ def setting_default(name: str) -> Any:
 
 
 def setting_type(name: str) -> type:
-    """The type of the settings field ``name`` (``float``, ``int``, ``str``, ``Path``, ``dict``; without
-    ``None``); for command-line options."""
+    """The type of the settings field ``name`` (``float``, ``int``, ``str``, ``Path``, ``ResultSettings``;
+    without ``None``); for command-line options."""
     return _base_type(typing.get_type_hints(NodeSettings)[_field(name).name])
 
 
@@ -566,7 +597,7 @@ def _required(f: Field[Any]) -> bool:
 
 
 def _base_type(hint: Any) -> type:
-    """``float`` of ``float``, ``Path`` of ``Path | None``, ``dict`` of ``dict[str, Any]``."""
+    """``float`` of ``float``, ``Path`` of ``Path | None``, ``ResultSettings`` of ``ResultSettings``."""
     args = typing.get_args(hint)
     if type(None) in args and len(args) == 2:
         hint = next(a for a in args if a is not type(None))
@@ -594,10 +625,10 @@ def _convert(value: Any, kind: type) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError("number expected")
         return float(value)
-    if kind is dict:
+    if kind is ResultSettings:
         if not isinstance(value, dict):
-            raise TypeError("mapping expected")
-        return dict(value)
+            raise ConfigError(f"expected a JSON object of result settings, got {value!r}")
+        return ResultSettings.from_mapping(value)
     if not isinstance(value, str):
         raise TypeError("text expected")
     return value

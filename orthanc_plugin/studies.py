@@ -321,8 +321,7 @@ def payload_for(
         series_uids=tuple(s.series_instance_uid for s in series if isinstance(s, OrthancSeries)),
         outputs=rule.outputs,
         destinations=rule.destinations,
-        series_rules=rule.series_rules_data,
-        series_rules_source=rule.series_rules_source,
+        series_rules=rule.series_rules,
         model=model,
         fingerprint=job_fingerprint(study.study_id, rule.name, counted, model),
     )

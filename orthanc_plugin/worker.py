@@ -37,7 +37,7 @@ from orthanc_plugin.jobqueue import (
 from orthanc_plugin.model_runs import ModelRuns
 from orthanc_plugin.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.prefetch import skippable_series
-from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest, Processor, series_rules_of
+from orthanc_plugin.processing import ProcessingOutcome, ProcessingRequest, Processor
 from orthanc_plugin.settings import WorkerSettings
 from orthanc_plugin.studies import StudyRecord
 
@@ -435,7 +435,7 @@ class Worker:
     def _fetch(self, payload: JobPayload, request: ProcessingRequest | None = None) -> list[bytes]:
         """The input series' instances; of a series the engine will ignore (see
         :mod:`orthanc_plugin.prefetch`) only the first."""
-        rules = series_rules_of(request) if request is not None else None
+        rules = request.series_rules if request is not None else None
         instances: list[bytes] = []
         missing = []
         empty = 0

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lesion_engine.engine import AnyEngine, Engine, EngineResult
     from lesion_engine.gland import GlandModel
     from lesion_engine.preprocess import PreparedStudy
+    from lesion_engine.result_types import ModelInfo
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -221,7 +222,7 @@ class _GlandBeside:
         self._gland = gland
 
     @property
-    def model_info(self) -> dict[str, str]:
+    def model_info(self) -> ModelInfo:
         return self._engine.model_info
 
     def run(self, prepared: PreparedStudy) -> EngineResult:

@@ -66,7 +66,10 @@ def test_payload_written_before_schema_versions_is_read_as_version_1() -> None:
     assert payload.series == ("se-a", "se-b")
     assert payload.outputs == (Output.SEG, Output.SR, Output.PMAP)
     assert payload.destinations == Destinations(modalities=("pacs",))
-    assert payload.series_rules == PAYLOAD_BEFORE_VERSIONS["series_rules"]
+    assert payload.series_rules is not None  # validated as the engine's series rules
+    assert payload.series_rules.to_json() == PAYLOAD_BEFORE_VERSIONS["series_rules"]
+    assert payload.series_rules.source == PAYLOAD_BEFORE_VERSIONS["series_rules_source"]
+    assert payload.series_rules.t2w.include[0].describe() == "SeriesDescription~/(?i)tse_ax/"
     assert payload.key == "prostate-mr:0a1b2c3d-study:33d1416c7d622354c0c1b44dca40a55e"
     assert payload.to_json() == {**PAYLOAD_BEFORE_VERSIONS, "schema_version": 1}  # same keys, same values
 
@@ -120,6 +123,10 @@ def test_a_newer_schema_version_is_refused_with_a_clear_error() -> None:
         ),
         ({"destinations": {"modalities": "pacs"}}, "key 'destinations': expected lists of destination names"),
         ({"series_rules": ["x"]}, "key 'series_rules': expected a JSON object"),
+        (
+            {"series_rules": {"min_slices": "many"}},
+            r"key 'series_rules': rules.yaml \(rules\[0\].series_rules\), field min_slices: must be an integer",
+        ),
         ({"priority_class": "urgent"}, r"unknown key\(s\) 'priority_class' for schema_version 1"),
     ],
 )

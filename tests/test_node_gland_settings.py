@@ -11,6 +11,7 @@ import pytest
 from lesion_engine.errors import ConfigError
 from lesion_engine.gland import GlandSettings
 from lesion_engine.gland_card import GlandModelError
+from lesion_engine.result_types import ModelInfo
 from orthanc_plugin.processing import EngineProcessor, ProcessingRequest, ProcessorSettings
 from orthanc_plugin.settings import WorkerSettings
 from tests.node_env import make_study
@@ -21,6 +22,13 @@ QUEUE = {"Queue": "sqlite:///q.sqlite"}
 def test_gate_fields_default_and_read_from_the_section() -> None:
     default = WorkerSettings.from_section(QUEUE)
     assert (default.gland_gate, default.gland_margin_mm, default.gland_required) == ("auto", 5.0, False)
+    engine = GlandSettings()  # the node's gate defaults are the engine's
+    assert (default.gland_margin_mm, default.gland_required, default.gland_runtime) == (
+        engine.margin_mm,
+        engine.required,
+        engine.runtime,
+    )
+    assert (default.gland_min_ml, default.gland_max_ml) == (engine.min_volume_ml, engine.max_volume_ml)
     settings = WorkerSettings.from_section(
         {**QUEUE, "GlandGate": "on", "GlandMarginMm": 3, "GlandRequired": True}
     )
@@ -68,7 +76,7 @@ def test_auto_follows_the_model_and_on_off_override_it(tmp_path: Path) -> None:
 
 
 class _FailingGlandEngine:
-    model_info: ClassVar[dict[str, str]] = {"name": "m", "version": "1", "sha256": "0"}
+    model_info: ClassVar[ModelInfo] = ModelInfo("m", "1", "0")
 
     def run(self, prepared: Any) -> Any:
         raise GlandModelError("the T2W volume is all zeros: there is no gland to find")

@@ -244,7 +244,11 @@ rules:
         tmp_path,
     )
     rule = inline.rules[0]
-    assert rule.series_rules is not None and rule.series_rules_data is not None
+    assert rule.series_rules is not None
+    assert rule.series_rules.to_json() == {
+        "roles": {"t2w": {"include": [{"SeriesDescription": "(?i)tse_ax"}]}}
+    }
+    assert rule.series_rules.source == "rules.yaml (rules[0].series_rules)"
     assert rule.series_rules.t2w.include[0].describe() == "SeriesDescription~/(?i)tse_ax/"
     with pytest.raises(ConfigError) as info:
         parse_rules(
@@ -268,7 +272,8 @@ rules:
         tmp_path,
     )
     assert from_file.rules[0].series_rules is not None and from_file.rules[0].series_rules.min_slices == 4
-    assert from_file.rules[0].series_rules_data == {"min_slices": 4}
+    assert from_file.rules[0].series_rules.to_json() == {"min_slices": 4}
+    assert from_file.rules[0].summary()["series_rules"] == str(tmp_path / "site-series.yaml")
     with pytest.raises(ConfigError, match=r"field rules\[0\]\.series_rules: cannot read"):
         parse_rules(
             "rules:\n  - name: f\n    match: {series: {Modality: [MR]}}\n    series_rules: missing.yaml\n",

@@ -16,6 +16,7 @@ import pytest
 
 from lesion_engine.cli import build_parser
 from lesion_engine.errors import ConfigError
+from lesion_engine.results import ResultSettings
 from orthanc_plugin.jobqueue import QueuePolicy
 from orthanc_plugin.processing import ProcessorSettings
 from orthanc_plugin.settings import (
@@ -68,8 +69,9 @@ def test_a_changed_setting_reaches_the_queue_the_worker_and_the_processor(tmp_pa
     assert (processor.device, processor.model, processor.result_settings) == (
         "cpu",
         "/models/m2",
-        {"manufacturer": "Site"},
+        ResultSettings(manufacturer="Site"),
     )
+    assert worker.to_section()["ResultSettings"] == {"manufacturer": "Site"}  # the form the admin wrote
     assert processor.threads == max(1, (os.cpu_count() or 1) // 2)  # the CPUs shared by the 2 workers
     assert NodeSettings.from_orthanc_configuration({SECTION: node.to_section()}) == node
 
@@ -87,6 +89,40 @@ def test_worker_settings_errors_name_the_field(tmp_path: Path) -> None:
     bad.write_text("[1]")
     with pytest.raises(ConfigError, match="expected a JSON object"):
         WorkerSettings.read(bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            {"manufacturer": "M" * 80},
+            "field ResultSettings: result settings: manufacturer is 80 characters long",
+        ),
+        ({"colour": "red"}, r"field ResultSettings: result settings: unknown key\(s\) colour; known keys:"),
+        (
+            ["manufacturer"],
+            r"field ResultSettings: expected a JSON object of result settings, got \['manufacturer'\]",
+        ),
+    ],
+)
+def test_result_settings_are_read_once_with_the_settings_and_errors_name_the_field(
+    tmp_path: Path, value: object, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NodeSettings.from_orthanc_configuration({SECTION: _section(tmp_path, ResultSettings=value)})
+    node = NodeSettings.from_orthanc_configuration(
+        {SECTION: _section(tmp_path, ResultSettings={"manufacturer": "Site", "sr_series_number": 7})}
+    )
+    assert node.result_settings == ResultSettings(manufacturer="Site", sr_series_number=7)
+    assert node.worker_settings().result_settings is node.result_settings
+    with pytest.raises(
+        ConfigError, match=r"field ResultSettings: must be lesion_engine\.results\.ResultSettings"
+    ):
+        WorkerSettings(queue="sqlite:///q", result_settings={"manufacturer": "Site"})  # type: ignore[arg-type]
+
+
+def test_the_processor_settings_take_their_defaults_from_the_settings_fields() -> None:
+    assert ProcessorSettings() == ProcessorSettings.from_settings(WorkerSettings(queue="sqlite:///q"))
 
 
 def test_worker_process_reads_its_settings_file_and_watches_its_parent(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from lesion_engine.picai_nnunet.card import NnunetModelCard
 from lesion_engine.picai_nnunet.checkpoint import import_picai_nnunet
 from lesion_engine.picai_nnunet.engine import NnunetDetectionEngine, load_nnunet_artifact
 from lesion_engine.picai_unet.engine import load_detection_artifact
+from lesion_engine.result_types import ModelInfo
 from tests.picai_nnunet_reference import (
     NnunetFolds,
     nnunet_folds_fixture,  # noqa: F401 - the session fixture
@@ -87,7 +88,7 @@ def test_import_writes_a_self_describing_artifact_the_engine_loader_runs(
     engine = load_engine(tmp_path / "artifact", "cpu")
     assert isinstance(engine, NnunetDetectionEngine)
     assert engine.kind == "detection-map" and engine.gland is None and not engine.gland_settings.enabled
-    assert engine.model_info == {"name": "nn", "version": "s1", "sha256": card.weights_sha256}
+    assert engine.model_info == ModelInfo("nn", "s1", card.weights_sha256)
     # The artifact holds exactly the checkpoints' network tensors.
     folds, _ = load_nnunet_artifact(tmp_path / "artifact")
     state = _own_checkpoint(nnunet_folds.model_dir / "fold_3" / "model_best.model")["state_dict"]

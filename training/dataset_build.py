@@ -56,6 +56,7 @@ from numpy.typing import NDArray
 
 from lesion_engine.errors import LesionAIError
 from lesion_engine.preprocess import PreparedStudy, prepare_study
+from lesion_engine.results.settings import PRODUCT_NAME
 from lesion_engine.seg_labels import LabelError, SegLabelOptions, node_made, read_seg_labels
 from training.dataset_inputs import (
     LabelFiles,
@@ -691,7 +692,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument(
         "--node-manufacturer",
         action="append",
-        help="Manufacturer of the node's own results (default 'Lesion AI'; repeatable)",
+        help=f"Manufacturer of the node's own results (default {PRODUCT_NAME!r}; repeatable)",
     )
     build.add_argument(
         "--center", default="", help="center column of the marksheet (default InstitutionName)"
@@ -748,7 +749,7 @@ def run(args: argparse.Namespace) -> int:
             hbv_source=args.hbv_source,
             seg=SegLabelOptions(
                 pirads_cspca=None if args.pirads_cspca == "never" else int(args.pirads_cspca),
-                node_manufacturers=tuple(args.node_manufacturer or ("Lesion AI",)),
+                node_manufacturers=tuple(args.node_manufacturer or (PRODUCT_NAME,)),
             ),
             center=args.center,
             zones_model=args.zones_model,

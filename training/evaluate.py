@@ -35,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from lesion_engine.engine import load_engine
+from lesion_engine.engine import AnyEngine, load_engine
 from lesion_engine.loading import LoadedStudy
 from lesion_engine.preprocess import PreparedStudy, prepare_study
 from lesion_engine.result_types import EngineResult
@@ -303,6 +303,97 @@ def _picai_metrics(det_paths: list[Path], label_paths: list[Path], ids: list[str
     )
 
 
+@dataclass(frozen=True)
+class _CaseOutcome:
+    """What the engine gave on one case.
+
+    Attributes
+    ----------
+    case_id : str
+        The case.
+    det_path, label_path : Path
+        Its detection map and binary csPCa reference, written for picai_eval.
+    case : dict
+        Its row of ``metrics.json``'s ``cases``.
+    lesions : list of dict
+        Its rows of ``metrics.json``'s ``lesions`` (:func:`_match`, with the case id).
+    seconds : float
+        The engine's time on it.
+    """
+
+    case_id: str
+    det_path: Path
+    label_path: Path
+    case: dict[str, Any]
+    lesions: list[dict[str, Any]]
+    seconds: float
+
+
+def _evaluate_case(engine: AnyEngine, item: LabelledStudy, det_dir: Path, label_dir: Path) -> _CaseOutcome:
+    """Run the engine on one study, write its detection map and reference, and match its lesions."""
+    started = time.perf_counter()
+    result = engine.run(item.prepared)
+    seconds = time.perf_counter() - started
+    reference = result.detection_map
+    label = _on_grid(sitk.Cast(item.label > 0, sitk.sitkUInt8), reference)
+    det_path = det_dir / f"{item.case_id}_detection_map.nii.gz"
+    label_path = label_dir / f"{item.case_id}_label.nii.gz"
+    sitk.WriteImage(reference, str(det_path), useCompression=True)
+    sitk.WriteImage(label, str(label_path), useCompression=True)
+    rows = _match(result, item.truth, item.label, reference)
+    for row in rows:
+        row["case_id"] = item.case_id
+    case = {
+        "case_id": item.case_id,
+        "cspca": bool(np.any(sitk.GetArrayViewFromImage(label) > 0)),
+        "patient_score": round(result.patient_score, 6),
+        "reported_lesions": len(result.lesions),
+        "seconds": round(seconds, 3),
+    }
+    return _CaseOutcome(item.case_id, det_path, label_path, case, rows, seconds)
+
+
+def _picai_numbers(metrics: Any) -> dict[str, Any]:
+    """PI-CAI's headline metrics of a picai_eval result (AUROC NaN when it is undefined), and their setting."""
+    try:
+        auroc = float(metrics.auroc)
+    except ValueError:
+        auroc = float("nan")
+    ap = float(metrics.AP) + 0.0  # no negative zero
+    return {
+        "auroc": auroc,
+        "AP": ap,
+        "ranking_score": (auroc + ap) / 2.0,
+        "sensitivity_at_0.5_fp": float(metrics.lesion_TPR_at_FPR(0.5)),
+        "sensitivity_at_1_fp": float(metrics.lesion_TPR_at_FPR(1.0)),
+        "num_cases": int(metrics.num_cases),
+        "num_lesions": int(metrics.num_lesions),
+        "picai_eval_version": str(metrics.version),
+        "min_iou": MIN_IOU,
+    }
+
+
+def _metrics_record(
+    metrics: Any, outcomes: list[_CaseOutcome], failed: list[str], engine: AnyEngine, spec: DataSpec
+) -> dict[str, Any]:
+    """The content of ``metrics.json``: PI-CAI's metrics, per-kind results, and the cases and lesions."""
+    lesion_rows = [row for outcome in outcomes for row in outcome.lesions]
+    cases = [outcome.case for outcome in outcomes]
+    seconds = [outcome.seconds for outcome in outcomes]
+    return {
+        **_picai_numbers(metrics),
+        "patient_level_at_0.5": _patient_counts(cases),
+        "per_kind": _per_kind(lesion_rows),
+        "category_confusion": _confusion(lesion_rows),
+        "model": engine.model_info.to_dict(),
+        "data": spec.to_dict(),
+        "failed_cases": failed,
+        "seconds_per_case": round(float(np.mean(seconds)), 3) if seconds else None,
+        "cases": cases,
+        "lesions": lesion_rows,
+    }
+
+
 def evaluate_model(
     spec: DataSpec,
     model: Path | None,
@@ -342,74 +433,21 @@ def evaluate_model(
     det_dir, label_dir = out_dir / "detection_maps", out_dir / "labels"
     det_dir.mkdir(parents=True, exist_ok=True)
     label_dir.mkdir(parents=True, exist_ok=True)
-    det_paths: list[Path] = []
-    label_paths: list[Path] = []
-    used_ids: list[str] = []
+    outcomes: list[_CaseOutcome] = []
     failed: list[str] = []
-    lesion_rows: list[dict[str, Any]] = []
-    cases: list[dict[str, Any]] = []
-    seconds: list[float] = []
     for n, item in enumerate(iter_labelled_studies(spec, ids), start=1):
         if isinstance(item, str):
             failed.append(item)
-            if progress:
-                progress(n, len(ids), item)
-            continue
-        started = time.perf_counter()
-        result = engine.run(item.prepared)
-        seconds.append(time.perf_counter() - started)
-        reference = result.detection_map
-        label = _on_grid(sitk.Cast(item.label > 0, sitk.sitkUInt8), reference)
-        det_path = det_dir / f"{item.case_id}_detection_map.nii.gz"
-        label_path = label_dir / f"{item.case_id}_label.nii.gz"
-        sitk.WriteImage(reference, str(det_path), useCompression=True)
-        sitk.WriteImage(label, str(label_path), useCompression=True)
-        det_paths.append(det_path)
-        label_paths.append(label_path)
-        used_ids.append(item.case_id)
-        rows = _match(result, item.truth, item.label, reference)
-        for row in rows:
-            row["case_id"] = item.case_id
-        lesion_rows.extend(rows)
-        cases.append(
-            {
-                "case_id": item.case_id,
-                "cspca": bool(np.any(sitk.GetArrayViewFromImage(label) > 0)),
-                "patient_score": round(result.patient_score, 6),
-                "reported_lesions": len(result.lesions),
-                "seconds": round(seconds[-1], 3),
-            }
-        )
+        else:
+            outcomes.append(_evaluate_case(engine, item, det_dir, label_dir))
         if progress:
-            progress(n, len(ids), item.case_id)
-    if not used_ids:
+            progress(n, len(ids), item if isinstance(item, str) else item.case_id)
+    if not outcomes:
         raise ValueError(f"no case of {spec.root} could be evaluated")
-    metrics = _picai_metrics(det_paths, label_paths, used_ids)
-    try:
-        auroc = float(metrics.auroc)
-    except ValueError:
-        auroc = float("nan")
-    ap = float(metrics.AP) + 0.0  # no negative zero
-    record: dict[str, Any] = {
-        "auroc": auroc,
-        "AP": ap,
-        "ranking_score": (auroc + ap) / 2.0,
-        "sensitivity_at_0.5_fp": float(metrics.lesion_TPR_at_FPR(0.5)),
-        "sensitivity_at_1_fp": float(metrics.lesion_TPR_at_FPR(1.0)),
-        "num_cases": int(metrics.num_cases),
-        "num_lesions": int(metrics.num_lesions),
-        "picai_eval_version": str(metrics.version),
-        "min_iou": MIN_IOU,
-        "patient_level_at_0.5": _patient_counts(cases),
-        "per_kind": _per_kind(lesion_rows),
-        "category_confusion": _confusion(lesion_rows),
-        "model": engine.model_info,
-        "data": spec.to_dict(),
-        "failed_cases": failed,
-        "seconds_per_case": round(float(np.mean(seconds)), 3) if seconds else None,
-        "cases": cases,
-        "lesions": lesion_rows,
-    }
+    metrics = _picai_metrics(
+        [o.det_path for o in outcomes], [o.label_path for o in outcomes], [o.case_id for o in outcomes]
+    )
+    record = _metrics_record(metrics, outcomes, failed, engine, spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(_json_ready(record), indent=2) + "\n", encoding="utf-8")
     from training.plots import plot_curves

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from lesion_engine.errors import LesionAIError
+from lesion_engine.results.settings import PRODUCT_NAME
 from lesion_engine.sr_measurements import MAX_MEASUREMENTS, MAX_POINTS, PlanarMeasurement
 from training.dataset_inputs import StudyInput, find_studies
 
@@ -371,7 +372,7 @@ class NodeSource:
         url: str,
         user: str | None = None,
         password: str | None = None,
-        node_manufacturers: tuple[str, ...] = ("Lesion AI",),
+        node_manufacturers: tuple[str, ...] = (PRODUCT_NAME,),
         max_study_bytes: int = DEFAULT_MAX_STUDY_BYTES,
         timeout_s: float = 120.0,
     ) -> None:

@@ -261,7 +261,7 @@ class DetectionEngine(EnsembleEngine[PicaiUNet, DetectionModelCard]):
             localization_map=on_t2w(maps.probability, prepared),
             detection_map=on_t2w(detection_of(lesions, maps.detection.shape), prepared),
             timings_s=timings,
-            model=self.model_info,
+            model=self.model_info.to_dict(),
             series={role: prepared.roles[role].series_instance_uid for role in ("t2w", "adc", "hbv")},
             roles=role_report(prepared.roles, prepared.computed),
             warnings=warnings,

@@ -6,7 +6,7 @@ import datetime
 import logging
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,7 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from lesion_engine.result_types import OUTSIDE_PROSTATE
+from lesion_engine.result_types import OUTSIDE_PROSTATE, ModelInfo
 from lesion_engine.results.protocols import LesionLike, ResultLike
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.series import Vector3, build_series
@@ -93,25 +93,6 @@ LESION_COLORS: tuple[tuple[int, int, int], ...] = (
     (60, 255, 60),
     (255, 140, 0),
 )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Name, version and weight digest of the model that produced a result."""
-
-    name: str
-    version: str
-    sha256: str
-
-    @classmethod
-    def from_mapping(cls, model: Mapping[str, str]) -> ModelInfo:
-        """Read and check ``result.model``."""
-        if not isinstance(model, Mapping):
-            raise ValueError("result.model must be a mapping with name, version and sha256")
-        missing = [k for k in ("name", "version", "sha256") if not str(model.get(k) or "").strip()]
-        if missing:
-            raise ValueError(f"result.model lacks {', '.join(missing)}")
-        return cls(str(model["name"]), str(model["version"]), str(model["sha256"]))
 
 
 def algorithm_identity(settings: ResultSettings, model: ModelInfo) -> tuple[str, str]:

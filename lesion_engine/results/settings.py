@@ -20,7 +20,11 @@ from lesion_engine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ResultSettings"]
+__all__ = ["PRODUCT_NAME", "ResultSettings"]
+
+#: The product's name: the default Manufacturer of every object written, and how the node and training
+#: recognise the node's own results (:attr:`ResultSettings.manufacturer` is the configured one).
+PRODUCT_NAME = "Lesion AI"
 
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
 _LO_MAX = 64  # DICOM LO (Long String)
@@ -108,15 +112,15 @@ class ResultSettings:
     write_failure_sc: bool = True
     write_summary: bool = True
     write_kos: bool = True
-    manufacturer: str = "Lesion AI"
-    manufacturer_model_name: str = "Lesion AI prostate bpMRI"
+    manufacturer: str = PRODUCT_NAME
+    manufacturer_model_name: str = f"{PRODUCT_NAME} prostate bpMRI"
     software_versions: str = __version__
     device_serial_number: str = "1"
     institution_name: str | None = None
     algorithm_name: str | None = None
     algorithm_version: str | None = None
-    algorithm_source: str = "Lesion AI"
-    device_observer_name: str = "Lesion AI"
+    algorithm_source: str = PRODUCT_NAME
+    device_observer_name: str = PRODUCT_NAME
     device_observer_uid: str | None = None
     uid_root: str | None = None
     uid_context: str = ""
@@ -234,6 +238,22 @@ class ResultSettings:
                 f"result settings: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
             )
         return cls(**dict(values))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The fields that differ from their defaults: the mapping :meth:`from_mapping` reads back into these
+        settings (JSON-ready, as a configuration writes them).
+
+        Returns
+        -------
+        dict
+            Field name -> value; empty for the default settings.
+        """
+        defaults = ResultSettings()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(defaults, f.name)
+        }
 
     def fingerprint(self) -> str:
         """A short digest of the settings that shape the objects' content, mixed into the derived UIDs.

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from lesion_engine.gland_gate import gate_warnings
 from lesion_engine.results.common import (
     ModelInfo,
+    T2WGrid,
     UidFactory,
     check_result,
     copy_study_extras,
@@ -25,11 +26,11 @@ from lesion_engine.results.failure import write_failure_objects
 from lesion_engine.results.kos import write_kos
 from lesion_engine.results.overlay import write_overlays
 from lesion_engine.results.pmap import write_pmap
-from lesion_engine.results.protocols import ResultLike
+from lesion_engine.results.protocols import LesionLike, ResultLike
 from lesion_engine.results.seg import write_seg
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.results.sr import write_sr
-from lesion_engine.results.sr_gland import prostate_volume_of
+from lesion_engine.results.sr_gland import ProstateVolume, prostate_volume_of
 from lesion_engine.results.summary import write_summary
 from lesion_engine.results.value_limits import fit_text_values
 
@@ -106,6 +107,56 @@ def _make_reproducible(dataset: Dataset, when: datetime.datetime) -> None:
         dataset.TimeOfSecondaryCapture = when.strftime("%H%M%S.%f")
 
 
+@dataclass(frozen=True)
+class _Study:
+    """What every object of one result is written from: the checked result on its T2W grid, and how the
+    objects are named, identified and dated."""
+
+    lesions: Sequence[LesionLike]
+    patient_score: float
+    grid: T2WGrid
+    model: ModelInfo
+    settings: ResultSettings
+    uids: UidFactory
+    when: datetime.datetime
+    prostate: ProstateVolume | None
+    warnings: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        result: ResultLike,
+        source_t2w_datasets: Sequence[Dataset],
+        settings: ResultSettings,
+        input_series_uids: Sequence[str] | None,
+        when: datetime.datetime,
+    ) -> _Study:
+        """Check ``result`` against the T2W instances and derive the UIDs (see :func:`write_results`)."""
+        model = ModelInfo.from_mapping(result.model)
+        grid = t2w_grid(source_t2w_datasets)
+        lesions = check_result(result, grid)
+        series = sorted(set(input_series_uids or []) | {grid.series_instance_uid})
+        return cls(
+            lesions=lesions,
+            patient_score=float(result.patient_score),
+            grid=grid,
+            model=model,
+            settings=settings,
+            uids=UidFactory(settings, [grid.study_instance_uid, *series, model.sha256]),
+            when=when,
+            prostate=prostate_volume_of(result, grid),
+            warnings=gate_warnings([str(w) for w in getattr(result, "warnings", ())]),
+        )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[key]``."""
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
 def write_results(
     result: ResultLike,
     source_t2w_datasets: Sequence[Dataset],
@@ -146,82 +197,95 @@ def write_results(
     """
     settings = settings if settings is not None else ResultSettings()
     when = analysis_time if analysis_time is not None else datetime.datetime.now()
-    model = ModelInfo.from_mapping(result.model)
-    grid = t2w_grid(source_t2w_datasets)
-    lesions = check_result(result, grid)
-    prostate = prostate_volume_of(result, grid)
-    shown = gate_warnings([str(w) for w in getattr(result, "warnings", ())])
-    series = sorted(set(input_series_uids or []) | {grid.series_instance_uid})
-    uids = UidFactory(settings, [grid.study_instance_uid, *series, model.sha256])
-    timings: dict[str, float] = {}
+    study = _Study.of(result, source_t2w_datasets, settings, input_series_uids, when)
     with _quiet_highdicom():
-        seg = None
-        if lesions and settings.write_seg:
-            start = time.perf_counter()
-            seg = write_seg(lesions, grid, model, settings, uids, when)
-            timings["seg"] = time.perf_counter() - start
-        start = time.perf_counter()
-        sr = write_sr(
-            lesions,
-            float(result.patient_score),
-            seg,
-            grid,
-            model,
-            settings,
-            uids,
-            when,
-            prostate=prostate,
-            warnings=shown,
-        )
-        copy_study_extras(sr, grid.datasets[0])
-        timings["sr"] = time.perf_counter() - start
-        summary = None
-        if settings.write_summary:
-            start = time.perf_counter()
-            summary = write_summary(
-                lesions,
-                float(result.patient_score),
-                grid,
-                model,
-                settings,
-                uids,
-                when,
-                prostate=prostate,
-                warnings=shown,
-            )
-            timings["summary"] = time.perf_counter() - start
-        pmap = None
-        if settings.write_pmap:
-            start = time.perf_counter()
-            pmap = write_pmap(result.localization_map, grid, model, settings, uids, when)
-            timings["pmap"] = time.perf_counter() - start
-        overlays: list[Dataset] = []
-        if settings.write_sc:
-            start = time.perf_counter()
-            overlays = write_overlays(
-                lesions, grid, model, settings, uids, when, prostate=prostate, warnings=shown
-            )
-            timings["sc"] = time.perf_counter() - start
-    objects = ResultObjects(seg=seg, sr=sr, pmap=pmap, sc=overlays, timings_s=timings, summary=summary)
+        objects = _write_report(study)
+        _write_images(study, result, objects)
     for dataset in objects.all():
         _make_reproducible(dataset, when)
         fit_text_values(dataset)
     if settings.write_kos:  # after the others are final: it references them
-        start = time.perf_counter()
-        with _quiet_highdicom():
-            objects.kos = write_kos(objects.all(), lesions, grid, model, settings, uids, when)
-        _make_reproducible(objects.kos, when)
-        fit_text_values(objects.kos)
-        timings["kos"] = time.perf_counter() - start
+        _write_key_objects(study, objects)
     logger.info(
         "results for study %s: SEG %s, SR %s, pmap %s, %d overlay image(s)",
-        grid.study_instance_uid,
-        seg.SOPInstanceUID if seg is not None else None,
-        sr.SOPInstanceUID,
-        pmap.SOPInstanceUID if pmap is not None else None,
-        len(overlays),
+        study.grid.study_instance_uid,
+        objects.seg.SOPInstanceUID if objects.seg is not None else None,
+        objects.sr.SOPInstanceUID,
+        objects.pmap.SOPInstanceUID if objects.pmap is not None else None,
+        len(objects.sc),
     )
     return objects
+
+
+def _write_report(study: _Study) -> ResultObjects:
+    """The SEG of the lesions (when there are lesions and it is wanted), the SR that reports them, and the
+    summary image (when wanted)."""
+    timings: dict[str, float] = {}
+    seg = None
+    if study.lesions and study.settings.write_seg:
+        with _timed(timings, "seg"):
+            seg = write_seg(study.lesions, study.grid, study.model, study.settings, study.uids, study.when)
+    with _timed(timings, "sr"):
+        sr = write_sr(
+            study.lesions,
+            study.patient_score,
+            seg,
+            study.grid,
+            study.model,
+            study.settings,
+            study.uids,
+            study.when,
+            prostate=study.prostate,
+            warnings=study.warnings,
+        )
+        copy_study_extras(sr, study.grid.datasets[0])
+    objects = ResultObjects(seg=seg, sr=sr, timings_s=timings)
+    if study.settings.write_summary:
+        with _timed(timings, "summary"):
+            objects.summary = write_summary(
+                study.lesions,
+                study.patient_score,
+                study.grid,
+                study.model,
+                study.settings,
+                study.uids,
+                study.when,
+                prostate=study.prostate,
+                warnings=study.warnings,
+            )
+    return objects
+
+
+def _write_images(study: _Study, result: ResultLike, objects: ResultObjects) -> None:
+    """Add the Parametric Map of the localization map and the overlay images to ``objects``, when wanted."""
+    if study.settings.write_pmap:
+        with _timed(objects.timings_s, "pmap"):
+            objects.pmap = write_pmap(
+                result.localization_map, study.grid, study.model, study.settings, study.uids, study.when
+            )
+    if study.settings.write_sc:
+        with _timed(objects.timings_s, "sc"):
+            objects.sc = write_overlays(
+                study.lesions,
+                study.grid,
+                study.model,
+                study.settings,
+                study.uids,
+                study.when,
+                prostate=study.prostate,
+                warnings=study.warnings,
+            )
+
+
+def _write_key_objects(study: _Study, objects: ResultObjects) -> None:
+    """Add the Key Object Selection of the (final) other objects and the lesions' key images."""
+    with _timed(objects.timings_s, "kos"):
+        with _quiet_highdicom():
+            objects.kos = write_kos(
+                objects.all(), study.lesions, study.grid, study.model, study.settings, study.uids, study.when
+            )
+        _make_reproducible(objects.kos, study.when)
+        fit_text_values(objects.kos)
 
 
 def write_failure(

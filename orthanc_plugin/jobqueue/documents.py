@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from lesion_engine.errors import ConfigError, LesionAIError
 from lesion_engine.outputs import DEFAULT_OUTPUTS, Output, parse_outputs
+from lesion_engine.series_rules import SeriesRules, series_rules_from_json
 from orthanc_plugin.jobqueue.base import NewJob
 from orthanc_plugin.rules import DESTINATION_KINDS, Destinations
 
@@ -204,11 +205,10 @@ class JobPayload:
         The result objects the rule asks for.
     destinations : Destinations
         Where the results are forwarded.
-    series_rules : dict or None
-        The rule's series-selection overrides as written in the rules (a detached JSON object, to be read
-        only; the worker validates it with the engine's series rules); None: the engine's defaults.
-    series_rules_source : str or None
-        Where the overrides came from (for messages).
+    series_rules : SeriesRules or None
+        The rule's series-selection rules; None: the engine's defaults. The document holds their overrides
+        as written in the rules (key ``series_rules``) and where they came from (``series_rules_source``);
+        :meth:`from_json` validates them again with the engine's series rules.
     model : str
         Identity of the model the job was queued for.
     fingerprint : str
@@ -227,8 +227,7 @@ class JobPayload:
     series_uids: tuple[str, ...] = ()
     outputs: tuple[Output, ...] = DEFAULT_OUTPUTS
     destinations: Destinations = field(default_factory=Destinations)
-    series_rules: dict[str, Any] | None = None
-    series_rules_source: str | None = None
+    series_rules: SeriesRules | None = None
     model: str = ""
     fingerprint: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -245,9 +244,10 @@ class JobPayload:
             raise JobDocumentError(
                 f"JobPayload.outputs must be Output members, got {self.outputs!r} (see parse_outputs)"
             )
-        if self.series_rules is not None:
-            object.__setattr__(
-                self, "series_rules", _json_object("JobPayload.series_rules", self.series_rules)
+        if self.series_rules is not None and not isinstance(self.series_rules, SeriesRules):
+            raise JobDocumentError(
+                "JobPayload.series_rules must be the engine's SeriesRules or None, got "
+                f"{type(self.series_rules).__name__}; read overrides with series_rules_from_json"
             )
 
     @property
@@ -277,8 +277,8 @@ class JobPayload:
             "series_uids": list(self.series_uids),
             "outputs": [output.value for output in self.outputs],
             "destinations": self.destinations.to_dict(),
-            "series_rules": _plain(self.series_rules) if self.series_rules is not None else None,
-            "series_rules_source": self.series_rules_source,
+            "series_rules": self.series_rules.to_json() if self.series_rules is not None else None,
+            "series_rules_source": self.series_rules.source if self.series_rules is not None else None,
             "model": self.model,
             "fingerprint": self.fingerprint,
         }
@@ -294,7 +294,7 @@ class JobPayload:
         JobDocumentError
             A key is unknown, missing (``study``, ``rule``, ``series``) or of the wrong type.
         """
-        read = _Reader("job payload", data, cls.SCHEMA_VERSION, _keys(cls))
+        read = _Reader("job payload", data, cls.SCHEMA_VERSION, _keys(cls) | {"series_rules_source"})
         if "series" not in read.data:
             raise JobDocumentError("job payload: key 'series' is missing")
         try:
@@ -309,11 +309,23 @@ class JobPayload:
             series_uids=read.texts("series_uids"),
             outputs=outputs,
             destinations=_destinations(read),
-            series_rules=dict(rules) if (rules := read.mapping("series_rules")) is not None else None,
-            series_rules_source=read.optional_text("series_rules_source"),
+            series_rules=_series_rules(read),
             model=read.text("model"),
             fingerprint=read.text("fingerprint"),
         )
+
+
+def _series_rules(read: _Reader) -> SeriesRules | None:
+    """The rule's series-selection rules, validated again from their overrides (keys ``series_rules`` and
+    ``series_rules_source``)."""
+    overrides = read.mapping("series_rules")
+    source = read.optional_text("series_rules_source")
+    if overrides is None:
+        return None
+    try:
+        return series_rules_from_json(overrides, source or f"series_rules of rule {read.data.get('rule')!r}")
+    except ConfigError as exc:
+        raise JobDocumentError(f"job payload, key 'series_rules': {exc}") from exc
 
 
 def _destinations(read: _Reader) -> Destinations:

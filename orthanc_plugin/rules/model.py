@@ -58,11 +58,9 @@ class RoutingRule:
     description: str = ""
     outputs: tuple[Output, ...] = DEFAULT_OUTPUTS
     destinations: Destinations = field(default_factory=Destinations)
-    #: Raw series-rules overrides (JSON-ready) and where they came from; None: the engine's defaults.
-    series_rules_data: dict[str, Any] | None = None
-    series_rules_source: str | None = None
-    #: The validated series-selection rules of this rule (the engine's defaults when no override).
-    series_rules: SeriesRules | None = field(default=None, compare=False, repr=False)
+    #: The validated series-selection rules of this rule, with their overrides as written and where they
+    #: came from (what a job carries to the worker); None: the engine's defaults.
+    series_rules: SeriesRules | None = field(default=None, repr=False)
     line: int | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -76,7 +74,7 @@ class RoutingRule:
             "continue": self.continue_,
             "outputs": [output.value for output in self.outputs],
             "destinations": self.destinations.to_dict(),
-            "series_rules": self.series_rules_source,
+            "series_rules": self.series_rules.source if self.series_rules is not None else None,
             "match": [alt.describe() for alt in self.match],
             "line": self.line,
         }

@@ -188,21 +188,21 @@ class _Parser:
             raise self.fail(path, f"must be a non-empty list of {', '.join(OUTPUTS)}, got {value!r}")
         return tuple(Output(name) for name in value)
 
-    def series_rules(self, value: Any, path: PathKey) -> tuple[dict[str, Any], str, SeriesRules]:
+    def series_rules(self, value: Any, path: PathKey) -> SeriesRules:
         if isinstance(value, str):
             file = self.series_rules_file(value, path)
             try:
                 sub = read_yaml_file(file)
             except ConfigError as exc:
                 raise self.fail(path, str(exc)) from exc
-            return dict(sub.data or {}), str(file), series_rules_from_document(sub)
+            return series_rules_from_document(sub)
         if not isinstance(value, dict):
             raise self.fail(path, "must be a path to a series-rules YAML file or a mapping of overrides")
         prefix = len(path)
         lines = {p[prefix:]: line for p, line in self.doc.lines.items() if p[:prefix] == path}
         field_name = self.doc.where(path).rsplit(", field ", 1)[-1]
         sub = YamlDocument(f"{self.doc.source} ({field_name})", value, lines)
-        return value, sub.source, series_rules_from_document(sub)
+        return series_rules_from_document(sub)
 
     def series_rules_file(self, value: str, path: PathKey) -> Path:
         """The series-rules file named by a rule: a ``.yaml``/``.yml`` file inside the rules' folder.
@@ -265,13 +265,11 @@ class _Parser:
             if "destinations" in data
             else Destinations()
         )
-        sr_data: dict[str, Any] | None = None
-        sr_source: str | None = None
-        series_rules: SeriesRules | None = None
-        if data.get("series_rules") is not None:
-            sr_data, sr_source, series_rules = self.series_rules(
-                data["series_rules"], (*path, "series_rules")
-            )
+        series_rules = (
+            self.series_rules(data["series_rules"], (*path, "series_rules"))
+            if data.get("series_rules") is not None
+            else None
+        )
         return RoutingRule(
             name=name,
             action=action,
@@ -282,8 +280,6 @@ class _Parser:
             description=description,
             outputs=outputs,
             destinations=destinations,
-            series_rules_data=sr_data,
-            series_rules_source=sr_source,
             series_rules=series_rules,
             line=self.doc.lines.get(path),
         )
