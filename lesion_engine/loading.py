@@ -41,15 +41,18 @@ __all__ = [
 
 #: Storage SOP classes the engine reads as images.
 IMAGE_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+    str(sop_class): sop_class.name
+    for sop_class in (
+        pydicom.uid.MRImageStorage,
+        pydicom.uid.EnhancedMRImageStorage,
+        pydicom.uid.LegacyConvertedEnhancedMRImageStorage,
+        pydicom.uid.CTImageStorage,
+        pydicom.uid.EnhancedCTImageStorage,
+        pydicom.uid.SecondaryCaptureImageStorage,
+        pydicom.uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        pydicom.uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        pydicom.uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    )
 }
 
 #: One input: a path (file or folder) or the bytes of one DICOM file (Part 10, or a bare dataset).

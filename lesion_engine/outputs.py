@@ -50,6 +50,9 @@ class Output(enum.Enum):
 DEFAULT_OUTPUTS: tuple[Output, ...] = (Output.SEG, Output.SR, Output.KOS)
 """The outputs written when none are asked for."""
 
+# pydicom names these UIDs (pydicom.uid.SegmentationStorage, ...), but importing it brings numpy, and this
+# module is read where nothing heavy may load (the node's rules, the CLI): the same values, checked against
+# pydicom's names by the tests.
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"

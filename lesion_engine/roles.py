@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage, MRImageStorage
 
 from lesion_engine.series import Series
 from lesion_engine.series_rules import SeriesRules
@@ -27,9 +28,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["MR_SOP_CLASSES", "SeriesVerdict", "classify_series", "plane_of", "preference_key"]
 
 MR_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.4",
-    "1.2.840.10008.5.1.4.1.1.4.1",
-    "1.2.840.10008.5.1.4.1.1.4.4",
+    str(MRImageStorage),
+    str(EnhancedMRImageStorage),
+    str(LegacyConvertedEnhancedMRImageStorage),
 }
 _PLANES = ("sagittal", "coronal", "axial")
 

@@ -32,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 from lesion_engine.errors import LesionAIError
 from lesion_engine.results.settings import PRODUCT_NAME
@@ -50,7 +51,7 @@ __all__ = [
     "read_seg_labels",
 ]
 
-SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASS_UID = str(SegmentationStorage)
 _PROSTATE_CODE = "41216001"
 _ZONE_CODES = frozenset({"279706003", "399384005"})
 _GLAND = re.compile(r"\b(?:prostate|gland|whole[ _-]?gland)\b", re.IGNORECASE)

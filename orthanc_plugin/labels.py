@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import SegmentationStorage
+
 from lesion_engine.seg_convention import node_made, parse_grade
 from orthanc_plugin.label_checks import label_problem
 from orthanc_plugin.orthanc_api import NotFoundError, RestApi, quote_id
@@ -49,7 +51,7 @@ __all__ = ["LABELS_FILE", "SEG_SOP_CLASS_UID", "Label", "LabelStore", "SegmentTe
 
 #: The labels' table, in the node's data folder.
 LABELS_FILE = "labels.sqlite"
-SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASS_UID = str(SegmentationStorage)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lesion_ai_labels (

@@ -58,7 +58,15 @@ __all__ = [
 
 VERDICTS_FILE = "verdicts.sqlite"
 #: SR storage classes that hold TID 1500 measurements (Basic, Enhanced, Comprehensive, Comprehensive 3D).
-SR_SOP_CLASS_UIDS = frozenset(f"1.2.840.10008.5.1.4.1.1.88.{n}" for n in (11, 22, 33, 34))
+SR_SOP_CLASS_UIDS = frozenset(
+    str(sop_class)
+    for sop_class in (
+        pydicom.uid.BasicTextSRStorage,
+        pydicom.uid.EnhancedSRStorage,
+        pydicom.uid.ComprehensiveSRStorage,
+        pydicom.uid.Comprehensive3DSRStorage,
+    )
+)
 #: Largest SR file read (a radiologist's report is a few tens of kB).
 MAX_SR_BYTES = 8 << 20
 _PLACEHOLDER_NAMES = {"", "unknown^unknown", "unknown", "anonymous"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -32,6 +33,22 @@ def test_parse_outputs_names_the_bad_value_and_the_allowed_ones() -> None:
         parse_outputs(["sr", "segmentation"])
     with pytest.raises(ConfigError, match="not the string"):
         parse_outputs("seg")
+
+
+def test_the_sop_class_literals_are_pydicoms_named_uids() -> None:
+    """outputs.py writes the UIDs out (it may not import pydicom): each is the one pydicom names."""
+    from lesion_engine import outputs
+
+    named = {
+        "SEGMENTATION_STORAGE": pydicom.uid.SegmentationStorage,
+        "COMPREHENSIVE_3D_SR_STORAGE": pydicom.uid.Comprehensive3DSRStorage,
+        "COMPREHENSIVE_SR_STORAGE": pydicom.uid.ComprehensiveSRStorage,
+        "PARAMETRIC_MAP_STORAGE": pydicom.uid.ParametricMapStorage,
+        "SECONDARY_CAPTURE_IMAGE_STORAGE": pydicom.uid.SecondaryCaptureImageStorage,
+        "KEY_OBJECT_SELECTION_DOCUMENT_STORAGE": pydicom.uid.KeyObjectSelectionDocumentStorage,
+    }
+    assert {name: getattr(outputs, name) for name in named} == named
+    assert {uid for uids in SOP_CLASS_UIDS.values() for uid in uids} == set(named.values())
 
 
 def test_sop_classes_are_exact_uids() -> None:

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from lesion_engine.result_types import OUTSIDE_PROSTATE, ModelInfo
 from lesion_engine.results.protocols import LesionLike, ResultLike
@@ -449,7 +449,7 @@ def text_image(
         instance_number=1,
         **device_and_dates(settings, when, reference),
         patient_orientation=("L", "P"),
-        transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=equipment,
         series_description=series_description,
     )

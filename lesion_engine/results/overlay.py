@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from lesion_engine.contour import outline_pixels
 from lesion_engine.results.common import (
@@ -186,7 +187,7 @@ def write_overlays(
             instance_number=number,
             **device_and_dates(settings, when, dataset),
             patient_orientation=orientation,
-            transfer_syntax_uid=hd.UID("1.2.840.10008.1.2.1"),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
             contributing_equipment=equipment,
             series_description=settings.sc_series_description,
         )

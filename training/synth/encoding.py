@@ -25,6 +25,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
     RLELossless,
 )
 
@@ -80,7 +82,11 @@ def encode_frames_dcmtk(frames: PixelArray, bits_stored: int) -> list[bytes]:
         )
     rgb = frames.ndim == 4
     ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3" if not rgb else "1.2.840.10008.5.1.4.1.1.7.4"
+    ds.SOPClassUID = (
+        MultiFrameTrueColorSecondaryCaptureImageStorage
+        if rgb
+        else MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+    )
     ds.SOPInstanceUID = "2.25.1"
     ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
     ds.NumberOfFrames = int(frames.shape[0])
