@@ -30,14 +30,14 @@ from typing import Any
 import torch
 
 from benchmarks.picai_baseline import FOLDS, INPUT_SHAPE, BaselineUNet
-from lesion_engine.artifact import save_artifact
-from lesion_engine.candidates import CandidateConfig
-from lesion_engine.devices import configure_cpu_threads
 from lesion_engine.engine import DEFAULT_ARTIFACT, Engine
-from lesion_engine.loading import LoadedStudy, load_study
-from lesion_engine.model_input import PreprocessConfig
-from lesion_engine.networks import JointModel
-from lesion_engine.preprocess import prepare_loaded_study
+from lesion_engine.intake.loading import LoadedStudy, load_study
+from lesion_engine.intake.preprocess import prepare_loaded_study
+from lesion_engine.model.artifact import save_artifact
+from lesion_engine.model.candidates import CandidateConfig
+from lesion_engine.model.devices import configure_cpu_threads
+from lesion_engine.model.model_input import PreprocessConfig
+from lesion_engine.model.networks import JointModel
 
 logger = logging.getLogger(__name__)
 

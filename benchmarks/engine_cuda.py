@@ -29,12 +29,12 @@ import torch
 
 from benchmarks import DEFAULT_FIXTURE, write_report
 from benchmarks.picai_baseline import FOLDS, INPUT_SHAPE, BaselineUNet
-from lesion_engine.devices import configure_cpu_threads
 from lesion_engine.engine import DEFAULT_ARTIFACT, Engine
-from lesion_engine.loading import LoadedStudy, load_study
+from lesion_engine.intake.loading import LoadedStudy, load_study
+from lesion_engine.intake.preprocess import prepare_loaded_study
 from lesion_engine.logsetup import configure_cli_logging
-from lesion_engine.preprocess import prepare_loaded_study
-from lesion_engine.result_types import EngineResult
+from lesion_engine.model.devices import configure_cpu_threads
+from lesion_engine.model.result_types import EngineResult
 
 logger = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks import DEFAULT_FIXTURE, write_report
-from lesion_engine.devices import configure_cpu_threads
+from lesion_engine.anatomy.gland import GlandModel, GlandSettings, load_gland_model
+from lesion_engine.anatomy.gland_card import resolve_weights
 from lesion_engine.engine import Engine
-from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
-from lesion_engine.gland_card import resolve_weights
-from lesion_engine.loading import load_study
+from lesion_engine.intake.loading import load_study
+from lesion_engine.intake.preprocess import prepare_loaded_study
 from lesion_engine.logsetup import configure_cli_logging
-from lesion_engine.preprocess import prepare_loaded_study
+from lesion_engine.model.devices import configure_cpu_threads
 
 logger = logging.getLogger(__name__)
 

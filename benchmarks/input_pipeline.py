@@ -2,7 +2,7 @@
 
 Both are measured side by side in one run, alternating, so that the ratio holds on any machine. The
 resampling of ADC, HBV and the computed b1400 onto the T2W grid happens when those images are first read
-(:class:`~lesion_engine.preprocess.PreparedStudy`); the benchmark reads all three, so it times the whole
+(:class:`~lesion_engine.intake.preprocess.PreparedStudy`); the benchmark reads all three, so it times the whole
 pipeline whatever a caller later uses.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pydicom
 
-from lesion_engine.preprocess import prepare_study
+from lesion_engine.intake.preprocess import prepare_study
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
-from orthanc_plugin.client import OrthancClient
-from orthanc_plugin.dicomsend import dicom_files, no_delay
-from orthanc_plugin.settings import setting_default
-from tests.node_env import OrthancFleet, OrthancServer, count_by_modality, find_study, jobs, wait_for
+from orthanc_plugin.cli.dicomsend import dicom_files, no_delay
+from orthanc_plugin.node.settings import setting_default
+from orthanc_plugin.worker.client import OrthancClient
+from tests.support.node_env import OrthancFleet, OrthancServer, count_by_modality, find_study, jobs, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,11 @@ LATENCY_TARGET_S = 10.0
 def _artifact(given: Path | None, scratch: Path) -> tuple[str | None, str]:
     if given is not None:
         return str(given), "given artifact"
-    from lesion_engine.artifact import save_artifact
-    from lesion_engine.candidates import CandidateConfig
-    from lesion_engine.model_card import default_artifact
-    from lesion_engine.model_input import PreprocessConfig
-    from lesion_engine.networks import JointModel
+    from lesion_engine.model.artifact import save_artifact
+    from lesion_engine.model.candidates import CandidateConfig
+    from lesion_engine.model.model_card import default_artifact
+    from lesion_engine.model.model_input import PreprocessConfig
+    from lesion_engine.model.networks import JointModel
 
     if (default_artifact() / "model.json").is_file():
         return None, "installed default model"

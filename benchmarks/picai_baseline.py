@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import Tensor
 
-from lesion_engine.picai_unet.network import PicaiUNet, PicaiUNetConfig
+from lesion_engine.model.picai_unet.network import PicaiUNet, PicaiUNetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ FOLDS = 5
 
 
 BaselineUNet = PicaiUNet
-"""The PI-CAI baseline U-Net: the engine's own :class:`~lesion_engine.picai_unet.network.PicaiUNet` (the
+"""The PI-CAI baseline U-Net: the engine's own :class:`~lesion_engine.model.picai_unet.network.PicaiUNet` (the
 network an imported PI-CAI model runs), with picai_baseline's default architecture."""
 
 

@@ -4,11 +4,11 @@ Both run the same five fold checkpoints (the tests' folds: picai_baseline's ``ne
 fixed seeds, the published format, trained briefly on synthetic studies so that the maps have structure;
 the reference's candidate extraction takes longer the more the map holds) on the real fixture study:
 
-* reference: ``process.py``'s ``predict()`` unchanged (:mod:`tests.picai_reference`), from the three
+* reference: ``process.py``'s ``predict()`` unchanged (:mod:`tests.oracles.picai_reference`), from the three
   ``.mha`` files picai_prep converts the chosen series to, to the detection map and case-level likelihood
   written to files, as the grand-challenge container does;
-* ours: :class:`~lesion_engine.picai_unet.engine.DetectionEngine` from the prepared study (the same volumes,
-  read from DICOM by our loader) to the :class:`~lesion_engine.result_types.EngineResult`, with the
+* ours: :class:`~lesion_engine.model.picai_unet.engine.DetectionEngine` from the prepared study (the same volumes,
+  read from DICOM by our loader) to the :class:`~lesion_engine.model.result_types.EngineResult`, with the
   reference's pipeline (the default: the same numbers) and with ``crop_resampling='crop'`` (only the crop
   of each scan resampled: faster, but a few voxels of integer series differ by 1, see the pipeline).
 
@@ -34,12 +34,12 @@ import SimpleITK as sitk
 import torch
 
 from benchmarks import DEFAULT_FIXTURE, REPO, write_report
-from lesion_engine.devices import configure_cpu_threads
-from lesion_engine.picai_unet.card import DetectionModelCard
-from lesion_engine.picai_unet.checkpoint import import_picai_unet
-from lesion_engine.picai_unet.engine import DetectionEngine
-from lesion_engine.picai_unet.pipeline import crop_or_pad
-from lesion_engine.preprocess import PreparedStudy, prepare_study
+from lesion_engine.intake.preprocess import PreparedStudy, prepare_study
+from lesion_engine.model.devices import configure_cpu_threads
+from lesion_engine.model.picai_unet.card import DetectionModelCard
+from lesion_engine.model.picai_unet.checkpoint import import_picai_unet
+from lesion_engine.model.picai_unet.engine import DetectionEngine
+from lesion_engine.model.picai_unet.pipeline import crop_or_pad
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ FIXTURE_SERIES = {"t2w": 10, "adc": 8, "hbv": 9}
 def _folds() -> Path:
     """The tests' five fold checkpoints (published format, trained briefly on synthetic studies: their maps
     have structure, several candidates on the fixture, as real weights give; built once, kept in var/)."""
-    from tests.picai_reference import cached_fold_checkpoints
+    from tests.oracles.picai_reference import cached_fold_checkpoints
 
     return cached_fold_checkpoints(REPO).weights_dir
 
@@ -67,7 +67,7 @@ def _series_folders(dicom_dir: Path) -> dict[int, Path]:
 
 
 FAST = {"crop_resampling": "crop"}
-"""The deliberate differences that buy speed (see :class:`lesion_engine.picai_unet.config.PicaiPipeline`)."""
+"""The deliberate differences that buy speed (see :class:`lesion_engine.model.picai_unet.config.PicaiPipeline`)."""
 
 
 def _agreement(result: Any, reference: Any) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def _time_alternating(
     -------
     _Alternating
     """
-    from tests.picai_reference import run_reference
+    from tests.oracles.picai_reference import run_reference
 
     times: dict[str, list[float]] = {"ours": [], "ours_fast": [], "reference": []}
     stages: dict[str, list[dict[str, float]]] = {"ours": [], "ours_fast": []}
@@ -200,7 +200,7 @@ def _bound_section(stages: list[dict[str, float]], reference_s: float) -> dict[s
 def run(dicom_dir: Path, repeats: int = 3) -> dict[str, Any]:
     """Time the node's ensemble (the reference's pipeline, and only the crops resampled) and the reference pipeline
     side by side; return the report."""
-    from tests.picai_reference import fixture_reference_inputs, load_reference_folds
+    from tests.oracles.picai_reference import fixture_reference_inputs, load_reference_folds
 
     threads = configure_cpu_threads()
     with tempfile.TemporaryDirectory() as scratch:

@@ -4,7 +4,7 @@ The first call pays one-off costs (highdicom loads its tables of the standard); 
 is the median of the repeated, warm calls. The lesions are crafted (no engine run), so the writers are
 called directly (:func:`lesion_engine.results.write_results`, which reports the seconds per object) with
 the input series UIDs the node derives its result UIDs from
-(:func:`lesion_engine.dicom_outputs.input_series_uids`: the series chosen for T2W, ADC and HBV).
+(:func:`lesion_engine.results.dicom_outputs.input_series_uids`: the series chosen for T2W, ADC and HBV).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lesion_engine.preprocess import prepare_study
-from lesion_engine.results import ResultSettings, write_results
+from lesion_engine.intake.preprocess import prepare_study
+from lesion_engine.results.settings import ResultSettings
+from lesion_engine.results.writer import write_results
 
 logger = logging.getLogger(__name__)
 

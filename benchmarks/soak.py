@@ -12,7 +12,7 @@ The goal: the worker's RSS after all studies within 20% of its RSS after the fir
 
 The worker runs the real engine with the installed default model (about 3.7 s per small study, sending
 included, on 2 cores: the 100 studies take about 6 min), so that its memory is the engine's;
-``python -m benchmarks.soak --fake`` runs the test suite's fake processor instead (``tests.node_fakes:factory``:
+``python -m benchmarks.soak --fake`` runs the test suite's fake processor instead (``tests.support.node_fakes:factory``:
 small SEG and SR objects, no model), which also counts the processor's runs per study. The report says which
 processor ran.
 """
@@ -34,10 +34,10 @@ import pydicom
 from benchmarks import write_report
 from benchmarks.node import _artifact, _copy, _extra, _send
 from lesion_engine.logsetup import configure_cli_logging
-from orthanc_plugin.client import OrthancClient
-from orthanc_plugin.dicomsend import dicom_files
+from orthanc_plugin.cli.dicomsend import dicom_files
 from orthanc_plugin.jobqueue import SUPERSEDED
-from tests.node_env import FAKE_PROCESSOR, OrthancFleet, OrthancServer, find_study, wait_for
+from orthanc_plugin.worker.client import OrthancClient
+from tests.support.node_env import FAKE_PROCESSOR, OrthancFleet, OrthancServer, find_study, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ RSS_RATIO_GOAL = 1.2
 STABLE_AGE = 2
 #: The whole soak is stopped (and reported as incomplete) after this many seconds.
 TIME_LIMIT_S = 600.0
-FAKE_NOTE = "fake processor (tests.node_fakes:factory: small SEG + SR per study, no model)"
+FAKE_NOTE = "fake processor (tests.support.node_fakes:factory: small SEG + SR per study, no model)"
 
 
 def _template(folder: Path) -> list[Path]:

@@ -22,11 +22,11 @@ import torch
 
 from benchmarks import write_report
 from lesion_engine.logsetup import configure_cli_logging
-from lesion_engine.model_input import PreprocessConfig
-from training.dataset import DataSpec, build_cache
+from lesion_engine.model.model_input import PreprocessConfig
+from training.datasets.dataset import DataSpec, build_cache
 from training.default_model import DEFAULTS
+from training.fit.train import TrainConfig, train
 from training.synth import SynthConfig, generate_case
-from training.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 

@@ -1,23 +1,23 @@
 """Run a model on prepared studies: localization map, candidates, classification, results on the T2W grid.
 
-:meth:`Engine.run` takes a :class:`~lesion_engine.preprocess.PreparedStudy` through these stages (their
+:meth:`Engine.run` takes a :class:`~lesion_engine.intake.preprocess.PreparedStudy` through these stages (their
 seconds are in :attr:`EngineResult.timings_s`):
 
 ``model_input``
     resample and normalize onto the model grid: with SimpleITK on the CPU
-    (:func:`lesion_engine.model_input.to_model_input`), with torch on the device on a GPU
-    (:func:`~lesion_engine.model_input.to_model_input_tensor`; same values within float rounding); for a
+    (:func:`lesion_engine.model.model_input.to_model_input`), with torch on the device on a GPU
+    (:func:`~lesion_engine.model.model_input.to_model_input_tensor`; same values within float rounding); for a
     model whose localization network is the PI-CAI U-Net (card ``preprocessing.kind`` ``picai``), the PI-CAI
-    crop, computed on the CPU (:func:`lesion_engine.picai_unet.pipeline.network_input`), the crop being the
+    crop, computed on the CPU (:func:`lesion_engine.model.picai_unet.pipeline.network_input`), the crop being the
     model grid;
 ``gland``
-    the whole-gland model on the T2W (:mod:`lesion_engine.gland`), when the anatomical gate is on: the
+    the whole-gland model on the T2W (:mod:`lesion_engine.anatomy.gland`), when the anatomical gate is on: the
     localization map is set to 0 outside the gland dilated by the margin (so no candidate is sought
     there), and no lesion whose centre lies outside it is reported;
 ``localization``
     the localization network: map = sigmoid of the lesion logit; zones = argmax of the zonal logits;
 ``candidates``
-    dynamic-threshold candidates on the map, inside the T2W's coverage (:mod:`lesion_engine.candidates`);
+    dynamic-threshold candidates on the map, inside the T2W's coverage (:mod:`lesion_engine.model.candidates`);
 ``classification``
     the classification network on a patch of images + map around each candidate: probability of
     csPCa = sigmoid of the cancer logit; category = the card's category of the argmax output;
@@ -31,9 +31,9 @@ In :meth:`Engine.run_batch`, ``localization`` and ``classification`` run once fo
 result reports the batch's time for them.
 
 Lesions are numbered 1..n by decreasing probability; how their masks, measurements and maps are made on
-the T2W grid is in :mod:`lesion_engine.result_assembly`. The result types live in
-:mod:`lesion_engine.result_types`, the lesion measurements in :mod:`lesion_engine.measurements` and the
-device and CPU thread set-up in :mod:`lesion_engine.devices`; their public names are importable from here
+the T2W grid is in :mod:`lesion_engine.model.result_assembly`. The result types live in
+:mod:`lesion_engine.model.result_types`, the lesion measurements in :mod:`lesion_engine.model.measurements` and the
+device and CPU thread set-up in :mod:`lesion_engine.model.devices`; their public names are importable from here
 too.
 """
 
@@ -48,29 +48,29 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from lesion_engine.artifact import load_artifact
-from lesion_engine.candidates import extract_candidates
-from lesion_engine.devices import configure_cpu_threads, resolve_device
+from lesion_engine.anatomy.gland import GlandModel, GlandSettings, load_gland_model
+from lesion_engine.anatomy.gland_gate import find_gland
 from lesion_engine.errors import ModelArtifactError
-from lesion_engine.gland import GlandModel, GlandSettings, load_gland_model
-from lesion_engine.gland_gate import find_gland
-from lesion_engine.grid_resample import (
+from lesion_engine.intake.preprocess import PreparedStudy
+from lesion_engine.model.artifact import load_artifact
+from lesion_engine.model.candidates import extract_candidates
+from lesion_engine.model.devices import configure_cpu_threads, resolve_device
+from lesion_engine.model.grid_resample import (
     coverage_mask,
     grid_map,
     resample_affine_linear,
     resample_linear,
 )
-from lesion_engine.measurements import axial_diameter_mm, max_diameter_mm
-from lesion_engine.model_card import ModelCard, default_artifact, stored_card
-from lesion_engine.model_input import to_model_input, to_model_input_tensor
-from lesion_engine.networks import JointModel
-from lesion_engine.picai_nnunet.card import NNUNET_NETWORK
-from lesion_engine.picai_nnunet.engine import NnunetDetectionEngine
-from lesion_engine.picai_unet.card import DETECTION_KIND
-from lesion_engine.picai_unet.engine import DetectionEngine
-from lesion_engine.preprocess import PreparedStudy
-from lesion_engine.result_assembly import StudyWork, assemble_result
-from lesion_engine.result_types import SCHEMA_VERSION, EngineResult, Lesion, ModelInfo
+from lesion_engine.model.measurements import axial_diameter_mm, max_diameter_mm
+from lesion_engine.model.model_card import ModelCard, default_artifact, stored_card
+from lesion_engine.model.model_input import to_model_input, to_model_input_tensor
+from lesion_engine.model.networks import JointModel
+from lesion_engine.model.picai_nnunet.card import NNUNET_NETWORK
+from lesion_engine.model.picai_nnunet.engine import NnunetDetectionEngine
+from lesion_engine.model.picai_unet.card import DETECTION_KIND
+from lesion_engine.model.picai_unet.engine import DetectionEngine
+from lesion_engine.model.result_assembly import StudyWork, assemble_result
+from lesion_engine.model.result_types import SCHEMA_VERSION, EngineResult, Lesion, ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -370,8 +370,8 @@ def load_engine(
     """Load the engine a model artifact needs, by the kind its card states.
 
     A jointly trained model (the packaged default when ``path`` is None) runs in :class:`Engine`; a
-    detection-map model in :class:`~lesion_engine.picai_unet.engine.DetectionEngine` (an imported PI-CAI
-    U-Net ensemble) or :class:`~lesion_engine.picai_nnunet.engine.NnunetDetectionEngine` (an imported PI-CAI
+    detection-map model in :class:`~lesion_engine.model.picai_unet.engine.DetectionEngine` (an imported PI-CAI
+    U-Net ensemble) or :class:`~lesion_engine.model.picai_nnunet.engine.NnunetDetectionEngine` (an imported PI-CAI
     nnU-Net ensemble), as its network says. ``gland`` as for
     :meth:`Engine.from_artifact`: when None, the gate is on for the packaged default model only.
 

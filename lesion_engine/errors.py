@@ -70,7 +70,7 @@ class StudyError(LesionAIError):
     Attributes
     ----------
     report : dict or None
-        When raised by :func:`lesion_engine.preprocess.prepare_study`: the series table and findings
+        When raised by :func:`lesion_engine.intake.preprocess.prepare_study`: the series table and findings
         gathered before the failure (JSON-ready), so that a user sees what the study held.
     """
 

@@ -29,10 +29,10 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from orthanc_plugin.admin import MAX_REQUEST_BYTES
+from orthanc_plugin.admin.routes import MAX_REQUEST_BYTES
 from orthanc_plugin.jobqueue import sqlite_url
-from orthanc_plugin.models import MAX_UPLOAD_BYTES
-from orthanc_plugin.settings import (
+from orthanc_plugin.models.registry import MAX_UPLOAD_BYTES
+from orthanc_plugin.node.settings import (
     DEFAULT_AET,
     DEFAULT_DICOM_PORT,
     DEFAULT_HTTP_PORT,
@@ -62,7 +62,7 @@ __all__ = [
 #: * ``MALLOC_MMAP_THRESHOLD_=1048576``: glibc serves each buffer of 1 MB or more (a request body, a DICOM
 #:   file) from its own mapping and returns it to the system when freed. With glibc's default, sliding
 #:   threshold, 200 refused 6 MB requests left Orthanc 60 to 80 MB larger, kept in its heaps for good. The
-#:   workers Orthanc's plugin starts do not inherit it (:data:`orthanc_plugin.supervisor.ORTHANC_ONLY_ENVIRONMENT`).
+#:   workers Orthanc's plugin starts do not inherit it (:data:`orthanc_plugin.worker.supervisor.ORTHANC_ONLY_ENVIRONMENT`).
 ORTHANC_ENVIRONMENT = {"TCP_NODELAY": "1", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 DEFAULT_PLUGINS_DIR = "/usr/share/orthanc/plugins"
 METADATA_KEY = 1024
@@ -212,7 +212,7 @@ def _site_packages() -> str:
 def write_body_limits(home: Path) -> Path:
     """Write the Lua request filter that refuses a body over its route's cap from the headers, before Orthanc
     reads it (``orthanc_plugin/data/body_limits.lua.in``, with the caps of
-    :func:`orthanc_plugin.admin.body_limit`). Orthanc's Lua filter, not the Python plugin's: orthanc-python
+    :func:`orthanc_plugin.admin.routes.body_limit`). Orthanc's Lua filter, not the Python plugin's: orthanc-python
     4.0 decodes each request's URI to text before a Python filter runs, and answers 500 for one that is not
     UTF-8 (``/lesion-ai/%ff``)."""
     text = Template(packaged_file("body_limits.lua.in")).substitute(

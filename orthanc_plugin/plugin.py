@@ -1,19 +1,19 @@
 """The node's plugin, inside Orthanc's embedded Python: thin glue between Orthanc, the rules and the queue.
 
 * Orthanc's change callback only notes events (it runs on Orthanc's single change thread and must stay
-  cheap). A daemon thread follows the change log (:mod:`orthanc_plugin.changes`), and for each stable
+  cheap). A daemon thread follows the change log (:mod:`orthanc_plugin.intake.changes`), and for each stable
   study applies the loop guard and the routing rules and enqueues the jobs they ask for (idempotent).
   It starts a job earlier, while the study is still being received, once the series the engine reads
-  look complete by their headers (:mod:`orthanc_plugin.completeness`); a job for changed inputs replaces
-  the earlier results (:class:`~orthanc_plugin.studies.ResultReplacement`).
+  look complete by their headers (:mod:`orthanc_plugin.intake.completeness`); a job for changed inputs replaces
+  the earlier results (:class:`~orthanc_plugin.intake.studies.ResultReplacement`).
   A SEG that a radiologist stores into a study the node processed is recorded as a label of the study
-  (:mod:`orthanc_plugin.labels`); that queues nothing.
+  (:mod:`orthanc_plugin.intake.labels`); that queues nothing.
 * At ``ORTHANC_STARTED`` it catches up on what was missed while down and starts the worker processes;
   at ``ORTHANC_STOPPED`` it stops them.
-* It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin`), to which it is an
-  :class:`~orthanc_plugin.node_protocol.AdminNode`, the OHIF viewer under ``/lesion-ai/viewer/``
-  (:mod:`orthanc_plugin.viewer`) and the admins' page under ``/lesion-ai/ui/`` (:mod:`orthanc_plugin.ui`).
-* Workers are processes of the virtual environment's interpreter (:mod:`orthanc_plugin.worker_main`),
+* It serves the admin REST API under ``/lesion-ai/`` (:mod:`orthanc_plugin.admin.routes`), to which it is an
+  :class:`~orthanc_plugin.admin.node_protocol.AdminNode`, the OHIF viewer under ``/lesion-ai/viewer/``
+  (:mod:`orthanc_plugin.admin.viewer`) and the admins' page under ``/lesion-ai/ui/`` (:mod:`orthanc_plugin.admin.ui`).
+* Workers are processes of the virtual environment's interpreter (:mod:`orthanc_plugin.worker.main`),
   started with their settings in a JSON file of the data folder and Orthanc's credentials in their
   environment.
 
@@ -37,16 +37,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lesion_engine.errors import ConfigError
-from lesion_engine.model_card import stored_card
-from orthanc_plugin.admin import AdminApi
-from orthanc_plugin.changes import ChangeFollower, HeaderCache, ReceivingStudies
-from orthanc_plugin.ignored import IGNORED_FILE, IgnoredStudies
+from lesion_engine.model.model_card import stored_card
+from orthanc_plugin.admin.node_protocol import EnqueuedJob, Evaluation, HealthFigures
+from orthanc_plugin.admin.qido import QIDO_ROOT, QidoError, qido_uri
+from orthanc_plugin.admin.routes import AdminApi
+from orthanc_plugin.admin.ui import UI_ROUTE, UiFiles
+from orthanc_plugin.admin.viewer import BASE_URL, ViewerAnswer, viewer_files
+from orthanc_plugin.intake.changes import ChangeFollower, HeaderCache, ReceivingStudies
+from orthanc_plugin.intake.ignored import IGNORED_FILE, IgnoredStudies
+from orthanc_plugin.intake.labels import LABELS_FILE, LabelStore, record_labels
+from orthanc_plugin.intake.studies import ResultReplacement, StudyPlan, plan_study
+from orthanc_plugin.intake.verdicts import VERDICTS_FILE, VerdictStore, record_verdicts
 from orthanc_plugin.jobqueue import JobQueue, JobState, QueuePolicy, open_queue
-from orthanc_plugin.labels import LABELS_FILE, LabelStore, record_labels
-from orthanc_plugin.logsetup import configure_node_logging
-from orthanc_plugin.models import CONFIGURED, ModelRegistry, RegistryError
-from orthanc_plugin.node_protocol import EnqueuedJob, Evaluation, HealthFigures
-from orthanc_plugin.orthanc_api import (
+from orthanc_plugin.models.registry import CONFIGURED, ModelRegistry, RegistryError
+from orthanc_plugin.node.logsetup import configure_node_logging
+from orthanc_plugin.node.orthanc_api import (
     InProcessApi,
     NotFoundError,
     OrthancModule,
@@ -54,15 +59,10 @@ from orthanc_plugin.orthanc_api import (
     answer,
     answer_file,
 )
-from orthanc_plugin.qido import QIDO_ROOT, QidoError, qido_uri
-from orthanc_plugin.rest_leaks import RestReferenceLeak
+from orthanc_plugin.node.rest_leaks import RestReferenceLeak
+from orthanc_plugin.node.settings import NodeSettings
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
-from orthanc_plugin.settings import NodeSettings
-from orthanc_plugin.studies import ResultReplacement, StudyPlan, plan_study
-from orthanc_plugin.supervisor import WorkerSupervisor
-from orthanc_plugin.ui import UI_ROUTE, UiFiles
-from orthanc_plugin.verdicts import VERDICTS_FILE, VerdictStore, record_verdicts
-from orthanc_plugin.viewer import BASE_URL, ViewerAnswer, viewer_files
+from orthanc_plugin.worker.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ REST_ROUTE = "/lesion-ai/([ -~]*)"
 
 
 class _GlobalProperty:
-    """An Orthanc global property as a :class:`orthanc_plugin.changes.PropertyStore`."""
+    """An Orthanc global property as a :class:`orthanc_plugin.intake.changes.PropertyStore`."""
 
     def __init__(self, orthanc: OrthancModule, key: int) -> None:
         self.orthanc = orthanc
@@ -126,7 +126,7 @@ def worker_command(settings: NodeSettings) -> list[str]:
     return [
         settings.python,
         "-m",
-        "orthanc_plugin.worker_main",
+        "orthanc_plugin.worker.main",
         "--settings",
         str(settings.worker_settings_file),
     ]
@@ -235,7 +235,7 @@ class NodePlugin:
     @guarded("REST callback")
     def on_rest(self, output: RestOutput, uri: str, **request: Any) -> None:
         """Orthanc's REST callback for ``/lesion-ai/...`` (an old orthanc-python's leaked references to the
-        request's arguments released once it is answered: :mod:`orthanc_plugin.rest_leaks`)."""
+        request's arguments released once it is answered: :mod:`orthanc_plugin.node.rest_leaks`)."""
         try:
             self._serve_rest(output, uri, request)
         finally:
@@ -273,7 +273,7 @@ class NodePlugin:
 
     def on_qido(self, output: RestOutput, method: str, rest: str, query: dict[str, str]) -> None:
         """Answer one of the viewer's QIDO-RS searches from Orthanc's DICOMweb plugin, with its
-        ``includefield`` values split (:mod:`orthanc_plugin.qido`)."""
+        ``includefield`` values split (:mod:`orthanc_plugin.admin.qido`)."""
         if method != "GET":
             output.SendMethodNotAllowed("GET")
             return
@@ -387,7 +387,7 @@ class NodePlugin:
     # -- routing ------------------------------------------------------------------------------------
     @property
     def model(self) -> str:
-        """Identity of the model jobs are queued for: the active model's (:mod:`orthanc_plugin.models`), read
+        """Identity of the model jobs are queued for: the active model's (:mod:`orthanc_plugin.models.registry`), read
         again at each call so that a promotion or an edited card takes effect at the next study."""
         try:
             return self.models.active().identity
@@ -521,7 +521,7 @@ class NodePlugin:
 
     def start_complete_studies(self) -> list[EnqueuedJob]:
         """Enqueue the jobs of studies being received whose inputs look complete now (see
-        :mod:`orthanc_plugin.completeness`); nothing when ``CompletenessQuietSeconds`` is 0."""
+        :mod:`orthanc_plugin.intake.completeness`); nothing when ``CompletenessQuietSeconds`` is 0."""
         if self.receiving is None:
             return []
         out: list[EnqueuedJob] = []
@@ -542,7 +542,7 @@ class NodePlugin:
         """Apply the loop guard and the rules to a study and enqueue its jobs.
 
         A job for inputs that changed replaces the earlier jobs of its study and rule
-        (:class:`~orthanc_plugin.studies.ResultReplacement`).
+        (:class:`~orthanc_plugin.intake.studies.ResultReplacement`).
 
         Parameters
         ----------
@@ -552,7 +552,7 @@ class NodePlugin:
             Queue again work that was done or failed before (``POST /lesion-ai/studies/{id}/process``).
         early : bool
             The study is still being received: enqueue only the jobs whose inputs look complete by their
-            headers (:meth:`orthanc_plugin.completeness.InputRoles.readiness`); the stable study enqueues
+            headers (:meth:`orthanc_plugin.intake.completeness.InputRoles.readiness`); the stable study enqueues
             the others.
 
         Returns

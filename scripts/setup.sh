@@ -18,7 +18,7 @@ TAPS_SPEC="lavlab-taps==1.1.2"
 # The PI-CAI nnU-Net reference pipeline's nnU-Net (test oracle only; see pyproject.toml's test extras).
 NNUNET_SPEC="nnunet==1.7.0"
 # The OHIF viewer the node serves at /lesion-ai/viewer/: the built app of this npm package, pinned by version
-# and by the integrity of its tarball (the registry's dist.integrity). orthanc_plugin/viewer.py names the
+# and by the integrity of its tarball (the registry's dist.integrity). orthanc_plugin/admin/viewer.py names the
 # same version.
 OHIF_PACKAGE="@ohif/app"
 OHIF_VERSION="3.13.2"

@@ -16,7 +16,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, give each worker its own share of the CPUs (its processes inherit it).
 
     Every torch process sizes its thread pool to the CPUs it may run on
-    (:func:`lesion_engine.devices.configure_cpu_threads`); with two workers on two CPUs, each worker's
+    (:func:`lesion_engine.model.devices.configure_cpu_threads`); with two workers on two CPUs, each worker's
     engines, trainings, Orthancs and reference runs would otherwise start two spinning OpenMP threads, four
     on two CPUs, and run several times slower than on one CPU each.
     """

@@ -59,7 +59,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser, subset: str) -> None:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from training.dataset import DataSpec
+    from training.datasets.dataset import DataSpec
 
     return DataSpec(
         root=args.data,
@@ -196,9 +196,9 @@ def _add_localization_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _localization_start(args: argparse.Namespace) -> Any:
-    """The :class:`~training.localization_start.LocalizationStart` of the options, or None; ValueError
+    """The :class:`~training.fit.localization_start.LocalizationStart` of the options, or None; ValueError
     for options that contradict it."""
-    from training.localization_start import DEFAULT_LR_SCALE, LocalizationStart
+    from training.fit.localization_start import DEFAULT_LR_SCALE, LocalizationStart
 
     options = {
         "--localization-fold": args.localization_fold,
@@ -228,9 +228,9 @@ def _localization_start(args: argparse.Namespace) -> Any:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    """The :class:`~training.train_config.TrainConfig` of the options (ValueError when they are invalid)."""
-    from training.localization_start import default_crop
-    from training.train import TrainConfig
+    """The :class:`~training.fit.train_config.TrainConfig` of the options (ValueError when they are invalid)."""
+    from training.fit.localization_start import default_crop
+    from training.fit.train import TrainConfig
 
     start = _localization_start(args)
     extra: dict[str, Any] = {}
@@ -276,7 +276,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``train`` and return the exit status."""
-    from training.train import train
+    from training.fit.train import train
 
     try:
         config = _train_config(args)
@@ -299,9 +299,9 @@ def run_train(args: argparse.Namespace) -> int:
         f"artifact: {result.artifact}\n"
     )
     if args.eval_data is not None:
-        from training.dataset import DataSpec
-        from training.evaluate import evaluate_model, headline
-        from training.export import update_card_metrics
+        from training.artifact.export import update_card_metrics
+        from training.datasets.dataset import DataSpec
+        from training.evaluation.evaluate import evaluate_model, headline
 
         record = evaluate_model(
             DataSpec(args.eval_data), result.artifact, args.out / "evaluation", device=None
@@ -355,8 +355,8 @@ def _summary(record: dict[str, Any]) -> str:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate`` and return the exit status."""
-    from training.dataset import list_cases
-    from training.evaluate import evaluate_model
+    from training.datasets.dataset import list_cases
+    from training.evaluation.evaluate import evaluate_model
 
     if not args.data.is_dir():
         sys.stderr.write(f"lesion-ai evaluate: --data {args.data} is not a folder\n")

@@ -7,7 +7,7 @@ Steps, all deterministic by seed:
    phantoms differ);
 2. train the joint model (classification gradients flow into the localization network through the map);
 3. train the ablation on the same data and budget with ``--detach-map``;
-4. evaluate both on the held-out set with picai_eval (:mod:`training.evaluate`);
+4. evaluate both on the held-out set with picai_eval (:mod:`training.evaluation.evaluate`);
 5. install the joint model's artifact into ``lesion_engine/data/models/default/`` with the held-out metrics
    and the ablation in its card, and write ``MODEL_CARD.md`` beside it.
 
@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
-from lesion_engine.artifact import read_card
 from lesion_engine.logsetup import TIMESTAMPED_FORMAT, configure_cli_logging
-from training.dataset import DataSpec
-from training.evaluate import evaluate_model, headline
-from training.export import update_card_metrics
-from training.model_card import write_model_card
-from training.synthetic_sets import generate_mixed
-from training.train import TrainConfig, train
+from lesion_engine.model.artifact import read_card
+from training.artifact.export import update_card_metrics
+from training.artifact.model_card import write_model_card
+from training.datasets.dataset import DataSpec
+from training.datasets.synthetic_sets import generate_mixed
+from training.evaluation.evaluate import evaluate_model, headline
+from training.fit.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from lesion_engine.result_types import OUTSIDE_PROSTATE, ModelInfo
+from lesion_engine.intake.series import Vector3, build_series
+from lesion_engine.model.result_types import OUTSIDE_PROSTATE, ModelInfo
 from lesion_engine.results.protocols import LesionLike, ResultLike
 from lesion_engine.results.settings import ResultSettings
-from lesion_engine.series import Vector3, build_series
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from lesion_engine.results.common import (
 )
 from lesion_engine.results.drawing import text_panel
 from lesion_engine.results.settings import ResultSettings
-from lesion_engine.results.sr import observation_context
+from lesion_engine.results.structured.sr import observation_context
 
 logger = logging.getLogger(__name__)
 

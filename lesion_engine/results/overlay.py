@@ -17,7 +17,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from lesion_engine.contour import outline_pixels
+from lesion_engine.model.contour import outline_pixels
 from lesion_engine.results.common import (
     LESION_COLORS,
     ModelInfo,
@@ -32,7 +32,7 @@ from lesion_engine.results.common import (
 from lesion_engine.results.drawing import draw_lines, font, wrap
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
-from lesion_engine.results.sr_gland import ProstateVolume, prostate_line
+from lesion_engine.results.structured.sr_gland import ProstateVolume, prostate_line
 
 logger = logging.getLogger(__name__)
 

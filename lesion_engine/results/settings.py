@@ -87,7 +87,7 @@ class ResultSettings:
     sc_series_description, failure_series_description, failure_sc_series_description : str
         SeriesDescription of the overlay series and of the failure objects.
     write_kos : bool
-        Write a Key Object Selection of the result set (:mod:`lesion_engine.results.kos`): the result
+        Write a Key Object Selection of the result set (:mod:`lesion_engine.results.structured.kos`): the result
         objects and the T2W image at each lesion's index slice.
     kos_series_number : int
         SeriesNumber of the Key Object Selection.
@@ -261,7 +261,7 @@ class ResultSettings:
         The switches that only add or drop optional objects (``write_*``, ``sc_all_slices``) are left out,
         so that turning on an extra output does not give the other objects new UIDs; so are the summary
         image's and the Key Object Selection's own settings (``summary_*``, ``kos_*``), which only their
-        UIDs depend on (:mod:`lesion_engine.results.summary`, :mod:`lesion_engine.results.kos`).
+        UIDs depend on (:mod:`lesion_engine.results.summary`, :mod:`lesion_engine.results.structured.kos`).
         """
         content = {
             k: v

@@ -28,7 +28,7 @@ from lesion_engine.results.common import (
 from lesion_engine.results.drawing import text_panel
 from lesion_engine.results.protocols import LesionLike
 from lesion_engine.results.settings import ResultSettings
-from lesion_engine.results.sr_gland import ProstateVolume, prostate_line
+from lesion_engine.results.structured.sr_gland import ProstateVolume, prostate_line
 
 logger = logging.getLogger(__name__)
 

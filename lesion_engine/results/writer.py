@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from lesion_engine.gland_gate import gate_warnings
+from lesion_engine.anatomy.gland_gate import gate_warnings
 from lesion_engine.results.common import (
     ModelInfo,
     T2WGrid,
@@ -23,14 +23,14 @@ from lesion_engine.results.common import (
     t2w_grid,
 )
 from lesion_engine.results.failure import write_failure_objects
-from lesion_engine.results.kos import write_kos
 from lesion_engine.results.overlay import write_overlays
 from lesion_engine.results.pmap import write_pmap
 from lesion_engine.results.protocols import LesionLike, ResultLike
 from lesion_engine.results.seg import write_seg
 from lesion_engine.results.settings import ResultSettings
-from lesion_engine.results.sr import write_sr
-from lesion_engine.results.sr_gland import ProstateVolume, prostate_volume_of
+from lesion_engine.results.structured.kos import write_kos
+from lesion_engine.results.structured.sr import write_sr
+from lesion_engine.results.structured.sr_gland import ProstateVolume, prostate_volume_of
 from lesion_engine.results.summary import write_summary
 from lesion_engine.results.value_limits import fit_text_values
 
@@ -57,7 +57,7 @@ class ResultObjects:
         The result summary image (:mod:`lesion_engine.results.summary`), when enabled (the default).
     kos : Dataset or None
         The Key Object Selection of the other objects and the lesions' key images
-        (:mod:`lesion_engine.results.kos`), when enabled (the default).
+        (:mod:`lesion_engine.results.structured.kos`), when enabled (the default).
     timings_s : dict of str to float
         Seconds spent per object.
     """
@@ -172,8 +172,8 @@ def write_results(
     result : ResultLike
         The analysis result (lesions with masks on the T2W grid, patient score, model, ...); with
         ``gland_volume_ml``, ``gland_mask`` and ``gland_model`` (the engine's anatomical gate), the SR and
-        the overlays report the prostate volume (:mod:`lesion_engine.results.sr_gland`); the anatomical
-        gate's warnings among its ``warnings`` (:func:`~lesion_engine.gland_gate.gate_warnings`) are written
+        the overlays report the prostate volume (:mod:`lesion_engine.results.structured.sr_gland`); the anatomical
+        gate's warnings among its ``warnings`` (:func:`~lesion_engine.anatomy.gland_gate.gate_warnings`) are written
         in the SR and on the overlays.
     source_t2w_datasets : sequence of Dataset
         Every instance of the T2W series the masks lie on (pixel data is read only for overlays).

@@ -21,7 +21,7 @@ import sysconfig
 
 import orthanc
 
-# The node's configuration section and its keys, as orthanc_plugin.settings names them: this script runs
+# The node's configuration section and its keys, as orthanc_plugin.node.settings names them: this script runs
 # before the package can be imported (it puts it on sys.path), so they are written here too; a test checks
 # that they agree.
 SECTION = "LesionAI"

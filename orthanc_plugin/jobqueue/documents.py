@@ -12,7 +12,7 @@ SHA-256 of the study, the rule, the input series with their instance counts, and
 (:func:`job_fingerprint`): the same work is queued once, and a study that received another instance is
 new work. The input series counted are those the engine may read: the rule's series that the engine's
 header-only role ranker makes T2W, ADC or diffusion candidates (and any whose headers cannot be read);
-all the rule's series when the headers cannot be ranked (:func:`orthanc_plugin.studies.payload_for`). So a
+all the rule's series when the headers cannot be ranked (:func:`orthanc_plugin.intake.studies.payload_for`). So a
 job started as soon as those series were complete is the same job as the one the stable study asks for,
 even when other series (DCE, localizers) arrived in between.
 """
@@ -28,8 +28,8 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from lesion_engine.errors import ConfigError, LesionAIError
-from lesion_engine.outputs import DEFAULT_OUTPUTS, Output, parse_outputs
-from lesion_engine.series_rules import SeriesRules, series_rules_from_json
+from lesion_engine.intake.series_rules import SeriesRules, series_rules_from_json
+from lesion_engine.results.outputs import DEFAULT_OUTPUTS, Output, parse_outputs
 from orthanc_plugin.jobqueue.base import NewJob
 from orthanc_plugin.rules import DESTINATION_KINDS, Destinations
 
@@ -73,7 +73,7 @@ def job_fingerprint(study_id: str, rule: str, inputs: Sequence[tuple[str, int]],
     inputs : sequence of (str, int)
         Orthanc ID and instance count of each input series the engine may read, sorted by ID.
     model : str
-        Identity of the model (:func:`lesion_engine.model_card.model_identity`).
+        Identity of the model (:func:`lesion_engine.model.model_card.model_identity`).
     """
     identity = json.dumps(
         {"study": study_id, "rule": rule, "inputs": [list(item) for item in inputs], "model": model},

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orthanc_plugin.settings import WorkerSettings
+    from orthanc_plugin.node.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from lesion_engine.safe_regex import SafePattern
+from lesion_engine.config.safe_regex import SafePattern
 
 logger = logging.getLogger(__name__)
 

@@ -7,15 +7,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
-from lesion_engine.series_rules import SeriesRules
+from lesion_engine.intake.series_rules import SeriesRules
+from lesion_engine.results.outputs import DEFAULT_OUTPUTS, Output
 from orthanc_plugin.rules.conditions import AlternativeMatch, SeriesView, StudyView
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DESTINATION_KINDS", "OUTPUTS", "Destinations", "RoutingRule", "RoutingRules", "RuleMatch"]
 
-#: Names of the result objects a rule may ask for (see :class:`lesion_engine.outputs.Output`).
+#: Names of the result objects a rule may ask for (see :class:`lesion_engine.results.outputs.Output`).
 OUTPUTS = tuple(output.value for output in Output)
 #: Kinds of destination, as Orthanc names them in its configuration and REST API.
 DESTINATION_KINDS = ("modalities", "dicomweb", "peers")

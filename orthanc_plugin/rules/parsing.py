@@ -14,11 +14,11 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
+from lesion_engine.config.safe_regex import SafePattern, UnsafePatternError, compile_pattern
+from lesion_engine.config.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml_file
 from lesion_engine.errors import ConfigError
-from lesion_engine.outputs import DEFAULT_OUTPUTS, Output
-from lesion_engine.safe_regex import SafePattern, UnsafePatternError, compile_pattern
-from lesion_engine.series_rules import SeriesRules, series_rules_from_document
-from lesion_engine.yamlconfig import PathKey, YamlDocument, read_yaml, read_yaml_file
+from lesion_engine.intake.series_rules import SeriesRules, series_rules_from_document
+from lesion_engine.results.outputs import DEFAULT_OUTPUTS, Output
 from orthanc_plugin.rules.conditions import (
     SERIES_PSEUDO_ATTRIBUTES,
     STUDY_PSEUDO_ATTRIBUTES,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from training.synth.config import COMPRESSIONS, DWI_SCHEMES, EXTRA_DWI, PROFILES, VENDOR_CHOICES, SynthConfig
-from training.synth.encoding import DcmtkMissingError
+from training.synth.dicom.encoding import DcmtkMissingError
 from training.synth.generator import generate
 
 logger = logging.getLogger(__name__)

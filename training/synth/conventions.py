@@ -39,7 +39,7 @@ DiffusionGradientDirectionSequence on DTI images, Siemens ``BMATRIX`` with a Dif
 syngo MR XA writes it). Series that are not diffusion-weighted carry an MR Diffusion group with b = 0 and
 ``NONE`` too: per frame (Siemens, Philips) or shared (GE, standard). Philips also keeps each frame's b-value
 in its private (2001,xx03) inside the frame's per-frame functional group item. ADC and FA maps carry no
-diffusion group. The writing itself is in :mod:`training.synth.diffusion_tags`.
+diffusion group. The writing itself is in :mod:`training.synth.dicom.diffusion_tags`.
 """
 
 from __future__ import annotations

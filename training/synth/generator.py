@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from training.synth.config import CasePlan, SynthConfig, resolve_case
-from training.synth.dicom_writer import series_folder_name, write_series
+from training.synth.dicom.dicom_writer import series_folder_name, write_series
 from training.synth.imaging import synthesize
 from training.synth.phantom import build_phantom
 from training.synth.protocol import plan_study

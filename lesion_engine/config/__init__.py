@@ -1,0 +1,1 @@
+"""Configuration files: safe YAML loading and safe regular expressions."""

@@ -1,0 +1,1 @@
+"""What radiologists give back: SEG labels and their conventions, SR measurements and the verdicts read from them."""

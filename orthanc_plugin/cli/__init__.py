@@ -1,0 +1,1 @@
+"""The node's ``lesion-ai`` sub-commands: ``node``, ``worker``, ``send`` and ``models``."""

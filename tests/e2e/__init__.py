@@ -1,0 +1,1 @@
+"""End-to-end tests: whole workflows on real nodes, and the installed package."""

@@ -1,0 +1,1 @@
+"""Tests of the engine (lesion_engine), one folder per room."""

@@ -1,0 +1,1 @@
+"""Tests of the anatomical gate and the gland model."""

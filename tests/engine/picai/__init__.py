@@ -1,0 +1,1 @@
+"""Tests of the imported PI-CAI models against their reference pipelines."""

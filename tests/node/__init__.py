@@ -1,0 +1,1 @@
+"""Tests of the node (orthanc_plugin), one folder per room."""

@@ -1,0 +1,1 @@
+"""Tests of the plugin in Orthanc: settings, launch, real servers, limits."""

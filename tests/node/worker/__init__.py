@@ -1,0 +1,1 @@
+"""Tests of the workers, the processing and the job queue."""

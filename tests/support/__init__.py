@@ -1,0 +1,1 @@
+"""Helpers of the tests: fakes, real servers, browsers, validators and case builders."""

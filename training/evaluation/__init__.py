@@ -1,0 +1,1 @@
+"""Evaluation with picai_eval, and its plots."""

@@ -1,0 +1,1 @@
+"""Fitting: the training loop, its configuration, losses, checkpoints, distributed runs and logs."""

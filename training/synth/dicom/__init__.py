@@ -1,0 +1,1 @@
+"""Writing synthetic studies as DICOM: classic and Enhanced MR, vendor diffusion tags, encodings."""
