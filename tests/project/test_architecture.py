@@ -276,3 +276,28 @@ def test_the_readme_layout_names_every_room() -> None:
             if sub.parent != folder and "data" not in sub.parts and f"{sub.parent.name}/" not in layout:
                 missing.append(str(sub.parent.relative_to(REPO)))
     assert not missing, f"rooms missing from the README's Layout: {missing}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(paths: list[Path], root: Path) -> list[str]:
+    """Functions (methods and nested ones too) of more than MAX_FUNCTION_LINES lines, def line to last line."""
+    found = []
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_outside_the_tests_is_longer_than_80_lines(tmp_path: Path) -> None:
+    assert not long_functions(sorted(_modules().values()), REPO)
+    # The check itself sees a long function.
+    sample = tmp_path / "sample.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    sample.write_text(f"def f() -> None:\n{body}", encoding="utf-8")
+    assert long_functions([sample], tmp_path) == [f"sample.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]

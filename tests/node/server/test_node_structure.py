@@ -32,11 +32,18 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_admin_does_not_import_the_plugin() -> None:
-    imported = _imported_modules(REPO / "orthanc_plugin" / "admin.py")
+    imported = _imported_modules(REPO / "orthanc_plugin" / "admin" / "routes.py")
     assert "orthanc_plugin.plugin" not in imported
     assert "orthanc_plugin.admin.node_protocol" in imported
     # neither do the modules it is built on
-    for module in ("node_protocol", "source_archive", "admin_rules", "admin_models", "rules_history", "ui"):
+    for module in (
+        "admin/node_protocol",
+        "node/source_archive",
+        "admin/rules",
+        "admin/models",
+        "rules/history",
+        "admin/ui",
+    ):
         assert "orthanc_plugin.plugin" not in _imported_modules(REPO / "orthanc_plugin" / f"{module}.py")
 
 

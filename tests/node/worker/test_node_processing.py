@@ -113,12 +113,12 @@ def test_load_processor() -> None:
 def test_a_failing_report_writer_does_not_turn_a_failure_into_retries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lesion_engine.results
+    import lesion_engine.results.writer
 
     def broken(*args: object, **kwargs: object) -> list[pydicom.Dataset]:
         raise ValueError("writer bug")
 
-    monkeypatch.setattr(lesion_engine.results, "write_failure", broken)
+    monkeypatch.setattr(lesion_engine.results.writer, "write_failure", broken)
     make_study(tmp_path / "ct", modality="CT", study_description="CT", body_part="CHEST")
     instances = [p.read_bytes() for p in sorted((tmp_path / "ct").iterdir())]
     outcome = EngineProcessor(ProcessorSettings())(
