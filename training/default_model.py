@@ -32,7 +32,7 @@ import torch
 from lesion_engine.logsetup import TIMESTAMPED_FORMAT, configure_cli_logging
 from lesion_engine.model.artifact import read_card
 from training.artifact.export import update_card_metrics
-from training.artifact.model_card import write_model_card
+from training.artifact.markdown_card import write_model_card
 from training.datasets.dataset import DataSpec
 from training.datasets.synthetic_sets import generate_mixed
 from training.evaluation.evaluate import evaluate_model, headline
