@@ -81,7 +81,19 @@ class OrthancClient:
     def request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
     ) -> bytes:
-        """Send one request; returns the body of a 2xx answer.
+        """Send one request; returns the body of a 2xx answer (see :meth:`exchange`)."""
+        return self.exchange(method, path, body, content_type)[0]
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[bytes, dict[str, str]]:
+        """Send one request with extra ``headers``; returns the body and the headers (lower-case names) of
+        a 2xx answer.
 
         Raises
         ------
@@ -92,13 +104,13 @@ class OrthancClient:
         RestApiError
             Any other non-2xx answer (the message holds Orthanc's error details).
         """
-        headers = dict(self._headers)
+        sent = {**self._headers, **(headers or {})}
         if content_type is not None:
-            headers["Content-Type"] = content_type
+            sent["Content-Type"] = content_type
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                conn.request(method, self._prefix + path, body=body, headers=headers)
+                conn.request(method, self._prefix + path, body=body, headers=sent)
                 response = conn.getresponse()
                 data = response.read()
             except (TimeoutError, http.client.HTTPException, ConnectionError, OSError) as exc:
@@ -114,7 +126,7 @@ class OrthancClient:
             if response.getheader("Connection", "").lower() == "close":
                 self._drop()
             if 200 <= response.status < 300:
-                return data
+                return data, {k.lower(): v for k, v in response.getheaders()}
             message = f"{method} {path}: HTTP {response.status}: {_details(data)}"
             if response.status == 404:
                 raise NotFoundError(message, 404)
@@ -141,9 +153,17 @@ class OrthancClient:
         data = self.request("POST", path, body, content_type)
         return json.loads(data) if data.strip() else None
 
-    def put_text(self, path: str, text: str) -> bytes:
-        """PUT a text body."""
-        return self.request("PUT", path, text.encode("utf-8"), "text/plain")
+    def get_versioned(self, path: str) -> tuple[bytes, str | None]:
+        """GET a metadata value or attachment with its ``ETag`` (its revision and content digest, to give
+        back as ``if_match`` when replacing it)."""
+        data, headers = self.exchange("GET", path)
+        return data, headers.get("etag")
+
+    def put_text(self, path: str, text: str, if_match: str | None = None) -> bytes:
+        """PUT a text body; with ``if_match`` (an ``ETag`` from :meth:`get_versioned`), only if the value
+        is still that one (else Orthanc answers 409 Conflict: a :class:`RestApiError` of status 409)."""
+        headers = {"If-Match": if_match} if if_match is not None else None
+        return self.exchange("PUT", path, text.encode("utf-8"), "text/plain", headers)[0]
 
     def delete(self, path: str) -> bytes:
         """DELETE."""

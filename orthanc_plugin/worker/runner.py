@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import FrameType
@@ -67,9 +68,52 @@ class OrthancRest(Protocol):
         """POST raw bytes."""
         ...
 
-    def put_text(self, path: str, text: str) -> bytes:
-        """PUT a text body."""
+    def get_versioned(self, path: str) -> tuple[bytes, str | None]:
+        """GET a metadata value with its ``ETag``."""
         ...
+
+    def put_text(self, path: str, text: str, if_match: str | None = None) -> bytes:
+        """PUT a text body; with ``if_match``, only over that version (else 409)."""
+        ...
+
+
+#: How many times a study record is read again and merged when another writer changed it meanwhile.
+RECORD_ATTEMPTS = 8
+
+
+def update_study_record(
+    client: OrthancRest, study_id: str, metadata_name: str, change: Callable[[StudyRecord], None]
+) -> StudyRecord:
+    """Apply ``change`` to a study's record (its metadata ``metadata_name``) without losing another
+    writer's change: read it with its ``ETag``, change it, and write it back only over that version
+    (``If-Match``); on 409 Conflict (another worker, rule or server wrote it meanwhile; or created it,
+    which Orthanc refuses without ``If-Match`` when ``CheckRevisions`` is on, as the node sets it), read
+    it again and apply ``change`` to the new one. Returns the record written.
+
+    Raises
+    ------
+    RestApiError
+        Still in conflict after :data:`RECORD_ATTEMPTS` reads, or any other refusal.
+    """
+    path = f"/studies/{quote_id(study_id)}/metadata/{quote_id(metadata_name)}"
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
+        try:
+            current, etag = client.get_versioned(path)
+        except NotFoundError:
+            current, etag = b"", None
+        record = StudyRecord.from_text(current)
+        change(record)
+        try:
+            client.put_text(path, record.to_text(), if_match=etag)
+            return record
+        except RestApiError as exc:
+            if exc.status != 409 or attempt == RECORD_ATTEMPTS:
+                raise
+            logger.info(
+                "study %s: its record changed meanwhile (%s); read again, attempt %d", study_id, exc, attempt
+            )
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class PermanentJobError(Exception):
@@ -584,23 +628,20 @@ class Worker:
 
     # -- study record -------------------------------------------------------------------------------
     def _record(self, run: _Run) -> None:
-        """Record on the study (metadata) which model processed it under which rule, and its results."""
+        """Record on the study (metadata) which model processed it under which rule, and its results
+        (:func:`update_study_record`: no other writer's change is lost)."""
         job, progress = run.job, run.progress
-        study = quote_id(job.study_id)
-        name = quote_id(self.options.metadata_name)
-        try:
-            current = self.client.get_bytes(f"/studies/{study}/metadata/{name}")
-        except NotFoundError:
-            current = b""
-        record = StudyRecord.from_text(current)
-        record.processed[job.key] = {
-            "rule": job.rule,
-            "model": job.model,
-            "model_info": dict(progress.model),
-            "status": progress.status,
-            "reason": progress.reason,
-            "job": job.id,
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        record.result_series = sorted(set(record.result_series) | set(progress.result_series))
-        self.client.put_text(f"/studies/{study}/metadata/{name}", record.to_text())
+
+        def change(record: StudyRecord) -> None:
+            record.processed[job.key] = {
+                "rule": job.rule,
+                "model": job.model,
+                "model_info": dict(progress.model),
+                "status": progress.status,
+                "reason": progress.reason,
+                "job": job.id,
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            record.result_series = sorted(set(record.result_series) | set(progress.result_series))
+
+        update_study_record(self.client, job.study_id, self.options.metadata_name, change)

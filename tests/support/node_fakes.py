@@ -9,6 +9,7 @@ Behaviour is steered by environment variables (inherited by the workers that the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -183,9 +184,23 @@ class FakeRest:
         self.stored.append(body)
         return {"ID": f"r{len(self.stored)}", "ParentSeries": f"rs-{body.decode()[:6]}", "Status": "Success"}
 
-    def put_text(self, path: str, text: str) -> bytes:
-        self.metadata[path.rsplit("/", 1)[-1]] = text
+    def get_versioned(self, path: str) -> tuple[bytes, str | None]:
+        data = self.get_bytes(path)
+        return data, _etag(data) if "/metadata/" in path else None
+
+    def put_text(self, path: str, text: str, if_match: str | None = None) -> bytes:
+        """As Orthanc with CheckRevisions: a value is replaced only over the version read (else 409)."""
+        name = path.rsplit("/", 1)[-1]
+        current = self.metadata.get(name)
+        if current is not None and if_match != _etag(current.encode()):
+            raise RestApiError(f"PUT {path}: HTTP 409: A bad revision number was provided", 409)
+        self.metadata[name] = text
         return b""
+
+
+def _etag(data: bytes) -> str:
+    """Orthanc's ETag of a metadata value: its revision and the MD5 of its content."""
+    return f'"0-{hashlib.md5(data).hexdigest()}"'
 
 
 class Scripted:

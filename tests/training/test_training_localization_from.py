@@ -318,8 +318,11 @@ class _StudyRest:
     def post_json(self, path: str, body: Any) -> Any:
         return self._base.post_json(path, body)
 
-    def put_text(self, path: str, text: str) -> bytes:
-        return self._base.put_text(path, text)
+    def get_versioned(self, path: str) -> tuple[bytes, str | None]:
+        return self._base.get_versioned(path)
+
+    def put_text(self, path: str, text: str, if_match: str | None = None) -> bytes:
+        return self._base.put_text(path, text, if_match)
 
     def post_bytes(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
         assert path == "/instances"
