@@ -249,6 +249,36 @@ def load_sr(page: OhifPage, description: str, count: int, timeout_s: float = 45)
     return page.measurement_rows()
 
 
+#: Mean grey level of the viewport canvas above which it shows an image (a T2W slice: 60 or more; a canvas
+#: with no image, only annotations on black: 1 or 2).
+IMAGE_SHOWN_MEAN = 20.0
+
+
+def canvas_mean(page: OhifPage) -> float:
+    """Mean grey level (0..255) of the active viewport's canvas, from a screenshot of it."""
+    from PIL import Image, ImageStat
+
+    canvas = page.driver.find_element("css selector", ".cornerstone-canvas")
+    with Image.open(io.BytesIO(canvas.screenshot_as_png)) as shot:
+        return float(ImageStat.Stat(shot.convert("L")).mean[0])
+
+
+def image_shown(page: OhifPage, timeout_s: float) -> bool:
+    """Whether the viewport shows an image within ``timeout_s``.
+
+    Under heavy CPU load OHIF 3.13 can set a viewport up before its canvas has its size: the slice stays
+    black, every measurement is drawn at one point and a new one measures metres. What a radiologist does
+    then, reloading the page, is what :func:`give_verdicts` does.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if canvas_mean(page) > IMAGE_SHOWN_MEAN:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def delete_measurement(page: OhifPage, title: str, timeout_s: float = 10) -> None:
     """Delete the measurement titled ``title`` with its row's actions menu ("..." -> "Delete").
 
@@ -638,8 +668,13 @@ def give_verdicts(
     if open_first:
         open_study(page, node.url, study_uid, [sr_description])
         rows = load_sr(page, sr_description, count)
+        if not image_shown(page, 15):
+            shots.append(page.screenshot(prefix + "00-no-image-reloaded"))
+            open_study(page, node.url, study_uid, [sr_description])
+            rows = load_sr(page, sr_description, count)
     else:
         rows = page.measurement_rows()
+    assert image_shown(page, 15), f"the viewport shows no image (mean grey {canvas_mean(page):.1f})"
     shots.append(page.screenshot(prefix + "01-loaded"))
     assert len(rows) == count, f"{len(rows)} measurements listed, expected {count}: {rows}"
     titles = [r["title"] for r in rows]
@@ -657,6 +692,8 @@ def give_verdicts(
         assert free, f"every image holds an AI measurement: {ai_images}"
         image = min(free, key=lambda i: (abs(i - (size + 1) / 2), i))
     assert image not in ai_images, f"image {image} holds an AI measurement ({ai_images})"
+    scroll_to_image(page, image)
+    assert image_shown(page, 15), f"image {image} is not shown (mean grey {canvas_mean(page):.1f})"
     row = draw_length(page, image)
     uid = current_image_uid(page)
     shots.append(page.screenshot(prefix + "03-drawn"))
