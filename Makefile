@@ -20,14 +20,16 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# Two workers, each on its own CPU (tests/conftest.py); work stealing, so that neither idles while the other
+# still has a queue of long tests (Orthanc, browsers, the PI-CAI reference runs).
 pytest: setup
-	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 # Unit and fake-Orthanc tests only (no real Orthanc, PostgreSQL, wheel build, real fixture or full-size study): the
 # quick check while editing. `make test` stays the whole suite.
@@ -35,7 +37,7 @@ FAST_MARKERS := not slow and not orthanc and not postgres and not fixture
 
 test-fast: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n 2 -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n 2 --dist worksteal -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks --out $(BENCH_OUT)
