@@ -2,7 +2,7 @@
 
 The first call pays one-off costs (highdicom loads its tables of the standard); the figure that counts
 is the median of the repeated, warm calls. The lesions are crafted (no engine run), so the writers are
-called directly (:func:`lesion_engine.results.write_results`, which reports the seconds per object) with
+called directly (:func:`lesion_engine.results.writer.write_results`, which reports the seconds per object) with
 the input series UIDs the node derives its result UIDs from
 (:func:`lesion_engine.results.dicom_outputs.input_series_uids`: the series chosen for T2W, ADC and HBV).
 """

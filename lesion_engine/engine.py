@@ -209,7 +209,7 @@ class Engine:
     @property
     def model_info(self) -> ModelInfo:
         """Name, version and weight digest of the model."""
-        return ModelInfo(self.card.name, self.card.version, self.card.weights_sha256)
+        return ModelInfo.of_card(self.card)
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:

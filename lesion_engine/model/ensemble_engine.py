@@ -121,7 +121,7 @@ class EnsembleEngine(ABC, Generic[FoldT, CardT]):
     @property
     def model_info(self) -> ModelInfo:
         """Name, version and weight digest of the model."""
-        return ModelInfo(self.card.name, self.card.version, self.card.weights_sha256)
+        return ModelInfo.of_card(self.card)
 
 
 #: One blob of a detection map: (likelihood, blob label, mask on the T2W grid, its box, centre LPS mm).

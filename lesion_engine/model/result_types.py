@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +25,19 @@ prostate, and no prostate anatomy in the SEG and the SR."""
 
 SCHEMA_VERSION = "1.4"
 """Version of the ``lesions.json`` document (:meth:`EngineResult.to_json`)."""
+
+
+class CardIdentity(Protocol):
+    """What every model card tells of its model's identity."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def weights_sha256(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,11 @@ class ModelInfo:
             value = getattr(self, f.name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"ModelInfo.{f.name} must be non-empty text, got {value!r}")
+
+    @classmethod
+    def of_card(cls, card: CardIdentity) -> ModelInfo:
+        """The identity a model card gives (any card kind: joint, PI-CAI U-Net, nnU-Net)."""
+        return cls(card.name, card.version, card.weights_sha256)
 
     @classmethod
     def from_mapping(cls, model: Mapping[str, str]) -> ModelInfo:

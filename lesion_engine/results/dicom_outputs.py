@@ -1,7 +1,7 @@
 """From one engine result to the DICOM outputs asked for: the one call the CLI and the node share.
 
 :func:`write_outputs` takes the prepared study and the engine's result, writes the requested outputs
-(:class:`~lesion_engine.results.outputs.Output`) with :func:`lesion_engine.results.write_results` and returns
+(:class:`~lesion_engine.results.outputs.Output`) with :func:`lesion_engine.results.writer.write_results` and returns
 them keyed by output. The UIDs written derive from :func:`input_series_uids` (with the model's digest and
 the result settings), so the same study gives the same objects wherever it is analysed.
 """

@@ -122,7 +122,7 @@ def _failure_sc(
 def write_failure_objects(
     study_datasets: Sequence[Dataset], reason: str, settings: ResultSettings, when: datetime.datetime
 ) -> list[Dataset]:
-    """Build the failure SR (and Secondary Capture image); see :func:`lesion_engine.results.write_failure`."""
+    """Build the failure SR (and Secondary Capture image); see :func:`lesion_engine.results.writer.write_failure`."""
     _check(study_datasets, reason)
     reason = reason.strip()[:_MAX_REASON]
     reference = _reference(study_datasets)

@@ -220,7 +220,7 @@ class WorkerSettings:
         default_factory=ResultSettings,
         metadata=_meta(
             "ResultSettings",
-            "fields of lesion_engine.results.ResultSettings (manufacturer, series numbers, ...)",
+            "fields of lesion_engine.results.settings.ResultSettings (manufacturer, series numbers, ...)",
         ),
     )
 

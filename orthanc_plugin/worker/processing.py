@@ -322,7 +322,7 @@ class EngineProcessor:
             return self._engine
 
     def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
-        """Failure report objects (see :func:`lesion_engine.results.write_failure`); empty when none can be
+        """Failure report objects (see :func:`lesion_engine.results.writer.write_failure`); empty when none can be
         written (no readable instance, or the writer fails: logged)."""
         from lesion_engine.results.writer import write_failure
 
