@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_HTTP_PORT",
     "ORTHANC_ENVIRONMENT",
     "NodeOptions",
+    "cluster_configuration",
     "deep_merge",
     "ensure_credentials",
     "port_in_use",
@@ -106,6 +107,12 @@ class NodeOptions:
     ``LESION_AI_QUEUE`` (SQLite in the data folder), ``LESION_AI_MODEL`` (packaged default),
     ``LESION_AI_DEVICE``, ``LESION_AI_ORTHANC_PLUGINS`` (Debian's plugin folder), ``LESION_AI_VIEWER``
     (1: serve the OHIF viewer at ``/lesion-ai/viewer/``; 0: off).
+
+    Cluster mode (several Orthancs on one PostgreSQL database): ``LESION_AI_CLUSTER`` (the database's
+    ``postgresql://`` URL: Orthanc's index, the job queue unless ``LESION_AI_QUEUE`` names another, and the
+    cluster's own tables), ``LESION_AI_SERVER_ID`` (this Orthanc's identity, unique in the cluster; default
+    the host name and HTTP port) and ``LESION_AI_STORAGE`` (the storage folder every Orthanc of the cluster
+    shares; required in cluster mode).
     """
 
     home: Path = field(default_factory=lambda: Path(os.environ.get("LESION_AI_HOME", "var")))
@@ -122,6 +129,13 @@ class NodeOptions:
         default_factory=lambda: Path(os.environ.get("LESION_AI_ORTHANC_PLUGINS", DEFAULT_PLUGINS_DIR))
     )
     viewer: bool = field(default_factory=lambda: _env_flag("LESION_AI_VIEWER", setting_default("viewer")))
+    cluster: str | None = field(default_factory=lambda: os.environ.get("LESION_AI_CLUSTER") or None)
+    server_id: str | None = field(default_factory=lambda: os.environ.get("LESION_AI_SERVER_ID") or None)
+    storage: Path | None = field(
+        default_factory=lambda: (
+            Path(os.environ["LESION_AI_STORAGE"]) if os.environ.get("LESION_AI_STORAGE") else None
+        )
+    )
     name: str = "lesion-ai"
     #: Further ``LesionAI`` section fields (e.g. ``Processor``, ``LeaseSeconds``) for tests and sites.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +155,21 @@ class NodeOptions:
             raise ValueError(f"aet must be 1 to 16 printable characters, got {self.aet!r}")
         if self.stable_age < 1:
             raise ValueError(f"stable_age must be at least 1 second, got {self.stable_age}")
+        if self.cluster is not None:
+            if not self.cluster.startswith(("postgresql://", "postgres://")):
+                raise ValueError(
+                    f"LESION_AI_CLUSTER must be a postgresql:// URL, got {self.cluster.split('://')[0]!r}"
+                )
+            if self.storage is None:
+                raise ValueError(
+                    "cluster mode needs the storage folder every Orthanc of the cluster shares: set "
+                    "LESION_AI_STORAGE"
+                )
+
+    @property
+    def server_identity(self) -> str:
+        """This Orthanc's identity in a cluster (``server_id``, else the host name and HTTP port)."""
+        return self.server_id or f"{socket.gethostname()}:{self.http_port}"
 
 
 PRIVATE_UMASK = 0o077
@@ -226,6 +255,16 @@ def write_body_limits(home: Path) -> Path:
     return path
 
 
+def cluster_configuration(url: str, server: str) -> dict[str, Any]:
+    """Orthanc's options of a cluster member: the index in PostgreSQL (Debian's orthanc-postgresql), not
+    locked, so that several Orthancs share it, and this server's own identity (Orthanc Book, "Scalability":
+    ``Lock`` false, ``DatabaseServerIdentifier`` unique)."""
+    return {
+        "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "ConnectionUri": url, "Lock": False},
+        "DatabaseServerIdentifier": server,
+    }
+
+
 def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], bool]:
     """Prepare the data folder and write Orthanc's configuration from ``orthanc_plugin/data/orthanc.json.in``.
 
@@ -249,7 +288,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
             handle.write(packaged_file("rules.yaml"))
     settings = NodeSettings(
         home=home,
-        queue=options.queue or sqlite_url(home / "queue.sqlite"),
+        queue=options.queue or options.cluster or sqlite_url(home / "queue.sqlite"),
         rules=rules,
         workers=options.workers,
         python=sys.executable,
@@ -260,15 +299,19 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
         log_dir=home / "logs",
         site_packages=_site_packages(),
         viewer=options.viewer,
+        cluster=options.cluster or "",
+        server_identifier=options.server_identity if options.cluster else "",
     )
     section = deep_merge(settings.to_section(), options.extra)
     NodeSettings.from_orthanc_configuration({SECTION: section})  # validate the extras too
     plugins = [str(options.plugins_dir / "libOrthancDicomWeb.so")]
     if options.with_plugin:
         plugins.insert(0, str(options.plugins_dir / "libOrthancPython.so"))
+    if options.cluster:
+        plugins.append(str(options.plugins_dir / "libOrthancPostgreSQLIndex.so"))
     values = {
         "name": options.name,
-        "storage_dir": str(home / "orthanc-db"),
+        "storage_dir": str(options.storage.resolve() if options.storage else home / "orthanc-db"),
         "index_dir": str(home / "orthanc-db"),
         "http_port": options.http_port,
         "remote_access": options.remote_access,
@@ -288,6 +331,8 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
     if not options.with_plugin:
         for key in ("PythonScript", "Python"):
             config.pop(key, None)
+    if options.cluster:
+        config.update(cluster_configuration(options.cluster, options.server_identity))
     site = home / "orthanc-site.json"
     if site.exists():
         config = deep_merge(config, json.loads(site.read_text(encoding="utf-8")))

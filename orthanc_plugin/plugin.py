@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +44,10 @@ from orthanc_plugin.admin.qido import QIDO_ROOT, QidoError, qido_uri
 from orthanc_plugin.admin.routes import AdminApi
 from orthanc_plugin.admin.ui import UI_ROUTE, UiFiles
 from orthanc_plugin.admin.viewer import BASE_URL, ViewerAnswer, viewer_files
-from orthanc_plugin.intake.changes import ChangeFollower, HeaderCache, ReceivingStudies
+from orthanc_plugin.cluster.database import ClusterDatabaseError
+from orthanc_plugin.cluster.role import ClusterRole
+from orthanc_plugin.cluster.shared import CHANGE_POSITION, RULES, SharedProperty
+from orthanc_plugin.intake.changes import ChangeFollower, HeaderCache, PropertyStore, ReceivingStudies
 from orthanc_plugin.intake.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.intake.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.intake.studies import ResultReplacement, StudyPlan, plan_study
@@ -58,10 +62,12 @@ from orthanc_plugin.node.orthanc_api import (
     RestOutput,
     answer,
     answer_file,
+    quote_id,
 )
 from orthanc_plugin.node.rest_leaks import RestReferenceLeak
 from orthanc_plugin.node.settings import NodeSettings
 from orthanc_plugin.rules import RoutingRules, load_rules, parse_rules
+from orthanc_plugin.rules.history import FOLDER, RulesHistory, RulesHistoryStore
 from orthanc_plugin.worker.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
@@ -163,11 +169,22 @@ class NodePlugin:
         self._rules_stamp = _stamp(settings.rules)
         self.rules: RoutingRules = load_rules(settings.rules)
         self.rules_error: str | None = None
+        #: Orthanc's StableAge (from its configuration; 60 s when unset, as Orthanc).
+        self.stable_age_s = 60.0
+        self.cluster: ClusterRole | None = None
+        store: PropertyStore = _GlobalProperty(orthanc, settings.sequence_property)
+        self._rules_revision: int | None = None
+        if settings.cluster:
+            server = settings.server_identifier or f"{socket.gethostname()}:{os.getpid()}"
+            self.cluster = ClusterRole(settings.cluster, server, settings.dispatcher_lease_s)
+            store = SharedProperty(self.cluster.state, CHANGE_POSITION, server)
         self.follower = ChangeFollower(
             self.api,
-            _GlobalProperty(orthanc, settings.sequence_property),
+            store,
             self.on_stable_study,
             settings.catch_up,
+            gap_s=settings.change_gap_s if self.cluster is not None else 0.0,
+            settled=self.settled if self.cluster is not None else None,
         )
         self.headers = HeaderCache(self.api)
         self.receiving: ReceivingStudies | None = (
@@ -175,7 +192,12 @@ class NodePlugin:
             if settings.completeness_quiet_s > 0
             else None
         )
-        self.replacement = ResultReplacement(self.api, self.queue)
+        self.replacement = ResultReplacement(
+            self.api, self.queue, self.cluster.locks.hold if self.cluster is not None else None
+        )
+        self.rules_history: RulesHistoryStore = (
+            self.cluster.rules_history if self.cluster is not None else RulesHistory(settings.home / FOLDER)
+        )
         self.labels = LabelStore(settings.home / LABELS_FILE)
         self.verdicts = VerdictStore(settings.home / VERDICTS_FILE)
         self.ignored = IgnoredStudies(settings.home / IGNORED_FILE, settings.ignored_keep_days * 86400.0)
@@ -206,7 +228,8 @@ class NodePlugin:
         plugin = cls(orthanc, NodeSettings.from_orthanc_configuration(configuration))
         plugin.storage_dir = Path(str(configuration.get("StorageDirectory", "OrthancStorage"))).absolute()
         # Orthanc's own StableAge (60 s when unset): how long a study that was arriving at a restart waits.
-        plugin.follower.restart_hold_s = float(configuration.get("StableAge", 60))
+        plugin.stable_age_s = float(configuration.get("StableAge", 60))
+        plugin.follower.restart_hold_s = plugin.stable_age_s
         return plugin
 
     # -- registration and events ----------------------------------------------------------------------
@@ -306,6 +329,8 @@ class NodePlugin:
     def start(self) -> None:
         """Start the change follower thread and the workers (at ``ORTHANC_STARTED``)."""
         self._stop.clear()
+        if self.cluster is not None:
+            self._join_cluster(self.cluster)
         self._thread = threading.Thread(target=self._follow, name="lesion-ai-changes", daemon=True)
         self._thread.start()
         if self.settings.workers > 0:
@@ -360,22 +385,56 @@ class NodePlugin:
             self.supervisor.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.cluster is not None:
+            self.cluster.stop()
         self.queue.close()
         self.labels.close()
 
-    def _follow(self) -> None:
+    def _join_cluster(self, cluster: ClusterRole) -> None:
+        """Cluster mode: put this node's rules in the cluster database unless some are there already,
+        and start renewing (or waiting for) the dispatcher lease."""
+        try:
+            if cluster.state.put_if_absent(RULES, self.rules.text, cluster.server):
+                logger.warning("the cluster's rules are this server's rules file %s", self.settings.rules)
+        except ClusterDatabaseError as exc:
+            logger.error("the cluster's rules cannot be read; this server's rules file is in force: %s", exc)
+        cluster.start()
+
+    def _catch_up(self) -> None:
         try:
             handled = self.follower.start()
             if handled:
                 logger.info("caught up: %d stable stud(ies) handled at start", handled)
         except Exception:
             logger.exception("catching up on missed changes failed")
+
+    def _dispatching(self) -> bool:
+        """Whether this server follows the changes now: always on a single node; in cluster mode while it
+        holds the dispatcher lease (when it takes the lease over, it reads the shared position first)."""
+        cluster = self.cluster
+        if cluster is None:
+            return True
+        if cluster.changed():
+            self.follower.reset()
+            if self.receiving is not None:
+                self.receiving.forget_all()
+            if cluster.dispatching:
+                logger.warning("this server (%s) is the cluster's dispatcher now", cluster.server)
+                self._catch_up()
+        return cluster.dispatching
+
+    def _follow(self) -> None:
+        if self.cluster is None:
+            self._catch_up()
         while not self._stop.is_set():
             receiving = self.receiving is not None and self.receiving.active
-            self._wake.wait(_RECEIVING_POLL_S if receiving else _IDLE_POLL_S)
+            idle = _IDLE_POLL_S if self.cluster is None else min(_IDLE_POLL_S, self.cluster.lease.seconds / 3)
+            self._wake.wait(_RECEIVING_POLL_S if receiving else idle)
             self._wake.clear()
             if self._stop.is_set():
                 break
+            if not self._dispatching():
+                continue
             try:
                 self.follower.poll()
                 self.start_complete_studies()
@@ -401,6 +460,8 @@ class NodePlugin:
         An edited file that does not validate leaves the rules in force unchanged; the error is logged once
         and shown by ``GET /lesion-ai/health`` until the file is fixed.
         """
+        if self.cluster is not None:
+            return self._cluster_rules(self.cluster)
         path = self.settings.rules
         stamp = _stamp(path)
         with self._rules_lock:
@@ -418,8 +479,55 @@ class NodePlugin:
             logger.warning("routing rules re-read from %s (%d rule(s))", path, len(rules.rules))
             return self.rules
 
+    def _cluster_rules(self, cluster: ClusterRole) -> RoutingRules:
+        """The rules in force in the cluster database; read again when another server replaced them. When
+        the database cannot be read, or holds rules that do not validate, the rules read before stay in
+        force (health says why)."""
+        with self._rules_lock:
+            try:
+                revision = cluster.state.revision(RULES)
+                if revision is None or revision == self._rules_revision:
+                    return self.rules
+                found = cluster.state.get(RULES)
+            except ClusterDatabaseError as exc:
+                self.rules_error = (
+                    f"the cluster's rules cannot be read, the rules read before stay in force: {exc}"
+                )
+                logger.error("%s", self.rules_error)
+                return self.rules
+            if found is None:
+                return self.rules
+            self._rules_revision = found.revision
+            try:
+                rules = parse_rules(
+                    found.value, f"cluster database, revision {found.revision}", self.settings.rules.parent
+                )
+            except ConfigError as exc:
+                self.rules_error = f"the cluster's rules (revision {found.revision}) are not applied: {exc}"
+                logger.error("%s", self.rules_error)
+                return self.rules
+            self.rules = rules
+            self.rules_error = None
+            logger.warning("routing rules read from the cluster database (revision %d)", found.revision)
+            return rules
+
     def replace_rules(self, rules: RoutingRules) -> None:
-        """Put new (validated) rules in force and save them to the rules file (atomically)."""
+        """Put new (validated) rules in force and save them to the rules file (atomically); in cluster mode
+        to the cluster database, where every server reads them.
+
+        Raises
+        ------
+        OSError
+            The rules file cannot be written.
+        ClusterDatabaseError
+            The cluster database cannot be written.
+        """
+        if self.cluster is not None:
+            with self._rules_lock:
+                revision = self.cluster.state.put(RULES, rules.text, self.cluster.server)
+                self.rules, self._rules_revision, self.rules_error = rules, revision, None
+            logger.warning("routing rules replaced in the cluster database (revision %d)", revision)
+            return
         path = self.settings.rules
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(rules.text, encoding="utf-8")
@@ -430,10 +538,21 @@ class NodePlugin:
             self.rules_error = None
         logger.warning("routing rules replaced (%d rule(s))", len(rules.rules))
 
-    @property
-    def data_dir(self) -> Path:
-        """The node's data folder (``Home``)."""
-        return self.settings.home
+    def settled(self, study_id: str) -> float:
+        """Seconds until a study counts as stable across the cluster: StableAge after its last change in
+        the shared index (Orthanc's ``LastUpdate``, UTC), whichever server received it; 0 when stable.
+
+        Raises
+        ------
+        NotFoundError
+            The study is gone.
+        """
+        study = self.api.get_json(f"/studies/{quote_id(study_id)}")
+        try:
+            changed = datetime.strptime(str(study.get("LastUpdate")), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        except ValueError:
+            return 0.0  # no time to judge by: Orthanc's own stability decides
+        return max(0.0, changed.timestamp() + self.stable_age_s - time.time())
 
     def model_card(self) -> dict[str, Any] | None:
         """The card of the active model's artifact (a promoted model, else ``Model``, else the packaged
@@ -463,6 +582,9 @@ class NodePlugin:
             self.models.state()
         except RegistryError as exc:
             problems.append(f"model registry: {exc}")
+        cluster = self.cluster.figures() if self.cluster is not None else None
+        if self.cluster is not None and self.cluster.error:
+            problems.append(self.cluster.error)
         return HealthFigures(
             problems=tuple(problems),
             uptime_s=time.time() - self.started_at,
@@ -474,6 +596,7 @@ class NodePlugin:
             pending_studies=len(self.follower.pending),
             last_evaluation=self.last_evaluation,
             disk=tuple(disk),
+            cluster=cluster,
         )
 
     def _disk_space(self, problems: list[str]) -> list[dict[str, object]]:

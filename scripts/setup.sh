@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # pixelmed-apps: PixelMed's DicomSRValidator (SR template checks); default-jre-headless runs it.
 # postgresql: the server that the tests of the PostgreSQL job queue start on a free port (their own cluster).
+# orthanc-postgresql: Orthanc's PostgreSQL index, which the servers of a node cluster share (cluster mode).
 # chromium, chromium-driver, fonts-dejavu-core: the headless browser of the viewer's test (OHIF in a real browser).
 APT_PACKAGES=(orthanc orthanc-python orthanc-dicomweb dcmtk python3-venv pixelmed-apps default-jre-headless postgresql
-    chromium chromium-driver fonts-dejavu-core)
+    orthanc-postgresql chromium chromium-driver fonts-dejavu-core)
 PYTHON=/usr/bin/python3
 VENV=.venv
 TORCH_SPEC="torch==2.13.0"

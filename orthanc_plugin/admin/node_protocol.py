@@ -20,6 +20,7 @@ from orthanc_plugin.jobqueue import JobQueue
 from orthanc_plugin.models.registry import ModelRegistry
 from orthanc_plugin.node.orthanc_api import InProcessApi
 from orthanc_plugin.rules import RoutingRules
+from orthanc_plugin.rules.history import RulesHistoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class HealthFigures:
         The latest evaluation of a study.
     disk : tuple of dict
         ``folder``, ``path``, ``free_mb`` and ``total_mb`` of the data folder and of Orthanc's storage.
+    cluster : dict or None
+        In cluster mode: ``server`` (this server's identity), ``dispatching`` (whether it holds the
+        dispatcher lease) and ``dispatcher`` (who holds it, since and until when); None on a single node.
     """
 
     problems: tuple[str, ...]
@@ -104,6 +108,7 @@ class HealthFigures:
     worker_processes: tuple[dict[str, object], ...] = field(default=())
     last_evaluation: Evaluation | None = None
     disk: tuple[dict[str, object], ...] = field(default=())
+    cluster: dict[str, object] | None = None
 
 
 class AdminNode(Protocol):
@@ -140,8 +145,9 @@ class AdminNode(Protocol):
         ...
 
     @property
-    def data_dir(self) -> Path:
-        """The node's data folder (``Home``): the admin API keeps the rules' history there."""
+    def rules_history(self) -> RulesHistoryStore:
+        """Where the earlier versions of the rules are kept (the data folder's ``rules-history``; the cluster
+        database in cluster mode)."""
         ...
 
     def model_card(self) -> dict[str, Any] | None:

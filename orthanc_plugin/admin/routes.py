@@ -304,6 +304,7 @@ class AdminApi:
                 "names": [r.name for r in rules.rules],
             },
             "changes": {"last_sequence": figures.last_sequence, "pending_studies": figures.pending_studies},
+            "cluster": figures.cluster,
             "last_evaluation": figures.last_evaluation.to_json() if figures.last_evaluation else None,
         }
         return 200, body, _JSON

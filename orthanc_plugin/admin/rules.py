@@ -33,7 +33,7 @@ from orthanc_plugin.admin.node_protocol import AdminNode
 from orthanc_plugin.intake.studies import OrthancSeries
 from orthanc_plugin.node.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
 from orthanc_plugin.rules import DESTINATION_KINDS, RoutingRules
-from orthanc_plugin.rules.history import FOLDER, RulesHistory
+from orthanc_plugin.rules.history import RulesHistoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +204,8 @@ class RulesRoutes:
     ----------
     node : AdminNode
         The running node.
-    history : RulesHistory, optional
-        Where earlier versions are kept (default: ``rules-history`` in the node's data folder).
+    history : RulesHistoryStore, optional
+        Where earlier versions are kept (default: the node's, :attr:`AdminNode.rules_history`).
     evaluator : BoundedEvaluator, optional
         Where ``POST rules/test`` evaluates (default: one at a time, :data:`EVALUATION_TIMEOUT_S`).
     """
@@ -213,11 +213,11 @@ class RulesRoutes:
     def __init__(
         self,
         node: AdminNode,
-        history: RulesHistory | None = None,
+        history: RulesHistoryStore | None = None,
         evaluator: BoundedEvaluator | None = None,
     ) -> None:
         self.node = node
-        self.history = history if history is not None else RulesHistory(node.data_dir / FOLDER)
+        self.history = history if history is not None else node.rules_history
         self.evaluator = evaluator if evaluator is not None else BoundedEvaluator()
 
     # -- reading and validating ---------------------------------------------------------------------
@@ -329,14 +329,17 @@ class RulesRoutes:
         previous = self.node.current_rules()
         try:
             self.history.record(previous.text, rules.text, user)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # a folder not writable; the cluster database unreachable
             logger.error("%s: the rules history cannot be written: %s", what, exc)
             return _error(
                 500,
-                f"{what}: the rules were not changed: their history cannot be written in "
-                f"{self.history.folder}: {exc}",
+                f"{what}: the rules were not changed: their history cannot be written ({self.history!r}: {exc})",
             )
-        self.node.replace_rules(rules)
+        try:
+            self.node.replace_rules(rules)
+        except (OSError, RuntimeError) as exc:
+            logger.error("%s: the rules cannot be saved: %s", what, exc)
+            return _error(500, f"{what}: the rules were not changed: they cannot be saved: {exc}")
         logger.warning("%s by %s", what, user or "an unauthenticated request")
         return None
 

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChangeFollower", "HeaderCache", "PropertyStore", "ReceivingStudies"]
 
 _MAX_PENDING = 10000
+#: Missing sequence numbers waited for at most (the oldest are given up first).
+_MAX_GAPS = 1000
 #: Backoff of a study whose evaluation failed (seconds): doubled at each failure up to the maximum.
 _RETRY_FIRST_S = 2.0
 _RETRY_MAX_S = 60.0
@@ -83,6 +85,17 @@ class ChangeFollower:
         own clock); meanwhile only its headers can make it complete (:class:`ReceivingStudies`). 0: at once.
     clock : callable
         Monotonic time in seconds (tests pass their own).
+    gap_s : float
+        How long a missing sequence number is waited for. Orthanc on PostgreSQL numbers changes when they
+        are written and several servers write at once, so change 11 can be readable before change 10 (still
+        being committed). A number skipped over is read again at each poll until it appears or ``gap_s``
+        has passed (then it is taken for a rolled-back write). 0: never.
+    settled : callable, optional
+        Given a study's Orthanc ID, the seconds until it counts as stable (0: stable now). Without it a
+        StableStudy change, or Orthanc's ``IsStable``, says so. Several Orthancs on one index each judge
+        stability by the instances they received themselves; the cluster's dispatcher asks the index when
+        the study last changed (:meth:`orthanc_plugin.plugin.NodePlugin.settled`). A study not settled yet
+        stays pending and is asked again when due.
     """
 
     def __init__(
@@ -94,6 +107,8 @@ class ChangeFollower:
         batch: int = 500,
         restart_hold_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        gap_s: float = 0.0,
+        settled: Callable[[str], float] | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -110,6 +125,19 @@ class ChangeFollower:
         #: Studies pending at start (arriving when Orthanc stopped) and when they count as stable.
         self.held: set[str] = set()
         self._held_until = 0.0
+        self.gap_s = gap_s
+        #: Sequence numbers skipped over (not readable yet) and when they were first missed (clock).
+        self.gaps: dict[int, float] = {}
+        self.settled = settled
+        #: Pending studies that were called stable before they settled, and when to ask again (clock).
+        self.deferred: dict[str, float] = {}
+
+    def reset(self) -> None:
+        """Forget the position and the studies kept in memory; the next :meth:`start` or :meth:`poll` reads
+        them from the store again (a cluster's new dispatcher takes over from where the last one stopped)."""
+        self.last = None
+        self.pending, self.retry, self.gaps, self.deferred = {}, {}, {}, {}
+        self.held = set()
 
     def _load(self) -> None:
         raw = self.store.load()
@@ -122,6 +150,7 @@ class ChangeFollower:
                 self.pending = dict.fromkeys(str(s) for s in data.get("pending", []))
                 now = time.monotonic()
                 self.retry = {str(s): (0, now, "before a restart") for s in data.get("retry", [])}
+                self.gaps = dict.fromkeys((int(g) for g in data.get("gaps", [])), self.clock())
                 return
             except (ValueError, KeyError, TypeError):
                 logger.warning("stored change position %r is unreadable; starting afresh", raw[:80])
@@ -135,7 +164,14 @@ class ChangeFollower:
     def _save(self) -> None:
         try:
             self.store.save(
-                json.dumps({"seq": self.last, "pending": list(self.pending), "retry": list(self.retry)})
+                json.dumps(
+                    {
+                        "seq": self.last,
+                        "pending": list(self.pending),
+                        "retry": list(self.retry),
+                        "gaps": sorted(self.gaps),
+                    }
+                )
             )
         except Exception as exc:  # e.g. a full disk: kept in memory, saved with the next change
             logger.warning("the change position cannot be saved (%s); kept in memory", exc)
@@ -239,7 +275,7 @@ class ChangeFollower:
             except NotFoundError:
                 self.pending.pop(study_id, None)
                 continue
-            if stable:
+            if stable and not self._unsettled(study_id):
                 logger.info("study %s: %s", study_id, why)
                 self.pending.pop(study_id, None)
                 self._handle(study_id)
@@ -251,20 +287,97 @@ class ChangeFollower:
         if self.last is None:
             self._load()
         assert self.last is not None
-        handled = 0
+        handled = self._fill_gaps()
         while True:
             page = self.api.get_json(f"/changes?since={self.last}&limit={self.batch}")
             changes = page.get("Changes", [])
             for change in changes:
-                self._note_pending(change)
-                if change.get("ChangeType") == "StableStudy":
-                    self._handle(str(change["ID"]))
-                    handled += 1
-                self.last = max(self.last, int(change.get("Seq", self.last)))
+                seq = int(change.get("Seq", self.last))
+                self._note_gap(seq)
+                handled += self._take(change)
+                self.last = max(self.last, seq)
             if changes:
                 self._save()
             if page.get("Done", True) or not changes:
-                return handled + self.retry_due() + self._sweep_due()
+                return handled + self.retry_due() + self._deferred_due() + self._sweep_due()
+
+    def _take(self, change: dict[str, Any]) -> int:
+        """Handle one change; 1 when it was a stable study."""
+        if change.get("ChangeType") == "StableStudy" and self._unsettled(str(change.get("ID", ""))):
+            return 0
+        self._note_pending(change)
+        if change.get("ChangeType") == "StableStudy":
+            self._handle(str(change["ID"]))
+            return 1
+        return 0
+
+    def _unsettled(self, study_id: str) -> bool:
+        """True when ``settled`` says the study is still changing (it is then deferred until due)."""
+        if self.settled is None:
+            return False
+        try:
+            left = self.settled(study_id)
+        except NotFoundError:
+            return False  # gone: handled (and forgotten) as usual
+        if left <= 0:
+            self.deferred.pop(study_id, None)
+            return False
+        self.pending[study_id] = None
+        self.deferred[study_id] = self.clock() + left
+        logger.info("study %s: called stable, but changed %.1f s too recently; judged later", study_id, left)
+        return True
+
+    def _deferred_due(self) -> int:
+        """Handle the deferred studies that settled by now; returns how many were handled."""
+        now = self.clock()
+        due = [study for study, when in self.deferred.items() if when <= now]
+        handled = 0
+        for study_id in due:
+            del self.deferred[study_id]
+            if self._unsettled(study_id):
+                continue
+            self.pending.pop(study_id, None)
+            self.held.discard(study_id)
+            self._handle(study_id)
+            handled += 1
+        if handled:
+            self._save()
+        return handled
+
+    def _note_gap(self, seq: int) -> None:
+        """Remember the sequence numbers between the last one read and ``seq`` (see ``gap_s``)."""
+        assert self.last is not None
+        if self.gap_s <= 0 or self.last == 0 or seq <= self.last + 1:
+            return
+        now = self.clock()
+        for missing in range(max(self.last + 1, seq - _MAX_GAPS), seq):
+            self.gaps.setdefault(missing, now)
+        while len(self.gaps) > _MAX_GAPS:
+            del self.gaps[min(self.gaps)]
+
+    def _fill_gaps(self) -> int:
+        """Read again the changes skipped over (see ``gap_s``): handle those that appeared, forget those
+        missing for ``gap_s``; returns the stable studies handled."""
+        if not self.gaps:
+            return 0
+        first, last = min(self.gaps), max(self.gaps)
+        page = self.api.get_json(f"/changes?since={first - 1}&limit={min(last - first + 1, self.batch)}")
+        handled = 0
+        for change in page.get("Changes", []):
+            seq = int(change.get("Seq", 0))
+            if seq in self.gaps:
+                del self.gaps[seq]
+                logger.info("change %d appeared after later ones (a concurrent write); handled now", seq)
+                handled += self._take(change)
+        now = self.clock()
+        expired = [seq for seq, since in self.gaps.items() if now - since >= self.gap_s]
+        for seq in expired:
+            del self.gaps[seq]
+        if expired:
+            logger.debug("changes %s never appeared within %.0f s (rolled back writes)", expired, self.gap_s)
+        if handled or expired:
+            self._save()
+        return handled
 
     def _sweep_due(self) -> int:
         """Every :data:`_PENDING_SWEEP_S` seconds, evaluate pending studies that are stable although no
@@ -486,6 +599,11 @@ class ReceivingStudies:
         if not quiet or not signature:
             return None
         return tuple(sorted(signature))
+
+    def forget_all(self) -> None:
+        """Stop watching every study (this server is no longer the cluster's dispatcher)."""
+        for study_id in list(self._studies):
+            self.forget(study_id)
 
     def forget(self, study_id: str) -> None:
         """Stop watching a study and drop the headers read for it."""

@@ -18,7 +18,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -445,6 +446,11 @@ class ResultStore(Protocol):
         ...
 
 
+@contextlib.contextmanager
+def _no_lock(_study_id: str) -> Iterator[None]:
+    yield
+
+
 class ResultReplacement:
     """Queues jobs so that a study never holds two live result sets of one rule.
 
@@ -461,12 +467,24 @@ class ResultReplacement:
         Orthanc's REST API.
     queue : JobQueue
         The job queue.
+    study_lock : callable, optional
+        Given a study's Orthanc ID, a context manager that holds that study's lock across the servers that
+        replace results (a PostgreSQL advisory lock in cluster mode:
+        :meth:`orthanc_plugin.cluster.locks.StudyLocks.hold`); queueing a replacing job, superseding,
+        deleting and releasing happen inside it, and a held job is read again inside it. None: this
+        process's lock only (a single node).
     """
 
-    def __init__(self, api: ResultStore, queue: JobQueue) -> None:
+    def __init__(
+        self,
+        api: ResultStore,
+        queue: JobQueue,
+        study_lock: Callable[[str], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.api = api
         self.queue = queue
         self._lock = threading.Lock()
+        self._study_lock = study_lock if study_lock is not None else _no_lock
 
     def enqueue(self, job: NewJob, *, force: bool = False) -> tuple[int, bool]:
         """Queue a job (see :meth:`JobQueue.enqueue`), replacing its study's earlier jobs of its rule when
@@ -474,14 +492,18 @@ class ResultReplacement:
         with self._lock:
             if self.queue.find(job.key) is not None:
                 return self.queue.enqueue(job, force=force)
-            job_id, created, held = self.queue.enqueue_replacing(job)
-            if held:
-                logger.info(
-                    "study %s: job %d replaces the earlier jobs of rule %s", job.study_id, job_id, job.rule
-                )
-                held_job = self.queue.get(job_id)
-                if held_job is not None:
-                    self._advance(held_job)
+            with self._study_lock(job.study_id):
+                job_id, created, held = self.queue.enqueue_replacing(job)
+                if held:
+                    logger.info(
+                        "study %s: job %d replaces the earlier jobs of rule %s",
+                        job.study_id,
+                        job_id,
+                        job.rule,
+                    )
+                    held_job = self.queue.get(job_id)
+                    if held_job is not None:
+                        self._advance(held_job)
             return job_id, created
 
     def advance(self) -> int:
@@ -491,8 +513,15 @@ class ResultReplacement:
         with self._lock:
             for job in self.queue.held():
                 try:
-                    released += self._advance(job)
-                except (RestApiError, JobDocumentError) as exc:
+                    with self._study_lock(job.study_id):
+                        current = self.queue.get(job.id)  # another server may have released it meanwhile
+                        if current is not None and current.held:
+                            released += self._advance(current)
+                except (
+                    RestApiError,
+                    JobDocumentError,
+                    RuntimeError,
+                ) as exc:  # RuntimeError: the lock's database
                     logger.warning("job %d: earlier results not replaced yet: %s", job.id, exc)
         return released
 

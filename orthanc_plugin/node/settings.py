@@ -452,8 +452,43 @@ class NodeSettings(WorkerSettings):
         ),
     )
 
+    cluster: str = field(
+        default="",
+        metadata=_meta(
+            "Cluster",
+            "cluster mode: the PostgreSQL URL of the cluster database (dispatcher lease, shared rules and "
+            "change position; the job queue must be PostgreSQL too), shared by every Orthanc of the cluster; "
+            "empty: a single node (LESION_AI_CLUSTER for lesion-ai node)",
+        ),
+    )
+    server_identifier: str = field(
+        default="",
+        metadata=_meta(
+            "ServerIdentifier",
+            "this Orthanc's name in the cluster, unique among its servers (as Orthanc's "
+            "DatabaseServerIdentifier); empty: the host name and process ID",
+        ),
+    )
+    dispatcher_lease_s: float = field(
+        default=10.0,
+        metadata=_meta(
+            "DispatcherLeaseSeconds",
+            "cluster mode: another server takes over as dispatcher when the dispatcher has not renewed its "
+            "lease for this many seconds",
+        ),
+    )
+    change_gap_s: float = field(
+        default=30.0,
+        metadata=_meta(
+            "ChangeGapSeconds",
+            "cluster mode: how long a change whose sequence number was skipped over (written by another "
+            "server, not committed yet) is waited for",
+        ),
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check_cluster()
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
             raise self._bad("workers", f"must be an integer from 0 to 64, got {self.workers!r}")
         if not 1024 <= self.sequence_property <= 65535:
@@ -486,6 +521,23 @@ class NodeSettings(WorkerSettings):
                 "completeness_quiet_s",
                 f"must be from 0 (off) to 3600 seconds, got {self.completeness_quiet_s!r}",
             )
+
+    def _check_cluster(self) -> None:
+        if self.cluster and not self.cluster.startswith(("postgresql://", "postgres://")):
+            raise self._bad(
+                "cluster", f"must be a postgresql:// URL or empty, got {self.cluster.split('://')[0]!r}"
+            )
+        if self.cluster and not self.queue.startswith(("postgresql://", "postgres://")):
+            raise self._bad(
+                "queue",
+                "must be a postgresql:// URL in cluster mode (every server and worker shares the queue)",
+            )
+        if not self.server_identifier.isprintable() or len(self.server_identifier) > 128:
+            raise self._bad("server_identifier", "must be at most 128 printable characters")
+        for name, low, high in (("dispatcher_lease_s", 2.0, 600.0), ("change_gap_s", 0.0, 3600.0)):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise self._bad(name, f"must be from {low:g} to {high:g} seconds, got {value!r}")
 
     @property
     def logs(self) -> Path:

@@ -24,11 +24,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FOLDER", "KEEP", "RulesHistory", "RulesVersion", "request_user"]
+__all__ = [
+    "FOLDER",
+    "KEEP",
+    "RulesHistory",
+    "RulesHistoryStore",
+    "RulesVersion",
+    "request_user",
+    "sha256_text",
+]
 
 #: The history's folder in the data folder.
 FOLDER = "rules-history"
@@ -65,10 +73,6 @@ def request_user(headers: Mapping[str, Any] | None) -> str | None:
     user = decoded.partition(":")[0]
     user = "".join(c if c.isprintable() else "?" for c in user)[:_MAX_USER]
     return user or None
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,37 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class RulesHistoryStore(Protocol):
+    """Where the earlier versions of the rules are kept: a folder (:class:`RulesHistory`), or the cluster
+    database (:class:`orthanc_plugin.cluster.rules_history.SharedRulesHistory`)."""
+
+    #: How many versions are kept.
+    keep: int
+
+    def versions(self) -> list[RulesVersion]:
+        """The versions kept, newest first."""
+        ...
+
+    def get(self, number: int) -> RulesVersion | None:
+        """Version ``number``, or None when it is not kept."""
+        ...
+
+    def author(self, text: str) -> tuple[str | None, float | None]:
+        """Who saved the rules ``text`` through the admin API, and when; (None, None) when unknown."""
+        ...
+
+    def record(
+        self, previous: str, new: str, user: str | None, now: float | None = None
+    ) -> RulesVersion | None:
+        """Keep the version ``previous`` that ``new`` replaces, and note who saved ``new``."""
+        ...
+
+
+def sha256_text(text: str) -> str:
+    """The SHA-256 of a text's UTF-8 bytes (hex): which rules an author record is about."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 class RulesHistory:
     """The earlier versions of the routing rules in one folder (see the module docstring).
 
@@ -214,7 +249,7 @@ class RulesHistory:
             data = json.loads((self.folder / _CURRENT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None, None
-        if not isinstance(data, dict) or data.get("sha256") != _sha256(text):
+        if not isinstance(data, dict) or data.get("sha256") != sha256_text(text):
             return None, None
         user, when = data.get("saved_by"), data.get("saved_at")
         return (
@@ -268,7 +303,7 @@ class RulesHistory:
                 _write(self._path(kept.number), data)
                 for old in self._numbers()[self.keep :]:
                     self._path(old).unlink(missing_ok=True)
-            _write(self.folder / _CURRENT, {"sha256": _sha256(new), "saved_by": user, "saved_at": when})
+            _write(self.folder / _CURRENT, {"sha256": sha256_text(new), "saved_by": user, "saved_at": when})
         if kept is not None:
             logger.info("rules history: version %d kept (replaced by %s)", kept.number, user or "unknown")
         return kept

@@ -181,6 +181,7 @@ ROOMS: dict[str, tuple[tuple[str, ...], ...]] = {
         ("node",),
         ("rules",),
         ("jobqueue",),
+        ("cluster",),
         ("intake",),
         ("models",),
         ("worker",),

@@ -240,8 +240,12 @@ class OrthancFleet:
         http_port: int | None = None,
         dicom_port: int | None = None,
         rules: str | None = None,
+        cluster: str | None = None,
+        storage: Path | None = None,
     ) -> OrthancServer:
-        """Configure (not start) a node under ``root/name`` (``rules``: the routing rules' YAML text)."""
+        """Configure (not start) a node under ``root/name`` (``rules``: the routing rules' YAML text;
+        ``cluster``: the cluster database's URL, with the ``storage`` folder the cluster shares; the
+        server's identity is ``name``)."""
         home = home or self.root / name
         home.mkdir(parents=True, exist_ok=True)
         if rules is not None:
@@ -273,6 +277,9 @@ class OrthancFleet:
             name=name,
             extra=section,
             with_plugin=with_plugin,
+            cluster=cluster,
+            server_id=name if cluster else None,
+            storage=storage,
         )
         config, credentials, _ = write_configuration(options)
         server = OrthancServer(

@@ -56,7 +56,7 @@ def test_the_plugin_is_an_admin_node() -> None:
         "verdicts",
         "ignored",
         "models",
-        "data_dir",
+        "rules_history",
         "model_card",
         "health_figures",
         "current_rules",
