@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks import (
     DEFAULT_FIXTURE,
+    cluster,
     engine,
     engine_cuda,
     gland,
@@ -55,6 +56,7 @@ def main() -> int:
         "results": results.run(dicom, args.repeats),
         "node": node.run(dicom, args.model),
         "soak": soak.run(),
+        "cluster": cluster.run(model=args.model),
     }
     write_report(report, args.out)
     return 0

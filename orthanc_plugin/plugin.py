@@ -188,7 +188,13 @@ class NodePlugin:
         )
         self.headers = HeaderCache(self.api)
         self.receiving: ReceivingStudies | None = (
-            ReceivingStudies(self.api, self.headers, settings.completeness_quiet_s, self.manufacturer)
+            ReceivingStudies(
+                self.api,
+                self.headers,
+                settings.completeness_quiet_s,
+                self.manufacturer,
+                own_stability=self.cluster is None,
+            )
             if settings.completeness_quiet_s > 0
             else None
         )
@@ -552,7 +558,8 @@ class NodePlugin:
             changed = datetime.strptime(str(study.get("LastUpdate")), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
         except ValueError:
             return 0.0  # no time to judge by: Orthanc's own stability decides
-        return max(0.0, changed.timestamp() + self.stable_age_s - time.time())
+        # LastUpdate has whole seconds: the change may have come up to a second after it.
+        return max(0.0, changed.timestamp() + 1.0 + self.stable_age_s - time.time())
 
     def model_card(self) -> dict[str, Any] | None:
         """The card of the active model's artifact (a promoted model, else ``Model``, else the packaged

@@ -502,6 +502,9 @@ class ReceivingStudies:
         The node's own Manufacturer: its series are never inputs.
     clock : callable
         Monotonic time in seconds (tests pass their own).
+    own_stability : bool
+        Take Orthanc's ``IsStable`` of a series as quiet. False in a cluster: each Orthanc judges only the
+        instances it received itself, and calls a series another server is receiving stable at once.
     """
 
     def __init__(
@@ -511,6 +514,7 @@ class ReceivingStudies:
         quiet_s: float,
         manufacturer: str = "",
         clock: Callable[[], float] = time.monotonic,
+        own_stability: bool = True,
     ) -> None:
         if quiet_s <= 0:
             raise ValueError(f"quiet_s must be positive, got {quiet_s}")
@@ -519,6 +523,7 @@ class ReceivingStudies:
         self.quiet_s = quiet_s
         self.manufacturer = manufacturer
         self.clock = clock
+        self.own_stability = own_stability
         self._studies: dict[str, _StudyWatch] = {}
 
     @property
@@ -577,7 +582,7 @@ class ReceivingStudies:
                 series = watch.series[series_id] = _SeriesWatch(instances, now, now)
             elif len(instances) != len(series.instances):
                 series.instances, series.changed_at = instances, now
-            series.stable = bool(data.get("IsStable", False))
+            series.stable = self.own_stability and bool(data.get("IsStable", False))
             if not instances:
                 continue
             manufacturer = str((data.get("MainDicomTags") or {}).get("Manufacturer", "")).strip()
