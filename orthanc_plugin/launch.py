@@ -50,6 +50,7 @@ __all__ = [
     "ORTHANC_ENVIRONMENT",
     "NodeOptions",
     "cluster_configuration",
+    "cluster_models_folder",
     "deep_merge",
     "ensure_credentials",
     "port_in_use",
@@ -255,6 +256,13 @@ def write_body_limits(home: Path) -> Path:
     return path
 
 
+def cluster_models_folder(storage: Path) -> Path:
+    """The models folder of a cluster: in the shared storage folder, so that every server and worker reads
+    the same artifacts and the same registry (active, shadow, history; locked with ``flock``). Orthanc keeps
+    its files in two-hex-digit folders beside it."""
+    return storage.resolve() / "lesion-ai-models"
+
+
 def cluster_configuration(url: str, server: str) -> dict[str, Any]:
     """Orthanc's options of a cluster member: the index in PostgreSQL (Debian's orthanc-postgresql), not
     locked, so that several Orthancs share it, and this server's own identity (Orthanc Book, "Scalability":
@@ -301,6 +309,7 @@ def write_configuration(options: NodeOptions) -> tuple[Path, dict[str, str], boo
         viewer=options.viewer,
         cluster=options.cluster or "",
         server_identifier=options.server_identity if options.cluster else "",
+        models_dir=cluster_models_folder(options.storage) if options.cluster and options.storage else None,
     )
     section = deep_merge(settings.to_section(), options.extra)
     NodeSettings.from_orthanc_configuration({SECTION: section})  # validate the extras too

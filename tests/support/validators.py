@@ -103,6 +103,35 @@ def pixelmed_sr(path: Path) -> Report:
     return _split("DicomSRValidator", _run(command))
 
 
+#: The launcher that validates several files in one Java process (run as a single-file source program).
+_PIXELMED_BATCH = Path(__file__).with_name("PixelmedBatch.java")
+_FILE_MARK = "==== FILE "
+
+
+def pixelmed_sr_many(paths: list[Path]) -> list[Report]:
+    """PixelMed's DicomSRValidator on several SR files in one Java process (about 8 s a file once warm,
+    against 13 s for each file in a process of its own); the reports in the order of ``paths``."""
+    java = shutil.which("java")
+    if java is None:
+        pytest.fail("java not found: install default-jre-headless (scripts/setup.sh does)")
+    classpath = ":".join(str(jar) for jar in pixelmed_jars())
+    command = [java, *_JAVA_LIMITS, "-cp", classpath, str(_PIXELMED_BATCH), *(str(p) for p in paths)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=_TIMEOUT_S * 2, check=False, errors="replace"
+    )
+    parts = result.stdout.split(_FILE_MARK)
+    if len(parts) != len(paths) + 1:
+        pytest.fail(f"PixelMed's batch run reported {len(parts) - 1} of {len(paths)} files:\n{result.stderr}")
+    reports = []
+    for path, part in zip(paths, parts[1:], strict=True):
+        named, _, output = part.partition("\n")
+        assert named == str(path), (named, path)
+        reports.append(
+            _split("DicomSRValidator", subprocess.CompletedProcess(command, result.returncode, output, ""))
+        )
+    return reports
+
+
 def segimage2itkimage(seg: Path, out_dir: Path) -> tuple[Report, list[Path], dict[str, Any]]:
     """dcmqi's SEG reader: one NRRD per segment, plus the segments' metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)

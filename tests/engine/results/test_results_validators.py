@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,12 +164,20 @@ def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
     assert "Warning: the gland model" in validators.dsrdump(negative).output  # dsrdump cuts long texts
 
 
+@pytest.fixture(scope="module")
+def pixelmed(cases: dict[str, Case]) -> dict[Path, validators.Report]:
+    """PixelMed's SR validator on every SR and KOS of the cases, in one Java process."""
+    paths = [p for case in cases.values() for p in (*case.of_modality("SR"), *case.of_modality("KO"))]
+    return dict(zip(paths, validators.pixelmed_sr_many(paths), strict=True))
+
+
 @pytest.mark.slow
-def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
+def test_pixelmed_sr_validator_finds_no_error(
+    cases: dict[str, Case], pixelmed: dict[Path, validators.Report]
+) -> None:
     names = [name for name in cases if name != "synthetic"]
     srs = [p for name in names for p in cases[name].of_modality("SR")]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = list(pool.map(validators.pixelmed_sr, srs))
+    reports = [pixelmed[p] for p in srs]
     for path, report in zip(srs, reports, strict=True):
         _show(report, path.name)
         assert "IOD validation complete" in report.output, report.output
@@ -179,12 +186,13 @@ def test_pixelmed_sr_validator_finds_no_error(cases: dict[str, Case]) -> None:
 
 
 @pytest.mark.slow
-def test_pixelmed_validates_the_key_object_selections(cases: dict[str, Case]) -> None:
+def test_pixelmed_validates_the_key_object_selections(
+    cases: dict[str, Case], pixelmed: dict[Path, validators.Report]
+) -> None:
     """PixelMed's SR validator checks the KOS's IOD and its template (TID 2010), positive and negative."""
     kos = [p for name in ("positive", "negative") for p in cases[name].of_modality("KO")]
     assert len(kos) == 2
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = list(pool.map(validators.pixelmed_sr, kos))
+    reports = [pixelmed[p] for p in kos]
     for path, report in zip(kos, reports, strict=True):
         _show(report, path.name)
         assert "IOD validation complete" in report.output, report.output
@@ -193,11 +201,13 @@ def test_pixelmed_validates_the_key_object_selections(cases: dict[str, Case]) ->
 
 
 @pytest.mark.slow
-def test_pixelmed_sr_validator_on_a_single_lesion_report(cases: dict[str, Case]) -> None:
+def test_pixelmed_sr_validator_on_a_single_lesion_report(
+    cases: dict[str, Case], pixelmed: dict[Path, validators.Report]
+) -> None:
     # PixelMed (2022) applies TID 1410 to every group when exactly one group holds an Image Region SCOORD;
     # each lesion has two planar groups (outline, long axis), so a one-lesion report must pass as well.
     (sr,) = cases["synthetic"].of_modality("SR")
-    report = validators.pixelmed_sr(sr)
+    report = pixelmed[sr]
     _show(report, sr.name)
     assert "IOD validation complete" in report.output, report.output
     assert report.errors == [], f"{sr.name}:\n{report.output}"

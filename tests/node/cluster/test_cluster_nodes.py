@@ -5,19 +5,23 @@ the dispatching Orthanc is killed, the other takes over and nothing is lost or p
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lesion_engine.model.model_card import CARD_FILE, WEIGHTS_FILE, model_identity
 from orthanc_plugin.admin.routes import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.cli.dicomsend import dicom_files, send_files
 from orthanc_plugin.worker.client import OrthancClient
+from tests.support.model_helpers import write_tiny_artifact
 from tests.support.node_env import (
     OrthancFleet,
     OrthancServer,
@@ -32,6 +36,8 @@ from tests.support.pg_env import PostgresServer, running_postgres
 pytestmark = [pytest.mark.orthanc, pytest.mark.postgres, pytest.mark.slow]
 
 LEASE_S = 3.0
+#: The header that state-changing admin requests carry.
+ADMIN = {CSRF_HEADER: CSRF_VALUE}
 STABLE_AGE_S = 3
 
 
@@ -49,7 +55,12 @@ def fleet(tmp_path: Path) -> Iterator[OrthancFleet]:
 
 
 def _cluster(
-    fleet: OrthancFleet, postgres: PostgresServer, tmp_path: Path, runs: Path, delay_s: float = 0.5
+    fleet: OrthancFleet,
+    postgres: PostgresServer,
+    tmp_path: Path,
+    runs: Path,
+    delay_s: float = 0.5,
+    workers: int = 1,
 ) -> tuple[OrthancServer, OrthancServer]:
     database = postgres.database()
     servers = []
@@ -57,7 +68,7 @@ def _cluster(
         servers.append(
             fleet.node(
                 name,
-                workers=1,
+                workers=workers,
                 stable_age=STABLE_AGE_S,
                 cluster=database,
                 storage=tmp_path / "shared-storage",
@@ -157,14 +168,13 @@ rules:
 """
 
 
-def test_rules_put_on_one_server_are_in_force_on_the_other(
+def test_rules_and_models_changed_on_one_server_are_in_force_on_the_other(
     fleet: OrthancFleet, postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    a, b = _cluster(fleet, postgres, tmp_path, tmp_path / "runs.log")
+    a, b = _cluster(fleet, postgres, tmp_path, tmp_path / "runs.log", workers=0)
+    # Rules put on A: B shows them, with their author and the previous version, and queues by them.
     before = b.client().get_json("/lesion-ai/rules")["text"]
-    status, _, body = a.fetch(
-        "/lesion-ai/rules", method="PUT", body=RULES.encode(), headers={CSRF_HEADER: CSRF_VALUE}
-    )
+    status, _, body = a.fetch("/lesion-ai/rules", method="PUT", body=RULES.encode(), headers=ADMIN)
     assert status == 200, body
     on_b = b.client().get_json("/lesion-ai/rules")
     assert on_b["text"] == RULES and on_b["saved_by"] == a.credentials["username"]  # type: ignore[index]
@@ -174,8 +184,24 @@ def test_rules_put_on_one_server_are_in_force_on_the_other(
     _send(b, dicom_files([tmp_path / "ct"]))
     [job] = wait_for(lambda: jobs(b.client()), 30, "a job for the CT study under the rules put on A")
     assert job["rule"] == "cluster-ct"  # the packaged rules would not have queued a CT study
-    a.note_workers()
-    b.note_workers()
+    # A model registered on A and promoted on B: the active model of both.
+    artifact = write_tiny_artifact(tmp_path / "tiny", seed=3)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in (CARD_FILE, WEIGHTS_FILE):
+            archive.write(artifact / name, name)
+    status, _, body = a.fetch("/lesion-ai/models/tiny", method="POST", body=buffer.getvalue(), headers=ADMIN)
+    assert status == 201, body
+    listed = b.client().get_json("/lesion-ai/models")
+    assert "tiny" in [m["name"] for m in listed["models"]]
+    status, _, body = b.fetch("/lesion-ai/models/tiny/promote", method="POST", body=b"{}", headers=ADMIN)
+    assert status == 200, body
+    identity = model_identity(str(artifact))
+    for server in (a, b):
+        health = server.client().get_json("/lesion-ai/health")
+        assert health["model"] == identity, (server.name, health["model"])
+    models_history = [(h["action"], h["model"]) for h in a.client().get_json("/lesion-ai/models")["history"]]
+    assert ("add", "tiny") in models_history and ("promote", "tiny") in models_history
 
 
 def test_when_the_dispatcher_is_killed_the_other_server_takes_over_and_nothing_is_lost(

@@ -59,6 +59,7 @@ def test_a_cluster_member_shares_the_index_and_the_storage_and_has_its_own_ident
     assert any(p.endswith("libOrthancPostgreSQLIndex.so") for p in config["Plugins"])
     section = config["LesionAI"]
     assert (section["Cluster"], section["ServerIdentifier"], section["Queue"]) == (URL, "orthanc-a", URL)
+    assert section["ModelsFolder"] == str((tmp_path / "shared").resolve() / "lesion-ai-models")
 
 
 def test_a_single_node_is_unchanged(tmp_path: Path) -> None:
