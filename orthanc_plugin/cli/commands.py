@@ -135,6 +135,7 @@ _WORKER_SETTING_OPTIONS = (
     ("--backoff-max", "backoff_max_s"),
     ("--forward-attempts", "forward_attempts"),
     ("--forward-timeout", "forward_timeout_s"),
+    ("--forward-mode", "forward_mode"),
     ("--metadata-name", "metadata_name"),
     ("--model", "model"),
     ("--models-folder", "models_dir"),

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_CALLING_AET",
     "DEFAULT_DICOM_PORT",
     "DEFAULT_HTTP_PORT",
+    "FORWARD_MODES",
     "GLAND_GATES",
     "PARENT_PID_ENV",
     "PASSWORD_ENV",
@@ -71,6 +72,9 @@ PASSWORD_ENV = "LESION_AI_ORTHANC_PASSWORD"  # noqa: S105 - the variable's name,
 PARENT_PID_ENV = "LESION_AI_PARENT_PID"
 #: ``GlandGate`` values and whether they turn the gate on (None: the engine's default for the model).
 GLAND_GATES: Mapping[str, bool | None] = MappingProxyType({"auto": None, "on": True, "off": False})
+
+#: ``ForwardMode`` values: follow Orthanc's send job, or send in one synchronous request.
+FORWARD_MODES = ("follow", "synchronous")
 
 S = TypeVar("S", bound="WorkerSettings")
 #: The engine's gate settings, whose defaults the gate's settings take.
@@ -216,6 +220,16 @@ class WorkerSettings:
         default=600.0,
         metadata=_meta("ForwardTimeoutSeconds", "how long a worker waits for one Orthanc send job, seconds"),
     )
+    forward_mode: str = field(
+        default="follow",
+        metadata=_meta(
+            "ForwardMode",
+            "follow: start an Orthanc send job and follow it until it ends (cancelled after "
+            "ForwardTimeoutSeconds); synchronous: one request that answers when the send has ended, for a "
+            "worker whose OrthancUrl is a load balancer in front of several Orthancs (an Orthanc job is known "
+            "only to the server that runs it)",
+        ),
+    )
     result_settings: ResultSettings = field(
         default_factory=ResultSettings,
         metadata=_meta(
@@ -235,6 +249,8 @@ class WorkerSettings:
         for name in ("max_attempts", "forward_attempts"):
             if getattr(self, name) < 1:
                 raise self._bad(name, f"must be at least 1, got {getattr(self, name)!r}")
+        if self.forward_mode not in FORWARD_MODES:
+            raise self._bad("forward_mode", f"must be {one_of(FORWARD_MODES)}, got {self.forward_mode!r}")
         if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
             raise self._bad("backoff_max_s", f"need 0 <= {_key('backoff_s')} <= {_key('backoff_max_s')}")
         if self.threads is not None and self.threads < 1:

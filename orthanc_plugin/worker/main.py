@@ -69,7 +69,11 @@ def run_worker(
     """
     try:
         queue = open_queue(settings.queue, QueuePolicy.from_settings(settings))
-        client = OrthancClient(settings.orthanc_url, username, password)
+        # A synchronous send is one request that lasts as long as the send: the socket waits that long.
+        timeout_s = (
+            120.0 if settings.forward_mode == "follow" else max(120.0, settings.forward_timeout_s + 30.0)
+        )
+        client = OrthancClient(settings.orthanc_url, username, password, timeout_s=timeout_s)
         processor_settings = ProcessorSettings.from_settings(settings)
         processor = load_processor(settings.processor, processor_settings)
     except (ValueError, OSError, ImportError, AttributeError, ConfigError) as exc:

@@ -138,7 +138,7 @@ class WorkerOptions:
 
     Attributes
     ----------
-    heartbeat_s, poll_s, forward_attempts, forward_timeout_s, metadata_name
+    heartbeat_s, poll_s, forward_attempts, forward_timeout_s, forward_mode, metadata_name
         From the node's settings (:class:`~orthanc_plugin.node.settings.WorkerSettings`).
     name : str
         The worker's name in the logs.
@@ -159,6 +159,7 @@ class WorkerOptions:
     forward_attempts: int
     forward_timeout_s: float
     metadata_name: str
+    forward_mode: str = "follow"
     name: str = "worker"
     forward_backoff_s: float = 2.0
     parent_pid: int | None = None
@@ -169,13 +170,14 @@ class WorkerOptions:
     @classmethod
     def from_settings(cls, settings: WorkerSettings, **per_process: Any) -> WorkerOptions:
         """The options of the node's settings (``HeartbeatSeconds``, ``PollSeconds``, ``ForwardAttempts``,
-        ``ForwardTimeoutSeconds``, ``MetadataName``), with ``per_process`` fields (``name``,
+        ``ForwardTimeoutSeconds``, ``ForwardMode``, ``MetadataName``), with ``per_process`` fields (``name``,
         ``parent_pid``, ``max_jobs``, ``exit_when_idle``, ``owner``, ``forward_backoff_s``)."""
         return cls(
             heartbeat_s=settings.heartbeat_s,
             poll_s=settings.poll_s,
             forward_attempts=settings.forward_attempts,
             forward_timeout_s=settings.forward_timeout_s,
+            forward_mode=settings.forward_mode,
             metadata_name=settings.metadata_name,
             **per_process,
         )
@@ -262,6 +264,8 @@ class Worker:
     ) -> None:
         self.queue = queue
         self.client = client
+        #: The last error of a send to a destination (said in the job's error when forwarding fails).
+        self._forward_error: str | None = None
         self.processor = processor
         self.options = options
         self.models = models
@@ -561,7 +565,10 @@ class Worker:
                 self._save(run, run.progress.forwarded_to(key, "done" if ok else "failed"))
         failed = [k for k, v in run.progress.forwarded.items() if v != "done"]
         if failed:
-            raise OrthancUnavailableError(f"forwarding failed to {', '.join(failed)}; the job will retry")
+            last = f" (last error: {self._forward_error})" if self._forward_error else ""
+            raise OrthancUnavailableError(
+                f"forwarding failed to {', '.join(failed)}{last}; the job will retry"
+            )
 
     def _send(self, job: Job, kind: str, name: str, ids: list[str]) -> bool:
         path = {
@@ -575,11 +582,11 @@ class Worker:
         for attempt in range(1, self.options.forward_attempts + 1):
             self._check()
             try:
-                answer = self.client.post_json(path, {"Resources": ids, "Asynchronous": True})
-                state, details = self._follow(str(answer["ID"]))
+                state, details = self._send_once(path, ids)
                 if state == "Success":
                     logger.info("job %d: results sent to %s %s", job.id, kind, name)
                     return True
+                self._forward_error = details[:500]
                 logger.warning(
                     "job %d: sending to %s %s failed (attempt %d/%d): %s",
                     job.id,
@@ -590,6 +597,7 @@ class Worker:
                     details,
                 )
             except (RestApiError, KeyError, TypeError) as exc:
+                self._forward_error = str(exc)[:500]
                 logger.warning(
                     "job %d: sending to %s %s failed (attempt %d/%d): %s",
                     job.id,
@@ -603,12 +611,31 @@ class Worker:
                 self._stop.wait(self.options.forward_backoff_s * 2 ** (attempt - 1))
         return False
 
+    def _send_once(self, path: str, ids: list[str]) -> tuple[str, str]:
+        """One send: its Orthanc job followed to its end, or one synchronous request (``ForwardMode``);
+        returns the job's state and error details (a synchronous send that Orthanc refused raises)."""
+        if self.options.forward_mode == "synchronous":
+            self.client.post_json(path, {"Resources": ids, "Synchronous": True})
+            return "Success", ""
+        answer = self.client.post_json(path, {"Resources": ids, "Asynchronous": True})
+        return self._follow(str(answer["ID"]))
+
     def _follow(self, orthanc_job: str) -> tuple[str, str]:
-        """Wait for an Orthanc job to end; returns its state and error details."""
+        """Wait for an Orthanc job to end, on the Orthanc that started it; returns its state and error
+        details."""
         deadline = time.monotonic() + self.options.forward_timeout_s
         delay = 0.1
         while True:
-            info = self.client.get_json(f"/jobs/{quote_id(orthanc_job)}")
+            try:
+                info = self.client.get_json(f"/jobs/{quote_id(orthanc_job)}")
+            except NotFoundError as exc:
+                where = getattr(self.client, "url", "the Orthanc it was started on")
+                raise NotFoundError(
+                    f"Orthanc job {orthanc_job} is unknown to {where} right after it started there: "
+                    "if that URL is a load balancer in front of several Orthancs, set ForwardMode to synchronous "
+                    "(lesion-ai worker --forward-mode synchronous), or give the worker one server's URL",
+                    404,
+                ) from exc
             state = str(info.get("State"))
             if state in _FINAL_ORTHANC_JOB_STATES:
                 details = "; ".join(

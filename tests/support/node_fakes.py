@@ -138,6 +138,8 @@ class FakeRest:
         self.sends: list[tuple[str, list[str]]] = []
         self.send_outcomes: list[str] = []  # "Success" / "Failure" per Orthanc job, in order
         self.jobs: dict[str, str] = {}
+        #: Behind a load balancer: the Orthanc jobs this worker starts run on another server.
+        self.jobs_elsewhere = False
         self.study_uids = {"st1": "1.2.826.0.1.3680043.8.498.1"}
         self.finds: list[Any] = []
 
@@ -173,9 +175,16 @@ class FakeRest:
             return [study for study, value in self.study_uids.items() if value == uid]
         if path.endswith("/store") or path.endswith("/stow"):
             self.sends.append((path, list(body["Resources"])))
+            outcome = self.send_outcomes.pop(0) if self.send_outcomes else "Success"
+            if body.get("Synchronous") is True:
+                if outcome != "Success":
+                    raise RestApiError(f"POST {path}: HTTP 500: Error in the network protocol", 500)
+                return {"Description": "REST API", "InstancesCount": len(body["Resources"])}
             assert body["Asynchronous"] is True
             job = f"job{len(self.jobs)}"
-            self.jobs[job] = self.send_outcomes.pop(0) if self.send_outcomes else "Success"
+            if self.jobs_elsewhere:
+                return {"ID": job}  # started on another Orthanc behind a load balancer: unknown here
+            self.jobs[job] = outcome
             return {"ID": job}
         raise RestApiError(f"POST {path}", 400)
 

@@ -21,6 +21,7 @@ from lesion_engine.model.model_card import CARD_FILE, WEIGHTS_FILE, model_identi
 from orthanc_plugin.admin.routes import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.cli.dicomsend import dicom_files, send_files
 from orthanc_plugin.worker.client import OrthancClient
+from tests.paths import REPO
 from tests.support.model_helpers import write_tiny_artifact
 from tests.support.node_env import (
     OrthancFleet,
@@ -34,6 +35,12 @@ from tests.support.node_env import (
 from tests.support.pg_env import PostgresServer, running_postgres
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.postgres, pytest.mark.slow]
+
+RULES_TO_PACS = (
+    (REPO / "orthanc_plugin" / "data" / "rules.yaml")
+    .read_text()
+    .replace("      modalities: []", "      modalities: [pacs]")
+)
 
 LEASE_S = 3.0
 #: The header that state-changing admin requests carry.
@@ -61,7 +68,10 @@ def _cluster(
     runs: Path,
     delay_s: float = 0.5,
     workers: int = 1,
+    pacs: OrthancServer | None = None,
 ) -> tuple[OrthancServer, OrthancServer]:
+    """Orthanc A and B on one new database, sharing a storage folder (with ``pacs``: their results go there,
+    sent in one synchronous request each, as workers behind a load balancer send)."""
     database = postgres.database()
     servers = []
     for name in ("A", "B"):
@@ -72,8 +82,12 @@ def _cluster(
                 stable_age=STABLE_AGE_S,
                 cluster=database,
                 storage=tmp_path / "shared-storage",
-                extra={"DispatcherLeaseSeconds": LEASE_S},
+                extra={"DispatcherLeaseSeconds": LEASE_S, **({"ForwardMode": "synchronous"} if pacs else {})},
                 env={"LESION_AI_FAKE_DELAY": str(delay_s), "LESION_AI_FAKE_LOG": str(runs)},
+                site={"DicomModalities": {"pacs": [pacs.aet, "127.0.0.1", pacs.dicom_port]}}
+                if pacs
+                else None,
+                rules=RULES_TO_PACS if pacs else None,
             ).start()
         )
     return servers[0], servers[1]
@@ -135,7 +149,8 @@ def test_studies_sent_to_either_server_or_split_across_both_get_one_result_set(
     fleet: OrthancFleet, postgres: PostgresServer, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs.log"
-    a, b = _cluster(fleet, postgres, tmp_path, runs)
+    pacs = fleet.pacs().start()
+    a, b = _cluster(fleet, postgres, tmp_path, runs, pacs=pacs)
     wait_for(lambda: len(_dispatchers(a, b)) == 1, 20, "one dispatcher")
     uids = [make_study(tmp_path / f"in{i}", patient_id=f"P{i}", images=5 if i == 4 else 3) for i in range(5)]
     for i in range(4):
@@ -152,6 +167,9 @@ def test_studies_sent_to_either_server_or_split_across_both_get_one_result_set(
     assert sorted(j["id"] for j in jobs(b.client())) == sorted(j["id"] for j in found)  # one queue
     _check_one_result_set_each(a.client(), uids, runs)
     _check_one_result_set_each(b.client(), uids, runs)  # one index: B sees the same
+    for uid in uids:  # each result set reached the PACS once
+        counts = count_by_modality(pacs.client(), str(find_study(pacs.client(), uid)))
+        assert counts.get("SEG") == 1 and counts.get("SR") == 1, (uid, counts)
     health = [s.client().get_json("/lesion-ai/health")["cluster"] for s in (a, b)]
     assert [h["dispatching"] for h in health].count(True) == 1
     assert health[0]["dispatcher"]["server"] == health[1]["dispatcher"]["server"] in ("A", "B")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lesion_engine.errors import ConfigError
 from orthanc_plugin.jobqueue import (
     Job,
     JobPayload,
@@ -119,6 +120,28 @@ def test_forward_retries_and_a_retried_job_only_forwards(queue: JobQueue) -> Non
     assert worker.run_job(again) is JobState.DONE
     assert processor.calls == [3]  # results were not computed twice
     assert rest.stored == [b"SEG...", b"SR...."] and len(rest.sends) == 4
+
+
+def test_behind_a_load_balancer_a_followed_send_says_what_to_set_and_a_synchronous_one_delivers(
+    queue: JobQueue,
+) -> None:
+    rest, processor = FakeRest(), Scripted("ok", "ok")
+    rest.jobs_elsewhere = True  # the send job runs on the Orthanc the balancer chose, not the one asked next
+    worker = _worker(queue, rest, processor)
+    job = _job(queue, Destinations(modalities=("pacs",)))
+    assert worker.run_job(job) is JobState.QUEUED
+    waiting = queue.get(job.id)
+    assert waiting is not None and "set ForwardMode to synchronous" in str(waiting.error), str(waiting)
+    options = WorkerOptions.from_settings(
+        WorkerSettings(queue="sqlite:///q.db", forward_mode="synchronous"), owner="w", forward_backoff_s=0.0
+    )
+    again = queue.claim("w")
+    assert again is not None
+    sent_before = len(rest.sends)
+    assert Worker(queue, rest, processor, options).run_job(again) is JobState.DONE
+    assert len(rest.sends) == sent_before + 1  # one request, nothing to follow
+    with pytest.raises(ConfigError, match="field ForwardMode: must be 'follow' or 'synchronous'"):
+        WorkerSettings(queue="sqlite:///q.db", forward_mode="sync")
 
 
 def test_study_uid_shared_by_two_patients_gets_a_report_that_says_so(queue: JobQueue) -> None:
