@@ -46,7 +46,7 @@ from orthanc_plugin.admin.ui import UI_ROUTE, UiFiles
 from orthanc_plugin.admin.viewer import BASE_URL, ViewerAnswer, viewer_files
 from orthanc_plugin.cluster.database import ClusterDatabaseError
 from orthanc_plugin.cluster.role import ClusterRole
-from orthanc_plugin.cluster.shared import CHANGE_POSITION, RULES, SharedProperty
+from orthanc_plugin.cluster.shared import CHANGE_POSITION, IGNORED, RULES, SharedProperty
 from orthanc_plugin.intake.changes import ChangeFollower, HeaderCache, PropertyStore, ReceivingStudies
 from orthanc_plugin.intake.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.intake.labels import LABELS_FILE, LabelStore, record_labels
@@ -204,9 +204,14 @@ class NodePlugin:
         self.rules_history: RulesHistoryStore = (
             self.cluster.rules_history if self.cluster is not None else RulesHistory(settings.home / FOLDER)
         )
-        self.labels = LabelStore(settings.home / LABELS_FILE)
-        self.verdicts = VerdictStore(settings.home / VERDICTS_FILE)
-        self.ignored = IgnoredStudies(settings.home / IGNORED_FILE, settings.ignored_keep_days * 86400.0)
+        # In cluster mode the radiologists' labels and verdicts are the cluster's, whichever server read them.
+        self.labels = LabelStore(settings.cluster or settings.home / LABELS_FILE)
+        self.verdicts = VerdictStore(settings.cluster or settings.home / VERDICTS_FILE)
+        self.ignored = IgnoredStudies(
+            settings.home / IGNORED_FILE,
+            settings.ignored_keep_days * 86400.0,
+            shared=SharedProperty(self.cluster.state, IGNORED, self.cluster.server) if self.cluster else None,
+        )
         self.supervisor: WorkerSupervisor | None = None
         self.errors: list[str] = []
         self._wake = threading.Event()

@@ -15,12 +15,22 @@ from orthanc_plugin.cluster.database import ClusterDatabase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHANGE_POSITION", "RULES", "SharedProperty", "SharedState", "SharedValue", "StaleRevisionError"]
+__all__ = [
+    "CHANGE_POSITION",
+    "IGNORED",
+    "RULES",
+    "SharedProperty",
+    "SharedState",
+    "SharedValue",
+    "StaleRevisionError",
+]
 
 #: The dispatcher's position in Orthanc's change log (the cluster's, whichever server follows it).
 CHANGE_POSITION = "change-position"
 #: The text of the routing rules in force.
 RULES = "rules"
+#: The studies no rule matched (:mod:`orthanc_plugin.intake.ignored`).
+IGNORED = "ignored-studies"
 
 
 class StaleRevisionError(RuntimeError):

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orthanc_plugin.intake.changes import PropertyStore
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["IGNORED_FILE", "MAX_ENTRIES", "IgnoredStudies"]
@@ -41,9 +43,14 @@ class IgnoredStudies:
         How long an entry is kept, seconds (positive).
     max_entries : int
         The most entries kept (the oldest go first).
+    shared : PropertyStore, optional
+        Where the list is kept instead of ``path``: the cluster database in cluster mode, so that every
+        server lists the studies any of them left out (read again at each call; the last write wins).
     """
 
-    def __init__(self, path: Path, keep_s: float, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self, path: Path, keep_s: float, max_entries: int = MAX_ENTRIES, shared: PropertyStore | None = None
+    ) -> None:
         if not keep_s > 0:
             raise ValueError(f"IgnoredStudies.keep_s must be positive seconds, got {keep_s!r}")
         if max_entries < 1:
@@ -51,15 +58,30 @@ class IgnoredStudies:
         self.path = path
         self.keep_s = float(keep_s)
         self.max_entries = max_entries
+        self.shared = shared
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] = self._read()
 
+    def _load(self) -> str | None:
+        if self.shared is not None:
+            return self.shared.load()
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def _refresh(self) -> None:
+        """Read the shared list again (cluster mode: another server may have changed it)."""
+        if self.shared is not None:
+            self._entries = self._read()
+
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
+            text = self._load()
+            if text is None:
+                return {}
+            data = json.loads(text)
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: the cluster database
             logger.warning(
                 "the ignored studies in %s cannot be read (%s): the list starts empty", self.path, exc
             )
@@ -79,6 +101,12 @@ class IgnoredStudies:
     def _write(self) -> None:
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         document = {"format": _FORMAT, "studies": list(self._entries.values())}
+        if self.shared is not None:
+            try:
+                self.shared.save(json.dumps(document))
+            except RuntimeError as exc:  # the cluster database unreachable: kept in memory
+                logger.warning("the ignored studies cannot be written to the cluster database: %s", exc)
+            return
         try:
             temporary.write_text(json.dumps(document, indent=1), encoding="utf-8")
             os.replace(temporary, self.path)
@@ -105,6 +133,7 @@ class IgnoredStudies:
         """Record (or refresh) a study that no rule matched, with the rules' outcomes."""
         now = time.time() if now is None else now
         with self._lock:
+            self._refresh()
             self._entries.pop(study_id, None)
             self._entries[study_id] = {
                 "study": study_id,
@@ -118,6 +147,7 @@ class IgnoredStudies:
     def forget(self, study_id: str) -> None:
         """The study got a job (or was deleted): it is no longer listed."""
         with self._lock:
+            self._refresh()
             if self._entries.pop(study_id, None) is not None:
                 self._write()
 
@@ -125,6 +155,7 @@ class IgnoredStudies:
         """The ignored studies still kept, newest first."""
         now = time.time() if now is None else now
         with self._lock:
+            self._refresh()
             if self._prune(now):
                 self._write()
             newest = sorted(self._entries.values(), key=lambda e: -float(e["time"]))
@@ -132,4 +163,5 @@ class IgnoredStudies:
 
     def __len__(self) -> int:
         with self._lock:
+            self._refresh()
             return len(self._entries)

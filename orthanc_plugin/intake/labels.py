@@ -214,21 +214,22 @@ class Label:
 
 
 class LabelStore(PrivateTable):
-    """The labels' table (SQLite, one file of the data folder, 0600).
+    """The labels' table (SQLite, one file of the data folder, 0600; in cluster mode in the cluster database).
 
     Parameters
     ----------
-    path : Path
-        The database file (created when missing, with its folder).
+    path : Path or str
+        The database file (created when missing, with its folder), or the cluster database's
+        ``postgresql://`` URL.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         super().__init__(path, "lesion_ai_labels", _SCHEMA)
 
     def add(self, label: Label) -> bool:
         """Record a label; False when its SEG (SOPInstanceUID) was recorded before (nothing changes)."""
         with self._lock:
-            cursor = self._conn.execute(
+            cursor = self._execute(
                 "INSERT OR IGNORE INTO lesion_ai_labels (sop_instance_uid, instance_id, study_id, study_uid, "
                 "series_id, series_uid, document, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -242,7 +243,7 @@ class LabelStore(PrivateTable):
                     label.recorded_at,
                 ),
             )
-            return cursor.rowcount == 1
+            return bool(cursor.rowcount == 1)
 
     def list(self, study: str | None = None, limit: int = 100, offset: int = 0) -> list[Label]:
         """Labels, newest first.
@@ -264,7 +265,7 @@ class LabelStore(PrivateTable):
         check_page(limit, offset)
         where, args = self._where(study)
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._execute(
                 f"SELECT {_COLUMNS} FROM lesion_ai_labels{where} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608 - fixed text
                 (*args, limit, offset),
             ).fetchall()
@@ -274,7 +275,7 @@ class LabelStore(PrivateTable):
         """How many labels (of one study: Orthanc ID or StudyInstanceUID)."""
         where, args = self._where(study)
         with self._lock:
-            row = self._conn.execute(f"SELECT COUNT(*) FROM lesion_ai_labels{where}", args).fetchone()  # noqa: S608
+            row = self._execute(f"SELECT COUNT(*) FROM lesion_ai_labels{where}", args).fetchone()  # noqa: S608
         return int(row[0])
 
     @staticmethod

@@ -157,48 +157,44 @@ class VerdictRecord:
 
 
 class VerdictStore(PrivateTable):
-    """The verdicts' table (SQLite, one file of the data folder, 0600).
+    """The verdicts' table (SQLite, one file of the data folder, 0600; in cluster mode in the cluster database).
 
     Parameters
     ----------
-    path : Path
-        The database file (created when missing, with its folder).
+    path : Path or str
+        The database file (created when missing, with its folder), or the cluster database's
+        ``postgresql://`` URL.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
         super().__init__(path, "lesion_ai_verdicts", _SCHEMA)
 
     def add(self, record: VerdictRecord) -> bool:
         """Store a record; one that gives verdicts becomes its study's current one for its model (earlier
         ones stay as history). False when this SR was recorded before (nothing changes)."""
         current = record.verdicts is not None
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._conn.execute(
-                    "INSERT OR IGNORE INTO lesion_ai_verdicts (sop_instance_uid, instance_id, study_id, study_uid, "
-                    "model, current, document, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.sop_instance_uid,
-                        record.instance,
-                        record.study,
-                        record.study_instance_uid,
-                        record.model,
-                        0,
-                        json.dumps(record.document(), sort_keys=True),
-                        record.recorded_at,
-                    ),
+        with self.transaction():
+            cursor = self._execute(
+                "INSERT OR IGNORE INTO lesion_ai_verdicts (sop_instance_uid, instance_id, study_id, study_uid, "
+                "model, current, document, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.sop_instance_uid,
+                    record.instance,
+                    record.study,
+                    record.study_instance_uid,
+                    record.model,
+                    0,
+                    json.dumps(record.document(), sort_keys=True),
+                    record.recorded_at,
+                ),
+            )
+            added = bool(cursor.rowcount == 1)
+            if added and current:
+                self._execute(
+                    "UPDATE lesion_ai_verdicts SET current = CASE WHEN sop_instance_uid = ? THEN 1 ELSE 0 END "
+                    "WHERE study_id = ? AND model = ?",
+                    (record.sop_instance_uid, record.study, record.model),
                 )
-                added = cursor.rowcount == 1
-                if added and current:
-                    self._conn.execute(
-                        "UPDATE lesion_ai_verdicts SET current = (id = ?) WHERE study_id = ? AND model = ?",
-                        (cursor.lastrowid, record.study, record.model),
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
         return added
 
     def _where(self, study: str | None, model: str | None, history: bool) -> tuple[str, tuple[Any, ...]]:
@@ -232,7 +228,7 @@ class VerdictStore(PrivateTable):
         check_page(limit, offset)
         where, args = self._where(study, model, history)
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._execute(
                 f"SELECT {_COLUMNS} FROM lesion_ai_verdicts{where} ORDER BY id DESC LIMIT ? OFFSET ?",  # noqa: S608 - fixed text
                 (*args, limit, offset),
             ).fetchall()
@@ -242,14 +238,14 @@ class VerdictStore(PrivateTable):
         """How many records :meth:`list` pages through."""
         where, args = self._where(study, model, history)
         with self._lock:
-            row = self._conn.execute(f"SELECT COUNT(*) FROM lesion_ai_verdicts{where}", args).fetchone()  # noqa: S608
+            row = self._execute(f"SELECT COUNT(*) FROM lesion_ai_verdicts{where}", args).fetchone()  # noqa: S608
         return int(row[0])
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per model, over the studies' current verdicts: ``accepted``, ``rejected``, ``missed``, ``studies``
         and ``ppv`` (accepted / (accepted + rejected); None before any verdict)."""
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._execute(
                 "SELECT model, document FROM lesion_ai_verdicts WHERE current = 1"
             ).fetchall()
         out: dict[str, dict[str, Any]] = {}

@@ -202,6 +202,20 @@ def test_rules_and_models_changed_on_one_server_are_in_force_on_the_other(
     _send(b, dicom_files([tmp_path / "ct"]))
     [job] = wait_for(lambda: jobs(b.client()), 30, "a job for the CT study under the rules put on A")
     assert job["rule"] == "cluster-ct"  # the packaged rules would not have queued a CT study
+    # A study no rule matches now: the dispatcher records it, the other server lists it as ignored too.
+    [dispatcher] = wait_for(lambda: _dispatchers(a, b) or None, 20, "a dispatcher")
+    other = b if dispatcher == "A" else a
+    mr_uid = make_study(tmp_path / "mr", patient_id="P-MR")
+    _send(a, dicom_files([tmp_path / "mr"]))
+    mr_study = wait_for(lambda: find_study(other.client(), mr_uid), 30, "the MR study in the shared index")
+    ignored = wait_for(
+        lambda: [
+            e for e in other.client().get_json("/lesion-ai/ignored")["ignored"] if e["study"] == mr_study
+        ],
+        30,
+        "the MR study listed as ignored by the server that does not dispatch",
+    )
+    assert ignored[0]["evaluation"][0]["rule"] == "cluster-ct"
     # A model registered on A and promoted on B: the active model of both.
     artifact = write_tiny_artifact(tmp_path / "tiny", seed=3)
     buffer = io.BytesIO()

@@ -11,13 +11,17 @@ from typing import Any
 
 import pytest
 
+from lesion_engine.labels.verdicts import Verdicts
 from orthanc_plugin.cluster.database import ClusterDatabase, ClusterDatabaseError
 from orthanc_plugin.cluster.lease import Lease
 from orthanc_plugin.cluster.locks import StudyLocks
 from orthanc_plugin.cluster.role import ClusterRole
 from orthanc_plugin.cluster.rules_history import SharedRulesHistory
 from orthanc_plugin.cluster.shared import SharedState, StaleRevisionError
+from orthanc_plugin.intake.labels import Label, LabelStore
+from orthanc_plugin.intake.private_table import postgres_sql
 from orthanc_plugin.intake.studies import ResultReplacement
+from orthanc_plugin.intake.verdicts import VerdictRecord, VerdictStore
 from orthanc_plugin.jobqueue import JobProgress, JobState, NewJob, QueuePolicy
 from orthanc_plugin.jobqueue.postgres import PostgresJobQueue
 from orthanc_plugin.node.orthanc_api import NotFoundError
@@ -251,3 +255,57 @@ def test_a_study_lock_that_cannot_be_had_says_so(postgres: PostgresServer) -> No
         pass  # and the same study once released
     holder.close()
     waiter.close()
+
+
+# -- the radiologists' labels and verdicts, one table for every server --------------------------------------
+def _label(sop: str, study: str = "study-1") -> Label:
+    return Label(study, "1.2.3", "series-1", "1.2.3.4", f"instance-{sop}", sop, "Viewer", "SEG", (), (), 10.0)
+
+
+def _verdict(sop: str, at: float) -> VerdictRecord:
+    return VerdictRecord(
+        study="study-1",
+        study_instance_uid="1.2.3",
+        instance=f"instance-{sop}",
+        sop_instance_uid=sop,
+        model="m:1:abc",
+        sender={"name": "dr-a"},
+        content_time="",
+        verdicts=Verdicts((), ()),
+        refused=None,
+        recorded_at=at,
+    )
+
+
+def test_labels_and_verdicts_recorded_by_one_server_are_read_by_the_other(postgres: PostgresServer) -> None:
+    url = postgres.database()
+    labels_a, labels_b = LabelStore(url), LabelStore(url)
+    assert labels_a.add(_label("1.9.1")) and not labels_b.add(_label("1.9.1"))  # one row per SEG
+    assert labels_b.add(_label("1.9.2", study="study-2"))
+    assert [lab.sop_instance_uid for lab in labels_a.list()] == ["1.9.2", "1.9.1"]
+    assert (
+        labels_a.count("study-2") == 1
+        and labels_b.count("1.2.3") == 2
+        and labels_a.has_instance("instance-1.9.2")
+    )
+    verdicts_a, verdicts_b = VerdictStore(url), VerdictStore(url)
+    assert verdicts_a.add(_verdict("1.8.1", 1.0)) and verdicts_b.add(_verdict("1.8.2", 2.0))
+    assert not verdicts_a.add(_verdict("1.8.2", 3.0))
+    current = verdicts_a.list()
+    assert [(r.sop_instance_uid, r.current) for r in current] == [("1.8.2", True)]  # the later SR replaced it
+    assert [r.sop_instance_uid for r in verdicts_b.list(history=True)] == ["1.8.2", "1.8.1"]
+    assert verdicts_b.summary()["m:1:abc"]["studies"] == 1 and verdicts_a.count(history=True) == 2
+    for store in (labels_a, labels_b, verdicts_a, verdicts_b):
+        store.close()
+
+
+def test_the_stores_sql_is_said_to_postgresql_word_for_word() -> None:
+    assert (
+        postgres_sql("INSERT OR IGNORE INTO t (a) VALUES (?)")
+        == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
+    )
+    assert (
+        postgres_sql("id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL")
+        == "id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION"
+    )
+    assert postgres_sql("SELECT 1 WHERE a LIKE '5%'") == "SELECT 1 WHERE a LIKE '5%%'"

@@ -121,6 +121,31 @@ def test_the_store_keeps_entries_for_a_bounded_time_and_number(tmp_path: Path) -
         IgnoredStudies(path, 0)
 
 
+class _Shared:
+    """A value every server reads (the cluster database's, in memory)."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def load(self) -> str | None:
+        return self.value
+
+    def save(self, value: str) -> None:
+        self.value = value
+
+
+def test_a_shared_list_is_the_same_on_every_server(tmp_path: Path) -> None:
+    shared = _Shared()
+    server_a = IgnoredStudies(tmp_path / "a.json", keep_s=100.0, shared=shared)
+    server_b = IgnoredStudies(tmp_path / "b.json", keep_s=100.0, shared=shared)
+    server_a.record("s1", "1.2.1", [{"rule": "r", "outcome": "no match"}], now=10.0)
+    server_b.record("s2", "1.2.2", [], now=11.0)
+    assert [e["study"] for e in server_a.list(now=12.0)] == ["s2", "s1"]
+    server_a.forget("s2")
+    assert [e["study"] for e in server_b.list(now=12.0)] == ["s1"]
+    assert not (tmp_path / "a.json").exists() and not (tmp_path / "b.json").exists()
+
+
 def test_a_damaged_file_starts_an_empty_list(tmp_path: Path) -> None:
     path = tmp_path / "ignored.json"
     for content in ("{not json", json.dumps({"format": "other"}), json.dumps({"format": "x", "studies": 3})):
