@@ -45,8 +45,10 @@ from orthanc_plugin.admin.routes import AdminApi
 from orthanc_plugin.admin.ui import UI_ROUTE, UiFiles
 from orthanc_plugin.admin.viewer import BASE_URL, ViewerAnswer, viewer_files
 from orthanc_plugin.cluster.database import ClusterDatabaseError
+from orthanc_plugin.cluster.registry_state import SharedRegistryState
 from orthanc_plugin.cluster.role import ClusterRole
-from orthanc_plugin.cluster.shared import CHANGE_POSITION, IGNORED, RULES, SharedProperty
+from orthanc_plugin.cluster.rules import SharedRules
+from orthanc_plugin.cluster.shared import CHANGE_POSITION, IGNORED, SharedProperty
 from orthanc_plugin.intake.changes import ChangeFollower, HeaderCache, PropertyStore, ReceivingStudies
 from orthanc_plugin.intake.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.intake.labels import LABELS_FILE, LabelStore, record_labels
@@ -173,10 +175,11 @@ class NodePlugin:
         self.stable_age_s = 60.0
         self.cluster: ClusterRole | None = None
         store: PropertyStore = _GlobalProperty(orthanc, settings.sequence_property)
-        self._rules_revision: int | None = None
+        self.shared_rules: SharedRules | None = None
         if settings.cluster:
             server = settings.server_identifier or f"{socket.gethostname()}:{os.getpid()}"
             self.cluster = ClusterRole(settings.cluster, server, settings.dispatcher_lease_s)
+            self.shared_rules = SharedRules(self.cluster.state, server, self.rules_from_text)
             store = SharedProperty(self.cluster.state, CHANGE_POSITION, server)
         self.follower = ChangeFollower(
             self.api,
@@ -218,7 +221,11 @@ class NodePlugin:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.models = ModelRegistry(
-            settings.models_folder, settings.model, settings.processor, settings.model_identity
+            settings.models_folder,
+            settings.model,
+            settings.processor,
+            settings.model_identity,
+            SharedRegistryState(settings.cluster, self.cluster.server) if self.cluster is not None else None,
         )
         self.last_evaluation: Evaluation | None = None
         #: Orthanc's storage folder (its configuration's StorageDirectory), watched for free space.
@@ -405,7 +412,7 @@ class NodePlugin:
         """Cluster mode: put this node's rules in the cluster database unless some are there already,
         and start renewing (or waiting for) the dispatcher lease."""
         try:
-            if cluster.state.put_if_absent(RULES, self.rules.text, cluster.server):
+            if self.shared_rules is not None and self.shared_rules.seed(self.rules):
                 logger.warning("the cluster's rules are this server's rules file %s", self.settings.rules)
         except ClusterDatabaseError as exc:
             logger.error("the cluster's rules cannot be read; this server's rules file is in force: %s", exc)
@@ -471,8 +478,12 @@ class NodePlugin:
         An edited file that does not validate leaves the rules in force unchanged; the error is logged once
         and shown by ``GET /lesion-ai/health`` until the file is fixed.
         """
-        if self.cluster is not None:
-            return self._cluster_rules(self.cluster)
+        if self.shared_rules is not None:
+            shared = self.shared_rules.current()
+            with self._rules_lock:
+                self.rules = shared if shared is not None else self.rules
+                self.rules_error = self.shared_rules.error
+                return self.rules
         path = self.settings.rules
         stamp = _stamp(path)
         with self._rules_lock:
@@ -490,38 +501,6 @@ class NodePlugin:
             logger.warning("routing rules re-read from %s (%d rule(s))", path, len(rules.rules))
             return self.rules
 
-    def _cluster_rules(self, cluster: ClusterRole) -> RoutingRules:
-        """The rules in force in the cluster database; read again when another server replaced them. When
-        the database cannot be read, or holds rules that do not validate, the rules read before stay in
-        force (health says why)."""
-        with self._rules_lock:
-            try:
-                revision = cluster.state.revision(RULES)
-                if revision is None or revision == self._rules_revision:
-                    return self.rules
-                found = cluster.state.get(RULES)
-            except ClusterDatabaseError as exc:
-                self.rules_error = (
-                    f"the cluster's rules cannot be read, the rules read before stay in force: {exc}"
-                )
-                logger.error("%s", self.rules_error)
-                return self.rules
-            if found is None:
-                return self.rules
-            self._rules_revision = found.revision
-            try:
-                rules = parse_rules(
-                    found.value, f"cluster database, revision {found.revision}", self.settings.rules.parent
-                )
-            except ConfigError as exc:
-                self.rules_error = f"the cluster's rules (revision {found.revision}) are not applied: {exc}"
-                logger.error("%s", self.rules_error)
-                return self.rules
-            self.rules = rules
-            self.rules_error = None
-            logger.warning("routing rules read from the cluster database (revision %d)", found.revision)
-            return rules
-
     def replace_rules(self, rules: RoutingRules) -> None:
         """Put new (validated) rules in force and save them to the rules file (atomically); in cluster mode
         to the cluster database, where every server reads them.
@@ -533,11 +512,9 @@ class NodePlugin:
         ClusterDatabaseError
             The cluster database cannot be written.
         """
-        if self.cluster is not None:
-            with self._rules_lock:
-                revision = self.cluster.state.put(RULES, rules.text, self.cluster.server)
-                self.rules, self._rules_revision, self.rules_error = rules, revision, None
-            logger.warning("routing rules replaced in the cluster database (revision %d)", revision)
+        if self.shared_rules is not None:
+            self.shared_rules.replace(rules)
+            self.rules, self.rules_error = rules, None
             return
         path = self.settings.rules
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

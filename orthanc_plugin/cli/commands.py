@@ -136,6 +136,7 @@ _WORKER_SETTING_OPTIONS = (
     ("--forward-attempts", "forward_attempts"),
     ("--forward-timeout", "forward_timeout_s"),
     ("--forward-mode", "forward_mode"),
+    ("--cluster", "cluster"),
     ("--metadata-name", "metadata_name"),
     ("--model", "model"),
     ("--models-folder", "models_dir"),

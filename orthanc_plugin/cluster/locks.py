@@ -1,5 +1,6 @@
 """One lock per study across the cluster: a PostgreSQL advisory lock, held around the replacement of a
-study's results (supersede the earlier jobs, delete their results, release the new job).
+study's results (supersede the earlier jobs, delete their results, release the new job). The same locks
+serve other names (the model registry's, :mod:`orthanc_plugin.cluster.registry_state`).
 
 Two servers that replace the same study's results one after the other each see what the other did; without
 the lock, one could delete results that a worker stored just after the other released the job that made

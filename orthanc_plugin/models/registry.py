@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lesion_engine.errors import LesionAIError, ModelArtifactError
 from lesion_engine.model.model_card import CARD_FILE, WEIGHTS_FILE, model_identity, read_any_card
@@ -53,7 +53,9 @@ __all__ = [
     "ModelTakenError",
     "RegisteredModel",
     "RegistryError",
+    "RegistryFile",
     "RegistryState",
+    "RegistryStateStore",
     "UnknownModelError",
 ]
 
@@ -170,6 +172,64 @@ class RegisteredModel:
     identity: str
 
 
+class RegistryStateStore(Protocol):
+    """Where the registry's state (:class:`RegistryState` as JSON) is kept: ``registry.json`` of the models
+    folder (:class:`RegistryFile`), or the cluster database
+    (:class:`orthanc_plugin.cluster.registry_state.SharedRegistryState`)."""
+
+    #: Where, for messages.
+    where: str
+
+    def read(self) -> str | None:
+        """The stored JSON text; None when none was stored yet."""
+        ...
+
+    def write(self, text: str) -> None:
+        """Store the JSON text (raises OSError or RuntimeError when it cannot)."""
+        ...
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the registry's lock (one change at a time, across processes and servers)."""
+        ...
+
+
+class RegistryFile:
+    """``registry.json`` of a models folder, changed under ``flock`` of ``.lock`` beside it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / REGISTRY_FILE
+        self.where = f"the model registry {self.path}"
+
+    def read(self) -> str | None:
+        """The file's text; None when there is no file."""
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def write(self, text: str) -> None:
+        """Write the file atomically (a temporary file, then renamed)."""
+        tmp = self.path.with_name(f".{REGISTRY_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``flock`` of the folder's ``.lock``."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class ModelRegistry:
     """The models folder (see the module docstring).
 
@@ -183,6 +243,9 @@ class ModelRegistry:
         The ``Processor`` setting (a non-default processor names the configured model's identity).
     identity_override : str or None
         The ``ModelIdentity`` setting (overrides the configured model's identity).
+    state_store : RegistryStateStore, optional
+        Where the state is kept (default: ``registry.json`` of ``folder``; the cluster database in cluster
+        mode, with ``folder`` on shared storage).
     """
 
     def __init__(
@@ -191,8 +254,12 @@ class ModelRegistry:
         configured: str | None = None,
         processor: str | None = None,
         identity_override: str | None = None,
+        state_store: RegistryStateStore | None = None,
     ) -> None:
         self.folder = folder
+        self.state_store: RegistryStateStore = (
+            state_store if state_store is not None else RegistryFile(folder)
+        )
         self.configured = configured
         self.processor = processor
         self.identity_override = identity_override
@@ -212,18 +279,18 @@ class ModelRegistry:
         RegistryError
             The registry file exists but cannot be read or is invalid (fix or remove it).
         """
-        path = self.registry_file
+        where = self.state_store.where
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            text = self.state_store.read()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: the cluster database unreachable
+            raise RegistryError(f"cannot read {where}: {exc}") from exc
+        if text is None:
             return RegistryState()
-        except OSError as exc:
-            raise RegistryError(f"cannot read the model registry {path}: {exc}") from exc
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise RegistryError(f"the model registry {path} is not JSON ({exc}); fix or remove it") from exc
-        return RegistryState.from_json(data, f"the model registry {path}")
+            raise RegistryError(f"{where} is not JSON ({exc}); fix or remove it") from exc
+        return RegistryState.from_json(data, where)
 
     def names(self) -> list[str]:
         """Names of the registered model folders (those holding a card), sorted."""
@@ -290,23 +357,20 @@ class ModelRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[RegistryState]:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.ExitStack() as stack:
             try:
-                yield self.state()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                stack.enter_context(self.state_store.locked())
+            except RuntimeError as exc:  # the cluster database unreachable
+                raise RegistryError(f"{self.state_store.where} cannot be locked: {exc}") from exc
+            yield self.state()
 
     def _write(self, state: RegistryState) -> None:
         history = state.history[-_HISTORY_KEPT:]
         data = RegistryState(state.active, state.shadow, history).to_json()
-        tmp = self.registry_file.with_name(f".{REGISTRY_FILE}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, self.registry_file)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise RegistryError(f"cannot write the model registry {self.registry_file}: {exc}") from exc
+            self.state_store.write(json.dumps(data, indent=2) + "\n")
+        except (OSError, RuntimeError) as exc:
+            raise RegistryError(f"cannot write {self.state_store.where}: {exc}") from exc
 
     def add_zip(self, name: str, data: bytes, user: str | None) -> RegisteredModel:
         """Register the artifact in a zip (its card and weights at the top level) as ``name``.

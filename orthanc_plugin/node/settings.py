@@ -230,6 +230,16 @@ class WorkerSettings:
             "only to the server that runs it)",
         ),
     )
+    cluster: str = field(
+        default="",
+        metadata=_meta(
+            "Cluster",
+            "cluster mode: the PostgreSQL URL of the cluster database (dispatcher lease, shared rules, change "
+            "position, labels, verdicts and the model registry's state; the job queue must be PostgreSQL too), "
+            "shared by every Orthanc and worker of the cluster; empty: a single node (LESION_AI_CLUSTER for "
+            "lesion-ai node)",
+        ),
+    )
     result_settings: ResultSettings = field(
         default_factory=ResultSettings,
         metadata=_meta(
@@ -249,6 +259,10 @@ class WorkerSettings:
         for name in ("max_attempts", "forward_attempts"):
             if getattr(self, name) < 1:
                 raise self._bad(name, f"must be at least 1, got {getattr(self, name)!r}")
+        if self.cluster and not self.cluster.startswith(("postgresql://", "postgres://")):
+            raise self._bad(
+                "cluster", f"must be a postgresql:// URL or empty, got {self.cluster.split('://')[0]!r}"
+            )
         if self.forward_mode not in FORWARD_MODES:
             raise self._bad("forward_mode", f"must be {one_of(FORWARD_MODES)}, got {self.forward_mode!r}")
         if self.backoff_s < 0 or self.backoff_max_s < self.backoff_s:
@@ -468,15 +482,6 @@ class NodeSettings(WorkerSettings):
         ),
     )
 
-    cluster: str = field(
-        default="",
-        metadata=_meta(
-            "Cluster",
-            "cluster mode: the PostgreSQL URL of the cluster database (dispatcher lease, shared rules and "
-            "change position; the job queue must be PostgreSQL too), shared by every Orthanc of the cluster; "
-            "empty: a single node (LESION_AI_CLUSTER for lesion-ai node)",
-        ),
-    )
     server_identifier: str = field(
         default="",
         metadata=_meta(
@@ -539,10 +544,6 @@ class NodeSettings(WorkerSettings):
             )
 
     def _check_cluster(self) -> None:
-        if self.cluster and not self.cluster.startswith(("postgresql://", "postgres://")):
-            raise self._bad(
-                "cluster", f"must be a postgresql:// URL or empty, got {self.cluster.split('://')[0]!r}"
-            )
         if self.cluster and not self.queue.startswith(("postgresql://", "postgres://")):
             raise self._bad(
                 "queue",

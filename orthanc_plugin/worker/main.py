@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lesion_engine.errors import ConfigError
+from orthanc_plugin.cluster.registry_state import SharedRegistryState
 from orthanc_plugin.jobqueue import QueuePolicy, open_queue
 from orthanc_plugin.models.registry import ModelRegistry
 from orthanc_plugin.node.logsetup import configure_node_logging
@@ -84,7 +85,8 @@ def run_worker(
     )
     models = None
     if settings.models_dir is not None:
-        registry = ModelRegistry(settings.models_dir, settings.model, settings.processor)
+        shared = SharedRegistryState(settings.cluster, name) if settings.cluster else None
+        registry = ModelRegistry(settings.models_dir, settings.model, settings.processor, state_store=shared)
         models = ModelRuns(registry, processor_settings, settings.processor, processor, NodeLabels(client))
     worker = Worker(queue, client, processor, options, models)
     worker.install_signal_handlers()

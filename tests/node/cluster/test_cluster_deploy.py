@@ -64,6 +64,7 @@ def test_the_worker_unit_parses_and_names_only_what_the_worker_reads() -> None:
         env["LESION_AI_QUEUE"],
         "gpu1",
     )
+    assert args.cluster == env["LESION_AI_CLUSTER"] and str(args.models_dir) == env["LESION_AI_MODELS_FOLDER"]
     worker_code = (REPO / "orthanc_plugin" / "node" / "settings.py").read_text(encoding="utf-8")
     for key in ("LESION_AI_ORTHANC_USERNAME", "LESION_AI_ORTHANC_PASSWORD"):
         assert key in env and key in worker_code

@@ -4,27 +4,36 @@ rules' history, and the per-study lock that keeps two servers from deleting each
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lesion_engine.labels.verdicts import Verdicts
+from lesion_engine.model.model_card import CARD_FILE, WEIGHTS_FILE
 from orthanc_plugin.cluster.database import ClusterDatabase, ClusterDatabaseError
 from orthanc_plugin.cluster.lease import Lease
 from orthanc_plugin.cluster.locks import StudyLocks
+from orthanc_plugin.cluster.registry_state import SharedRegistryState
 from orthanc_plugin.cluster.role import ClusterRole
+from orthanc_plugin.cluster.rules import SharedRules
 from orthanc_plugin.cluster.rules_history import SharedRulesHistory
-from orthanc_plugin.cluster.shared import SharedState, StaleRevisionError
+from orthanc_plugin.cluster.shared import RULES, SharedState, StaleRevisionError
 from orthanc_plugin.intake.labels import Label, LabelStore
 from orthanc_plugin.intake.private_table import postgres_sql
 from orthanc_plugin.intake.studies import ResultReplacement
 from orthanc_plugin.intake.verdicts import VerdictRecord, VerdictStore
 from orthanc_plugin.jobqueue import JobProgress, JobState, NewJob, QueuePolicy
 from orthanc_plugin.jobqueue.postgres import PostgresJobQueue
+from orthanc_plugin.models.registry import ModelRegistry, RegistryError
 from orthanc_plugin.node.orthanc_api import NotFoundError
+from orthanc_plugin.rules import RoutingRules, parse_rules
+from tests.support.model_helpers import write_tiny_artifact
 from tests.support.pg_env import PostgresServer, running_postgres
 
 pytestmark = [pytest.mark.postgres]
@@ -309,3 +318,78 @@ def test_the_stores_sql_is_said_to_postgresql_word_for_word() -> None:
         == "id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION"
     )
     assert postgres_sql("SELECT 1 WHERE a LIKE '5%'") == "SELECT 1 WHERE a LIKE '5%%'"
+
+
+# -- the rules in force across the cluster -----------------------------------------------------------------
+class _FlakyState(SharedState):
+    """The shared values of a real database, with an outage switched on and off by the test."""
+
+    def __init__(self, database: ClusterDatabase) -> None:
+        super().__init__(database)
+        self.down = False
+
+    def revision(self, name: str) -> int | None:
+        if self.down:
+            raise ClusterDatabaseError("cluster database db:5432: connection refused")
+        return super().revision(name)
+
+
+def _parse(text: str, source: str) -> RoutingRules:
+    return parse_rules(text, source, Path("."))
+
+
+ONE_RULE = """\
+version: 1
+rules:
+  - name: {name}
+    match: {{series: {{Modality: [CT]}}}}
+"""
+
+
+def test_shared_rules_are_read_once_per_revision_and_bad_or_unreadable_ones_leave_the_last_in_force(
+    database: ClusterDatabase,
+) -> None:
+    state = _FlakyState(database)
+    server_a, server_b = SharedRules(state, "A", _parse), SharedRules(state, "B", _parse)
+    assert server_a.seed(_parse(ONE_RULE.format(name="first"), "file")) and not server_b.seed(
+        _parse(ONE_RULE.format(name="other"), "file")
+    )
+    first = server_b.current()
+    assert first is not None and [r.name for r in first.rules] == ["first"] and server_b.current() is first
+    server_a.replace(_parse(ONE_RULE.format(name="second"), "PUT"))
+    second = server_b.current()
+    assert second is not None and [r.name for r in second.rules] == ["second"] and server_b.error is None
+    state.put(RULES, "version: 1\nrules: [{name: x, priorty: 1}]\n", "someone")  # bypassing validation
+    assert server_b.current() is second and "revision 3) are not applied" in str(server_b.error)
+    state.down = True
+    assert server_b.current() is second and "connection refused" in str(server_b.error)
+    state.down = False
+    assert server_b.current() is second and "revision 3) are not applied" in str(server_b.error)
+    server_a.replace(_parse(ONE_RULE.format(name="third"), "PUT"))
+    third = server_b.current()
+    assert third is not None and [r.name for r in third.rules] == ["third"] and server_b.error is None
+
+
+# -- the model registry's state ------------------------------------------------------------------------------
+def test_the_registry_state_is_in_the_database_and_read_by_every_server(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url, folder = postgres.database(), tmp_path / "shared-models"
+    stores = [SharedRegistryState(url, "A"), SharedRegistryState(url, "B")]
+    server_a, server_b = (ModelRegistry(folder, state_store=store) for store in stores)
+    artifact = write_tiny_artifact(tmp_path / "tiny", seed=4)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in (CARD_FILE, WEIGHTS_FILE):
+            archive.write(artifact / name, name)
+    server_a.add_zip("tiny", buffer.getvalue(), "alice")
+    server_b.promote("tiny", "bob")
+    assert server_a.active().name == "tiny" and server_a.state().history[-1]["user"] == "bob"
+    assert not server_a.registry_file.exists()  # the state is the database's, not a file's
+    unreachable = ModelRegistry(
+        folder, state_store=SharedRegistryState(f"postgresql://lesion@127.0.0.1:{postgres.port}/gone", "C")
+    )
+    with pytest.raises(RegistryError, match="cannot read the model registry in the cluster database"):
+        unreachable.state()
+    for store in stores:
+        store.close()
