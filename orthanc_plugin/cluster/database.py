@@ -12,8 +12,9 @@ cluster must see alike:
     The earlier versions of the routing rules.
 
 Times are the database server's clock (``clock_timestamp()``), so that a lease means the same to every
-machine. A connection broken by a PostgreSQL restart is opened again at the next call; the call that saw
-it break raises :class:`ClusterDatabaseError` (the caller retries at its next round).
+machine. A kept connection is checked before each transaction and opened again when a PostgreSQL restart
+cut it; a call whose connection breaks while it runs raises :class:`ClusterDatabaseError` (the caller
+retries at its next round).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class ClusterDatabase:
         """
         with self._lock:
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
+                if not self.usable(self._conn):
+                    self._drop()
                     self._conn = self.connect()
                 if not self._schema_ready:
                     self._create_schema()
@@ -121,6 +123,18 @@ class ClusterDatabase:
             except self._psycopg.OperationalError as exc:
                 self._drop()
                 raise ClusterDatabaseError(f"cluster database {database_host(self.url)}: {exc}") from exc
+
+    def usable(self, conn: Any) -> bool:
+        """Whether a kept connection still answers (a PostgreSQL restart cuts every connection, and psycopg
+        notices only at the next statement): one round trip, so that a call after a restart does not fail
+        for it."""
+        if conn is None or conn.closed or conn.broken:
+            return False
+        try:
+            conn.execute("SELECT 1")
+        except self._psycopg.Error:
+            return False
+        return True
 
     def _create_schema(self) -> None:
         with self._conn.transaction(), self._conn.cursor() as cur:

@@ -79,7 +79,8 @@ class StudyLocks:
 
     def _connection(self) -> Any:
         conn = self._conn
-        if conn is None or conn.closed or conn.broken:
+        if not self.database.usable(conn):
+            self._drop()
             self._conn = conn = self.database.connect()
         return conn
 

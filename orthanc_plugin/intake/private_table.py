@@ -91,11 +91,29 @@ class PrivateTable:
         return f"{type(self).__name__}({str(where)!r})"
 
     def _connection(self) -> Any:
-        if self._postgres and (self._conn is None or self._conn.closed or self._conn.broken):
+        if self._postgres and not self._answers():
             import psycopg
 
+            if self._conn is not None:
+                self._conn.close()
             self._conn = psycopg.connect(str(self._url), autocommit=True, connect_timeout=10)
         return self._conn
+
+    def _answers(self) -> bool:
+        """Whether the kept PostgreSQL connection still answers (a server restart cuts it, and psycopg
+        notices only at the next statement)."""
+        import psycopg
+
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            return False
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return True  # inside the store's own transaction: its statements say whether it broke
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement (SQLite's words); returns the cursor. Call it holding ``self._lock``."""

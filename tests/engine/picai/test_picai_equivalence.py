@@ -121,26 +121,28 @@ class Case:
     reference: ReferenceOutput
 
 
-@pytest.fixture(scope="module")
+# The fixtures below are session-scoped: pytest-xdist's work stealing may interleave this module's tests with
+# other modules', and pytest rebuilds a module-scoped fixture each time its module comes back.
+@pytest.fixture(scope="session")
 def imported(picai_folds: PicaiFolds, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     out = tmp_path_factory.mktemp("picai-artifact") / "picai-unet-test"
     import_picai_unet(picai_folds.weights_dir, out, name="picai-unet-test", version="synthetic-1")
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def engine(imported: Path) -> DetectionEngine:
     loaded = load_engine(imported, "cpu")
     assert isinstance(loaded, DetectionEngine)
     return loaded
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference_models(picai_folds: PicaiFolds) -> list[torch.nn.Module]:  # noqa: F811
     return load_reference_folds(picai_folds.weights_dir)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fixture_case(
     prostatex_series: dict[int, Path],
     prostatex: Path,
@@ -153,7 +155,7 @@ def fixture_case(
     return Case("prostatex-0001", prepare_study(prostatex / "dicom"), reference)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def synthetic_cases(
     picai_folds: PicaiFolds,  # noqa: F811
     reference_models: list[torch.nn.Module],

@@ -89,19 +89,21 @@ def problems(reference: NnunetReferenceOutput, result: EngineResult, t2w: sitk.I
     return out
 
 
-@pytest.fixture(scope="module")
+# The fixtures below are session-scoped: pytest-xdist's work stealing may interleave this module's tests with
+# other modules', and pytest rebuilds a module-scoped fixture each time its module comes back.
+@pytest.fixture(scope="session")
 def imported(nnunet_folds: NnunetFolds, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("picai-nnunet-artifact") / "picai-nnunet-test"
     import_picai_nnunet(nnunet_folds.model_dir, out, name="picai-nnunet-test", version="synthetic-1")
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def engine(imported: Path) -> NnunetDetectionEngine:
     return NnunetDetectionEngine.from_artifact(imported, "cpu")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fixture_case(
     prostatex_series: dict[int, Path],
     prostatex: Path,
@@ -114,7 +116,7 @@ def fixture_case(
     return Case("prostatex-0001", prepare_study(prostatex / "dicom"), reference)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def synthetic_cases(nnunet_folds: NnunetFolds, tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
     cases = []
     for study in nnunet_folds.studies[:1]:  # one synthetic study beside the real fixture (the suite's time)

@@ -64,7 +64,9 @@ class Case:
         return [p for p in self.objects if p.stem.endswith(f"_{modality}")]
 
 
-@pytest.fixture(scope="module")
+# The fixtures below are session-scoped: pytest-xdist's work stealing may interleave this module's tests with
+# other modules', and pytest rebuilds a module-scoped fixture each time its module comes back.
+@pytest.fixture(scope="session")
 def cases(
     tmp_path_factory: pytest.TempPathFactory, prostatex_series: dict[int, Path], prostatex: Path
 ) -> dict[str, Case]:
@@ -164,7 +166,7 @@ def test_dsrdump_reads_every_sr(cases: dict[str, Case]) -> None:
     assert "Warning: the gland model" in validators.dsrdump(negative).output  # dsrdump cuts long texts
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pixelmed(cases: dict[str, Case]) -> dict[Path, validators.Report]:
     """PixelMed's SR validator on every SR and KOS of the cases, in one Java process."""
     paths = [p for case in cases.values() for p in (*case.of_modality("SR"), *case.of_modality("KO"))]
