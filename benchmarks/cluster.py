@@ -118,7 +118,13 @@ def _phase(
         fleet.close()
 
 
-def run(studies: int = STUDIES, *, engine: bool = True, model: Path | None = None) -> dict[str, Any]:
+def run(
+    studies: int = STUDIES,
+    *,
+    engine: bool = True,
+    model: Path | None = None,
+    template: list[Path] | None = None,
+) -> dict[str, Any]:
     """Run both phases (see the module docstring); returns the JSON-ready report.
 
     Parameters
@@ -130,12 +136,14 @@ def run(studies: int = STUDIES, *, engine: bool = True, model: Path | None = Non
         fake processor (small SEG and SR objects, 0.5 s per study).
     model : Path, optional
         Model artifact for ``engine``.
+    template : list of Path, optional
+        The files of the study sent (default: :mod:`benchmarks.soak`'s small synthetic prostate study).
     """
     if studies < 2:
         raise ValueError(f"the cluster benchmark needs at least 2 studies, got {studies}")
     with tempfile.TemporaryDirectory(prefix="lesion-ai-bench-cluster-") as scratch, running_postgres() as pg:
         root = Path(scratch)
-        template = _template(root / "template")
+        template = template if template is not None else _template(root / "template")
         if engine:
             artifact, weights = _artifact(model, root)
             processor, note, extra, env = None, f"the engine ({weights})", _extra(artifact), {}

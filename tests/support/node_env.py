@@ -18,6 +18,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -315,13 +316,18 @@ class OrthancFleet:
         return server
 
     def close(self) -> None:
-        errors = []
-        for server in reversed(self.servers):
+        """Stop every server, all at once (an Orthanc takes about 3 s to stop its HTTP and DICOM servers)."""
+
+        def stop(server: OrthancServer) -> str | None:
             try:
                 server.stop()
             except Exception as exc:
-                errors.append(f"{server.name}: {exc}")
                 server._reap_workers()
+                return f"{server.name}: {exc}"
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.servers))) as pool:
+            errors = [e for e in pool.map(stop, reversed(self.servers)) if e is not None]
         self.servers.clear()
         if errors:
             raise AssertionError("; ".join(errors))
