@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
 
 from orthanc_plugin.cluster.database import ClusterDatabase
 from orthanc_plugin.cluster.shared import SharedState
-from orthanc_plugin.rules.history import KEEP, RulesVersion, sha256_text
+from orthanc_plugin.rules.history import KEEP, RulesVersion, author_of, author_record
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +84,9 @@ class SharedRulesHistory:
         if found is None:
             return None, None
         try:
-            data: Any = json.loads(found.value)
+            return author_of(json.loads(found.value), text)
         except ValueError:
             return None, None
-        if not isinstance(data, dict) or data.get("sha256") != sha256_text(text):
-            return None, None
-        user, when = data.get("saved_by"), data.get("saved_at")
-        return (
-            user if isinstance(user, str) else None,
-            float(when) if isinstance(when, int | float) and not isinstance(when, bool) else None,
-        )
 
     def record(
         self, previous: str, new: str, user: str | None, now: float | None = None
@@ -126,9 +118,7 @@ class SharedRulesHistory:
                 number = int(cur.fetchone()[0])
                 cur.execute("DELETE FROM lesion_ai_rules_history WHERE number <= %s", (number - self.keep,))
             kept = RulesVersion.from_json(number, document)
-        self.state.put(
-            RULES_AUTHOR, json.dumps({"sha256": sha256_text(new), "saved_by": user, "saved_at": when}), user
-        )
+        self.state.put(RULES_AUTHOR, json.dumps(author_record(new, user, when)), user)
         if kept is not None:
             logger.info("rules history: version %d kept (replaced by %s)", kept.number, user or "unknown")
         return kept

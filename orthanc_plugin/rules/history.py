@@ -188,6 +188,24 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def author_record(text: str, user: str | None, when: float) -> dict[str, Any]:
+    """Who saved the rules ``text`` and when, as kept beside the rules (``current.json``, or the cluster's
+    shared value): trusted only while that text is in force (:func:`author_of`)."""
+    return {"sha256": sha256_text(text), "saved_by": user, "saved_at": when}
+
+
+def author_of(record: Any, text: str) -> tuple[str | None, float | None]:
+    """The user and time of an :func:`author_record` when it is about the rules ``text``; (None, None)
+    otherwise (another text, or not a record)."""
+    if not isinstance(record, dict) or record.get("sha256") != sha256_text(text):
+        return None, None
+    user, when = record.get("saved_by"), record.get("saved_at")
+    return (
+        user if isinstance(user, str) else None,
+        float(when) if isinstance(when, int | float) and not isinstance(when, bool) else None,
+    )
+
+
 class RulesHistory:
     """The earlier versions of the routing rules in one folder (see the module docstring).
 
@@ -249,13 +267,7 @@ class RulesHistory:
             data = json.loads((self.folder / _CURRENT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None, None
-        if not isinstance(data, dict) or data.get("sha256") != sha256_text(text):
-            return None, None
-        user, when = data.get("saved_by"), data.get("saved_at")
-        return (
-            user if isinstance(user, str) else None,
-            float(when) if isinstance(when, int | float) and not isinstance(when, bool) else None,
-        )
+        return author_of(data, text)
 
     def record(
         self, previous: str, new: str, user: str | None, now: float | None = None
@@ -303,7 +315,7 @@ class RulesHistory:
                 _write(self._path(kept.number), data)
                 for old in self._numbers()[self.keep :]:
                     self._path(old).unlink(missing_ok=True)
-            _write(self.folder / _CURRENT, {"sha256": sha256_text(new), "saved_by": user, "saved_at": when})
+            _write(self.folder / _CURRENT, author_record(new, user, when))
         if kept is not None:
             logger.info("rules history: version %d kept (replaced by %s)", kept.number, user or "unknown")
         return kept

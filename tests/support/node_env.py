@@ -69,6 +69,14 @@ def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str, int
     )
 
 
+#: The packaged routing rules, with their results sent to the modality ``pacs``.
+RULES_TO_PACS = (
+    (REPO / "orthanc_plugin" / "data" / "rules.yaml")
+    .read_text()
+    .replace("      modalities: []", "      modalities: [pacs]")
+)
+
+
 class OrthancServer:
     """One Orthanc process with a given configuration file."""
 

@@ -21,9 +21,9 @@ from lesion_engine.model.model_card import CARD_FILE, WEIGHTS_FILE, model_identi
 from orthanc_plugin.admin.routes import CSRF_HEADER, CSRF_VALUE
 from orthanc_plugin.cli.dicomsend import dicom_files, send_files
 from orthanc_plugin.worker.client import OrthancClient
-from tests.paths import REPO
 from tests.support.model_helpers import write_tiny_artifact
 from tests.support.node_env import (
+    RULES_TO_PACS,
     OrthancFleet,
     OrthancServer,
     count_by_modality,
@@ -36,11 +36,6 @@ from tests.support.pg_env import PostgresServer, running_postgres
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.postgres, pytest.mark.slow]
 
-RULES_TO_PACS = (
-    (REPO / "orthanc_plugin" / "data" / "rules.yaml")
-    .read_text()
-    .replace("      modalities: []", "      modalities: [pacs]")
-)
 
 LEASE_S = 3.0
 #: The header that state-changing admin requests carry.

@@ -28,6 +28,7 @@ from orthanc_plugin.worker.client import OrthancClient
 from tests.paths import REPO
 from tests.support import validators
 from tests.support.node_env import (
+    RULES_TO_PACS,
     OrthancFleet,
     OrthancServer,
     count_by_modality,
@@ -39,12 +40,6 @@ from tests.support.node_env import (
 from tests.support.pg_env import PostgresServer, running_postgres
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
-
-RULES_TO_PACS = (
-    (REPO / "orthanc_plugin" / "data" / "rules.yaml")
-    .read_text()
-    .replace("      modalities: []", "      modalities: [pacs]")
-)
 
 
 @pytest.fixture(scope="module")
