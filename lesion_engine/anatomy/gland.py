@@ -52,7 +52,14 @@ from lesion_engine.anatomy.gland_settings import GlandSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GLAND_RUNTIMES", "GlandModel", "GlandSegmentation", "GlandSettings", "load_gland_model"]
+__all__ = [
+    "GLAND_RUNTIMES",
+    "GlandModel",
+    "GlandSegmentation",
+    "GlandSettings",
+    "load_gland_model",
+    "mask_box",
+]
 
 _RAS_IN_LPS = (-1.0, -1.0, 1.0)  # R = -x, A = -y, S = +z in DICOM patient coordinates
 
@@ -321,9 +328,11 @@ class GlandModel:
             size = self.card.recentre_window_xyz
             logger.info("gland touches the window's side: window re-centred on it (%s voxels)", size)
         mask = self._on_t2w(logits, t2w, cut)
-        labels, count = ndimage.label(mask)
-        if count > 1:
-            mask = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+        box = mask_box(mask)
+        if box is not None:
+            labels, count = ndimage.label(mask[box])
+            if count > 1:
+                mask[box] = labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
         voxel_ml = float(np.prod(t2w.GetSpacing())) / 1000.0
         seconds = time.perf_counter() - start
         return GlandSegmentation(mask, float(mask.sum()) * voxel_ml, seconds, passes)
@@ -354,6 +363,15 @@ class GlandModel:
         on_box = sitk.Resample(logits, box, sitk.Transform(), sitk.sitkLinear, -100.0, sitk.sitkFloat32)
         mask[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = sitk.GetArrayViewFromImage(on_box) > cut
         return mask
+
+
+def mask_box(mask: NDArray[np.bool_]) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) holding every True voxel of ``mask``; None when there is none."""
+    if not mask.any():
+        return None
+    axes = range(mask.ndim)
+    found = [np.flatnonzero(mask.any(axis=tuple(a for a in axes if a != axis))) for axis in axes]
+    return tuple(slice(int(f[0]), int(f[-1]) + 1) for f in found)
 
 
 def load_gland_model(

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lesion_engine.anatomy.gland import GlandModel, GlandSettings
+from lesion_engine.anatomy.gland import GlandModel, GlandSettings, mask_box
 from lesion_engine.anatomy.gland_card import GlandModelError
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ def judge_gland(mask: NDArray[np.bool_], volume_ml: float, settings: GlandSettin
             f"its volume is {volume_ml:.2f} ml, outside the plausible {settings.min_volume_ml:g} to "
             f"{settings.max_volume_ml:g} ml"
         )
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count > 1:
+    box = mask_box(mask)
+    if box is not None:
+        labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    if box is not None and count > 1:
         sizes = np.bincount(labels.ravel())[1:]
         share = float(sizes.max()) / float(sizes.sum())
         if share < MAIN_PART_SHARE:

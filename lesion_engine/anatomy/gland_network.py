@@ -31,7 +31,7 @@ from torch.nn import functional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GlandNetworkError", "GlandSegResNet", "network_from_onnx", "state_dict_from_onnx"]
+__all__ = ["GlandNetworkError", "GlandSegResNet", "mish", "network_from_onnx", "state_dict_from_onnx"]
 
 #: The operators of an exported SegResNetDS with group norm and Mish (and nothing else).
 _EXPECTED_OPS = frozenset(
@@ -58,6 +58,22 @@ class GlandNetworkError(ValueError):
     differs)."""
 
 
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """Mish, ``x * tanh(softplus(x))``; on the CPU in inference written as ``x - 2x / (e (e + 2) + 2)``, ``e = exp(x)``.
+
+    ATen's CPU kernel evaluates an exponential, a logarithm and a hyperbolic tangent per value: 19 ms for the
+    network's largest activation (32 x 80 x 72 x 24) on 2 cores, against 6 ms for this form (one exponential
+    and four passes in place), which is within 1e-6 of it from -100 to 100 (``exp`` overflows to ``inf`` above
+    88, where the form gives ``x``, as Mish does). Elsewhere (CUDA, autograd) ATen's kernel runs.
+    """
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return functional.mish(x)
+    e = torch.exp(x)
+    inverse = e + 2.0
+    inverse.mul_(e).add_(2.0).reciprocal_()
+    return torch.addcmul(x, x, inverse, value=-2.0)
+
+
 class _Block(nn.Module):
     """MONAI's ``SegResBlock``: norm, Mish, 3x3x3 conv, twice, plus the identity."""
 
@@ -69,8 +85,8 @@ class _Block(nn.Module):
         self.conv2 = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.conv1(functional.mish(self.norm1(x)))
-        y = self.conv2(functional.mish(self.norm2(y)))
+        y: torch.Tensor = self.conv1(mish(self.norm1(x)))
+        y = self.conv2(mish(self.norm2(y)))
         return y + x
 
 

@@ -1,7 +1,15 @@
-"""Where the networks run: the torch device, and the process-wide CPU thread set-up.
+"""Where and how the networks run: the torch device, the process-wide CPU thread set-up, and the CPU's
+convolution kernel.
 
-Both are process-wide concerns (torch's thread pools are global), kept apart from the engine that uses
-them so that benchmarks and workers can set them up before any model is loaded.
+The first two are process-wide concerns (torch's thread pools are global), kept apart from the engine that
+uses them so that benchmarks and workers can set them up before any model is loaded.
+
+:func:`use_onednn_convolutions`: PyTorch runs a 3D convolution of one image with a 3 x 3 x 3 kernel through its
+own im2col kernel (``slow_conv3d``) unless N x C x D x H of the input exceeds 20480 (ATen's ``use_mkldnn``
+heuristic), whatever its width. On 2 CPU cores that kernel computes the localization network's 64-channel
+level at about a fifth of oneDNN's speed (75 ms against 14 ms per convolution of 64 x 10 x 32 x 32). The
+engine's networks on the CPU therefore call oneDNN directly; the values differ from ATen's kernel in float
+rounding only (about 1e-5 in the logits).
 """
 
 from __future__ import annotations
@@ -9,14 +17,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import cast
 
 import torch
+from torch import nn
 
 from lesion_engine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure_cpu_threads", "resolve_device"]
+__all__ = ["configure_cpu_threads", "resolve_device", "use_onednn_convolutions"]
 
 
 @functools.cache
@@ -67,3 +77,54 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {device!r}: use 'cpu' or 'cuda'")
     return resolved
+
+
+_ONEDNN = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+
+
+class _OneDNNConv3d(nn.Conv3d):
+    """An ``nn.Conv3d`` that runs through oneDNN for float32 inference on the CPU (the module docstring says
+    why), and as ``nn.Conv3d`` otherwise (CUDA, autograd, other types or paddings)."""
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (
+            input.device.type == "cpu"
+            and input.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and _ONEDNN
+            and torch.backends.mkldnn.enabled
+        ):
+            out = torch.ops.aten.mkldnn_convolution(
+                input.contiguous(), weight, bias, self.padding, self.stride, self.dilation, self.groups
+            )
+            return cast(torch.Tensor, out)
+        return cast(torch.Tensor, super()._conv_forward(input, weight, bias))
+
+
+def use_onednn_convolutions(module: nn.Module) -> int:
+    """Make each plain ``nn.Conv3d`` of ``module`` run through oneDNN in CPU inference (in place).
+
+    The parameters, their names and the module tree stay as they are; on CUDA, with autograd on, or where
+    PyTorch has no oneDNN, the convolutions run as before.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network (changed in place).
+
+    Returns
+    -------
+    int
+        The convolutions changed.
+    """
+    changed = 0
+    for child in module.modules():
+        if type(child) is nn.Conv3d:
+            child.__class__ = _OneDNNConv3d
+            changed += 1
+    return changed

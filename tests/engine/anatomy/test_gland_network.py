@@ -16,7 +16,12 @@ from onnx import helper, numpy_helper
 
 from lesion_engine.anatomy.gland import GlandModel, GlandSettings, load_gland_model
 from lesion_engine.anatomy.gland_card import GlandModelError, read_gland_card, resolve_weights
-from lesion_engine.anatomy.gland_network import GlandNetworkError, network_from_onnx, state_dict_from_onnx
+from lesion_engine.anatomy.gland_network import (
+    GlandNetworkError,
+    mish,
+    network_from_onnx,
+    state_dict_from_onnx,
+)
 from lesion_engine.intake.preprocess import PreparedStudy, prepare_study
 from tests.oracles.onnx_float64 import evaluate_float64
 
@@ -265,3 +270,16 @@ def test_a_refused_graph_is_a_gland_model_error_in_the_engine(tmp_path: Path, mo
     assert model is None and warning is not None and "Relu" in warning
     with pytest.raises(GlandModelError, match=r"could not be read into torch.*Relu"):
         load_gland_model(GlandSettings(card=card, runtime="torch", required=True))
+
+
+def test_the_cpu_form_of_mish_is_mish() -> None:
+    x = torch.cat([torch.linspace(-100.0, 100.0, 200_001), torch.tensor([-1e4, -88.0, 88.0, 89.0, 1e4])])
+    with torch.inference_mode():
+        ours = mish(x)
+    expected = torch.nn.functional.mish(x.double()).float()
+    assert torch.isfinite(ours).all()
+    assert float((ours - expected).abs().max()) < 2e-6
+    with torch.enable_grad():
+        y = x[:5].clone().requires_grad_(True)
+        mish(y).sum().backward()  # type: ignore[no-untyped-call]  # autograd takes ATen's kernel
+    assert y.grad is not None and torch.isfinite(y.grad).all()

@@ -341,6 +341,12 @@ def test_max_diameter_of_simple_masks() -> None:
         max_diameter_mm(np.zeros((8, 6, 10), dtype=bool), image)
 
 
+def test_the_engine_on_the_cpu_runs_its_convolutions_through_onednn(engine: Engine) -> None:
+    convs = [m for m in engine.model.modules() if isinstance(m, nn.Conv3d)]
+    assert engine.device.type == "cpu"
+    assert convs and all(type(m) is not nn.Conv3d for m in convs), "see lesion_engine.model.devices"
+
+
 def test_device_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cpu").type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
