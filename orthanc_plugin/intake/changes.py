@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
-from orthanc_plugin.intake.completeness import first_header_verdict
+from orthanc_plugin.intake.completeness import announced_images, first_header_verdict
 from orthanc_plugin.node.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
 
 logger = logging.getLogger(__name__)
@@ -472,6 +472,8 @@ class _SeriesWatch:
     stable: bool = False
     ignored: str | None = None
     judged_first: bool = False
+    announced: int | None = None
+    announced_read: bool = False
 
 
 @dataclass
@@ -486,9 +488,9 @@ class ReceivingStudies:
 
     Each call of :meth:`due` reads the watched studies and their series (instance counts: no work per
     instance) and returns the studies whose series are all quiet (no new instance for ``quiet_s`` seconds,
-    or stable in Orthanc) and changed since they were last returned. The node's own series, and a series
-    that has kept receiving for ``quiet_s`` seconds which the engine ignores from the header of its first
-    instance (DCE, say), may go on receiving.
+    or stable in Orthanc, or holding as many instances as its first header announces) and changed since they
+    were last returned. The node's own series, and a series that has kept receiving for ``quiet_s`` seconds
+    which the engine ignores from the header of its first instance (DCE, say), may go on receiving.
 
     Parameters
     ----------
@@ -597,13 +599,21 @@ class ReceivingStudies:
                 series.judged_first = True
             if series.ignored is not None:
                 continue
-            quiet = quiet and not busy
+            quiet = quiet and not (busy and not self._all_announced_arrived(series))
             signature.append((series_id, len(instances), series.stable))
         for gone in [s for s in watch.series if s not in present]:
             del watch.series[gone]
         if not quiet or not signature:
             return None
         return tuple(sorted(signature))
+
+    def _all_announced_arrived(self, series: _SeriesWatch) -> bool:
+        """The series holds as many instances as its first header announces (read once per series)."""
+        if not series.announced_read:
+            first = self.headers.header(series.instances[0])
+            series.announced = announced_images(first) if first is not None else None
+            series.announced_read = True
+        return series.announced is not None and len(series.instances) == series.announced
 
     def forget_all(self) -> None:
         """Stop watching every study (this server is no longer the cluster's dispatcher)."""

@@ -14,7 +14,8 @@ starts a study's jobs as soon as those series look complete:
 * none of the study's series received an instance for ``CompletenessQuietSeconds`` (but the node's own
   results, and a long series the engine ignores from its first header, such as DCE;
   :class:`~orthanc_plugin.intake.changes.ReceivingStudies`): positions say nothing of slices missing at either end
-  of a stack, so a short quiet time is still needed.
+  of a stack, so a short quiet time is still needed, except for a series that already holds as many
+  instances as its header announces (:func:`announced_images`): it counts as quiet at once.
 
 The checks here are pure functions of the headers (:func:`check_series`, :func:`rank_inputs`,
 :meth:`InputRoles.readiness`); the quiet time is watched, and the headers read from Orthanc, by
@@ -50,6 +51,7 @@ __all__ = [
     "InputSeries",
     "Readiness",
     "SeriesCheck",
+    "announced_images",
     "check_series",
     "first_header_verdict",
     "rank_inputs",
@@ -389,6 +391,27 @@ class InputRoles:
             True,
             ", ".join(f"{role} {' '.join(self.roles[role])}" for role in ENGINE_ROLES) + " complete",
         )
+
+
+def announced_images(dataset: Dataset) -> int | None:
+    """The images a series' header says the series holds, or None when it does not say.
+
+    ImagesInAcquisition (GE writes it for the whole series: slices x volumes of a diffusion series), times
+    NumberOfTemporalPositions where that is above 1 (GE's fMRI counts one volume in ImagesInAcquisition).
+    A series holding exactly this many instances is complete without a quiet time
+    (:class:`orthanc_plugin.intake.changes.ReceivingStudies`); the judgement of all its headers follows.
+    """
+    counts = []
+    for keyword in ("ImagesInAcquisition", "NumberOfTemporalPositions"):
+        value = dataset.get(keyword)
+        try:
+            counts.append(int(value) if value not in (None, "") else None)
+        except (TypeError, ValueError):
+            counts.append(None)
+    images, positions = counts
+    if images is None or images < 1:
+        return None
+    return images * positions if positions is not None and positions > 1 else images
 
 
 def first_header_verdict(dataset: Dataset, rules: SeriesRules | None = None) -> str | None:

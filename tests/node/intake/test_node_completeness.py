@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from lesion_engine.intake.header_roles import classify_headers
 from lesion_engine.intake.series_rules import load_series_rules
 from orthanc_plugin.intake.changes import HeaderCache, ReceivingStudies
-from orthanc_plugin.intake.completeness import InputSeries, check_series, rank_inputs
+from orthanc_plugin.intake.completeness import InputSeries, announced_images, check_series, rank_inputs
 from orthanc_plugin.jobqueue import (
     HELD_NOT_BEFORE,
     SUPERSEDED,
@@ -300,6 +300,22 @@ def test_series_checks_positions_stacks_and_announced_counts() -> None:
     assert check_series(_series(t2w(study)), rules, received=SLICES + 1).state == "unknown"  # unreadable ones
 
 
+def test_announced_images_are_read_from_the_header() -> None:
+    def header(**tags: Any) -> Dataset:
+        ds = Dataset()
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    assert announced_images(header(ImagesInAcquisition=14)) == 14
+    assert announced_images(header(ImagesInAcquisition=48, NumberOfTemporalPositions=3)) == 144
+    assert announced_images(header(ImagesInAcquisition=48, NumberOfTemporalPositions=1)) == 48
+    assert announced_images(header()) is None
+    assert announced_images(header(NumberOfTemporalPositions=3)) is None
+    assert announced_images(header(ImagesInAcquisition=0)) is None
+    assert announced_images(header(ImagesInAcquisition="")) is None
+
+
 def test_readiness_needs_every_engine_role_complete() -> None:
     study = FakeStudy("s", {"StudyInstanceUID": generate_uid()}, {"PatientID": "P"})
 
@@ -419,6 +435,29 @@ def test_complete_study_starts_before_any_stable_event(
     _step(plugin)
     [done] = plugin.queue.list()
     assert done.state is JobState.DONE and done.id == job.id
+
+
+def test_series_holding_the_images_their_headers_announce_start_at_once(
+    node: tuple[ReceivingOrthanc, NodePlugin, Clock],
+) -> None:
+    fake, plugin, clock = node
+    study = fake.new_study()
+    inputs = [t2w(study), adc(study), dwi(study)]
+    for series in inputs:  # as GE writes it: the series' image count, b-values included
+        for ds in series:
+            ds.ImagesInAcquisition = len(series)
+    t2w_images, adc_images, dwi_images = inputs
+    fake.receive(study, t2w_images)
+    fake.receive(study, adc_images)
+    fake.receive(study, dwi_images[:-1])
+    _step(plugin)
+    assert plugin.queue.list() == []  # one diffusion image short of the count, and not quiet
+    clock.wait(0.5)
+    fake.receive(study, dwi_images[-1:])
+    _step(plugin)
+    [job] = plugin.queue.list()  # no quiet time waited
+    assert job.state is JobState.QUEUED and job.study_id == study.id
+    assert not any(c["ChangeType"] == "StableStudy" for c in fake.changes)
 
 
 def test_a_series_the_engine_ignores_may_still_be_receiving(
