@@ -168,7 +168,9 @@ def _results_stored(client: OrthancClient, study_uid: str, timeout_s: float) -> 
             return study, seen, bool(info.get("IsStable"))
         return None
 
-    return wait_for(stored, timeout_s, "the results in the study", interval_s=0.05)
+    # Looked for four times a second: faster polling loads the machine the job runs on (the latency itself is
+    # read from the job's end, which comes after its results are stored).
+    return wait_for(stored, timeout_s, "the results in the study", interval_s=0.25)
 
 
 def _latency_of(node: OrthancServer, files: list[Path]) -> dict[str, Any]:
@@ -185,10 +187,12 @@ def _latency_of(node: OrthancServer, files: list[Path]) -> dict[str, Any]:
     )
     detail = client.get_json(f"/lesion-ai/jobs/{job['id']}")
     modalities = count_by_modality(client, study)
-    results_s = seen - last_store
+    # The worker ends the job once its results are stored.
+    results_s = float(detail["finished_at"]) - last_store
     return {
         "send_s": round(send_s, 2),
         "last_cstore_to_seg_sr_stored_s": round(results_s, 2),
+        "last_cstore_to_results_seen_by_polling_s": round(seen - last_store, 2),
         "within_target": results_s <= LATENCY_TARGET_S,
         "study_stable_when_stored": stable,
         "last_cstore_to_job_queued_s": round(detail["created_at"] - last_store, 2),
