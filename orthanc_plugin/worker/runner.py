@@ -398,7 +398,9 @@ class Worker:
         shadow_input: tuple[list[bytes], ProcessingRequest, ProcessingOutcome] | None = None
         if run.progress.stored is None or not self._still_stored(run.progress.stored):
             request = ProcessingRequest.from_payload(job.id, payload)
+            started = time.monotonic()
             instances = self._fetch(payload, request)
+            fetched = time.monotonic()
             self._check()
             shared = self._shared_study_uid(study, info)
             if shared is not None:
@@ -411,10 +413,19 @@ class Worker:
                 )
                 outcome = processor(instances, request)
                 shadow_input = (instances, request, outcome)
+            analysed = time.monotonic()
             self._check()
             if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
                 raise _StopJobError("lease lost; another worker has the job")
             stored = self._store(outcome.to_store())
+            logger.info(
+                "job %d: %d input instance(s) fetched in %.2f s, analysed in %.2f s, results stored in %.2f s",
+                job.id,
+                len(instances),
+                fetched - started,
+                analysed - fetched,
+                time.monotonic() - analysed,
+            )
             self._save(
                 run,
                 replace(

@@ -203,9 +203,8 @@ def test_dropping_a_step_breaks_the_agreement(
     (on a study where the reference removed one), the results no longer agree."""
     cases = [fixture_case, *synthetic_cases]
     for changes, needs_weak in (({"blur_sigma": 0.0}, False), ({"weak_candidate_divisor": 0.0}, True)):
-        runnable = [c for c in cases if not needs_weak or _has_weak_candidate(c)]
-        assert runnable, f"no study shows the effect of {changes}"
-        case = runnable[0]
+        case = next((c for c in cases if not needs_weak or _has_weak_candidate(c)), None)
+        assert case is not None, f"no study shows the effect of {changes}"
         engine = load_engine(imported, "cpu")
         assert isinstance(engine, DetectionEngine)
         engine.card = _with_pipeline(engine, **changes)
