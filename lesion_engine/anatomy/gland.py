@@ -303,8 +303,9 @@ class GlandModel:
         foreground = native[native != 0]
         if foreground.size == 0:
             raise GlandModelError("the T2W volume is all zeros: there is no gland to find")
-        mean = float(foreground.mean(dtype=np.float64))
-        std = float(foreground.std(dtype=np.float64)) or 1.0
+        values = foreground.astype(np.float64)
+        mean = float(values.mean())
+        std = float(np.sqrt(max(float(np.dot(values, values)) / values.size - mean * mean, 0.0))) or 1.0
         centre = np.asarray(
             t2w.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in t2w.GetSize()])
         )

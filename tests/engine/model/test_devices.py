@@ -1,12 +1,14 @@
-"""The CPU's convolution kernel: the engine's networks call oneDNN where ATen would take its slow kernel."""
+"""The CPU's convolution kernels: oneDNN where ATen would take its slow kernel, transposed convolutions without
+overlap as a matrix product."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from lesion_engine.model.devices import use_onednn_convolutions
+from lesion_engine.model.devices import use_fast_cpu_convolutions
 from lesion_engine.model.networks import LocalizationNet
 
 
@@ -24,7 +26,7 @@ def test_a_small_convolution_runs_through_onednn_with_the_same_values() -> None:
     assert "aten::slow_conv3d_forward" in _kernels(conv, x)
     with torch.inference_mode():
         before = conv(x)
-    assert use_onednn_convolutions(conv) == 1
+    assert use_fast_cpu_convolutions(conv) == 1
     kernels = _kernels(conv, x)
     assert "aten::mkldnn_convolution" in kernels
     assert "aten::slow_conv3d_forward" not in kernels
@@ -40,9 +42,9 @@ def test_the_network_keeps_its_parameters_and_its_outputs() -> None:
     x = torch.randn(1, net.config.in_channels, 8, 32, 32)
     with torch.inference_mode():
         before = net(x)
-    convs = sum(type(m) is nn.Conv3d for m in net.modules())
-    assert use_onednn_convolutions(net) == convs > 0
-    assert use_onednn_convolutions(net) == 0, "a second call changes nothing more"
+    convs = sum(type(m) in (nn.Conv3d, nn.ConvTranspose3d) for m in net.modules())
+    assert use_fast_cpu_convolutions(net) == convs > 0
+    assert use_fast_cpu_convolutions(net) == 0, "a second call changes nothing more"
     assert list(net.state_dict()) == names
     with torch.inference_mode():
         after = net(x)
@@ -52,8 +54,34 @@ def test_the_network_keeps_its_parameters_and_its_outputs() -> None:
 def test_training_still_runs_through_autograd() -> None:
     torch.manual_seed(0)
     conv = nn.Conv3d(2, 3, 3, padding=1)
-    use_onednn_convolutions(conv)
+    use_fast_cpu_convolutions(conv)
     out = conv(torch.randn(1, 2, 4, 8, 8))
     assert out.requires_grad
     out.sum().backward()
     assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
+    ("stride", "bias"), [((1, 2, 2), True), ((2, 2, 2), False), ((2, 1, 3), True)], ids=["122", "222", "213"]
+)
+def test_a_transposed_convolution_without_overlap_is_a_matrix_product(
+    stride: tuple[int, int, int], bias: bool
+) -> None:
+    torch.manual_seed(0)
+    up = nn.ConvTranspose3d(8, 5, stride, stride=stride, bias=bias).eval()
+    x = torch.randn(2, 8, 3, 5, 4)
+    with torch.inference_mode():
+        before = up(x)
+    assert use_fast_cpu_convolutions(up) == 1
+    kernels = _kernels(up, x)
+    assert not any("conv" in k for k in kernels), kernels
+    with torch.inference_mode():
+        after = up(x)
+    assert after.shape == before.shape
+    assert float((after - before).abs().max()) < 1e-5
+
+
+def test_overlapping_transposed_convolutions_are_left_to_aten() -> None:
+    overlapping = nn.ConvTranspose3d(4, 4, 3, stride=2, padding=1, output_padding=1)
+    assert use_fast_cpu_convolutions(overlapping) == 0
+    assert type(overlapping) is nn.ConvTranspose3d

@@ -31,7 +31,7 @@ from lesion_engine.engine import Engine, EngineResult, axial_diameter_mm, max_di
 from lesion_engine.errors import ConfigError
 from lesion_engine.intake.preprocess import PreparedStudy, prepare_study
 from lesion_engine.model.candidates import blobs_touch
-from lesion_engine.model.model_input import model_grid
+from lesion_engine.model.model_input import model_grid, to_model_input, to_model_input_from_images
 from lesion_engine.results.settings import ResultSettings
 from lesion_engine.results.structured.sr_lesion import LONG_AXIS, LONG_AXIS_TRACKING_ID
 from tests.support.model_helpers import write_tiny_artifact
@@ -262,7 +262,7 @@ def test_resampling_on_the_device_equals_the_simpleitk_path(
 
 
 @pytest.mark.fixture
-def test_diffusion_images_on_the_t2w_grid_are_computed_only_when_read(
+def test_diffusion_images_on_the_whole_t2w_grid_are_computed_only_when_read(
     engine: Engine, prostatex: Path
 ) -> None:
     fresh = prepare_study(prostatex / "dicom")
@@ -273,9 +273,24 @@ def test_diffusion_images_on_the_t2w_grid_are_computed_only_when_read(
     assert not any(name in vars(fresh) for name in lazy)  # nor does the device path
     engine.resample_on_device = False
     engine.run(fresh)
-    assert "adc" in vars(fresh) and "high_b" in vars(fresh)  # the SimpleITK path reads ADC and b1400
-    assert "hbv" not in vars(fresh)  # the measured b800 is not an input of this model
+    assert not any(
+        name in vars(fresh) for name in lazy
+    )  # the SimpleITK path computes the model grid's box only
     assert fresh.hbv.GetSize() == fresh.t2w.GetSize()
+
+
+@pytest.mark.fixture
+def test_the_model_input_from_the_t2w_box_is_that_of_the_whole_t2w_grid(
+    engine: Engine, prostatex: Path
+) -> None:
+    fresh = prepare_study(prostatex / "dicom")
+    config = engine.card.preprocessing
+    boxed = to_model_input(fresh, config)
+    assert config.hbv_source == "b1400" and fresh.high_b is not None
+    whole = to_model_input_from_images(fresh.t2w, fresh.adc, fresh.high_b, config)
+    assert boxed.images.shape == whole.images.shape
+    assert float(np.abs(boxed.images - whole.images).max()) < 1e-5
+    assert np.array_equal(sitk.GetArrayViewFromImage(boxed.grid), sitk.GetArrayViewFromImage(whole.grid))
 
 
 def test_diameters_with_a_given_box_equal_those_without() -> None:
