@@ -20,8 +20,8 @@ Two runtimes run the same network from the same ONNX file (its sha256 checked fi
   free, Mish written with one exponential) and run by ONNX Runtime with the engine's CPU threads.
 
 ``auto`` (the default) takes torch, on a CPU too, where it is the faster of the two (the whole gland step on
-the fixture, 2 cores: 0.76 s against 0.83 s; ``make bench`` key ``gland``, ``runtimes``): ONNX Runtime is then
-not needed at run time (it is an optional extra, and the tests' oracle). Either is loaded once per model and
+the fixture, 2 cores: 0.66-0.78 s against 0.89-0.90 s; ``make bench`` key ``gland``, ``runtimes``): ONNX
+Runtime is then not needed at run time (it is an optional extra, and the tests' oracle). Either is loaded once per model and
 device (and thread count, for ONNX Runtime) in a process and shared by the engines that load it.
 """
 
