@@ -49,6 +49,7 @@ from lesion_engine.anatomy.gland_card import (
 )
 from lesion_engine.anatomy.gland_graph import prepare_graph
 from lesion_engine.anatomy.gland_settings import GlandSettings
+from lesion_engine.intake.volumes import box_grid, index_box
 
 logger = logging.getLogger(__name__)
 
@@ -342,25 +343,11 @@ class GlandModel:
     def _on_t2w(logits: sitk.Image, t2w: sitk.Image, cut: float) -> NDArray[np.bool_]:
         """The thresholded logits on the T2W grid, (Z, Y, X); resampled only in the T2W's box around the
         window (the rest of the T2W is outside the gland)."""
-        size = np.asarray(logits.GetSize())
-        corners = [
-            t2w.TransformPhysicalPointToContinuousIndex(
-                logits.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-            )
-            for corner in np.stack(np.meshgrid(*[(0.0, n - 1.0) for n in size], indexing="ij"), -1).reshape(
-                -1, 3
-            )
-        ]
-        extent = np.asarray(t2w.GetSize())
-        low = np.clip(np.floor(np.min(corners, axis=0)).astype(int) - 1, 0, extent)
-        high = np.clip(np.ceil(np.max(corners, axis=0)).astype(int) + 2, 0, extent)
-        mask = np.zeros(extent[::-1], dtype=bool)
+        low, high = index_box(t2w, logits, margin=1)
+        mask = np.zeros(t2w.GetSize()[::-1], dtype=bool)
         if np.any(high <= low):
             return mask
-        box = sitk.Image([int(v) for v in high - low], sitk.sitkUInt8)
-        box.SetSpacing(t2w.GetSpacing())
-        box.SetDirection(t2w.GetDirection())
-        box.SetOrigin(t2w.TransformIndexToPhysicalPoint([int(v) for v in low]))
+        box = box_grid(t2w, low, high)
         on_box = sitk.Resample(logits, box, sitk.Transform(), sitk.sitkLinear, -100.0, sitk.sitkFloat32)
         mask[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = sitk.GetArrayViewFromImage(on_box) > cut
         return mask

@@ -238,6 +238,37 @@ def resample_to(
     return out
 
 
+def index_box(
+    image: sitk.Image, grid: sitk.Image, margin: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The voxels of ``image`` around the corners of ``grid`` (the part an interpolation onto ``grid`` reads),
+    ``margin`` more on each side, within ``image``: (x, y, z) indices, ``low`` inclusive, ``high`` exclusive
+    (empty where ``high <= low`` on an axis: ``grid`` lies outside ``image``)."""
+    size = np.asarray(grid.GetSize())
+    corners = np.stack(np.meshgrid(*[(0.0, n - 1.0) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    indices = np.asarray(
+        [
+            image.TransformPhysicalPointToContinuousIndex(
+                grid.TransformContinuousIndexToPhysicalPoint(list(c))
+            )
+            for c in corners
+        ]
+    )
+    extent = np.asarray(image.GetSize())
+    low = np.clip(np.floor(indices.min(axis=0)).astype(np.int64) - margin, 0, extent)
+    high = np.clip(np.ceil(indices.max(axis=0)).astype(np.int64) + margin + 1, 0, extent)
+    return low, high
+
+
+def box_grid(image: sitk.Image, low: NDArray[np.int64], high: NDArray[np.int64]) -> sitk.Image:
+    """An empty image of the voxels ``low`` (inclusive) to ``high`` (exclusive) of ``image``'s grid."""
+    box = sitk.Image([int(v) for v in high - low], sitk.sitkUInt8)
+    box.SetSpacing(image.GetSpacing())
+    box.SetDirection(image.GetDirection())
+    box.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in low]))
+    return box
+
+
 def compute_high_b(low_b: sitk.Image, b_low: float, adc: sitk.Image, b_target: float) -> sitk.Image:
     """Compute a high b-value image from a low b-value image and an ADC map, mono-exponentially.
 

@@ -35,7 +35,7 @@ import torch
 from numpy.typing import NDArray
 
 from lesion_engine.intake.preprocess import PreparedStudy
-from lesion_engine.intake.volumes import resample_to, same_grid
+from lesion_engine.intake.volumes import box_grid, index_box, resample_to, same_grid
 from lesion_engine.model.grid_resample import coverage_mask, grid_map, resample_affine_linear, resample_linear
 from lesion_engine.model.model_config import PICAI_CROP, PreprocessConfig
 from lesion_engine.model.picai_unet.pipeline import crop_grid, network_input, role_images
@@ -195,25 +195,11 @@ def to_model_input(prepared: PreparedStudy, config: PreprocessConfig) -> ModelIn
 
 
 def _t2w_box(t2w: sitk.Image, grid: sitk.Image) -> sitk.Image:
-    """An empty image of the part of the T2W grid that linear interpolation onto ``grid`` reads: the T2W voxels
-    around the grid's corners, two more on each side (ITK interpolates up to half a voxel beyond an image's
-    last voxel), within the T2W."""
-    size = np.asarray(grid.GetSize())
-    corners = np.stack(np.meshgrid(*[(0.0, n - 1.0) for n in size], indexing="ij"), -1).reshape(-1, 3)
-    indices = np.asarray(
-        [
-            t2w.TransformPhysicalPointToContinuousIndex(grid.TransformContinuousIndexToPhysicalPoint(list(c)))
-            for c in corners
-        ]
-    )
-    extent = np.asarray(t2w.GetSize())
-    low = np.clip(np.floor(indices.min(axis=0)).astype(int) - 2, 0, extent - 1)
-    high = np.clip(np.ceil(indices.max(axis=0)).astype(int) + 3, low + 1, extent)
-    box = sitk.Image([int(v) for v in high - low], sitk.sitkUInt8)
-    box.SetSpacing(t2w.GetSpacing())
-    box.SetDirection(t2w.GetDirection())
-    box.SetOrigin(t2w.TransformIndexToPhysicalPoint([int(v) for v in low]))
-    return box
+    """An empty image of the part of the T2W grid that linear interpolation onto ``grid`` reads, two voxels more
+    on each side (ITK interpolates up to half a voxel beyond an image's last voxel); the whole T2W grid when
+    ``grid`` lies outside it."""
+    low, high = index_box(t2w, grid, margin=2)
+    return t2w if np.any(high <= low) else box_grid(t2w, low, high)
 
 
 def _hbv_volume(prepared: PreparedStudy, config: PreprocessConfig) -> str:
