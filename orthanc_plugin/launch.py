@@ -189,7 +189,8 @@ def private_folder(folder: Path) -> None:
 
 
 def ensure_credentials(home: Path) -> tuple[dict[str, str], bool]:
-    """The REST API's credentials, generated at the first start into ``credentials.json`` (mode 0600).
+    """The REST API's credentials, generated at the first start into ``credentials.json`` (mode 0600); a
+    generated password never starts with ``-``, so that it can be given to ``--password`` as it is.
 
     Returns
     -------
@@ -205,7 +206,10 @@ def ensure_credentials(home: Path) -> tuple[dict[str, str], bool]:
             raise ValueError(f"{path} must hold a JSON object with 'username' and 'password'")
         return {"username": str(data["username"]), "password": str(data["password"])}, False
     private_folder(home)
-    credentials = {"username": "lesion-ai", "password": secrets.token_urlsafe(18)}
+    password = secrets.token_urlsafe(18)
+    while password.startswith("-"):  # one in 64: a command line would read it as an option (--password -x...)
+        password = secrets.token_urlsafe(18)
+    credentials = {"username": "lesion-ai", "password": password}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(credentials, handle, indent=2)

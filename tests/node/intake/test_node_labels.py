@@ -634,7 +634,13 @@ def test_a_radiologists_seg_sent_to_a_real_node_becomes_training_data(
     assert (node.home / LABELS_FILE).stat().st_mode & 0o777 == 0o600
     credentials = node.credentials or {}
     out = tmp_path / "dataset"
-    argv = ["--from-node", node.url, "--user", credentials["username"], "--password", credentials["password"]]
+    argv = [
+        "--from-node",
+        node.url,
+        "--user",
+        credentials["username"],
+        f"--password={credentials['password']}",
+    ]
     assert _cli([*argv, "--out", str(out)]) == 0
     assert "built 1 case(s)" in capsys.readouterr().out
     layout = PicaiLayout(images_root=out, labels_root=out / "picai_labels")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from lesion_engine.cli.main import main
+from orthanc_plugin import launch
 from orthanc_plugin.worker.client import OrthancClient
 from tests.paths import REPO
 from tests.support.node_env import free_port, wait_for
@@ -178,3 +179,12 @@ def test_entry_script_keeps_the_standard_library_ahead_of_the_virtual_environmen
         "/plugin",
         "/usr/lib/python3/dist-packages",
     ]
+
+
+def test_a_generated_password_never_starts_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = iter(["-looks-like-an-option", "_also-fine", "unused"])
+    monkeypatch.setattr("secrets.token_urlsafe", lambda _n: next(drawn))
+    credentials, created = launch.ensure_credentials(tmp_path / "home")
+    assert created and credentials["password"] == "_also-fine"
