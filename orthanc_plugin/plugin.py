@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ from orthanc_plugin.intake.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.intake.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.intake.studies import ResultReplacement, StudyPlan, plan_study
 from orthanc_plugin.intake.verdicts import VERDICTS_FILE, VerdictStore, record_verdicts
-from orthanc_plugin.jobqueue import JobQueue, JobState, QueuePolicy, open_queue
+from orthanc_plugin.jobqueue import JobQueue, JobState, QueuePolicy, StoreGate, open_queue
 from orthanc_plugin.models.registry import CONFIGURED, ModelRegistry, RegistryError
 from orthanc_plugin.node.logsetup import configure_node_logging
 from orthanc_plugin.node.orthanc_api import (
@@ -197,6 +198,7 @@ class NodePlugin:
                 settings.completeness_quiet_s,
                 self.manufacturer,
                 own_stability=self.cluster is None,
+                early_s=settings.completeness_early_s,
             )
             if settings.completeness_quiet_s > 0
             else None
@@ -639,7 +641,7 @@ class NodePlugin:
         out: list[EnqueuedJob] = []
         for study_id in self.receiving.due(list(self.follower.pending)):
             try:
-                out.extend(self.enqueue_study(study_id, early=True))
+                out.extend(self.enqueue_study(study_id, early=True, gate=self.receiving.store_gate(study_id)))
             except NotFoundError:
                 continue
             except Exception:
@@ -650,7 +652,9 @@ class NodePlugin:
         """Evaluate a stable study and enqueue the jobs its rules ask for."""
         return self.enqueue_study(study_id)
 
-    def enqueue_study(self, study_id: str, *, force: bool = False, early: bool = False) -> list[EnqueuedJob]:
+    def enqueue_study(
+        self, study_id: str, *, force: bool = False, early: bool = False, gate: StoreGate | None = None
+    ) -> list[EnqueuedJob]:
         """Apply the loop guard and the rules to a study and enqueue its jobs.
 
         A job for inputs that changed replaces the earlier jobs of its study and rule
@@ -666,6 +670,9 @@ class NodePlugin:
             The study is still being received: enqueue only the jobs whose inputs look complete by their
             headers (:meth:`orthanc_plugin.intake.completeness.InputRoles.readiness`); the stable study enqueues
             the others.
+        gate : StoreGate, optional
+            The study is due before its quiet time ended (``CompletenessEarlyStartSeconds``): its jobs store
+            their results only if it is still the same when it has (:mod:`orthanc_plugin.jobqueue.store_gate`).
 
         Returns
         -------
@@ -697,16 +704,19 @@ class NodePlugin:
                 )
                 out.append(EnqueuedJob(None, job.key, job.rule, created=False))
                 continue
+            if gate is not None:
+                job = replace(payload, store_gate=gate).new_job(job.priority)
             job_id, created = self.replacement.enqueue(job, force=force)
             if created:
                 logger.info(
-                    "study %s: job %d queued (rule %s, %d input series, model %s%s)",
+                    "study %s: job %d queued (rule %s, %d input series, model %s%s%s)",
                     study_id,
                     job_id,
                     job.rule,
                     len(payload.series),
                     job.model,
                     ", inputs complete before the study is stable" if early else "",
+                    ", results stored once its quiet time has passed" if gate is not None else "",
                 )
             out.append(EnqueuedJob(job_id, job.key, job.rule, created))
         if early and not out:

@@ -38,7 +38,15 @@ from lesion_engine import __version__
 from orthanc_plugin.admin.models import MODEL_ROUTE, ModelsRoutes
 from orthanc_plugin.admin.node_protocol import AdminNode
 from orthanc_plugin.admin.rules import RulesRoutes, describe_roles
-from orthanc_plugin.jobqueue import SUPERSEDED, Job, JobDocumentError, JobPayload, JobProgress, JobState
+from orthanc_plugin.jobqueue import (
+    SUPERSEDED,
+    WITHDRAWN,
+    Job,
+    JobDocumentError,
+    JobPayload,
+    JobProgress,
+    JobState,
+)
 from orthanc_plugin.models.registry import MAX_UPLOAD_BYTES
 from orthanc_plugin.node.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.node.source_archive import source_archive
@@ -408,7 +416,7 @@ class AdminApi:
             return _error(404, f"no job {job_id}")
         if job.state is not JobState.FAILED:
             return _error(409, f"job {job_id} is {job.state.value}: only a failed job can be retried")
-        if (job.error or "").startswith(SUPERSEDED):
+        if (job.error or "").startswith((SUPERSEDED, WITHDRAWN)):
             return _error(
                 409,
                 f"job {job_id} was {job.error}: it is not retried; re-process the study instead "

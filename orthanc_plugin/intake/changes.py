@@ -27,6 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from orthanc_plugin.intake.completeness import announced_images, first_header_verdict
+from orthanc_plugin.jobqueue import StoreGate
 from orthanc_plugin.node.orthanc_api import NotFoundError, RestApi, RestApiError, quote_id
 
 logger = logging.getLogger(__name__)
@@ -481,6 +482,9 @@ class _StudyWatch:
     series: dict[str, _SeriesWatch] = field(default_factory=dict)
     evaluated: tuple[tuple[str, int, bool], ...] | None = None
     next_check: float = 0.0
+    #: When the last look found the study due early: when its quiet time ends (clock), the instance count of
+    #: each series judged, and the series that may go on receiving. None: due (or not) without an early start.
+    early: tuple[float, dict[str, int], tuple[str, ...]] | None = None
 
 
 class ReceivingStudies:
@@ -491,6 +495,10 @@ class ReceivingStudies:
     or stable in Orthanc, or holding as many instances as its first header announces) and changed since they
     were last returned. The node's own series, and a series that has kept receiving for ``quiet_s`` seconds
     which the engine ignores from the header of its first instance (DCE, say), may go on receiving.
+
+    With ``early_s``, a study is due once its series had no new instance for ``early_s`` seconds: its jobs
+    may start while the rest of the quiet time passes, and store their results only if the study is still
+    the same when it ends (:meth:`store_gate`, :mod:`orthanc_plugin.jobqueue.store_gate`).
 
     Parameters
     ----------
@@ -507,6 +515,9 @@ class ReceivingStudies:
     own_stability : bool
         Take Orthanc's ``IsStable`` of a series as quiet. False in a cluster: each Orthanc judges only the
         instances it received itself, and calls a series another server is receiving stable at once.
+    early_s : float
+        Seconds without a new instance after which a study is due before its quiet time ends (0: never,
+        below ``quiet_s``).
     """
 
     def __init__(
@@ -517,9 +528,13 @@ class ReceivingStudies:
         manufacturer: str = "",
         clock: Callable[[], float] = time.monotonic,
         own_stability: bool = True,
+        early_s: float = 0.0,
     ) -> None:
         if quiet_s <= 0:
             raise ValueError(f"quiet_s must be positive, got {quiet_s}")
+        if not 0 <= early_s < quiet_s:
+            raise ValueError(f"early_s must be from 0 (off) to below quiet_s ({quiet_s}), got {early_s}")
+        self.early_s = early_s
         self.api = api
         self.headers = headers
         self.quiet_s = quiet_s
@@ -572,6 +587,8 @@ class ReceivingStudies:
         signature = []
         quiet = True
         present = set()
+        settles = 0.0  # when the quiet time of the series quiet only for early_s ends (0: none is)
+        any_count: list[str] = []
         for series_id in study.get("Series", []):
             try:
                 data = self.api.get_json(f"/series/{quote_id(series_id)}")
@@ -585,10 +602,9 @@ class ReceivingStudies:
             elif len(instances) != len(series.instances):
                 series.instances, series.changed_at = instances, now
             series.stable = self.own_stability and bool(data.get("IsStable", False))
-            if not instances:
-                continue
             manufacturer = str((data.get("MainDicomTags") or {}).get("Manufacturer", "")).strip()
-            if self.manufacturer and manufacturer == self.manufacturer:
+            if not instances or (self.manufacturer and manufacturer == self.manufacturer):
+                any_count.append(series_id)
                 continue
             busy = not series.stable and now - series.changed_at < self.quiet_s
             if busy and not series.judged_first and now - series.first_seen >= self.quiet_s:
@@ -598,14 +614,31 @@ class ReceivingStudies:
                 series.ignored = first_header_verdict(first) if first is not None else None
                 series.judged_first = True
             if series.ignored is not None:
+                any_count.append(series_id)
                 continue
-            quiet = quiet and not (busy and not self._all_announced_arrived(series))
+            if busy and not self._all_announced_arrived(series):
+                if self.early_s > 0 and now - series.changed_at >= self.early_s:
+                    settles = max(settles, series.changed_at + self.quiet_s)
+                else:
+                    quiet = False
             signature.append((series_id, len(instances), series.stable))
         for gone in [s for s in watch.series if s not in present]:
             del watch.series[gone]
         if not quiet or not signature:
             return None
+        counts = {series_id: count for series_id, count, _ in signature}
+        watch.early = (settles, counts, tuple(any_count)) if settles > 0 else None
         return tuple(sorted(signature))
+
+    def store_gate(self, study_id: str, wall_clock: Callable[[], float] = time.time) -> StoreGate | None:
+        """The store gate of the jobs of a study that :meth:`due` returned before its quiet time ended;
+        None when it returned it quiet (or does not watch it)."""
+        watch = self._studies.get(study_id)
+        if watch is None or watch.early is None:
+            return None
+        settles, counts, any_count = watch.early
+        not_before = wall_clock() + max(settles - self.clock(), 0.0)
+        return StoreGate(not_before, counts, any_count, self.manufacturer)
 
     def _all_announced_arrived(self, series: _SeriesWatch) -> bool:
         """The series holds as many instances as its first header announces (read once per series)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from orthanc_plugin.jobqueue.base import (
     HELD_NOT_BEFORE,
     SUPERSEDED,
+    WITHDRAWN,
     Job,
     JobQueue,
     JobState,
@@ -27,10 +28,13 @@ from orthanc_plugin.jobqueue.documents import (
     UnknownSchemaVersionError,
     job_fingerprint,
 )
+from orthanc_plugin.jobqueue.store_gate import STORE_GATE_KEY, StoreGate, StoreGateError
 
 __all__ = [
     "HELD_NOT_BEFORE",
+    "STORE_GATE_KEY",
     "SUPERSEDED",
+    "WITHDRAWN",
     "Job",
     "JobDocumentError",
     "JobPayload",
@@ -40,6 +44,8 @@ __all__ = [
     "NewJob",
     "QueuePolicy",
     "SqlJobQueue",
+    "StoreGate",
+    "StoreGateError",
     "UnknownSchemaVersionError",
     "job_fingerprint",
     "open_queue",

@@ -16,6 +16,12 @@ Replacing: when a study's inputs change, the new job replaces the other jobs of 
 :data:`HELD_NOT_BEFORE`) until the node has removed the earlier results from the study and releases it
 (:meth:`JobQueue.release_held`); earlier jobs that had not started are *superseded*: ``failed``, with a
 reason that names the job replacing them.
+
+Started early: a job whose payload carries a store gate (:mod:`orthanc_plugin.jobqueue.store_gate`) stores its
+results only once its study has stayed as the gate says. Enqueueing the same work again while such a job is
+queued or running moves its gate to the new payload's (or removes it, when the new payload has none); a job
+that ended *withdrawn* (its study changed first) is queued again, as :meth:`JobQueue.enqueue` with ``force``
+would.
 """
 
 from __future__ import annotations
@@ -29,13 +35,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from orthanc_plugin.jobqueue.model import HELD_NOT_BEFORE, SUPERSEDED, Job, JobState, NewJob, QueuePolicy
+from orthanc_plugin.jobqueue.model import (
+    HELD_NOT_BEFORE,
+    SUPERSEDED,
+    WITHDRAWN,
+    Job,
+    JobState,
+    NewJob,
+    QueuePolicy,
+)
+from orthanc_plugin.jobqueue.store_gate import STORE_GATE_KEY
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "HELD_NOT_BEFORE",
     "SUPERSEDED",
+    "WITHDRAWN",
     "Job",
     "JobQueue",
     "JobState",
@@ -260,15 +276,49 @@ class SqlJobQueue(JobQueue):
                 assert stored is not None
                 return stored.id, bool(inserted == 1)
             if force and existing.state in (JobState.DONE, JobState.FAILED):
-                self._execute(
-                    cur,
-                    "UPDATE lesion_ai_jobs SET state = 'queued', attempts = 0, max_attempts = ?, "
-                    "priority = ?, payload = ?, progress = '{}', error = NULL, lease_owner = NULL, "
-                    "lease_expires = NULL, not_before = ?, updated_at = ?, finished_at = NULL WHERE id = ?",
-                    (self.policy.max_attempts, job.priority, payload, now, now, existing.id),
-                )
+                self._requeue(cur, existing, job, payload, now)
                 return existing.id, True
-            return existing.id, False
+            return existing.id, self._refresh(cur, existing, job, payload, now)
+
+    def _requeue(self, cur: Any, existing: Job, job: NewJob, payload: str, now: float) -> None:
+        """Queue a finished job again, attempts reset, with the payload of ``job``."""
+        self._execute(
+            cur,
+            "UPDATE lesion_ai_jobs SET state = 'queued', attempts = 0, max_attempts = ?, "
+            "priority = ?, payload = ?, progress = '{}', error = NULL, lease_owner = NULL, "
+            "lease_expires = NULL, not_before = ?, updated_at = ?, finished_at = NULL WHERE id = ?",
+            (self.policy.max_attempts, job.priority, payload, now, now, existing.id),
+        )
+
+    def _refresh(self, cur: Any, existing: Job, job: NewJob, payload: str, now: float) -> bool:
+        """The same work enqueued again: queue a withdrawn job again (True), or move the store gate of one
+        that is queued or running to ``job``'s (see the module docstring); else leave it as it is."""
+        if existing.state is JobState.FAILED and (existing.error or "").startswith(WITHDRAWN):
+            self._requeue(cur, existing, job, payload, now)
+            logger.info("job %d: withdrawn earlier, queued again", existing.id)
+            return True
+        if (
+            existing.state not in (JobState.QUEUED, JobState.RUNNING)
+            or STORE_GATE_KEY not in existing.payload
+        ):
+            return False
+        moved = {key: value for key, value in existing.payload.items() if key != STORE_GATE_KEY}
+        if job.payload.get(STORE_GATE_KEY) is not None:
+            moved[STORE_GATE_KEY] = job.payload[STORE_GATE_KEY]
+            moved["schema_version"] = job.payload.get(
+                "schema_version", existing.payload.get("schema_version")
+            )
+        self._execute(
+            cur,
+            "UPDATE lesion_ai_jobs SET payload = ?, updated_at = ? WHERE id = ? AND state IN ('queued', 'running')",
+            (json.dumps(moved, sort_keys=True), now, existing.id),
+        )
+        logger.info(
+            "job %d: store gate %s",
+            existing.id,
+            "moved" if STORE_GATE_KEY in moved else "lifted (study judged)",
+        )
+        return False
 
     def _insert(self, cur: Any, job: NewJob, payload: str, not_before: float, now: float) -> int:
         """Insert a queued job unless its key exists; the number of rows inserted (0 or 1)."""
@@ -299,7 +349,8 @@ class SqlJobQueue(JobQueue):
             now = self._now(cur)
             existing = self._select_one(cur, "key = ?", (job.key,))
             if existing is not None:
-                return existing.id, False, existing.held
+                requeued = self._refresh(cur, existing, job, payload, now)
+                return existing.id, requeued, existing.held
             others = self._execute(
                 cur,
                 "SELECT id, state FROM lesion_ai_jobs WHERE study_id = ? AND rule = ? AND key <> ?",

@@ -31,6 +31,7 @@ from lesion_engine.errors import ConfigError, LesionAIError
 from lesion_engine.intake.series_rules import SeriesRules, series_rules_from_json
 from lesion_engine.results.outputs import DEFAULT_OUTPUTS, Output, parse_outputs
 from orthanc_plugin.jobqueue.base import NewJob
+from orthanc_plugin.jobqueue.store_gate import STORE_GATE_KEY, StoreGate, StoreGateError
 from orthanc_plugin.rules import DESTINATION_KINDS, Destinations
 
 logger = logging.getLogger(__name__)
@@ -213,12 +214,16 @@ class JobPayload:
         Identity of the model the job was queued for.
     fingerprint : str
         :func:`job_fingerprint` of the work (the job's key is made from it).
+    store_gate : StoreGate or None
+        For a job started before its study's quiet time passed: when its results may be stored
+        (:mod:`orthanc_plugin.jobqueue.store_gate`); None: as soon as they are made. Not part of the key.
     schema_version : int
         Version of this document's schema: always :attr:`SCHEMA_VERSION` (older documents are converted
-        when read).
+        when read). Version 2 added ``store_gate``; :meth:`to_json` writes version 1 for a payload without
+        one, so that workers of the version before still run every job that has no gate.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     study: str
     rule: str
@@ -230,6 +235,7 @@ class JobPayload:
     series_rules: SeriesRules | None = None
     model: str = ""
     fingerprint: str = ""
+    store_gate: StoreGate | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -237,6 +243,10 @@ class JobPayload:
             raise JobDocumentError(
                 f"JobPayload.schema_version must be {self.SCHEMA_VERSION} (this node's); "
                 "read older documents with JobPayload.from_json"
+            )
+        if self.store_gate is not None and not isinstance(self.store_gate, StoreGate):
+            raise JobDocumentError(
+                f"JobPayload.store_gate must be a StoreGate or None, got {type(self.store_gate).__name__}"
             )
         if not self.study or not self.rule:
             raise JobDocumentError("a job payload needs a study and a rule")
@@ -267,9 +277,10 @@ class JobPayload:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The document as stored in the queue (JSON-ready)."""
+        """The document as stored in the queue (JSON-ready; see ``schema_version``)."""
+        gate = {} if self.store_gate is None else {STORE_GATE_KEY: self.store_gate.to_json()}
         return {
-            "schema_version": self.schema_version,
+            "schema_version": 1 if self.store_gate is None else self.schema_version,
             "study": self.study,
             "study_uid": self.study_uid,
             "rule": self.rule,
@@ -281,6 +292,7 @@ class JobPayload:
             "series_rules_source": self.series_rules.source if self.series_rules is not None else None,
             "model": self.model,
             "fingerprint": self.fingerprint,
+            **gate,
         }
 
     @classmethod
@@ -312,7 +324,15 @@ class JobPayload:
             series_rules=_series_rules(read),
             model=read.text("model"),
             fingerprint=read.text("fingerprint"),
+            store_gate=_store_gate(read),
         )
+
+
+def _store_gate(read: _Reader) -> StoreGate | None:
+    try:
+        return StoreGate.of_payload(read.data)
+    except StoreGateError as exc:
+        raise JobDocumentError(f"job payload, key {STORE_GATE_KEY!r}: {exc}") from exc
 
 
 def _series_rules(read: _Reader) -> SeriesRules | None:

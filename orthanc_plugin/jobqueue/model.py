@@ -14,12 +14,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HELD_NOT_BEFORE", "SUPERSEDED", "Job", "JobState", "NewJob", "QueuePolicy"]
+__all__ = ["HELD_NOT_BEFORE", "SUPERSEDED", "WITHDRAWN", "Job", "JobState", "NewJob", "QueuePolicy"]
 
 #: ``not_before`` of a held job (year 30 million): queued, but no worker claims it until it is released.
 HELD_NOT_BEFORE = 1.0e15
 #: How the reason of a superseded job starts.
 SUPERSEDED = "superseded by job"
+#: How the reason of a withdrawn job starts: started early, its study changed before its results were stored
+#: (:mod:`orthanc_plugin.jobqueue.store_gate`); enqueueing its work again queues it again.
+WITHDRAWN = "withdrawn:"
 
 
 class JobState(StrEnum):

@@ -431,6 +431,16 @@ class NodeSettings(WorkerSettings):
             "0: jobs start at StableAge only",
         ),
     )
+    completeness_early_s: float = field(
+        default=1.0,
+        metadata=_meta(
+            "CompletenessEarlyStartSeconds",
+            "a study whose series had no new instance for this many seconds (and look complete by their "
+            "headers) starts its jobs while the rest of CompletenessQuietSeconds passes; their results are "
+            "stored only if the study is still the same when it has, else the job is withdrawn and the study "
+            "judged again; 0: jobs wait for the whole quiet time. Below CompletenessQuietSeconds",
+        ),
+    )
     ignored_keep_days: float = field(
         default=7.0,
         metadata=_meta(
@@ -541,6 +551,14 @@ class NodeSettings(WorkerSettings):
             raise self._bad(
                 "completeness_quiet_s",
                 f"must be from 0 (off) to 3600 seconds, got {self.completeness_quiet_s!r}",
+            )
+        early = self.completeness_early_s
+        if isinstance(early, bool) or not isinstance(early, int | float) or not 0 <= early <= 3600:
+            raise self._bad("completeness_early_s", f"must be from 0 (off) to 3600 seconds, got {early!r}")
+        if early > 0 and self.completeness_quiet_s > 0 and early >= self.completeness_quiet_s:
+            raise self._bad(
+                "completeness_early_s",
+                f"must be below CompletenessQuietSeconds ({self.completeness_quiet_s}), or 0 (off), got {early!r}",
             )
 
     def _check_cluster(self) -> None:

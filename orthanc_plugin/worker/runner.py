@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from orthanc_plugin.intake.prefetch import skippable_series
 from orthanc_plugin.intake.studies import StudyRecord
 from orthanc_plugin.jobqueue import (
+    WITHDRAWN,
     Job,
     JobDocumentError,
     JobPayload,
@@ -39,6 +40,7 @@ from orthanc_plugin.jobqueue import (
 from orthanc_plugin.node.orthanc_api import NotFoundError, RestApiError, quote_id
 from orthanc_plugin.node.settings import WorkerSettings
 from orthanc_plugin.worker.client import OrthancUnavailableError
+from orthanc_plugin.worker.gate import await_store_gate
 from orthanc_plugin.worker.model_runs import ModelRuns
 from orthanc_plugin.worker.processing import ProcessingOutcome, ProcessingRequest, Processor
 
@@ -130,6 +132,11 @@ class _WaitJobError(Exception):
 
 class _StopJobError(Exception):
     """The worker was asked to stop (SIGTERM) or lost its lease."""
+
+
+class _WithdrawJobError(Exception):
+    """The job was started early and its study changed before its results were stored
+    (:mod:`orthanc_plugin.worker.gate`): nothing is stored, the node judges the study again."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -338,6 +345,12 @@ class Worker:
                 if not heartbeat.lost.is_set():
                     self.queue.release(job.id, owner)
                 return None
+            except _WithdrawJobError as exc:
+                logger.info("job %d withdrawn, nothing stored: %s", job.id, exc)
+                reason = (
+                    f"{WITHDRAWN} {exc}; nothing was stored, and the study is judged again once it is quiet"
+                )
+                return self.queue.fail(job.id, owner, reason, transient=False)
             except _WaitJobError as exc:
                 logger.warning("job %d waits %.0f s: %s", job.id, _WAIT_S, exc)
                 self.queue.defer(job.id, owner, str(exc), _WAIT_S)
@@ -415,16 +428,25 @@ class Worker:
                 shadow_input = (instances, request, outcome)
             analysed = time.monotonic()
             self._check()
+            if payload.store_gate is not None:
+                withdrawn = await_store_gate(
+                    self.queue, self.client, job.id, study, stop=self._stop, check=self._check
+                )
+                if withdrawn is not None:
+                    raise _WithdrawJobError(withdrawn)
+            gated = time.monotonic()
             if not self.queue.heartbeat(job.id, self.options.owner):  # still ours before writing into Orthanc
                 raise _StopJobError("lease lost; another worker has the job")
             stored = self._store(outcome.to_store())
             logger.info(
-                "job %d: %d input instance(s) fetched in %.2f s, analysed in %.2f s, results stored in %.2f s",
+                "job %d: %d input instance(s) fetched in %.2f s, analysed in %.2f s, the study's quiet time "
+                "waited for %.2f s, results stored in %.2f s",
                 job.id,
                 len(instances),
                 fetched - started,
                 analysed - fetched,
-                time.monotonic() - analysed,
+                gated - analysed,
+                time.monotonic() - gated,
             )
             self._save(
                 run,

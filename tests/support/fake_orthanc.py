@@ -201,6 +201,11 @@ class FakeOrthanc:
                 "Series": study.series,
                 "Type": "Study",
             }
+        if m := re.fullmatch(r"/studies/([^/]+)/series", path):
+            study = self.studies.get(m.group(1))
+            if study is None:
+                raise self._missing()
+            return [self._get(f"/series/{series_id}", {}) for series_id in study.series]
         if m := re.fullmatch(r"/studies/([^/]+)/metadata/([^/]+)", path):
             study = self.studies.get(m.group(1))
             name = unquote(m.group(2))

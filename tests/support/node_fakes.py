@@ -142,9 +142,20 @@ class FakeRest:
         self.jobs_elsewhere = False
         self.study_uids = {"st1": "1.2.826.0.1.3680043.8.498.1"}
         self.finds: list[Any] = []
+        #: Manufacturer of a series, where one is set (``GET /studies/{id}/series`` lists it).
+        self.manufacturers: dict[str, str] = {}
 
     def get_json(self, path: str) -> Any:
         parts = path.strip("/").split("/")
+        if parts[0] == "studies" and len(parts) == 3 and parts[2] == "series" and parts[1] in self.studies:
+            return [
+                {
+                    "ID": series,
+                    "Instances": list(self.series.get(series, [])),
+                    "MainDicomTags": {"Manufacturer": self.manufacturers.get(series, "Siemens")},
+                }
+                for series in self.studies[parts[1]]
+            ]
         if parts[0] == "studies" and len(parts) == 2 and parts[1] in self.studies:
             tags = {"StudyInstanceUID": self.study_uids[parts[1]]} if parts[1] in self.study_uids else {}
             return {"ID": parts[1], "Series": self.studies[parts[1]], "MainDicomTags": tags}

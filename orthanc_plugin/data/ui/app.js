@@ -405,7 +405,8 @@
     parts.push(links);
 
     const actions = el("div", { class: "actions" });
-    const superseded = (job.error || "").startsWith("superseded by job");
+    // Superseded and withdrawn jobs are replaced by the node itself: they are not retried by hand.
+    const superseded = ["superseded by job", "withdrawn:"].some((start) => (job.error || "").startsWith(start));
     if (job.state === "failed" && !superseded) {
       actions.append(
         el("button", {

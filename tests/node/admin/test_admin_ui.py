@@ -18,7 +18,7 @@ import pytest
 from orthanc_plugin.admin.routes import CSRF_HEADER, CSRF_VALUE, csrf_refusal
 from orthanc_plugin.admin.rules import error_location
 from orthanc_plugin.admin.ui import CONTENT_SECURITY_POLICY, UI_BASE, UiFiles
-from orthanc_plugin.jobqueue import JobState, QueuePolicy, open_queue, sqlite_url
+from orthanc_plugin.jobqueue import WITHDRAWN, JobState, QueuePolicy, open_queue, sqlite_url
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.rules.history import KEEP, RulesHistory, request_user
 from tests.paths import REPO
@@ -251,6 +251,19 @@ def test_a_superseded_job_is_not_retried(node: tuple[FakeOrthanc, NodePlugin]) -
     out = fake.rest("POST", f"/lesion-ai/jobs/{enqueued.id}/retry", headers=admin())
     assert out.status == 409 and "superseded by job 77" in out.json()["error"]
     assert f"/lesion-ai/studies/{study}/process" in out.json()["error"]
+
+
+def test_a_withdrawn_job_is_not_retried(node: tuple[FakeOrthanc, NodePlugin]) -> None:
+    """The node queues a withdrawn job again itself when it judges the study again."""
+    fake, plugin = node
+    study = fake.add_study(series=PROSTATE)
+    [enqueued] = plugin.enqueue_study(study)
+    assert enqueued.id is not None and plugin.queue.claim("w") is not None
+    plugin.queue.fail(
+        enqueued.id, "w", f"{WITHDRAWN} the study changed while it was analysed", transient=False
+    )
+    out = fake.rest("POST", f"/lesion-ai/jobs/{enqueued.id}/retry", headers=admin())
+    assert out.status == 409 and "withdrawn: the study changed" in out.json()["error"]
 
 
 def test_queue_retry_only_takes_failed_jobs(tmp_path: Path) -> None:

@@ -4,19 +4,14 @@ re-runs that replace earlier results, no duplicate at the stable event, and Stab
 
 from __future__ import annotations
 
-import io
-import json
-import re
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from lesion_engine.intake.header_roles import classify_headers
 from lesion_engine.intake.series_rules import load_series_rules
@@ -37,233 +32,30 @@ from orthanc_plugin.node.orthanc_api import InProcessApi
 from orthanc_plugin.node.settings import NodeSettings
 from orthanc_plugin.plugin import NodePlugin
 from tests.paths import REPO
-from tests.support.fake_orthanc import FakeOrthanc, FakeSeries, FakeStudy, OrthancException, node_settings
+from tests.support.fake_orthanc import FakeStudy
 from tests.support.pg_env import PostgresServer, running_postgres
-
-MR = "1.2.840.10008.5.1.4.1.1.4"
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-SLICES = 12
-QUIET_S = 3.0
-
-
-# -- synthetic headers ----------------------------------------------------------------------------------
-def _image(
-    study: FakeStudy, series_uid: str, description: str, number: int, index: int, z: float, **extra: Any
-) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = MR
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = study.tags["StudyInstanceUID"]
-    ds.SeriesInstanceUID = series_uid
-    ds.PatientID = study.patient["PatientID"]
-    ds.Modality = "MR"
-    ds.Manufacturer = "SIEMENS"
-    ds.SeriesDescription = description
-    ds.BodyPartExamined = "PROSTATE"
-    ds.SeriesNumber = number
-    ds.InstanceNumber = index + 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NORM"]
-    ds.ImagePositionPatient = [-100.0, -100.0, z]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.Rows = ds.Columns = 8
-    for keyword, value in extra.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def t2w(study: FakeStudy, slices: Sequence[float] = range(SLICES), **extra: Any) -> list[Dataset]:
-    uid = generate_uid()
-    return [_image(study, uid, "t2_tse_tra", 1, i, 3.0 * s, **extra) for i, s in enumerate(slices)]
-
-
-def adc(study: FakeStudy, slices: Sequence[int] = range(SLICES)) -> list[Dataset]:
-    uid = generate_uid()
-    kind = ["DERIVED", "PRIMARY", "DIFFUSION", "ADC"]
-    return [
-        _image(study, uid, "ep2d_diff_tra_ADC", 3, i, 3.0 * s, ImageType=kind) for i, s in enumerate(slices)
-    ]
-
-
-def dwi(
-    study: FakeStudy, b_values: Sequence[int] = (50, 800), slices: Sequence[int] = range(SLICES)
-) -> list[Dataset]:
-    uid = generate_uid()
-    kind = ["ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW"]
-    out: list[Dataset] = []
-    for b in b_values:
-        for s in slices:
-            out.append(
-                _image(
-                    study,
-                    uid,
-                    "ep2d_diff_tra",
-                    2,
-                    len(out),
-                    3.0 * s,
-                    ImageType=kind,
-                    DiffusionBValue=float(b),
-                )
-            )
-    return out
-
-
-def dce(study: FakeStudy, images: int = 20) -> list[Dataset]:
-    uid = generate_uid()
-    return [_image(study, uid, "t1_vibe_dyn_tra", 4, i, 3.0 * (i % SLICES)) for i in range(images)]
-
-
-def _bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-class ReceivingOrthanc(FakeOrthanc):
-    """The fake module, receiving instances one by one (as C-STORE would), with what the replacement of
-    results uses: ``GET /instances/{id}``, ``POST /tools/bulk-delete``, and ``IsStable`` of a series."""
-
-    def __init__(self, configuration: dict[str, Any] | None = None) -> None:
-        super().__init__(configuration)
-        self.stable_series: set[str] = set()
-        self.deleted: list[str] = []
-
-    def new_study(self) -> FakeStudy:
-        study_id = self.add_study(series=[])
-        return self.studies[study_id]
-
-    def receive(self, study: FakeStudy, datasets: Sequence[Dataset], manufacturer: str | None = None) -> str:
-        """Store instances (all of one series, created at its first instance); returns the series ID."""
-        uid = str(datasets[0].SeriesInstanceUID)
-        series = next((s for s in self.series.values() if s.tags["SeriesInstanceUID"] == uid), None)
-        for ds in datasets:
-            instance_id = str(uuid.uuid4())
-            self.files[instance_id] = _bytes(ds)
-            self._log("NewInstance", instance_id, "Instance")
-            if series is None:
-                first = datasets[0]
-                series = FakeSeries(
-                    str(uuid.uuid4()),
-                    study.id,
-                    {
-                        "Modality": str(first.Modality),
-                        "SeriesDescription": str(first.get("SeriesDescription", "")),
-                        "Manufacturer": manufacturer or str(first.get("Manufacturer", "")),
-                        "SeriesInstanceUID": uid,
-                        "SeriesNumber": str(first.get("SeriesNumber", "")),
-                    },
-                    [],
-                    str(first.SOPClassUID),
-                    "SCANNER",
-                    "10.1.2.3",
-                )
-                self.series[series.id] = series
-                study.series.append(series.id)
-                self._log("NewSeries", series.id, "Series")
-            series.instances.append(instance_id)
-            self.stable_series.discard(series.id)
-            study.stable = False
-        assert series is not None
-        return series.id
-
-    def _get(self, path: str, query: dict[str, list[str]]) -> Any:
-        answer = super()._get(path, query)
-        if re.fullmatch(r"/series/[^/]+", path):
-            answer["IsStable"] = answer["ID"] in self.stable_series
-        return answer
-
-    def RestApiGet(self, uri: str) -> bytes:  # noqa: N802 - Orthanc's name
-        if m := re.fullmatch(r"/instances/([^/?]+)", uri):
-            if m.group(1) not in self.files:
-                raise OrthancException(17, "Unknown resource")
-            return json.dumps({"ID": m.group(1), "Type": "Instance"}).encode()
-        return super().RestApiGet(uri)
-
-    def RestApiPost(self, uri: str, body: bytes | str) -> bytes:  # noqa: N802 - Orthanc's name
-        if uri == "/tools/bulk-delete":
-            for resource in json.loads(body)["Resources"]:
-                self.files.pop(resource, None)
-                for series in self.series.values():
-                    if resource in series.instances:
-                        series.instances.remove(resource)
-                self.deleted.append(resource)
-            return b""
-        return super().RestApiPost(uri, body)
-
-    def results(self, study: FakeStudy, key: str) -> list[str]:
-        """Store a SEG of the node into the study (as a worker does); returns its instance IDs."""
-        seg = Dataset()
-        seg.file_meta = FileMetaDataset()
-        seg.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        seg.SOPClassUID = SEG
-        seg.SOPInstanceUID = generate_uid(entropy_srcs=[key])
-        seg.StudyInstanceUID = study.tags["StudyInstanceUID"]
-        seg.SeriesInstanceUID = generate_uid(entropy_srcs=[key, "series"])
-        seg.PatientID = study.patient["PatientID"]
-        seg.Modality = "SEG"
-        seg.Manufacturer = "Lesion AI"
-        series_id = self.receive(study, [seg], manufacturer="Lesion AI")
-        return list(self.series[series_id].instances)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.receiving import (
+    QUIET_S,
+    SLICES,
+    Clock,
+    ReceivingOrthanc,
+    adc,
+    dce,
+    dwi,
+    finish,
+    prostate,
+    quiet,
+    receiving_node,
+    step,
+    t2w,
+)
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[ReceivingOrthanc, NodePlugin, Clock]]:
-    settings = node_settings(tmp_path, completeness_quiet_s=QUIET_S)
-    fake = ReceivingOrthanc({"LesionAI": settings.to_section()})
-    plugin = NodePlugin(fake, settings)
-    clock = Clock()
-    assert plugin.receiving is not None
-    plugin.receiving.clock = clock
-    plugin.install()
-    plugin.follower.start()
-    yield fake, plugin, clock
-    plugin.stop()
-
-
-def _step(plugin: NodePlugin) -> None:
-    """One pass of the plugin's thread: read the change log, start complete studies, release replacements."""
-    plugin.follower.poll()
-    plugin.start_complete_studies()
-    plugin.replacement.advance()
-
-
-def _quiet(plugin: NodePlugin, clock: Clock) -> None:
-    """The plugin's thread sees what arrived, then the quiet time passes, and it looks again."""
-    _step(plugin)
-    clock.wait(QUIET_S + 0.5)
-    _step(plugin)
-
-
-def _prostate(fake: ReceivingOrthanc, study: FakeStudy) -> dict[str, str]:
-    return {
-        "t2w": fake.receive(study, t2w(study)),
-        "dwi": fake.receive(study, dwi(study)),
-        "adc": fake.receive(study, adc(study)),
-    }
-
-
-def _finish(plugin: NodePlugin, fake: ReceivingOrthanc, study: FakeStudy) -> tuple[int, list[str]]:
-    """Run the next job as a worker would: claim it, store a result, record its progress, complete it."""
-    job = plugin.queue.claim("w")
-    assert job is not None
-    stored = fake.results(study, job.key)
-    progress = JobProgress(stored=tuple(stored), status="done").to_json()
-    assert plugin.queue.complete(job.id, "w", progress)
-    return job.id, stored
+    """The node with the quiet time alone (no early start: see test_node_early_start)."""
+    with receiving_node(tmp_path) as started:
+        yield started
 
 
 # -- one series ------------------------------------------------------------------------------------------
@@ -412,27 +204,27 @@ def test_complete_study_starts_before_any_stable_event(
 ) -> None:
     fake, plugin, clock = node
     study = fake.new_study()
-    ids = _prostate(fake, study)
-    _step(plugin)
+    ids = prostate(fake, study)
+    step(plugin)
     assert plugin.queue.list() == []  # inputs complete, but not quiet yet
     clock.wait(QUIET_S - 0.5)
-    _step(plugin)
+    step(plugin)
     assert plugin.queue.list() == []
     clock.wait(1.0)
-    _step(plugin)
+    step(plugin)
     [job] = plugin.queue.list()
     assert job.state is JobState.QUEUED and not job.held and job.study_id == study.id
     assert set(ids.values()) == set(job.payload["series"])
     assert not any(c["ChangeType"] == "StableStudy" for c in fake.changes)
     assert plugin.last_evaluation is not None and plugin.last_evaluation.jobs[0].created
     # the node's results and a DCE series change nothing the engine reads: no new job ...
-    _finish(plugin, fake, study)
+    finish(plugin, fake, study)
     fake.receive(study, dce(study, 5))
-    _quiet(plugin, clock)
+    quiet(plugin, clock)
     assert len(plugin.queue.list()) == 1
     # ... nor does the stable event
     fake.stabilize(study.id, notify=False)
-    _step(plugin)
+    step(plugin)
     [done] = plugin.queue.list()
     assert done.state is JobState.DONE and done.id == job.id
 
@@ -450,11 +242,11 @@ def test_series_holding_the_images_their_headers_announce_start_at_once(
     fake.receive(study, t2w_images)
     fake.receive(study, adc_images)
     fake.receive(study, dwi_images[:-1])
-    _step(plugin)
+    step(plugin)
     assert plugin.queue.list() == []  # one diffusion image short of the count, and not quiet
     clock.wait(0.5)
     fake.receive(study, dwi_images[-1:])
-    _step(plugin)
+    step(plugin)
     [job] = plugin.queue.list()  # no quiet time waited
     assert job.state is JobState.QUEUED and job.study_id == study.id
     assert not any(c["ChangeType"] == "StableStudy" for c in fake.changes)
@@ -465,18 +257,18 @@ def test_a_series_the_engine_ignores_may_still_be_receiving(
 ) -> None:
     fake, plugin, clock = node
     study = fake.new_study()
-    _prostate(fake, study)
+    prostate(fake, study)
     images = dce(study, 30)
     started_at = None
     for index, ds in enumerate(images):  # DCE keeps arriving, an image a second
         fake.receive(study, [ds])
-        _step(plugin)
+        step(plugin)
         if started_at is None and plugin.queue.list():
             started_at = index
         clock.wait(1.0)
     assert started_at is not None and started_at <= QUIET_S + 2  # the DCE did not hold the job back
     fake.stabilize(study.id, notify=False)
-    _step(plugin)
+    step(plugin)
     assert len(plugin.queue.list()) == 1  # the stable study (all DCE images in) is the same work
 
 
@@ -493,17 +285,17 @@ def test_no_start_while_a_series_has_a_gap_or_is_still_receiving(
     for ds in diffusion[SLICES : SLICES + 4]:  # b=800 keeps arriving, one image a second: never quiet
         fake.receive(study, [ds])
         clock.wait(1.0)
-        _step(plugin)
+        step(plugin)
     fake.receive(study, diffusion[SLICES + 4 :])
-    _step(plugin)
+    step(plugin)
     assert plugin.queue.list() == []
     with caplog.at_level("INFO", logger="orthanc_plugin.plugin"):
         clock.wait(QUIET_S + 0.5)
-        _step(plugin)
+        step(plugin)
     assert plugin.queue.list() == []  # quiet, but with a gap in the b=800 stack
     assert "the stack b=800 has images at 11 of the 12 slice positions" in caplog.text
     fake.receive(study, [missing])
-    _quiet(plugin, clock)
+    quiet(plugin, clock)
     [job] = plugin.queue.list()
     assert job.state is JobState.QUEUED
 
@@ -513,26 +305,26 @@ def test_more_images_run_the_job_again_and_replace_its_results(
 ) -> None:
     fake, plugin, clock = node
     study = fake.new_study()
-    ids = _prostate(fake, study)
-    _quiet(plugin, clock)
-    first, stored = _finish(plugin, fake, study)
+    ids = prostate(fake, study)
+    quiet(plugin, clock)
+    first, stored = finish(plugin, fake, study)
     # two more T2 slices arrive (the series' range grows): a new job, held until the old results are gone
     extra = t2w(study, [SLICES, SLICES + 1])
     for ds in extra:
         ds.SeriesInstanceUID = fake.series[ids["t2w"]].tags["SeriesInstanceUID"]
     fake.receive(study, extra)
-    _quiet(plugin, clock)
+    quiet(plugin, clock)
     jobs = {j.id: j for j in plugin.queue.list()}
     [second] = [j for j in jobs.values() if j.id != first]
     assert second.state is JobState.QUEUED and not second.held
     assert fake.deleted == stored and not any(i in fake.files for i in stored)
     assert jobs[first].state is JobState.DONE  # its record stays; its results are gone
     # the new job stores its results: one live result set in the study
-    _, again = _finish(plugin, fake, study)
+    _, again = finish(plugin, fake, study)
     live = [i for s in fake.series.values() if s.tags["Manufacturer"] == "Lesion AI" for i in s.instances]
     assert live == again
     fake.stabilize(study.id, notify=False)
-    _step(plugin)
+    step(plugin)
     assert len(plugin.queue.list()) == 2  # the stable event adds nothing
 
 
@@ -541,17 +333,17 @@ def test_a_running_job_finishes_before_its_replacement_may_run(
 ) -> None:
     fake, plugin, clock = node
     study = fake.new_study()
-    _prostate(fake, study)
-    _quiet(plugin, clock)
+    prostate(fake, study)
+    quiet(plugin, clock)
     running = plugin.queue.claim("w")
     assert running is not None
     fake.receive(study, t2w(study))  # a repeated T2: another candidate, new input set
-    _quiet(plugin, clock)
+    quiet(plugin, clock)
     [held] = plugin.queue.held()
     assert plugin.queue.claim("w2") is None  # held while the earlier job runs
     stored = fake.results(study, running.key)
     plugin.queue.complete(running.id, "w", JobProgress(stored=tuple(stored), status="done").to_json())
-    _step(plugin)
+    step(plugin)
     assert plugin.queue.held() == [] and fake.deleted == stored
     claimed = plugin.queue.claim("w2")
     assert claimed is not None and claimed.id == held.id
@@ -564,11 +356,11 @@ def test_stable_event_falls_back_for_studies_whose_completeness_cannot_be_judged
     study = fake.new_study()
     fake.receive(study, t2w(study))
     fake.receive(study, adc(study))  # no diffusion series: the engine's needs cannot be judged
-    _quiet(plugin, clock)
-    _quiet(plugin, clock)
+    quiet(plugin, clock)
+    quiet(plugin, clock)
     assert plugin.queue.list() == []
     fake.stabilize(study.id, notify=False)
-    _step(plugin)
+    step(plugin)
     [job] = plugin.queue.list()
     assert job.state is JobState.QUEUED and not job.held
 
@@ -578,15 +370,15 @@ def test_a_new_series_after_the_stable_event_is_judged_early_again(
 ) -> None:
     fake, plugin, clock = node
     study = fake.new_study()
-    _prostate(fake, study)
-    _quiet(plugin, clock)
-    first, _ = _finish(plugin, fake, study)
+    prostate(fake, study)
+    quiet(plugin, clock)
+    first, _ = finish(plugin, fake, study)
     fake.stabilize(study.id, notify=False)
-    _step(plugin)
+    step(plugin)
     assert study.id not in plugin.follower.pending
     fake.receive(study, adc(study))  # a second ADC map: a new input set
-    _step(plugin)
-    _quiet(plugin, clock)
+    step(plugin)
+    quiet(plugin, clock)
     [second] = [j for j in plugin.queue.list() if j.id != first]
     assert second.state is JobState.QUEUED and not second.held
 

@@ -207,8 +207,8 @@ def test_a_study_arriving_at_a_restart_waits_stable_age_after_it(tmp_path: Path)
     plugin.follower.poll()
     plugin.stop()
     fake.studies[study].stable = True  # Orthanc restarted: stable, no event will come
-    now = [1000.0]
     plugin = NodePlugin(fake, settings)
+    now = [time.monotonic()]  # the follower's clock, from where its last sweep was (at its construction)
     plugin.follower.restart_hold_s = 30.0
     plugin.follower.clock = lambda: now[0]
     assert plugin.follower.start() == 0

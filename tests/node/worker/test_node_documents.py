@@ -61,7 +61,7 @@ PROGRESS_BEFORE_VERSIONS: dict[str, Any] = {
 
 def test_payload_written_before_schema_versions_is_read_as_version_1() -> None:
     payload = JobPayload.from_json(PAYLOAD_BEFORE_VERSIONS)
-    assert payload.schema_version == 1 == JobPayload.SCHEMA_VERSION
+    assert payload.schema_version == JobPayload.SCHEMA_VERSION == 2  # converted when read
     assert payload.series == ("se-a", "se-b")
     assert payload.outputs == (Output.SEG, Output.SR, Output.PMAP)
     assert payload.destinations == Destinations(modalities=("pacs",))
@@ -99,9 +99,9 @@ def test_progress_of_a_new_job_and_its_updates() -> None:
 
 
 def test_a_newer_schema_version_is_refused_with_a_clear_error() -> None:
-    newer = {**PAYLOAD_BEFORE_VERSIONS, "schema_version": 2, "priority_class": "urgent"}
+    newer = {**PAYLOAD_BEFORE_VERSIONS, "schema_version": 3, "priority_class": "urgent"}
     with pytest.raises(
-        UnknownSchemaVersionError, match=r"schema_version 2, newer than this node reads \(1\)"
+        UnknownSchemaVersionError, match=r"schema_version 3, newer than this node reads \(2\)"
     ):
         JobPayload.from_json(newer)
     with pytest.raises(UnknownSchemaVersionError, match="upgrade this worker"):
@@ -219,7 +219,7 @@ def test_worker_fails_an_unreadable_payload_at_once_and_leaves_a_newer_one_to_ne
     assert _run(queue, broken) is JobState.FAILED
     [job] = queue.list()
     assert job.error is not None and "key 'series'" in job.error
-    newer = {**PAYLOAD_BEFORE_VERSIONS, "study": "st1", "schema_version": 2}
+    newer = {**PAYLOAD_BEFORE_VERSIONS, "study": "st1", "schema_version": 3}
     queue.enqueue(NewJob("k2", "st1", "prostate-mr", "m:1", 0, newer))
     claimed = queue.claim("w")
     assert claimed is not None

@@ -1,0 +1,226 @@
+"""Jobs started early (before their study's quiet time ended) store their results only if the study stayed
+as it was: the gate document, the queue moving, lifting and re-queueing it, and the worker waiting for it or
+withdrawing the job with nothing stored."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orthanc_plugin.jobqueue import (
+    STORE_GATE_KEY,
+    WITHDRAWN,
+    Job,
+    JobDocumentError,
+    JobPayload,
+    JobQueue,
+    JobState,
+    QueuePolicy,
+    StoreGate,
+    StoreGateError,
+    open_queue,
+    sqlite_url,
+)
+from orthanc_plugin.node.settings import WorkerSettings
+from orthanc_plugin.worker import gate as gate_module
+from orthanc_plugin.worker.gate import await_store_gate
+from orthanc_plugin.worker.runner import Worker, WorkerOptions
+from tests.support.node_fakes import FakeRest, Scripted
+from tests.support.pg_env import PostgresServer, running_postgres
+
+OWN = "Lesion AI"
+#: The study of :class:`FakeRest`: two series, of 2 and 1 instances.
+AS_RECEIVED = {"se1": 2, "se2": 1}
+
+
+def _gate(not_before: float, series: dict[str, int] | None = None, **extra: Any) -> StoreGate:
+    return StoreGate(not_before, AS_RECEIVED if series is None else series, own_manufacturer=OWN, **extra)
+
+
+def _listing(**counts: int) -> list[dict[str, Any]]:
+    return [
+        {"ID": sid, "Instances": [f"{sid}-{i}" for i in range(n)], "MainDicomTags": {"Manufacturer": "GE"}}
+        for sid, n in counts.items()
+    ]
+
+
+# -- the document ----------------------------------------------------------------------------------------
+def test_the_gate_says_what_changed_in_the_study() -> None:
+    gate = _gate(10.0, any_count=("dce",))
+    assert gate.changes(_listing(se1=2, se2=1)) is None
+    assert gate.changes(_listing(se1=2, se2=1, dce=40)) is None  # may go on receiving
+    assert gate.changes(_listing(se1=3, se2=1)) == "series se1 holds 3 instance(s), not 2"
+    assert gate.changes(_listing(se1=2)) == "series se2 is gone"
+    assert gate.changes(_listing(se1=2, se2=1, dwi=5)) == "series dwi (5 instance(s)) arrived"
+    own = _listing(se1=2, se2=1, seg=1)
+    own[-1]["MainDicomTags"]["Manufacturer"] = OWN  # another rule's results: no change
+    assert gate.changes(own) is None
+    assert StoreGate(10.0, AS_RECEIVED).changes(own) == "series seg (1 instance(s)) arrived"  # no own name
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "expected a JSON object"),
+        ({"series": {}}, "key 'not_before' is missing"),
+        ({"not_before": 1.0}, "key 'series' is missing"),
+        ({"not_before": "soon", "series": {}}, "key 'not_before': expected seconds"),
+        ({"not_before": float("nan"), "series": {}}, "expected seconds >= 0"),
+        ({"not_before": 1.0, "series": {"se1": -2}}, "key 'series': expected an object of series ID"),
+        ({"not_before": 1.0, "series": {"se1": True}}, "key 'series'"),
+        ({"not_before": 1.0, "series": {}, "any_count": "dce"}, "key 'any_count'"),
+        ({"not_before": 1.0, "series": {}, "when": 2}, "unknown key"),
+    ],
+)
+def test_a_bad_gate_is_refused_naming_the_key(data: object, message: str) -> None:
+    with pytest.raises(StoreGateError, match=message):
+        StoreGate.from_json(data)
+
+
+def test_a_payload_carries_its_gate_and_says_version_2_only_then() -> None:
+    plain = JobPayload(study="st1", rule="r", series=("se1",))
+    assert plain.to_json()["schema_version"] == 1 and STORE_GATE_KEY not in plain.to_json()
+    gated = JobPayload(study="st1", rule="r", series=("se1",), store_gate=_gate(12.5, any_count=("x",)))
+    stored = json.loads(json.dumps(gated.to_json()))
+    assert stored["schema_version"] == 2 and stored[STORE_GATE_KEY]["series"] == AS_RECEIVED
+    assert JobPayload.from_json(stored) == gated and gated.key == plain.key  # the same work
+    with pytest.raises(JobDocumentError, match="key 'store_gate': store gate: key 'series' is missing"):
+        JobPayload.from_json({**stored, STORE_GATE_KEY: {"not_before": 1.0}})
+
+
+# -- the queue -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
+    if request.param == "sqlite":
+        url = sqlite_url(tmp_path / "q.sqlite")
+    else:
+        url = request.getfixturevalue("postgres").database()
+    opened = open_queue(url, QueuePolicy(lease_s=30, max_attempts=2, backoff_base_s=0, backoff_max_s=0))
+    yield opened
+    opened.close()
+
+
+def _payload(gate: StoreGate | None) -> JobPayload:
+    return JobPayload(study="st1", rule="prostate-mr", series=("se1", "se2"), model="m:1", store_gate=gate)
+
+
+def _claimed(queue: JobQueue, gate: StoreGate | None) -> Job:
+    queue.enqueue(_payload(gate).new_job())
+    job = queue.claim("w")
+    assert job is not None
+    return job
+
+
+def test_the_same_work_queued_again_moves_or_lifts_the_gate_of_a_running_job(queue: JobQueue) -> None:
+    job = _claimed(queue, _gate(100.0))
+    moved = _gate(200.0, {"se1": 2, "se2": 1, "loc": 3})
+    assert queue.enqueue(_payload(moved).new_job()) == (job.id, False)
+    now = queue.get(job.id)
+    assert now is not None and now.state is JobState.RUNNING
+    assert StoreGate.of_payload(now.payload) == moved
+    assert queue.enqueue(_payload(None).new_job()) == (job.id, False)  # judged stable: the gate is lifted
+    lifted = queue.get(job.id)
+    assert lifted is not None and StoreGate.of_payload(lifted.payload) is None
+    assert JobPayload.from_json(lifted.payload) == _payload(None)
+    queue.enqueue(_payload(_gate(300.0)).new_job())  # no gate comes back once lifted
+    again = queue.get(job.id)
+    assert again is not None and STORE_GATE_KEY not in again.payload
+
+
+def test_a_withdrawn_job_is_queued_again_and_a_superseded_or_done_one_is_not(queue: JobQueue) -> None:
+    job = _claimed(queue, _gate(100.0))
+    queue.fail(job.id, "w", f"{WITHDRAWN} the study changed", transient=False)
+    assert queue.enqueue(_payload(_gate(150.0)).new_job()) == (job.id, True)
+    requeued = queue.get(job.id)
+    assert requeued is not None and requeued.state is JobState.QUEUED and requeued.error is None
+    assert StoreGate.of_payload(requeued.payload) == _gate(150.0) and requeued.attempts == 0
+    claimed = queue.claim("w")
+    assert claimed is not None
+    queue.fail(claimed.id, "w", "no axial T2W", transient=False)
+    assert queue.enqueue(_payload(_gate(160.0)).new_job()) == (job.id, False)  # a real failure stays
+    failed = queue.get(job.id)
+    assert failed is not None and failed.state is JobState.FAILED
+
+
+# -- the worker ------------------------------------------------------------------------------------------
+def _worker(queue: JobQueue, rest: FakeRest, processor: Scripted) -> Worker:
+    options = WorkerOptions.from_settings(WorkerSettings(queue="sqlite:///unused"), owner="w")
+    return Worker(queue, rest, processor, options)
+
+
+def test_results_are_stored_only_once_the_quiet_time_has_passed(queue: JobQueue) -> None:
+    rest = FakeRest()
+    quiet_ends = time.time() + 0.6
+    job = _claimed(queue, _gate(quiet_ends))
+    assert _worker(queue, rest, Scripted("ok")).run_job(job) is JobState.DONE
+    done = queue.get(job.id)
+    assert done is not None and done.finished_at is not None and done.finished_at >= quiet_ends
+    assert rest.stored == [b"SEG...", b"SR...."]
+
+
+def test_a_study_that_changed_while_analysed_withdraws_the_job_with_nothing_stored(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rest = FakeRest()
+    job = _claimed(queue, _gate(time.time() + 0.2))
+    rest.series["se2"].append("i4")  # one more image while the job runs
+    rest.files["i4"] = b"DICOM i4"
+    monkeypatch.setattr(gate_module, "_POLL_S", 0.02)
+    started = time.monotonic()
+    assert _worker(queue, rest, Scripted("ok")).run_job(job) is JobState.FAILED
+    assert time.monotonic() - started >= 3.0  # the plugin's judgement was waited for
+    assert rest.stored == [] and rest.sends == [] and "LesionAI" not in rest.metadata
+    withdrawn = queue.get(job.id)
+    assert withdrawn is not None and withdrawn.error is not None
+    assert (
+        withdrawn.error.startswith(WITHDRAWN) and "series se2 holds 2 instance(s), not 1" in withdrawn.error
+    )
+    assert queue.enqueue(_payload(_gate(time.time())).new_job()) == (job.id, True)  # judged again: re-run
+
+
+def test_a_gate_moved_after_a_change_is_waited_for(queue: JobQueue) -> None:
+    rest = FakeRest()
+    job = _claimed(queue, _gate(time.time()))
+    rest.studies["st1"].append("loc")  # a series the job does not read
+    rest.series["loc"] = ["l1"]
+    moved = _gate(time.time() + 0.4, {**AS_RECEIVED, "loc": 1})
+
+    def judge_again() -> None:  # the plugin's next look at the study: the same work, its gate moved
+        time.sleep(0.3)
+        queue.enqueue(_payload(moved).new_job())
+
+    judgement = threading.Thread(target=judge_again)
+    judgement.start()
+    reason = await_store_gate(queue, rest, job.id, "st1", stop=threading.Event(), check=lambda: None)
+    judgement.join()
+    assert reason is None and time.time() >= moved.not_before
+
+
+def test_the_wait_ends_when_the_worker_is_asked_to_stop(queue: JobQueue) -> None:
+    job = _claimed(queue, _gate(time.time() + 60))
+    stop = threading.Event()
+
+    class StoppedError(Exception):
+        pass
+
+    def check() -> None:
+        if stop.is_set():
+            raise StoppedError
+
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(StoppedError):
+        await_store_gate(queue, FakeRest(), job.id, "st1", stop=stop, check=check)
+    assert time.monotonic() - started < 5
