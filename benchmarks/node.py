@@ -7,6 +7,9 @@
   counts, so the job starts ``CompletenessQuietSeconds`` after the last instance); and on a copy whose
   headers announce each series' image count (ImagesInAcquisition, as GE writes it), which starts once the
   last instance is in. Each split into waiting, queueing and the worker's own time, beside the target.
+  The jobs start ``CompletenessEarlyStartSeconds`` after the last instance and store their results once the
+  quiet time has passed (a store gate); the baseline, measured in the same run on a second node, is the
+  fixture with the early start off (the job starts when the quiet time has passed).
 * ``throughput``: ``studies`` copies of the fixture (new UIDs) sent back to back; all must be processed;
   studies per hour from the first C-STORE to the last result.
 * ``ingestion``: C-STORE rate of the fixture into Orthanc with the node's plugin loaded (no worker running)
@@ -217,15 +220,39 @@ def _latency(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> di
     announced = _latency_of(node, _copy(datasets, 1, fleet.root / "latency-announced", announce=True))
     node.note_workers()
     node.stop()
+    baseline = _without_early_start(fleet, datasets, model)
     return {
         "stable_age_s": DEFAULT_STABLE_AGE,
         "completeness_quiet_s": setting_default("completeness_quiet_s"),
+        "completeness_early_start_s": setting_default("completeness_early_s"),
         "target_s": LATENCY_TARGET_S,
         "instances": len(datasets),
         "first_study_after_start": first,
         "fixture": fixture,
         "counts_announced": announced,
+        "baseline_fixture_without_early_start": baseline,
+        "fixture_speed_ratio_to_baseline": round(
+            baseline["last_cstore_to_seg_sr_stored_s"] / fixture["last_cstore_to_seg_sr_stored_s"], 2
+        ),
     }
+
+
+def _without_early_start(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> dict[str, Any]:
+    """The baseline, in the same run: the fixture as it is on a node whose jobs wait for the whole quiet time
+    (``CompletenessEarlyStartSeconds`` 0), after one study that loads the model."""
+    extra = {**_extra(model), "CompletenessEarlyStartSeconds": 0}
+    node = fleet.node("latency-baseline", processor=None, stable_age=DEFAULT_STABLE_AGE, extra=extra)
+    node.start()
+    client = node.client()
+    wait_for(
+        lambda: client.get_json("/lesion-ai/health")["workers"]["processes"][0]["alive"], 60, "the worker"
+    )
+    time.sleep(3)
+    _latency_of(node, _copy(datasets, 2, fleet.root / "latency-baseline-first"))
+    baseline = _latency_of(node, datasets)
+    node.note_workers()
+    node.stop()
+    return baseline
 
 
 def _throughput(fleet: OrthancFleet, datasets: list[Path], model: str | None, studies: int) -> dict[str, Any]:

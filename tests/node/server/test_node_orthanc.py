@@ -506,6 +506,62 @@ def test_forwarding_survives_an_outage_and_delivers_once(fleet: OrthancFleet, tm
     assert count_by_modality(pacs_client, str(find_study(pacs_client, uid))) == {"SEG": 1, "SR": 1}
 
 
+def _series_copy(source: Path, folder: Path, number: int) -> Path:
+    """The images of ``source`` as another series (new series and instance UIDs, SeriesNumber ``number``)."""
+    folder.mkdir()
+    series_uid = generate_uid()
+    for path in sorted(source.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = number
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / path.name, enforce_file_format=True)
+    return folder
+
+
+def test_a_series_arriving_while_an_early_job_waits_withdraws_it_with_nothing_stored(
+    fleet: OrthancFleet, prostatex: Path, prostatex_series: dict[int, Path], tmp_path: Path
+) -> None:
+    """The job starts CompletenessEarlyStartSeconds after the last image and waits for the quiet time before
+    it stores; a series arriving meanwhile (new inputs) withdraws it: it stores nothing, and the job for the
+    new inputs stores the study's only result set."""
+    node = fleet.node(stable_age=30, extra={"PollSeconds": 0.1}).start()
+    client = node.client()
+    again = _series_copy(prostatex_series[8], tmp_path / "adc-again", 108)
+    _send(node, prostatex / "dicom")
+    [early] = wait_for(
+        lambda: [j for j in jobs(client) if j["state"] == "running"] or None,
+        20,
+        "the early job",
+        interval_s=0.05,
+    )
+    gate = client.get_json(f"/lesion-ai/jobs/{early['id']}")["payload"]["store_gate"]
+    assert gate["not_before"] > time.time() + 0.5, "the job should wait for the quiet time"
+    _send(node, again)
+
+    def ended() -> list[dict[str, Any]] | None:
+        found = jobs(client)
+        return found if len(found) == 2 and all(j["state"] in ("done", "failed") for j in found) else None
+
+    found = {j["id"]: client.get_json(f"/lesion-ai/jobs/{j['id']}") for j in wait_for(ended, 40, "both jobs")}
+    withdrawn = found.pop(early["id"])
+    [second] = found.values()
+    assert withdrawn["state"] == "failed" and withdrawn["error"].startswith("withdrawn: the study changed")
+    assert "arrived" in withdrawn["error"] and withdrawn["progress"]["stored"] is None
+    assert (
+        second["state"] == "done"
+        and len(second["payload"]["series"]) == len(withdrawn["payload"]["series"]) + 1
+    )
+    study = second["study"]
+    assert count_by_modality(client, study) == {"MR": 212 + 19, "SEG": 1, "SR": 1}
+    result_series = {
+        s["ID"] for s in client.get_json(f"/studies/{study}/series") if s["MainDicomTags"]["Modality"] != "MR"
+    }
+    assert result_series == set(second["progress"]["result_series"])
+    node.note_workers()
+
+
 def test_results_arrive_well_before_stable_age_and_a_rerun_replaces_them(
     fleet: OrthancFleet, prostatex: Path, prostatex_series: dict[int, Path], tmp_path: Path
 ) -> None:
@@ -527,17 +583,9 @@ def test_results_arrive_well_before_stable_age_and_a_rerun_replaces_them(
         if s["MainDicomTags"]["Modality"] in ("SEG", "SR")
     }
 
-    again = tmp_path / "adc-again"
-    again.mkdir()
-    series_uid = generate_uid()
-    for path in sorted(prostatex_series[8].glob("*.dcm")):  # the ADC map, sent again as another series
-        ds = pydicom.dcmread(path)
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 108
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(again / path.name, enforce_file_format=True)
-    _send(node, again)
+    _send(
+        node, _series_copy(prostatex_series[8], tmp_path / "adc-again", 108)
+    )  # the ADC map, as another series
     done = _done(client, 2, timeout_s=25)
     [second] = [j for j in done if j["id"] != first["id"]]
     payload = client.get_json(f"/lesion-ai/jobs/{second['id']}")["payload"]
