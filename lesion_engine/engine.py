@@ -54,7 +54,12 @@ from lesion_engine.errors import ModelArtifactError
 from lesion_engine.intake.preprocess import PreparedStudy
 from lesion_engine.model.artifact import load_artifact
 from lesion_engine.model.candidates import extract_candidates
-from lesion_engine.model.devices import configure_cpu_threads, resolve_device, use_fast_cpu_convolutions
+from lesion_engine.model.devices import (
+    configure_cpu_threads,
+    resolve_device,
+    retain_freed_memory,
+    use_fast_cpu_convolutions,
+)
 from lesion_engine.model.grid_resample import (
     coverage_mask,
     grid_map,
@@ -153,6 +158,7 @@ class Engine:
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             use_fast_cpu_convolutions(self.model)
+            retain_freed_memory()
         self.card = card
         self.resample_on_device = (
             self.device.type == "cuda" if resample_on_device is None else resample_on_device

@@ -51,6 +51,7 @@ from orthanc_plugin.cluster.role import ClusterRole
 from orthanc_plugin.cluster.rules import SharedRules
 from orthanc_plugin.cluster.shared import CHANGE_POSITION, IGNORED, SharedProperty
 from orthanc_plugin.intake.changes import ChangeFollower, HeaderCache, PropertyStore, ReceivingStudies
+from orthanc_plugin.intake.completeness import InputRoles
 from orthanc_plugin.intake.ignored import IGNORED_FILE, IgnoredStudies
 from orthanc_plugin.intake.labels import LABELS_FILE, LabelStore, record_labels
 from orthanc_plugin.intake.studies import ResultReplacement, StudyPlan, plan_study
@@ -688,16 +689,8 @@ class NodePlugin:
         out: list[EnqueuedJob] = []
         inputs = plan.inputs or [None] * len(plan.payloads)
         for job, payload, ranked in zip(plan.jobs, plan.payloads, inputs, strict=True):
-            if early:
-                readiness = ranked.readiness() if ranked is not None else None
-                if readiness is None or not readiness.ready:
-                    logger.info(
-                        "study %s, rule %s: not started before the study is stable: %s",
-                        study_id,
-                        job.rule,
-                        readiness.reason if readiness is not None else "its headers cannot be ranked",
-                    )
-                    continue
+            if early and not _ready_early(study_id, job.rule, ranked):
+                continue
             if not force and job.key in plan.study.record.processed:
                 logger.info(
                     "study %s: already processed under rule %s with model %s", study_id, job.rule, job.model
@@ -733,6 +726,20 @@ class NodePlugin:
             self.ignored.forget(study_id)
         self.last_evaluation = Evaluation(study_id, time.time(), tuple(out))
         return out
+
+
+def _ready_early(study_id: str, rule: str, ranked: InputRoles | None) -> bool:
+    """Whether a rule's inputs look complete by their headers before the study is stable (logs why not)."""
+    readiness = ranked.readiness() if ranked is not None else None
+    if readiness is None or not readiness.ready:
+        logger.info(
+            "study %s, rule %s: not started before the study is stable: %s",
+            study_id,
+            rule,
+            readiness.reason if readiness is not None else "its headers cannot be ranked",
+        )
+        return False
+    return True
 
 
 def install(orthanc: OrthancModule) -> NodePlugin | None:

@@ -14,13 +14,23 @@ uses them so that benchmarks and workers can set them up before any model is loa
 * A transposed convolution whose kernel equals its stride (no overlap) is one matrix product and a
   rearrangement of its result: 19 ms against ATen's 44 ms for the localization network's 32 -> 16 channel
   upsampling of 20 x 64 x 64, with the same values.
+
+:func:`retain_freed_memory` (glibc): the networks allocate their activations afresh at each study, tens of
+megabytes each. glibc returns such buffers to the system when they are freed (mmap, or a trim of the heap's
+top), and the next study pays a page fault per 4 KB page to get them back: about 13 % of the engine's time
+on the fixture (2 cores: 0.59-0.61 s against 0.67-0.73 s from loaded study to result; 58000-115000 page
+faults per study against none once warm). Every buffer then comes from the heap (none is mapped on its
+own), and up to 1 GB of free heap is kept for the next study instead of being returned: the process's
+resident memory stays near its peak (836 MB against 795 MB after four studies of the fixture).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
+import sys
 from typing import cast
 
 import torch
@@ -30,7 +40,20 @@ from lesion_engine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure_cpu_threads", "resolve_device", "use_fast_cpu_convolutions"]
+__all__ = ["configure_cpu_threads", "resolve_device", "retain_freed_memory", "use_fast_cpu_convolutions"]
+
+#: glibc's ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+#: Free memory at the top of the heap kept for later buffers rather than returned to the system.
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+#: The environment variables with which a process's owner sets these itself (then left as they say).
+_MALLOC_ENVIRONMENT = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TOP_PAD_",
+)
 
 
 @functools.cache
@@ -175,3 +198,36 @@ def use_fast_cpu_convolutions(module: nn.Module) -> int:
             child.__class__ = _MatmulConvTranspose3d
             changed += 1
     return changed
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Keep the memory of freed large buffers in this process for the next ones (glibc; once per process).
+
+    The module docstring says why. Nothing is changed where the C library is not glibc, or where the
+    process's environment sets glibc's malloc tunables itself (``MALLOC_MMAP_THRESHOLD_`` and the like).
+
+    Returns
+    -------
+    bool
+        Whether the setting was made.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    given = [name for name in _MALLOC_ENVIRONMENT if name in os.environ]
+    if given:
+        logger.info("malloc tunables left as the environment sets them (%s)", ", ".join(given))
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, say): its allocator is left as it is
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    done = bool(mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1)
+    if done:
+        logger.debug(
+            "glibc keeps freed buffers: all from the heap, %d MB of free heap kept",
+            TRIM_THRESHOLD_BYTES >> 20,
+        )
+    return done
