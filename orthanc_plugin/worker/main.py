@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from orthanc_plugin.node.logsetup import configure_node_logging
 from orthanc_plugin.node.settings import PARENT_PID_ENV, PASSWORD_ENV, USERNAME_ENV, WorkerSettings
 from orthanc_plugin.worker.client import OrthancClient
 from orthanc_plugin.worker.model_runs import ModelRuns, NodeLabels
-from orthanc_plugin.worker.processing import ProcessorSettings, load_processor
+from orthanc_plugin.worker.processing import ProcessorSettings, load_processor, warm_up
 from orthanc_plugin.worker.runner import Worker, WorkerOptions
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def run_worker(
         models = ModelRuns(registry, processor_settings, settings.processor, processor, NodeLabels(client))
     worker = Worker(queue, client, processor, options, models)
     worker.install_signal_handlers()
+    threading.Thread(target=warm_up, args=(processor,), name="warm-up", daemon=True).start()
     try:
         worker.run()
     finally:

@@ -19,6 +19,7 @@ import importlib
 import io
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,6 +50,7 @@ __all__ = [
     "headers_of",
     "load_processor",
     "process_study",
+    "warm_up",
 ]
 
 
@@ -309,17 +311,40 @@ class EngineProcessor:
     def engine(self) -> AnyEngine:
         """The loaded engine (loads the model on first call)."""
         with self._lock:
-            if self._engine is None:
-                from lesion_engine.engine import load_engine
+            return self._loaded()
 
-                self._engine = load_engine(
-                    self.settings.model,
-                    self.settings.device,
-                    threads=self.settings.threads,
-                    gland=self.settings.gland_settings(),
-                )
-                logger.info("model loaded: %s", self._engine.model_info)
-            return self._engine
+    def _loaded(self) -> AnyEngine:
+        if self._engine is None:
+            from lesion_engine.engine import load_engine
+
+            self._engine = load_engine(
+                self.settings.model,
+                self.settings.device,
+                threads=self.settings.threads,
+                gland=self.settings.gland_settings(),
+            )
+            logger.info("model loaded: %s", self._engine.model_info)
+        return self._engine
+
+    def warm_up(self) -> float:
+        """Load the model and run its networks once on zeros, so that the first study does not wait for
+        either (a worker calls this when it starts); a job that comes meanwhile waits for it.
+
+        Returns
+        -------
+        float
+            Seconds taken.
+
+        Raises
+        ------
+        ModelArtifactError, ConfigError
+            The model cannot be loaded (the first job says so in its failure report).
+        """
+        started = time.monotonic()
+        with self._lock:
+            if self._engine is None:
+                self._loaded().warm_up()
+        return time.monotonic() - started
 
     def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:
         """Failure report objects (see :func:`lesion_engine.results.writer.write_failure`); empty when none can be
@@ -396,3 +421,18 @@ def process_study(
 ) -> ProcessingOutcome:
     """Process one study with ``processor`` (the engine with default settings when None)."""
     return (processor if processor is not None else EngineProcessor(ProcessorSettings()))(instances, request)
+
+
+def warm_up(processor: Processor) -> bool:
+    """Load the processor's model ahead of the first job, where it can (its ``warm_up``); a failure is
+    logged, and the first job reports it. Returns whether it warmed up."""
+    warm = getattr(processor, "warm_up", None)
+    if warm is None:
+        return False
+    try:
+        seconds = warm()
+    except Exception as exc:  # the first job loads it again and says what is wrong in its failure report
+        logger.warning("the model could not be loaded ahead of the first job: %s", exc)
+        return False
+    logger.info("model loaded and warmed up ahead of the first job in %.1f s", seconds)
+    return True

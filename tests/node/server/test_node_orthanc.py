@@ -246,6 +246,9 @@ def test_real_fixture_study_with_the_engine(fleet: OrthancFleet, prostatex: Path
     _settle(client)
     assert len(jobs(client)) == 1
     node.note_workers()
+    worker_log = (node.home / "logs" / "worker-0.log").read_text()
+    assert "model loaded and warmed up ahead of the first job" in worker_log
+    assert worker_log.count("model loaded: ") == 1  # once, at the start: the job found it loaded
     # What the node stored is valid by the result validators.
     validated = []
     for series in client.get_json(f"/studies/{study}/series"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from lesion_engine.errors import ModelArtifactError
 from lesion_engine.model.model_card import model_identity
 from lesion_engine.results.outputs import Output
 from orthanc_plugin.worker.processing import (
@@ -20,6 +21,7 @@ from orthanc_plugin.worker.processing import (
     encode,
     headers_of,
     load_processor,
+    warm_up,
 )
 from tests.support.node_env import make_study
 from tests.support.node_fakes import FakeProcessor
@@ -125,3 +127,34 @@ def test_a_failing_report_writer_does_not_turn_a_failure_into_retries(
         instances, ProcessingRequest(job_id=1, study_id="s", rule="r")
     )
     assert outcome.failed and outcome.report == () and outcome.to_store() == []
+
+
+def test_a_worker_loads_and_warms_its_model_before_the_first_job(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    steps: list[str] = []
+
+    class LoadedEngine:
+        model_info = "the configured model"
+
+        def warm_up(self) -> float:
+            steps.append("warm")
+            return 0.0
+
+    def load_engine(*args: object, **kwargs: object) -> LoadedEngine:
+        steps.append("load")
+        return LoadedEngine()
+
+    monkeypatch.setattr("lesion_engine.engine.load_engine", load_engine)
+    processor = EngineProcessor(ProcessorSettings())
+    assert warm_up(processor) and steps == ["load", "warm"]
+    assert processor.engine() is processor.engine() and steps == ["load", "warm"]  # loaded once
+    assert warm_up(processor) and steps == ["load", "warm"]  # warmed once
+
+    class Unloadable:
+        def warm_up(self) -> float:
+            raise ModelArtifactError("model.safetensors is missing")
+
+    assert not warm_up(Unloadable())  # type: ignore[arg-type]
+    assert "could not be loaded ahead of the first job: model.safetensors is missing" in caplog.text
+    assert not warm_up(FakeProcessor(ProcessorSettings()))  # nothing to warm up
