@@ -56,6 +56,7 @@ from lesion_engine.model.artifact import load_artifact
 from lesion_engine.model.candidates import extract_candidates
 from lesion_engine.model.devices import (
     configure_cpu_threads,
+    limit_blas_threads,
     resolve_device,
     retain_freed_memory,
     use_fast_cpu_convolutions,
@@ -159,6 +160,7 @@ class Engine:
         if self.device.type == "cpu":
             use_fast_cpu_convolutions(self.model)
             retain_freed_memory()
+            limit_blas_threads()
         self.card = card
         self.resample_on_device = (
             self.device.type == "cuda" if resample_on_device is None else resample_on_device

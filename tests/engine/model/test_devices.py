@@ -133,3 +133,30 @@ def test_the_networks_keep_their_freed_activations_for_the_next_study() -> None:
     assert default > 20000 and retained < 500, (default, retained)
     # an owner's own malloc tunables are left as they are
     assert _faults_of_a_pass("retain", {"MALLOC_TRIM_THRESHOLD_": "131072"})[0] == "False"
+
+
+_BLAS_THREADS = """
+import os
+os.sched_setaffinity(0, range(os.cpu_count()))  # not the share of one test worker
+from threadpoolctl import threadpool_info
+from lesion_engine.model import devices
+def blas_threads():
+    return sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
+before = blas_threads()
+limited = devices.limit_blas_threads()
+print(before, limited, blas_threads())
+"""
+
+
+def test_numpys_blas_runs_on_one_thread_in_the_engines_process() -> None:
+    """Its threads spun after the gland's z-score figures and slowed the gland network that follows."""
+    out = subprocess.run(
+        [sys.executable, "-c", _BLAS_THREADS],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+        | {"OPENBLAS_NUM_THREADS": "2"},
+    ).stdout.strip()
+    assert out == f"[{min(2, os.cpu_count() or 1)}] 1 [1]", out
