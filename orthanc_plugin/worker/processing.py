@@ -306,25 +306,23 @@ class EngineProcessor:
     def __init__(self, settings: ProcessorSettings) -> None:
         self.settings = settings
         self._engine: AnyEngine | None = None
-        self._lock = threading.Lock()
+        self._warm = False
+        self._lock = threading.RLock()
 
     def engine(self) -> AnyEngine:
         """The loaded engine (loads the model on first call)."""
         with self._lock:
-            return self._loaded()
+            if self._engine is None:
+                from lesion_engine.engine import load_engine
 
-    def _loaded(self) -> AnyEngine:
-        if self._engine is None:
-            from lesion_engine.engine import load_engine
-
-            self._engine = load_engine(
-                self.settings.model,
-                self.settings.device,
-                threads=self.settings.threads,
-                gland=self.settings.gland_settings(),
-            )
-            logger.info("model loaded: %s", self._engine.model_info)
-        return self._engine
+                self._engine = load_engine(
+                    self.settings.model,
+                    self.settings.device,
+                    threads=self.settings.threads,
+                    gland=self.settings.gland_settings(),
+                )
+                logger.info("model loaded: %s", self._engine.model_info)
+            return self._engine
 
     def warm_up(self) -> float:
         """Load the model and run its networks once on zeros, so that the first study does not wait for
@@ -341,9 +339,10 @@ class EngineProcessor:
             The model cannot be loaded (the first job says so in its failure report).
         """
         started = time.monotonic()
-        with self._lock:
-            if self._engine is None:
-                self._loaded().warm_up()
+        with self._lock:  # reentrant: engine() takes it too (and a subclass's engine() may build another)
+            if not self._warm:
+                self.engine().warm_up()
+                self._warm = True
         return time.monotonic() - started
 
     def failure(self, instances: Sequence[bytes], reason: str) -> list[bytes]:

@@ -260,6 +260,9 @@ class _GlandBeside:
     def model_info(self) -> ModelInfo:
         return self._engine.model_info
 
+    def warm_up(self) -> float:
+        return self._engine.warm_up() + self._gland.warm_up()
+
     def run(self, prepared: PreparedStudy) -> EngineResult:
         result = self._engine.run(prepared)
         found = self._gland.segment(prepared.t2w)

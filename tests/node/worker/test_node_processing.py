@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -158,3 +159,15 @@ def test_a_worker_loads_and_warms_its_model_before_the_first_job(
     assert not warm_up(Unloadable())  # type: ignore[arg-type]
     assert "could not be loaded ahead of the first job: model.safetensors is missing" in caplog.text
     assert not warm_up(FakeProcessor(ProcessorSettings()))  # nothing to warm up
+
+    class OwnEngine(EngineProcessor):  # as the tests' ungated engine: its engine() builds its own
+        def engine(self) -> Any:
+            with self._lock:
+                if self._engine is None:
+                    steps.append("own")
+                    self._engine = LoadedEngine()  # type: ignore[assignment]
+                return self._engine
+
+    steps.clear()
+    own = OwnEngine(ProcessorSettings())
+    assert warm_up(own) and steps == ["own", "warm"] and isinstance(own.engine(), LoadedEngine)
