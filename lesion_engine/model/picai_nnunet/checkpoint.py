@@ -376,7 +376,7 @@ def _card_data(
 def _write_artifact(
     out_dir: Path, tensors: dict[str, torch.Tensor], card_data: dict[str, Any]
 ) -> NnunetModelCard:
-    """Write ``model.safetensors``, then ``model.json`` (validated) and ``MODEL_CARD.md``.
+    """Validate the card, then write ``model.safetensors``, ``model.json`` and ``MODEL_CARD.md``.
 
     Parameters
     ----------
@@ -392,6 +392,9 @@ def _write_artifact(
     NnunetModelCard
         The card written.
     """
+    # Validated before anything is written: a card refused after the weights were written would leave an
+    # artifact already in the folder with weights its card does not name.
+    NnunetModelCard.from_dict(card_data, out_dir / CARD_FILE)
     weights = out_dir / WEIGHTS_FILE
     write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": "lesion-ai-model"}))
     card_data["weights_sha256"] = file_sha256(weights)

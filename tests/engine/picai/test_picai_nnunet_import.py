@@ -190,3 +190,18 @@ def test_changed_artifact_weights_are_refused_at_load(nnunet_folds: NnunetFolds,
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelArtifactError, match="changed or corrupted after import"):
         load_nnunet_artifact(tmp_path / "artifact")
+
+
+def test_a_refused_card_leaves_the_artifact_in_the_folder_as_it_was(
+    nnunet_folds: NnunetFolds, tmp_path: Path
+) -> None:
+    """The card is validated before the weights are written: an import refused for its card does not put
+    other weights under the card already there."""
+    out = tmp_path / "artifact"
+    import_picai_nnunet(nnunet_folds.model_dir, out, name="x", folds=[0])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ModelArtifactError, match="name"):
+        import_picai_nnunet(nnunet_folds.model_dir, out, name="", folds=[0, 1])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    networks, card = load_nnunet_artifact(out)  # the weights are the ones its card names
+    assert len(networks) == 1 and tuple(card.architecture.folds) == (0,)
