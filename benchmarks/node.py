@@ -207,14 +207,20 @@ def _latency_of(node: OrthancServer, files: list[Path]) -> dict[str, Any]:
     }
 
 
-def _latency(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> dict[str, Any]:
-    node = fleet.node("latency", processor=None, stable_age=DEFAULT_STABLE_AGE, extra=_extra(model))
+def _latency_node(fleet: OrthancFleet, name: str, extra: dict[str, Any]) -> OrthancServer:
+    """A node at the defaults (StableAge 30 s) with one engine worker, started, its worker alive."""
+    node = fleet.node(name, processor=None, stable_age=DEFAULT_STABLE_AGE, extra=extra)
     node.start()
     client = node.client()
     wait_for(
         lambda: client.get_json("/lesion-ai/health")["workers"]["processes"][0]["alive"], 60, "the worker"
     )
     time.sleep(3)  # let the worker finish importing the engine
+    return node
+
+
+def _latency(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> dict[str, Any]:
+    node = _latency_node(fleet, "latency", _extra(model))
     first = _latency_of(node, _copy(datasets, 0, fleet.root / "latency-first"))
     fixture = _latency_of(node, datasets)
     announced = _latency_of(node, _copy(datasets, 1, fleet.root / "latency-announced", announce=True))
@@ -240,14 +246,7 @@ def _latency(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> di
 def _without_early_start(fleet: OrthancFleet, datasets: list[Path], model: str | None) -> dict[str, Any]:
     """The baseline, in the same run: the fixture as it is on a node whose jobs wait for the whole quiet time
     (``CompletenessEarlyStartSeconds`` 0), after one study that loads the model."""
-    extra = {**_extra(model), "CompletenessEarlyStartSeconds": 0}
-    node = fleet.node("latency-baseline", processor=None, stable_age=DEFAULT_STABLE_AGE, extra=extra)
-    node.start()
-    client = node.client()
-    wait_for(
-        lambda: client.get_json("/lesion-ai/health")["workers"]["processes"][0]["alive"], 60, "the worker"
-    )
-    time.sleep(3)
+    node = _latency_node(fleet, "latency-baseline", {**_extra(model), "CompletenessEarlyStartSeconds": 0})
     _latency_of(node, _copy(datasets, 2, fleet.root / "latency-baseline-first"))
     baseline = _latency_of(node, datasets)
     node.note_workers()

@@ -303,11 +303,8 @@ class SqlJobQueue(JobQueue):
         ):
             return False
         moved = {key: value for key, value in existing.payload.items() if key != STORE_GATE_KEY}
-        if job.payload.get(STORE_GATE_KEY) is not None:
+        if job.payload.get(STORE_GATE_KEY) is not None:  # (the stored payload is of a version with gates)
             moved[STORE_GATE_KEY] = job.payload[STORE_GATE_KEY]
-            moved["schema_version"] = job.payload.get(
-                "schema_version", existing.payload.get("schema_version")
-            )
         self._execute(
             cur,
             "UPDATE lesion_ai_jobs SET payload = ?, updated_at = ? WHERE id = ? AND state IN ('queued', 'running')",

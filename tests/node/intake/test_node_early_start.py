@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from orthanc_plugin.intake.changes import ReceivingStudies
-from orthanc_plugin.jobqueue import WITHDRAWN, JobState, StoreGate
+from orthanc_plugin.jobqueue import WITHDRAWN, Job, JobState, StoreGate
 from orthanc_plugin.node.orthanc_api import InProcessApi
 from orthanc_plugin.node.settings import NodeSettings
 from orthanc_plugin.plugin import NodePlugin
 from orthanc_plugin.worker.gate import await_store_gate
+from tests.support.fake_orthanc import FakeStudy
 from tests.support.receiving import (
     QUIET_S,
     SLICES,
@@ -45,6 +46,25 @@ def _gate_of(plugin: NodePlugin, job_id: int) -> StoreGate | None:
     job = plugin.queue.get(job_id)
     assert job is not None
     return StoreGate.of_payload(job.payload)
+
+
+def _early(plugin: NodePlugin, clock: Clock) -> None:
+    """The plugin's thread sees what arrived, then the early seconds pass, and it looks again."""
+    step(plugin)
+    clock.wait(EARLY_S + 0.2)
+    step(plugin)
+
+
+def _running_early_job(
+    fake: ReceivingOrthanc, plugin: NodePlugin, clock: Clock
+) -> tuple[FakeStudy, dict[str, str], Job]:
+    """A prostate study received, its job started early and claimed by a worker."""
+    study = fake.new_study()
+    ids = prostate(fake, study)
+    _early(plugin, clock)
+    job = plugin.queue.claim("w")
+    assert job is not None
+    return study, ids, job
 
 
 def test_a_study_quiet_for_the_early_seconds_starts_with_a_store_gate(
@@ -86,20 +106,12 @@ def test_more_images_in_a_series_the_job_does_not_read_move_its_gate(
     node: tuple[ReceivingOrthanc, NodePlugin, Clock],
 ) -> None:
     fake, plugin, clock = node
-    study = fake.new_study()
-    prostate(fake, study)
-    step(plugin)
-    clock.wait(EARLY_S + 0.2)
-    step(plugin)
-    job = plugin.queue.claim("w")
-    assert job is not None
+    study, _, job = _running_early_job(fake, plugin, clock)
     first = _gate_of(plugin, job.id)
     assert first is not None
     dce_series = fake.receive(study, dce(study, 5))  # while the job runs: not one of its inputs
     assert first.changes(InProcessApi(fake).get_json(f"/studies/{study.id}/series")) is not None
-    step(plugin)
-    clock.wait(EARLY_S + 0.2)
-    step(plugin)
+    _early(plugin, clock)
     [same] = plugin.queue.list()  # the same work: no second job
     moved = _gate_of(plugin, job.id)
     assert same.id == job.id and same.state is JobState.RUNNING
@@ -114,20 +126,12 @@ def test_new_input_images_wait_for_the_gated_job_to_be_withdrawn(
     node: tuple[ReceivingOrthanc, NodePlugin, Clock],
 ) -> None:
     fake, plugin, clock = node
-    study = fake.new_study()
-    ids = prostate(fake, study)
-    step(plugin)
-    clock.wait(EARLY_S + 0.2)
-    step(plugin)
-    job = plugin.queue.claim("w")
-    assert job is not None
+    study, ids, job = _running_early_job(fake, plugin, clock)
     extra = t2w(study, [SLICES])  # one more T2 slice while the job runs: new inputs, new work
     for ds in extra:
         ds.SeriesInstanceUID = fake.series[ids["t2w"]].tags["SeriesInstanceUID"]
     fake.receive(study, extra)
-    step(plugin)
-    clock.wait(EARLY_S + 0.2)
-    step(plugin)
+    _early(plugin, clock)
     [held] = [j for j in plugin.queue.list() if j.id != job.id]
     assert held.held  # waits for the running job
     gate = _gate_of(plugin, job.id)

@@ -1,5 +1,6 @@
 """The job queue, on SQLite and on a real PostgreSQL server: idempotent enqueue, priorities, exclusive
-claims, lease reclaim, retries with back-off, permanent failures."""
+claims, lease reclaim, retries with back-off, permanent failures, and the store gates of jobs started early
+(moved, lifted, a withdrawn job queued again)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_plugin.jobqueue import JobQueue, JobState, NewJob, QueuePolicy, open_queue, sqlite_url
+from orthanc_plugin.jobqueue import (
+    STORE_GATE_KEY,
+    WITHDRAWN,
+    Job,
+    JobPayload,
+    JobQueue,
+    JobState,
+    NewJob,
+    QueuePolicy,
+    StoreGate,
+    open_queue,
+    sqlite_url,
+)
 from orthanc_plugin.jobqueue.base import SqlJobQueue
 from tests.support.pg_env import PostgresServer, running_postgres
 
@@ -227,3 +240,50 @@ def test_queue_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         open_queue("mysql://host/db", FAST)
     with pytest.raises(ValueError, match="lease_s"):
         replace(FAST, lease_s=0)
+
+
+# -- store gates (orthanc_plugin.jobqueue.store_gate) ----------------------------------------------------
+def _gate(not_before: float, series: dict[str, int] | None = None) -> StoreGate:
+    return StoreGate(not_before, series or {"se1": 2, "se2": 1}, own_manufacturer="Lesion AI")
+
+
+def _payload(gate: StoreGate | None) -> JobPayload:
+    return JobPayload(study="st1", rule="prostate-mr", series=("se1", "se2"), model="m:1", store_gate=gate)
+
+
+def _claimed_gated(queue: JobQueue, not_before: float) -> Job:
+    queue.enqueue(_payload(_gate(not_before)).new_job())
+    claimed = queue.claim("w")
+    assert claimed is not None
+    return claimed
+
+
+def test_the_same_work_queued_again_moves_or_lifts_the_gate_of_a_running_job(queue: JobQueue) -> None:
+    job = _claimed_gated(queue, 100.0)
+    moved = _gate(200.0, {"se1": 2, "se2": 1, "loc": 3})
+    assert queue.enqueue(_payload(moved).new_job()) == (job.id, False)
+    now = queue.get(job.id)
+    assert now is not None and now.state is JobState.RUNNING
+    assert StoreGate.of_payload(now.payload) == moved
+    assert queue.enqueue(_payload(None).new_job()) == (job.id, False)  # judged stable: the gate is lifted
+    lifted = queue.get(job.id)
+    assert lifted is not None and StoreGate.of_payload(lifted.payload) is None
+    assert JobPayload.from_json(lifted.payload) == _payload(None)
+    queue.enqueue(_payload(_gate(300.0)).new_job())  # no gate comes back once lifted
+    again = queue.get(job.id)
+    assert again is not None and STORE_GATE_KEY not in again.payload
+
+
+def test_a_withdrawn_job_is_queued_again_and_a_superseded_or_done_one_is_not(queue: JobQueue) -> None:
+    job = _claimed_gated(queue, 100.0)
+    queue.fail(job.id, "w", f"{WITHDRAWN} the study changed", transient=False)
+    assert queue.enqueue(_payload(_gate(150.0)).new_job()) == (job.id, True)
+    requeued = queue.get(job.id)
+    assert requeued is not None and requeued.state is JobState.QUEUED and requeued.error is None
+    assert StoreGate.of_payload(requeued.payload) == _gate(150.0) and requeued.attempts == 0
+    claimed = queue.claim("w")
+    assert claimed is not None
+    queue.fail(claimed.id, "w", "no axial T2W", transient=False)
+    assert queue.enqueue(_payload(_gate(160.0)).new_job()) == (job.id, False)  # a real failure stays
+    failed = queue.get(job.id)
+    assert failed is not None and failed.state is JobState.FAILED

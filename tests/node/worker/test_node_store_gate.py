@@ -1,6 +1,6 @@
 """Jobs started early (before their study's quiet time ended) store their results only if the study stayed
-as it was: the gate document, the queue moving, lifting and re-queueing it, and the worker waiting for it or
-withdrawing the job with nothing stored."""
+as it was: the gate document, and the worker waiting for it or withdrawing the job with nothing stored (the
+queue moving, lifting and re-queueing a gate: tests/node/worker/test_node_queue.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from orthanc_plugin.worker import gate as gate_module
 from orthanc_plugin.worker.gate import await_store_gate
 from orthanc_plugin.worker.runner import Worker, WorkerOptions
 from tests.support.node_fakes import FakeRest, Scripted
-from tests.support.pg_env import PostgresServer, running_postgres
 
 OWN = "Lesion AI"
 #: The study of :class:`FakeRest`: two series, of 2 and 1 instances.
@@ -94,20 +93,13 @@ def test_a_payload_carries_its_gate_and_says_version_2_only_then() -> None:
         JobPayload.from_json({**stored, STORE_GATE_KEY: {"not_before": 1.0}})
 
 
-# -- the queue -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobQueue]:
-    if request.param == "sqlite":
-        url = sqlite_url(tmp_path / "q.sqlite")
-    else:
-        url = request.getfixturevalue("postgres").database()
-    opened = open_queue(url, QueuePolicy(lease_s=30, max_attempts=2, backoff_base_s=0, backoff_max_s=0))
+# -- the worker (the queue's side of the gate: tests/node/worker/test_node_queue.py) --------------------
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[JobQueue]:
+    opened = open_queue(
+        sqlite_url(tmp_path / "q.sqlite"),
+        QueuePolicy(lease_s=30, max_attempts=2, backoff_base_s=0, backoff_max_s=0),
+    )
     yield opened
     opened.close()
 
@@ -123,38 +115,6 @@ def _claimed(queue: JobQueue, gate: StoreGate | None) -> Job:
     return job
 
 
-def test_the_same_work_queued_again_moves_or_lifts_the_gate_of_a_running_job(queue: JobQueue) -> None:
-    job = _claimed(queue, _gate(100.0))
-    moved = _gate(200.0, {"se1": 2, "se2": 1, "loc": 3})
-    assert queue.enqueue(_payload(moved).new_job()) == (job.id, False)
-    now = queue.get(job.id)
-    assert now is not None and now.state is JobState.RUNNING
-    assert StoreGate.of_payload(now.payload) == moved
-    assert queue.enqueue(_payload(None).new_job()) == (job.id, False)  # judged stable: the gate is lifted
-    lifted = queue.get(job.id)
-    assert lifted is not None and StoreGate.of_payload(lifted.payload) is None
-    assert JobPayload.from_json(lifted.payload) == _payload(None)
-    queue.enqueue(_payload(_gate(300.0)).new_job())  # no gate comes back once lifted
-    again = queue.get(job.id)
-    assert again is not None and STORE_GATE_KEY not in again.payload
-
-
-def test_a_withdrawn_job_is_queued_again_and_a_superseded_or_done_one_is_not(queue: JobQueue) -> None:
-    job = _claimed(queue, _gate(100.0))
-    queue.fail(job.id, "w", f"{WITHDRAWN} the study changed", transient=False)
-    assert queue.enqueue(_payload(_gate(150.0)).new_job()) == (job.id, True)
-    requeued = queue.get(job.id)
-    assert requeued is not None and requeued.state is JobState.QUEUED and requeued.error is None
-    assert StoreGate.of_payload(requeued.payload) == _gate(150.0) and requeued.attempts == 0
-    claimed = queue.claim("w")
-    assert claimed is not None
-    queue.fail(claimed.id, "w", "no axial T2W", transient=False)
-    assert queue.enqueue(_payload(_gate(160.0)).new_job()) == (job.id, False)  # a real failure stays
-    failed = queue.get(job.id)
-    assert failed is not None and failed.state is JobState.FAILED
-
-
-# -- the worker ------------------------------------------------------------------------------------------
 def _worker(queue: JobQueue, rest: FakeRest, processor: Scripted) -> Worker:
     options = WorkerOptions.from_settings(WorkerSettings(queue="sqlite:///unused"), owner="w")
     return Worker(queue, rest, processor, options)
