@@ -10,7 +10,9 @@ is reported: on a shared machine, wall times above CPU times / threads mean othe
 ``runtimes`` compares, side by side on the first window, the two runtimes of the gland network (ONNX Runtime
 on the prepared graph, and our torch SegResNetDS read from the same file), on the CPU and, where a CUDA GPU
 is present, torch on it: the network's median seconds, the whole gland step's, and the largest difference
-of their probabilities from ONNX Runtime's. ``auto`` takes torch, the faster here too.
+of their probabilities from ONNX Runtime's, and the Dice of the gland each finds against ONNX Runtime's; torch
+in float32 and in bfloat16. ``auto`` takes torch, the faster here too, in bfloat16 on a CPU with bfloat16
+instructions (``auto_precision_cpu``).
 ``python -m benchmarks.gland`` runs this key alone.
 """
 
@@ -73,17 +75,23 @@ def _window_row(
 
 
 def _runtime_rows(t2w: sitk.Image, threads: int, repeats: int) -> dict[str, Any]:
-    """The gland network's seconds in each runtime, side by side on the same first window."""
+    """The gland network's seconds in each runtime and precision, side by side on the same first window, and
+    each one's gland on the T2W against ONNX Runtime's (Dice)."""
     import torch
 
     rows: dict[str, Any] = {}
     batch: np.ndarray[Any, Any] | None = None
-    baseline: np.ndarray[Any, Any] | None = None
-    candidates = [("onnxruntime cpu", "onnxruntime", False), ("torch cpu", "torch", False)]
+    baseline: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None = None
+    candidates = [
+        ("onnxruntime cpu", GlandSettings(runtime="onnxruntime"), False),
+        ("torch cpu float32", GlandSettings(runtime="torch", precision="float32"), False),
+        ("torch cpu bfloat16", GlandSettings(runtime="torch", precision="bfloat16"), False),
+    ]
     if torch.cuda.is_available():
-        candidates.append(("torch cuda", "torch", True))
-    for name, runtime, use_cuda in candidates:
-        model, warning = load_gland_model(GlandSettings(runtime=runtime), use_cuda=use_cuda, threads=threads)
+        candidates.append(("torch cuda float32", GlandSettings(runtime="torch", precision="float32"), True))
+        candidates.append(("torch cuda bfloat16", GlandSettings(runtime="torch", precision="bfloat16"), True))
+    for name, settings, use_cuda in candidates:
+        model, warning = load_gland_model(settings, use_cuda=use_cuda, threads=threads)
         if model is None:
             rows[name] = {"error": warning}
             continue
@@ -98,13 +106,14 @@ def _runtime_rows(t2w: sitk.Image, threads: int, repeats: int) -> dict[str, Any]
             logits = model.network_logits(batch)
             network.append(time.perf_counter() - start)
         probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        whole = [model.segment(t2w).seconds for _ in range(repeats)]
+        found = [model.segment(t2w) for _ in range(repeats)]
         if baseline is None:
-            baseline = probabilities
+            baseline = probabilities, found[0].mask
         rows[name] = {
             "network_s": round(statistics.median(network), 3),
-            "gland_s": round(statistics.median(whole), 3),
-            "max_probability_difference_vs_onnxruntime": float(np.abs(probabilities - baseline).max()),
+            "gland_s": round(statistics.median(f.seconds for f in found), 3),
+            "max_probability_difference_vs_onnxruntime": float(np.abs(probabilities - baseline[0]).max()),
+            "gland_dice_vs_onnxruntime": round(_dice(found[0].mask, baseline[1]), 5),
             "providers": model.providers,
         }
     return rows
@@ -172,6 +181,7 @@ def run(dicom_dir: Path, repeats: int = 5) -> dict[str, Any]:
     report["engine"] = engine_rows
     report["runtimes"] = _runtime_rows(prepared.t2w, threads, repeats)
     report["auto_runtime_cpu"] = model.runtime
+    report["auto_precision_cpu"] = model.precision
     report["load_average"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     report["goal"] = {
         "dice_min": TARGET_DICE,

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "GLAND_CARD_FORMAT",
+    "GLAND_PRECISIONS",
     "GLAND_RUNTIMES",
     "GlandCard",
     "GlandModelError",
@@ -39,6 +40,8 @@ __all__ = [
 GLAND_CARD_FORMAT = "lesion-ai-gland-model"
 #: What may run the gland network (``GlandSettings.runtime``, the node's ``GlandRuntime``).
 GLAND_RUNTIMES = ("auto", "torch", "onnxruntime")
+#: The arithmetic of the gland network in torch (``GlandSettings.precision``, the node's ``GlandPrecision``).
+GLAND_PRECISIONS = ("auto", "float32", "bfloat16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -148,6 +148,7 @@ _WORKER_SETTING_OPTIONS = (
     ("--gland-min-ml", "gland_min_ml"),
     ("--gland-max-ml", "gland_max_ml"),
     ("--gland-runtime", "gland_runtime"),
+    ("--gland-precision", "gland_precision"),
 )
 
 

@@ -212,6 +212,9 @@ class ProcessorSettings:
     gland_runtime : str
         What runs the gland model: ``auto``, ``torch`` or ``onnxruntime`` (checked by
         :class:`~lesion_engine.anatomy.gland_settings.GlandSettings`).
+    gland_precision : str
+        The gland model's arithmetic in torch: ``auto``, ``float32`` or ``bfloat16`` (checked by
+        :class:`~lesion_engine.anatomy.gland_settings.GlandSettings`).
     """
 
     model: str | None = setting_default("model")
@@ -224,6 +227,7 @@ class ProcessorSettings:
     gland_min_ml: float = setting_default("gland_min_ml")
     gland_max_ml: float = setting_default("gland_max_ml")
     gland_runtime: str = setting_default("gland_runtime")
+    gland_precision: str = setting_default("gland_precision")
 
     def __post_init__(self) -> None:
         if not isinstance(self.result_settings, ResultSettings):
@@ -255,13 +259,14 @@ class ProcessorSettings:
             min_volume_ml=self.gland_min_ml,
             max_volume_ml=self.gland_max_ml,
             runtime=self.gland_runtime,
+            precision=self.gland_precision,
         )
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ProcessorSettings:
         """The processor settings of the node's settings (``Model``, ``Device``, ``Threads``,
         ``ResultSettings``, ``GlandGate``, ``GlandMarginMm``, ``GlandRequired``, ``GlandMinMl``,
-        ``GlandMaxMl``, ``GlandRuntime``)."""
+        ``GlandMaxMl``, ``GlandRuntime``, ``GlandPrecision``)."""
         return cls(
             model=settings.model,
             device=settings.device,
@@ -273,6 +278,7 @@ class ProcessorSettings:
             gland_min_ml=settings.gland_min_ml,
             gland_max_ml=settings.gland_max_ml,
             gland_runtime=settings.gland_runtime,
+            gland_precision=settings.gland_precision,
         )
 
 

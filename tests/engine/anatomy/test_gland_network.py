@@ -107,8 +107,9 @@ def _fixture_batch(t2w: sitk.Image, model: GlandModel, size: tuple[int, int, int
 def both_runtimes() -> dict[str, GlandModel]:
     models: dict[str, GlandModel] = {}
     for runtime in ("torch", "onnxruntime"):
-        model, _ = load_gland_model(GlandSettings(required=True, runtime=runtime), threads=2)
-        assert model is not None and model.runtime == runtime
+        settings = GlandSettings(required=True, runtime=runtime, precision="float32")
+        model, _ = load_gland_model(settings, threads=2)
+        assert model is not None and model.runtime == runtime and model.precision == "float32"
         models[runtime] = model
     return models
 
@@ -179,12 +180,17 @@ def test_both_runtimes_segment_the_same_gland(
 
 
 def test_auto_takes_torch_and_the_runners_are_shared() -> None:
-    auto, _ = load_gland_model(GlandSettings(), threads=1)
-    again, _ = load_gland_model(GlandSettings(runtime="torch"), threads=2)
+    auto, _ = load_gland_model(GlandSettings(precision="float32"), threads=1)
+    again, _ = load_gland_model(GlandSettings(runtime="torch", precision="float32"), threads=2)
+    other, _ = load_gland_model(GlandSettings(runtime="torch", precision="bfloat16"), threads=2)
     onnx_model, _ = load_gland_model(GlandSettings(runtime="onnxruntime"), threads=1)
-    assert auto is not None and again is not None and onnx_model is not None
-    assert auto.runtime == "torch" and auto.providers == ["torch cpu"] and auto._runner is again._runner
+    assert auto is not None and again is not None and other is not None and onnx_model is not None
+    assert (
+        auto.runtime == "torch" and auto.providers == ["torch cpu float32"] and auto._runner is again._runner
+    )
+    assert other.providers == ["torch cpu bfloat16"] and other._runner is not auto._runner
     assert onnx_model.runtime == "onnxruntime" and onnx_model.providers == ["CPUExecutionProvider"]
+    assert onnx_model.precision == "float32"
 
 
 def test_runtime_setting_is_validated() -> None:
@@ -200,7 +206,7 @@ def test_torch_runtime_on_cuda(model_bytes: bytes, network: torch.nn.Module) -> 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     model, _ = load_gland_model(GlandSettings(required=True, runtime="auto"), use_cuda=True)
-    assert model is not None and model.runtime == "torch" and model.providers == ["torch cuda"]
+    assert model is not None and model.runtime == "torch" and model.providers == ["torch cuda float32"]
     batch = np.random.default_rng(1).standard_normal((1, 1, 80, 72, 24)).astype(np.float32)
     with torch.inference_mode():
         on_cpu = _sigmoid(network(torch.from_numpy(batch)).numpy())

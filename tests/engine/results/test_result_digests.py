@@ -4,7 +4,10 @@ Refactoring must not change what a radiologist receives: the same UIDs (they are
 series, so re-processing gives the same objects) and the same bytes. The digests in
 ``tests/data/fixture_result_digests.json`` were taken with the reference build (CPU, ``torch==2.13.0`` as
 ``make setup`` installs it); other builds of torch may round differently in the networks, so there only the
-UIDs, the lesion list and the localization map's figures are compared. Regenerate the file only for an intended change of the results:
+UIDs, the lesion list and the localization map's figures are compared. The gland model runs in float32
+here (``GlandSettings.precision``): its default, ``auto``, takes bfloat16 on CPUs with bfloat16 instructions
+only, which would pin a CPU model (bfloat16's own agreement is tested in
+``tests/engine/anatomy/test_gland_precision.py``). Regenerate the file only for an intended change of the results:
 ``LESION_AI_PIN_DIGESTS=1 pytest tests/engine/results/test_result_digests.py``.
 """
 
@@ -24,6 +27,7 @@ import pytest
 import torch
 from pydicom.dataset import Dataset
 
+from lesion_engine.anatomy.gland_settings import GlandSettings
 from lesion_engine.engine import Engine
 from lesion_engine.intake.preprocess import prepare_study
 from lesion_engine.results.dicom_outputs import write_outputs
@@ -76,7 +80,7 @@ def _describe(data: bytes) -> dict[str, Any]:
 def _node_results(prostatex: Path) -> dict[str, Any]:
     """What the node's worker makes of the fixture (every output kind), with a fixed analysis time."""
     prepared = prepare_study(prostatex / "dicom")
-    engine = Engine.from_artifact(None, "cpu")
+    engine = Engine.from_artifact(None, "cpu", gland=GlandSettings(precision="float32"))
     result = engine.run(prepared)
     objects = write_outputs(prepared, result, list(Output), analysis_time=ANALYSIS_TIME)
     # SEG first (the SR references it), then SR, Parametric Map and the overlay images.

@@ -23,11 +23,12 @@ def test_gate_fields_default_and_read_from_the_section() -> None:
     default = WorkerSettings.from_section(QUEUE)
     assert (default.gland_gate, default.gland_margin_mm, default.gland_required) == ("auto", 5.0, False)
     engine = GlandSettings()  # the node's gate defaults are the engine's
-    assert (default.gland_margin_mm, default.gland_required, default.gland_runtime) == (
-        engine.margin_mm,
-        engine.required,
-        engine.runtime,
-    )
+    assert (
+        default.gland_margin_mm,
+        default.gland_required,
+        default.gland_runtime,
+        default.gland_precision,
+    ) == (engine.margin_mm, engine.required, engine.runtime, engine.precision)
     assert (default.gland_min_ml, default.gland_max_ml) == (engine.min_volume_ml, engine.max_volume_ml)
     settings = WorkerSettings.from_section(
         {**QUEUE, "GlandGate": "on", "GlandMarginMm": 3, "GlandRequired": True}
@@ -48,6 +49,15 @@ def test_gate_fields_default_and_read_from_the_section() -> None:
         ({"GlandGate": "off", "GlandRequired": True}, r"GlandRequired: is true but GlandGate is 'off'"),
         ({"GlandRuntime": "ort"}, r"GlandRuntime: must be 'auto', 'torch' or 'onnxruntime', got 'ort'"),
         ({"GlandRuntime": 1}, r"GlandRuntime: expected str"),
+        (
+            {"GlandPrecision": "fp16"},
+            r"GlandPrecision: must be 'auto', 'float32' or 'bfloat16', got 'fp16'",
+        ),
+        ({"GlandPrecision": 32}, r"GlandPrecision: expected str"),
+        (
+            {"GlandRuntime": "onnxruntime", "GlandPrecision": "bfloat16"},
+            r"GlandPrecision: is 'bfloat16' but GlandRuntime is 'onnxruntime'",
+        ),
     ],
 )
 def test_bad_gate_values_are_refused_naming_the_key(section: dict[str, Any], message: str) -> None:
@@ -61,6 +71,15 @@ def test_the_runtime_reaches_the_engine() -> None:
     assert ProcessorSettings.from_settings(settings).gland_settings().runtime == "onnxruntime"
     with pytest.raises(ValueError, match="runtime must be one of"):
         ProcessorSettings(gland_runtime="ORT").gland_settings()
+
+
+def test_the_precision_reaches_the_engine() -> None:
+    assert WorkerSettings.from_section(QUEUE).gland_precision == "auto"
+    settings = WorkerSettings.from_section({**QUEUE, "GlandPrecision": "float32"})
+    assert settings.to_section()["GlandPrecision"] == "float32"
+    assert ProcessorSettings.from_settings(settings).gland_settings().precision == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ProcessorSettings(gland_precision="half").gland_settings()
 
 
 def test_auto_follows_the_model_and_on_off_override_it(tmp_path: Path) -> None:
