@@ -5,9 +5,7 @@ the job key that deduplicates work, and what workers and the admin API do with u
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +19,8 @@ from orthanc_plugin.jobqueue import (
     JobQueue,
     JobState,
     NewJob,
-    QueuePolicy,
     UnknownSchemaVersionError,
     job_fingerprint,
-    open_queue,
-    sqlite_url,
 )
 from orthanc_plugin.node.settings import WorkerSettings
 from orthanc_plugin.rules import Destinations, RuleMatch, parse_rules
@@ -189,13 +184,6 @@ def test_the_job_key_is_the_same_as_before() -> None:
 
 
 # -- what the worker and the admin API do with documents ---------------------------------------------------
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[JobQueue]:
-    q = open_queue(sqlite_url(tmp_path / "q.sqlite"), QueuePolicy(30, 2, 0, 0))
-    yield q
-    q.close()
-
-
 def _run(queue: JobQueue, payload: dict[str, Any]) -> JobState | None:
     queue.enqueue(NewJob("k", "st1", "prostate-mr", "m:1", 0, payload))
     job = queue.claim("w")

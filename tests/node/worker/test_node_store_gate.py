@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +19,8 @@ from orthanc_plugin.jobqueue import (
     JobPayload,
     JobQueue,
     JobState,
-    QueuePolicy,
     StoreGate,
     StoreGateError,
-    open_queue,
-    sqlite_url,
 )
 from orthanc_plugin.node.settings import WorkerSettings
 from orthanc_plugin.worker import gate as gate_module
@@ -94,16 +89,6 @@ def test_a_payload_carries_its_gate_and_says_version_2_only_then() -> None:
 
 
 # -- the worker (the queue's side of the gate: tests/node/worker/test_node_queue.py) --------------------
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[JobQueue]:
-    opened = open_queue(
-        sqlite_url(tmp_path / "q.sqlite"),
-        QueuePolicy(lease_s=30, max_attempts=2, backoff_base_s=0, backoff_max_s=0),
-    )
-    yield opened
-    opened.close()
-
-
 def _payload(gate: StoreGate | None) -> JobPayload:
     return JobPayload(study="st1", rule="prostate-mr", series=("se1", "se2"), model="m:1", store_gate=gate)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,6 @@ from orthanc_plugin.jobqueue import (
     JobQueue,
     JobState,
     NewJob,
-    QueuePolicy,
-    open_queue,
-    sqlite_url,
 )
 from orthanc_plugin.node.settings import WorkerSettings
 from orthanc_plugin.rules import Destinations
@@ -28,16 +25,6 @@ from orthanc_plugin.worker.runner import Worker, WorkerOptions
 from tests.support.node_fakes import FakeRest, Scripted
 
 SETTINGS = WorkerSettings(queue="sqlite:///unused", heartbeat_s=5)
-
-
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[JobQueue]:
-    q = open_queue(
-        sqlite_url(tmp_path / "q.sqlite"),
-        QueuePolicy(lease_s=30, max_attempts=2, backoff_base_s=0, backoff_max_s=0),
-    )
-    yield q
-    q.close()
 
 
 def _job(queue: JobQueue, destinations: Destinations | None = None) -> Job:
